@@ -1,0 +1,516 @@
+//! The capture store: every delivery, replay and trigger with its answer, in one SQLite file
+//! (WAL, created 0600). Writers batch many deliveries into one transaction; readers page by
+//! `seq` so a view never holds more than its window.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+
+use crate::delivery::{Delivery, DeliveryId, RequestRecord, ResponseRecord, Source};
+use crate::headers::{decode_blob, encode_blob};
+
+/// Capture store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file or its folder could not be created or opened.
+    #[error(
+        "could not open capture store {path}: {cause}; pass --store PATH to a writable location"
+    )]
+    Open {
+        /// The store path.
+        path: PathBuf,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The file was written by a newer version of the tool.
+    #[error("capture store {path} has schema version {found}, newer than this illumitunnel knows ({known}); upgrade illumitunnel or pass --store PATH")]
+    TooNew {
+        /// The store path.
+        path: PathBuf,
+        /// Version in the file.
+        found: i64,
+        /// Latest version known.
+        known: i64,
+    },
+    /// An id prefix matched more than one delivery.
+    #[error("delivery id {0} is ambiguous; type more of it")]
+    Ambiguous(String),
+    /// SQLite failed.
+    #[error("capture store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Which deliveries a query returns.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this event type.
+    pub event: Option<String>,
+    /// Only deliveries received at or after this Unix ms.
+    pub since_ms: Option<i64>,
+    /// Only deliveries whose event, resource id, path, status or body contain this text.
+    pub text: Option<String>,
+    /// Only deliveries with `seq` below this.
+    pub before_seq: Option<i64>,
+    /// Only deliveries with `seq` above this.
+    pub after_seq: Option<i64>,
+}
+
+/// Deliveries counted by outcome, for the inspector header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// All deliveries.
+    pub total: u64,
+    /// Local answer 2xx (or 1xx/3xx).
+    pub ok: u64,
+    /// Local answer 4xx.
+    pub client_error: u64,
+    /// Local answer 5xx.
+    pub server_error: u64,
+    /// No local answer.
+    pub failed: u64,
+    /// Filtered out by `--events`.
+    pub skipped: u64,
+}
+
+/// An open capture store.
+pub struct CaptureStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const COLUMNS: &str = "seq, id, received_at_ms, tunnel, source, replay_of, queued, event, resource_id, dedup_key, \
+     duplicate, skipped, target, method, path, query, req_headers, req_body, status, resp_headers, resp_body, error, duration_us";
+
+impl CaptureStore {
+    /// Opens (creating with mode 0600 if needed) and migrates the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |cause: String| StoreError::Open {
+            path: path.to_path_buf(),
+            cause,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        create_private(path).map_err(|e| open_err(e.to_string()))?;
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| open_err(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let mut store = CaptureStore {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = schema::MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Inserts deliveries in one transaction. Sets each one's `seq` and `duplicate` flag;
+    /// returns, per delivery, whether it was new (false: that id was already stored).
+    pub fn insert_batch(&mut self, deliveries: &mut [Delivery]) -> Result<Vec<bool>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut inserted = Vec::with_capacity(deliveries.len());
+        {
+            let mut dup = tx.prepare_cached(
+                "SELECT 1 FROM deliveries WHERE dedup_key = ?1 AND source != 'replay' LIMIT 1",
+            )?;
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO deliveries ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                COLUMNS
+            ))?;
+            for d in deliveries.iter_mut() {
+                if d.source != Source::Replay {
+                    if let Some(key) = &d.dedup_key {
+                        d.duplicate = dup.exists([key])?;
+                    }
+                }
+                let resp = d.response.as_ref();
+                let n = insert.execute(params![
+                    d.id.as_str(),
+                    d.received_at_ms,
+                    d.tunnel,
+                    d.source.as_str(),
+                    d.replay_of.as_ref().map(DeliveryId::as_str),
+                    d.queued,
+                    d.event,
+                    d.resource_id,
+                    d.dedup_key,
+                    d.duplicate,
+                    d.skipped,
+                    d.target,
+                    d.request.method,
+                    d.request.path,
+                    d.request.query,
+                    encode_blob(&d.request.headers),
+                    d.request.body.as_ref(),
+                    resp.map(|r| r.status),
+                    resp.map(|r| encode_blob(&r.headers)),
+                    resp.map(|r| r.body.as_ref()),
+                    d.error,
+                    d.duration_us,
+                ])?;
+                if n == 1 {
+                    d.seq = tx.last_insert_rowid();
+                }
+                inserted.push(n == 1);
+            }
+        }
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    /// Whether a delivery with this exact id is stored.
+    pub fn contains(&self, id: &DeliveryId) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM deliveries WHERE id = ?1")?;
+        Ok(stmt.exists([id.as_str()])?)
+    }
+
+    /// The delivery with this id, or the only one whose id starts with it.
+    pub fn get(&self, id_or_prefix: &str) -> Result<Option<Delivery>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM deliveries WHERE id = ?1");
+        if let Some(d) = self
+            .conn
+            .query_row(&sql, [id_or_prefix], read_row)
+            .optional()?
+        {
+            return Ok(Some(d));
+        }
+        if id_or_prefix.is_empty()
+            || !id_or_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM deliveries WHERE id >= ?1 AND id < ?2 ORDER BY seq LIMIT 2"
+        );
+        let upper = format!("{id_or_prefix}\u{10ffff}");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut found: Vec<Delivery> = stmt
+            .query_map([id_or_prefix, upper.as_str()], read_row)?
+            .collect::<Result<_, _>>()?;
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => Err(StoreError::Ambiguous(id_or_prefix.to_string())),
+        }
+    }
+
+    /// Deliveries matching `filter`, newest first, at most `limit`.
+    pub fn list_newest(&self, filter: &Filter, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.query(filter, "ORDER BY seq DESC", limit)
+    }
+
+    /// Deliveries matching `filter`, oldest first, at most `limit`.
+    pub fn list_oldest(&self, filter: &Filter, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.query(filter, "ORDER BY seq ASC", limit)
+    }
+
+    /// How many deliveries match `filter`.
+    pub fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
+        let (clause, args) = where_clause(filter);
+        let sql = format!("SELECT COUNT(*) FROM deliveries {clause}");
+        Ok(self
+            .conn
+            .query_row(&sql, params_from_iter(args.iter()), |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Deliveries counted by outcome.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let sql = "SELECT COUNT(*),
+            COALESCE(SUM(skipped = 0 AND status IS NOT NULL AND status < 400), 0),
+            COALESCE(SUM(skipped = 0 AND status >= 400 AND status < 500), 0),
+            COALESCE(SUM(skipped = 0 AND status >= 500), 0),
+            COALESCE(SUM(skipped = 0 AND status IS NULL), 0),
+            COALESCE(SUM(skipped), 0)
+            FROM deliveries";
+        Ok(self.conn.query_row(sql, [], |r| {
+            Ok(Counts {
+                total: r.get::<_, i64>(0)? as u64,
+                ok: r.get::<_, i64>(1)? as u64,
+                client_error: r.get::<_, i64>(2)? as u64,
+                server_error: r.get::<_, i64>(3)? as u64,
+                failed: r.get::<_, i64>(4)? as u64,
+                skipped: r.get::<_, i64>(5)? as u64,
+            })
+        })?)
+    }
+
+    fn query(
+        &self,
+        filter: &Filter,
+        order: &str,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let (clause, mut args) = where_clause(filter);
+        args.push(rusqlite::types::Value::Integer(
+            limit.min(i64::MAX as usize) as i64,
+        ));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM deliveries {clause} {order} LIMIT ?{}",
+            args.len()
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args.iter()), read_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn where_clause(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut conds = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(event) = &filter.event {
+        args.push(Value::Text(event.clone()));
+        conds.push(format!("event = ?{}", args.len()));
+    }
+    if let Some(since) = filter.since_ms {
+        args.push(Value::Integer(since));
+        conds.push(format!("received_at_ms >= ?{}", args.len()));
+    }
+    if let Some(before) = filter.before_seq {
+        args.push(Value::Integer(before));
+        conds.push(format!("seq < ?{}", args.len()));
+    }
+    if let Some(after) = filter.after_seq {
+        args.push(Value::Integer(after));
+        conds.push(format!("seq > ?{}", args.len()));
+    }
+    if let Some(text) = filter.text.as_ref().filter(|t| !t.is_empty()) {
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        args.push(Value::Text(format!("%{escaped}%")));
+        let n = args.len();
+        conds.push(format!(
+            "(event LIKE ?{n} ESCAPE '\\' OR resource_id LIKE ?{n} ESCAPE '\\' OR path LIKE ?{n} ESCAPE '\\' \
+             OR CAST(status AS TEXT) LIKE ?{n} ESCAPE '\\' OR CAST(req_body AS TEXT) LIKE ?{n} ESCAPE '\\')"
+        ));
+    }
+    let clause = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    (clause, args)
+}
+
+fn read_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+    let headers = |i: usize| -> rusqlite::Result<Vec<crate::headers::Header>> {
+        let blob: Vec<u8> = r.get(i)?;
+        Ok(decode_blob(&blob).unwrap_or_default())
+    };
+    let status: Option<u16> = r.get(18)?;
+    let response = match status {
+        Some(status) => Some(ResponseRecord {
+            status,
+            headers: headers(19)?,
+            body: Bytes::from(r.get::<_, Vec<u8>>(20)?),
+        }),
+        None => None,
+    };
+    let id: String = r.get(1)?;
+    let replay_of: Option<String> = r.get(5)?;
+    Ok(Delivery {
+        seq: r.get(0)?,
+        id: DeliveryId::parse(&id).unwrap_or_else(DeliveryId::generate),
+        received_at_ms: r.get(2)?,
+        tunnel: r.get(3)?,
+        source: Source::parse(&r.get::<_, String>(4)?),
+        replay_of: replay_of.as_deref().and_then(DeliveryId::parse),
+        queued: r.get(6)?,
+        event: r.get(7)?,
+        resource_id: r.get(8)?,
+        dedup_key: r.get(9)?,
+        duplicate: r.get(10)?,
+        skipped: r.get(11)?,
+        target: r.get(12)?,
+        request: RequestRecord {
+            method: r.get(13)?,
+            path: r.get(14)?,
+            query: r.get(15)?,
+            headers: headers(16)?,
+            body: Bytes::from(r.get::<_, Vec<u8>>(17)?),
+        },
+        response,
+        error: r.get(21)?,
+        duration_us: r.get(22)?,
+    })
+}
+
+#[cfg(unix)]
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Opening for write checks that an existing store is writable, so the error is
+            // the clear "not writable" one instead of SQLite's "readonly database" later.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(id: &str, body: &str) -> Delivery {
+        let request = RequestRecord {
+            method: "POST".into(),
+            path: "/webhooks/illumichat".into(),
+            query: String::new(),
+            headers: vec![("x-raw".into(), vec![0xff, 0x01])],
+            body: Bytes::from(body.to_string()),
+        };
+        let mut d = Delivery::new(
+            DeliveryId::parse(id).unwrap(),
+            1_000,
+            Source::Tunnel,
+            request,
+        );
+        d.response = Some(ResponseRecord {
+            status: 200,
+            headers: vec![],
+            body: Bytes::from_static(&[0, 1, 2]),
+        });
+        d
+    }
+
+    const TICKET: &str =
+        r#"{"event":"ticket.created","timestamp":"2025-06-15T14:30:00Z","data":{"id":"tkt_1"}}"#;
+
+    #[test]
+    fn round_trip_dedup_and_redelivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CaptureStore::open(&dir.path().join("sub/c.db")).unwrap();
+        let mut batch = vec![
+            delivery("aaa1", TICKET),
+            delivery("bbb2", TICKET),
+            delivery("ccc3", "not json"),
+        ];
+        assert_eq!(
+            store.insert_batch(&mut batch).unwrap(),
+            vec![true, true, true]
+        );
+        assert!(!batch[0].duplicate);
+        assert!(batch[1].duplicate);
+        let got = store.get("bbb2").unwrap().unwrap();
+        assert_eq!(got, batch[1]);
+        // Same id again (a queue redelivery) is not stored twice.
+        let mut again = vec![delivery("aaa1", TICKET)];
+        assert_eq!(store.insert_batch(&mut again).unwrap(), vec![false]);
+        assert_eq!(store.count(&Filter::default()).unwrap(), 3);
+        assert!(store.contains(&DeliveryId::parse("ccc3").unwrap()).unwrap());
+    }
+
+    #[test]
+    fn prefix_lookup_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+        let mut batch = vec![
+            delivery("abc1", TICKET),
+            delivery("abc2", "x"),
+            delivery("xyz9", "y"),
+        ];
+        store.insert_batch(&mut batch).unwrap();
+        assert_eq!(store.get("xy").unwrap().unwrap().id.as_str(), "xyz9");
+        assert!(matches!(store.get("abc"), Err(StoreError::Ambiguous(_))));
+        assert!(store.get("nope").unwrap().is_none());
+        assert!(store.get("%").unwrap().is_none());
+        let ev = Filter {
+            event: Some("ticket.created".into()),
+            ..Filter::default()
+        };
+        assert_eq!(store.list_newest(&ev, 10).unwrap().len(), 1);
+        let newest = store.list_newest(&Filter::default(), 2).unwrap();
+        assert_eq!(
+            newest.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["xyz9", "abc2"]
+        );
+        let text = Filter {
+            text: Some("tkt_".into()),
+            ..Filter::default()
+        };
+        assert_eq!(store.count(&text).unwrap(), 1);
+        let counts = store.counts().unwrap();
+        assert_eq!((counts.total, counts.ok), (3, 3));
+    }
+
+    #[test]
+    fn file_is_private_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(CaptureStore::open(&path).unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        assert!(CaptureStore::open(&path).is_ok());
+    }
+
+    #[test]
+    fn unwritable_location_is_a_clear_error() {
+        let err = CaptureStore::open(Path::new("/proc/illumitunnel/c.db"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("pass --store PATH"), "{err}");
+    }
+}
