@@ -1,1 +1,5 @@
+//! `illumitunnel`: the client. (Skeleton.)
+
+mod status;
+
 fn main() {}

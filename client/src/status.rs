@@ -1,0 +1,53 @@
+//! What `listen` tells its screen (line output or the inspector): connection state changes and
+//! committed deliveries, plus the replay requests the inspector sends back. These types are the
+//! only coupling between the tunnel side (session, forwarder, store writer) and the screen side.
+
+use bytes::Bytes;
+use illumitunnel::{Delivery, DeliveryId};
+use tokio::sync::oneshot;
+
+/// The relay connection as the user should see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectionState {
+    /// First connection attempt in progress.
+    Connecting,
+    /// Session accepted; `queued` deliveries from the offline queue follow, `expired` were lost to age.
+    Connected {
+        /// Deliveries waiting in the relay's offline queue.
+        queued: u32,
+        /// Queued deliveries that expired before this session.
+        expired: u32,
+    },
+    /// Connection lost or failed; next attempt after `in_secs`.
+    Reconnecting {
+        /// Seconds until the next attempt.
+        in_secs: f64,
+        /// One-sentence cause.
+        cause: String,
+    },
+    /// The relay refused the session; `listen` exits after showing this.
+    Refused(String),
+}
+
+/// One event for the screen.
+#[derive(Debug, Clone)]
+pub enum ListenEvent {
+    /// The connection state changed.
+    Connection(ConnectionState),
+    /// A delivery (or replay) was committed to the capture store.
+    Delivery(Box<Delivery>),
+    /// Deliveries were committed but their events were dropped because the screen fell behind;
+    /// the screen should re-read the capture store.
+    StoreChanged,
+}
+
+/// A replay asked for by the inspector (`r`, or `e` with an edited body).
+#[derive(Debug)]
+pub struct ReplayRequest {
+    /// Delivery to replay.
+    pub original: DeliveryId,
+    /// Replacement body (from `$EDITOR`), or `None` to resend the stored one.
+    pub body: Option<Bytes>,
+    /// The committed replay delivery, or a one-sentence error.
+    pub reply: oneshot::Sender<Result<Delivery, String>>,
+}
