@@ -1,6 +1,8 @@
 //! IllumiChat's event model: the six event types, the envelope every delivery carries
 //! (`event`, `timestamp`, `workspaceId`, `data`), and the dedup key IllumiChat documents.
 
+pub mod samples;
+
 use serde_json::Value;
 
 /// The six IllumiChat webhook event types.
