@@ -12,6 +12,7 @@
 //! # Layout
 //! - [`protocol`] — `ClientMessage` / `RelayMessage` and their binary codec.
 //! - [`delivery`] — `DeliveryId`, `Token`, request/response records, JSON shape.
+//! - [`har`] — HAR 1.2 export.
 //! - [`headers`] — ordered raw headers, hop-by-hop stripping, redaction.
 //! - [`event`] — IllumiChat event types, envelope, dedup key.
 //! - [`store`] — `CaptureStore` over SQLite.
@@ -20,6 +21,7 @@
 
 pub mod delivery;
 pub mod event;
+pub mod har;
 pub mod headers;
 pub mod paths;
 pub mod protocol;
