@@ -1,5 +1,91 @@
-//! `illumitunnel`: the client. (Skeleton.)
+//! `illumitunnel`: the client. `listen` forwards webhooks from a relay (or one it embeds) to a
+//! local server and records every delivery; `events` and `show` read the capture store.
+//!
+//! # Layout
+//! - `cli` — clap types.
+//! - `commands` — one `run(args, ctx)` per subcommand.
+//! - `session` — relay connection, reconnects, delivery multiplexing; `session::tls` trust.
+//! - `backoff` — reconnect delays.
+//! - `forward` — local requests and the origin guard.
+//! - `recorder` — the capture store writer thread.
+//! - `output` — every printed delivery, line and JSON.
+//! - `status` — what `listen` tells its screen.
 
+mod backoff;
+mod cli;
+mod commands;
+mod forward;
+mod output;
+mod recorder;
+mod session;
+// Shared with the inspector, which uses the parts line output does not (replay requests).
+#[allow(dead_code)]
 mod status;
 
-fn main() {}
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+use crate::commands::{Ctx, UsageError};
+use crate::output::LocalClock;
+
+/// Environment variable with a `tracing` filter for the client's logs (stderr).
+const LOG_ENV: &str = "ILLUMITUNNEL_LOG";
+
+fn main() -> ExitCode {
+    // Read while the process is single-threaded: the only time the platform allows it.
+    let clock = LocalClock::detect();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    init_logging();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ctx = Ctx {
+        store: cli
+            .store
+            .clone()
+            .unwrap_or_else(illumitunnel::paths::default_store),
+        clock,
+    };
+    let result = match cli.command {
+        Command::Listen(args) => match tokio::runtime::Runtime::new() {
+            Ok(rt) => {
+                let result = rt.block_on(commands::listen::run(args, &ctx));
+                rt.shutdown_timeout(Duration::from_secs(1));
+                result
+            }
+            Err(e) => Err(anyhow::anyhow!("could not start the async runtime: {e}")),
+        },
+        Command::Events(args) => commands::events::run(args, &ctx),
+        Command::Show(args) => commands::show::run(args, &ctx),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.chain().any(|e| e.is::<UsageError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Logs go to stderr, warnings and errors only unless `ILLUMITUNNEL_LOG` says otherwise.
+// When the inspector is up, logs must go to a file instead (it owns the terminal).
+fn init_logging() {
+    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,485 @@
+//! Sends deliveries to the local server (`--forward-to`) over a pooled keep-alive client, and
+//! guards the origin: whatever path the relay sends, the request goes to the `--forward-to`
+//! scheme and authority, under its path.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use illumitunnel::delivery::{RequestRecord, ResponseRecord};
+use illumitunnel::headers::{is_hop_by_hop, Header};
+
+/// How long the local server may take to answer; the relay gives the sender the same time.
+pub const FORWARD_TIMEOUT: Duration = illumitunnel_relay::config::DEFAULT_RESPONSE_TIMEOUT;
+/// Idle keep-alive connections kept to the local server.
+const POOL_MAX_IDLE: usize = 256;
+/// How long an idle keep-alive connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A validated `--forward-to` URL: the only origin deliveries ever go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path without a trailing `/` unless it is just `/`.
+    path: String,
+    query: String,
+}
+
+/// Why a `--forward-to` value is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// Not parseable as a URL at all.
+    #[error("invalid --forward-to {0:?}: not a URL; pass one such as http://localhost:3000/webhooks/illumichat")]
+    NotUrl(String),
+    /// `localhost:3000` and friends.
+    #[error(
+        "invalid --forward-to {0:?}: missing http:// or https://; pass one such as http://{0}"
+    )]
+    NoScheme(String),
+    /// `ftp://…`.
+    #[error("invalid --forward-to {0:?}: only http:// and https:// local servers are supported")]
+    BadScheme(String),
+    /// `http:///x`.
+    #[error("invalid --forward-to {0:?}: missing host; pass one such as http://localhost:3000/webhooks/illumichat")]
+    NoHost(String),
+    /// `http://user:pw@host`.
+    #[error("invalid --forward-to {0:?}: user info is not supported; put credentials in your local server instead")]
+    UserInfo(String),
+}
+
+impl Target {
+    /// Parses and checks a `--forward-to` value.
+    pub fn parse(s: &str) -> Result<Self, TargetError> {
+        let s = s.trim();
+        let uri: Uri = s.parse().map_err(|_| TargetError::NotUrl(s.to_string()))?;
+        let scheme = match uri.scheme() {
+            None if uri.authority().is_some() || !s.starts_with('/') => {
+                return Err(TargetError::NoScheme(s.to_string()))
+            }
+            None => return Err(TargetError::NotUrl(s.to_string())),
+            Some(scheme) => scheme.clone(),
+        };
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(TargetError::BadScheme(s.to_string()));
+        }
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty())
+            .ok_or_else(|| TargetError::NoHost(s.to_string()))?
+            .clone();
+        if authority.as_str().contains('@') {
+            return Err(TargetError::UserInfo(s.to_string()));
+        }
+        let path = match uri.path() {
+            "" | "/" => "/".to_string(),
+            p => p.trim_end_matches('/').to_string(),
+        };
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        };
+        Ok(Target {
+            scheme,
+            authority,
+            path,
+            query: uri.query().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// `host:port` as errors name it, with the scheme's default port filled in.
+    pub fn host_port(&self) -> String {
+        match self.authority.port_u16() {
+            Some(_) => self.authority.to_string(),
+            None if self.scheme == Scheme::HTTPS => format!("{}:443", self.authority),
+            None => format!("{}:80", self.authority),
+        }
+    }
+
+    /// The URI a delivery with `path` and `query` goes to. The scheme and authority always come
+    /// from `--forward-to`; `path` only ever extends its path, with anything a path may not
+    /// contain percent-encoded, so no relay-sent value can change where the request goes.
+    pub fn uri_for(&self, path: &str, query: &str) -> Uri {
+        let mut pq = String::with_capacity(self.path.len() + path.len() + query.len() + 2);
+        if path.is_empty() || path == "/" {
+            pq.push_str(&self.path);
+        } else {
+            if self.path != "/" {
+                pq.push_str(&self.path);
+            }
+            // Under a root target, `//host/x` would read as protocol-relative to some frameworks.
+            let path = if self.path == "/" {
+                path.trim_start_matches('/')
+            } else {
+                path
+            };
+            if !path.starts_with('/') {
+                pq.push('/');
+            }
+            push_encoded(&mut pq, path, false);
+        }
+        let query = match (self.query.is_empty(), query.is_empty()) {
+            (_, true) => self.query.clone(),
+            (true, false) => query.to_string(),
+            (false, false) => format!("{}&{query}", self.query),
+        };
+        if !query.is_empty() {
+            pq.push('?');
+            push_encoded(&mut pq, &query, true);
+        }
+        let pq = PathAndQuery::try_from(pq).unwrap_or_else(|_| PathAndQuery::from_static("/"));
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.path)?;
+        if !self.query.is_empty() {
+            write!(f, "?{}", self.query)?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends `s`, percent-encoding bytes a request target may not hold (and `?`/`#` in a path).
+fn push_encoded(out: &mut String, s: &str, is_query: bool) {
+    for b in s.bytes() {
+        let keep = b.is_ascii_graphic()
+            && !matches!(
+                b,
+                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}' | b'#'
+            )
+            && (is_query || b != b'?');
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// The local server's answer, or why there was none.
+pub struct Forwarded {
+    /// Full URI the request went to.
+    pub uri: Uri,
+    /// Status, headers and body, or a one-sentence error.
+    pub result: Result<ResponseRecord, String>,
+    /// From sending to the complete answer.
+    pub duration: Duration,
+}
+
+/// A pooled keep-alive client bound to one [`Target`].
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    target: std::sync::Arc<Target>,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    /// A client for `target` (http, or https verified against the web PKI roots).
+    pub fn new(target: Target) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+            .with_no_client_auth()
+        });
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let https = match tls {
+            Ok(config) => builder.with_tls_config(config),
+            // The ring provider supports the default versions; this arm only keeps the type total.
+            Err(_) => builder.with_webpki_roots(),
+        }
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(https);
+        Forwarder {
+            client,
+            target: std::sync::Arc::new(target),
+            timeout: FORWARD_TIMEOUT,
+        }
+    }
+
+    /// Sends `request` to the target and reads the whole answer.
+    pub async fn forward(&self, request: &RequestRecord) -> Forwarded {
+        let uri = self.target.uri_for(&request.path, &request.query);
+        let started = Instant::now();
+        let result = match self.build(request, uri.clone()) {
+            Ok(req) => match tokio::time::timeout(self.timeout, self.send(req)).await {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "timed out after {} s waiting for {}",
+                    self.timeout.as_secs(),
+                    self.target.host_port()
+                )),
+            },
+            Err(e) => Err(e),
+        };
+        Forwarded {
+            uri,
+            result,
+            duration: started.elapsed(),
+        }
+    }
+
+    fn build(&self, request: &RequestRecord, uri: Uri) -> Result<Request<Full<Bytes>>, String> {
+        let method = Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| format!("invalid method {:?} in delivery", request.method))?;
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(headers) = req.headers_mut() {
+            if let Ok(host) = HeaderValue::from_str(self.target.authority.as_str()) {
+                headers.insert(http::header::HOST, host);
+            }
+            for (name, value) in &request.headers {
+                if name.eq_ignore_ascii_case("host") || is_hop_by_hop(name) {
+                    continue;
+                }
+                // A header the local request cannot carry is dropped rather than failing it.
+                let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_bytes(value),
+                ) else {
+                    tracing::debug!(header = %name, "dropped a header hyper cannot send");
+                    continue;
+                };
+                headers.append(name, value);
+            }
+        }
+        req.body(Full::new(request.body.clone()))
+            .map_err(|e| format!("could not build the local request: {e}"))
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<ResponseRecord, String> {
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| describe_error(&e, &self.target.host_port()))?;
+        let status = resp.status().as_u16();
+        let headers: Vec<Header> = resp
+            .headers()
+            .iter()
+            .filter(|(n, _)| !is_hop_by_hop(n.as_str()))
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| {
+                format!(
+                    "{} broke off its response body: {e}",
+                    self.target.host_port()
+                )
+            })?
+            .to_bytes();
+        Ok(ResponseRecord {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// One sentence for a failed local request, naming the cause and the target.
+fn describe_error(err: &(dyn std::error::Error + 'static), host_port: &str) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut innermost = err.to_string();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                ConnectionRefused => return format!("connection refused to {host_port}"),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                    return format!("{host_port} closed the connection without answering")
+                }
+                TimedOut => return format!("timed out connecting to {host_port}"),
+                _ => {}
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return format!("{host_port} closed the connection without answering");
+            }
+        }
+        innermost = e.to_string();
+        source = e.source();
+    }
+    if innermost.contains("dns error") || innermost.contains("failed to lookup") {
+        return format!("could not resolve {host_port}");
+    }
+    format!("could not reach {host_port}: {innermost}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(s: &str) -> Target {
+        Target::parse(s).unwrap()
+    }
+
+    #[test]
+    fn parses_good_targets() {
+        let t = target("http://localhost:3000/webhooks/illumichat/");
+        assert_eq!(t.to_string(), "http://localhost:3000/webhooks/illumichat");
+        assert_eq!(t.host_port(), "localhost:3000");
+        assert_eq!(
+            target("https://example.test").host_port(),
+            "example.test:443"
+        );
+        assert_eq!(
+            target("http://[::1]:8080").to_string(),
+            "http://[::1]:8080/"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_targets_with_a_sentence() {
+        for (input, needle) in [
+            ("localhost:3000", "missing http:// or https://"),
+            ("ftp://host/x", "only http:// and https://"),
+            ("http://", "not a URL"),
+            ("not a url", "not a URL"),
+            ("http://user:pw@localhost:3000", "user info"),
+            ("/just/a/path", "not a URL"),
+        ] {
+            let err = Target::parse(input).unwrap_err().to_string();
+            assert!(err.contains(needle), "{input}: {err}");
+            assert!(!err.ends_with('.'), "{err}");
+        }
+    }
+
+    #[test]
+    fn delivery_path_extends_the_forward_path() {
+        let t = target("http://127.0.0.1:3000/webhooks/illumichat");
+        assert_eq!(
+            t.uri_for("/", "").to_string(),
+            "http://127.0.0.1:3000/webhooks/illumichat"
+        );
+        assert_eq!(
+            t.uri_for("", "").to_string(),
+            "http://127.0.0.1:3000/webhooks/illumichat"
+        );
+        assert_eq!(
+            t.uri_for("/sub/x", "a=1&b=%20").to_string(),
+            "http://127.0.0.1:3000/webhooks/illumichat/sub/x?a=1&b=%20"
+        );
+        let root = target("http://127.0.0.1:3000");
+        assert_eq!(
+            root.uri_for("/x", "").to_string(),
+            "http://127.0.0.1:3000/x"
+        );
+        assert_eq!(
+            root.uri_for("//evil.example/x", "").to_string(),
+            "http://127.0.0.1:3000/evil.example/x"
+        );
+        let with_query = target("http://127.0.0.1:3000/h?key=1");
+        assert_eq!(
+            with_query.uri_for("/", "a=2").to_string(),
+            "http://127.0.0.1:3000/h?key=1&a=2"
+        );
+    }
+
+    #[test]
+    fn hostile_paths_never_leave_the_origin() {
+        let t = target("http://127.0.0.1:3000/hooks");
+        for hostile in [
+            "//evil.example/x",
+            "/..%2f..",
+            "/../../admin",
+            "http://evil/x",
+            "@evil",
+            "/@evil",
+            "evil.example:80/x",
+            "/x#frag",
+            "/x?smuggled=1",
+            "/\r\nHost: evil",
+            "/ü",
+            "//",
+            "",
+        ] {
+            let uri = t.uri_for(hostile, "q=\r\n#x");
+            assert_eq!(uri.scheme_str(), Some("http"), "{hostile}");
+            assert_eq!(
+                uri.authority().map(|a| a.as_str()),
+                Some("127.0.0.1:3000"),
+                "{hostile}"
+            );
+            assert!(uri.path().starts_with("/hooks"), "{hostile} -> {uri}");
+            // Re-parsing the text form must land on the same origin too.
+            let reparsed: Uri = uri.to_string().parse().unwrap();
+            assert_eq!(reparsed.authority(), uri.authority(), "{hostile}");
+            assert_eq!(reparsed.path(), uri.path(), "{hostile}");
+        }
+        assert_eq!(
+            t.uri_for("//evil.example/x", "").to_string(),
+            "http://127.0.0.1:3000/hooks//evil.example/x"
+        );
+        assert_eq!(
+            t.uri_for("http://evil/x", "").to_string(),
+            "http://127.0.0.1:3000/hooks/http://evil/x"
+        );
+        assert_eq!(
+            t.uri_for("/x?smuggled=1#f", "").path(),
+            "/hooks/x%3Fsmuggled=1%23f"
+        );
+    }
+
+    #[test]
+    fn error_sentences_name_the_cause() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            describe_error(&refused, "127.0.0.1:3000"),
+            "connection refused to 127.0.0.1:3000"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_local_server_is_one_sentence() {
+        // Bind then drop to get a port nobody listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let f = Forwarder::new(target(&format!("http://127.0.0.1:{port}/hooks")));
+        let out = f
+            .forward(&RequestRecord {
+                method: "POST".into(),
+                path: "/".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            out.result.unwrap_err(),
+            format!("connection refused to 127.0.0.1:{port}")
+        );
+    }
+}

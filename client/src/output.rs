@@ -1,0 +1,507 @@
+//! Everything `illumitunnel` prints about deliveries: the one-line format, `--json` lines, the
+//! `show` view, and the line screen of `listen` (banner and connection state on stderr,
+//! deliveries on stdout). No other module prints a delivery.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use illumitunnel::Delivery;
+use serde_json::Value;
+use time::{OffsetDateTime, UtcOffset};
+use tokio::sync::{mpsc, watch};
+
+use crate::status::{ConnectionState, ListenEvent};
+
+/// Converts delivery times to the user's local time. The offset is read once at start-up,
+/// while the process is still single-threaded (the only time the platform allows reading it).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalClock {
+    offset: UtcOffset,
+}
+
+impl LocalClock {
+    /// The machine's current offset, or UTC when it cannot be read.
+    pub fn detect() -> Self {
+        LocalClock {
+            offset: UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC),
+        }
+    }
+
+    /// A clock at a fixed offset.
+    #[cfg(test)]
+    pub fn fixed(offset: UtcOffset) -> Self {
+        LocalClock { offset }
+    }
+
+    fn time_of_day(&self, ms: i64) -> String {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            .to_offset(self.offset);
+        format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
+    }
+}
+
+/// How `listen` and `events` print deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// SPEC's one-line format.
+    Lines,
+    /// `Delivery::summary_json`, one object a line.
+    Json,
+}
+
+/// One delivery as a line:
+/// `14:30:00  ticket.created      tkt_xyz789   POST /webhooks/illumichat  200  12ms`,
+/// then markers (`dup`, `replay of ID`, `skipped`, `queued`) and the error, if any.
+pub fn line(d: &Delivery, clock: &LocalClock) -> String {
+    let event = escape(d.event.as_deref().unwrap_or("-"));
+    let resource = escape(d.resource_id.as_deref().unwrap_or("-"));
+    let path = escape(&shown_path(d));
+    let status = match (d.status(), d.skipped) {
+        (Some(s), _) => s.to_string(),
+        (None, true) => "---".to_string(),
+        (None, false) => "ERR".to_string(),
+    };
+    let mut out = format!(
+        "{}  {event:<18}  {resource:<12} {} {path}  {status}  {}",
+        clock.time_of_day(d.received_at_ms),
+        escape(&d.request.method),
+        format_duration(d.duration_us),
+    );
+    if d.duplicate {
+        out.push_str("  dup");
+    }
+    if let Some(original) = &d.replay_of {
+        out.push_str(&format!("  replay of {original}"));
+    }
+    if d.skipped {
+        out.push_str("  skipped");
+    }
+    if d.queued {
+        out.push_str("  queued");
+    }
+    if let Some(err) = &d.error {
+        out.push_str("  ");
+        out.push_str(&escape(err));
+    }
+    out
+}
+
+/// `12ms`, or `0.4ms` below ten milliseconds.
+fn format_duration(us: i64) -> String {
+    let ms = us as f64 / 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.1}ms")
+    } else {
+        format!("{}ms", ms.round() as i64)
+    }
+}
+
+/// The path the local server saw (forward path included), else the path below the tunnel.
+fn shown_path(d: &Delivery) -> String {
+    d.target
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| u.authority().is_some())
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|| d.request.path.clone())
+}
+
+/// Replaces control characters so payload text cannot drive the terminal.
+fn escape(s: &str) -> String {
+    escape_keeping(s, &[])
+}
+
+fn escape_keeping(s: &str, keep: &[char]) -> String {
+    if !s.chars().any(|c| c.is_control() && !keep.contains(&c)) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() && !keep.contains(&c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Writes one delivery to `out` in `format`.
+pub fn write_delivery(
+    out: &mut impl Write,
+    d: &Delivery,
+    format: Format,
+    clock: &LocalClock,
+) -> io::Result<()> {
+    match format {
+        Format::Lines => writeln!(out, "{}", line(d, clock)),
+        Format::Json => writeln!(out, "{}", d.summary_json()),
+    }
+}
+
+/// The `events` listing: like [`line`], with the id in front so `show` can be called with it.
+pub fn write_listing(
+    out: &mut impl Write,
+    deliveries: &[Delivery],
+    format: Format,
+    clock: &LocalClock,
+) -> io::Result<()> {
+    for d in deliveries {
+        match format {
+            Format::Lines => writeln!(out, "{}  {}", d.id, line(d, clock))?,
+            Format::Json => writeln!(out, "{}", d.summary_json())?,
+        }
+    }
+    out.flush()
+}
+
+/// `show`: one delivery, human-readable, or `Delivery::detail_json` on one line.
+pub fn write_detail(out: &mut impl Write, d: &Delivery, json: bool) -> io::Result<()> {
+    if json {
+        return writeln!(out, "{}", d.detail_json());
+    }
+    let field = |name: &str, value: &str| format!("{name:<13}{value}\n");
+    let mut s = String::new();
+    s += &field("id", d.id.as_str());
+    s += &field("received", &illumitunnel::rfc3339_ms(d.received_at_ms));
+    s += &field("event", &escape(d.event.as_deref().unwrap_or("-")));
+    s += &field("resource", &escape(d.resource_id.as_deref().unwrap_or("-")));
+    let mut flags = vec![d.source.as_str().to_string()];
+    if d.duplicate {
+        flags.push("duplicate".into());
+    }
+    if d.queued {
+        flags.push("queued".into());
+    }
+    if d.skipped {
+        flags.push("skipped".into());
+    }
+    if let Some(original) = &d.replay_of {
+        flags.push(format!("replay of {original}"));
+    }
+    s += &field("source", &flags.join(", "));
+    if !d.target.is_empty() {
+        s += &field("forwarded to", &escape(&d.target));
+    }
+    let outcome = match (&d.response, &d.error) {
+        (Some(r), _) => format!("{} in {}", r.status, format_duration(d.duration_us)),
+        (None, Some(e)) => format!(
+            "failed after {}: {}",
+            format_duration(d.duration_us),
+            escape(e)
+        ),
+        (None, None) => "no answer".to_string(),
+    };
+    s += &field("outcome", &outcome);
+
+    let r = &d.request;
+    let query = if r.query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", r.query)
+    };
+    s += &format!(
+        "\nrequest\n  {} {}{}\n",
+        escape(&r.method),
+        escape(&r.path),
+        escape(&query)
+    );
+    s += &headers_text(&r.headers);
+    s += &body_text(&r.body, &r.headers);
+
+    if let Some(resp) = &d.response {
+        s += &format!("\nresponse\n  {}\n", resp.status);
+        s += &headers_text(&resp.headers);
+        s += &body_text(&resp.body, &resp.headers);
+    }
+    out.write_all(s.as_bytes())?;
+    out.flush()
+}
+
+fn headers_text(headers: &[illumitunnel::headers::Header]) -> String {
+    headers
+        .iter()
+        .map(|(n, v)| format!("  {}: {}\n", escape(n), escape(&String::from_utf8_lossy(v))))
+        .collect()
+}
+
+fn body_text(body: &[u8], headers: &[illumitunnel::headers::Header]) -> String {
+    if body.is_empty() {
+        return "\n  (empty body)\n".to_string();
+    }
+    let looks_json = illumitunnel::headers::get(headers, "content-type")
+        .is_some_and(|ct| String::from_utf8_lossy(ct).contains("json"))
+        || body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{' || *b == b'[');
+    if looks_json {
+        if let Ok(v) = serde_json::from_slice::<Value>(body) {
+            if let Ok(pretty) = serde_json::to_string_pretty(&v) {
+                return format!("\n{}\n", escape_keeping(&pretty, &['\n']));
+            }
+        }
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => format!("\n{}\n", escape_keeping(text, &['\n', '\t'])),
+        Err(_) => format!(
+            "\n  ({} bytes of binary data; show --json prints it as body_base64)\n",
+            body.len()
+        ),
+    }
+}
+
+/// What the line screen prints above the first connection state.
+#[derive(Debug, Clone)]
+pub struct Banner {
+    /// `--forward-to`, as validated.
+    pub forward_to: String,
+    /// Capture store file.
+    pub store: PathBuf,
+    /// Base URL of the embedded relay, when `listen` runs one.
+    pub embedded_relay: Option<String>,
+}
+
+/// The state line for a connection change, or `None` for states not shown as lines.
+pub fn state_line(state: &ConnectionState) -> Option<String> {
+    match state {
+        ConnectionState::Connecting => None,
+        ConnectionState::Connected { queued, expired } => {
+            let mut s = "connected".to_string();
+            if *queued > 0 {
+                s += &format!(", {queued} queued deliveries follow");
+            }
+            if *expired > 0 {
+                s += &format!(", {expired} queued deliveries expired");
+            }
+            Some(s)
+        }
+        ConnectionState::Reconnecting { in_secs, cause } => {
+            Some(format!("reconnecting in {in_secs:.1} s: {cause}"))
+        }
+        // `main` prints the refusal once, as the error `listen` exits with.
+        ConnectionState::Refused(_) => None,
+    }
+}
+
+fn banner_lines(banner: &Banner, public_url: &str) -> String {
+    let row = |label: &str, value: &str| format!("{label:<15}{value}\n");
+    let mut s = row("webhook URL", public_url);
+    s += &row("forwarding to", &banner.forward_to);
+    s += &row("capture store", &banner.store.display().to_string());
+    if let Some(url) = &banner.embedded_relay {
+        s += &row(
+            "relay",
+            &format!("embedded at {url} (self-signed, trusted by this client)"),
+        );
+    }
+    s
+}
+
+/// The line screen of `listen`: runs on its own thread until every sender is gone. Banner and
+/// connection state go to stderr, deliveries to stdout; each burst is flushed once.
+pub fn run_lines(
+    mut events: mpsc::Receiver<ListenEvent>,
+    public_url: watch::Receiver<Option<String>>,
+    banner: Banner,
+    format: Format,
+    clock: LocalClock,
+) -> io::Result<()> {
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut banner_shown = false;
+    while let Some(first) = events.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            match event {
+                ListenEvent::Delivery(d) => write_delivery(&mut out, &d, format, &clock)?,
+                ListenEvent::Connection(state) => {
+                    out.flush()?;
+                    let mut err = io::stderr().lock();
+                    if !banner_shown && matches!(state, ConnectionState::Connected { .. }) {
+                        if let Some(url) = public_url.borrow().as_deref() {
+                            let _ = err.write_all(banner_lines(&banner, url).as_bytes());
+                            banner_shown = true;
+                        }
+                    }
+                    if let Some(line) = state_line(&state) {
+                        let _ = writeln!(err, "{line}");
+                    }
+                }
+                ListenEvent::StoreChanged => {}
+            }
+            next = events.try_recv().ok();
+        }
+        out.flush()?;
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
+    use illumitunnel::DeliveryId;
+
+    fn delivery() -> Delivery {
+        let body = br#"{"event":"ticket.created","timestamp":"2025-06-15T14:30:00Z","workspaceId":"ws_abc123","data":{"id":"tkt_xyz789"}}"#;
+        let mut d = Delivery::new(
+            DeliveryId::parse("0192a3b4c5d6e7f8").unwrap(),
+            // 2025-06-15T14:30:00Z
+            1_749_997_800_000,
+            Source::Tunnel,
+            RequestRecord {
+                method: "POST".into(),
+                path: "/".into(),
+                query: String::new(),
+                headers: vec![("content-type".into(), b"application/json".to_vec())],
+                body: Bytes::from_static(body),
+            },
+        );
+        d.target = "http://127.0.0.1:3000/webhooks/illumichat".into();
+        d.response = Some(ResponseRecord {
+            status: 200,
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            body: Bytes::from_static(b"ok"),
+        });
+        d.duration_us = 12_300;
+        d
+    }
+
+    #[test]
+    fn line_matches_the_spec_format() {
+        let utc = LocalClock::fixed(UtcOffset::UTC);
+        assert_eq!(
+            line(&delivery(), &utc),
+            "14:30:00  ticket.created      tkt_xyz789   POST /webhooks/illumichat  200  12ms"
+        );
+        let plus2 = LocalClock::fixed(UtcOffset::from_hms(2, 0, 0).unwrap());
+        assert!(line(&delivery(), &plus2).starts_with("16:30:00  "));
+    }
+
+    #[test]
+    fn line_shows_markers_and_errors() {
+        let mut d = delivery();
+        d.duplicate = true;
+        d.queued = true;
+        d.replay_of = DeliveryId::parse("abc");
+        d.duration_us = 400;
+        let l = line(&d, &LocalClock::fixed(UtcOffset::UTC));
+        assert!(l.ends_with("200  0.4ms  dup  replay of abc  queued"), "{l}");
+
+        let mut d = delivery();
+        d.response = None;
+        d.error = Some("connection refused to 127.0.0.1:3000".into());
+        let l = line(&d, &LocalClock::fixed(UtcOffset::UTC));
+        assert!(
+            l.ends_with("ERR  12ms  connection refused to 127.0.0.1:3000"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn line_without_envelope_and_with_control_characters() {
+        let mut d = Delivery::new(
+            DeliveryId::parse("abc").unwrap(),
+            0,
+            Source::Tunnel,
+            RequestRecord {
+                method: "GET".into(),
+                path: "/x\u{1b}[2J".into(),
+                ..Default::default()
+            },
+        );
+        d.duration_us = 1_000;
+        let l = line(&d, &LocalClock::fixed(UtcOffset::UTC));
+        assert!(
+            l.starts_with("00:00:00  -                   -            GET /x\\u{1b}[2J  ERR"),
+            "{l}"
+        );
+        assert!(!l.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn json_line_is_the_summary() {
+        let mut buf = Vec::new();
+        write_delivery(
+            &mut buf,
+            &delivery(),
+            Format::Json,
+            &LocalClock::fixed(UtcOffset::UTC),
+        )
+        .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["id"], "0192a3b4c5d6e7f8");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["event"], "ticket.created");
+    }
+
+    #[test]
+    fn detail_pretty_prints_json_and_names_binary() {
+        let mut d = delivery();
+        if let Some(r) = d.response.as_mut() {
+            r.body = Bytes::from_static(&[0xff, 0x00, 0x01]);
+        }
+        let mut buf = Vec::new();
+        write_detail(&mut buf, &d, false).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains("id           0192a3b4c5d6e7f8\n"), "{text}");
+        assert!(text.contains("  POST /\n"), "{text}");
+        assert!(
+            text.contains("  content-type: application/json\n"),
+            "{text}"
+        );
+        assert!(text.contains("\"id\": \"tkt_xyz789\""), "{text}");
+        assert!(text.contains("response\n  200\n"), "{text}");
+        assert!(text.contains("(3 bytes of binary data"), "{text}");
+    }
+
+    #[test]
+    fn state_lines() {
+        assert_eq!(
+            state_line(&ConnectionState::Connected {
+                queued: 0,
+                expired: 0
+            })
+            .unwrap(),
+            "connected"
+        );
+        assert_eq!(
+            state_line(&ConnectionState::Connected {
+                queued: 3,
+                expired: 1
+            })
+            .unwrap(),
+            "connected, 3 queued deliveries follow, 1 queued deliveries expired"
+        );
+        assert_eq!(
+            state_line(&ConnectionState::Reconnecting {
+                in_secs: 1.42,
+                cause: "relay closed the connection".into()
+            })
+            .unwrap(),
+            "reconnecting in 1.4 s: relay closed the connection"
+        );
+        assert_eq!(state_line(&ConnectionState::Refused("x".into())), None);
+    }
+
+    #[test]
+    fn banner_rows_line_up() {
+        let b = Banner {
+            forward_to: "http://localhost:3000/hooks".into(),
+            store: PathBuf::from("/tmp/c.db"),
+            embedded_relay: Some("https://127.0.0.1:8443".into()),
+        };
+        assert_eq!(
+            banner_lines(&b, "https://127.0.0.1:8443/t/quiet-otter-1234"),
+            "webhook URL    https://127.0.0.1:8443/t/quiet-otter-1234\n\
+             forwarding to  http://localhost:3000/hooks\n\
+             capture store  /tmp/c.db\n\
+             relay          embedded at https://127.0.0.1:8443 (self-signed, trusted by this client)\n"
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! Which relay certificates the client trusts (web PKI roots, `--ca`, the embedded relay's own
+//! certificate, or anything with `--insecure`), and how a failed handshake is explained.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// The relay certificates this client accepts.
+pub enum Trust {
+    /// The web PKI roots, plus these certificates (from `--ca`).
+    WebPki(Vec<CertificateDer<'static>>),
+    /// Exactly these certificates (the embedded relay's self-signed one).
+    Only(Vec<CertificateDer<'static>>),
+    /// Any certificate (`--insecure`).
+    Insecure,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls client configuration for websocket connections to the relay.
+pub fn client_config(trust: Trust) -> Result<Arc<ClientConfig>, String> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("could not set up TLS: {e}"))?;
+    let mut config = match trust {
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth(),
+        Trust::WebPki(extra) => {
+            let mut roots = RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            add_all(&mut roots, extra)?;
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Only(certs) => {
+            let mut roots = RootCertStore::empty();
+            add_all(&mut roots, certs)?;
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn add_all(roots: &mut RootCertStore, certs: Vec<CertificateDer<'static>>) -> Result<(), String> {
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("could not use a certificate as a trust root: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Reads every certificate in a `--ca` PEM file.
+pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| {
+        format!(
+            "could not read --ca {}: {e}; pass a PEM certificate file",
+            path.display()
+        )
+    })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            format!(
+                "could not parse --ca {}: {e}; pass a PEM certificate file",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--ca {} holds no PEM certificate; pass the relay's certificate file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// For a failed TLS handshake: the cause as a phrase, and whether retrying can help.
+pub fn explain_handshake_error(err: &std::io::Error) -> (String, bool) {
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(cause)) => {
+            tracing::debug!(?cause, "relay certificate rejected");
+            let what = match cause {
+                rustls::CertificateError::Expired => "certificate expired",
+                rustls::CertificateError::NotValidForName => "certificate not valid for this host",
+                _ => "certificate not trusted",
+            };
+            (format!("{what}; pass --ca FILE or --insecure"), false)
+        }
+        Some(other) => (
+            format!("tls handshake failed: {other}; check that --relay speaks https"),
+            true,
+        ),
+        None => (format!("tls handshake failed: {err}"), true),
+    }
+}
+
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_build() {
+        assert!(client_config(Trust::WebPki(vec![])).is_ok());
+        assert!(client_config(Trust::Insecure).is_ok());
+    }
+
+    #[test]
+    fn ca_file_errors_are_sentences() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = load_ca(&dir.path().join("nope.pem")).unwrap_err();
+        assert!(missing.starts_with("could not read --ca "), "{missing}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not pem").unwrap();
+        assert!(load_ca(&empty)
+            .unwrap_err()
+            .contains("holds no PEM certificate"));
+    }
+
+    #[test]
+    fn untrusted_certificate_is_fatal_with_a_remedy() {
+        let err = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let (msg, retry) = explain_handshake_error(&err);
+        assert_eq!(msg, "certificate not trusted; pass --ca FILE or --insecure");
+        assert!(!retry);
+    }
+}
