@@ -1,21 +1,27 @@
-//! Relay configuration: validated settings the server runs with. (Skeleton: the relay CLI's
-//! `Args` and `TryFrom<Args>` validation land here.)
+//! Relay configuration: the command line ([`Args`]) and the validated settings the server runs
+//! with ([`Config`]). Every rule clap cannot express is checked in `TryFrom<Args>`, and each
+//! [`ConfigError`] is the one sentence `illumitunnel-relay` prints before exiting with code 2.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Default `--listen` address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 /// Default `--max-body`: 10 MiB.
 pub const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
 /// Default `--response-timeout`.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(25);
 /// How often each side pings; a peer silent for two intervals is gone.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+/// Environment variable holding client tokens, separated by commas or newlines.
+pub const TOKENS_ENV: &str = "ILLUMITUNNEL_RELAY_TOKENS";
 
 /// What the relay does with a delivery for a known tunnel with no client connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OfflinePolicy {
     /// Keep it durably and answer 202.
     Queue,
@@ -36,11 +42,23 @@ pub enum TlsConfig {
     },
 }
 
+impl TlsConfig {
+    /// URL scheme the listener serves: `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            TlsConfig::Plain => "http",
+            TlsConfig::Certified { .. } => "https",
+        }
+    }
+}
+
 impl std::fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TlsConfig::Plain => f.write_str("Plain"),
-            TlsConfig::Certified { chain, .. } => write!(f, "Certified({} certificates, key MASKED)", chain.len()),
+            TlsConfig::Certified { chain, .. } => {
+                write!(f, "Certified({} certificates, key MASKED)", chain.len())
+            }
         }
     }
 }
@@ -68,10 +86,489 @@ pub struct Config {
     pub keepalive: Duration,
 }
 
+impl Config {
+    /// Settings for a relay embedded in `illumitunnel listen` on loopback: no tokens, any
+    /// client accepted, every limit at its default.
+    pub fn embedded(tls: TlsConfig, data_dir: PathBuf) -> Self {
+        Config {
+            tls,
+            public_url: None,
+            tokens: Vec::new(),
+            allow_anonymous: true,
+            data_dir,
+            max_body: DEFAULT_MAX_BODY,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            offline: OfflinePolicy::Queue,
+            keepalive: DEFAULT_KEEPALIVE,
+        }
+    }
+}
+
+/// `illumitunnel-relay`'s command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "illumitunnel-relay",
+    version,
+    about = "Public relay for illumitunnel: accepts webhooks on /t/{tunnel}/… and carries them to connected clients",
+    after_help = "Client tokens can also come from ILLUMITUNNEL_RELAY_TOKENS (comma or newline separated)."
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Generate a self-signed ECDSA certificate and print its SHA-256 fingerprint.
+    #[arg(long)]
+    pub self_signed: bool,
+    /// Extra DNS name or IP address for --self-signed (repeatable).
+    #[arg(long = "hostname", value_name = "NAME")]
+    pub hostnames: Vec<String>,
+    /// Serve plain HTTP, for running behind a TLS proxy.
+    #[arg(long)]
+    pub http: bool,
+    /// Base URL printed to clients (default from the listen address).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// File with one client token a line.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Tokens from the environment; read once at parse time, never shown in `--help`.
+    #[arg(skip = std::env::var(TOKENS_ENV).ok())]
+    pub tokens_env: Option<String>,
+    /// Accept clients without a token.
+    #[arg(long)]
+    pub allow_anonymous: bool,
+    /// Offline queue and tunnel ownership (SQLite).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+    /// Seconds a sender waits for the local server's answer.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RESPONSE_TIMEOUT.as_secs())]
+    pub response_timeout: u64,
+    /// What to do with deliveries while a tunnel's client is offline.
+    #[arg(long, value_enum, default_value_t = OfflinePolicy::Queue)]
+    pub offline: OfflinePolicy,
+    /// Websocket ping interval in milliseconds (tests shorten it).
+    #[arg(long, hide = true, value_name = "MS")]
+    pub keepalive_ms: Option<u64>,
+}
+
 /// A configuration the relay refuses to start with (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Placeholder until the CLI lands.
-    #[error("{0}")]
-    Invalid(String),
+    /// None of `--http`, `--tls-cert/--tls-key`, `--self-signed`.
+    #[error("choose how to serve: pass --tls-cert FILE --tls-key FILE, --self-signed, or --http (plain HTTP behind a TLS proxy)")]
+    NoServeMode,
+    /// `--tls-cert` without `--tls-key`.
+    #[error("--tls-cert needs --tls-key; pass the certificate's private key as well")]
+    CertWithoutKey,
+    /// `--tls-key` without `--tls-cert`.
+    #[error("--tls-key needs --tls-cert; pass the certificate chain as well")]
+    KeyWithoutCert,
+    /// `--http` together with TLS flags.
+    #[error("--http serves plain HTTP and cannot be combined with --tls-cert, --tls-key or --self-signed; pick one")]
+    HttpWithTls,
+    /// `--self-signed` together with PEM files.
+    #[error("--self-signed cannot be combined with --tls-cert/--tls-key; pick one")]
+    SelfSignedWithPem,
+    /// `--hostname` without `--self-signed`.
+    #[error("--hostname only applies to --self-signed; add --self-signed or drop --hostname")]
+    HostnameWithoutSelfSigned,
+    /// Public address, no tokens, no `--allow-anonymous`.
+    #[error("refusing to listen on {0} without client tokens: pass --tokens-file FILE (or set ILLUMITUNNEL_RELAY_TOKENS), or --allow-anonymous to accept any client")]
+    OpenToAnyone(SocketAddr),
+    /// The tokens file cannot be read.
+    #[error("could not read tokens file {path}: {reason}; check the path and its permissions")]
+    TokensFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        reason: std::io::Error,
+    },
+    /// The tokens file holds no token.
+    #[error("tokens file {0} has no tokens; put one token a line, or pass --allow-anonymous")]
+    EmptyTokensFile(PathBuf),
+    /// A PEM file cannot be used.
+    #[error("could not load {path}: {reason}; pass a PEM certificate chain with --tls-cert and its private key with --tls-key")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rcgen failed.
+    #[error("could not generate a self-signed certificate: {0}; check the --hostname values")]
+    SelfSigned(String),
+    /// `--public-url` is not an http(s) URL.
+    #[error("invalid --public-url {0:?}: use http:// or https:// and a host, e.g. https://relay.example.com")]
+    PublicUrl(String),
+    /// `--max-body 0`.
+    #[error("--max-body must be at least 1 byte")]
+    ZeroMaxBody,
+    /// `--response-timeout 0`.
+    #[error("--response-timeout must be at least 1 second")]
+    ZeroResponseTimeout,
+    /// `--keepalive-ms 0`.
+    #[error("--keepalive-ms must be at least 1")]
+    ZeroKeepalive,
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: Args) -> Result<Self, ConfigError> {
+        let tls = tls_from(&args)?;
+        let mut tokens = Vec::new();
+        if let Some(path) = &args.tokens_file {
+            let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::TokensFile {
+                path: path.clone(),
+                reason,
+            })?;
+            let before = tokens.len();
+            tokens.extend(parse_tokens(&text));
+            if tokens.len() == before {
+                return Err(ConfigError::EmptyTokensFile(path.clone()));
+            }
+        }
+        if let Some(env) = &args.tokens_env {
+            tokens.extend(parse_tokens(env));
+        }
+        if tokens.is_empty() && !args.allow_anonymous && !args.listen.ip().is_loopback() {
+            return Err(ConfigError::OpenToAnyone(args.listen));
+        }
+        let public_url = args
+            .public_url
+            .as_deref()
+            .map(parse_public_url)
+            .transpose()?;
+        if args.max_body == 0 {
+            return Err(ConfigError::ZeroMaxBody);
+        }
+        if args.response_timeout == 0 {
+            return Err(ConfigError::ZeroResponseTimeout);
+        }
+        let keepalive = match args.keepalive_ms {
+            Some(0) => return Err(ConfigError::ZeroKeepalive),
+            Some(ms) => Duration::from_millis(ms),
+            None => DEFAULT_KEEPALIVE,
+        };
+        Ok(Config {
+            tls,
+            public_url,
+            tokens,
+            allow_anonymous: args.allow_anonymous,
+            data_dir: args
+                .data_dir
+                .unwrap_or_else(illumitunnel::paths::default_relay_data_dir),
+            max_body: args.max_body,
+            response_timeout: Duration::from_secs(args.response_timeout),
+            offline: args.offline,
+            keepalive,
+        })
+    }
+}
+
+fn tls_from(args: &Args) -> Result<TlsConfig, ConfigError> {
+    let has_pem = args.tls_cert.is_some() || args.tls_key.is_some();
+    if args.http && (has_pem || args.self_signed) {
+        return Err(ConfigError::HttpWithTls);
+    }
+    if args.self_signed && has_pem {
+        return Err(ConfigError::SelfSignedWithPem);
+    }
+    if !args.hostnames.is_empty() && !args.self_signed {
+        return Err(ConfigError::HostnameWithoutSelfSigned);
+    }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => load_pem(cert, key),
+        (Some(_), None) => Err(ConfigError::CertWithoutKey),
+        (None, Some(_)) => Err(ConfigError::KeyWithoutCert),
+        (None, None) if args.self_signed => {
+            let mut names = vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+            ];
+            names.extend(args.hostnames.iter().cloned());
+            let cert = crate::tls::SelfSigned::generate(&names).map_err(ConfigError::SelfSigned)?;
+            Ok(TlsConfig::Certified {
+                chain: vec![cert.cert],
+                key: cert.key,
+            })
+        }
+        (None, None) if args.http => Ok(TlsConfig::Plain),
+        (None, None) => Err(ConfigError::NoServeMode),
+    }
+}
+
+fn load_pem(cert: &Path, key: &Path) -> Result<TlsConfig, ConfigError> {
+    let pem_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |reason: String| ConfigError::Pem { path, reason }
+    };
+    let chain = crate::tls::load_certs(cert).map_err(pem_error(cert))?;
+    let key = crate::tls::load_key(key).map_err(pem_error(key))?;
+    Ok(TlsConfig::Certified { chain, key })
+}
+
+/// Tokens separated by newlines or commas; blank entries and `#` comment lines are skipped.
+fn parse_tokens(text: &str) -> impl Iterator<Item = Token> + '_ {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Token::new)
+}
+
+fn parse_public_url(url: &str) -> Result<String, ConfigError> {
+    let trimmed = url.trim_end_matches('/');
+    let host = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"));
+    match host {
+        Some(h) if !h.is_empty() && !h.contains(char::is_whitespace) => Ok(trimmed.to_string()),
+        _ => Err(ConfigError::PublicUrl(url.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::io::Write;
+
+    fn args(argv: &[&str]) -> Args {
+        let mut args =
+            Args::try_parse_from(std::iter::once("illumitunnel-relay").chain(argv.iter().copied()))
+                .unwrap();
+        args.tokens_env = None;
+        args
+    }
+
+    fn tokens_file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn validation_table() {
+        let lo = ["--listen", "127.0.0.1:0"];
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (
+                &["--http"],
+                Some("refusing to listen on 0.0.0.0:8443 without client tokens"),
+            ),
+            (&["--http", "--allow-anonymous"], None),
+            (&[&lo[..], &["--http"]].concat(), None),
+            (&lo, Some("choose how to serve")),
+            (
+                &[&lo[..], &["--tls-cert", "c.pem"]].concat(),
+                Some("--tls-cert needs --tls-key"),
+            ),
+            (
+                &[&lo[..], &["--tls-key", "k.pem"]].concat(),
+                Some("--tls-key needs --tls-cert"),
+            ),
+            (
+                &[&lo[..], &["--http", "--self-signed"]].concat(),
+                Some("--http serves plain HTTP"),
+            ),
+            (
+                &[&lo[..], &["--http", "--tls-cert", "c", "--tls-key", "k"]].concat(),
+                Some("--http serves plain HTTP"),
+            ),
+            (
+                &[
+                    &lo[..],
+                    &["--self-signed", "--tls-cert", "c", "--tls-key", "k"],
+                ]
+                .concat(),
+                Some("--self-signed cannot"),
+            ),
+            (
+                &[&lo[..], &["--http", "--hostname", "x.example"]].concat(),
+                Some("--hostname only applies"),
+            ),
+            (
+                &[
+                    &lo[..],
+                    &[
+                        "--tls-cert",
+                        "/nonexistent/c.pem",
+                        "--tls-key",
+                        "/nonexistent/k.pem",
+                    ],
+                ]
+                .concat(),
+                Some("could not load /nonexistent/c.pem"),
+            ),
+            (
+                &[&lo[..], &["--http", "--public-url", "ftp://x"]].concat(),
+                Some("invalid --public-url"),
+            ),
+            (
+                &[&lo[..], &["--http", "--public-url", "https://"]].concat(),
+                Some("invalid --public-url"),
+            ),
+            (
+                &[&lo[..], &["--http", "--max-body", "0"]].concat(),
+                Some("--max-body must be"),
+            ),
+            (
+                &[&lo[..], &["--http", "--response-timeout", "0"]].concat(),
+                Some("--response-timeout must be"),
+            ),
+            (
+                &[&lo[..], &["--http", "--keepalive-ms", "0"]].concat(),
+                Some("--keepalive-ms must be"),
+            ),
+            (
+                &[&lo[..], &["--http", "--tokens-file", "/nonexistent/tokens"]].concat(),
+                Some("could not read tokens file /nonexistent/tokens"),
+            ),
+            (
+                &[
+                    &lo[..],
+                    &["--self-signed", "--hostname", "relay.example.com"],
+                ]
+                .concat(),
+                None,
+            ),
+        ];
+        for (argv, want) in cases {
+            let got = Config::try_from(args(argv));
+            match (want, got) {
+                (None, Ok(_)) => {}
+                (Some(want), Err(err)) => {
+                    let msg = err.to_string();
+                    assert!(
+                        msg.starts_with(want),
+                        "{argv:?}: got {msg:?}, want {want:?}"
+                    );
+                    assert!(!msg.ends_with('.') && !msg.contains('\n'), "{msg}");
+                }
+                (want, got) => panic!("{argv:?}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_from_file_and_env() {
+        let file = tokens_file("# relay tokens\n alpha \n\nbeta,gamma\n");
+        let mut a = args(&["--http", "--tokens-file", file.path().to_str().unwrap()]);
+        a.tokens_env = Some("delta,\nepsilon".into());
+        let config = Config::try_from(a).unwrap();
+        let tokens: Vec<&str> = config.tokens.iter().map(Token::expose).collect();
+        assert_eq!(tokens, ["alpha", "beta", "gamma", "delta", "epsilon"]);
+        assert!(
+            !format!("{config:?}").contains("alpha"),
+            "tokens leak through Debug"
+        );
+
+        let empty = tokens_file("\n# nothing\n  \n");
+        let err = Config::try_from(args(&[
+            "--http",
+            "--tokens-file",
+            empty.path().to_str().unwrap(),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("has no tokens"), "{err}");
+
+        let mut a = args(&["--http"]);
+        a.tokens_env = Some("zeta".into());
+        assert!(
+            Config::try_from(a).is_ok(),
+            "env tokens allow a public listen address"
+        );
+    }
+
+    #[test]
+    fn defaults_and_conversions() {
+        let config = Config::try_from(args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "--public-url",
+            "https://relay.example.com/",
+            "--response-timeout",
+            "3",
+            "--offline",
+            "reject",
+            "--keepalive-ms",
+            "50",
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.public_url.as_deref(),
+            Some("https://relay.example.com")
+        );
+        assert_eq!(config.response_timeout, Duration::from_secs(3));
+        assert_eq!(config.offline, OfflinePolicy::Reject);
+        assert_eq!(config.keepalive, Duration::from_millis(50));
+        assert_eq!(config.max_body, DEFAULT_MAX_BODY);
+        assert_eq!(config.tls.scheme(), "http");
+
+        let config = Config::try_from(args(&["--listen", "127.0.0.1:0", "--self-signed"])).unwrap();
+        assert_eq!(config.tls.scheme(), "https");
+        assert_eq!(config.offline, OfflinePolicy::Queue);
+        assert_eq!(config.keepalive, DEFAULT_KEEPALIVE);
+    }
+
+    #[test]
+    fn pem_files_load_and_garbage_is_named() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, cert.cert.pem()).unwrap();
+        std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+        let (cs, ks) = (c.to_str().unwrap(), k.to_str().unwrap());
+        let config = Config::try_from(args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cs,
+            "--tls-key",
+            ks,
+        ]))
+        .unwrap();
+        assert_eq!(config.tls.scheme(), "https");
+
+        let err = Config::try_from(args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            ks,
+            "--tls-key",
+            ks,
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("could not load {ks}: no certificate")),
+            "{err}"
+        );
+        let err = Config::try_from(args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cs,
+            "--tls-key",
+            cs,
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("could not load {cs}: no private key")),
+            "{err}"
+        );
+    }
 }

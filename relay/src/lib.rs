@@ -2,9 +2,27 @@
 //! `/t/{tunnel}/…` and carries them over websocket sessions to clients. `illumitunnel-relay`
 //! wraps it in a CLI; `illumitunnel listen` embeds it when no `--relay` is given.
 //!
-//! (Skeleton: the relay implementation replaces the body of [`run`].)
+//! # Layout
+//! - [`config`] — `Args` (the CLI), validated [`Config`], [`ConfigError`].
+//! - [`server`] — accept loop, HTTP/1.1 + HTTP/2, graceful shutdown, websocket upgrade.
+//! - [`tls`] — PEM loading, self-signed certificates, the rustls acceptor.
+//! - [`ingress`] — `/t/{tunnel}/…` → delivery → the local server's answer.
+//! - [`route`] — pure path routing.
+//! - [`error`] — `IngressError`: status and JSON body a sender reads.
+//! - [`session`] — a client's websocket session actor and its `SessionHandle`.
+//! - [`registry`] — tunnel → owner and live sessions.
+//! - [`auth`] — token check and tunnel owner keys.
+//! - [`metrics`] — Prometheus metrics for `GET /metrics`.
 
+pub mod auth;
 pub mod config;
+pub mod error;
+pub mod ingress;
+pub mod metrics;
+pub mod registry;
+pub mod route;
+pub mod server;
+pub mod session;
 pub mod tls;
 
 pub use config::{Config, ConfigError, OfflinePolicy, TlsConfig};
@@ -26,9 +44,12 @@ pub enum RelayError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves `listener` until `shutdown` is cancelled.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let _ = (config, listener);
-    shutdown.cancelled().await;
-    Ok(())
+/// Serves `listener` until `shutdown` is cancelled, then drains requests in flight (up to the
+/// response timeout), closes client sessions and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    server::run(config, listener, shutdown).await
 }

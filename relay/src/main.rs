@@ -1,1 +1,46 @@
-fn main() {}
+//! `illumitunnel-relay`: parse, validate, bind, print the address, serve until SIGTERM or Ctrl-C.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use illumitunnel_relay::config::Args;
+use illumitunnel_relay::{server, tls, Config, TlsConfig};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+#[allow(clippy::print_stdout)] // the listening line is this binary's output
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let (addr, self_signed) = (args.listen, args.self_signed);
+    let config = match Config::try_from(args) {
+        Ok(config) => config,
+        Err(err) => return fail(&err, 2),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let listener = match server::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => return fail(&err, 1),
+    };
+    let (scheme, local) = (config.tls.scheme(), listener.local_addr().unwrap_or(addr));
+    println!("illumitunnel-relay listening on {scheme}://{local}");
+    if let (true, TlsConfig::Certified { chain, .. }) = (self_signed, &config.tls) {
+        let fingerprint = chain.first().map(tls::fingerprint).unwrap_or_default();
+        println!("certificate sha256 fingerprint {fingerprint}");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server::cancel_on_signal(shutdown.clone()));
+    match illumitunnel_relay::run(config, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err, 1),
+    }
+}
+
+fn fail(err: &dyn std::error::Error, code: u8) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(code)
+}

@@ -1,6 +1,21 @@
-//! TLS for the relay: PEM loading and self-signed certificates. (Skeleton.)
+//! TLS for the relay: PEM loading, self-signed ECDSA certificates, and the rustls server
+//! configuration (ALPN h2 + http/1.1, session tickets and a session cache so that senders that
+//! open a new connection for every webhook resume instead of doing a full handshake).
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+use tokio_rustls::TlsAcceptor;
+
+/// Longest a TLS handshake may take before the connection is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Server-side TLS sessions remembered for resumption by session id.
+const SESSION_CACHE_SIZE: usize = 4096;
 
 /// A freshly generated self-signed certificate.
 pub struct SelfSigned {
@@ -17,7 +32,99 @@ pub struct SelfSigned {
 impl SelfSigned {
     /// Generates an ECDSA P-256 certificate for `hostnames` (DNS names or IP addresses).
     pub fn generate(hostnames: &[String]) -> Result<Self, String> {
-        let _ = hostnames;
-        Err("not implemented yet".to_string())
+        let certified =
+            rcgen::generate_simple_self_signed(hostnames.to_vec()).map_err(|e| e.to_string())?;
+        let cert = certified.cert.der().clone();
+        let key =
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+        Ok(SelfSigned {
+            fingerprint: fingerprint(&cert),
+            cert_pem: certified.cert.pem(),
+            cert,
+            key,
+        })
+    }
+}
+
+/// SHA-256 of a DER certificate as colon-separated upper-case hex (`AB:CD:…`).
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = Sha256::digest(cert.as_ref());
+    let mut out = String::with_capacity(digest.len() * 3);
+    for (i, byte) in digest.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(&format!("{byte:02X}"));
+    }
+    out
+}
+
+/// Reads a PEM certificate chain; the error says what is wrong with the file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM file ({e})"))?;
+    if certs.is_empty() {
+        return Err("no certificate found in the file".into());
+    }
+    Ok(certs)
+}
+
+/// Reads the first PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|e| format!("not a PEM file ({e})"))?
+        .ok_or_else(|| "no private key found in the file".into())
+}
+
+/// Builds the acceptor: TLS 1.2/1.3 with ring, ALPN `h2` then `http/1.1`, resumption on.
+pub fn acceptor(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the certificate and key do not fit together: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_has_fingerprint_and_builds_an_acceptor() {
+        let cert = SelfSigned::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        assert_eq!(cert.fingerprint.len(), 32 * 3 - 1);
+        assert!(cert.fingerprint.split(':').all(|b| b.len() == 2
+            && b.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())));
+        assert!(cert.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(acceptor(vec![cert.cert], cert.key).is_ok());
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(
+            load_certs(&empty).unwrap_err(),
+            "no certificate found in the file"
+        );
+        assert_eq!(
+            load_key(&empty).unwrap_err(),
+            "no private key found in the file"
+        );
+        assert!(load_certs(&dir.path().join("missing.pem")).is_err());
     }
 }

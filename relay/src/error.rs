@@ -1,0 +1,133 @@
+//! What a sender reads when the relay cannot give it the local server's answer: one
+//! [`IngressError`] per reason, its HTTP status, and the single JSON writer that turns it into
+//! `{"error": "<sentence>"}`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// Why a request to the relay got no answer from a local server.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// No client ever claimed this tunnel.
+    #[error("unknown tunnel")]
+    UnknownTunnel,
+    /// The path is not one the relay serves.
+    #[error("no such path on this relay; webhooks go to /t/{{tunnel}}/…")]
+    NotFound,
+    /// The body is over `--max-body`.
+    #[error("request body is larger than this relay's limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The sender stopped sending its body.
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    /// The tunnel is known but no client is connected.
+    #[error("the client for tunnel {0} is offline; start `illumitunnel listen --tunnel {0}` and send again")]
+    Offline(String),
+    /// The client did not answer within `--response-timeout`.
+    #[error("the client for tunnel {tunnel} did not answer within {timeout:?}")]
+    Timeout {
+        /// The tunnel.
+        tunnel: String,
+        /// `--response-timeout`.
+        timeout: Duration,
+    },
+    /// The client could not reach the local server; the message names the cause.
+    #[error("{0}")]
+    Failed(String),
+    /// The client's session ended before it answered.
+    #[error("the client for tunnel {0} disconnected before answering")]
+    ClientGone(String),
+    /// The client answered something the relay cannot pass on.
+    #[error("the client for tunnel {tunnel} sent an invalid answer: {reason}")]
+    BadAnswer {
+        /// The tunnel.
+        tunnel: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A request to the client websocket that is not a websocket upgrade.
+    #[error("expected a websocket upgrade; this path is for `illumitunnel listen`")]
+    NotWebsocket,
+}
+
+impl IngressError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngressError::UnknownTunnel | IngressError::NotFound => StatusCode::NOT_FOUND,
+            IngressError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::BodyRead(_) | IngressError::NotWebsocket => StatusCode::BAD_REQUEST,
+            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IngressError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            IngressError::Failed(_)
+            | IngressError::ClientGone(_)
+            | IngressError::BadAnswer { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The JSON error response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        json_error(self.status(), &self.to_string())
+    }
+}
+
+/// `{"error": message}` with `status`: the relay's only JSON error writer.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(response: Response<Full<Bytes>>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_error_is_one_json_sentence() {
+        let cases = [
+            (IngressError::UnknownTunnel, 404, "unknown tunnel"),
+            (IngressError::BodyTooLarge { limit: 10 }, 413, "request body is larger than this relay's limit of 10 bytes"),
+            (IngressError::Offline("my-app".into()), 503, "the client for tunnel my-app is offline; start `illumitunnel listen --tunnel my-app` and send again"),
+            (IngressError::Timeout { tunnel: "my-app".into(), timeout: Duration::from_secs(25) }, 504, "the client for tunnel my-app did not answer within 25s"),
+            (IngressError::Failed("connection refused to 127.0.0.1:3000".into()), 502, "connection refused to 127.0.0.1:3000"),
+            (IngressError::ClientGone("my-app".into()), 502, "the client for tunnel my-app disconnected before answering"),
+            (IngressError::NotWebsocket, 400, "expected a websocket upgrade; this path is for `illumitunnel listen`"),
+        ];
+        for (err, status, sentence) in cases {
+            let response = err.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+            assert_eq!(
+                body_json(response).await,
+                serde_json::json!({ "error": sentence })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn quotes_and_control_characters_stay_valid_json() {
+        let response = IngressError::Failed("bad \"answer\"\n\u{1}".into()).into_response();
+        assert_eq!(body_json(response).await["error"], "bad \"answer\"\n\u{1}");
+    }
+}

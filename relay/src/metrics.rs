@@ -1,0 +1,148 @@
+//! The relay's Prometheus metrics, served as text on `GET /metrics`: tunnels with a client
+//! connected, live sessions, deliveries by outcome, and the latency of answered deliveries.
+//! Counters per outcome are resolved once at start so the hot path only touches atomics.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// How a delivery to `/t/{tunnel}/…` ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// The local server's answer went back to the sender.
+    answered,
+    /// The client could not reach the local server (502).
+    failed,
+    /// No answer within `--response-timeout` (504).
+    timeout,
+    /// The client disconnected before answering (502).
+    client_gone,
+    /// Known tunnel, no client connected (503).
+    offline,
+    /// Unknown tunnel (404).
+    unknown_tunnel,
+    /// Body over `--max-body` (413).
+    too_large,
+    /// The body could not be read (400/408).
+    bad_request,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 8] = [
+        Outcome::answered,
+        Outcome::failed,
+        Outcome::timeout,
+        Outcome::client_gone,
+        Outcome::offline,
+        Outcome::unknown_tunnel,
+        Outcome::too_large,
+        Outcome::bad_request,
+    ];
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: Outcome,
+}
+
+/// Every metric the relay exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Tunnels with at least one session.
+    pub tunnels_connected: Gauge<i64, AtomicI64>,
+    /// Live client sessions.
+    pub sessions: Gauge<i64, AtomicI64>,
+    deliveries: [Counter; Outcome::ALL.len()],
+    latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `illumitunnel_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("illumitunnel");
+        let tunnels_connected = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "tunnels_connected",
+            "Tunnels with at least one client session",
+            tunnels_connected.clone(),
+        );
+        let sessions = Gauge::<i64, AtomicI64>::default();
+        registry.register("sessions", "Connected client sessions", sessions.clone());
+        let family = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Deliveries to /t/{tunnel}/ by outcome",
+            family.clone(),
+        );
+        let deliveries =
+            Outcome::ALL.map(|outcome| family.get_or_create(&OutcomeLabels { outcome }).clone());
+        // 0.25 ms .. ~8 s
+        let latency = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        registry.register(
+            "delivery_duration_seconds",
+            "Time from a delivery's arrival to its answer, for deliveries a client answered",
+            latency.clone(),
+        );
+        Metrics {
+            registry,
+            tunnels_connected,
+            sessions,
+            deliveries,
+            latency,
+        }
+    }
+
+    /// Counts one delivery; `elapsed` is observed when a client answered it.
+    pub fn delivery(&self, outcome: Outcome, elapsed: Duration) {
+        self.deliveries[outcome as usize].inc();
+        if matches!(outcome, Outcome::answered | Outcome::failed) {
+            self.latency.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Prometheus/OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_names_every_metric() {
+        let metrics = Metrics::new();
+        metrics.delivery(Outcome::answered, Duration::from_millis(3));
+        metrics.delivery(Outcome::timeout, Duration::from_secs(25));
+        metrics.sessions.inc();
+        let text = metrics.encode();
+        for needle in [
+            "illumitunnel_tunnels_connected 0",
+            "illumitunnel_sessions 1",
+            "illumitunnel_deliveries_total{outcome=\"answered\"} 1",
+            "illumitunnel_deliveries_total{outcome=\"timeout\"} 1",
+            "illumitunnel_deliveries_total{outcome=\"offline\"} 0",
+            "illumitunnel_delivery_duration_seconds_count 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

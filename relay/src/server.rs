@@ -1,0 +1,347 @@
+//! The accept loop and the HTTP layer: every connection (TLS or plain) is served by hyper-util's
+//! auto builder (HTTP/1.1 and HTTP/2, upgrades for the client websocket), watched by a
+//! `GracefulShutdown` so that a shutdown drains requests in flight before sessions close.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::auth::Auth;
+use crate::config::{Config, OfflinePolicy, TlsConfig};
+use crate::error::IngressError;
+use crate::ingress::{self, Delivery};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::route::{self, Route};
+use crate::{session, tls, RelayError};
+
+/// Longest a sender may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest between answering 101 and the websocket being usable.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Extra time, beyond the response timeout, a shutdown waits for requests in flight.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// Longest a shutdown waits for sessions to close after requests drained.
+const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Everything request handlers and sessions share.
+pub(crate) struct Shared {
+    pub registry: Registry,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    /// Public base URL without a trailing slash.
+    pub public_base: String,
+    /// `X-Forwarded-Proto` on plain connections (the public URL's scheme behind a TLS proxy).
+    pub plain_proto: &'static str,
+    pub max_body: usize,
+    pub response_timeout: Duration,
+    pub keepalive: Duration,
+    pub offline: OfflinePolicy,
+    /// Cancelled after HTTP requests drained; ends every session.
+    pub sessions: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Binding the listener failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another process holds the port.
+    #[error("address {0} is already in use; pass --listen with another port")]
+    InUse(SocketAddr),
+    /// Anything else (permission, no such address).
+    #[error("could not listen on {addr}: {source}; pass --listen with an address of this machine")]
+    Other {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Binds `addr` with a message that says what to do when it fails.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => BindError::InUse(addr),
+            _ => BindError::Other { addr, source },
+        })
+}
+
+pub(crate) async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let local = listener.local_addr()?;
+    let acceptor = match config.tls {
+        TlsConfig::Plain => None,
+        TlsConfig::Certified { chain, key } => {
+            Some(tls::acceptor(chain, key).map_err(RelayError::Tls)?)
+        }
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let public_base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| default_public_base(scheme, local));
+    let plain_proto = if public_base.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared {
+        registry: Registry::new(metrics.tunnels_connected.clone(), metrics.sessions.clone()),
+        auth: Auth::new(&config.tokens, config.allow_anonymous),
+        metrics,
+        public_base,
+        plain_proto,
+        max_body: config.max_body,
+        response_timeout: config.response_timeout,
+        keepalive: config.keepalive,
+        offline: config.offline,
+        sessions: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+    info!(%local, public_url = %shared.public_base, "relay serving");
+
+    let builder = Arc::new(http_builder());
+    let graceful = GracefulShutdown::new();
+    loop {
+        // Both branches are cancel-safe: a token wait and `TcpListener::accept`.
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(%err, "accept failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = serve_connection(
+            shared.clone(),
+            builder.clone(),
+            acceptor.clone(),
+            stream,
+            peer,
+            graceful.watcher(),
+        );
+        shared.tracker.spawn(connection);
+    }
+    drop(listener);
+
+    info!("shutting down: draining requests in flight");
+    let drain = shared.response_timeout + DRAIN_GRACE;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("requests still in flight after {drain:?}; closing anyway");
+    }
+    shared.sessions.cancel();
+    shared.tracker.close();
+    if tokio::time::timeout(SESSION_CLOSE_GRACE, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("sessions did not close within {SESSION_CLOSE_GRACE:?}");
+    }
+    info!("relay stopped");
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(term) => term.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+    shutdown.cancel();
+}
+
+fn default_public_base(scheme: &str, local: SocketAddr) -> String {
+    if local.ip().is_unspecified() {
+        format!("{scheme}://localhost:{}", local.port())
+    } else {
+        format!("{scheme}://{local}")
+    }
+}
+
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    acceptor: Option<TlsAcceptor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: Watcher,
+) {
+    let Some(acceptor) = acceptor else {
+        return serve_http(shared, &builder, stream, peer, false, watcher).await;
+    };
+    match tokio::time::timeout(tls::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_http(shared, &builder, stream, peer, true, watcher).await,
+        Ok(Err(err)) => debug!(%peer, %err, "TLS handshake failed"),
+        Err(_) => debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    peer: SocketAddr,
+    is_tls: bool,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(dispatch(shared, req, peer, is_tls).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(connection).await {
+        debug!(%peer, %err, "connection ended with an error");
+    }
+}
+
+async fn dispatch(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    is_tls: bool,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    match route::parse(parts.uri.path()) {
+        Route::Tunnel { tunnel, rest } => {
+            let proto = if is_tls { "https" } else { shared.plain_proto };
+            let delivery = Delivery {
+                parts: &parts,
+                tunnel,
+                rest,
+                peer,
+                proto,
+            };
+            ingress::handle(&shared, delivery, body).await
+        }
+        Route::Healthz => text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"ok"),
+        ),
+        Route::Metrics => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Bytes::from(shared.metrics.encode()),
+        ),
+        Route::Connect => upgrade(shared, Request::from_parts(parts, body)),
+        Route::NotFound => IngressError::NotFound.into_response(),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Answers a client's websocket upgrade with 101 and runs the session on a tracked task.
+fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let headers = req.headers();
+    let has = |name: header::HeaderName, want: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(want.as_bytes()))
+        })
+    };
+    let is_upgrade = req.method() == http::Method::GET
+        && has(header::UPGRADE, "websocket")
+        && has(header::SEC_WEBSOCKET_VERSION, "13");
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| is_upgrade)
+    else {
+        return IngressError::NotWebsocket.into_response();
+    };
+    let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
+        return IngressError::NotWebsocket.into_response();
+    };
+    let auth = shared.auth.check(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    );
+    let on_upgrade = hyper::upgrade::on(req);
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
+            Ok(Ok(upgraded)) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(session::ws_config()),
+                )
+                .await;
+                session::run(shared, ws, auth).await;
+            }
+            Ok(Err(err)) => debug!(%err, "websocket upgrade failed"),
+            Err(_) => debug!("websocket upgrade timed out"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}

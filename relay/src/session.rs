@@ -1,0 +1,693 @@
+//! One client's websocket session. The session task owns the websocket: after the `Hello` /
+//! `Welcome` handshake it splits into a writer task, which drains a bounded queue of encoded
+//! messages (batched with `feed` + one `flush`) and pings every keepalive interval, and a reader,
+//! which completes pending answers and drops the session once the client has been silent for
+//! two intervals. Everyone else holds a cloneable [`SessionHandle`]; each delivery that waits
+//! for an answer registers a `oneshot` keyed by its [`DeliveryId`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use illumitunnel::headers::Header;
+use illumitunnel::protocol::{
+    self, ClientMessage, Refusal, RelayMessage, MAX_MESSAGE, PROTOCOL_VERSION,
+};
+use illumitunnel::{DeliveryId, TunnelName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::auth::{Owner, Unauthorized};
+use crate::server::Shared;
+
+/// Longest the client may take to send `Hello` after the websocket opens.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Encoded messages queued for one session's writer; senders wait when it is full, so a large
+/// body is enqueued chunk by chunk, interleaved with other deliveries.
+const OUTBOUND_CAPACITY: usize = 64;
+/// Most messages written before one flush.
+const WRITE_BATCH: usize = 64;
+/// Longest the relay spends sending a refusal or a close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Websocket limits for client sessions: one protocol message at most; no compression.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig {
+        max_message_size: Some(MAX_MESSAGE),
+        max_frame_size: Some(MAX_MESSAGE),
+        ..WebSocketConfig::default()
+    }
+}
+
+/// The client's answer to one delivery.
+#[derive(Debug)]
+pub enum Reply {
+    /// The local server's response, body assembled from its chunks.
+    Answered {
+        /// HTTP status.
+        status: u16,
+        /// Headers as the local server sent them.
+        headers: Vec<Header>,
+        /// The whole body.
+        body: Bytes,
+    },
+    /// The client could not get an answer; a sentence naming the cause.
+    Failed(String),
+}
+
+/// The session ended (or was never reachable) before the operation completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionGone;
+
+type Waiters = HashMap<DeliveryId, oneshot::Sender<Reply>>;
+
+/// Deliveries waiting for this session's answer; `None` once the session has ended, so no
+/// new delivery can wait on a dead session.
+#[derive(Default)]
+struct Pending(Mutex<Option<Waiters>>);
+
+impl Pending {
+    fn open() -> Self {
+        Pending(Mutex::new(Some(HashMap::new())))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Waiters>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn insert(&self, id: DeliveryId, tx: oneshot::Sender<Reply>) -> Result<(), SessionGone> {
+        match self.lock().as_mut() {
+            Some(waiters) => {
+                waiters.insert(id, tx);
+                Ok(())
+            }
+            None => Err(SessionGone),
+        }
+    }
+
+    fn contains(&self, id: &DeliveryId) -> bool {
+        self.lock().as_ref().is_some_and(|w| w.contains_key(id))
+    }
+
+    fn remove(&self, id: &DeliveryId) -> Option<oneshot::Sender<Reply>> {
+        self.lock().as_mut().and_then(|w| w.remove(id))
+    }
+
+    fn settle(&self, id: &DeliveryId, reply: Reply) {
+        if let Some(tx) = self.remove(id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// Ends the session's waits: every waiting sender sees [`SessionGone`].
+    fn close(&self) -> usize {
+        self.lock().take().map_or(0, |w| w.len())
+    }
+}
+
+/// A delivery ready to send: its head message and the body slices that follow it.
+pub struct Outbound {
+    id: DeliveryId,
+    head: RelayMessage,
+    chunks: Vec<Bytes>,
+}
+
+impl Outbound {
+    /// Splits `body` into the head's first slice and [`protocol::MAX_CHUNK`] slices.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: DeliveryId,
+        received_at_ms: u64,
+        method: String,
+        path: String,
+        query: String,
+        headers: Vec<Header>,
+        body: &Bytes,
+    ) -> Self {
+        let (first, chunks) = protocol::split_body(body);
+        let head = RelayMessage::Request {
+            id: id.clone(),
+            received_at_ms,
+            answer: true,
+            queued: false,
+            method,
+            path,
+            query,
+            headers,
+            body: first,
+            end: chunks.is_empty(),
+        };
+        Outbound { id, head, chunks }
+    }
+
+    /// The delivery's id.
+    pub fn id(&self) -> &DeliveryId {
+        &self.id
+    }
+
+    fn head(&self, answer: bool) -> Vec<u8> {
+        if answer {
+            return self.head.encode();
+        }
+        let mut copy = self.head.clone();
+        if let RelayMessage::Request { answer, .. } = &mut copy {
+            *answer = false;
+        }
+        copy.encode()
+    }
+}
+
+/// A cloneable handle to a session; the session's writer ends when the last handle is dropped
+/// or the session is cancelled.
+#[derive(Clone)]
+pub struct SessionHandle {
+    id: u64,
+    tx: mpsc::Sender<Message>,
+    pending: Arc<Pending>,
+}
+
+impl SessionHandle {
+    /// A handle over `tx`, the session writer's queue.
+    pub fn new(id: u64, tx: mpsc::Sender<Message>) -> Self {
+        SessionHandle {
+            id,
+            tx,
+            pending: Arc::new(Pending::open()),
+        }
+    }
+
+    /// The session's id, unique within this relay.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sends a delivery this session must answer; the returned [`PendingAnswer`] yields the
+    /// reply, and dropping it unanswered sends `Cancel`.
+    pub async fn deliver(&self, delivery: &Outbound) -> Result<PendingAnswer, SessionGone> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(delivery.id.clone(), tx)?;
+        let pending = PendingAnswer {
+            rx,
+            id: delivery.id.clone(),
+            session: self.clone(),
+            settled: false,
+        };
+        self.send(delivery, true).await?;
+        Ok(pending)
+    }
+
+    /// Sends a fan-out copy (`answer: false`) of a delivery.
+    pub async fn copy(&self, delivery: &Outbound) -> Result<(), SessionGone> {
+        self.send(delivery, false).await
+    }
+
+    async fn send(&self, delivery: &Outbound, answer: bool) -> Result<(), SessionGone> {
+        self.enqueue(delivery.head(answer)).await?;
+        let count = delivery.chunks.len();
+        for (i, data) in delivery.chunks.iter().enumerate() {
+            let chunk = RelayMessage::RequestChunk {
+                id: delivery.id.clone(),
+                data: data.clone(),
+                end: i + 1 == count,
+            };
+            self.enqueue(chunk.encode()).await?;
+        }
+        Ok(())
+    }
+
+    async fn enqueue(&self, message: Vec<u8>) -> Result<(), SessionGone> {
+        self.tx
+            .send(Message::Binary(message))
+            .await
+            .map_err(|_| SessionGone)
+    }
+}
+
+/// A delivery waiting for its answer.
+pub struct PendingAnswer {
+    rx: oneshot::Receiver<Reply>,
+    id: DeliveryId,
+    session: SessionHandle,
+    settled: bool,
+}
+
+impl PendingAnswer {
+    /// Waits for the client's answer. Cancel-safe: dropping the future keeps the wait.
+    pub async fn reply(&mut self) -> Result<Reply, SessionGone> {
+        let reply = (&mut self.rx).await;
+        self.settled = true;
+        reply.map_err(|_| SessionGone)
+    }
+}
+
+impl Drop for PendingAnswer {
+    fn drop(&mut self) {
+        if !self.settled && self.session.pending.remove(&self.id).is_some() {
+            let cancel = RelayMessage::Cancel {
+                id: self.id.clone(),
+            }
+            .encode();
+            if self.session.tx.try_send(Message::Binary(cancel)).is_err() {
+                debug!(delivery = %self.id, "cancel not sent: session queue full or closed");
+            }
+        }
+    }
+}
+
+/// Runs a session on an opened websocket until the client leaves, falls silent, or the relay
+/// shuts down. `auth` is the verdict on the upgrade request's token.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    mut ws: WebSocketStream<S>,
+    auth: Result<Owner, Unauthorized>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((version, tunnel)) = read_hello(&mut ws).await else {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+        return;
+    };
+    if version != PROTOCOL_VERSION {
+        let message = format!(
+            "the relay speaks protocol version {PROTOCOL_VERSION} but the client speaks {version}; use the same illumitunnel release on both sides"
+        );
+        return refuse(ws, Refusal::VersionMismatch, message).await;
+    }
+    let Ok(owner) = auth else {
+        let message = "the relay did not accept the client token; pass --token (or ILLUMITUNNEL_TOKEN) with a token from the relay's tokens file".to_string();
+        return refuse(ws, Refusal::Unauthorized, message).await;
+    };
+    let name = match TunnelName::parse(&tunnel) {
+        Ok(name) => name,
+        Err(err) => return refuse(ws, Refusal::TunnelNameInvalid, err.to_string()).await,
+    };
+
+    let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let handle = SessionHandle::new(shared.registry.next_session_id(), tx);
+    // Queue the welcome before the session becomes visible, so it precedes every delivery.
+    let welcome = RelayMessage::Welcome {
+        tunnel: name.to_string(),
+        public_url: format!("{}/t/{name}", shared.public_base),
+        queued: 0,
+        expired: 0,
+    };
+    let _ = handle.tx.try_send(Message::Binary(welcome.encode()));
+    if shared.registry.claim(&name, owner, handle.clone()).is_err() {
+        let message =
+            format!("tunnel {name} belongs to another token; pick another name with --tunnel");
+        return refuse(ws, Refusal::TunnelTaken, message).await;
+    }
+    let span = tracing::info_span!("session", tunnel = %name, session = handle.id);
+    serve(shared, ws, rx, handle, name).instrument(span).await;
+}
+
+async fn serve<S>(
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    rx: mpsc::Receiver<Message>,
+    handle: SessionHandle,
+    name: TunnelName,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    info!("client connected");
+    let token = shared.sessions.child_token();
+    let (sink, stream) = ws.split();
+    let writer =
+        tokio::spawn(write_loop(sink, rx, shared.keepalive, token.clone()).in_current_span());
+    let reason = read_loop(
+        stream,
+        &handle.pending,
+        shared.keepalive * 2,
+        shared.max_body,
+        &token,
+    )
+    .await;
+    token.cancel();
+    shared.registry.remove(name.as_str(), handle.id);
+    let abandoned = handle.pending.close();
+    drop(handle);
+    let _ = writer.await;
+    info!(reason, abandoned, "client disconnected");
+}
+
+async fn read_hello<S>(ws: &mut WebSocketStream<S>) -> Option<(u16, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next()).await;
+        match frame {
+            Err(_) => {
+                debug!("no hello within {HELLO_TIMEOUT:?}");
+                return None;
+            }
+            Ok(Some(Ok(Message::Binary(bytes)))) => {
+                return match ClientMessage::decode(&bytes) {
+                    Ok(ClientMessage::Hello { version, tunnel }) => Some((version, tunnel)),
+                    Ok(_) | Err(_) => {
+                        debug!("first message is not a hello");
+                        None
+                    }
+                };
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(_) => return None,
+        }
+    }
+}
+
+async fn refuse<S>(mut ws: WebSocketStream<S>, reason: Refusal, message: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    info!(?reason, "refused a client: {message}");
+    let refused = RelayMessage::Refused { reason, message }.encode();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        ws.send(Message::Binary(refused)).await?;
+        ws.close(None).await
+    })
+    .await;
+}
+
+/// Reads until the session ends; returns why, for the log.
+async fn read_loop<S>(
+    mut stream: SplitStream<WebSocketStream<S>>,
+    pending: &Pending,
+    silent_limit: Duration,
+    max_body: usize,
+    token: &CancellationToken,
+) -> &'static str
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut partial: HashMap<DeliveryId, PartialAnswer> = HashMap::new();
+    loop {
+        // Both branches are cancel-safe: `StreamExt::next` and a token wait.
+        let frame = tokio::select! {
+            _ = token.cancelled() => return "session closed by the relay",
+            frame = tokio::time::timeout(silent_limit, stream.next()) => frame,
+        };
+        let bytes = match frame {
+            Err(_) => {
+                warn!(silent_for = ?silent_limit, "client silent for two keepalive intervals; dropping the session");
+                return "keepalive timeout";
+            }
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return "client closed the websocket",
+            Ok(Some(Err(err))) => {
+                debug!(%err, "websocket read failed");
+                return "websocket error";
+            }
+            Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+            Ok(Some(Ok(_))) => continue,
+        };
+        match ClientMessage::decode(&bytes) {
+            Ok(message) => on_message(message, pending, &mut partial, max_body),
+            Err(err) => {
+                warn!(%err, "undecodable message from client; dropping the session");
+                return "protocol error";
+            }
+        }
+    }
+}
+
+struct PartialAnswer {
+    status: u16,
+    headers: Vec<Header>,
+    body: BytesMut,
+}
+
+fn on_message(
+    message: ClientMessage,
+    pending: &Pending,
+    partial: &mut HashMap<DeliveryId, PartialAnswer>,
+    max_body: usize,
+) {
+    match message {
+        ClientMessage::Response {
+            id,
+            status,
+            headers,
+            body,
+            end,
+        } => {
+            if end {
+                pending.settle(
+                    &id,
+                    Reply::Answered {
+                        status,
+                        headers,
+                        body,
+                    },
+                );
+            } else if pending.contains(&id) {
+                let mut buf = BytesMut::with_capacity(body.len() * 2);
+                buf.extend_from_slice(&body);
+                partial.insert(
+                    id,
+                    PartialAnswer {
+                        status,
+                        headers,
+                        body: buf,
+                    },
+                );
+            }
+        }
+        ClientMessage::ResponseChunk { id, data, end } => {
+            let Some(answer) = partial.get_mut(&id) else {
+                return;
+            };
+            if !pending.contains(&id) {
+                partial.remove(&id);
+            } else if answer.body.len() + data.len() > max_body {
+                partial.remove(&id);
+                let message = format!("the local server's response is larger than the relay's limit of {max_body} bytes");
+                pending.settle(&id, Reply::Failed(message));
+            } else {
+                answer.body.extend_from_slice(&data);
+                if end {
+                    if let Some(answer) = partial.remove(&id) {
+                        let reply = Reply::Answered {
+                            status: answer.status,
+                            headers: answer.headers,
+                            body: answer.body.freeze(),
+                        };
+                        pending.settle(&id, reply);
+                    }
+                }
+            }
+        }
+        ClientMessage::Failed { id, message } => {
+            partial.remove(&id);
+            pending.settle(&id, Reply::Failed(message));
+        }
+        // Acknowledgements matter to the offline queue only.
+        ClientMessage::Recorded { .. } => {}
+        ClientMessage::Hello { .. } => debug!("ignoring a second hello"),
+    }
+}
+
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    keepalive: Duration,
+    token: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = tokio::select! {
+        _ = token.cancelled() => Ok(()),
+        result = pump(&mut sink, &mut rx, keepalive) => result,
+    };
+    if let Err(err) = result {
+        debug!(%err, "websocket write failed");
+    }
+    token.cancel();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+async fn pump<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    rx: &mut mpsc::Receiver<Message>,
+    keepalive: Duration,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Both branches are cancel-safe: `mpsc::Receiver::recv` and `Interval::tick`.
+        tokio::select! {
+            message = rx.recv() => {
+                let Some(message) = message else { return Ok(()) };
+                sink.feed(message).await?;
+                for _ in 1..WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(message) => sink.feed(message).await?,
+                        Err(_) => break,
+                    }
+                }
+                sink.flush().await?;
+            }
+            _ = ping.tick() => sink.send(Message::Ping(Vec::new())).await?,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> DeliveryId {
+        DeliveryId::parse(&format!("id{n}")).unwrap()
+    }
+
+    #[test]
+    fn chunked_answers_are_assembled_and_bounded() {
+        let pending = Pending::open();
+        let mut partial = HashMap::new();
+        let (tx, mut rx) = oneshot::channel();
+        pending.insert(id(1), tx).unwrap();
+        let head = ClientMessage::Response {
+            id: id(1),
+            status: 201,
+            headers: vec![("x-a".into(), vec![0xff])],
+            body: Bytes::from_static(b"ab"),
+            end: false,
+        };
+        on_message(head, &pending, &mut partial, 10);
+        assert!(rx.try_recv().is_err());
+        let chunk = |data: &'static [u8], end| ClientMessage::ResponseChunk {
+            id: id(1),
+            data: Bytes::from_static(data),
+            end,
+        };
+        on_message(chunk(b"cd", false), &pending, &mut partial, 10);
+        on_message(chunk(b"ef", true), &pending, &mut partial, 10);
+        match rx.try_recv().unwrap() {
+            Reply::Answered {
+                status,
+                headers,
+                body,
+            } => {
+                assert_eq!(
+                    (status, headers[0].1.as_slice(), body.as_ref()),
+                    (201, &[0xff][..], &b"abcdef"[..])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(partial.is_empty());
+
+        let (tx, mut rx) = oneshot::channel();
+        pending.insert(id(2), tx).unwrap();
+        let head = ClientMessage::Response {
+            id: id(2),
+            status: 200,
+            headers: vec![],
+            body: Bytes::from_static(b"12345678"),
+            end: false,
+        };
+        on_message(head, &pending, &mut partial, 10);
+        on_message(
+            ClientMessage::ResponseChunk {
+                id: id(2),
+                data: Bytes::from_static(b"9ab"),
+                end: true,
+            },
+            &pending,
+            &mut partial,
+            10,
+        );
+        assert!(
+            matches!(rx.try_recv().unwrap(), Reply::Failed(m) if m.contains("larger than the relay's limit of 10 bytes"))
+        );
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn answers_for_unknown_or_closed_deliveries_are_ignored() {
+        let pending = Pending::open();
+        let mut partial = HashMap::new();
+        on_message(
+            ClientMessage::Failed {
+                id: id(9),
+                message: "x".into(),
+            },
+            &pending,
+            &mut partial,
+            10,
+        );
+        let (tx, mut rx) = oneshot::channel();
+        pending.insert(id(1), tx).unwrap();
+        assert_eq!(pending.close(), 1);
+        assert!(
+            rx.try_recv().is_err(),
+            "sender dropped: the waiter sees the session gone"
+        );
+        let (tx, _rx) = oneshot::channel();
+        assert_eq!(pending.insert(id(2), tx), Err(SessionGone));
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_enqueued_chunk_by_chunk_and_cancel_on_drop() {
+        let (tx, mut rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        let handle = SessionHandle::new(1, tx);
+        let body = Bytes::from(vec![7u8; protocol::MAX_CHUNK * 3 + 1]);
+        let outbound = Outbound::new(
+            id(1),
+            0,
+            "POST".into(),
+            "/".into(),
+            String::new(),
+            vec![],
+            &body,
+        );
+        let pending = handle.deliver(&outbound).await.unwrap();
+        let mut received = Vec::new();
+        while let Ok(Message::Binary(b)) = rx.try_recv() {
+            received.push(RelayMessage::decode(&b).unwrap());
+        }
+        assert_eq!(received.len(), 4);
+        assert!(matches!(
+            &received[0],
+            RelayMessage::Request {
+                answer: true,
+                end: false,
+                ..
+            }
+        ));
+        assert!(
+            matches!(&received[3], RelayMessage::RequestChunk { end: true, data, .. } if data.len() == 1)
+        );
+        drop(pending);
+        let Ok(Message::Binary(b)) = rx.try_recv() else {
+            panic!("no cancel")
+        };
+        assert_eq!(
+            RelayMessage::decode(&b).unwrap(),
+            RelayMessage::Cancel { id: id(1) }
+        );
+
+        handle.copy(&outbound).await.unwrap();
+        let Ok(Message::Binary(b)) = rx.try_recv() else {
+            panic!("no copy")
+        };
+        assert!(matches!(
+            RelayMessage::decode(&b).unwrap(),
+            RelayMessage::Request { answer: false, .. }
+        ));
+    }
+}
