@@ -1,0 +1,924 @@
+//! The relay in process on `127.0.0.1:0` (plain and TLS), with a small fake client built from
+//! tokio-tungstenite and the wire protocol, and senders built on hyper's client connections.
+//! The last tests run the real binary for its exit codes and printed lines.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use illumitunnel::headers::Header;
+use illumitunnel::protocol::{
+    self, ClientMessage, Refusal, RelayMessage, CONNECT_PATH, PROTOCOL_VERSION,
+};
+use illumitunnel::{DeliveryId, Token};
+use illumitunnel_relay::tls::SelfSigned;
+use illumitunnel_relay::{Config, RelayError, TlsConfig};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound on any single wait in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+// ---------------------------------------------------------------- relay
+
+struct Relay {
+    addr: SocketAddr,
+    ca: Option<CertificateDer<'static>>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), RelayError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Relay {
+    async fn start(tls: bool, tune: impl FnOnce(&mut Config)) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let (tls_config, ca) = if tls {
+            let cert = SelfSigned::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+            let ca = cert.cert.clone();
+            (
+                TlsConfig::Certified {
+                    chain: vec![cert.cert],
+                    key: cert.key,
+                },
+                Some(ca),
+            )
+        } else {
+            (TlsConfig::Plain, None)
+        };
+        let mut config = Config::embedded(tls_config, dir.path().to_path_buf());
+        tune(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(illumitunnel_relay::run(config, listener, shutdown.clone()));
+        Relay {
+            addr,
+            ca,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn plain() -> Relay {
+        Relay::start(false, |_| {}).await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        within("relay shutdown", self.task).await.unwrap().unwrap();
+    }
+
+    async fn connect_io(&self, alpn: &[u8]) -> Box<dyn Io> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        match &self.ca {
+            None => Box::new(tcp),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.clone()).unwrap();
+                let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                config.alpn_protocols = vec![alpn.to_vec()];
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+                let name = ServerName::try_from("127.0.0.1").unwrap();
+                Box::new(connector.connect(name, tcp).await.unwrap())
+            }
+        }
+    }
+
+    /// Sends one request over a fresh HTTP/1.1 connection.
+    async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
+        let io = self.connect_io(b"http/1.1").await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let response = within("response", sender.send_request(req)).await.unwrap();
+        Answer::read(response).await
+    }
+
+    async fn post(&self, path: &str, body: impl Into<Bytes>) -> Answer {
+        self.send(post(self.addr, path, body)).await
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header(header::HOST, addr.to_string())
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    async fn read(response: http::Response<hyper::body::Incoming>) -> Answer {
+        let (parts, body) = response.into_parts();
+        let body = within("response body", body.collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    fn error(&self) -> String {
+        assert_eq!(self.headers[header::CONTENT_TYPE], "application/json");
+        let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
+        assert_eq!(json.as_object().unwrap().len(), 1, "{json}");
+        json["error"].as_str().unwrap().to_string()
+    }
+}
+
+// ---------------------------------------------------------------- fake client
+
+type Ws = WebSocketStream<Box<dyn Io>>;
+
+async fn open_ws(relay: &Relay, token: Option<&str>) -> Ws {
+    let io = relay.connect_io(b"http/1.1").await;
+    let mut req = format!("ws://{}{CONNECT_PATH}", relay.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(token) = token {
+        req.headers_mut().insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+    }
+    let (ws, response) = within(
+        "websocket handshake",
+        tokio_tungstenite::client_async(req, io),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+async fn next_message(ws: &mut Ws) -> Option<RelayMessage> {
+    loop {
+        match within("relay message", ws.next()).await? {
+            Ok(Message::Binary(bytes)) => return Some(RelayMessage::decode(&bytes).unwrap()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(_) | Err(_) => return None,
+        }
+    }
+}
+
+/// Opens a session and returns the relay's first answer to `Hello`.
+async fn hello(
+    relay: &Relay,
+    token: Option<&str>,
+    version: u16,
+    tunnel: &str,
+) -> (Ws, RelayMessage) {
+    let mut ws = open_ws(relay, token).await;
+    let hello = ClientMessage::Hello {
+        version,
+        tunnel: tunnel.into(),
+    };
+    ws.send(Message::Binary(hello.encode())).await.unwrap();
+    let reply = next_message(&mut ws).await.expect("an answer to hello");
+    (ws, reply)
+}
+
+async fn connect(relay: &Relay, tunnel: &str) -> Ws {
+    let (ws, reply) = hello(relay, None, PROTOCOL_VERSION, tunnel).await;
+    match reply {
+        RelayMessage::Welcome {
+            tunnel: t,
+            public_url,
+            queued: 0,
+            expired: 0,
+        } => {
+            assert_eq!(t, tunnel);
+            assert!(
+                public_url.ends_with(&format!("/t/{tunnel}")),
+                "{public_url}"
+            );
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    ws
+}
+
+#[derive(Debug, Clone)]
+struct Received {
+    id: DeliveryId,
+    answer: bool,
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<Header>,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Request(Received),
+    Cancel(DeliveryId),
+}
+
+#[derive(Clone)]
+enum Behavior {
+    /// 201 with fixed headers and the request body echoed back.
+    Echo,
+    /// `Failed` with this message.
+    Fail(&'static str),
+    /// Never answers.
+    Silent,
+}
+
+/// Runs a fake client on `ws`; every request it assembles and every cancel is reported.
+fn spawn_client(mut ws: Ws, behavior: Behavior) -> mpsc::Receiver<Event> {
+    let (events, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut assembling: Option<Received> = None;
+        while let Some(Ok(frame)) = ws.next().await {
+            let Message::Binary(bytes) = frame else {
+                continue;
+            };
+            let done = match RelayMessage::decode(&bytes).unwrap() {
+                RelayMessage::Request {
+                    id,
+                    answer,
+                    method,
+                    path,
+                    query,
+                    headers,
+                    body,
+                    end,
+                    ..
+                } => {
+                    let r = Received {
+                        id,
+                        answer,
+                        method,
+                        path,
+                        query,
+                        headers,
+                        body: body.to_vec(),
+                    };
+                    if end {
+                        Some(r)
+                    } else {
+                        assembling = Some(r);
+                        None
+                    }
+                }
+                RelayMessage::RequestChunk { id, data, end } => {
+                    let r = assembling.as_mut().expect("chunk after head");
+                    assert_eq!(r.id, id, "chunks of one delivery arrive together here");
+                    r.body.extend_from_slice(&data);
+                    if end {
+                        assembling.take()
+                    } else {
+                        None
+                    }
+                }
+                RelayMessage::Cancel { id } => {
+                    let _ = events.send(Event::Cancel(id)).await;
+                    None
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            let Some(request) = done else { continue };
+            if request.answer {
+                for reply in answer(&behavior, &request) {
+                    ws.send(Message::Binary(reply.encode())).await.unwrap();
+                }
+            }
+            let _ = events.send(Event::Request(request)).await;
+        }
+    });
+    rx
+}
+
+fn answer(behavior: &Behavior, request: &Received) -> Vec<ClientMessage> {
+    let id = request.id.clone();
+    match behavior {
+        Behavior::Silent => vec![],
+        Behavior::Fail(message) => vec![ClientMessage::Failed {
+            id,
+            message: message.to_string(),
+        }],
+        Behavior::Echo => {
+            let headers = vec![
+                (
+                    "content-type".to_string(),
+                    b"application/octet-stream".to_vec(),
+                ),
+                ("x-echo-path".to_string(), request.path.clone().into_bytes()),
+                (
+                    "x-echo-query".to_string(),
+                    request.query.clone().into_bytes(),
+                ),
+                ("x-bin".to_string(), vec![0xff, 0xfe, b'x']),
+                ("set-cookie".to_string(), b"a=1".to_vec()),
+                ("set-cookie".to_string(), b"b=2".to_vec()),
+                ("connection".to_string(), b"close".to_vec()),
+                ("content-length".to_string(), b"1".to_vec()),
+            ];
+            let body = Bytes::from(request.body.clone());
+            let (first, rest) = protocol::split_body(&body);
+            let mut out = vec![ClientMessage::Response {
+                id: id.clone(),
+                status: 201,
+                headers,
+                body: first,
+                end: rest.is_empty(),
+            }];
+            let n = rest.len();
+            out.extend(rest.into_iter().enumerate().map(|(i, data)| {
+                ClientMessage::ResponseChunk {
+                    id: id.clone(),
+                    data,
+                    end: i + 1 == n,
+                }
+            }));
+            out
+        }
+    }
+}
+
+async fn next_request(events: &mut mpsc::Receiver<Event>) -> Received {
+    loop {
+        match within("a request at the client", events.recv())
+            .await
+            .expect("client running")
+        {
+            Event::Request(r) => return r,
+            Event::Cancel(_) => continue,
+        }
+    }
+}
+
+fn header_values<'a>(headers: &'a [Header], name: &str) -> Vec<&'a [u8]> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+        .collect()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn delivery_round_trip_is_byte_exact_both_ways() {
+    let relay = Relay::plain().await;
+    let mut events = spawn_client(connect(&relay, "my-app").await, Behavior::Echo);
+    let body: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let req = Request::post("/t/my-app/webhooks/illumichat/sub?x=1&y=%20&x=2")
+        .header(header::HOST, "hooks.example.com")
+        .header("content-type", "application/json")
+        .header(
+            "x-raw",
+            HeaderValue::from_bytes(&[0xff, 0x80, b'a']).unwrap(),
+        )
+        .header("x-multi", "one")
+        .header("x-multi", "two")
+        .header("connection", "x-hop")
+        .header("x-hop", "drop me")
+        .header("x-forwarded-for", "198.51.100.1")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let answer = relay.send(req).await;
+
+    let got = next_request(&mut events).await;
+    assert!(got.answer);
+    assert_eq!(
+        (got.method.as_str(), got.path.as_str(), got.query.as_str()),
+        ("POST", "/webhooks/illumichat/sub", "x=1&y=%20&x=2")
+    );
+    assert_eq!(got.body, body);
+    assert_eq!(
+        header_values(&got.headers, "x-raw"),
+        [&[0xff, 0x80, b'a'][..]]
+    );
+    assert_eq!(
+        header_values(&got.headers, "x-multi"),
+        [&b"one"[..], b"two"]
+    );
+    assert_eq!(
+        header_values(&got.headers, "content-type"),
+        [&b"application/json"[..]]
+    );
+    for gone in ["host", "connection", "x-hop", "transfer-encoding"] {
+        assert!(
+            header_values(&got.headers, gone).is_empty(),
+            "{gone} forwarded: {:?}",
+            got.headers
+        );
+    }
+    assert_eq!(
+        header_values(&got.headers, "x-forwarded-for"),
+        [&b"198.51.100.1, 127.0.0.1"[..]]
+    );
+    assert_eq!(
+        header_values(&got.headers, "x-forwarded-proto"),
+        [&b"http"[..]]
+    );
+    assert_eq!(
+        header_values(&got.headers, "x-forwarded-host"),
+        [&b"hooks.example.com"[..]]
+    );
+
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(answer.body.as_ref(), body.as_slice());
+    assert_eq!(answer.headers["x-echo-path"], "/webhooks/illumichat/sub");
+    assert_eq!(answer.headers["x-bin"].as_bytes(), [0xff, 0xfe, b'x']);
+    let cookies: Vec<_> = answer.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(
+        answer.headers[header::CONTENT_LENGTH],
+        body.len().to_string().as_str()
+    );
+    assert!(answer.headers.get(header::CONNECTION).is_none());
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn tunnel_root_and_empty_query() {
+    let relay = Relay::plain().await;
+    let mut events = spawn_client(connect(&relay, "my-app").await, Behavior::Echo);
+    let answer = relay
+        .send(
+            Request::get("/t/my-app")
+                .header(header::HOST, "x")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let got = next_request(&mut events).await;
+    assert_eq!(
+        (got.method.as_str(), got.path.as_str(), got.query.as_str()),
+        ("GET", "/", "")
+    );
+    assert!(got.body.is_empty());
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_tunnel_offline_tunnel_and_other_paths() {
+    let relay = Relay::plain().await;
+    let answer = relay.post("/t/nobody-here/x", "{}").await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::NOT_FOUND, "unknown tunnel".to_string())
+    );
+    let answer = relay.post("/t/Not_A_Name/x", "{}").await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::NOT_FOUND, "unknown tunnel".to_string())
+    );
+    let answer = relay.post("/elsewhere", "{}").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(answer.error().contains("/t/{tunnel}"));
+
+    let mut ws = connect(&relay, "gone-soon").await;
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    // The relay notices the close asynchronously; bounded poll until the session is gone.
+    let mut answer = relay.post("/t/gone-soon/x", "{}").await;
+    for _ in 0..100 {
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        answer = relay.post("/t/gone-soon/x", "{}").await;
+    }
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        answer
+            .error()
+            .contains("the client for tunnel gone-soon is offline"),
+        "{}",
+        answer.error()
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_bodies_get_413_and_nothing_is_forwarded() {
+    let relay = Relay::start(false, |c| c.max_body = 1024).await;
+    let mut events = spawn_client(connect(&relay, "my-app").await, Behavior::Echo);
+
+    let answer = relay.post("/t/my-app/big", vec![b'a'; 1025]).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        answer.error().contains("limit of 1024 bytes"),
+        "{}",
+        answer.error()
+    );
+
+    // Chunked: no Content-Length, so the limit applies while reading.
+    let mut raw = TcpStream::connect(relay.addr).await.unwrap();
+    let head = "POST /t/my-app/chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
+    raw.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..3 {
+        let chunk = format!("200\r\n{}\r\n", "b".repeat(0x200));
+        if raw.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = raw.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = within("413 on a chunked body", raw.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+
+    // Exactly-at-limit passes, and it is the first thing the client ever saw.
+    assert_eq!(
+        relay.post("/t/my-app/fits", vec![b'c'; 1024]).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(next_request(&mut events).await.path, "/fits");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn no_answer_within_the_response_timeout_is_504_and_cancels() {
+    let relay = Relay::start(false, |c| c.response_timeout = Duration::from_millis(300)).await;
+    let mut events = spawn_client(connect(&relay, "my-app").await, Behavior::Silent);
+    let answer = relay.post("/t/my-app/slow", "{}").await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        answer.error(),
+        "the client for tunnel my-app did not answer within 300ms"
+    );
+    let sent = next_request(&mut events).await;
+    match within("cancel", events.recv()).await {
+        Some(Event::Cancel(id)) => assert_eq!(id, sent.id),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn client_failure_is_502_naming_the_cause() {
+    let relay = Relay::plain().await;
+    let _events = spawn_client(
+        connect(&relay, "my-app").await,
+        Behavior::Fail("connection refused to 127.0.0.1:3000"),
+    );
+    let answer = relay.post("/t/my-app/x", "{}").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.error(), "connection refused to 127.0.0.1:3000");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn fan_out_every_session_sees_it_and_the_first_answers() {
+    let relay = Relay::plain().await;
+    let mut first = spawn_client(connect(&relay, "shared").await, Behavior::Echo);
+    let mut second = spawn_client(
+        connect(&relay, "shared").await,
+        Behavior::Fail("the second session must not answer"),
+    );
+    let answer = relay.post("/t/shared/hook", "payload").await;
+    assert_eq!(
+        (answer.status, answer.body.as_ref()),
+        (StatusCode::CREATED, &b"payload"[..])
+    );
+    let (a, b) = (
+        next_request(&mut first).await,
+        next_request(&mut second).await,
+    );
+    assert!(a.answer && !b.answer);
+    assert_eq!((a.id, a.body), (b.id, b.body));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_say_why() {
+    let relay = Relay::start(false, |c| {
+        c.tokens = vec![Token::new("alpha"), Token::new("beta")];
+        c.allow_anonymous = false;
+    })
+    .await;
+    let refusal = |reply: RelayMessage| match reply {
+        RelayMessage::Refused { reason, message } => (reason, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let (_, reply) = hello(&relay, None, PROTOCOL_VERSION, "my-app").await;
+    assert_eq!(refusal(reply).0, Refusal::Unauthorized);
+    let (_, reply) = hello(&relay, Some("gamma"), PROTOCOL_VERSION, "my-app").await;
+    let (reason, message) = refusal(reply);
+    assert_eq!(reason, Refusal::Unauthorized);
+    assert!(message.contains("--token"), "{message}");
+    let (_, reply) = hello(&relay, Some("alpha"), PROTOCOL_VERSION, "Bad_Name").await;
+    assert_eq!(refusal(reply).0, Refusal::TunnelNameInvalid);
+    let (_, reply) = hello(&relay, Some("alpha"), PROTOCOL_VERSION + 1, "my-app").await;
+    assert_eq!(refusal(reply).0, Refusal::VersionMismatch);
+
+    let (owner, reply) = hello(&relay, Some("alpha"), PROTOCOL_VERSION, "my-app").await;
+    assert!(matches!(reply, RelayMessage::Welcome { .. }), "{reply:?}");
+    let (_, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "my-app").await;
+    let (reason, message) = refusal(reply);
+    assert_eq!(reason, Refusal::TunnelTaken);
+    assert!(
+        message.contains("my-app") && message.contains("--tunnel"),
+        "{message}"
+    );
+    // The same token may add a second listener.
+    let (_, reply) = hello(&relay, Some("alpha"), PROTOCOL_VERSION, "my-app").await;
+    assert!(matches!(reply, RelayMessage::Welcome { .. }), "{reply:?}");
+    drop(owner);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn ten_mib_travels_in_chunks_without_stalling_small_deliveries() {
+    let relay = Relay::plain().await;
+    let mut events = spawn_client(connect(&relay, "big-app").await, Behavior::Echo);
+    let big: Vec<u8> = (0..10 * 1024 * 1024)
+        .map(|i: usize| (i * 31 % 251) as u8)
+        .collect();
+    let (big_answer, small_answer) =
+        tokio::join!(relay.post("/t/big-app/big", big.clone()), async {
+            tokio::task::yield_now().await;
+            relay.post("/t/big-app/small", "tiny").await
+        });
+    assert_eq!(small_answer.status, StatusCode::CREATED);
+    assert_eq!(small_answer.body.as_ref(), b"tiny");
+    assert_eq!(big_answer.status, StatusCode::CREATED);
+    assert!(
+        big_answer.body.as_ref() == big.as_slice(),
+        "10 MiB body changed on the way"
+    );
+    let mut paths = [
+        next_request(&mut events).await,
+        next_request(&mut events).await,
+    ];
+    paths.sort_by_key(|r| r.body.len());
+    assert_eq!(paths[1].body, big);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_two_keepalive_intervals() {
+    let relay = Relay::start(false, |c| c.keepalive = Duration::from_millis(100)).await;
+    // Never polled again: it answers no ping, like a suspended laptop.
+    let _frozen = connect(&relay, "frozen").await;
+    let started = std::time::Instant::now();
+    let answer = relay.post("/t/frozen/x", "{}").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.error());
+    assert!(
+        answer.error().contains("disconnected before answering"),
+        "{}",
+        answer.error()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let answer = relay.post("/t/frozen/x", "{}").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // A client that keeps reading (and so answers pings) stays connected.
+    let mut events = spawn_client(connect(&relay, "awake").await, Behavior::Echo);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        relay.post("/t/awake/x", "{}").await.status,
+        StatusCode::CREATED
+    );
+    next_request(&mut events).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_and_metrics() {
+    let relay = Relay::plain().await;
+    let _events = spawn_client(connect(&relay, "my-app").await, Behavior::Echo);
+    relay.post("/t/my-app/x", "{}").await;
+    relay.post("/t/unknown-app/x", "{}").await;
+    let get = |path: &str| {
+        Request::get(path)
+            .header(header::HOST, "x")
+            .body(Full::default())
+            .unwrap()
+    };
+    let health = relay.send(get("/healthz")).await;
+    assert_eq!(
+        (health.status, health.body.as_ref()),
+        (StatusCode::OK, &b"ok"[..])
+    );
+    let metrics = relay.send(get("/metrics")).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    for needle in [
+        "illumitunnel_tunnels_connected 1",
+        "illumitunnel_sessions 1",
+        "illumitunnel_deliveries_total{outcome=\"answered\"} 1",
+        "illumitunnel_deliveries_total{outcome=\"unknown_tunnel\"} 1",
+        "illumitunnel_delivery_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn tls_ingress_with_http2_and_a_tls_session() {
+    let relay = Relay::start(true, |_| {}).await;
+    let mut events = spawn_client(connect(&relay, "secure").await, Behavior::Echo);
+
+    let io = relay.connect_io(b"h2").await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let url = format!("https://127.0.0.1:{}/t/secure/h2?v=2", relay.addr.port());
+    for i in 0..3 {
+        let req = Request::post(url.as_str())
+            .header("x-n", i.to_string())
+            .body(Full::new(Bytes::from(vec![i as u8; 100_000])))
+            .unwrap();
+        let response = within("h2 response", sender.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let answer = Answer::read(response).await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(answer.body.as_ref(), vec![i as u8; 100_000].as_slice());
+        let got = next_request(&mut events).await;
+        assert_eq!((got.path.as_str(), got.query.as_str()), ("/h2", "v=2"));
+        assert_eq!(
+            header_values(&got.headers, "x-forwarded-proto"),
+            [&b"https"[..]]
+        );
+        let host = format!("127.0.0.1:{}", relay.addr.port());
+        assert_eq!(
+            header_values(&got.headers, "x-forwarded-host"),
+            [host.as_bytes()]
+        );
+    }
+    let over_http1 = relay.post("/t/secure/h1", "x").await;
+    assert_eq!(over_http1.status, StatusCode::CREATED);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions() {
+    let relay = Relay::plain().await;
+    let mut ws = connect(&relay, "my-app").await;
+    relay.shutdown.cancel();
+    assert!(
+        next_message(&mut ws).await.is_none(),
+        "the session ends on shutdown"
+    );
+    within("relay shutdown", relay.task).await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------- the binary
+
+fn relay_bin() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_illumitunnel-relay"));
+    cmd.env_remove("ILLUMITUNNEL_RELAY_TOKENS")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+#[test]
+fn binary_config_errors_exit_2_with_one_sentence() {
+    for (args, want) in [
+        (&["--listen", "0.0.0.0:0", "--http"][..], "error: refusing to listen on 0.0.0.0:0 without client tokens"),
+        (&["--listen", "127.0.0.1:0"][..], "error: choose how to serve: pass --tls-cert FILE --tls-key FILE, --self-signed, or --http"),
+        (&["--listen", "127.0.0.1:0", "--tls-cert", "c.pem"][..], "error: --tls-cert needs --tls-key"),
+    ] {
+        let out = relay_bin().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(want), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn binary_port_in_use_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = relay_bin()
+        .args(["--listen", &addr, "--http"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!("error: address {addr} is already in use; pass --listen with another port")
+    );
+}
+
+#[test]
+fn binary_prints_address_and_fingerprint_and_exits_0_on_sigterm() {
+    use std::io::BufRead;
+    let mut child = relay_bin()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--self-signed",
+            "--tokens-file",
+            "/dev/null",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // /dev/null holds no tokens: that is a config error, not a start.
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+
+    let mut child = relay_bin()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--self-signed",
+            "--hostname",
+            "relay.test",
+        ])
+        .env("ILLUMITUNNEL_RELAY_TOKENS", "s3cret-token-value")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    stdout.read_line(&mut first).unwrap();
+    stdout.read_line(&mut second).unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let guard_status = (|| {
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        None
+    })();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(kill.unwrap().success());
+    assert!(
+        first.starts_with("illumitunnel-relay listening on https://127.0.0.1:"),
+        "{first}"
+    );
+    assert!(!first.trim_end().ends_with(":0"), "{first}");
+    let fingerprint = second
+        .trim_end()
+        .strip_prefix("certificate sha256 fingerprint ")
+        .unwrap_or_else(|| panic!("{second}"));
+    assert_eq!(fingerprint.len(), 95, "{fingerprint}");
+    assert_eq!(
+        guard_status.and_then(|s| s.code()),
+        Some(0),
+        "stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret-token-value"),
+        "token logged: {stderr}"
+    );
+}
