@@ -2,6 +2,9 @@
 //! capture store filled here, and `listen` against a scripted relay (a websocket server in this
 //! test speaking the wire protocol) and a scripted local server, all on 127.0.0.1:0.
 
+// Helpers here are test code too; `allow-unwrap-in-tests` only covers `#[test]` functions.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
