@@ -110,7 +110,8 @@ impl Source {
 pub struct RequestRecord {
     /// HTTP method.
     pub method: String,
-    /// Path below the tunnel (what the sender put after `/t/{tunnel}`), starting with `/`.
+    /// Path the local server saw: the forward target's path joined with what the sender put
+    /// after `/t/{tunnel}`; replays send it to the same origin as-is.
     pub path: String,
     /// Raw query string without `?`.
     pub query: String,
