@@ -21,6 +21,7 @@ mod session;
 // Shared with the inspector, which uses the parts line output does not (replay requests).
 #[allow(dead_code)]
 mod status;
+mod tui;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,0 +1,465 @@
+//! The terminal inspector `listen` opens in a terminal: every delivery live, with its payload,
+//! headers and response, and replay, edit-and-replay and copy-as-curl on a key.
+//!
+//! The loop here is the only part that does I/O. It feeds `AppEvent`s (keys from the input
+//! thread, `ListenEvent`s, clock ticks, answers to effects) into the pure `App`, runs the effects
+//! `App::update` returns (capture store reads, replays over the `ReplayRequest` channel, the
+//! `$EDITOR` round trip, OSC 52), and redraws on a frame tick only when something changed. It
+//! only reads the capture store, through its own connection, so a slow terminal never slows a
+//! delivery.
+//!
+//! # Layout
+//! - `app` — `App`, the state and its transitions; `AppEvent`, `Effect`.
+//! - `keys` — the key tables.
+//! - `view` — drawing; `view/{header,list,details,help}`.
+//! - `terminal` — raw mode, alternate screen and mouse, restored on drop and panic; input thread.
+//! - `text` — escaping attacker-controlled bytes; JSON colouring; hex dumps.
+//! - `curl` — copy as curl.
+
+// `listen` does not open the inspector yet; until it calls `run`, only the tests reach this code.
+#![allow(dead_code)]
+
+mod app;
+mod curl;
+mod keys;
+mod terminal;
+mod text;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use bytes::Bytes;
+use illumitunnel::store::{CaptureStore, Filter, StoreError};
+use illumitunnel::{now_ms, DeliveryId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+
+use self::app::{App, AppEvent, Effect, Page, Query, Rows};
+use self::terminal::{Input, TerminalGuard};
+use crate::status::{ListenEvent, ReplayRequest};
+
+/// Room in the channel from the input thread and replay tasks to the loop.
+const APP_EVENTS: usize = 256;
+/// Time between frames: at most ~30 redraws a second, and only when something changed.
+const FRAME: Duration = Duration::from_millis(33);
+
+/// What `listen` hands the inspector.
+pub struct TuiContext {
+    /// The public webhook URL.
+    pub public_url: String,
+    /// Where deliveries are forwarded.
+    pub forward_to: String,
+    /// The capture store; the inspector opens its own read connection.
+    pub store_path: PathBuf,
+    /// Where replays are asked for.
+    pub replays: mpsc::Sender<ReplayRequest>,
+}
+
+/// Runs the inspector until `q`, Ctrl-C, SIGTERM or the end of `events`; the terminal is restored
+/// however it ends.
+pub async fn run(ctx: TuiContext, events: mpsc::Receiver<ListenEvent>) -> anyhow::Result<()> {
+    let store = CaptureStore::open(&ctx.store_path)?;
+    let utc_offset = time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC);
+    let (tx, rx) = mpsc::channel(APP_EVENTS);
+    let mut guard = TerminalGuard::enter()
+        .context("could not open the terminal inspector; pass --no-tui for line output")?;
+    let size = guard.terminal().size()?;
+    let app = App::new(
+        ctx.public_url,
+        ctx.forward_to,
+        (size.width, size.height),
+        utc_offset,
+        now_ms(),
+    );
+    let input = Input::spawn(tx.clone())?;
+    let mut inspector = Inspector {
+        app,
+        input,
+        guard,
+        store: Arc::new(Mutex::new(store)),
+        tx,
+        rx,
+        events,
+        events_open: true,
+        replays: ctx.replays,
+    };
+    let result = inspector.run().await;
+    // Fields drop in order: the input thread stops before the guard restores the terminal.
+    drop(inspector);
+    result
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Quit,
+}
+
+struct Inspector {
+    app: App,
+    input: Input,
+    guard: TerminalGuard,
+    store: Arc<Mutex<CaptureStore>>,
+    tx: mpsc::Sender<AppEvent>,
+    rx: mpsc::Receiver<AppEvent>,
+    events: mpsc::Receiver<ListenEvent>,
+    events_open: bool,
+    replays: mpsc::Sender<ReplayRequest>,
+}
+
+impl Inspector {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let first = self.app.start();
+        if self.run_effects(Some(first)).await? == Flow::Quit {
+            return Ok(());
+        }
+        let mut frame = tokio::time::interval(FRAME);
+        frame.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut signals = Signals::new();
+        loop {
+            // Every branch is cancel-safe: `mpsc::recv`, an interval tick, a signal stream.
+            let event = tokio::select! {
+                Some(event) = self.rx.recv() => event,
+                event = self.events.recv() => match event {
+                    Some(event) => AppEvent::Listen(event),
+                    None => return Ok(()),
+                },
+                _ = frame.tick() => {
+                    self.app.update(AppEvent::Tick(now_ms()));
+                    if self.app.take_dirty() {
+                        self.draw()?;
+                    }
+                    continue;
+                }
+                _ = signals.recv() => return Ok(()),
+            };
+            let effect = self.app.update(event);
+            if self.run_effects(effect).await? == Flow::Quit {
+                return Ok(());
+            }
+        }
+    }
+
+    fn draw(&mut self) -> anyhow::Result<()> {
+        let app = &self.app;
+        self.guard
+            .terminal()
+            .draw(|frame| view::render(app, frame))
+            .context("could not draw the inspector")?;
+        Ok(())
+    }
+
+    async fn run_effects(&mut self, mut next: Option<Effect>) -> anyhow::Result<Flow> {
+        while let Some(effect) = next.take() {
+            next = match effect {
+                Effect::Quit => return Ok(Flow::Quit),
+                Effect::Load(query) => {
+                    let event = self.load(query).await;
+                    self.app.update(event)
+                }
+                Effect::Replay { original, body } => {
+                    self.spawn_replay(original, body);
+                    None
+                }
+                Effect::Copy { id, text } => {
+                    let result = self.copy(&text);
+                    self.app.update(AppEvent::Copied { id, result })
+                }
+                Effect::Edit { original, body } => {
+                    let after = self.edit(&original, &body).await?;
+                    self.app.update(AppEvent::Edited {
+                        original,
+                        before: body,
+                        after,
+                    })
+                }
+            };
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn load(&self, query: Query) -> AppEvent {
+        let store = Arc::clone(&self.store);
+        let read = tokio::task::spawn_blocking(move || {
+            let store = store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            run_query(&store, &query)
+        });
+        match read.await {
+            Ok(Ok(page)) => AppEvent::Loaded(page),
+            Ok(Err(err)) => AppEvent::LoadFailed(err.to_string()),
+            Err(err) => AppEvent::LoadFailed(err.to_string()),
+        }
+    }
+
+    fn spawn_replay(&self, original: DeliveryId, body: Option<Bytes>) {
+        let replays = self.replays.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let (reply, answer) = oneshot::channel();
+            let request = ReplayRequest {
+                original: original.clone(),
+                body,
+                reply,
+            };
+            let result = match replays.send(request).await {
+                Err(_) => Err("listen is shutting down".to_string()),
+                Ok(()) => answer
+                    .await
+                    .unwrap_or_else(|_| Err("the replay was dropped before it finished".into()))
+                    .map(Box::new),
+            };
+            let _ = tx.send(AppEvent::Replayed { original, result }).await;
+        });
+    }
+
+    /// Puts `text` on the clipboard through the terminal (OSC 52), which works over SSH too.
+    fn copy(&mut self, text: &str) -> Result<usize, String> {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+        let sequence = format!("\x1b]52;c;{encoded}\x07");
+        self.guard
+            .write_raw(sequence.as_bytes())
+            .map_err(|e| format!("could not write to the terminal: {e}"))?;
+        Ok(text.len())
+    }
+
+    /// The `$EDITOR` round trip: the body goes to a private temp file, the editor gets the
+    /// terminal, and the inspector takes it back and redraws whatever happened.
+    async fn edit(
+        &mut self,
+        original: &DeliveryId,
+        body: &[u8],
+    ) -> anyhow::Result<Result<Vec<u8>, String>> {
+        let path = match write_temp(original, body) {
+            Ok(path) => path,
+            Err(err) => return Ok(Err(format!("could not write a temp file: {err}"))),
+        };
+        self.input.pause();
+        let outcome = match self.guard.suspend() {
+            Ok(()) => self.wait_for_editor(&path).await,
+            Err(err) => Err(format!("could not hand the terminal over: {err}")),
+        };
+        let resumed = self.guard.resume();
+        self.input.resume();
+        resumed.context("could not take the terminal back after the editor")?;
+        if let Ok(size) = self.guard.terminal().size() {
+            self.app.update(AppEvent::Resize(size.width, size.height));
+        }
+        let after = outcome.and_then(|()| {
+            std::fs::read(&path).map_err(|e| format!("could not read {}: {e}", path.display()))
+        });
+        let _ = std::fs::remove_file(&path);
+        Ok(after)
+    }
+
+    async fn wait_for_editor(&mut self, path: &Path) -> Result<(), String> {
+        let editor = editor();
+        let mut child = editor_command(&editor, path)
+            .spawn()
+            .map_err(|e| format!("could not start {editor}: {e}; set $VISUAL or $EDITOR"))?;
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.map_err(|e| e.to_string())?;
+                    return if status.success() {
+                        Ok(())
+                    } else {
+                        Err(format!("{editor} exited with {status}"))
+                    };
+                }
+                // Deliveries keep arriving while the editor is open; the list stays current.
+                event = self.events.recv(), if self.events_open => match event {
+                    Some(event) => {
+                        let mut next = self.app.update(AppEvent::Listen(event));
+                        while let Some(Effect::Load(query)) = next {
+                            let page = self.load(query).await;
+                            next = self.app.update(page);
+                        }
+                    }
+                    None => self.events_open = false,
+                },
+            }
+        }
+    }
+}
+
+/// Reads what a [`Query`] asks for. Rows and the total stop at the newest delivery the app has
+/// accounted for (or the store's head, when syncing), so later ones are counted once, as events.
+pub(crate) fn run_query(store: &CaptureStore, query: &Query) -> Result<Page, StoreError> {
+    let head_seq = if query.sync {
+        Some(
+            store
+                .list_newest(&Filter::default(), 1)?
+                .first()
+                .map_or(0, |d| d.seq),
+        )
+    } else {
+        None
+    };
+    let bounded = Filter {
+        before_seq: Some(head_seq.unwrap_or(query.seen_seq).saturating_add(1)),
+        ..query.filter.clone()
+    };
+    let rows = match query.rows {
+        Rows::Nothing => Vec::new(),
+        Rows::Newest(n) => newest_first_reversed(store.list_newest(&bounded, n)?),
+        Rows::Oldest(n) => store.list_oldest(&bounded, n)?,
+        Rows::Before { seq, limit } => {
+            let before = Filter {
+                before_seq: Some(seq),
+                ..query.filter.clone()
+            };
+            newest_first_reversed(store.list_newest(&before, limit)?)
+        }
+        Rows::After { seq, limit } => {
+            let after = Filter {
+                after_seq: Some(seq),
+                ..bounded.clone()
+            };
+            store.list_oldest(&after, limit)?
+        }
+    };
+    let total = if query.total {
+        Some(store.count(&bounded)?)
+    } else {
+        None
+    };
+    let counts = if query.counts {
+        Some(store.counts()?)
+    } else {
+        None
+    };
+    Ok(Page {
+        rows_kind: query.rows,
+        rows,
+        total,
+        counts,
+        head_seq,
+    })
+}
+
+fn newest_first_reversed(mut rows: Vec<illumitunnel::Delivery>) -> Vec<illumitunnel::Delivery> {
+    rows.reverse();
+    rows
+}
+
+fn editor() -> String {
+    ["VISUAL", "EDITOR"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|value| !value.trim().is_empty())
+        .unwrap_or_else(|| "vi".to_string())
+}
+
+/// `$EDITOR` may carry arguments (`code --wait`), so a shell splits it; the path goes in as `$1`.
+#[cfg(unix)]
+fn editor_command(editor: &str, path: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(path);
+    command
+}
+
+#[cfg(not(unix))]
+fn editor_command(editor: &str, path: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(editor);
+    command.arg(path);
+    command
+}
+
+/// The body in a new file only the user can read, named so the editor picks a syntax.
+fn write_temp(id: &DeliveryId, body: &[u8]) -> std::io::Result<PathBuf> {
+    let ext = if text::is_json(body) { "json" } else { "txt" };
+    let name = format!("illumitunnel-{id}-{:08x}.{ext}", rand::random::<u32>());
+    let path = std::env::temp_dir().join(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(&path)?.write_all(body)?;
+    Ok(path)
+}
+
+/// SIGTERM, SIGHUP and SIGINT (Ctrl-C is a key in raw mode, but `kill -INT` is not).
+struct Signals {
+    #[cfg(unix)]
+    streams: Vec<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let kinds = [
+                SignalKind::terminate(),
+                SignalKind::hangup(),
+                SignalKind::interrupt(),
+            ];
+            Signals {
+                streams: kinds.into_iter().filter_map(|k| signal(k).ok()).collect(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            if self.streams.is_empty() {
+                return std::future::pending().await;
+            }
+            let waits = self.streams.iter_mut().map(|s| Box::pin(s.recv()));
+            futures_util::future::select_all(waits).await;
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await
+    }
+}
+
+/// The keypress-to-frame path, for benchmarks: applies `key` to `app`, runs the store reads it
+/// causes against `store` in line, and draws one frame into `terminal`.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn key_to_frame(
+    app: &mut App,
+    store: &CaptureStore,
+    key: crossterm::event::KeyEvent,
+    terminal: &mut ratatui::Terminal<ratatui::backend::TestBackend>,
+) -> anyhow::Result<()> {
+    let mut next = app.update(AppEvent::Key(key));
+    while let Some(Effect::Load(query)) = next {
+        next = app.update(AppEvent::Loaded(run_query(store, &query)?));
+    }
+    terminal.draw(|frame| view::render(app, frame))?;
+    Ok(())
+}
+
+/// An app of `size` loaded from `store` the way `run` starts, for benchmarks and tests.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn loaded_app(store: &CaptureStore, size: (u16, u16), now: i64) -> anyhow::Result<App> {
+    let mut app = App::new(
+        "https://relay.example.com/t/brave-otter".into(),
+        "http://localhost:3000".into(),
+        size,
+        time::UtcOffset::UTC,
+        now,
+    );
+    let mut next = Some(app.start());
+    while let Some(Effect::Load(query)) = next {
+        next = app.update(AppEvent::Loaded(run_query(store, &query)?));
+    }
+    Ok(app)
+}
