@@ -427,3 +427,46 @@ fn a_tunnel_name_owned_by_one_token_is_refused_to_another() {
         response.text()
     );
 }
+
+#[test]
+fn two_listeners_with_one_token_both_see_a_delivery_and_the_first_answers() {
+    let rt = runtime();
+    let first_target = Target::start(&rt, |_| Reply::ok().header("x-listener", "first"));
+    let second_target = Target::start(&rt, |_| Reply::ok().header("x-listener", "second"));
+    let dir = temp_dir();
+    let tokens = tokens_file(dir.path(), &["token-fan-out-33"]);
+    let relay = Relay::start(&["--http", "--tokens-file", &tokens]);
+
+    let first = listen_with_token(
+        &relay,
+        "fan-out",
+        "token-fan-out-33",
+        &first_target.url(FORWARD_PATH),
+    );
+    first
+        .guard
+        .wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+    let second = listen_with_token(
+        &relay,
+        "fan-out",
+        "token-fan-out-33",
+        &second_target.url(FORWARD_PATH),
+    );
+    second
+        .guard
+        .wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+
+    let body = illumichat_samples().remove(5).2;
+    let response = Request::post(&relay.tunnel_url("fan-out"))
+        .body(body.clone())
+        .send(&rt);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-listener").as_deref(), Some("first"));
+    assert!(first_target.wait_for_requests(1)[0].body == body.as_bytes());
+    assert!(second_target.wait_for_requests(1)[0].body == body.as_bytes());
+    for listener in [&first, &second] {
+        listener
+            .guard
+            .wait_for_line(Stream::Stdout, |l| l.contains("contact.created"));
+    }
+}
