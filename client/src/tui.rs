@@ -50,6 +50,9 @@ use crate::status::{ListenEvent, ReplayRequest};
 const APP_EVENTS: usize = 256;
 /// Time between frames: at most ~30 redraws a second, and only when something changed.
 const FRAME: Duration = Duration::from_millis(33);
+/// How often the loop checks that its terminal still exists (a closed window or SSH session
+/// may send no signal to this process).
+const TTY_CHECK: Duration = Duration::from_secs(1);
 
 /// What `listen` hands the inspector.
 pub struct TuiContext {
@@ -124,6 +127,8 @@ impl Inspector {
         let mut frame = tokio::time::interval(FRAME);
         frame.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut signals = Signals::new();
+        let mut tty_check = tokio::time::interval(TTY_CHECK);
+        tty_check.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             // Every branch is cancel-safe: `mpsc::recv`, an interval tick, a signal stream.
             let event = tokio::select! {
@@ -133,10 +138,20 @@ impl Inspector {
                     None => return Ok(()),
                 },
                 _ = frame.tick() => {
-                    self.app.update(AppEvent::Tick(now_ms()));
+                    let effect = self.app.update(AppEvent::Tick(now_ms()));
+                    if self.run_effects(effect).await? == Flow::Quit {
+                        return Ok(());
+                    }
                     if self.app.take_dirty() {
                         self.draw()?;
                     }
+                    continue;
+                }
+                _ = tty_check.tick() => {
+                    self.guard
+                        .terminal()
+                        .size()
+                        .context("the terminal went away")?;
                     continue;
                 }
                 _ = signals.recv() => return Ok(()),

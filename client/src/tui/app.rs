@@ -27,6 +27,9 @@ use crate::status::{ConnectionState, ListenEvent};
 const MESSAGE_MS: i64 = 5_000;
 /// The fewest rows the window holds, so small screens still page in useful chunks.
 const MIN_WINDOW: usize = 64;
+/// The least time between two full re-reads after `listen` dropped events (they count every
+/// delivery, which costs a scan of the capture store), in ms.
+const SYNC_MS: i64 = 500;
 /// Lines one mouse-wheel notch scrolls the details.
 const WHEEL_LINES: u16 = 3;
 
@@ -144,6 +147,8 @@ pub struct App {
     pub message: Option<Message>,
     select_seq: Option<i64>,
     max_seq_seen: i64,
+    sync_pending: bool,
+    last_sync_ms: i64,
     dirty: bool,
 }
 
@@ -181,6 +186,8 @@ impl App {
             message: None,
             select_seq: None,
             max_seq_seen: 0,
+            sync_pending: false,
+            last_sync_ms: i64::MIN / 2,
             dirty: true,
         }
     }
@@ -210,7 +217,7 @@ impl App {
             }
             AppEvent::Tick(now) => {
                 self.on_tick(now);
-                None
+                self.due_sync()
             }
             AppEvent::Listen(event) => self.on_listen(event),
             AppEvent::Loaded(page) => self.on_page(page),
@@ -315,6 +322,22 @@ impl App {
         }
     }
 
+    /// The store read a dropped-events notice asked for, at most every `SYNC_MS`.
+    fn due_sync(&mut self) -> Option<Effect> {
+        if !self.sync_pending || self.now_ms - self.last_sync_ms < SYNC_MS {
+            return None;
+        }
+        self.sync_pending = false;
+        self.last_sync_ms = self.now_ms;
+        self.dirty = true;
+        let rows = if self.is_following() {
+            Rows::Newest(self.window_cap())
+        } else {
+            Rows::Nothing
+        };
+        Some(self.query(rows, true, true))
+    }
+
     fn on_listen(&mut self, event: ListenEvent) -> Option<Effect> {
         match event {
             ListenEvent::Connection(state) => {
@@ -335,13 +358,10 @@ impl App {
                 None
             }
             ListenEvent::Delivery(d) => self.on_delivery(*d),
+            // Re-read on the next tick: a burst of these costs one store read, not one each.
             ListenEvent::StoreChanged => {
-                let rows = if self.is_following() {
-                    Rows::Newest(self.window_cap())
-                } else {
-                    Rows::Nothing
-                };
-                Some(self.query(rows, true, true))
+                self.sync_pending = true;
+                None
             }
         }
     }

@@ -152,7 +152,16 @@ impl Input {
 impl Drop for Input {
     fn drop(&mut self) {
         self.flags.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + PAUSE_WAIT;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // When the terminal is gone, crossterm's read can spin forever inside one call; joining
+        // would hang the exit, so such a thread is left to end with the process.
+        if thread.is_finished() {
             let _ = thread.join();
         }
     }

@@ -309,3 +309,59 @@ fn only_the_window_is_held_with_many_deliveries() {
     assert_eq!(app.selected_delivery().map(|d| d.seq), Some(1));
     assert!(app.held_rows() <= 64);
 }
+
+/// The real loop in a real terminal, for a person or tmux to drive:
+/// `tmux new -d 'cargo test -p illumitunnel-client live_terminal -- --ignored --nocapture'`.
+/// A delivery arrives a second after start; `r` and `e` replays are answered as `listen` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real terminal"]
+async fn live_terminal() {
+    use tokio::sync::mpsc;
+
+    let (dir, store) = store_with(sample());
+    let store_path = dir.path().join("c.db");
+    drop(store);
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let (replays_tx, mut replays_rx) = mpsc::channel::<crate::status::ReplayRequest>(8);
+    let writer_path = store_path.clone();
+    tokio::spawn(async move {
+        let mut store = CaptureStore::open(&writer_path).expect("store");
+        let connected = ConnectionState::Connected {
+            queued: 0,
+            expired: 0,
+        };
+        let _ = events_tx.send(ListenEvent::Connection(connected)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let mut next_seq = 100;
+        let mut fresh = vec![delivery(next_seq, "ticket.updated", "tkt_live", Some(200))];
+        store.insert_batch(&mut fresh).expect("insert");
+        for d in fresh {
+            let _ = events_tx.send(ListenEvent::Delivery(Box::new(d))).await;
+        }
+        while let Some(request) = replays_rx.recv().await {
+            next_seq += 1;
+            let Ok(Some(original)) = store.get(request.original.as_str()) else {
+                let _ = request.reply.send(Err("unknown delivery".into()));
+                continue;
+            };
+            let mut replay = delivery(next_seq, "ticket.created", "tkt_replay", Some(200));
+            replay.request.body = request.body.unwrap_or(original.request.body);
+            replay.source = Source::Replay;
+            replay.replay_of = Some(original.id);
+            let mut batch = vec![replay];
+            store.insert_batch(&mut batch).expect("insert");
+            let replay = batch.remove(0);
+            let _ = events_tx
+                .send(ListenEvent::Delivery(Box::new(replay.clone())))
+                .await;
+            let _ = request.reply.send(Ok(replay));
+        }
+    });
+    let ctx = super::TuiContext {
+        public_url: "https://relay.example.com/t/brave-otter".into(),
+        forward_to: "http://localhost:3000".into(),
+        store_path,
+        replays: replays_tx,
+    };
+    super::run(ctx, events_rx).await.expect("inspector");
+}

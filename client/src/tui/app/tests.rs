@@ -352,9 +352,19 @@ fn store_changed_resyncs_counts_and_rows() {
         &mut store,
         delivery(10, "ticket.created", "tkt_10", Some(500)),
     );
-    let Some(Effect::Load(query)) = app.update(AppEvent::Listen(ListenEvent::StoreChanged)) else {
-        panic!("StoreChanged must re-read the store");
+    assert!(app
+        .update(AppEvent::Listen(ListenEvent::StoreChanged))
+        .is_none());
+    assert!(app
+        .update(AppEvent::Listen(ListenEvent::StoreChanged))
+        .is_none());
+    let Some(Effect::Load(query)) = app.update(AppEvent::Tick(NOW + 10)) else {
+        panic!("StoreChanged must re-read the store on the next tick");
     };
+    assert!(
+        app.update(AppEvent::Tick(NOW + 20)).is_none(),
+        "one read for both"
+    );
     assert!(query.sync && query.counts);
     app.update(AppEvent::Loaded(run_query(&store, &query).unwrap()));
     assert_eq!(
