@@ -27,6 +27,14 @@ pub enum Command {
     Events(EventsArgs),
     /// Show one delivery: request, response, timings.
     Show(ShowArgs),
+    /// Send a sample IllumiChat event to your local server or through a tunnel.
+    Trigger(TriggerArgs),
+    /// Send stored deliveries to the local server again.
+    Replay(ReplayArgs),
+    /// Write captured deliveries to a HAR or JSON-lines file.
+    Export(ExportArgs),
+    /// List and manage your IllumiChat webhooks through IllumiChat's API.
+    Webhooks(WebhooksArgs),
 }
 
 /// `illumitunnel listen`.
@@ -73,6 +81,192 @@ pub struct ListenArgs {
     /// Websocket ping interval in milliseconds.
     #[arg(long, value_name = "MS", hide = true)]
     pub keepalive_ms: Option<u64>,
+
+    /// Forward only these event types (comma-separated); others are recorded as skipped and answered 200.
+    #[arg(long, value_name = "TYPE,...", value_delimiter = ',')]
+    pub events: Option<Vec<String>>,
+
+    /// Send one event type to another path on the --forward-to origin, e.g. lead.captured=/crm/leads.
+    #[arg(long, value_name = "TYPE=PATH")]
+    pub route: Vec<String>,
+
+    /// Register (or re-enable) an IllumiChat webhook for the tunnel URL; disable it on exit.
+    #[arg(long)]
+    pub register: bool,
+
+    /// IllumiChat API access for --register.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Where IllumiChat's API is and how to sign in to it.
+#[derive(Debug, Args, Clone)]
+pub struct ApiArgs {
+    /// IllumiChat API base URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ILLUMICHAT_API_BASE",
+        default_value = "https://beta.illumichat.com"
+    )]
+    pub api_base: String,
+
+    /// IllumiChat API token (Authorization: Bearer).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ILLUMICHAT_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
+}
+
+/// `illumitunnel trigger`.
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// Event type: chat.message.created, chat.session.created, ticket.created, ticket.updated, lead.captured or contact.created.
+    #[arg(value_name = "TYPE")]
+    pub event: String,
+
+    /// Send straight to this local URL (and record the delivery here).
+    #[arg(long, value_name = "URL", conflicts_with = "url")]
+    pub forward_to: Option<String>,
+
+    /// Send through this tunnel URL (default: the tunnel of the listen running on this machine).
+    #[arg(long, value_name = "PUBLIC_URL")]
+    pub url: Option<String>,
+
+    /// Change a field of the payload, e.g. data.priority=high (value parsed as JSON when it parses).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+
+    /// Send this JSON file instead of the sample (--set still applies).
+    #[arg(long, value_name = "PAYLOAD.json")]
+    pub file: Option<PathBuf>,
+
+    /// How many deliveries to send, each with fresh ids.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u32,
+
+    /// Send each delivery twice, unchanged, to test your handler's deduplication.
+    #[arg(long)]
+    pub duplicate: bool,
+
+    /// Also trust the certificates in this PEM file for the tunnel URL.
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+
+    /// Accept any certificate for the tunnel URL.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// One JSON object per delivery.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `illumitunnel replay`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "last", "event"])))]
+pub struct ReplayArgs {
+    /// Delivery ids (or unique prefixes) to replay.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+
+    /// Replay the newest delivery that is not itself a replay.
+    #[arg(long, conflicts_with_all = ["ids", "event"])]
+    pub last: bool,
+
+    /// Replay every delivery of this event type (oldest first).
+    #[arg(long, value_name = "TYPE", conflicts_with = "ids")]
+    pub event: Option<String>,
+
+    /// With --event: only deliveries received within this long, e.g. 15m, 2h, 1d.
+    #[arg(long, value_name = "DURATION", requires = "event")]
+    pub since: Option<String>,
+
+    /// Send to exactly this URL (plus the stored query) instead of where the delivery went.
+    #[arg(long, value_name = "URL")]
+    pub forward_to: Option<String>,
+
+    /// Edit each body in $VISUAL or $EDITOR before sending it.
+    #[arg(long)]
+    pub edit: bool,
+
+    /// One JSON object per replay.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `illumitunnel export`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["har", "jsonl"])))]
+pub struct ExportArgs {
+    /// Write a HAR 1.2 file (opens in browser devtools and HTTP tools).
+    #[arg(long, value_name = "FILE")]
+    pub har: Option<PathBuf>,
+
+    /// Write one delivery a line, as show --json prints it.
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
+
+    /// Only deliveries of this event type.
+    #[arg(long, value_name = "TYPE")]
+    pub event: Option<String>,
+
+    /// Only deliveries received within this long, e.g. 15m, 2h, 1d.
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+}
+
+/// `illumitunnel webhooks`.
+#[derive(Debug, Args)]
+pub struct WebhooksArgs {
+    /// What to do with the webhooks.
+    #[command(subcommand)]
+    pub action: WebhooksAction,
+
+    /// IllumiChat API access.
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `illumitunnel webhooks …` actions.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksAction {
+    /// List your workspace's webhooks.
+    List,
+    /// Create a webhook for URL with the given events.
+    Register {
+        /// The HTTPS URL IllumiChat should deliver to (e.g. your tunnel URL).
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// Event types, comma-separated.
+        #[arg(long, value_name = "TYPE,...", value_delimiter = ',', required = true)]
+        events: Vec<String>,
+    },
+    /// Turn a webhook on.
+    Enable {
+        /// Webhook id.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Turn a webhook off (IllumiChat stops delivering to it).
+    Disable {
+        /// Webhook id.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Delete a webhook.
+    Delete {
+        /// Webhook id.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 /// `illumitunnel events`.
@@ -126,6 +320,40 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn replay_needs_a_selection_and_since_needs_event() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["illumitunnel", "replay"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|_| ()).map_err(|e| e.kind())
+        };
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["abc", "--last"]).is_err());
+        assert!(parse(&["--since", "15m"]).is_err());
+        assert!(parse(&["--event", "ticket.created", "--since", "15m"]).is_ok());
+        assert!(parse(&["abc", "def", "--edit"]).is_ok());
+    }
+
+    #[test]
+    fn listen_events_split_on_commas_and_routes_repeat() {
+        let cli = Cli::try_parse_from([
+            "illumitunnel",
+            "listen",
+            "--events",
+            "ticket.created,lead.captured",
+            "--route",
+            "lead.captured=/crm",
+            "--route",
+            "ticket.created=/t",
+        ])
+        .unwrap();
+        let Command::Listen(args) = cli.command else {
+            panic!("not listen")
+        };
+        assert_eq!(args.events.unwrap(), ["ticket.created", "lead.captured"]);
+        assert_eq!(args.route.len(), 2);
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! One module per subcommand, each with `run(args, ctx)`, plus what they share.
 
 pub mod events;
+pub mod export;
 pub mod listen;
+pub mod replay;
 pub mod show;
+pub mod trigger;
+pub mod webhooks;
 
 use std::path::PathBuf;
 
@@ -27,4 +31,28 @@ pub fn ignore_broken_pipe(result: std::io::Result<()>) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// Checks an event type name; a usage error lists the six.
+pub fn parse_event_type(name: &str) -> Result<illumitunnel::event::EventType, UsageError> {
+    illumitunnel::event::EventType::parse(name.trim()).ok_or_else(|| {
+        UsageError(format!(
+            "unknown event type {:?}; use one of {}",
+            name.trim(),
+            illumitunnel::event::EventType::list()
+        ))
+    })
+}
+
+/// `--since 15m` as the earliest Unix ms to include.
+pub fn since_ms(since: Option<&str>) -> Result<Option<i64>, UsageError> {
+    let Some(text) = since else { return Ok(None) };
+    let d = illumitunnel::parse_duration(text).ok_or_else(|| {
+        UsageError(format!(
+            "invalid --since {text:?}; write a number and a unit such as 30s, 15m, 2h or 7d"
+        ))
+    })?;
+    Ok(Some(illumitunnel::now_ms().saturating_sub(
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+    )))
 }

@@ -1,6 +1,7 @@
 //! Sends deliveries to the local server (`--forward-to`) over a pooled keep-alive client, and
 //! guards the origin: whatever path the relay sends, the request goes to the `--forward-to`
-//! scheme and authority, under its path.
+//! scheme and authority, under its path (or a `--route` path on the same origin). Deliveries
+//! whose event `--events` leaves out are answered here without reaching the local server.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -13,7 +14,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use illumitunnel::delivery::{RequestRecord, ResponseRecord};
+use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
+use illumitunnel::event::Envelope;
 use illumitunnel::headers::{is_hop_by_hop, Header};
 
 /// How long the local server may take to answer; the relay gives the sender the same time.
@@ -22,6 +24,11 @@ pub const FORWARD_TIMEOUT: Duration = illumitunnel_relay::config::DEFAULT_RESPON
 const POOL_MAX_IDLE: usize = 256;
 /// How long an idle keep-alive connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Header `trigger` adds to deliveries it sends through a tunnel, so the `listen` that receives
+/// one records it as triggered. It stays on the request the local server gets.
+pub const TRIGGER_HEADER: &str = "x-illumitunnel-trigger";
+/// What a delivery `--events` leaves out is answered with, so IllumiChat does not retry it.
+pub const SKIPPED_BODY: &[u8] = br#"{"skipped":true}"#;
 
 /// A validated `--forward-to` URL: the only origin deliveries ever go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +100,27 @@ impl Target {
             path,
             query: uri.query().unwrap_or_default().to_string(),
         })
+    }
+
+    /// The same origin and query with another path (a `--route` PATH, which starts with `/`).
+    pub fn with_path(&self, path: &str) -> Target {
+        let path = match path.trim_end_matches('/') {
+            "" => "/".to_string(),
+            p => p.to_string(),
+        };
+        Target {
+            path,
+            ..self.clone()
+        }
+    }
+
+    /// Just the origin, `scheme://host:port/`, with no path or query of its own.
+    pub fn origin(&self) -> Target {
+        Target {
+            path: "/".into(),
+            query: String::new(),
+            ..self.clone()
+        }
     }
 
     /// `host:port` as errors name it, with the scheme's default port filled in.
@@ -174,12 +202,25 @@ fn push_encoded(out: &mut String, s: &str, is_query: bool) {
 
 /// The local server's answer, or why there was none.
 pub struct Forwarded {
-    /// Full URI the request went to.
+    /// Full URI the request went to (or would have, when skipped).
     pub uri: Uri,
     /// Status, headers and body, or a one-sentence error.
     pub result: Result<ResponseRecord, String>,
     /// From sending to the complete answer.
     pub duration: Duration,
+    /// Whether `--events` left it out: answered [`SKIPPED_BODY`], never sent.
+    pub skipped: bool,
+    /// [`Source::Trigger`] when it carries [`TRIGGER_HEADER`], else [`Source::Tunnel`].
+    pub source: Source,
+}
+
+/// Which deliveries go where by event type (`listen --events` and `--route`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Forward only these event types; `None` forwards all.
+    pub only: Option<Vec<String>>,
+    /// Event type → path on the `--forward-to` origin.
+    pub routes: Vec<(String, String)>,
 }
 
 /// A pooled keep-alive client bound to one [`Target`].
@@ -187,16 +228,15 @@ pub struct Forwarded {
 pub struct Forwarder {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     target: std::sync::Arc<Target>,
+    /// `--route`s as targets, by event type.
+    routes: std::sync::Arc<Vec<(String, Target)>>,
+    only: Option<std::sync::Arc<Vec<String>>>,
     timeout: Duration,
 }
 
 impl Forwarder {
     /// A client for `target` (http, or https verified against the web PKI roots).
     pub fn new(target: Target) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -207,11 +247,25 @@ impl Forwarder {
             })
             .with_no_client_auth()
         });
+        Self::build_with(target, tls.ok())
+    }
+
+    /// A client for `target` that checks https certificates with `tls` (e.g. a tunnel's
+    /// self-signed relay for `trigger`).
+    pub fn with_tls(target: Target, tls: rustls::ClientConfig) -> Self {
+        Self::build_with(target, Some(tls))
+    }
+
+    fn build_with(target: Target, tls: Option<rustls::ClientConfig>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let https = match tls {
-            Ok(config) => builder.with_tls_config(config),
+            Some(config) => builder.with_tls_config(config),
             // The ring provider supports the default versions; this arm only keeps the type total.
-            Err(_) => builder.with_webpki_roots(),
+            None => builder.with_webpki_roots(),
         }
         .https_or_http()
         .enable_http1()
@@ -223,15 +277,70 @@ impl Forwarder {
         Forwarder {
             client,
             target: std::sync::Arc::new(target),
+            routes: std::sync::Arc::new(Vec::new()),
+            only: None,
             timeout: FORWARD_TIMEOUT,
         }
     }
 
-    /// Sends `request` to the target and reads the whole answer.
+    /// The same client with `--events` and `--route` applied; route paths stay on the target's
+    /// origin.
+    pub fn with_rules(mut self, rules: &Rules) -> Self {
+        self.routes = std::sync::Arc::new(
+            rules
+                .routes
+                .iter()
+                .map(|(event, path)| (event.clone(), self.target.with_path(path)))
+                .collect(),
+        );
+        self.only = rules.only.clone().map(std::sync::Arc::new);
+        self
+    }
+
+    /// The same client with another bound on each request.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The target this client sends to.
+    #[cfg(test)]
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Sends `request` to the target (or its event's route) and reads the whole answer; a
+    /// delivery whose event `--events` leaves out is answered here instead.
     pub async fn forward(&self, request: &RequestRecord) -> Forwarded {
-        let uri = self.target.uri_for(&request.path, &request.query);
+        let source = if illumitunnel::headers::get(&request.headers, TRIGGER_HEADER).is_some() {
+            Source::Trigger
+        } else {
+            Source::Tunnel
+        };
+        let event = if self.only.is_some() || !self.routes.is_empty() {
+            Envelope::parse(&request.body).map(|e| e.event)
+        } else {
+            None
+        };
+        let target = event
+            .as_deref()
+            .and_then(|e| self.routes.iter().find(|(name, _)| name == e))
+            .map_or(&*self.target, |(_, t)| t);
+        let uri = target.uri_for(&request.path, &request.query);
+        // A body with no readable event is forwarded: only a known, unlisted type is skipped.
+        if let (Some(only), Some(event)) = (&self.only, &event) {
+            if !only.iter().any(|o| o == event) {
+                return Forwarded {
+                    uri,
+                    result: Ok(skipped_answer()),
+                    duration: Duration::ZERO,
+                    skipped: true,
+                    source,
+                };
+            }
+        }
         let started = Instant::now();
-        let result = match self.build(request, uri.clone()) {
+        let result = match self.build(target, request, uri.clone()) {
             Ok(req) => match tokio::time::timeout(self.timeout, self.send(req)).await {
                 Ok(result) => result,
                 Err(_) => Err(format!(
@@ -246,15 +355,22 @@ impl Forwarder {
             uri,
             result,
             duration: started.elapsed(),
+            skipped: false,
+            source,
         }
     }
 
-    fn build(&self, request: &RequestRecord, uri: Uri) -> Result<Request<Full<Bytes>>, String> {
+    fn build(
+        &self,
+        target: &Target,
+        request: &RequestRecord,
+        uri: Uri,
+    ) -> Result<Request<Full<Bytes>>, String> {
         let method = Method::from_bytes(request.method.as_bytes())
             .map_err(|_| format!("invalid method {:?} in delivery", request.method))?;
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(headers) = req.headers_mut() {
-            if let Ok(host) = HeaderValue::from_str(self.target.authority.as_str()) {
+            if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
                 headers.insert(http::header::HOST, host);
             }
             for (name, value) in &request.headers {
@@ -305,6 +421,15 @@ impl Forwarder {
             headers,
             body,
         })
+    }
+}
+
+/// The answer for a delivery `--events` leaves out.
+fn skipped_answer() -> ResponseRecord {
+    ResponseRecord {
+        status: 200,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: Bytes::from_static(SKIPPED_BODY),
     }
 }
 
@@ -459,6 +584,60 @@ mod tests {
         assert_eq!(
             describe_error(&refused, "127.0.0.1:3000"),
             "connection refused to 127.0.0.1:3000"
+        );
+    }
+
+    fn envelope(body: &'static [u8], headers: Vec<Header>) -> RequestRecord {
+        RequestRecord {
+            method: "POST".into(),
+            path: "/sub".into(),
+            query: "q=1".into(),
+            headers,
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_skip_and_routes_pick_the_path() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let rules = Rules {
+            only: Some(vec!["ticket.created".into()]),
+            routes: vec![("ticket.created".into(), "/tickets/".into())],
+        };
+        let f =
+            Forwarder::new(target(&format!("http://127.0.0.1:{port}/hooks"))).with_rules(&rules);
+
+        let skipped = f
+            .forward(&envelope(br#"{"event":"lead.captured"}"#, vec![]))
+            .await;
+        assert!(skipped.skipped);
+        assert_eq!(skipped.source, Source::Tunnel);
+        let answer = skipped.result.unwrap();
+        assert_eq!((answer.status, &answer.body[..]), (200, SKIPPED_BODY));
+
+        let routed = f
+            .forward(&envelope(
+                br#"{"event":"ticket.created"}"#,
+                vec![(TRIGGER_HEADER.into(), b"1".to_vec())],
+            ))
+            .await;
+        assert!(!routed.skipped);
+        assert_eq!(routed.source, Source::Trigger);
+        assert_eq!(
+            routed.uri.to_string(),
+            format!("http://127.0.0.1:{port}/tickets/sub?q=1")
+        );
+        assert!(routed.result.is_err(), "nothing listens there");
+
+        // No readable event: forwarded to the --forward-to path, never skipped.
+        let plain = f.forward(&envelope(b"not json", vec![])).await;
+        assert!(!plain.skipped);
+        assert_eq!(
+            plain.uri.to_string(),
+            format!("http://127.0.0.1:{port}/hooks/sub?q=1")
         );
     }
 

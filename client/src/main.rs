@@ -1,12 +1,15 @@
 //! `illumitunnel`: the client. `listen` forwards webhooks from a relay (or one it embeds) to a
-//! local server and records every delivery; `events` and `show` read the capture store.
+//! local server and records every delivery; `events`, `show` and `export` read the capture
+//! store; `trigger` and `replay` send deliveries; `webhooks` talks to IllumiChat's API.
 //!
 //! # Layout
 //! - `cli` — clap types.
 //! - `commands` — one `run(args, ctx)` per subcommand.
 //! - `session` — relay connection, reconnects, delivery multiplexing; `session::tls` trust.
 //! - `backoff` — reconnect delays.
-//! - `forward` — local requests and the origin guard.
+//! - `forward` — local requests, the origin guard, `--events` and `--route`.
+//! - `replay` — stored deliveries sent again, for `replay` and the inspector.
+//! - `illumichat` — IllumiChat's webhook API, for `webhooks` and `listen --register`.
 //! - `recorder` — the capture store writer thread.
 //! - `output` — every printed delivery, line and JSON.
 //! - `status` — what `listen` tells its screen.
@@ -15,8 +18,10 @@ mod backoff;
 mod cli;
 mod commands;
 mod forward;
+mod illumichat;
 mod output;
 mod recorder;
+mod replay;
 mod session;
 // Shared with the inspector, which uses the parts line output does not (replay requests).
 #[allow(dead_code)]
@@ -66,6 +71,10 @@ fn main() -> ExitCode {
         },
         Command::Events(args) => commands::events::run(args, &ctx),
         Command::Show(args) => commands::show::run(args, &ctx),
+        Command::Trigger(args) => commands::trigger::run(args, &ctx),
+        Command::Replay(args) => commands::replay::run(args, &ctx),
+        Command::Export(args) => commands::export::run(args, &ctx),
+        Command::Webhooks(args) => commands::webhooks::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

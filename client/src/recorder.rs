@@ -38,15 +38,25 @@ pub struct Capture {
     pub result: Result<ResponseRecord, String>,
     /// Forwarding time, microseconds.
     pub duration_us: i64,
+    /// Tunnel, or Trigger when `trigger` sent it through the tunnel.
+    pub source: Source,
+    /// Whether `--events` left it out (answered 200, not forwarded).
+    pub skipped: bool,
 }
 
 impl Capture {
     fn into_delivery(self) -> Delivery {
         // Parsing the envelope happens here, on the writer thread, off the forwarding path.
-        let mut d = Delivery::new(self.id, self.received_at_ms, Source::Tunnel, self.request);
+        let mut d = Delivery::new(self.id, self.received_at_ms, self.source, self.request);
         d.tunnel = Some(self.tunnel);
         d.queued = self.queued;
-        d.target = self.target;
+        d.skipped = self.skipped;
+        // A skipped delivery went nowhere.
+        d.target = if self.skipped {
+            String::new()
+        } else {
+            self.target
+        };
         d.duration_us = self.duration_us;
         match self.result {
             Ok(response) => d.response = Some(response),
@@ -58,7 +68,15 @@ impl Capture {
 
 enum Command {
     Record(Box<Capture>),
+    /// A finished delivery (a replay), answered with itself once committed.
+    Insert(Box<Delivery>, oneshot::Sender<Delivery>),
     Contains(DeliveryId, oneshot::Sender<bool>),
+}
+
+/// A delivery waiting for the next commit, and who wants to hear when it is stored.
+struct Pending {
+    delivery: Delivery,
+    committed: Option<oneshot::Sender<Delivery>>,
 }
 
 /// Where committed deliveries are shown.
@@ -87,6 +105,17 @@ impl RecorderHandle {
         {
             tracing::error!("the capture store writer stopped; a delivery was not recorded");
         }
+    }
+
+    /// Commits a finished delivery (a replay) and returns it as stored (`seq` set), after it
+    /// reached the screen; `None` when the writer has stopped.
+    pub async fn insert(&self, delivery: Delivery) -> Option<Delivery> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Insert(Box::new(delivery), tx))
+            .await
+            .ok()?;
+        rx.await.ok()
     }
 
     /// Whether a delivery with this id is stored (or about to be), after everything queued before.
@@ -129,14 +158,21 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch: Vec<Capture> = Vec::new();
+        let mut batch: Vec<Pending> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Record(capture) => batch.push(*capture),
+                    Command::Record(capture) => batch.push(Pending {
+                        delivery: capture.into_delivery(),
+                        committed: None,
+                    }),
+                    Command::Insert(delivery, reply) => batch.push(Pending {
+                        delivery: *delivery,
+                        committed: Some(reply),
+                    }),
                     Command::Contains(id, reply) => {
-                        let found = batch.iter().any(|c| c.id == id)
+                        let found = batch.iter().any(|p| p.delivery.id == id)
                             || self.store.contains(&id).unwrap_or(false);
                         let _ = reply.send(found);
                     }
@@ -150,11 +186,12 @@ impl Writer {
         self.commit(&mut batch);
     }
 
-    fn commit(&mut self, batch: &mut Vec<Capture>) {
+    fn commit(&mut self, batch: &mut Vec<Pending>) {
         if batch.is_empty() {
             return;
         }
-        let mut deliveries: Vec<Delivery> = batch.drain(..).map(Capture::into_delivery).collect();
+        let (mut deliveries, replies): (Vec<Delivery>, Vec<_>) =
+            batch.drain(..).map(|p| (p.delivery, p.committed)).unzip();
         let inserted = match self.store.insert_batch(&mut deliveries) {
             Ok(inserted) => inserted,
             Err(err) => {
@@ -163,14 +200,21 @@ impl Writer {
                 vec![true; deliveries.len()]
             }
         };
-        for (d, is_new) in deliveries.into_iter().zip(inserted) {
+        for ((d, is_new), reply) in deliveries.into_iter().zip(inserted).zip(replies) {
             if d.queued {
                 let ack = Outbound::any(ClientMessage::Recorded { id: d.id.clone() });
                 // The session is gone when this fails; the relay redelivers and we dedupe by id.
                 let _ = self.acks.blocking_send(ack);
             }
-            if is_new {
-                self.show(ListenEvent::Delivery(Box::new(d)));
+            match reply {
+                Some(reply) => {
+                    if is_new {
+                        self.show(ListenEvent::Delivery(Box::new(d.clone())));
+                    }
+                    let _ = reply.send(d);
+                }
+                None if is_new => self.show(ListenEvent::Delivery(Box::new(d))),
+                None => {}
             }
         }
         if self.screen_behind
@@ -197,6 +241,7 @@ impl Writer {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use illumitunnel::delivery::Source;
 
     fn capture(id: &str, queued: bool) -> Capture {
         Capture {
@@ -218,6 +263,8 @@ mod tests {
                 ..Default::default()
             }),
             duration_us: 5,
+            source: Source::Tunnel,
+            skipped: false,
         }
     }
 
@@ -268,6 +315,46 @@ mod tests {
         assert_eq!(acks, 2);
         let store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
         assert_eq!(store.count(&Default::default()).unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn inserted_deliveries_come_back_committed_and_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+        let (screen_tx, mut screen_rx) = mpsc::channel(16);
+        let (ack_tx, _ack_rx) = mpsc::channel(16);
+        let (handle, thread) = spawn(
+            store,
+            ScreenSink {
+                events: screen_tx,
+                lossless: true,
+            },
+            ack_tx,
+        )
+        .unwrap();
+        let mut skipped = capture("ccc1", false);
+        skipped.skipped = true;
+        skipped.source = Source::Trigger;
+        handle.record(skipped).await;
+        let mut replay = capture("ccc2", false).into_delivery();
+        replay.source = Source::Replay;
+        replay.replay_of = DeliveryId::parse("ccc1");
+        let committed = handle.insert(replay).await.unwrap();
+        assert!(committed.seq > 0);
+        assert!(!committed.duplicate, "replays are never duplicates");
+        drop(handle);
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        let Ok(ListenEvent::Delivery(first)) = screen_rx.try_recv() else {
+            panic!("no delivery shown")
+        };
+        assert!(first.skipped && first.target.is_empty());
+        assert_eq!(first.source, Source::Trigger);
+        let Ok(ListenEvent::Delivery(second)) = screen_rx.try_recv() else {
+            panic!("replay not shown")
+        };
+        assert_eq!(second.replay_of.as_ref().map(|d| d.as_str()), Some("ccc1"));
     }
 
     #[tokio::test]

@@ -659,6 +659,8 @@ async fn handle_delivery(arrived: Arrived, shared: &Shared, generation: u64) {
             request,
             result: forwarded.result,
             duration_us: forwarded.duration.as_micros() as i64,
+            source: forwarded.source,
+            skipped: forwarded.skipped,
         })
         .await;
 }

@@ -1,5 +1,7 @@
 //! `illumitunnel listen`: connect to a relay (or start one in-process), forward every delivery
-//! to `--forward-to`, record it, and show it.
+//! to `--forward-to` (or its `--route`, or nowhere when `--events` leaves it out), record it,
+//! and show it. While it runs, `listen.json` in the data dir tells `trigger` the tunnel URL;
+//! with `--register` it keeps an IllumiChat webhook pointed at the tunnel while it runs.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,11 +19,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, UsageError};
+use super::{parse_event_type, Ctx, UsageError};
 use crate::cli::ListenArgs;
-use crate::forward::{Forwarder, Target};
+use crate::forward::{Forwarder, Rules, Target};
+use crate::illumichat::Api;
 use crate::output::{self, Banner, Format};
 use crate::recorder::{self, ScreenSink};
+use crate::replay;
 use crate::session::tls::{self, Trust};
 use crate::session::{self, RelayUrl, Session, SessionConfig, OUTBOUND_QUEUE};
 
@@ -33,6 +37,8 @@ pub const DEFAULT_KEEPALIVE: Duration = illumitunnel_relay::config::DEFAULT_KEEP
 const SCREEN_QUEUE: usize = 1024;
 /// How long shutdown waits for the capture store writer and the embedded relay.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits to disable the IllumiChat webhook and remove `listen.json`.
+const ANNOUNCE_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How the relay's certificate is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +70,56 @@ pub struct ListenConfig {
     pub no_tui: bool,
     /// Websocket ping interval.
     pub keepalive: Duration,
+    /// `--events` and `--route`.
+    pub rules: Rules,
+    /// `--register`: the IllumiChat API to register the tunnel URL with.
+    pub register: Option<Api>,
+}
+
+/// `--events` and `--route` checked: known event types, routes to absolute paths.
+fn parse_rules(args: &ListenArgs) -> Result<Rules, UsageError> {
+    let only = args
+        .events
+        .as_ref()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| !e.trim().is_empty())
+                .map(|e| parse_event_type(e).map(|t| t.as_str().to_string()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    if only.as_ref().is_some_and(Vec::is_empty) {
+        return Err(UsageError(format!(
+            "--events needs at least one event type; use some of {}",
+            illumitunnel::event::EventType::list()
+        )));
+    }
+    let mut routes: Vec<(String, String)> = Vec::new();
+    for route in &args.route {
+        let (event, path) = route.split_once('=').ok_or_else(|| {
+            UsageError(format!(
+                "--route {route:?} is not TYPE=PATH; write it like --route lead.captured=/crm/leads"
+            ))
+        })?;
+        let event = parse_event_type(event)?.as_str().to_string();
+        let path_ok = path.starts_with('/')
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'\\'));
+        if !path_ok {
+            return Err(UsageError(format!(
+                "--route {route:?}: PATH must start with / and hold no spaces, ? or #; write it like --route {event}=/crm/leads"
+            )));
+        }
+        if routes.iter().any(|(e, _)| *e == event) {
+            return Err(UsageError(format!(
+                "--route names {event} twice; give each event type one path"
+            )));
+        }
+        routes.push((event, path.to_string()));
+    }
+    Ok(Rules { only, routes })
 }
 
 impl TryFrom<&ListenArgs> for ListenConfig {
@@ -128,6 +184,12 @@ impl TryFrom<&ListenArgs> for ListenConfig {
             },
             no_tui: args.no_tui,
             keepalive,
+            rules: parse_rules(args)?,
+            register: if args.register {
+                Some(Api::new(&args.api)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -172,6 +234,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
             )
         }
     };
+    let ca_pem = embedded.as_ref().map(|e| e.cert_pem.clone());
     let tls = tls::client_config(trust).map_err(anyhow::Error::msg)?;
 
     let format = choose_screen(&config);
@@ -195,9 +258,25 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .map(|e| format!("https://127.0.0.1:{}", e.port)),
     };
     let clock = ctx.clock;
+    let announced = public_url_rx.clone();
     let screen = tokio::task::spawn_blocking(move || {
         output::run_lines(screen_rx, public_url_rx, banner, format, clock)
     });
+    let announce = tokio::spawn(announce(
+        announced,
+        ctx.store.clone(),
+        ca_pem,
+        config.register.clone(),
+        config.rules.only.clone(),
+        shutdown.clone(),
+    ));
+    // Replays asked for by the inspector: its `TuiContext::replays` is this sender.
+    let (replays, replay_server) = replay::spawn_server(
+        ctx.store.clone(),
+        config.target.clone(),
+        recorder.clone(),
+        shutdown.clone(),
+    );
 
     let session = Session {
         config: Arc::new(SessionConfig {
@@ -207,7 +286,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
             tls,
             keepalive: config.keepalive,
         }),
-        forwarder: Forwarder::new(config.target.clone()),
+        forwarder: Forwarder::new(config.target.clone()).with_rules(&config.rules),
         recorder,
         screen: screen_tx,
         public_url: public_url_tx,
@@ -220,6 +299,16 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         stopped = wait_relay(&mut relay_task) => Err(stopped),
     };
     shutdown.cancel();
+    drop(replays);
+    let _ = tokio::time::timeout(STOP_TIMEOUT, replay_server).await;
+    let result = match tokio::time::timeout(ANNOUNCE_STOP_TIMEOUT, announce).await {
+        Ok(Ok(Err(e))) if result.is_ok() => Err(e),
+        Ok(Ok(Err(e))) => {
+            eprintln!("error: {e:#}");
+            result
+        }
+        _ => result,
+    };
 
     // Every recorder handle is gone with the session: the writer commits what is left and ends,
     // which ends the screen once it has shown the last delivery.
@@ -259,6 +348,7 @@ async fn wait_relay(task: &mut Option<JoinHandle<Result<(), RelayError>>>) -> an
 struct Embedded {
     port: u16,
     cert: CertificateDer<'static>,
+    cert_pem: String,
     task: JoinHandle<Result<(), RelayError>>,
 }
 
@@ -310,9 +400,156 @@ async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Result<Embedded
     ));
     Ok(Embedded {
         port,
+        cert_pem: cert.cert_pem.clone(),
         cert: cert.cert,
         task,
     })
+}
+
+/// What `listen.json` in the data dir says about the `listen` running on this machine, so
+/// `trigger` can send through its tunnel without being told the URL.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Running {
+    /// The tunnel's public URL.
+    pub public_url: String,
+    /// The `listen` process.
+    pub pid: u32,
+    /// Its capture store.
+    pub store: PathBuf,
+    /// The embedded relay's self-signed certificate (`listen-ca.pem`), when it runs one.
+    #[serde(default)]
+    pub ca_pem: Option<PathBuf>,
+}
+
+impl Running {
+    /// `listen.json` in the data dir.
+    pub fn path() -> PathBuf {
+        paths::data_dir().join("listen.json")
+    }
+
+    fn ca_path() -> PathBuf {
+        paths::data_dir().join("listen-ca.pem")
+    }
+
+    /// The running `listen`, if its record exists and its process is alive.
+    pub fn find() -> Option<Running> {
+        let text = std::fs::read_to_string(Self::path()).ok()?;
+        let running: Running = serde_json::from_str(&text).ok()?;
+        is_alive(running.pid).then_some(running)
+    }
+
+    fn write(&self, ca_pem: Option<&str>) -> std::io::Result<()> {
+        std::fs::create_dir_all(paths::data_dir())?;
+        if let (Some(pem), Some(path)) = (ca_pem, &self.ca_pem) {
+            std::fs::write(path, pem)?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        // Written whole, then renamed, so `trigger` never reads half a file.
+        let tmp = Self::path().with_extension("json.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, Self::path())
+    }
+
+    /// Removes the record if it is still this process's (a newer `listen` may have replaced it).
+    fn remove_if_mine() {
+        let mine = std::fs::read_to_string(Self::path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<Running>(&t).ok())
+            .is_some_and(|r| r.pid == std::process::id());
+        if mine {
+            let _ = std::fs::remove_file(Self::path());
+            let _ = std::fs::remove_file(Self::ca_path());
+        }
+    }
+}
+
+/// Whether process `pid` exists; where `/proc` is missing the record is trusted.
+fn is_alive(pid: u32) -> bool {
+    let proc = std::path::Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
+/// After the first `Welcome`: writes `listen.json` and, with `--register`, points an IllumiChat
+/// webhook at the tunnel. At shutdown: disables that webhook and removes the record.
+async fn announce(
+    mut public_url: watch::Receiver<Option<String>>,
+    store: PathBuf,
+    ca_pem: Option<String>,
+    register: Option<Api>,
+    events: Option<Vec<String>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let url = tokio::select! {
+        url = public_url.wait_for(Option::is_some) => match url {
+            Ok(url) => url.clone().unwrap_or_default(),
+            Err(_) => return Ok(()),
+        },
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let running = Running {
+        public_url: url.clone(),
+        pid: std::process::id(),
+        store,
+        ca_pem: ca_pem.as_ref().map(|_| Running::ca_path()),
+    };
+    if let Err(err) = running.write(ca_pem.as_deref()) {
+        tracing::warn!(%err, "could not write listen.json; trigger will need --url");
+    }
+    let registered = match &register {
+        Some(api) => match register_webhook(api, &url, events).await {
+            Ok(id) => {
+                eprintln!("registered IllumiChat webhook {id} for {url}");
+                Some(id)
+            }
+            Err(e) => {
+                Running::remove_if_mine();
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
+    shutdown.cancelled().await;
+    let mut outcome = Ok(());
+    if let (Some(api), Some(id)) = (&register, registered) {
+        match api
+            .update(&id, &serde_json::json!({ "active": false }))
+            .await
+        {
+            Ok(_) => eprintln!("disabled IllumiChat webhook {id}"),
+            Err(e) => {
+                outcome = Err(anyhow::anyhow!(
+                    "could not disable IllumiChat webhook {id}: {e}"
+                ))
+            }
+        }
+    }
+    Running::remove_if_mine();
+    outcome
+}
+
+/// Re-activates the webhook for `url` with `events` (all six when `None`), or creates one.
+async fn register_webhook(
+    api: &Api,
+    url: &str,
+    events: Option<Vec<String>>,
+) -> Result<String, crate::illumichat::ApiError> {
+    let events = events.unwrap_or_else(|| {
+        illumitunnel::event::EventType::ALL
+            .iter()
+            .map(|e| e.as_str().to_string())
+            .collect()
+    });
+    let same = |u: &str| u.trim_end_matches('/') == url.trim_end_matches('/');
+    let existing = api.list().await?.into_iter().find(|h| same(&h.url));
+    match existing {
+        Some(hook) => {
+            let patch = serde_json::json!({ "active": true, "events": events });
+            api.update(&hook.id, &patch).await?;
+            Ok(hook.id)
+        }
+        None => Ok(api.create(url, &events).await?.id),
+    }
 }
 
 /// The tunnel name kept in the config dir, created on first use so the URL survives restarts.

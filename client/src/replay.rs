@@ -1,0 +1,220 @@
+//! Replay: a stored delivery's request sent again to the local server, and recorded as a new
+//! delivery with `replay_of` set. One core for the `replay` command and for the replays the
+//! inspector asks `listen` for over its [`ReplayRequest`] channel.
+//!
+//! Where it goes: the origin of the stored delivery's `target`, with the path and query the
+//! local server saw then; or, with an override (`replay --forward-to URL`), exactly that URL
+//! plus the stored query. Method, headers and body are the stored ones, less hop-by-hop
+//! headers, Host and Content-Length, which are recomputed for the request actually sent.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::Bytes;
+use illumitunnel::delivery::{RequestRecord, Source};
+use illumitunnel::headers::is_hop_by_hop;
+use illumitunnel::store::CaptureStore;
+use illumitunnel::{now_ms, Delivery, DeliveryId};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{Forwarder, Target};
+use crate::recorder::RecorderHandle;
+use crate::status::ReplayRequest;
+
+/// Replay requests waiting for `listen` to serve them.
+pub const REPLAY_QUEUE: usize = 16;
+
+/// Where a replay of `original` goes and what it sends: the forwarder and the request for it.
+/// `forward_to` overrides the stored target; `body` replaces the stored body.
+pub fn prepare(
+    original: &Delivery,
+    forward_to: Option<&Target>,
+    body: Option<Bytes>,
+) -> Result<(Forwarder, RequestRecord), String> {
+    let stored = &original.request;
+    let headers = stored
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            !is_hop_by_hop(name)
+                && !name.eq_ignore_ascii_case("host")
+                && !name.eq_ignore_ascii_case("content-length")
+        })
+        .cloned()
+        .collect();
+    let body = body.unwrap_or_else(|| stored.body.clone());
+    let (target, path) = match forward_to {
+        // `uri_for("")` is the target's own path; the stored query is appended to its own.
+        Some(target) => (target.clone(), String::new()),
+        None => {
+            let target = Target::parse(&original.target).map_err(|_| {
+                if original.skipped {
+                    format!(
+                        "delivery {} was skipped by --events and never forwarded; pass --forward-to URL to replay it",
+                        original.id
+                    )
+                } else {
+                    format!(
+                        "delivery {} has no target to replay to; pass --forward-to URL",
+                        original.id
+                    )
+                }
+            })?;
+            (target.origin(), stored.path.clone())
+        }
+    };
+    let request = RequestRecord {
+        method: stored.method.clone(),
+        path,
+        query: stored.query.clone(),
+        headers,
+        body,
+    };
+    Ok((Forwarder::new(target), request))
+}
+
+/// Sends a prepared replay and builds the new delivery (not yet stored).
+pub async fn send(original: &Delivery, forwarder: &Forwarder, request: RequestRecord) -> Delivery {
+    let received_at_ms = now_ms();
+    let started = Instant::now();
+    let forwarded = forwarder.forward(&request).await;
+    let duration_us = started.elapsed().as_micros() as i64;
+    let mut request = request;
+    request.path = forwarded.uri.path().to_string();
+    request.query = forwarded.uri.query().unwrap_or_default().to_string();
+    let mut d = Delivery::new(
+        DeliveryId::generate(),
+        received_at_ms,
+        Source::Replay,
+        request,
+    );
+    d.replay_of = Some(original.id.clone());
+    d.tunnel = original.tunnel.clone();
+    d.target = forwarded.uri.to_string();
+    d.duration_us = duration_us;
+    match forwarded.result {
+        Ok(response) => d.response = Some(response),
+        Err(error) => d.error = Some(error),
+    }
+    d
+}
+
+/// Serves the inspector's replay requests for `listen` until `shutdown` or until every sender
+/// is gone. Each replay goes through the recorder, so it is stored and shown like any delivery;
+/// `fallback` (the `--forward-to` target) is used for deliveries that were never forwarded.
+pub fn spawn_server(
+    store_path: PathBuf,
+    fallback: Target,
+    recorder: RecorderHandle,
+    shutdown: CancellationToken,
+) -> (mpsc::Sender<ReplayRequest>, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<ReplayRequest>(REPLAY_QUEUE);
+    let task = tokio::spawn(async move {
+        loop {
+            // `mpsc::Receiver::recv` is cancel-safe: no request is lost to the shutdown branch.
+            let request = tokio::select! {
+                request = rx.recv() => request,
+                _ = shutdown.cancelled() => None,
+            };
+            let Some(request) = request else { break };
+            let outcome = serve_one(&store_path, &fallback, &recorder, &request).await;
+            let _ = request.reply.send(outcome);
+        }
+        // Dropping the recorder handle here lets the capture store writer finish.
+        drop(recorder);
+    });
+    (tx, task)
+}
+
+async fn serve_one(
+    store_path: &std::path::Path,
+    fallback: &Target,
+    recorder: &RecorderHandle,
+    request: &ReplayRequest,
+) -> Result<Delivery, String> {
+    let path = store_path.to_path_buf();
+    let id = request.original.clone();
+    let original = tokio::task::spawn_blocking(move || {
+        CaptureStore::open(&path)
+            .and_then(|store| store.get(id.as_str()))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("could not read the capture store: {e}"))??
+    .ok_or_else(|| format!("no delivery with id {}", request.original))?;
+    let override_target = original.target.is_empty().then_some(fallback);
+    let (forwarder, prepared) = prepare(&original, override_target, request.body.clone())?;
+    let replayed = send(&original, &forwarder, prepared).await;
+    recorder
+        .insert(replayed)
+        .await
+        .ok_or_else(|| "the capture store writer stopped; the replay was not recorded".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(target: &str) -> Delivery {
+        let mut d = Delivery::new(
+            DeliveryId::parse("abc123").unwrap(),
+            1,
+            Source::Tunnel,
+            RequestRecord {
+                method: "POST".into(),
+                path: "/hooks/sub".into(),
+                query: "a=1".into(),
+                headers: vec![
+                    ("host".into(), b"relay.example".to_vec()),
+                    ("content-length".into(), b"2".to_vec()),
+                    ("connection".into(), b"close".to_vec()),
+                    ("x-sig".into(), b"s".to_vec()),
+                ],
+                body: Bytes::from_static(b"{}"),
+            },
+        );
+        d.target = target.into();
+        d
+    }
+
+    #[test]
+    fn replays_to_the_stored_origin_and_path() {
+        let d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
+        let (forwarder, request) = prepare(&d, None, None).unwrap();
+        assert_eq!(
+            forwarder
+                .target()
+                .uri_for(&request.path, &request.query)
+                .to_string(),
+            "http://127.0.0.1:3000/hooks/sub?a=1"
+        );
+        let names: Vec<&str> = request.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-sig"]);
+    }
+
+    #[test]
+    fn forward_to_is_exactly_that_url_plus_the_query() {
+        let d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
+        let to = Target::parse("http://127.0.0.1:4000/v2").unwrap();
+        let (forwarder, request) =
+            prepare(&d, Some(&to), Some(Bytes::from_static(b"[1]"))).unwrap();
+        assert_eq!(
+            forwarder
+                .target()
+                .uri_for(&request.path, &request.query)
+                .to_string(),
+            "http://127.0.0.1:4000/v2?a=1"
+        );
+        assert_eq!(request.body, Bytes::from_static(b"[1]"));
+    }
+
+    #[test]
+    fn skipped_deliveries_need_a_target() {
+        let mut d = stored("");
+        d.skipped = true;
+        let err = prepare(&d, None, None).err().unwrap();
+        assert!(err.contains("pass --forward-to URL"), "{err}");
+    }
+}
