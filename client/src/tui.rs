@@ -320,8 +320,9 @@ pub(crate) fn run_query(store: &CaptureStore, query: &Query) -> Result<Page, Sto
     } else {
         None
     };
+    let bound = head_seq.unwrap_or(query.seen_seq);
     let bounded = Filter {
-        before_seq: Some(head_seq.unwrap_or(query.seen_seq).saturating_add(1)),
+        before_seq: Some(bound.saturating_add(1)),
         ..query.filter.clone()
     };
     let rows = match query.rows {
@@ -358,7 +359,7 @@ pub(crate) fn run_query(store: &CaptureStore, query: &Query) -> Result<Page, Sto
         rows,
         total,
         counts,
-        head_seq,
+        bound,
     })
 }
 

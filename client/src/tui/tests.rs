@@ -365,3 +365,44 @@ async fn live_terminal() {
     };
     super::run(ctx, events_rx).await.expect("inspector");
 }
+
+/// Keypress-to-frame timings with 100,000 stored deliveries, printed, never asserted (numbers
+/// belong to the benchmark, not to a test): `cargo test -p illumitunnel-client --release
+/// key_to_frame_figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints timings; run by hand"]
+fn key_to_frame_figures() {
+    let many: Vec<Delivery> = (1..=100_000)
+        .map(|i| delivery(i, "ticket.created", &format!("tkt_{i}"), Some(200)))
+        .collect();
+    let (_dir, store) = store_with(many);
+    let mut app = loaded_app(&store, (160, 40), NOW).expect("app");
+    let mut terminal = Terminal::new(TestBackend::new(160, 40)).expect("terminal");
+    let keys = [
+        KeyCode::PageUp,
+        KeyCode::Up,
+        KeyCode::Enter,
+        KeyCode::Tab,
+        KeyCode::PageDown,
+    ];
+    let mut times = Vec::new();
+    for i in 0..2_000 {
+        let key = KeyEvent::new(keys[i % keys.len()], KeyModifiers::NONE);
+        let start = std::time::Instant::now();
+        key_to_frame(&mut app, &store, key, &mut terminal).expect("frame");
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let g = KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE);
+    let start = std::time::Instant::now();
+    key_to_frame(&mut app, &store, g, &mut terminal).expect("frame");
+    let first = start.elapsed();
+    println!(
+        "key to frame, 100000 deliveries, 160x40: median {:?}, p99 {:?}, max {:?}; g (oldest) {:?}; held rows {}",
+        times[times.len() / 2],
+        times[times.len() * 99 / 100],
+        times[times.len() - 1],
+        first,
+        app.held_rows()
+    );
+}

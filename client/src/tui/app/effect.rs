@@ -61,8 +61,9 @@ pub struct Page {
     pub total: Option<u64>,
     /// Outcome counts, if asked.
     pub counts: Option<Counts>,
-    /// The store's newest delivery when `sync` was asked.
-    pub head_seq: Option<i64>,
+    /// The newest delivery the rows and counts may include: the store's head when `sync` was
+    /// asked, else the query's `seen_seq`.
+    pub bound: i64,
 }
 
 /// Work the loop does for the app.

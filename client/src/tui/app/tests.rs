@@ -453,3 +453,40 @@ fn resize_keeps_the_selection_visible() {
     assert!(visible.contains(&app.selected));
     assert!(app.visible_rows().all(|(_, d)| d.is_some()));
 }
+
+#[test]
+fn out_of_order_and_repeated_events_count_once() {
+    let (_dir, mut store) = store_with(sample());
+    let mut app = loaded_app(&store, (80, 24), NOW).unwrap();
+    let a = commit(
+        &mut store,
+        delivery(9, "ticket.created", "tkt_9", Some(200)),
+    );
+    let b = commit(
+        &mut store,
+        delivery(10, "ticket.created", "tkt_10", Some(200)),
+    );
+    app.update(listen(b.clone()));
+    app.update(listen(a));
+    app.update(listen(b));
+    assert_eq!((app.total, app.counts.total), (10, 10));
+    let seqs: Vec<i64> = app
+        .visible_rows()
+        .filter_map(|(_, d)| d.map(|d| d.seq))
+        .collect();
+    assert_eq!(seqs[seqs.len() - 2..], [9, 10]);
+    // A store read made while an event is still on its way counts that delivery once.
+    let c = commit(
+        &mut store,
+        delivery(11, "ticket.created", "tkt_11", Some(200)),
+    );
+    drive(&mut app, &store, key(KeyCode::Char('/')));
+    drive(&mut app, &store, key(KeyCode::Enter));
+    assert_eq!(
+        app.total, 10,
+        "reads stop at the newest delivery already told"
+    );
+    app.update(listen(c));
+    assert_eq!((app.total, app.counts.total), (11, 11));
+    assert_eq!(app.selected_delivery().map(|d| d.seq), Some(11));
+}

@@ -6,6 +6,9 @@ use illumitunnel::Delivery;
 use ratatui::layout::Rect;
 
 use super::{App, Effect, Page, Query, Rows, MIN_WINDOW};
+
+/// How many delivery events are remembered to drop one told twice.
+const RECENT: usize = 4096;
 use crate::tui::view;
 
 impl App {
@@ -28,9 +31,15 @@ impl App {
     }
 
     pub(super) fn on_delivery(&mut self, d: Delivery) -> Option<Effect> {
-        // A delivery a store read already counted must not count twice.
-        if d.seq > self.max_seq_seen {
-            self.max_seq_seen = d.seq;
+        if !self.recent.insert(d.seq) {
+            return None;
+        }
+        if self.recent.len() > RECENT {
+            self.recent.pop_first();
+        }
+        self.max_seq_seen = self.max_seq_seen.max(d.seq);
+        // A store read that already counted this delivery must not count it twice.
+        if d.seq > self.counted_through {
             count(&mut self.counts, &d);
             if d.queued {
                 if let Some(q) = &mut self.queue {
@@ -38,13 +47,15 @@ impl App {
                 }
             }
         }
-        if !matches(&self.filter, &d) || self.rows.last().is_some_and(|l| l.seq >= d.seq) {
-            return None;
+        if !matches(&self.filter, &d) || d.seq <= self.totaled_through {
+            return self.select_pending();
         }
         let at_tail = self.is_at_tail();
         self.total += 1;
         if at_tail {
-            self.rows.push(d);
+            // Events normally come in store order; a replay committed apart may not.
+            let at = self.rows.partition_point(|r| r.seq < d.seq);
+            self.rows.insert(at, d);
         }
         if self.is_following() || self.total == 1 {
             self.selected = self.total - 1;
@@ -57,13 +68,13 @@ impl App {
     pub(super) fn on_page(&mut self, page: Page) -> Option<Effect> {
         if let Some(counts) = page.counts {
             self.counts = counts;
+            self.counted_through = page.bound;
         }
         if let Some(total) = page.total {
             self.total = total;
+            self.totaled_through = page.bound;
         }
-        if let Some(head) = page.head_seq {
-            self.max_seq_seen = self.max_seq_seen.max(head);
-        }
+        self.max_seq_seen = self.max_seq_seen.max(page.bound);
         let got = page.rows.len();
         match page.rows_kind {
             Rows::Nothing => {}
