@@ -397,7 +397,7 @@ fn key_to_frame_figures() {
     let start = std::time::Instant::now();
     key_to_frame(&mut app, &store, g, &mut terminal).expect("frame");
     let first = start.elapsed();
-    println!(
+    eprintln!(
         "key to frame, 100000 deliveries, 160x40: median {:?}, p99 {:?}, max {:?}; g (oldest) {:?}; held rows {}",
         times[times.len() / 2],
         times[times.len() * 99 / 100],
