@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use illumitunnel::headers::{strip_hop_by_hop, Header};
 use illumitunnel::DeliveryId;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::error::IngressError;
 use crate::metrics::Outcome;
@@ -43,7 +43,8 @@ pub(crate) async fn handle(
     body: Incoming,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let (outcome, response) = match forward(shared, &delivery, body).await {
+    let span = tracing::debug_span!("delivery", tunnel = delivery.tunnel);
+    let (outcome, response) = match forward(shared, &delivery, body).instrument(span).await {
         Ok(response) => (Outcome::answered, response),
         Err(err) => {
             debug!(tunnel = delivery.tunnel, %err, "delivery not answered by a local server");

@@ -303,7 +303,9 @@ fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>>
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(want.as_bytes()))
         })
     };
-    let is_upgrade = req.method() == http::Method::GET
+    // Websocket upgrades exist on HTTP/1.1 only; clients negotiate http/1.1 for this path.
+    let is_upgrade = req.version() == http::Version::HTTP_11
+        && req.method() == http::Method::GET
         && has(header::UPGRADE, "websocket")
         && has(header::SEC_WEBSOCKET_VERSION, "13");
     let Some(key) = headers

@@ -665,6 +665,36 @@ async fn refusals_say_why() {
 }
 
 #[tokio::test]
+async fn sessions_must_start_with_hello_and_speak_the_protocol() {
+    let relay = Relay::plain().await;
+    let mut ws = open_ws(&relay, None).await;
+    let not_hello = ClientMessage::Recorded {
+        id: DeliveryId::parse("abc").unwrap(),
+    };
+    ws.send(Message::Binary(not_hello.encode())).await.unwrap();
+    assert!(
+        next_message(&mut ws).await.is_none(),
+        "closed without a welcome"
+    );
+
+    let mut ws = connect(&relay, "my-app").await;
+    ws.send(Message::Binary(vec![0xee, 1, 2, 3])).await.unwrap();
+    assert!(
+        next_message(&mut ws).await.is_none(),
+        "closed after garbage"
+    );
+
+    let get = Request::get(CONNECT_PATH)
+        .header(header::HOST, "x")
+        .body(Full::default())
+        .unwrap();
+    let answer = relay.send(get).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.error().starts_with("expected a websocket upgrade"));
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn ten_mib_travels_in_chunks_without_stalling_small_deliveries() {
     let relay = Relay::plain().await;
     let mut events = spawn_client(connect(&relay, "big-app").await, Behavior::Echo);
