@@ -107,6 +107,7 @@ pub struct ApiArgs {
         long,
         value_name = "URL",
         env = "ILLUMICHAT_API_BASE",
+        global = true,
         default_value = "https://beta.illumichat.com"
     )]
     pub api_base: String,
@@ -116,6 +117,7 @@ pub struct ApiArgs {
         long,
         value_name = "TOKEN",
         env = "ILLUMICHAT_TOKEN",
+        global = true,
         hide_env_values = true
     )]
     pub api_token: Option<String>,

@@ -252,7 +252,9 @@ impl Forwarder {
 
     /// A client for `target` that checks https certificates with `tls` (e.g. a tunnel's
     /// self-signed relay for `trigger`).
-    pub fn with_tls(target: Target, tls: rustls::ClientConfig) -> Self {
+    pub fn with_tls(target: Target, mut tls: rustls::ClientConfig) -> Self {
+        // The connector sets ALPN itself and refuses a configuration that already has it.
+        tls.alpn_protocols.clear();
         Self::build_with(target, Some(tls))
     }
 

@@ -39,8 +39,6 @@ struct State {
 pub struct IllumiChat {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The token it accepts.
-    pub token: String,
     state: Arc<Mutex<State>>,
     accept: JoinHandle<()>,
 }
@@ -71,7 +69,6 @@ impl IllumiChat {
         });
         IllumiChat {
             addr,
-            token: token.to_string(),
             state,
             accept,
         }
@@ -80,17 +77,6 @@ impl IllumiChat {
     /// The `--api-base` for it.
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    /// Adds a webhook as if made in IllumiChat's dashboard; returns its id.
-    pub fn add(&self, url: &str, events: &[&str], active: bool) -> String {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.next += 1;
-        let id = format!("wh_{}", state.next);
-        state
-            .hooks
-            .push(json!({"id": id, "url": url, "events": events, "active": active}));
-        id
     }
 
     /// The webhooks it holds now.

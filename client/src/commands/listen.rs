@@ -294,9 +294,17 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         outbound_rx,
     };
     let mut relay_task = embedded.map(|e| e.task);
+    let session_run = session::run(session, shutdown.clone());
+    tokio::pin!(session_run);
     let result = tokio::select! {
-        result = session::run(session, shutdown.clone()) => result,
-        stopped = wait_relay(&mut relay_task) => Err(stopped),
+        result = &mut session_run => result,
+        // On Ctrl-C / SIGTERM the embedded relay may stop first: that is no failure, and the
+        // session still drains what it is forwarding.
+        stopped = wait_relay(&mut relay_task) => if shutdown.is_cancelled() {
+            session_run.await
+        } else {
+            Err(stopped)
+        },
     };
     shutdown.cancel();
     drop(replays);
