@@ -404,7 +404,8 @@ fn replay_by_id_last_event_and_edit() {
 
 fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .expect("make the editor script executable");
 }
 
 #[test]

@@ -210,6 +210,115 @@ mod tests {
         assert_eq!(request.body, Bytes::from_static(b"[1]"));
     }
 
+    /// A local server that answers every request 200 with its body, on 127.0.0.1:0.
+    async fn echo_server() -> (std::net::SocketAddr, mpsc::Receiver<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut len = 0;
+                // Read the head and a Content-Length body; these requests are small.
+                let body = loop {
+                    let n = stream.read(&mut buf[len..]).await.unwrap();
+                    len += n;
+                    let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let want: usize = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if len >= end + 4 + want {
+                            break buf[end + 4..end + 4 + want].to_vec();
+                        }
+                    }
+                    assert!(n > 0, "connection closed early");
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).await.unwrap();
+                stream.write_all(&body).await.unwrap();
+                let _ = tx.send(body).await;
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn listen_serves_inspector_replays_through_the_recorder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let (addr, mut received) = echo_server().await;
+        let mut original = stored(&format!("http://{addr}/hooks/sub?a=1"));
+        CaptureStore::open(&path)
+            .unwrap()
+            .insert_batch(std::slice::from_mut(&mut original))
+            .unwrap();
+        let (screen_tx, mut screen_rx) = mpsc::channel(16);
+        let (ack_tx, _ack_rx) = mpsc::channel(16);
+        let (recorder, thread) = crate::recorder::spawn(
+            CaptureStore::open(&path).unwrap(),
+            crate::recorder::ScreenSink {
+                events: screen_tx,
+                lossless: true,
+            },
+            ack_tx,
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let fallback = Target::parse(&format!("http://{addr}/hooks")).unwrap();
+        let (replays, task) = spawn_server(path.clone(), fallback, recorder, shutdown.clone());
+
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        replays
+            .send(ReplayRequest {
+                original: original.id.clone(),
+                body: Some(Bytes::from_static(b"{\"edited\":true}")),
+                reply,
+            })
+            .await
+            .unwrap();
+        let replayed = answer.await.unwrap().unwrap();
+        assert!(replayed.seq > 0, "committed");
+        assert_eq!(replayed.replay_of, Some(original.id.clone()));
+        assert_eq!(replayed.status(), Some(200));
+        assert_eq!(replayed.target, format!("http://{addr}/hooks/sub?a=1"));
+        assert_eq!(received.recv().await.unwrap(), b"{\"edited\":true}");
+
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        replays
+            .send(ReplayRequest {
+                original: DeliveryId::parse("zzz").unwrap(),
+                body: None,
+                reply,
+            })
+            .await
+            .unwrap();
+        assert!(answer
+            .await
+            .unwrap()
+            .unwrap_err()
+            .contains("no delivery with id zzz"));
+
+        shutdown.cancel();
+        task.await.unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        let Ok(crate::status::ListenEvent::Delivery(shown)) = screen_rx.try_recv() else {
+            panic!("the replay was not shown")
+        };
+        assert_eq!(shown.id, replayed.id);
+    }
+
     #[test]
     fn skipped_deliveries_need_a_target() {
         let mut d = stored("");
