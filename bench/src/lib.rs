@@ -1,0 +1,23 @@
+//! Loopback benchmark of illumitunnel: a local target, the release relay and client as real
+//! processes, and an in-process sender, measuring beside a direct (sender → target) baseline
+//! in the same run. The bench target `tunnel` (`cargo bench -p illumitunnel-bench`) drives it
+//! and prints a markdown table of every figure against its SPEC target.
+//!
+//! # Layout
+//! - [`proc`]: child processes stopped by PID, CPU ticks and memory from `/proc`
+//! - [`target`]: the in-process HTTP target answering `200 {"received":true}`
+//! - [`load`]: the sender: fixed concurrency for a fixed time, keep-alive or not, plain or TLS
+//! - [`stack`]: starting relay + client pairs, a lone relay, and bore
+//! - [`inspector`]: `listen` with its terminal inspector in a pseudo-terminal
+//! - [`idle`]: thousands of idle websocket sessions held against the relay
+//! - [`payload`]: the 1.5 KB IllumiChat envelope, a large body, a filled capture store
+//! - [`report`]: the result table
+
+pub mod idle;
+pub mod inspector;
+pub mod load;
+pub mod payload;
+pub mod proc;
+pub mod report;
+pub mod stack;
+pub mod target;
