@@ -23,8 +23,6 @@ mod output;
 mod recorder;
 mod replay;
 mod session;
-// Shared with the inspector, which uses the parts line output does not (replay requests).
-#[allow(dead_code)]
 mod status;
 mod tui;
 
@@ -51,7 +49,16 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    init_logging();
+    // While the inspector owns the terminal, logs go to a file; the guard flushes it on exit.
+    let _log_guard = match &cli.command {
+        Command::Listen(args) if commands::listen::wants_inspector(args.json, args.no_tui) => {
+            log_to_file()
+        }
+        _ => {
+            init_logging();
+            None
+        }
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ctx = Ctx {
         store: cli
@@ -90,7 +97,6 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr, warnings and errors only unless `ILLUMITUNNEL_LOG` says otherwise.
-// When the inspector is up, logs must go to a file instead (it owns the terminal).
 fn init_logging() {
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -98,4 +104,20 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Logs go to `listen.log` in the data dir (info and up unless `ILLUMITUNNEL_LOG` says
+/// otherwise); nowhere if that folder cannot be created.
+fn log_to_file() -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    let dir = illumitunnel::paths::data_dir();
+    std::fs::create_dir_all(&dir).ok()?;
+    let (writer, guard) =
+        tracing_appender::non_blocking(tracing_appender::rolling::never(dir, "listen.log"));
+    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init();
+    Some(guard)
 }

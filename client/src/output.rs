@@ -27,6 +27,11 @@ impl LocalClock {
         }
     }
 
+    /// The offset this clock shows times in.
+    pub fn offset(&self) -> UtcOffset {
+        self.offset
+    }
+
     /// A clock at a fixed offset.
     #[cfg(test)]
     pub fn fixed(offset: UtcOffset) -> Self {

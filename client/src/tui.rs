@@ -16,9 +16,6 @@
 //! - `text` — escaping attacker-controlled bytes; JSON colouring; hex dumps.
 //! - `curl` — copy as curl.
 
-// `listen` does not open the inspector yet; until it calls `run`, only the tests reach this code.
-#![allow(dead_code)]
-
 mod app;
 mod curl;
 mod keys;
@@ -64,13 +61,16 @@ pub struct TuiContext {
     pub store_path: PathBuf,
     /// Where replays are asked for.
     pub replays: mpsc::Sender<ReplayRequest>,
+    /// Offset to show times in, read while the process was still single-threaded (the platform
+    /// refuses to tell it later).
+    pub utc_offset: time::UtcOffset,
 }
 
 /// Runs the inspector until `q`, Ctrl-C, SIGTERM or the end of `events`; the terminal is restored
 /// however it ends.
 pub async fn run(ctx: TuiContext, events: mpsc::Receiver<ListenEvent>) -> anyhow::Result<()> {
     let store = CaptureStore::open(&ctx.store_path)?;
-    let utc_offset = time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC);
+    let utc_offset = ctx.utc_offset;
     let (tx, rx) = mpsc::channel(APP_EVENTS);
     let mut guard = TerminalGuard::enter()
         .context("could not open the terminal inspector; pass --no-tui for line output")?;

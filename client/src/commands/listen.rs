@@ -28,6 +28,7 @@ use crate::recorder::{self, ScreenSink};
 use crate::replay;
 use crate::session::tls::{self, Trust};
 use crate::session::{self, RelayUrl, Session, SessionConfig, OUTBOUND_QUEUE};
+use crate::status::ListenEvent;
 
 /// Where the embedded relay listens when the port is free.
 pub const EMBEDDED_ADDR: &str = "127.0.0.1:8443";
@@ -194,14 +195,26 @@ impl TryFrom<&ListenArgs> for ListenConfig {
     }
 }
 
-/// Picks `listen`'s screen: `--json` → JSON lines; `--no-tui` or stdout not a terminal → lines;
-/// otherwise the inspector. The inspector is not wired in yet, so a terminal gets lines too:
-/// wiring `crate::tui` is replacing the last arm.
-fn choose_screen(config: &ListenConfig) -> Format {
+/// `listen`'s screen.
+enum Screen {
+    /// Line or JSON output on stdout.
+    Lines(Format),
+    /// The terminal inspector.
+    Inspector,
+}
+
+/// Whether `listen` opens the inspector: not with `--json` or `--no-tui`, and only when both
+/// stdin and stdout are terminals (never in CI, containers, `nohup` or pipes). `main` asks too,
+/// to send logs to a file instead of the screen.
+pub fn wants_inspector(json: bool, no_tui: bool) -> bool {
+    !json && !no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal()
+}
+
+fn choose_screen(config: &ListenConfig) -> Screen {
     match config.format {
-        Format::Json => Format::Json,
-        _ if config.no_tui || !std::io::stdout().is_terminal() => Format::Lines,
-        _ => Format::Lines,
+        Format::Json => Screen::Lines(Format::Json),
+        _ if wants_inspector(false, config.no_tui) => Screen::Inspector,
+        format => Screen::Lines(format),
     }
 }
 
@@ -237,7 +250,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let ca_pem = embedded.as_ref().map(|e| e.cert_pem.clone());
     let tls = tls::client_config(trust).map_err(anyhow::Error::msg)?;
 
-    let format = choose_screen(&config);
+    let screen_choice = choose_screen(&config);
     let (screen_tx, screen_rx) = mpsc::channel(SCREEN_QUEUE);
     let (public_url_tx, public_url_rx) = watch::channel(None);
     let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -245,7 +258,8 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         store,
         ScreenSink {
             events: screen_tx.clone(),
-            lossless: true,
+            // The inspector re-reads the store when it falls behind; lines must not be lost.
+            lossless: matches!(screen_choice, Screen::Lines(_)),
         },
         outbound_tx.clone(),
     )
@@ -259,17 +273,6 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let clock = ctx.clock;
     let announced = public_url_rx.clone();
-    let screen = tokio::task::spawn_blocking(move || {
-        output::run_lines(screen_rx, public_url_rx, banner, format, clock)
-    });
-    let announce = tokio::spawn(announce(
-        announced,
-        ctx.store.clone(),
-        ca_pem,
-        config.register.clone(),
-        config.rules.only.clone(),
-        shutdown.clone(),
-    ));
     // Replays asked for by the inspector: its `TuiContext::replays` is this sender.
     let (replays, replay_server) = replay::spawn_server(
         ctx.store.clone(),
@@ -278,6 +281,30 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         shutdown.clone(),
     );
 
+    let screen = match screen_choice {
+        Screen::Lines(format) => tokio::task::spawn_blocking(move || {
+            output::run_lines(screen_rx, public_url_rx, banner, format, clock)
+        }),
+        Screen::Inspector => tokio::spawn(run_inspector(
+            InspectorStart {
+                forward_to: config.target.to_string(),
+                store_path: ctx.store.clone(),
+                replays: replays.clone(),
+                utc_offset: clock.offset(),
+            },
+            screen_rx,
+            public_url_rx,
+            shutdown.clone(),
+        )),
+    };
+    let announce = tokio::spawn(announce(
+        announced,
+        ctx.store.clone(),
+        ca_pem,
+        config.register.clone(),
+        config.rules.only.clone(),
+        shutdown.clone(),
+    ));
     let session = Session {
         config: Arc::new(SessionConfig {
             relay,
@@ -338,6 +365,67 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(STOP_TIMEOUT, task).await;
     }
     result
+}
+
+/// What the inspector needs besides the public URL, which arrives with the first `Welcome`.
+struct InspectorStart {
+    forward_to: String,
+    store_path: PathBuf,
+    replays: mpsc::Sender<crate::status::ReplayRequest>,
+    utc_offset: time::UtcOffset,
+}
+
+/// Shows connection states on stderr until the first `Welcome` gives the public URL, then runs
+/// the inspector; quitting it (`q`, Ctrl-C) stops `listen`.
+async fn run_inspector(
+    start: InspectorStart,
+    mut events: mpsc::Receiver<ListenEvent>,
+    mut public_url: watch::Receiver<Option<String>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut last_state = None;
+    let url = loop {
+        tokio::select! {
+            url = public_url.wait_for(Option::is_some) => match url {
+                Ok(url) => break url.clone().unwrap_or_default(),
+                Err(_) => return Ok(()),
+            },
+            event = events.recv() => match event {
+                Some(ListenEvent::Connection(state)) => {
+                    if let Some(line) = output::state_line(&state) {
+                        eprintln!("{line}");
+                    }
+                    last_state = Some(state);
+                }
+                Some(_) => {}
+                None => return Ok(()),
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    };
+    // The state that came with the URL was read above: hand it to the inspector first.
+    let (tx, rx) = mpsc::channel(SCREEN_QUEUE);
+    if let Some(state) = last_state {
+        let _ = tx.try_send(ListenEvent::Connection(state));
+    }
+    let forward = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+    let ctx = crate::tui::TuiContext {
+        public_url: url,
+        forward_to: start.forward_to,
+        store_path: start.store_path,
+        replays: start.replays,
+        utc_offset: start.utc_offset,
+    };
+    let result = crate::tui::run(ctx, rx).await;
+    forward.abort();
+    shutdown.cancel();
+    result.map_err(|e| std::io::Error::other(format!("{e:#}")))
 }
 
 async fn wait_relay(task: &mut Option<JoinHandle<Result<(), RelayError>>>) -> anyhow::Error {

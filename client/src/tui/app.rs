@@ -294,6 +294,7 @@ impl App {
     }
 
     /// Rows held in memory (the window), for tests and benchmarks.
+    #[cfg(test)]
     pub fn held_rows(&self) -> usize {
         self.rows.len()
     }

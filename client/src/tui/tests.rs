@@ -362,6 +362,7 @@ async fn live_terminal() {
         forward_to: "http://localhost:3000".into(),
         store_path,
         replays: replays_tx,
+        utc_offset: time::UtcOffset::UTC,
     };
     super::run(ctx, events_rx).await.expect("inspector");
 }
