@@ -136,6 +136,7 @@ impl Target {
     /// from `--forward-to`; `path` only ever extends its path, with anything a path may not
     /// contain percent-encoded, so no relay-sent value can change where the request goes.
     pub fn uri_for(&self, path: &str, query: &str) -> Uri {
+        let path = &remove_dot_segments(path);
         let mut pq = String::with_capacity(self.path.len() + path.len() + query.len() + 2);
         if path.is_empty() || path == "/" {
             pq.push_str(&self.path);
@@ -180,6 +181,42 @@ impl fmt::Display for Target {
             write!(f, "?{}", self.query)?;
         }
         Ok(())
+    }
+}
+
+/// Resolves `.` and `..` segments (also percent-encoded, `%2e`) inside a delivery path, so a
+/// sender's `/t/x/../../admin` cannot climb above the `--forward-to` path on servers that
+/// normalize paths after routing; `..` at the top is dropped, as RFC 3986 §5.2.4 does.
+fn remove_dot_segments(path: &str) -> String {
+    let is_dot = |seg: &str| seg == "." || seg.eq_ignore_ascii_case("%2e");
+    let is_dot_dot = |seg: &str| {
+        let lower = seg.to_ascii_lowercase();
+        matches!(lower.as_str(), ".." | ".%2e" | "%2e." | "%2e%2e")
+    };
+    if !path.split('/').any(|seg| is_dot(seg) || is_dot_dot(seg)) {
+        return path.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        if is_dot(seg) || is_dot_dot(seg) {
+            if is_dot_dot(seg) && out.len() > 1 {
+                out.pop();
+            }
+            // A dot segment at the end leaves a directory path: keep the trailing slash.
+            if i == last {
+                out.push("");
+            }
+        } else {
+            out.push(seg);
+        }
+    }
+    let joined = out.join("/");
+    if path.starts_with('/') && !joined.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
     }
 }
 
@@ -533,6 +570,21 @@ mod tests {
             with_query.uri_for("/", "a=2").to_string(),
             "http://127.0.0.1:3000/h?key=1&a=2"
         );
+    }
+
+    #[test]
+    fn dot_segments_never_climb_above_the_forward_path() {
+        let t = target("http://127.0.0.1:3000/hooks");
+        for (path, want) in [
+            ("/../../admin", "/hooks/admin"),
+            ("/a/../b", "/hooks/b"),
+            ("/a/%2E%2e/%2e/b", "/hooks/b"),
+            ("/a/./", "/hooks/a/"),
+            ("/a/..", "/hooks"),
+            ("/plain/path", "/hooks/plain/path"),
+        ] {
+            assert_eq!(t.uri_for(path, "").path(), want, "{path}");
+        }
     }
 
     #[test]
