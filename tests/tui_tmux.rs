@@ -1,0 +1,503 @@
+//! The terminal inspector in a real terminal: `illumitunnel listen` runs inside a detached tmux
+//! session on a private tmux server, keys go in with `send-keys`, and the screen comes back with
+//! `capture-pane`. Covers a hostile payload drawn escaped, details, replay, filter, help, quitting
+//! with `q` and with SIGTERM (the terminal restored both times), and a terminal that starts too
+//! small and is then resized.
+//!
+//! Without tmux the tests say so and pass, except in CI (`CI` set), where `.ci/run` installs it
+//! and a missing tmux is a failure.
+#![cfg(unix)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::sender::Request;
+use support::target::Target;
+use support::{bin, illumichat_samples, runtime, temp_dir, Relay};
+use tempfile::TempDir;
+
+const FORWARD_PATH: &str = "/webhooks/illumichat";
+/// Step between two looks at the screen.
+const POLL: Duration = Duration::from_millis(100);
+/// How long the screen may take to show what a test waits for.
+const SCREEN_DEADLINE: Duration = Duration::from_secs(10);
+/// What the shell around `listen` prints when it ends.
+const EXITED: &str = "EXITED ";
+
+/// Whether tmux can be run; without it the test is skipped, except in CI.
+fn tmux_available(test: &str) -> bool {
+    let found = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return true;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+    assert!(
+        !in_ci,
+        "tmux is not installed but CI is set; .ci/run installs it"
+    );
+    eprintln!(
+        "skipping {test}: tmux is not installed (install tmux to run the terminal inspector tests)"
+    );
+    false
+}
+
+/// Quotes `text` for `sh`.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// A private tmux server (its own socket file) with one detached session running `listen` inside a
+/// shell that prints `EXITED <code>` when `listen` ends. Dropping it kills that server, which
+/// hangs up on everything in its pane.
+struct Inspector {
+    socket: PathBuf,
+    session: String,
+    home: TempDir,
+    /// The `listen` process inside the pane, once found.
+    pid: Option<u32>,
+    last_screen: String,
+}
+
+impl Inspector {
+    /// Starts `listen --relay RELAY --forward-to FORWARD_TO --tunnel TUNNEL` in a `width`×`height`
+    /// terminal, with a fresh home and capture store.
+    fn start(relay: &str, forward_to: &str, tunnel: &str, size: (u16, u16)) -> Inspector {
+        Inspector::start_with_home(temp_dir(), relay, forward_to, tunnel, size)
+    }
+
+    /// Like [`Inspector::start`], with `home` (which may hold a filled `captures.db` already).
+    fn start_with_home(
+        home: TempDir,
+        relay: &str,
+        forward_to: &str,
+        tunnel: &str,
+        size: (u16, u16),
+    ) -> Inspector {
+        // A socket of its own in the test's directory: never the user's tmux server, and gone
+        // with the directory.
+        let socket = home.path().join("tmux.sock");
+        let store = home.path().join("captures.db");
+        let listen = [
+            bin("illumitunnel").display().to_string(),
+            "listen".into(),
+            "--relay".into(),
+            relay.into(),
+            "--forward-to".into(),
+            forward_to.into(),
+            "--tunnel".into(),
+            tunnel.into(),
+            "--store".into(),
+            store.display().to_string(),
+        ]
+        .iter()
+        .map(|arg| sh_quote(arg))
+        .collect::<Vec<_>>()
+        .join(" ");
+        // The same isolation as `support::command`; the sleep keeps the pane (and the shell's
+        // last lines) on screen until the test has looked.
+        let script = format!(
+            "unset ILLUMITUNNEL_RELAY ILLUMITUNNEL_TOKEN ILLUMITUNNEL_RELAY_TOKENS RUST_BACKTRACE RUST_LOG\n\
+             export ILLUMITUNNEL_HOME={home} NO_COLOR=1\n\
+             {listen}\n\
+             echo \"{EXITED}$?\"\n\
+             exec sleep 60\n",
+            home = sh_quote(&home.path().display().to_string()),
+        );
+        let script_path = home.path().join("run.sh");
+        std::fs::write(&script_path, script).expect("write the pane's script");
+        let mut inspector = Inspector {
+            socket,
+            session: "inspector".into(),
+            home,
+            pid: None,
+            last_screen: String::new(),
+        };
+        let (width, height) = (size.0.to_string(), size.1.to_string());
+        let command = format!("sh {}", sh_quote(&script_path.display().to_string()));
+        inspector.tmux_ok(&[
+            "new-session",
+            "-d",
+            "-s",
+            &inspector.session.clone(),
+            "-x",
+            &width,
+            "-y",
+            &height,
+            &command,
+        ]);
+        inspector
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .expect("run tmux")
+    }
+
+    fn tmux_ok(&mut self, args: &[&str]) -> String {
+        let out = self.tmux(args);
+        if !out.status.success() {
+            self.fail(&format!(
+                "tmux {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pane's visible text, one line a row.
+    fn capture(&mut self) -> String {
+        let target = self.session.clone();
+        let screen = self.tmux_ok(&["capture-pane", "-p", "-t", &target]);
+        self.last_screen = screen.clone();
+        screen
+    }
+
+    /// `tmux display -p FORMAT` for the pane.
+    fn display(&mut self, format: &str) -> String {
+        let target = self.session.clone();
+        self.tmux_ok(&["display", "-p", "-t", &target, format])
+            .trim()
+            .to_string()
+    }
+
+    /// Sends tmux key names (`Enter`, `Escape`, `q`).
+    fn keys(&mut self, keys: &[&str]) {
+        let target = self.session.clone();
+        let mut args = vec!["send-keys", "-t", &target];
+        args.extend_from_slice(keys);
+        self.tmux_ok(&args);
+    }
+
+    /// Types `text` literally.
+    fn type_text(&mut self, text: &str) {
+        let target = self.session.clone();
+        self.tmux_ok(&["send-keys", "-t", &target, "-l", text]);
+    }
+
+    /// Polls the screen every [`POLL`] until `ready` holds, up to [`SCREEN_DEADLINE`].
+    fn wait_for(&mut self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if ready(&screen) {
+                return screen;
+            }
+            if start.elapsed() > SCREEN_DEADLINE {
+                self.fail(&format!(
+                    "timed out after {SCREEN_DEADLINE:?} waiting for {what}"
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until the screen shows `needle`.
+    fn wait_for_text(&mut self, needle: &str) -> String {
+        self.wait_for(&format!("{needle:?} on screen"), |s| s.contains(needle))
+    }
+
+    /// Waits for the inspector's first frame: connected, with the tunnel URL in the header.
+    fn wait_connected(&mut self, url: &str) -> String {
+        self.wait_for("the inspector, connected", |s| {
+            s.contains("● connected") && s.contains(url)
+        })
+    }
+
+    /// The `illumitunnel` process running in the pane (found once, by parent PID).
+    fn listen_pid(&mut self) -> u32 {
+        if let Some(pid) = self.pid {
+            return pid;
+        }
+        let pane: u32 = self
+            .display("#{pane_pid}")
+            .parse()
+            .unwrap_or_else(|e| panic!("pane pid: {e}"));
+        let start = Instant::now();
+        loop {
+            if let Some(pid) = child_named(pane, "illumitunnel") {
+                self.pid = Some(pid);
+                return pid;
+            }
+            if start.elapsed() > SCREEN_DEADLINE {
+                self.fail(&format!("no illumitunnel process under pane pid {pane}"));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits for the shell's `EXITED <code>` line and returns the code.
+    fn wait_exit_code(&mut self) -> i32 {
+        let screen = self.wait_for("listen to exit", |s| s.contains(EXITED));
+        let line = screen
+            .lines()
+            .find(|l| l.contains(EXITED))
+            .unwrap_or_default();
+        line.trim()
+            .trim_start_matches(EXITED)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("exit code in {line:?}: {e}"))
+    }
+
+    /// After `listen` ended: exit 0, the normal screen back, nothing of the inspector left on it.
+    fn assert_restored(&mut self) {
+        let code = self.wait_exit_code();
+        if code != 0 {
+            self.fail(&format!("listen exited {code}"));
+        }
+        let alternate = self.display("#{alternate_on}");
+        if alternate != "0" {
+            self.fail(&format!("the alternate screen is still on ({alternate})"));
+        }
+        let screen = self.capture();
+        if screen.contains("⏎ details") || screen.contains("● connected") {
+            self.fail("the inspector is still drawn on the normal screen");
+        }
+        if let Some(pid) = self.pid {
+            if Path::new(&format!("/proc/{pid}")).exists() && child_named_is(pid, "illumitunnel") {
+                self.fail(&format!("listen (pid {pid}) is still running"));
+            }
+        }
+    }
+
+    /// Where `listen` logs while the inspector is up.
+    fn log_path(&self) -> PathBuf {
+        self.home.path().join("data").join("listen.log")
+    }
+
+    /// Fails the test with `message`, the last screen and the end of `listen.log`.
+    fn fail(&self, message: &str) -> ! {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{message}\n--- last screen:\n{}\n--- end of listen.log:\n{}\n---",
+            self.last_screen,
+            tail.join("\n")
+        );
+    }
+}
+
+impl Drop for Inspector {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.last_screen.is_empty() {
+            eprintln!("--- last screen:\n{}\n---", self.last_screen);
+        }
+        // Hangs up on the pane: listen quits on SIGHUP; the sleep ends too.
+        let _ = self.tmux(&["kill-server"]);
+        if let Some(pid) = self.pid {
+            let start = Instant::now();
+            while child_named_is(pid, "illumitunnel") && start.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if child_named_is(pid, "illumitunnel") {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// `/proc/PID/stat`: (command name, parent PID).
+fn proc_stat(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat[open + 1..close].to_string();
+    let ppid = stat[close + 1..].split_whitespace().nth(1)?.parse().ok()?;
+    Some((name, ppid))
+}
+
+fn child_named_is(pid: u32, name: &str) -> bool {
+    proc_stat(pid).is_some_and(|(n, _)| n == name)
+}
+
+/// A child of `parent` whose command name is `name`.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| proc_stat(*pid).is_some_and(|(n, ppid)| n == name && ppid == parent))
+}
+
+/// Rows of the delivery list: lines showing the forwarded request.
+fn rows(screen: &str) -> Vec<&str> {
+    screen
+        .lines()
+        .filter(|l| l.contains(&format!("POST {FORWARD_PATH}")))
+        .collect()
+}
+
+/// A JSON body whose string value holds a raw ESC `[2J` (clear the screen) and a raw SOH.
+fn hostile_body() -> Vec<u8> {
+    br#"{"event":"ticket.created","data":{"id":"tkt_hostile","note":"wipe "#
+        .iter()
+        .copied()
+        .chain(*b"\x1b[2J now \x01 end\"}}")
+        .collect()
+}
+
+#[test]
+fn inspector_shows_replays_filters_and_quits_leaving_the_terminal_restored() {
+    if !tmux_available("inspector_shows_replays_filters_and_quits_leaving_the_terminal_restored") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let url = relay.tunnel_url("tmux-inspector");
+    let mut ui = Inspector::start(
+        &relay.url,
+        &target.url(FORWARD_PATH),
+        "tmux-inspector",
+        (100, 30),
+    );
+    let screen = ui.wait_connected(&url);
+    assert!(screen.contains("no deliveries yet"), "{screen}");
+    ui.listen_pid();
+
+    // A hostile payload: the row appears and the screen is never cleared by it.
+    let hostile = hostile_body();
+    let response = Request::post(&url)
+        .header("content-type", "application/json")
+        .body(hostile.clone())
+        .send(&rt);
+    assert_eq!(response.status, 200);
+    ui.wait_for("the first row", |s| rows(s).len() == 1);
+
+    // Enter opens the Payload tab; control characters are drawn escaped (`^[`, `^A`).
+    ui.keys(&["Enter"]);
+    let screen = ui.wait_for_text("1 Payload");
+    for needle in [
+        r#""id":"tkt_hostile""#,
+        "wipe ^[[2J now ^A end",
+        "illumitunnel ",
+        &url,
+        "⏎ details",
+    ] {
+        if !screen.contains(needle) {
+            ui.fail(&format!("{needle:?} is not on screen"));
+        }
+    }
+    if rows(&screen).len() != 1 {
+        ui.fail("the list row is gone: the screen was cleared");
+    }
+    ui.keys(&["Escape"]);
+    ui.wait_for("the details to close", |s| !s.contains("1 Payload"));
+
+    // `r` replays the selected delivery: the local server gets the same body again.
+    ui.keys(&["r"]);
+    let received = target.wait_for_requests(2);
+    assert_eq!(received[1].body, hostile, "the replay's body");
+    assert_eq!(received[1].path, FORWARD_PATH);
+    let screen = ui.wait_for("a replay row", |s| rows(s).len() == 2);
+    if !rows(&screen)[1].contains("replay") {
+        ui.fail("the second row is not marked replay");
+    }
+
+    // `/` filters: only matching rows remain.
+    let (_, _, lead) = illumichat_samples()
+        .into_iter()
+        .find(|(event, _, _)| *event == "lead.captured")
+        .expect("lead sample");
+    let response = Request::post(&url)
+        .header("content-type", "application/json")
+        .body(lead)
+        .send(&rt);
+    assert_eq!(response.status, 200);
+    ui.wait_for("three rows", |s| rows(s).len() == 3);
+    ui.keys(&["/"]);
+    ui.type_text("lead");
+    ui.keys(&["Enter"]);
+    let screen = ui.wait_for("the filtered list", |s| {
+        s.contains("filter: lead") && rows(s).len() == 1
+    });
+    if !rows(&screen)[0].contains("lead.captured") {
+        ui.fail("the remaining row is not the lead");
+    }
+    ui.keys(&["Escape"]);
+    ui.wait_for("the filter to clear", |s| {
+        !s.contains("filter: lead") && rows(s).len() == 3
+    });
+
+    // `?` opens the help; any key closes it.
+    ui.keys(&["?"]);
+    ui.wait_for_text("any key closes this help");
+    ui.keys(&["Escape"]);
+    ui.wait_for("the help to close", |s| {
+        !s.contains("any key closes this help") && rows(s).len() == 3
+    });
+
+    ui.keys(&["q"]);
+    ui.assert_restored();
+    assert_eq!(target.requests().len(), 3, "nothing sent after quitting");
+    assert!(
+        ui.log_path().is_file(),
+        "listen logs to {} while the inspector is up",
+        ui.log_path().display()
+    );
+}
+
+#[test]
+fn sigterm_while_the_inspector_is_up_exits_0_and_restores_the_terminal() {
+    if !tmux_available("sigterm_while_the_inspector_is_up_exits_0_and_restores_the_terminal") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let url = relay.tunnel_url("tmux-sigterm");
+    let mut ui = Inspector::start(
+        &relay.url,
+        &target.url(FORWARD_PATH),
+        "tmux-sigterm",
+        (100, 30),
+    );
+    ui.wait_connected(&url);
+    assert_eq!(ui.display("#{alternate_on}"), "1", "the inspector is up");
+    let pid = ui.listen_pid();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    ui.assert_restored();
+}
+
+#[test]
+fn too_small_says_so_and_resizing_redraws_the_inspector() {
+    if !tmux_available("too_small_says_so_and_resizing_redraws_the_inspector") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let url = relay.tunnel_url("tmux-resize");
+    let mut ui = Inspector::start(
+        &relay.url,
+        &target.url(FORWARD_PATH),
+        "tmux-resize",
+        (70, 20),
+    );
+    let screen = ui.wait_for_text("too small");
+    assert!(!screen.contains("● connected"), "{screen}");
+    ui.tmux_ok(&["resize-window", "-t", "inspector", "-x", "100", "-y", "30"]);
+    let screen = ui.wait_connected(&url);
+    assert!(!screen.contains("too small"), "{screen}");
+    assert!(screen.contains("no deliveries yet"), "{screen}");
+    assert!(screen.contains("q quit"), "{screen}");
+    ui.keys(&["q"]);
+    ui.assert_restored();
+}
