@@ -15,6 +15,31 @@ pub enum Owner {
     Token([u8; 32]),
 }
 
+impl Owner {
+    /// How the relay database keeps an owner: `anonymous` or the hash in hex.
+    pub fn key(&self) -> String {
+        match self {
+            Owner::Anonymous => "anonymous".to_owned(),
+            Owner::Token(hash) => hash.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    /// Reads [`Owner::key`] back; `None` for anything else.
+    pub fn parse_key(key: &str) -> Option<Owner> {
+        if key == "anonymous" {
+            return Some(Owner::Anonymous);
+        }
+        if key.len() != 64 || !key.is_ascii() {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&key[i * 2..i * 2 + 2], 16).ok()?;
+        }
+        Some(Owner::Token(hash))
+    }
+}
+
 /// The presented token is missing or not one of the relay's tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unauthorized;
@@ -117,6 +142,23 @@ mod tests {
             open.check(Some(b"Bearer any")),
             Ok(Owner::Token(hash(b"any")))
         );
+    }
+
+    #[test]
+    fn owner_keys_round_trip() {
+        for owner in [Owner::Anonymous, Owner::Token(hash(b"alpha"))] {
+            assert_eq!(Owner::parse_key(&owner.key()), Some(owner));
+        }
+        assert_eq!(Owner::Token([0xab; 32]).key(), "ab".repeat(32));
+        for bad in [
+            "",
+            "anon",
+            &"zz".repeat(32),
+            &"ab".repeat(31),
+            "é".repeat(32).as_str(),
+        ] {
+            assert_eq!(Owner::parse_key(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT};
+
 /// Default `--listen` address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 /// Default `--max-body`: 10 MiB.
@@ -84,6 +86,8 @@ pub struct Config {
     pub offline: OfflinePolicy,
     /// Websocket ping interval.
     pub keepalive: Duration,
+    /// Per-tunnel limits of the offline queue.
+    pub queue: QueueLimits,
 }
 
 impl Config {
@@ -100,6 +104,7 @@ impl Config {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             offline: OfflinePolicy::Queue,
             keepalive: DEFAULT_KEEPALIVE,
+            queue: QueueLimits::default(),
         }
     }
 }
@@ -155,6 +160,15 @@ pub struct Args {
     /// What to do with deliveries while a tunnel's client is offline.
     #[arg(long, value_enum, default_value_t = OfflinePolicy::Queue)]
     pub offline: OfflinePolicy,
+    /// Most deliveries queued per offline tunnel.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_COUNT)]
+    pub queue_max_count: u64,
+    /// Most bytes (bodies and headers) queued per offline tunnel.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    pub queue_max_bytes: u64,
+    /// How long a queued delivery is kept: 30s, 15m, 72h, 7d.
+    #[arg(long, value_name = "DURATION", default_value = "72h", value_parser = parse_age)]
+    pub queue_max_age: Duration,
     /// Websocket ping interval in milliseconds (tests shorten it).
     #[arg(long, hide = true, value_name = "MS")]
     pub keepalive_ms: Option<u64>,
@@ -215,6 +229,9 @@ pub enum ConfigError {
     /// `--response-timeout 0`.
     #[error("--response-timeout must be at least 1 second")]
     ZeroResponseTimeout,
+    /// `--queue-max-count 0` or `--queue-max-bytes 0`.
+    #[error("--queue-max-count and --queue-max-bytes must be at least 1; use --offline reject to queue nothing")]
+    ZeroQueueLimit,
     /// `--keepalive-ms 0`.
     #[error("--keepalive-ms must be at least 1")]
     ZeroKeepalive,
@@ -254,6 +271,9 @@ impl TryFrom<Args> for Config {
         if args.response_timeout == 0 {
             return Err(ConfigError::ZeroResponseTimeout);
         }
+        if args.queue_max_count == 0 || args.queue_max_bytes == 0 {
+            return Err(ConfigError::ZeroQueueLimit);
+        }
         let keepalive = match args.keepalive_ms {
             Some(0) => return Err(ConfigError::ZeroKeepalive),
             Some(ms) => Duration::from_millis(ms),
@@ -271,7 +291,21 @@ impl TryFrom<Args> for Config {
             response_timeout: Duration::from_secs(args.response_timeout),
             offline: args.offline,
             keepalive,
+            queue: QueueLimits {
+                max_count: args.queue_max_count,
+                max_bytes: args.queue_max_bytes,
+                max_age: args.queue_max_age,
+            },
         })
+    }
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    match illumitunnel::parse_duration(s) {
+        Some(age) if !age.is_zero() => Ok(age),
+        _ => Err(format!(
+            "{s:?} is not a duration; use a number and a unit, e.g. 30s, 15m, 72h or 7d"
+        )),
     }
 }
 
@@ -340,235 +374,4 @@ fn parse_public_url(url: &str) -> Result<String, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-    use std::io::Write;
-
-    fn args(argv: &[&str]) -> Args {
-        let mut args =
-            Args::try_parse_from(std::iter::once("illumitunnel-relay").chain(argv.iter().copied()))
-                .unwrap();
-        args.tokens_env = None;
-        args
-    }
-
-    fn tokens_file(contents: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(contents.as_bytes()).unwrap();
-        f
-    }
-
-    #[test]
-    fn validation_table() {
-        let lo = ["--listen", "127.0.0.1:0"];
-        let cases: &[(&[&str], Option<&str>)] = &[
-            (
-                &["--http"],
-                Some("refusing to listen on 0.0.0.0:8443 without client tokens"),
-            ),
-            (&["--http", "--allow-anonymous"], None),
-            (&[&lo[..], &["--http"]].concat(), None),
-            (&lo, Some("choose how to serve")),
-            (
-                &[&lo[..], &["--tls-cert", "c.pem"]].concat(),
-                Some("--tls-cert needs --tls-key"),
-            ),
-            (
-                &[&lo[..], &["--tls-key", "k.pem"]].concat(),
-                Some("--tls-key needs --tls-cert"),
-            ),
-            (
-                &[&lo[..], &["--http", "--self-signed"]].concat(),
-                Some("--http serves plain HTTP"),
-            ),
-            (
-                &[&lo[..], &["--http", "--tls-cert", "c", "--tls-key", "k"]].concat(),
-                Some("--http serves plain HTTP"),
-            ),
-            (
-                &[
-                    &lo[..],
-                    &["--self-signed", "--tls-cert", "c", "--tls-key", "k"],
-                ]
-                .concat(),
-                Some("--self-signed cannot"),
-            ),
-            (
-                &[&lo[..], &["--http", "--hostname", "x.example"]].concat(),
-                Some("--hostname only applies"),
-            ),
-            (
-                &[
-                    &lo[..],
-                    &[
-                        "--tls-cert",
-                        "/nonexistent/c.pem",
-                        "--tls-key",
-                        "/nonexistent/k.pem",
-                    ],
-                ]
-                .concat(),
-                Some("could not load /nonexistent/c.pem"),
-            ),
-            (
-                &[&lo[..], &["--http", "--public-url", "ftp://x"]].concat(),
-                Some("invalid --public-url"),
-            ),
-            (
-                &[&lo[..], &["--http", "--public-url", "https://"]].concat(),
-                Some("invalid --public-url"),
-            ),
-            (
-                &[&lo[..], &["--http", "--max-body", "0"]].concat(),
-                Some("--max-body must be"),
-            ),
-            (
-                &[&lo[..], &["--http", "--response-timeout", "0"]].concat(),
-                Some("--response-timeout must be"),
-            ),
-            (
-                &[&lo[..], &["--http", "--keepalive-ms", "0"]].concat(),
-                Some("--keepalive-ms must be"),
-            ),
-            (
-                &[&lo[..], &["--http", "--tokens-file", "/nonexistent/tokens"]].concat(),
-                Some("could not read tokens file /nonexistent/tokens"),
-            ),
-            (
-                &[
-                    &lo[..],
-                    &["--self-signed", "--hostname", "relay.example.com"],
-                ]
-                .concat(),
-                None,
-            ),
-        ];
-        for (argv, want) in cases {
-            let got = Config::try_from(args(argv));
-            match (want, got) {
-                (None, Ok(_)) => {}
-                (Some(want), Err(err)) => {
-                    let msg = err.to_string();
-                    assert!(
-                        msg.starts_with(want),
-                        "{argv:?}: got {msg:?}, want {want:?}"
-                    );
-                    assert!(!msg.ends_with('.') && !msg.contains('\n'), "{msg}");
-                }
-                (want, got) => panic!("{argv:?}: want {want:?}, got {got:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn tokens_from_file_and_env() {
-        let file = tokens_file("# relay tokens\n alpha \n\nbeta,gamma\n");
-        let mut a = args(&["--http", "--tokens-file", file.path().to_str().unwrap()]);
-        a.tokens_env = Some("delta,\nepsilon".into());
-        let config = Config::try_from(a).unwrap();
-        let tokens: Vec<&str> = config.tokens.iter().map(Token::expose).collect();
-        assert_eq!(tokens, ["alpha", "beta", "gamma", "delta", "epsilon"]);
-        assert!(
-            !format!("{config:?}").contains("alpha"),
-            "tokens leak through Debug"
-        );
-
-        let empty = tokens_file("\n# nothing\n  \n");
-        let err = Config::try_from(args(&[
-            "--http",
-            "--tokens-file",
-            empty.path().to_str().unwrap(),
-        ]))
-        .unwrap_err();
-        assert!(err.to_string().contains("has no tokens"), "{err}");
-
-        let mut a = args(&["--http"]);
-        a.tokens_env = Some("zeta".into());
-        assert!(
-            Config::try_from(a).is_ok(),
-            "env tokens allow a public listen address"
-        );
-    }
-
-    #[test]
-    fn defaults_and_conversions() {
-        let config = Config::try_from(args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "--public-url",
-            "https://relay.example.com/",
-            "--response-timeout",
-            "3",
-            "--offline",
-            "reject",
-            "--keepalive-ms",
-            "50",
-        ]))
-        .unwrap();
-        assert_eq!(
-            config.public_url.as_deref(),
-            Some("https://relay.example.com")
-        );
-        assert_eq!(config.response_timeout, Duration::from_secs(3));
-        assert_eq!(config.offline, OfflinePolicy::Reject);
-        assert_eq!(config.keepalive, Duration::from_millis(50));
-        assert_eq!(config.max_body, DEFAULT_MAX_BODY);
-        assert_eq!(config.tls.scheme(), "http");
-
-        let config = Config::try_from(args(&["--listen", "127.0.0.1:0", "--self-signed"])).unwrap();
-        assert_eq!(config.tls.scheme(), "https");
-        assert_eq!(config.offline, OfflinePolicy::Queue);
-        assert_eq!(config.keepalive, DEFAULT_KEEPALIVE);
-    }
-
-    #[test]
-    fn pem_files_load_and_garbage_is_named() {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        std::fs::write(&c, cert.cert.pem()).unwrap();
-        std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
-        let (cs, ks) = (c.to_str().unwrap(), k.to_str().unwrap());
-        let config = Config::try_from(args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cs,
-            "--tls-key",
-            ks,
-        ]))
-        .unwrap();
-        assert_eq!(config.tls.scheme(), "https");
-
-        let err = Config::try_from(args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            ks,
-            "--tls-key",
-            ks,
-        ]))
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with(&format!("could not load {ks}: no certificate")),
-            "{err}"
-        );
-        let err = Config::try_from(args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cs,
-            "--tls-key",
-            cs,
-        ]))
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with(&format!("could not load {cs}: no private key")),
-            "{err}"
-        );
-    }
-}
+mod tests;

@@ -32,6 +32,12 @@ pub enum IngressError {
     /// The tunnel is known but no client is connected.
     #[error("the client for tunnel {0} is offline; start `illumitunnel listen --tunnel {0}` and send again")]
     Offline(String),
+    /// The tunnel's offline queue reached a limit; the sentence names it and what to do.
+    #[error("{0}")]
+    QueueFull(String),
+    /// The offline queue could not be written.
+    #[error("the relay could not queue this delivery for tunnel {0} while its client is offline; send again later")]
+    QueueUnavailable(String),
     /// The client did not answer within `--response-timeout`.
     #[error("the client for tunnel {tunnel} did not answer within {timeout:?}")]
     Timeout {
@@ -67,7 +73,9 @@ impl IngressError {
             IngressError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BodyRead(_) | IngressError::NotWebsocket => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            IngressError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Offline(_)
+            | IngressError::QueueFull(_)
+            | IngressError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             IngressError::Failed(_)
             | IngressError::ClientGone(_)

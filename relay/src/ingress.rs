@@ -2,6 +2,11 @@
 //! checks the tunnel and the body size, rewrites the headers (hop-by-hop out, `X-Forwarded-*`
 //! in), sends the delivery to the tunnel's first session (copies to the others) and answers the
 //! sender with the local server's response, or with an [`IngressError`].
+//!
+//! A delivery is never lost to a missing client: with no session it is committed to the
+//! offline queue and answered 202; when its session vanishes before answering, it is re-sent to
+//! the tunnel's next session or queued; when the relay shuts down before an answer arrives, it
+//! is queued.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,10 +19,12 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use illumitunnel::headers::{strip_hop_by_hop, Header};
 use illumitunnel::DeliveryId;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 
+use crate::config::OfflinePolicy;
 use crate::error::IngressError;
 use crate::metrics::Outcome;
+use crate::queue::{QueueError, QueuedDelivery};
 use crate::registry::Lookup;
 use crate::server::Shared;
 use crate::session::{Outbound, Reply, SessionHandle};
@@ -45,7 +52,7 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let span = tracing::debug_span!("delivery", tunnel = delivery.tunnel);
     let (outcome, response) = match forward(shared, &delivery, body).instrument(span).await {
-        Ok(response) => (Outcome::answered, response),
+        Ok(answered) => answered,
         Err(err) => {
             debug!(tunnel = delivery.tunnel, %err, "delivery not answered by a local server");
             (outcome_of(&err), err.into_response())
@@ -63,17 +70,23 @@ fn outcome_of(err: &IngressError) -> Outcome {
             Outcome::bad_request
         }
         IngressError::Offline(_) => Outcome::offline,
+        IngressError::QueueFull(_) | IngressError::QueueUnavailable(_) => Outcome::rejected,
         IngressError::Timeout { .. } => Outcome::timeout,
         IngressError::Failed(_) | IngressError::BadAnswer { .. } => Outcome::failed,
         IngressError::ClientGone(_) => Outcome::client_gone,
     }
 }
 
+/// Most times a delivery follows its tunnel's sessions as they vanish before it is queued.
+const MAX_RESENDS: usize = 3;
+
+type Answered = (Outcome, Response<Full<Bytes>>);
+
 async fn forward(
     shared: &Shared,
     d: &Delivery<'_>,
     body: Incoming,
-) -> Result<Response<Full<Bytes>>, IngressError> {
+) -> Result<Answered, IngressError> {
     let Lookup::Known(sessions) = shared.registry.lookup(d.tunnel) else {
         return Err(IngressError::UnknownTunnel);
     };
@@ -83,60 +96,114 @@ async fn forward(
     }
     let body = read_body(body, shared).await?;
     let received_at_ms = illumitunnel::now_ms().max(0) as u64;
-    let sessions = if sessions.is_empty() {
-        // A client may have connected while the body arrived.
-        match shared.registry.lookup(d.tunnel) {
-            Lookup::Known(s) if !s.is_empty() => s,
-            _ => return offline(shared, d.tunnel),
-        }
-    } else {
-        sessions
-    };
-
     let host = d
         .parts
         .headers
         .get(header::HOST)
         .map(HeaderValue::as_bytes)
         .or_else(|| d.parts.uri.authority().map(|a| a.as_str().as_bytes()));
-    let headers = forward_headers(&d.parts.headers, d.peer.ip(), d.proto, host);
-    let outbound = Outbound::new(
-        DeliveryId::generate(),
+    let delivery = QueuedDelivery {
+        id: DeliveryId::generate(),
         received_at_ms,
-        d.parts.method.as_str().to_owned(),
-        d.rest.to_owned(),
-        d.parts.uri.query().unwrap_or("").to_owned(),
-        headers,
-        &body,
-    );
-    drop(body);
-    let timeout = shared.response_timeout;
-    let reply = match tokio::time::timeout(timeout, exchange(&sessions, outbound)).await {
-        Err(_) => {
-            return Err(IngressError::Timeout {
-                tunnel: d.tunnel.to_owned(),
-                timeout,
-            })
-        }
-        Ok(Exchange::NoSession) => return offline(shared, d.tunnel),
-        Ok(Exchange::Gone) => return Err(IngressError::ClientGone(d.tunnel.to_owned())),
-        Ok(Exchange::Replied(reply)) => reply,
+        method: d.parts.method.as_str().to_owned(),
+        path: d.rest.to_owned(),
+        query: d.parts.uri.query().unwrap_or("").to_owned(),
+        headers: forward_headers(&d.parts.headers, d.peer.ip(), d.proto, host),
+        body,
     };
-    match reply {
-        Reply::Failed(message) => Err(IngressError::Failed(message)),
+    let sessions = if sessions.is_empty() {
+        // A client may have connected while the body arrived.
+        match shared.registry.lookup(d.tunnel) {
+            Lookup::Known(s) if !s.is_empty() => s,
+            _ => return offline(shared, d.tunnel, delivery).await,
+        }
+    } else {
+        sessions
+    };
+
+    let timeout = shared.response_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut sessions = sessions;
+    let mut outbound = Arc::new(Outbound::new(&delivery, false));
+    let mut copies = true;
+    let mut attempts = 0;
+    let reply = loop {
+        attempts += 1;
+        let exchanged =
+            tokio::time::timeout_at(deadline, exchange(&sessions, &outbound, copies)).await;
+        match exchanged {
+            Err(_) if shared.shutdown.is_cancelled() => {
+                // The relay is stopping and the answer did not come: keep the delivery.
+                return offline(shared, d.tunnel, delivery).await;
+            }
+            Err(_) => {
+                return Err(IngressError::Timeout {
+                    tunnel: d.tunnel.to_owned(),
+                    timeout,
+                })
+            }
+            Ok(Exchange::Replied(reply)) => break reply,
+            Ok(Exchange::NoSession) => return offline(shared, d.tunnel, delivery).await,
+            Ok(Exchange::Gone) if attempts > MAX_RESENDS => {
+                return offline(shared, d.tunnel, delivery).await
+            }
+            Ok(Exchange::Gone) => {
+                // The session vanished before answering; the client may have it already, so
+                // the next one gets it marked as a redelivery (answered from its store).
+                debug!(delivery = %delivery.id, "session gone before answering; sending elsewhere");
+                sessions = match shared.registry.lookup(d.tunnel) {
+                    Lookup::Known(s) if !s.is_empty() => s,
+                    _ => return offline(shared, d.tunnel, delivery).await,
+                };
+                outbound = Arc::new(Outbound::new(&delivery, true));
+                copies = false;
+            }
+        }
+    };
+    drop(delivery);
+    let answered = match reply {
+        Reply::Failed(message) => return Err(IngressError::Failed(message)),
         Reply::Answered {
             status,
             headers,
             body,
-        } => answer(d.tunnel, status, headers, body),
-    }
+        } => answer(d.tunnel, status, headers, body)?,
+    };
+    Ok((Outcome::answered, answered))
 }
 
-/// A known tunnel with no session. The offline queue takes the delivery here once it exists;
-/// until then both policies answer 503.
-fn offline(shared: &Shared, tunnel: &str) -> Result<Response<Full<Bytes>>, IngressError> {
-    let _ = shared.offline;
-    Err(IngressError::Offline(tunnel.to_owned()))
+/// A known tunnel with no session that can take the delivery: queue it durably (202) or, with
+/// `--offline reject`, answer 503.
+async fn offline(
+    shared: &Shared,
+    tunnel: &str,
+    delivery: QueuedDelivery,
+) -> Result<Answered, IngressError> {
+    if shared.offline == OfflinePolicy::Reject {
+        return Err(IngressError::Offline(tunnel.to_owned()));
+    }
+    let id = delivery.id.clone();
+    match shared.queue.push(tunnel, delivery).await {
+        Ok(()) => {
+            shared.registry.wake_backlog(tunnel);
+            let body = serde_json::json!({ "queued": true, "id": id.as_str() }).to_string();
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = StatusCode::ACCEPTED;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok((Outcome::queued, response))
+        }
+        Err(err @ QueueError::Full { .. }) => {
+            warn!(tunnel, %err, "offline queue full; delivery refused");
+            Err(IngressError::QueueFull(err.to_string()))
+        }
+        Err(err) => {
+            warn!(tunnel, %err, "could not queue a delivery");
+            Err(IngressError::QueueUnavailable(tunnel.to_owned()))
+        }
+    }
 }
 
 enum Exchange {
@@ -145,24 +212,23 @@ enum Exchange {
     Replied(Reply),
 }
 
-/// Sends the delivery to the first session that takes it and copies to every later one, then
-/// waits for the answer. Dropping this future (timeout, sender gone) cancels the delivery.
-async fn exchange(sessions: &[SessionHandle], outbound: Outbound) -> Exchange {
+/// Sends the delivery to the first session that takes it and, with `copies`, a copy to every
+/// later one, then waits for the answer. Dropping this future (timeout, sender gone) cancels
+/// the delivery.
+async fn exchange(sessions: &[SessionHandle], outbound: &Arc<Outbound>, copies: bool) -> Exchange {
     let mut rest = sessions.iter();
     let mut pending = loop {
         let Some(session) = rest.next() else {
             return Exchange::NoSession;
         };
-        if let Ok(pending) = session.deliver(&outbound).await {
+        if let Ok(pending) = session.deliver(outbound).await {
             break pending;
         }
     };
-    let copies: Vec<SessionHandle> = rest.cloned().collect();
-    if !copies.is_empty() {
+    if copies {
         // Copies go out on their own tasks so a slow listener never delays the answer.
-        let outbound = Arc::new(outbound);
-        for session in copies {
-            let outbound = Arc::clone(&outbound);
+        for session in rest.cloned() {
+            let outbound = Arc::clone(outbound);
             tokio::spawn(async move {
                 if session.copy(&outbound).await.is_err() {
                     debug!(delivery = %outbound.id(), "fan-out copy not sent: session gone");

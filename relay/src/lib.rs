@@ -10,7 +10,8 @@
 //! - [`route`] — pure path routing.
 //! - [`error`] — `IngressError`: status and JSON body a sender reads.
 //! - [`session`] — a client's websocket session actor and its `SessionHandle`.
-//! - [`registry`] — tunnel → owner and live sessions.
+//! - [`registry`] — tunnel → owner, live sessions and who sends the backlog.
+//! - [`queue`] — the offline queue and tunnel ownership in `{data_dir}/relay.db`.
 //! - [`auth`] — token check and tunnel owner keys.
 //! - [`metrics`] — Prometheus metrics for `GET /metrics`.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod ingress;
 pub mod metrics;
+pub mod queue;
 pub mod registry;
 pub mod route;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The relay's Prometheus metrics, served as text on `GET /metrics`: tunnels with a client
-//! connected, live sessions, deliveries by outcome, and the latency of answered deliveries.
-//! Counters per outcome are resolved once at start so the hot path only touches atomics.
+//! connected, live sessions, deliveries by outcome, the latency of answered deliveries, and the
+//! offline queue's depth and bytes per tunnel. Counters per outcome are resolved once at start
+//! so the hot path only touches atomics.
 
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
@@ -24,8 +25,16 @@ pub enum Outcome {
     timeout,
     /// The client disconnected before answering (502).
     client_gone,
-    /// Known tunnel, no client connected (503).
+    /// Known tunnel, no client connected, `--offline reject` (503).
     offline,
+    /// Known tunnel, no client connected: committed to the offline queue (202).
+    queued,
+    /// The offline queue is full or could not be written (503).
+    rejected,
+    /// Dropped from the offline queue after `--queue-max-age`.
+    expired,
+    /// Sent again from the offline queue to a session.
+    redelivered,
     /// Unknown tunnel (404).
     unknown_tunnel,
     /// Body over `--max-body` (413).
@@ -35,12 +44,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 8] = [
+    const ALL: [Outcome; 12] = [
         Outcome::answered,
         Outcome::failed,
         Outcome::timeout,
         Outcome::client_gone,
         Outcome::offline,
+        Outcome::queued,
+        Outcome::rejected,
+        Outcome::expired,
+        Outcome::redelivered,
         Outcome::unknown_tunnel,
         Outcome::too_large,
         Outcome::bad_request,
@@ -52,6 +65,59 @@ struct OutcomeLabels {
     outcome: Outcome,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelLabels {
+    tunnel: String,
+}
+
+/// The offline queue's metrics, updated by the queue thread: depth and bytes per tunnel (a
+/// tunnel's series disappears when its queue empties) and the expired counter.
+#[derive(Clone)]
+pub struct QueueGauges {
+    depth: Family<TunnelLabels, Gauge<i64, AtomicI64>>,
+    bytes: Family<TunnelLabels, Gauge<i64, AtomicI64>>,
+    expired: Counter,
+}
+
+impl Default for QueueGauges {
+    fn default() -> Self {
+        QueueGauges {
+            depth: Family::default(),
+            bytes: Family::default(),
+            expired: Counter::default(),
+        }
+    }
+}
+
+impl QueueGauges {
+    /// Sets a tunnel's queue depth.
+    pub fn set(&self, tunnel: &str, count: u64, bytes: u64) {
+        let labels = TunnelLabels {
+            tunnel: tunnel.to_owned(),
+        };
+        self.depth
+            .get_or_create(&labels)
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.bytes
+            .get_or_create(&labels)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Drops a tunnel whose queue is empty.
+    pub fn remove(&self, tunnel: &str) {
+        let labels = TunnelLabels {
+            tunnel: tunnel.to_owned(),
+        };
+        self.depth.remove(&labels);
+        self.bytes.remove(&labels);
+    }
+
+    /// Counts deliveries dropped for age.
+    pub fn expired(&self, count: u64) {
+        self.expired.inc_by(count);
+    }
+}
+
 /// Every metric the relay exports.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +127,8 @@ pub struct Metrics {
     pub sessions: Gauge<i64, AtomicI64>,
     deliveries: [Counter; Outcome::ALL.len()],
     latency: Histogram,
+    /// The offline queue's gauges, handed to the queue thread.
+    pub queue: QueueGauges,
 }
 
 impl Default for Metrics {
@@ -89,6 +157,21 @@ impl Metrics {
         );
         let deliveries =
             Outcome::ALL.map(|outcome| family.get_or_create(&OutcomeLabels { outcome }).clone());
+        let queue = QueueGauges {
+            depth: Family::default(),
+            bytes: Family::default(),
+            expired: deliveries[Outcome::expired as usize].clone(),
+        };
+        registry.register(
+            "queue_depth",
+            "Deliveries in a tunnel's offline queue",
+            queue.depth.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes (bodies and headers) in a tunnel's offline queue",
+            queue.bytes.clone(),
+        );
         // 0.25 ms .. ~8 s
         let latency = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         registry.register(
@@ -102,6 +185,7 @@ impl Metrics {
             sessions,
             deliveries,
             latency,
+            queue,
         }
     }
 
@@ -132,13 +216,21 @@ mod tests {
         metrics.delivery(Outcome::answered, Duration::from_millis(3));
         metrics.delivery(Outcome::timeout, Duration::from_secs(25));
         metrics.sessions.inc();
+        metrics.queue.set("my-app", 3, 300);
+        metrics.queue.set("gone-app", 1, 1);
+        metrics.queue.remove("gone-app");
+        metrics.queue.expired(2);
         let text = metrics.encode();
+        assert!(!text.contains("gone-app"), "{text}");
         for needle in [
             "illumitunnel_tunnels_connected 0",
             "illumitunnel_sessions 1",
             "illumitunnel_deliveries_total{outcome=\"answered\"} 1",
             "illumitunnel_deliveries_total{outcome=\"timeout\"} 1",
             "illumitunnel_deliveries_total{outcome=\"offline\"} 0",
+            "illumitunnel_deliveries_total{outcome=\"expired\"} 2",
+            "illumitunnel_queue_depth{tunnel=\"my-app\"} 3",
+            "illumitunnel_queue_bytes{tunnel=\"my-app\"} 300",
             "illumitunnel_delivery_duration_seconds_count 1",
             "# EOF",
         ] {

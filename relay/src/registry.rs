@@ -1,7 +1,12 @@
 //! The tunnel registry: which tunnels are known, who owns each (the SHA-256 of the claiming
 //! token, or anonymous) and which sessions serve it, in connect order; the first session
-//! answers senders, the others get copies. A tunnel stays known after its last session leaves
-//! (for the relay's lifetime), so deliveries to it are "offline" rather than "unknown".
+//! answers senders, the others get copies. A tunnel stays known after its last session leaves,
+//! and the relay preloads every tunnel owned in its database at start, so deliveries to it are
+//! "offline" (queued) rather than "unknown" even after a restart.
+//!
+//! One session per tunnel owns the backlog (streams the offline queue). A session that joins a
+//! tunnel with no live session owns it and stays hidden from senders until the backlog is sent,
+//! so queued deliveries reach it before new ones; meanwhile new deliveries are queued behind.
 //!
 //! Lookups hand out an `Arc<[SessionHandle]>` snapshot, so the lock is held only for a hash
 //! lookup and never across an `.await`.
@@ -29,9 +34,19 @@ pub enum Lookup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken;
 
+/// A joining session's part in its tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Streams the offline queue, then is revealed to senders.
+    Backlog,
+    /// Another session has the backlog; reveal at once.
+    Live,
+}
+
 struct Tunnel {
     owner: Owner,
     sessions: Arc<[SessionHandle]>,
+    backlog: Option<SessionHandle>,
 }
 
 /// Tunnel name → owner and sessions.
@@ -58,6 +73,15 @@ impl Registry {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Makes a tunnel owned in the relay's database known, with no session.
+    pub fn preload(&self, tunnel: String, owner: Owner) {
+        self.lock().entry(tunnel).or_insert_with(|| Tunnel {
+            owner,
+            sessions: Arc::from(Vec::new()),
+            backlog: None,
+        });
+    }
+
     /// The tunnel's state.
     pub fn lookup(&self, tunnel: &str) -> Lookup {
         match self.lock().get(tunnel) {
@@ -66,53 +90,98 @@ impl Registry {
         }
     }
 
-    /// Adds `session` to `tunnel`, claiming the name for `owner` when it is new.
-    pub fn claim(
+    /// Adds `session` to `tunnel`, hidden from senders until [`reveal`](Self::reveal), claiming
+    /// the name for `owner` when it is new. The first session of an idle tunnel gets the backlog.
+    pub fn join(
         &self,
         tunnel: &TunnelName,
         owner: Owner,
         session: SessionHandle,
-    ) -> Result<(), Taken> {
+    ) -> Result<Role, Taken> {
         let mut tunnels = self.lock();
         let entry = tunnels
             .entry(tunnel.as_str().to_owned())
             .or_insert_with(|| Tunnel {
                 owner,
                 sessions: Arc::from(Vec::new()),
+                backlog: None,
             });
         if entry.owner != owner {
             return Err(Taken);
+        }
+        if entry.backlog.is_none() {
+            entry.backlog = Some(session);
+            Ok(Role::Backlog)
+        } else {
+            Ok(Role::Live)
+        }
+    }
+
+    /// Makes a joined session visible to senders (after its backlog, if it has it). A tunnel
+    /// whose backlog owner left in the meantime hands the backlog to this session, which is
+    /// then woken to send it.
+    pub fn reveal(&self, tunnel: &str, session: &SessionHandle) {
+        let mut tunnels = self.lock();
+        let Some(entry) = tunnels.get_mut(tunnel) else {
+            return;
+        };
+        if entry.sessions.iter().any(|s| s.id() == session.id()) {
+            return;
         }
         if entry.sessions.is_empty() {
             self.tunnels_connected.inc();
         }
         let mut sessions = entry.sessions.to_vec();
-        sessions.push(session);
+        sessions.push(session.clone());
         entry.sessions = sessions.into();
         self.sessions.inc();
-        Ok(())
+        if entry.backlog.is_none() {
+            entry.backlog = Some(session.clone());
+            session.wake_backlog();
+        }
     }
 
-    /// Removes a session; the tunnel stays known.
+    /// Whether `session_id` owns `tunnel`'s backlog.
+    pub fn has_backlog(&self, tunnel: &str, session_id: u64) -> bool {
+        self.lock()
+            .get(tunnel)
+            .and_then(|t| t.backlog.as_ref())
+            .is_some_and(|s| s.id() == session_id)
+    }
+
+    /// Wakes the session that owns `tunnel`'s backlog, after a delivery was queued.
+    pub fn wake_backlog(&self, tunnel: &str) {
+        if let Some(session) = self.lock().get(tunnel).and_then(|t| t.backlog.as_ref()) {
+            session.wake_backlog();
+        }
+    }
+
+    /// Removes a session; the tunnel stays known. When it owned the backlog, the next live
+    /// session takes it over and is woken.
     pub fn remove(&self, tunnel: &str, session_id: u64) {
         let mut tunnels = self.lock();
         let Some(entry) = tunnels.get_mut(tunnel) else {
             return;
         };
-        if !entry.sessions.iter().any(|s| s.id() == session_id) {
-            return;
+        if entry.sessions.iter().any(|s| s.id() == session_id) {
+            let sessions: Vec<SessionHandle> = entry
+                .sessions
+                .iter()
+                .filter(|s| s.id() != session_id)
+                .cloned()
+                .collect();
+            if sessions.is_empty() {
+                self.tunnels_connected.dec();
+            }
+            entry.sessions = sessions.into();
+            self.sessions.dec();
         }
-        let sessions: Vec<SessionHandle> = entry
-            .sessions
-            .iter()
-            .filter(|s| s.id() != session_id)
-            .cloned()
-            .collect();
-        if sessions.is_empty() {
-            self.tunnels_connected.dec();
+        if entry.backlog.as_ref().is_some_and(|s| s.id() == session_id) {
+            entry.backlog = entry.sessions.first().cloned();
+            if let Some(next) = &entry.backlog {
+                next.wake_backlog();
+            }
         }
-        entry.sessions = sessions.into();
-        self.sessions.dec();
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Tunnel>> {
@@ -143,6 +212,17 @@ mod tests {
         }
     }
 
+    fn join(
+        r: &Registry,
+        name: &TunnelName,
+        owner: Owner,
+        h: &SessionHandle,
+    ) -> Result<Role, Taken> {
+        let role = r.join(name, owner, h.clone())?;
+        r.reveal(name.as_str(), h);
+        Ok(role)
+    }
+
     #[test]
     fn claim_fan_out_and_ownership() {
         let r = registry();
@@ -151,28 +231,51 @@ mod tests {
         assert_eq!(ids(r.lookup("my-app")), None);
 
         let (a, b) = (handle(&r), handle(&r));
-        r.claim(&name, alice, a.clone()).unwrap();
-        r.claim(&name, alice, b.clone()).unwrap();
+        assert_eq!(join(&r, &name, alice, &a), Ok(Role::Backlog));
+        assert_eq!(join(&r, &name, alice, &b), Ok(Role::Live));
         assert_eq!(ids(r.lookup("my-app")), Some(vec![a.id(), b.id()]));
-        assert_eq!(
-            r.claim(&name, Owner::Token([2; 32]), handle(&r)),
-            Err(Taken)
-        );
-        assert_eq!(r.claim(&name, Owner::Anonymous, handle(&r)), Err(Taken));
+        assert_eq!(r.join(&name, Owner::Token([2; 32]), handle(&r)), Err(Taken));
+        assert_eq!(r.join(&name, Owner::Anonymous, handle(&r)), Err(Taken));
         assert_eq!((r.tunnels_connected.get(), r.sessions.get()), (1, 2));
 
+        assert!(r.has_backlog("my-app", a.id()));
         r.remove("my-app", a.id());
+        assert!(r.has_backlog("my-app", b.id()), "the backlog moves on");
         assert_eq!(ids(r.lookup("my-app")), Some(vec![b.id()]));
         r.remove("my-app", a.id());
         r.remove("my-app", b.id());
+        assert!(!r.has_backlog("my-app", b.id()));
         assert_eq!(ids(r.lookup("my-app")), Some(vec![]), "stays known");
         assert_eq!((r.tunnels_connected.get(), r.sessions.get()), (0, 0));
         assert_eq!(
-            r.claim(&name, Owner::Token([2; 32]), handle(&r)),
+            r.join(&name, Owner::Token([2; 32]), handle(&r)),
             Err(Taken),
             "still owned"
         );
-        r.claim(&name, alice, handle(&r)).unwrap();
+        join(&r, &name, alice, &handle(&r)).unwrap();
         assert_eq!(r.tunnels_connected.get(), 1);
+    }
+
+    #[test]
+    fn a_backlog_session_stays_hidden_until_revealed_and_preloaded_names_stay_owned() {
+        let r = registry();
+        let name = TunnelName::parse("my-app").unwrap();
+        r.preload("my-app".into(), Owner::Token([1; 32]));
+        assert_eq!(ids(r.lookup("my-app")), Some(vec![]));
+        assert_eq!(r.join(&name, Owner::Anonymous, handle(&r)), Err(Taken));
+        let a = handle(&r);
+        assert_eq!(
+            r.join(&name, Owner::Token([1; 32]), a.clone()),
+            Ok(Role::Backlog)
+        );
+        assert_eq!(
+            ids(r.lookup("my-app")),
+            Some(vec![]),
+            "hidden while the backlog streams"
+        );
+        r.reveal("my-app", &a);
+        r.reveal("my-app", &a);
+        assert_eq!(ids(r.lookup("my-app")), Some(vec![a.id()]));
+        assert_eq!(r.sessions.get(), 1);
     }
 }

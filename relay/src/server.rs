@@ -1,6 +1,7 @@
 //! The accept loop and the HTTP layer: every connection (TLS or plain) is served by hyper-util's
 //! auto builder (HTTP/1.1 and HTTP/2, upgrades for the client websocket), watched by a
-//! `GracefulShutdown` so that a shutdown drains requests in flight before sessions close.
+//! `GracefulShutdown` so that a shutdown drains requests in flight (queueing those whose answer
+//! does not come) before sessions close and the offline queue is flushed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::config::{Config, OfflinePolicy, TlsConfig};
 use crate::error::IngressError;
 use crate::ingress::{self, Delivery};
 use crate::metrics::Metrics;
+use crate::queue::{self, QueueHandle, QueueStore};
 use crate::registry::Registry;
 use crate::route::{self, Route};
 use crate::{session, tls, RelayError};
@@ -44,6 +46,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between two expiry passes over the offline queue.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything request handlers and sessions share.
 pub(crate) struct Shared {
@@ -58,6 +62,10 @@ pub(crate) struct Shared {
     pub response_timeout: Duration,
     pub keepalive: Duration,
     pub offline: OfflinePolicy,
+    /// The offline queue and tunnel ownership.
+    pub queue: QueueHandle,
+    /// Cancelled when the relay starts shutting down.
+    pub shutdown: CancellationToken,
     /// Cancelled after HTTP requests drained; ends every session.
     pub sessions: CancellationToken,
     pub tracker: TaskTracker,
@@ -112,8 +120,23 @@ pub(crate) async fn run(
         "http"
     };
     let metrics = Metrics::new();
+    let data_dir = config.data_dir.clone();
+    let limits = config.queue;
+    let gauges = metrics.queue.clone();
+    let store = tokio::task::spawn_blocking(move || QueueStore::open(&data_dir, limits, gauges))
+        .await
+        .map_err(|e| RelayError::DataDir(format!("could not open the relay database: {e}")))?
+        .map_err(|e| RelayError::DataDir(e.to_string()))?;
+    let registry = Registry::new(metrics.tunnels_connected.clone(), metrics.sessions.clone());
+    for (tunnel, owner) in store
+        .owners()
+        .map_err(|e| RelayError::DataDir(e.to_string()))?
+    {
+        registry.preload(tunnel, owner);
+    }
+    let (queue, queue_thread) = queue::spawn(store)?;
     let shared = Arc::new(Shared {
-        registry: Registry::new(metrics.tunnels_connected.clone(), metrics.sessions.clone()),
+        registry,
         auth: Auth::new(&config.tokens, config.allow_anonymous),
         metrics,
         public_base,
@@ -122,10 +145,17 @@ pub(crate) async fn run(
         response_timeout: config.response_timeout,
         keepalive: config.keepalive,
         offline: config.offline,
+        queue,
+        shutdown: shutdown.clone(),
         sessions: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
     info!(%local, public_url = %shared.public_base, "relay serving");
+    let expiry = tokio::spawn(expire_periodically(
+        shared.queue.clone(),
+        config.queue.max_age,
+        shutdown.clone(),
+    ));
 
     let builder = Arc::new(http_builder());
     let graceful = GracefulShutdown::new();
@@ -173,8 +203,33 @@ pub(crate) async fn run(
     {
         warn!("sessions did not close within {SESSION_CLOSE_GRACE:?}");
     }
+    let _ = expiry.await;
+    shared.queue.close().await;
+    let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
     info!("relay stopped");
     Ok(())
+}
+
+/// Drops aged deliveries from every tunnel's queue now and then, one bounded pass at a time.
+async fn expire_periodically(queue: QueueHandle, max_age: Duration, shutdown: CancellationToken) {
+    let every = (max_age / 2).clamp(Duration::from_secs(1), EXPIRE_EVERY);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Both branches are cancel-safe: a token wait and `Interval::tick`.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match queue.expire().await {
+            Ok(0) => {}
+            Ok(expired) => info!(
+                expired,
+                "dropped queued deliveries older than the queue's age limit"
+            ),
+            Err(err) => warn!(%err, "could not expire the offline queue"),
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

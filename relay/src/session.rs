@@ -4,6 +4,10 @@
 //! which completes pending answers and drops the session once the client has been silent for
 //! two intervals. Everyone else holds a cloneable [`SessionHandle`]; each delivery that waits
 //! for an answer registers a `oneshot` keyed by its [`DeliveryId`].
+//!
+//! A backlog task streams the tunnel's offline queue to the session that owns the backlog
+//! (see [`registry`](crate::registry)), page by page, and again whenever a delivery is queued;
+//! `Recorded` from the client drops a row from the queue.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,12 +27,14 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+mod backlog;
 mod handle;
 
 use handle::Pending;
 pub use handle::{Outbound, PendingAnswer, Reply, SessionGone, SessionHandle};
 
 use crate::auth::{Owner, Unauthorized};
+use crate::registry::Role;
 use crate::server::Shared;
 
 /// Longest the client may take to send `Hello` after the websocket opens.
@@ -78,21 +84,45 @@ pub(crate) async fn run<S>(
         Err(err) => return refuse(ws, Refusal::TunnelNameInvalid, err.to_string()).await,
     };
 
+    let taken =
+        || format!("tunnel {name} belongs to another token; pick another name with --tunnel");
+    match shared.queue.claim(name.as_str(), owner).await {
+        Ok(true) => {}
+        Ok(false) => return refuse(ws, Refusal::TunnelTaken, taken()).await,
+        Err(err) => {
+            // The client retries; ownership must never be granted without the database.
+            warn!(%err, tunnel = %name, "could not check tunnel ownership; closing the session");
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+            return;
+        }
+    }
+
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let handle = SessionHandle::new(shared.registry.next_session_id(), tx);
+    let Ok(role) = shared.registry.join(&name, owner, handle.clone()) else {
+        return refuse(ws, Refusal::TunnelTaken, taken()).await;
+    };
+    let (queued, expired) = match shared.queue.connect(name.as_str()).await {
+        Ok(counts) => counts,
+        Err(err) => {
+            warn!(%err, tunnel = %name, "could not read the offline queue");
+            (0, 0)
+        }
+    };
+    let queued = if role == Role::Backlog { queued } else { 0 };
     // Queue the welcome before the session becomes visible, so it precedes every delivery.
     let welcome = RelayMessage::Welcome {
         tunnel: name.to_string(),
         public_url: format!("{}/t/{name}", shared.public_base),
-        queued: 0,
-        expired: 0,
+        queued: u32::try_from(queued).unwrap_or(u32::MAX),
+        expired: u32::try_from(expired).unwrap_or(u32::MAX),
     };
     let _ = handle.tx.try_send(Message::Binary(welcome.encode()));
-    if shared.registry.claim(&name, owner, handle.clone()).is_err() {
-        let message =
-            format!("tunnel {name} belongs to another token; pick another name with --tunnel");
-        return refuse(ws, Refusal::TunnelTaken, message).await;
+    // With a backlog, the session stays hidden until it is sent, so queued deliveries come first.
+    if role == Role::Live || queued == 0 {
+        shared.registry.reveal(name.as_str(), &handle);
     }
+    handle.wake_backlog();
     let span = tracing::info_span!("session", tunnel = %name, session = handle.id());
     serve(shared, ws, rx, handle, name).instrument(span).await;
 }
@@ -111,18 +141,16 @@ async fn serve<S>(
     let (sink, stream) = ws.split();
     let writer =
         tokio::spawn(write_loop(sink, rx, shared.keepalive, token.clone()).in_current_span());
-    let reason = read_loop(
-        stream,
-        &handle.pending,
-        shared.keepalive * 2,
-        shared.max_body,
-        &token,
-    )
-    .await;
+    let backlog = tokio::spawn(
+        backlog::run(shared.clone(), handle.clone(), name.clone(), token.clone()).in_current_span(),
+    );
+    let reason = read_loop(stream, &shared, &handle.pending, name.as_str(), &token).await;
     token.cancel();
     shared.registry.remove(name.as_str(), handle.id());
+    // Senders still waiting see the session gone and send their delivery elsewhere or queue it.
     let abandoned = handle.pending.close();
     drop(handle);
+    let _ = backlog.await;
     let _ = writer.await;
     info!(reason, abandoned, "client disconnected");
 }
@@ -170,14 +198,15 @@ where
 /// Reads until the session ends; returns why, for the log.
 async fn read_loop<S>(
     mut stream: SplitStream<WebSocketStream<S>>,
+    shared: &Shared,
     pending: &Pending,
-    silent_limit: Duration,
-    max_body: usize,
+    tunnel: &str,
     token: &CancellationToken,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (silent_limit, max_body) = (shared.keepalive * 2, shared.max_body);
     let mut partial: HashMap<DeliveryId, PartialAnswer> = HashMap::new();
     loop {
         // Both branches are cancel-safe: `StreamExt::next` and a token wait.
@@ -199,7 +228,11 @@ where
             Ok(Some(Ok(_))) => continue,
         };
         match ClientMessage::decode(&bytes) {
-            Ok(message) => on_message(message, pending, &mut partial, max_body),
+            Ok(message) => {
+                if let Some(id) = on_message(message, pending, &mut partial, max_body) {
+                    shared.queue.ack(tunnel, id).await;
+                }
+            }
             Err(err) => {
                 warn!(%err, "undecodable message from client; dropping the session");
                 return "protocol error";
@@ -214,12 +247,13 @@ struct PartialAnswer {
     body: BytesMut,
 }
 
+/// Settles answers; returns the id of a delivery the client recorded, for the offline queue.
 fn on_message(
     message: ClientMessage,
     pending: &Pending,
     partial: &mut HashMap<DeliveryId, PartialAnswer>,
     max_body: usize,
-) {
+) -> Option<DeliveryId> {
     match message {
         ClientMessage::Response {
             id,
@@ -252,7 +286,7 @@ fn on_message(
         }
         ClientMessage::ResponseChunk { id, data, end } => {
             let Some(answer) = partial.get_mut(&id) else {
-                return;
+                return None;
             };
             if !pending.contains(&id) {
                 partial.remove(&id);
@@ -278,10 +312,10 @@ fn on_message(
             partial.remove(&id);
             pending.settle(&id, Reply::Failed(message));
         }
-        // Acknowledgements matter to the offline queue only.
-        ClientMessage::Recorded { .. } => {}
+        ClientMessage::Recorded { id } => return Some(id),
         ClientMessage::Hello { .. } => debug!("ignoring a second hello"),
     }
+    None
 }
 
 async fn write_loop<S>(

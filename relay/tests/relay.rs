@@ -4,398 +4,25 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{header, HeaderValue, Request, StatusCode};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use illumitunnel::headers::Header;
 use illumitunnel::protocol::{
-    self, ClientMessage, Refusal, RelayMessage, CONNECT_PATH, PROTOCOL_VERSION,
+    ClientMessage, Refusal, RelayMessage, CONNECT_PATH, PROTOCOL_VERSION,
 };
 use illumitunnel::{DeliveryId, Token};
-use illumitunnel_relay::tls::SelfSigned;
-use illumitunnel_relay::{Config, RelayError, TlsConfig};
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use illumitunnel_relay::OfflinePolicy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 
-/// Upper bound on any single wait in these tests.
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-// ---------------------------------------------------------------- relay
-
-struct Relay {
-    addr: SocketAddr,
-    ca: Option<CertificateDer<'static>>,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RelayError>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Relay {
-    async fn start(tls: bool, tune: impl FnOnce(&mut Config)) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        let (tls_config, ca) = if tls {
-            let cert = SelfSigned::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-            let ca = cert.cert.clone();
-            (
-                TlsConfig::Certified {
-                    chain: vec![cert.cert],
-                    key: cert.key,
-                },
-                Some(ca),
-            )
-        } else {
-            (TlsConfig::Plain, None)
-        };
-        let mut config = Config::embedded(tls_config, dir.path().to_path_buf());
-        tune(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(illumitunnel_relay::run(config, listener, shutdown.clone()));
-        Relay {
-            addr,
-            ca,
-            shutdown,
-            task,
-            _dir: dir,
-        }
-    }
-
-    async fn plain() -> Relay {
-        Relay::start(false, |_| {}).await
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        within("relay shutdown", self.task).await.unwrap().unwrap();
-    }
-
-    async fn connect_io(&self, alpn: &[u8]) -> Box<dyn Io> {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        match &self.ca {
-            None => Box::new(tcp),
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.clone()).unwrap();
-                let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-                config.alpn_protocols = vec![alpn.to_vec()];
-                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-                let name = ServerName::try_from("127.0.0.1").unwrap();
-                Box::new(connector.connect(name, tcp).await.unwrap())
-            }
-        }
-    }
-
-    /// Sends one request over a fresh HTTP/1.1 connection.
-    async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
-        let io = self.connect_io(b"http/1.1").await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let response = within("response", sender.send_request(req)).await.unwrap();
-        Answer::read(response).await
-    }
-
-    async fn post(&self, path: &str, body: impl Into<Bytes>) -> Answer {
-        self.send(post(self.addr, path, body)).await
-    }
-}
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
-    Request::post(path)
-        .header(header::HOST, addr.to_string())
-        .body(Full::new(body.into()))
-        .unwrap()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    async fn read(response: http::Response<hyper::body::Incoming>) -> Answer {
-        let (parts, body) = response.into_parts();
-        let body = within("response body", body.collect())
-            .await
-            .unwrap()
-            .to_bytes();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    }
-
-    fn error(&self) -> String {
-        assert_eq!(self.headers[header::CONTENT_TYPE], "application/json");
-        let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
-        assert_eq!(json.as_object().unwrap().len(), 1, "{json}");
-        json["error"].as_str().unwrap().to_string()
-    }
-}
-
-// ---------------------------------------------------------------- fake client
-
-type Ws = WebSocketStream<Box<dyn Io>>;
-
-async fn open_ws(relay: &Relay, token: Option<&str>) -> Ws {
-    let io = relay.connect_io(b"http/1.1").await;
-    let mut req = format!("ws://{}{CONNECT_PATH}", relay.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(token) = token {
-        req.headers_mut().insert(
-            header::AUTHORIZATION,
-            format!("Bearer {token}").parse().unwrap(),
-        );
-    }
-    let (ws, response) = within(
-        "websocket handshake",
-        tokio_tungstenite::client_async(req, io),
-    )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    ws
-}
-
-async fn next_message(ws: &mut Ws) -> Option<RelayMessage> {
-    loop {
-        match within("relay message", ws.next()).await? {
-            Ok(Message::Binary(bytes)) => return Some(RelayMessage::decode(&bytes).unwrap()),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(_) | Err(_) => return None,
-        }
-    }
-}
-
-/// Opens a session and returns the relay's first answer to `Hello`.
-async fn hello(
-    relay: &Relay,
-    token: Option<&str>,
-    version: u16,
-    tunnel: &str,
-) -> (Ws, RelayMessage) {
-    let mut ws = open_ws(relay, token).await;
-    let hello = ClientMessage::Hello {
-        version,
-        tunnel: tunnel.into(),
-    };
-    ws.send(Message::Binary(hello.encode())).await.unwrap();
-    let reply = next_message(&mut ws).await.expect("an answer to hello");
-    (ws, reply)
-}
-
-async fn connect(relay: &Relay, tunnel: &str) -> Ws {
-    let (ws, reply) = hello(relay, None, PROTOCOL_VERSION, tunnel).await;
-    match reply {
-        RelayMessage::Welcome {
-            tunnel: t,
-            public_url,
-            queued: 0,
-            expired: 0,
-        } => {
-            assert_eq!(t, tunnel);
-            assert!(
-                public_url.ends_with(&format!("/t/{tunnel}")),
-                "{public_url}"
-            );
-        }
-        other => panic!("expected welcome, got {other:?}"),
-    }
-    ws
-}
-
-#[derive(Debug, Clone)]
-struct Received {
-    id: DeliveryId,
-    answer: bool,
-    method: String,
-    path: String,
-    query: String,
-    headers: Vec<Header>,
-    body: Vec<u8>,
-}
-
-#[derive(Debug)]
-enum Event {
-    Request(Received),
-    Cancel(DeliveryId),
-}
-
-#[derive(Clone)]
-enum Behavior {
-    /// 201 with fixed headers and the request body echoed back.
-    Echo,
-    /// `Failed` with this message.
-    Fail(&'static str),
-    /// Never answers.
-    Silent,
-}
-
-/// Runs a fake client on `ws`; every request it assembles and every cancel is reported.
-fn spawn_client(mut ws: Ws, behavior: Behavior) -> mpsc::Receiver<Event> {
-    let (events, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        let mut assembling: Option<Received> = None;
-        while let Some(Ok(frame)) = ws.next().await {
-            let Message::Binary(bytes) = frame else {
-                continue;
-            };
-            let done = match RelayMessage::decode(&bytes).unwrap() {
-                RelayMessage::Request {
-                    id,
-                    answer,
-                    method,
-                    path,
-                    query,
-                    headers,
-                    body,
-                    end,
-                    ..
-                } => {
-                    let r = Received {
-                        id,
-                        answer,
-                        method,
-                        path,
-                        query,
-                        headers,
-                        body: body.to_vec(),
-                    };
-                    if end {
-                        Some(r)
-                    } else {
-                        assembling = Some(r);
-                        None
-                    }
-                }
-                RelayMessage::RequestChunk { id, data, end } => {
-                    let r = assembling.as_mut().expect("chunk after head");
-                    assert_eq!(r.id, id, "chunks of one delivery arrive together here");
-                    r.body.extend_from_slice(&data);
-                    if end {
-                        assembling.take()
-                    } else {
-                        None
-                    }
-                }
-                RelayMessage::Cancel { id } => {
-                    let _ = events.send(Event::Cancel(id)).await;
-                    None
-                }
-                other => panic!("unexpected {other:?}"),
-            };
-            let Some(request) = done else { continue };
-            if request.answer {
-                for reply in answer(&behavior, &request) {
-                    ws.send(Message::Binary(reply.encode())).await.unwrap();
-                }
-            }
-            let _ = events.send(Event::Request(request)).await;
-        }
-    });
-    rx
-}
-
-fn answer(behavior: &Behavior, request: &Received) -> Vec<ClientMessage> {
-    let id = request.id.clone();
-    match behavior {
-        Behavior::Silent => vec![],
-        Behavior::Fail(message) => vec![ClientMessage::Failed {
-            id,
-            message: message.to_string(),
-        }],
-        Behavior::Echo => {
-            let headers = vec![
-                (
-                    "content-type".to_string(),
-                    b"application/octet-stream".to_vec(),
-                ),
-                ("x-echo-path".to_string(), request.path.clone().into_bytes()),
-                (
-                    "x-echo-query".to_string(),
-                    request.query.clone().into_bytes(),
-                ),
-                ("x-bin".to_string(), vec![0xff, 0xfe, b'x']),
-                ("set-cookie".to_string(), b"a=1".to_vec()),
-                ("set-cookie".to_string(), b"b=2".to_vec()),
-                ("connection".to_string(), b"close".to_vec()),
-                ("content-length".to_string(), b"1".to_vec()),
-            ];
-            let body = Bytes::from(request.body.clone());
-            let (first, rest) = protocol::split_body(&body);
-            let mut out = vec![ClientMessage::Response {
-                id: id.clone(),
-                status: 201,
-                headers,
-                body: first,
-                end: rest.is_empty(),
-            }];
-            let n = rest.len();
-            out.extend(rest.into_iter().enumerate().map(|(i, data)| {
-                ClientMessage::ResponseChunk {
-                    id: id.clone(),
-                    data,
-                    end: i + 1 == n,
-                }
-            }));
-            out
-        }
-    }
-}
-
-async fn next_request(events: &mut mpsc::Receiver<Event>) -> Received {
-    loop {
-        match within("a request at the client", events.recv())
-            .await
-            .expect("client running")
-        {
-            Event::Request(r) => return r,
-            Event::Cancel(_) => continue,
-        }
-    }
-}
-
-fn header_values<'a>(headers: &'a [Header], name: &str) -> Vec<&'a [u8]> {
-    headers
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_slice())
-        .collect()
-}
+use common::*;
 
 // ---------------------------------------------------------------- tests
 
@@ -512,6 +139,10 @@ async fn unknown_tunnel_offline_tunnel_and_other_paths() {
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert!(answer.error().contains("/t/{tunnel}"));
 
+    relay.stop().await;
+
+    // --offline reject: a known tunnel with no client is 503 and nothing is queued.
+    let relay = Relay::start(false, |c| c.offline = OfflinePolicy::Reject).await;
     let mut ws = connect(&relay, "gone-soon").await;
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
@@ -531,6 +162,11 @@ async fn unknown_tunnel_offline_tunnel_and_other_paths() {
             .contains("the client for tunnel gone-soon is offline"),
         "{}",
         answer.error()
+    );
+    let (_ws, welcome) = hello(&relay, None, PROTOCOL_VERSION, "gone-soon").await;
+    assert!(
+        matches!(welcome, RelayMessage::Welcome { queued: 0, .. }),
+        "{welcome:?}"
     );
     relay.stop().await;
 }
@@ -728,20 +364,16 @@ async fn a_silent_client_is_dropped_after_two_keepalive_intervals() {
     // Never polled again: it answers no ping, like a suspended laptop.
     let _frozen = connect(&relay, "frozen").await;
     let started = std::time::Instant::now();
+    // The delivery in flight when the session is dropped is queued, never failed.
     let answer = relay.post("/t/frozen/x", "{}").await;
-    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.error());
-    assert!(
-        answer.error().contains("disconnected before answering"),
-        "{}",
-        answer.error()
-    );
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
     );
     let answer = relay.post("/t/frozen/x", "{}").await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
 
     // A client that keeps reading (and so answers pings) stays connected.
     let mut events = spawn_client(connect(&relay, "awake").await, Behavior::Echo);

@@ -488,6 +488,7 @@ async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Result<Embedded
         response_timeout: illumitunnel_relay::config::DEFAULT_RESPONSE_TIMEOUT,
         offline: OfflinePolicy::Queue,
         keepalive: illumitunnel_relay::config::DEFAULT_KEEPALIVE,
+        queue: Default::default(),
     };
     let task = tokio::spawn(illumitunnel_relay::run(
         config,

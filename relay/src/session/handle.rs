@@ -1,6 +1,7 @@
 //! The session's side that others hold: [`SessionHandle`] sends deliveries into the session
 //! writer's bounded queue (a large body chunk by chunk, so other deliveries interleave), and
 //! [`PendingAnswer`] waits for the client's [`Reply`], sending `Cancel` if it is dropped first.
+//! The handle also wakes the session's backlog task when a delivery was queued for its tunnel.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,9 +10,11 @@ use bytes::Bytes;
 use illumitunnel::headers::Header;
 use illumitunnel::protocol::{self, RelayMessage};
 use illumitunnel::DeliveryId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
+
+use crate::queue::QueuedDelivery;
 
 /// The client's answer to one delivery.
 #[derive(Debug)]
@@ -93,31 +96,28 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Splits `body` into the head's first slice and [`protocol::MAX_CHUNK`] slices.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: DeliveryId,
-        received_at_ms: u64,
-        method: String,
-        path: String,
-        query: String,
-        headers: Vec<Header>,
-        body: &Bytes,
-    ) -> Self {
-        let (first, chunks) = protocol::split_body(body);
+    /// Splits the body into the head's first slice and [`protocol::MAX_CHUNK`] slices.
+    /// `queued` marks a redelivery (from the offline queue, or re-sent after its session
+    /// vanished), which a client that already recorded it answers from its store.
+    pub fn new(delivery: &QueuedDelivery, queued: bool) -> Self {
+        let (first, chunks) = protocol::split_body(&delivery.body);
         let head = RelayMessage::Request {
-            id: id.clone(),
-            received_at_ms,
+            id: delivery.id.clone(),
+            received_at_ms: delivery.received_at_ms,
             answer: true,
-            queued: false,
-            method,
-            path,
-            query,
-            headers,
+            queued,
+            method: delivery.method.clone(),
+            path: delivery.path.clone(),
+            query: delivery.query.clone(),
+            headers: delivery.headers.clone(),
             body: first,
             end: chunks.is_empty(),
         };
-        Outbound { id, head, chunks }
+        Outbound {
+            id: delivery.id.clone(),
+            head,
+            chunks,
+        }
     }
 
     /// The delivery's id.
@@ -144,6 +144,7 @@ pub struct SessionHandle {
     id: u64,
     pub(super) tx: mpsc::Sender<Message>,
     pub(super) pending: Arc<Pending>,
+    pub(super) backlog: Arc<Notify>,
 }
 
 impl SessionHandle {
@@ -153,7 +154,13 @@ impl SessionHandle {
             id,
             tx,
             pending: Arc::new(Pending::open()),
+            backlog: Arc::new(Notify::new()),
         }
+    }
+
+    /// Tells the session's backlog task to look at the offline queue again.
+    pub fn wake_backlog(&self) {
+        self.backlog.notify_one();
     }
 
     /// The session's id, unique within this relay.
@@ -174,6 +181,11 @@ impl SessionHandle {
         };
         self.send(delivery, true).await?;
         Ok(pending)
+    }
+
+    /// Sends a delivery from the offline queue: the client answers it, but nobody waits.
+    pub async fn redeliver(&self, delivery: &Outbound) -> Result<(), SessionGone> {
+        self.send(delivery, true).await
     }
 
     /// Sends a fan-out copy (`answer: false`) of a delivery.
@@ -274,13 +286,16 @@ mod tests {
         let handle = SessionHandle::new(1, tx);
         let body = Bytes::from(vec![7u8; protocol::MAX_CHUNK * 3 + 1]);
         let outbound = Outbound::new(
-            id(1),
-            0,
-            "POST".into(),
-            "/".into(),
-            String::new(),
-            vec![],
-            &body,
+            &QueuedDelivery {
+                id: id(1),
+                received_at_ms: 0,
+                method: "POST".into(),
+                path: "/".into(),
+                query: String::new(),
+                headers: vec![],
+                body,
+            },
+            false,
         );
         let pending = handle.deliver(&outbound).await.unwrap();
         let mut received = Vec::new();

@@ -1,0 +1,281 @@
+//! `Config` validation: every refusal is one sentence; defaults and conversions.
+
+use super::*;
+use clap::Parser;
+use std::io::Write;
+
+fn args(argv: &[&str]) -> Args {
+    let mut args =
+        Args::try_parse_from(std::iter::once("illumitunnel-relay").chain(argv.iter().copied()))
+            .unwrap();
+    args.tokens_env = None;
+    args
+}
+
+fn tokens_file(contents: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(contents.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn validation_table() {
+    let lo = ["--listen", "127.0.0.1:0"];
+    let cases: &[(&[&str], Option<&str>)] = &[
+        (
+            &["--http"],
+            Some("refusing to listen on 0.0.0.0:8443 without client tokens"),
+        ),
+        (&["--http", "--allow-anonymous"], None),
+        (&[&lo[..], &["--http"]].concat(), None),
+        (&lo, Some("choose how to serve")),
+        (
+            &[&lo[..], &["--tls-cert", "c.pem"]].concat(),
+            Some("--tls-cert needs --tls-key"),
+        ),
+        (
+            &[&lo[..], &["--tls-key", "k.pem"]].concat(),
+            Some("--tls-key needs --tls-cert"),
+        ),
+        (
+            &[&lo[..], &["--http", "--self-signed"]].concat(),
+            Some("--http serves plain HTTP"),
+        ),
+        (
+            &[&lo[..], &["--http", "--tls-cert", "c", "--tls-key", "k"]].concat(),
+            Some("--http serves plain HTTP"),
+        ),
+        (
+            &[
+                &lo[..],
+                &["--self-signed", "--tls-cert", "c", "--tls-key", "k"],
+            ]
+            .concat(),
+            Some("--self-signed cannot"),
+        ),
+        (
+            &[&lo[..], &["--http", "--hostname", "x.example"]].concat(),
+            Some("--hostname only applies"),
+        ),
+        (
+            &[
+                &lo[..],
+                &[
+                    "--tls-cert",
+                    "/nonexistent/c.pem",
+                    "--tls-key",
+                    "/nonexistent/k.pem",
+                ],
+            ]
+            .concat(),
+            Some("could not load /nonexistent/c.pem"),
+        ),
+        (
+            &[&lo[..], &["--http", "--public-url", "ftp://x"]].concat(),
+            Some("invalid --public-url"),
+        ),
+        (
+            &[&lo[..], &["--http", "--public-url", "https://"]].concat(),
+            Some("invalid --public-url"),
+        ),
+        (
+            &[&lo[..], &["--http", "--max-body", "0"]].concat(),
+            Some("--max-body must be"),
+        ),
+        (
+            &[&lo[..], &["--http", "--response-timeout", "0"]].concat(),
+            Some("--response-timeout must be"),
+        ),
+        (
+            &[&lo[..], &["--http", "--keepalive-ms", "0"]].concat(),
+            Some("--keepalive-ms must be"),
+        ),
+        (
+            &[&lo[..], &["--http", "--queue-max-count", "0"]].concat(),
+            Some("--queue-max-count and --queue-max-bytes must be at least 1"),
+        ),
+        (
+            &[&lo[..], &["--http", "--queue-max-bytes", "0"]].concat(),
+            Some("--queue-max-count and --queue-max-bytes must be at least 1"),
+        ),
+        (
+            &[&lo[..], &["--http", "--tokens-file", "/nonexistent/tokens"]].concat(),
+            Some("could not read tokens file /nonexistent/tokens"),
+        ),
+        (
+            &[
+                &lo[..],
+                &["--self-signed", "--hostname", "relay.example.com"],
+            ]
+            .concat(),
+            None,
+        ),
+    ];
+    for (argv, want) in cases {
+        let got = Config::try_from(args(argv));
+        match (want, got) {
+            (None, Ok(_)) => {}
+            (Some(want), Err(err)) => {
+                let msg = err.to_string();
+                assert!(
+                    msg.starts_with(want),
+                    "{argv:?}: got {msg:?}, want {want:?}"
+                );
+                assert!(!msg.ends_with('.') && !msg.contains('\n'), "{msg}");
+            }
+            (want, got) => panic!("{argv:?}: want {want:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn tokens_from_file_and_env() {
+    let file = tokens_file("# relay tokens\n alpha \n\nbeta,gamma\n");
+    let mut a = args(&["--http", "--tokens-file", file.path().to_str().unwrap()]);
+    a.tokens_env = Some("delta,\nepsilon".into());
+    let config = Config::try_from(a).unwrap();
+    let tokens: Vec<&str> = config.tokens.iter().map(Token::expose).collect();
+    assert_eq!(tokens, ["alpha", "beta", "gamma", "delta", "epsilon"]);
+    assert!(
+        !format!("{config:?}").contains("alpha"),
+        "tokens leak through Debug"
+    );
+
+    let empty = tokens_file("\n# nothing\n  \n");
+    let err = Config::try_from(args(&[
+        "--http",
+        "--tokens-file",
+        empty.path().to_str().unwrap(),
+    ]))
+    .unwrap_err();
+    assert!(err.to_string().contains("has no tokens"), "{err}");
+
+    let mut a = args(&["--http"]);
+    a.tokens_env = Some("zeta".into());
+    assert!(
+        Config::try_from(a).is_ok(),
+        "env tokens allow a public listen address"
+    );
+}
+
+#[test]
+fn defaults_and_conversions() {
+    let config = Config::try_from(args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "--public-url",
+        "https://relay.example.com/",
+        "--response-timeout",
+        "3",
+        "--offline",
+        "reject",
+        "--keepalive-ms",
+        "50",
+    ]))
+    .unwrap();
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://relay.example.com")
+    );
+    assert_eq!(config.response_timeout, Duration::from_secs(3));
+    assert_eq!(config.offline, OfflinePolicy::Reject);
+    assert_eq!(config.keepalive, Duration::from_millis(50));
+    assert_eq!(config.max_body, DEFAULT_MAX_BODY);
+    assert_eq!(config.tls.scheme(), "http");
+
+    let config = Config::try_from(args(&["--listen", "127.0.0.1:0", "--self-signed"])).unwrap();
+    assert_eq!(config.tls.scheme(), "https");
+    assert_eq!(config.offline, OfflinePolicy::Queue);
+    assert_eq!(config.keepalive, DEFAULT_KEEPALIVE);
+}
+
+#[test]
+fn pem_files_load_and_garbage_is_named() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+    let (cs, ks) = (c.to_str().unwrap(), k.to_str().unwrap());
+    let config = Config::try_from(args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cs,
+        "--tls-key",
+        ks,
+    ]))
+    .unwrap();
+    assert_eq!(config.tls.scheme(), "https");
+
+    let err = Config::try_from(args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        ks,
+        "--tls-key",
+        ks,
+    ]))
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("could not load {ks}: no certificate")),
+        "{err}"
+    );
+    let err = Config::try_from(args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cs,
+        "--tls-key",
+        cs,
+    ]))
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("could not load {cs}: no private key")),
+        "{err}"
+    );
+}
+
+#[test]
+fn queue_limits() {
+    let lo = ["--listen", "127.0.0.1:0", "--http"];
+    let config = Config::try_from(args(&lo)).unwrap();
+    assert_eq!(config.queue, QueueLimits::default());
+    assert_eq!(config.queue.max_age, Duration::from_secs(72 * 3600));
+    let config = Config::try_from(args(
+        &[
+            &lo[..],
+            &[
+                "--queue-max-count",
+                "5",
+                "--queue-max-bytes",
+                "1000",
+                "--queue-max-age",
+                "15m",
+            ],
+        ]
+        .concat(),
+    ))
+    .unwrap();
+    assert_eq!(
+        config.queue,
+        QueueLimits {
+            max_count: 5,
+            max_bytes: 1000,
+            max_age: Duration::from_secs(900)
+        }
+    );
+    for bad in ["0s", "15", "3w", "1.5h"] {
+        let err =
+            Args::try_parse_from(["illumitunnel-relay", "--http", "--queue-max-age", bad].iter())
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("is not a duration; use a number and a unit"),
+            "{bad}: {err}"
+        );
+    }
+}

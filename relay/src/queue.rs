@@ -1,0 +1,388 @@
+//! The offline queue and tunnel ownership, kept in `{data_dir}/relay.db`. A delivery for a
+//! tunnel with no session is committed here before its sender hears 202; when a session of the
+//! tunnel connects, the queue is streamed to it in arrival order, and each row leaves only when
+//! a session of the tunnel says `Recorded` (at-least-once).
+//!
+//! SQLite calls block, so one thread owns the database ([`QueueStore`]) and everyone else holds
+//! a cloneable [`QueueHandle`] over a bounded channel, with answers on `oneshot`s. The thread
+//! groups whatever is waiting into one transaction, so a burst costs one fsync. Connected
+//! tunnels never touch it: a live delivery reads and writes no disk.
+
+mod schema;
+pub mod store;
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use illumitunnel::headers::Header;
+use illumitunnel::DeliveryId;
+use tokio::sync::{mpsc, oneshot};
+
+pub use store::{Depth, QueueStore};
+
+use crate::auth::Owner;
+
+/// Default `--queue-max-count`: deliveries kept per tunnel.
+pub const DEFAULT_MAX_COUNT: u64 = 10_000;
+/// Default `--queue-max-bytes`: bytes (bodies and headers) kept per tunnel.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Default `--queue-max-age`: how long a queued delivery is kept.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(72 * 3600);
+/// Commands waiting for the queue thread before callers wait for it.
+const COMMANDS: usize = 1024;
+/// Most commands grouped into one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Per-tunnel limits of the offline queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most deliveries queued for one tunnel.
+    pub max_count: u64,
+    /// Most bytes queued for one tunnel.
+    pub max_bytes: u64,
+    /// Queued deliveries older than this are dropped and reported to the next session.
+    pub max_age: Duration,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_count: DEFAULT_MAX_COUNT,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_age: DEFAULT_MAX_AGE,
+        }
+    }
+}
+
+/// A delivery as the queue keeps it: everything needed to send it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedDelivery {
+    /// Its id, the same on every redelivery.
+    pub id: DeliveryId,
+    /// When the relay received it, Unix ms.
+    pub received_at_ms: u64,
+    /// HTTP method.
+    pub method: String,
+    /// Path below the tunnel.
+    pub path: String,
+    /// Raw query without `?`.
+    pub query: String,
+    /// Headers as forwarded.
+    pub headers: Vec<Header>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A queued delivery and its place in the queue.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Arrival order within the relay.
+    pub seq: i64,
+    /// The delivery.
+    pub delivery: QueuedDelivery,
+}
+
+/// Which limit a full queue reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `--queue-max-count`.
+    Count(u64),
+    /// `--queue-max-bytes`.
+    Bytes(u64),
+}
+
+/// Why the queue could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The data dir or database could not be opened.
+    #[error(
+        "could not open the relay database {path}: {cause}; check --data-dir and its permissions"
+    )]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        cause: String,
+    },
+    /// A limit is reached; the delivery was not queued.
+    #[error("{}", full_sentence(tunnel, *limit))]
+    Full {
+        /// The tunnel.
+        tunnel: String,
+        /// The limit reached.
+        limit: Limit,
+    },
+    /// SQLite failed.
+    #[error("the relay could not write its offline queue: {0}")]
+    Storage(String),
+    /// The queue thread has stopped (the relay is shutting down).
+    #[error("the relay's offline queue is closed")]
+    Stopped,
+}
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(err: rusqlite::Error) -> Self {
+        QueueError::Storage(err.to_string())
+    }
+}
+
+fn full_sentence(tunnel: &str, limit: Limit) -> String {
+    let (what, flag) = match limit {
+        Limit::Count(n) => (format!("{n} deliveries"), "--queue-max-count"),
+        Limit::Bytes(n) => (format!("{n} bytes"), "--queue-max-bytes"),
+    };
+    format!(
+        "the offline queue for tunnel {tunnel} is full ({what}); start `illumitunnel listen --tunnel {tunnel}` to drain it, or raise the relay's {flag}"
+    )
+}
+
+enum Command {
+    Claim {
+        tunnel: String,
+        owner: Owner,
+        reply: oneshot::Sender<Result<bool, QueueError>>,
+    },
+    Push {
+        tunnel: String,
+        delivery: QueuedDelivery,
+        reply: oneshot::Sender<Result<(), QueueError>>,
+    },
+    Connect {
+        tunnel: String,
+        reply: oneshot::Sender<Result<(u64, u64), QueueError>>,
+    },
+    Page {
+        tunnel: String,
+        after_seq: i64,
+        reply: oneshot::Sender<Result<Vec<Row>, QueueError>>,
+    },
+    Ack {
+        tunnel: String,
+        id: DeliveryId,
+    },
+    Expire {
+        reply: oneshot::Sender<Result<u64, QueueError>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Rows per redelivery page.
+const PAGE_ROWS: usize = 64;
+/// Bytes per redelivery page, so a large backlog is streamed, never loaded at once.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Talks to the queue thread; cloneable.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl QueueHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Command,
+    ) -> Result<T, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| QueueError::Stopped)?;
+        rx.await.unwrap_or(Err(QueueError::Stopped))
+    }
+
+    /// Claims `tunnel` for `owner` unless another owner holds it (`false`).
+    pub async fn claim(&self, tunnel: &str, owner: Owner) -> Result<bool, QueueError> {
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::Claim {
+            tunnel,
+            owner,
+            reply,
+        })
+        .await
+    }
+
+    /// Queues a delivery; returns once it is committed to disk.
+    pub async fn push(&self, tunnel: &str, delivery: QueuedDelivery) -> Result<(), QueueError> {
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::Push {
+            tunnel,
+            delivery,
+            reply,
+        })
+        .await
+    }
+
+    /// A session connects: expires aged rows; returns (queued, expired since last reported).
+    pub async fn connect(&self, tunnel: &str) -> Result<(u64, u64), QueueError> {
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::Connect { tunnel, reply }).await
+    }
+
+    /// The next page of `tunnel`'s queue after `after_seq`.
+    pub async fn page(&self, tunnel: &str, after_seq: i64) -> Result<Vec<Row>, QueueError> {
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::Page {
+            tunnel,
+            after_seq,
+            reply,
+        })
+        .await
+    }
+
+    /// Drops a recorded delivery from the queue (no answer: a lost ack means a redelivery).
+    pub async fn ack(&self, tunnel: &str, id: DeliveryId) {
+        let tunnel = tunnel.to_owned();
+        let _ = self.tx.send(Command::Ack { tunnel, id }).await;
+    }
+
+    /// Expires aged rows of every tunnel (one bounded pass); returns how many.
+    pub async fn expire(&self) -> Result<u64, QueueError> {
+        self.call(|reply| Command::Expire { reply }).await
+    }
+
+    /// Commits what is waiting, checkpoints and stops the thread.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Close { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Starts the queue thread over `store`.
+pub fn spawn(store: QueueStore) -> std::io::Result<(QueueHandle, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(COMMANDS);
+    let thread = std::thread::Builder::new()
+        .name("relay-queue".into())
+        .spawn(move || run(store, rx))?;
+    Ok((QueueHandle { tx }, thread))
+}
+
+/// A reply to send once the batch it belongs to is committed.
+enum Done {
+    Claim(
+        oneshot::Sender<Result<bool, QueueError>>,
+        Result<bool, QueueError>,
+    ),
+    Push(
+        oneshot::Sender<Result<(), QueueError>>,
+        Result<(), QueueError>,
+    ),
+    Connect(
+        oneshot::Sender<Result<(u64, u64), QueueError>>,
+        Result<(u64, u64), QueueError>,
+    ),
+    Expire(
+        oneshot::Sender<Result<u64, QueueError>>,
+        Result<u64, QueueError>,
+    ),
+}
+
+impl Done {
+    fn send(self, failed: Option<&str>) {
+        fn fail<T>(failed: Option<&str>, r: Result<T, QueueError>) -> Result<T, QueueError> {
+            match (failed, r) {
+                (Some(cause), Ok(_)) => Err(QueueError::Storage(cause.to_owned())),
+                (_, r) => r,
+            }
+        }
+        match self {
+            Done::Claim(tx, r) => drop(tx.send(fail(failed, r))),
+            Done::Push(tx, r) => drop(tx.send(fail(failed, r))),
+            Done::Connect(tx, r) => drop(tx.send(fail(failed, r))),
+            Done::Expire(tx, r) => drop(tx.send(fail(failed, r))),
+        }
+    }
+}
+
+fn run(mut store: QueueStore, mut rx: mpsc::Receiver<Command>) {
+    let mut done: Vec<Done> = Vec::new();
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    while let Some(first) = rx.blocking_recv() {
+        if let Err(err) = store.begin() {
+            tracing::error!(%err, "could not start a queue transaction");
+        }
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(command) = next.take() {
+            handled += 1;
+            if let Some(reply) = execute(&mut store, command, &mut done) {
+                closing = Some(reply);
+                break;
+            }
+            if handled < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let failed = if store.in_batch() {
+            store.commit().err().map(|e| e.to_string())
+        } else {
+            None
+        };
+        if let Some(cause) = &failed {
+            tracing::error!(%cause, "could not commit the offline queue");
+        }
+        for d in done.drain(..) {
+            d.send(failed.as_deref());
+        }
+        if closing.is_some() {
+            break;
+        }
+    }
+    if let Err(err) = store.checkpoint() {
+        tracing::warn!(%err, "could not checkpoint the relay database");
+    }
+    drop(store);
+    if let Some(reply) = closing {
+        let _ = reply.send(());
+    }
+}
+
+/// Runs one command inside the open transaction; returns `Close`'s reply to stop.
+fn execute(
+    store: &mut QueueStore,
+    command: Command,
+    done: &mut Vec<Done>,
+) -> Option<oneshot::Sender<()>> {
+    let now = illumitunnel::now_ms();
+    match command {
+        Command::Claim {
+            tunnel,
+            owner,
+            reply,
+        } => done.push(Done::Claim(reply, store.claim(&tunnel, owner, now))),
+        Command::Push {
+            tunnel,
+            delivery,
+            reply,
+        } => done.push(Done::Push(reply, store.push(&tunnel, &delivery, now))),
+        Command::Connect { tunnel, reply } => {
+            done.push(Done::Connect(reply, store.connect(&tunnel, now)))
+        }
+        Command::Page {
+            tunnel,
+            after_seq,
+            reply,
+        } => {
+            // Reads need no commit: answer at once.
+            let _ = reply.send(store.page(&tunnel, after_seq, PAGE_ROWS, PAGE_BYTES));
+        }
+        Command::Ack { tunnel, id } => {
+            if let Err(err) = store.ack(&tunnel, &id) {
+                tracing::warn!(%err, delivery = %id, "could not drop a recorded delivery from the queue");
+            }
+        }
+        Command::Expire { reply } => {
+            let expired = store
+                .expire(None, now)
+                .map(|per| per.iter().map(|(_, n)| n).sum());
+            done.push(Done::Expire(reply, expired));
+        }
+        Command::Close { reply } => return Some(reply),
+    }
+    None
+}

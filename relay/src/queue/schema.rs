@@ -1,0 +1,29 @@
+//! The relay database's schema and its migrations, applied in order and tracked in
+//! `user_version`.
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: tunnel ownership and the offline queue. `seq` is AUTOINCREMENT so a sequence number is
+    // never reused after a delete: a redelivery cursor (`seq > last sent`) never skips a row.
+    "CREATE TABLE tunnels (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        claimed_at_ms INTEGER NOT NULL,
+        expired_unreported INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE queued (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tunnel TEXT NOT NULL,
+        id TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        query TEXT NOT NULL,
+        headers BLOB NOT NULL,
+        body BLOB NOT NULL,
+        size INTEGER NOT NULL
+    );
+    CREATE INDEX queued_tunnel_seq ON queued(tunnel, seq);
+    CREATE UNIQUE INDEX queued_tunnel_id ON queued(tunnel, id);
+    CREATE INDEX queued_received ON queued(received_at_ms);",
+];
