@@ -125,7 +125,9 @@ impl Registry {
         let Some(entry) = tunnels.get_mut(tunnel) else {
             return;
         };
-        if entry.sessions.iter().any(|s| s.id() == session.id()) {
+        // An ended session is marked before it is removed (under this lock), so a late reveal
+        // from its backlog task cannot bring it back.
+        if session.is_closed() || entry.sessions.iter().any(|s| s.id() == session.id()) {
             return;
         }
         if entry.sessions.is_empty() {

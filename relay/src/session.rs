@@ -146,6 +146,7 @@ async fn serve<S>(
     );
     let reason = read_loop(stream, &shared, &handle.pending, name.as_str(), &token).await;
     token.cancel();
+    handle.mark_closed();
     shared.registry.remove(name.as_str(), handle.id());
     // Senders still waiting see the session gone and send their delivery elsewhere or queue it.
     let abandoned = handle.pending.close();

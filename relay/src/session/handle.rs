@@ -4,6 +4,7 @@
 //! The handle also wakes the session's backlog task when a delivery was queued for its tunnel.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -145,6 +146,7 @@ pub struct SessionHandle {
     pub(super) tx: mpsc::Sender<Message>,
     pub(super) pending: Arc<Pending>,
     pub(super) backlog: Arc<Notify>,
+    closed: Arc<AtomicBool>,
 }
 
 impl SessionHandle {
@@ -155,7 +157,18 @@ impl SessionHandle {
             tx,
             pending: Arc::new(Pending::open()),
             backlog: Arc::new(Notify::new()),
+            closed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Marks the session ended, before it leaves the registry, so it is never revealed again.
+    pub(super) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Tells the session's backlog task to look at the offline queue again.

@@ -286,6 +286,10 @@ pub fn spawn_client(mut ws: Ws, behavior: Behavior) -> mpsc::Receiver<Event> {
     tokio::spawn(async move {
         let mut assembling: Option<Received> = None;
         while let Some(Ok(frame)) = ws.next().await {
+            // Dropping the receiver ends this client (its socket closes) at the next frame.
+            if events.is_closed() {
+                return;
+            }
             let Message::Binary(bytes) = frame else {
                 continue;
             };

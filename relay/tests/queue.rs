@@ -1,0 +1,420 @@
+//! The offline queue in process: 202 and redelivery in order, acknowledgement by `Recorded`,
+//! survival across a restart (drop the relay, start another on the same data dir), ownership
+//! after a restart, limits, expiry, failover of a delivery in flight, and shutdown.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::StatusCode;
+use illumitunnel::protocol::{Refusal, RelayMessage, PROTOCOL_VERSION};
+use illumitunnel::DeliveryId;
+use illumitunnel_relay::auth::Owner;
+use illumitunnel_relay::metrics::QueueGauges;
+use illumitunnel_relay::queue::{QueueLimits, QueueStore, QueuedDelivery};
+
+fn queued_id(answer: &Answer) -> String {
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{:?}", answer.body);
+    let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(json["queued"], true, "{json}");
+    json["id"].as_str().unwrap().to_string()
+}
+
+/// Opens a session and returns it with the `Welcome` counts.
+async fn welcome(relay: &Relay, token: Option<&str>, tunnel: &str) -> (Ws, u32, u32) {
+    let (ws, reply) = hello(relay, token, PROTOCOL_VERSION, tunnel).await;
+    match reply {
+        RelayMessage::Welcome {
+            queued, expired, ..
+        } => (ws, queued, expired),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+/// Claims `tunnel` and leaves, so the relay knows it with no client.
+async fn claim_and_leave(relay: &Relay, tunnel: &str) {
+    let mut ws = connect(relay, tunnel).await;
+    ws.close(None).await.unwrap();
+    while next_message(&mut ws).await.is_some() {}
+    // The relay notices the close asynchronously; bounded poll until deliveries queue.
+    for _ in 0..200 {
+        if relay
+            .post(&format!("/t/{tunnel}/probe"), "probe")
+            .await
+            .status
+            == StatusCode::ACCEPTED
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("tunnel {tunnel} never went offline");
+}
+
+#[tokio::test]
+async fn offline_deliveries_are_queued_then_sent_in_order_and_dropped_once_recorded() {
+    let relay = Relay::start(false, |c| c.keepalive = Duration::from_millis(50)).await;
+    claim_and_leave(&relay, "my-app").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(queued_id(
+            &relay
+                .post(&format!("/t/my-app/hook?n={i}"), format!("body {i}"))
+                .await,
+        ));
+    }
+
+    // A client that never says `Recorded`: everything comes again on the next session.
+    let (ws, queued, expired) = welcome(&relay, None, "my-app").await;
+    assert_eq!((queued, expired), (6, 0), "the probe and five deliveries");
+    let mut events = spawn_client(ws, Behavior::Echo);
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(next_request(&mut events).await);
+    }
+    assert!(got.iter().all(|r| r.queued && r.answer));
+    assert_eq!(got[0].body, b"probe");
+    let bodies: Vec<String> = got[1..]
+        .iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        (0..5).map(|i| format!("body {i}")).collect::<Vec<_>>()
+    );
+    let got_ids: Vec<&str> = got[1..].iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got_ids, ids);
+    assert_eq!(got[3].query, "n=2");
+    drop(events);
+
+    // This one records them: they leave the queue. (The first client closes its socket at
+    // its next ping; until then a new session is a second listener without the backlog.)
+    let mut attempt = welcome(&relay, None, "my-app").await;
+    for _ in 0..200 {
+        if attempt.1 != 0 {
+            break;
+        }
+        // Leave cleanly, so this probe never holds the backlog when the next one asks.
+        attempt.0.close(None).await.unwrap();
+        while next_message(&mut attempt.0).await.is_some() {}
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        attempt = welcome(&relay, None, "my-app").await;
+    }
+    let (ws, queued, _) = attempt;
+    assert_eq!(queued, 6, "unacknowledged deliveries stay queued");
+    let mut events = spawn_client(ws, Behavior::Record);
+    for _ in 0..6 {
+        next_request(&mut events).await;
+    }
+    // New deliveries go live once the backlog is sent.
+    let live = relay.post("/t/my-app/live", "live").await;
+    assert_eq!(live.status, StatusCode::CREATED);
+    let r = next_request(&mut events).await;
+    assert!(!r.queued && r.body == b"live");
+    drop(events);
+    let mut left = u32::MAX;
+    for _ in 0..200 {
+        let (_ws, queued, _) = welcome(&relay, None, "my-app").await;
+        left = queued;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(left, 0);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_queue_and_ownership_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("relay");
+    let relay = Relay::start_in(false, data_dir.clone(), |_| {}).await;
+    claim_and_leave_with(&relay, "owned", "alice").await;
+    let id = queued_id(&relay.post("/t/owned/x", "kept").await);
+    relay.stop().await;
+
+    let relay = Relay::start_in(false, data_dir.clone(), |_| {}).await;
+    // Known after the restart though no client connected since: queued, not 404.
+    let second = queued_id(&relay.post("/t/owned/y", "also kept").await);
+    assert_ne!(id, second);
+    let (_ws, reply) = hello(&relay, Some("mallory"), PROTOCOL_VERSION, "owned").await;
+    assert!(
+        matches!(
+            reply,
+            RelayMessage::Refused {
+                reason: Refusal::TunnelTaken,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let (ws, queued, _) = welcome(&relay, Some("alice"), "owned").await;
+    assert_eq!(queued, 3, "probe, kept, also kept");
+    let mut events = spawn_client(ws, Behavior::Record);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next_request(&mut events).await.body);
+    }
+    assert_eq!(got, [&b"probe"[..], b"kept", b"also kept"]);
+    relay.stop().await;
+}
+
+async fn claim_and_leave_with(relay: &Relay, tunnel: &str, token: &str) {
+    let (mut ws, _, _) = welcome(relay, Some(token), tunnel).await;
+    ws.close(None).await.unwrap();
+    while next_message(&mut ws).await.is_some() {}
+    for _ in 0..200 {
+        if relay
+            .post(&format!("/t/{tunnel}/probe"), "probe")
+            .await
+            .status
+            == StatusCode::ACCEPTED
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("tunnel {tunnel} never went offline");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_naming_the_limit_and_counts_it() {
+    let relay = Relay::start(false, |c| {
+        c.queue.max_count = 3;
+    })
+    .await;
+    claim_and_leave(&relay, "small").await;
+    queued_id(&relay.post("/t/small/a", "a").await);
+    queued_id(&relay.post("/t/small/b", "b").await);
+    let full = relay.post("/t/small/c", "c").await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        full.error(),
+        "the offline queue for tunnel small is full (3 deliveries); start `illumitunnel listen --tunnel small` to drain it, or raise the relay's --queue-max-count"
+    );
+    let metrics = relay
+        .send(
+            http::Request::get("/metrics")
+                .header(http::header::HOST, "x")
+                .body(http_body_util::Full::default())
+                .unwrap(),
+        )
+        .await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    for needle in [
+        "illumitunnel_deliveries_total{outcome=\"rejected\"} 1",
+        "illumitunnel_deliveries_total{outcome=\"queued\"} 3",
+        "illumitunnel_queue_depth{tunnel=\"small\"} 3",
+        "illumitunnel_queue_bytes{tunnel=\"small\"}",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    relay.stop().await;
+
+    let relay = Relay::start(false, |c| c.queue.max_bytes = 2000).await;
+    claim_and_leave(&relay, "bytes").await;
+    let full = relay.post("/t/bytes/big", vec![b'x'; 3000]).await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(full.error().contains("(2000 bytes)"), "{}", full.error());
+    assert!(
+        full.error().contains("--queue-max-bytes"),
+        "{}",
+        full.error()
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn aged_deliveries_expire_and_the_next_session_is_told() {
+    let relay = Relay::start(false, |c| c.queue.max_age = Duration::from_secs(1)).await;
+    claim_and_leave(&relay, "slow-app").await;
+    queued_id(&relay.post("/t/slow-app/a", "a").await);
+    // Deliberate: the deliveries must outlive the one-second age limit.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    queued_id(&relay.post("/t/slow-app/b", "fresh").await);
+    let (ws, queued, expired) = welcome(&relay, None, "slow-app").await;
+    assert_eq!((queued, expired), (1, 2), "probe and a expired");
+    let mut events = spawn_client(ws, Behavior::Record);
+    assert_eq!(next_request(&mut events).await.body, b"fresh");
+    drop(events);
+    let (_ws, _, expired) = welcome(&relay, None, "slow-app").await;
+    assert_eq!(expired, 0, "reported once");
+    relay.stop().await;
+}
+
+/// Sends `body` to `path` on its own task, so the test can act while it waits for an answer.
+fn send_later(
+    relay: &Relay,
+    path: &'static str,
+    body: &'static str,
+) -> tokio::task::JoinHandle<Answer> {
+    let addr = relay.addr;
+    tokio::spawn(async move {
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let response = send.send_request(post(addr, path, body)).await.unwrap();
+        Answer::read(response).await
+    })
+}
+
+#[tokio::test]
+async fn a_delivery_in_flight_follows_to_the_next_session_when_its_session_leaves() {
+    // Short pings, so the fake client notices its receiver is gone and closes its socket.
+    let relay = Relay::start(false, |c| c.keepalive = Duration::from_millis(50)).await;
+    let mut first = spawn_client(connect(&relay, "pair").await, Behavior::Silent);
+    let mut second = spawn_client(connect(&relay, "pair").await, Behavior::Record);
+    let sender = send_later(&relay, "/t/pair/x", "in flight");
+    let to_first = next_request(&mut first).await;
+    assert!(to_first.answer && !to_first.queued);
+    let copy = next_request(&mut second).await;
+    assert!(!copy.answer, "a fan-out copy");
+    drop(first);
+    let again = next_request(&mut second).await;
+    assert_eq!(again.id, to_first.id, "the same delivery, same id");
+    assert!(again.answer && again.queued, "marked as a redelivery");
+    let answer = within("the sender's answer", sender).await.unwrap();
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(answer.body.as_ref(), b"in flight");
+
+    drop(second);
+
+    // With no session left, a delivery in flight is queued and answered 202.
+    let mut solo = spawn_client(connect(&relay, "solo").await, Behavior::Silent);
+    let sender = send_later(&relay, "/t/solo/y", "queued instead");
+    let r = next_request(&mut solo).await;
+    drop(solo);
+    let answer = within("the sender's answer", sender).await.unwrap();
+    assert_eq!(queued_id(&answer), r.id.as_str());
+    let (ws, queued, _) = welcome(&relay, None, "solo").await;
+    assert_eq!(queued, 1);
+    let mut events = spawn_client(ws, Behavior::Record);
+    let again = next_request(&mut events).await;
+    assert_eq!((again.id, again.body), (r.id, b"queued instead".to_vec()));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_queues_what_was_not_answered_and_a_restart_delivers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("relay");
+    let relay = Relay::start_in(false, data_dir.clone(), |c| {
+        c.response_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let mut silent = spawn_client(connect(&relay, "stopping").await, Behavior::Silent);
+    let sender = send_later(&relay, "/t/stopping/x", "unanswered");
+    next_request(&mut silent).await;
+    relay.shutdown.cancel();
+    let answer = within("the sender's answer", sender).await.unwrap();
+    queued_id(&answer);
+    within("relay shutdown", relay.task).await.unwrap().unwrap();
+
+    let relay = Relay::start_in(false, data_dir, |_| {}).await;
+    let (ws, queued, _) = welcome(&relay, None, "stopping").await;
+    assert_eq!(queued, 1);
+    let mut events = spawn_client(ws, Behavior::Record);
+    assert_eq!(next_request(&mut events).await.body, b"unanswered");
+    relay.stop().await;
+}
+
+fn delivery(n: usize, size: usize) -> QueuedDelivery {
+    QueuedDelivery {
+        id: DeliveryId::parse(&format!("d{n}")).unwrap(),
+        received_at_ms: illumitunnel::now_ms() as u64,
+        method: "POST".into(),
+        path: "/hook".into(),
+        query: format!("n={n}"),
+        headers: vec![("x-raw".into(), vec![0xff, n as u8])],
+        body: Bytes::from(vec![n as u8; size]),
+    }
+}
+
+#[test]
+fn the_store_streams_pages_acks_and_reopens_with_its_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let limits = QueueLimits::default();
+    let now = illumitunnel::now_ms();
+    {
+        let mut store = QueueStore::open(&data, limits, QueueGauges::default()).unwrap();
+        assert!(store.claim("my-app", Owner::Token([7; 32]), now).unwrap());
+        assert!(!store.claim("my-app", Owner::Anonymous, now).unwrap());
+        for n in 0..10 {
+            store.push("my-app", &delivery(n, 1000), now).unwrap();
+        }
+        store.push("my-app", &delivery(3, 1000), now).unwrap();
+        assert_eq!(store.depth("my-app").count, 10, "an id is queued once");
+        // A page stops at its byte budget but always holds at least one row.
+        let page = store.page("my-app", 0, 64, 2500).unwrap();
+        assert_eq!(page.len(), 3);
+        let page = store.page("my-app", 0, 64, 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(
+            page[0].delivery,
+            delivery(0, 1000).with_time(page[0].delivery.received_at_ms)
+        );
+        let all = store.page("my-app", page[0].seq, 64, usize::MAX).unwrap();
+        assert_eq!(all.len(), 9);
+        assert!(store
+            .ack("my-app", &DeliveryId::parse("d0").unwrap())
+            .unwrap());
+        assert!(!store
+            .ack("my-app", &DeliveryId::parse("d0").unwrap())
+            .unwrap());
+        assert!(!store
+            .ack("other", &DeliveryId::parse("d1").unwrap())
+            .unwrap());
+    }
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("relay.db")), 0o600);
+
+    let mut store = QueueStore::open(&data, limits, QueueGauges::default()).unwrap();
+    assert_eq!(store.depth("my-app").count, 9);
+    assert_eq!(
+        store.owners().unwrap(),
+        vec![("my-app".to_string(), Owner::Token([7; 32]))]
+    );
+    let first = store.page("my-app", 0, 1, usize::MAX).unwrap();
+    assert_eq!(first[0].delivery.id.as_str(), "d1");
+    // A new row never reuses a deleted sequence number, so a cursor never skips it.
+    let last = store
+        .page("my-app", 0, 64, usize::MAX)
+        .unwrap()
+        .last()
+        .unwrap()
+        .seq;
+    assert!(store
+        .ack("my-app", &DeliveryId::parse("d9").unwrap())
+        .unwrap());
+    store.push("my-app", &delivery(10, 10), now).unwrap();
+    assert_eq!(store.page("my-app", last, 64, usize::MAX).unwrap().len(), 1);
+
+    // Expiry is counted until a session hears about it.
+    let later = now + limits.max_age.as_millis() as i64 + 60_000;
+    assert_eq!(store.connect("my-app", later).unwrap(), (0, 9));
+    assert_eq!(store.connect("my-app", later).unwrap(), (0, 0));
+}
+
+trait WithTime {
+    fn with_time(self, ms: u64) -> Self;
+}
+
+impl WithTime for QueuedDelivery {
+    fn with_time(mut self, ms: u64) -> Self {
+        self.received_at_ms = ms;
+        self
+    }
+}
