@@ -35,6 +35,14 @@ impl<R: FnMut() -> f64> Backoff<R> {
         ceiling.mul_f64(r).max(FLOOR)
     }
 
+    /// The delay before reconnecting after an established connection dropped: the usual
+    /// schedule, but at most half a keepalive interval, so a client that was asleep (its
+    /// connection found dead on waking) is back within one interval.
+    pub fn after_drop(&mut self, keepalive: Duration) -> Duration {
+        let ceiling = (keepalive / 2).max(Duration::from_millis(1));
+        self.next_delay().min(ceiling)
+    }
+
     /// Tells the schedule how long the last connection stayed up; a stable one resets it.
     pub fn connection_lasted(&mut self, uptime: Duration) {
         if uptime >= STABLE_AFTER {
@@ -87,6 +95,28 @@ mod tests {
         assert_eq!(b.next_delay(), CAP);
         b.connection_lasted(STABLE_AFTER);
         assert_eq!(b.next_delay(), BASE);
+    }
+
+    #[test]
+    fn a_dropped_connection_is_retried_within_half_a_keepalive() {
+        let mut b = Backoff::new(|| 1.0);
+        for _ in 0..6 {
+            b.next_delay();
+        }
+        assert_eq!(
+            b.after_drop(Duration::from_millis(300)),
+            Duration::from_millis(150)
+        );
+        assert_eq!(
+            b.after_drop(Duration::from_secs(10)),
+            Duration::from_secs(5)
+        );
+        let mut b = Backoff::new(|| 0.0);
+        assert_eq!(
+            b.after_drop(Duration::from_millis(100)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(b.after_drop(Duration::from_secs(10)), FLOOR);
     }
 
     #[tokio::test(start_paused = true)]

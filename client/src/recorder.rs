@@ -71,6 +71,18 @@ enum Command {
     /// A finished delivery (a replay), answered with itself once committed.
     Insert(Box<Delivery>, oneshot::Sender<Delivery>),
     Contains(DeliveryId, oneshot::Sender<bool>),
+    Answer(DeliveryId, oneshot::Sender<Option<Recorded>>),
+}
+
+/// The local server's answer to a delivery already recorded, or why there was none.
+pub type Recorded = Result<ResponseRecord, String>;
+
+fn recorded_answer(d: &Delivery) -> Recorded {
+    match (&d.response, &d.error) {
+        (Some(response), _) => Ok(response.clone()),
+        (None, Some(error)) => Err(error.clone()),
+        (None, None) => Err("the local server's answer was not recorded".into()),
+    }
 }
 
 /// A delivery waiting for the next commit, and who wants to hear when it is stored.
@@ -116,6 +128,14 @@ impl RecorderHandle {
             .await
             .ok()?;
         rx.await.ok()
+    }
+
+    /// The recorded answer to a delivery with this id, if it is stored (or about to be), after
+    /// everything queued before; a redelivery is answered with it instead of forwarding again.
+    pub async fn answer(&self, id: DeliveryId) -> Option<Recorded> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Answer(id, tx)).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Whether a delivery with this id is stored (or about to be), after everything queued before.
@@ -174,6 +194,20 @@ impl Writer {
                     Command::Contains(id, reply) => {
                         let found = batch.iter().any(|p| p.delivery.id == id)
                             || self.store.contains(&id).unwrap_or(false);
+                        let _ = reply.send(found);
+                    }
+                    Command::Answer(id, reply) => {
+                        let found = match batch.iter().find(|p| p.delivery.id == id) {
+                            Some(p) => Some(recorded_answer(&p.delivery)),
+                            // `contains` first: `get` would also accept another id with this prefix.
+                            None if self.store.contains(&id).unwrap_or(false) => self
+                                .store
+                                .get(id.as_str())
+                                .ok()
+                                .flatten()
+                                .map(|d| recorded_answer(&d)),
+                            None => None,
+                        };
                         let _ = reply.send(found);
                     }
                 }
@@ -287,6 +321,15 @@ mod tests {
         handle.record(capture("aaa2", true)).await;
         assert!(handle.contains(DeliveryId::parse("aaa2").unwrap()).await);
         assert!(!handle.contains(DeliveryId::parse("zzz9").unwrap()).await);
+        let answer = handle.answer(DeliveryId::parse("aaa2").unwrap()).await;
+        assert_eq!(answer.map(|a| a.map(|r| r.status)), Some(Ok(200)));
+        assert!(
+            handle
+                .answer(DeliveryId::parse("aaa").unwrap())
+                .await
+                .is_none(),
+            "a prefix is not an id"
+        );
         // A redelivery of a stored id is acknowledged again but not shown twice.
         handle.record(capture("aaa2", true)).await;
         drop(handle);

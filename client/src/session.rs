@@ -253,7 +253,14 @@ pub async fn run(mut session: Session, shutdown: CancellationToken) -> anyhow::R
                     break Ok(());
                 }
                 backoff.connection_lasted(started.elapsed());
-                cause
+                // A connection that was up is retried within one keepalive interval (a laptop
+                // waking from sleep), with jitter so a restarted relay is not hit all at once.
+                let delay = backoff.after_drop(session.config.keepalive);
+                tracing::debug!(%cause, ?delay, "reconnecting");
+                if !wait_to_reconnect(&session.screen, delay, cause, &shutdown).await {
+                    break Ok(());
+                }
+                continue;
             }
             Err(ConnectError::Fatal(sentence)) => {
                 show(&session.screen, ConnectionState::Refused(sentence.clone())).await;
@@ -263,23 +270,35 @@ pub async fn run(mut session: Session, shutdown: CancellationToken) -> anyhow::R
         };
         let delay = backoff.next_delay();
         tracing::debug!(%cause, ?delay, "reconnecting");
-        show(
-            &session.screen,
-            ConnectionState::Reconnecting {
-                in_secs: delay.as_secs_f64(),
-                cause,
-            },
-        )
-        .await;
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => break Ok(()),
+        if !wait_to_reconnect(&session.screen, delay, cause, &shutdown).await {
+            break Ok(());
         }
     };
     // Let deliveries already being forwarded finish and reach the recorder.
     shared.tracker.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait()).await;
     result
+}
+
+/// Shows the reconnect and waits `delay`; `false` when shutdown came first.
+async fn wait_to_reconnect(
+    screen: &mpsc::Sender<ListenEvent>,
+    delay: Duration,
+    cause: String,
+    shutdown: &CancellationToken,
+) -> bool {
+    show(
+        screen,
+        ConnectionState::Reconnecting {
+            in_secs: delay.as_secs_f64(),
+            cause,
+        },
+    )
+    .await;
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.cancelled() => false,
+    }
 }
 
 async fn show(screen: &mpsc::Sender<ListenEvent>, state: ConnectionState) {
@@ -632,13 +651,20 @@ async fn handle_delivery(arrived: Arrived, shared: &Shared, generation: u64) {
         queued,
         request,
     } = arrived;
-    if queued && shared.recorder.contains(id.clone()).await {
-        // A queue redelivery of something already recorded: acknowledge it again, nothing else.
-        let _ = shared
-            .outbound
-            .send(Outbound::any(ClientMessage::Recorded { id }))
-            .await;
-        return;
+    if queued {
+        if let Some(recorded) = shared.recorder.answer(id.clone()).await {
+            // A redelivery of something already recorded: neither forwarded nor shown again.
+            // A sender may still wait for it (its first session vanished before answering), so
+            // it gets the recorded answer; then the relay may drop it from its queue.
+            if answer {
+                answer_relay(&shared.outbound, generation, &id, &recorded).await;
+            }
+            let _ = shared
+                .outbound
+                .send(Outbound::any(ClientMessage::Recorded { id }))
+                .await;
+            return;
+        }
     }
     let forwarded = shared.forwarder.forward(&request).await;
     if answer {
