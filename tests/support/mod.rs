@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod sender;
+pub mod sink;
 pub mod target;
 
 use std::io::Read;
@@ -283,6 +284,27 @@ impl ChildGuard {
         panic!("{} did not exit", self.command);
     }
 
+    /// Sends signal `name` (`STOP`, `CONT`, `TERM`, `KILL`) to this child's PID only.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// SIGKILLs the child (by PID) and reaps it.
+    pub fn kill_now(&mut self) -> ExitStatus {
+        if let Some(status) = self.try_status() {
+            return status;
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("reap a killed child");
+        self.status = Some(status);
+        status
+    }
+
     /// The exit status if the child has already exited.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
@@ -387,6 +409,25 @@ impl Relay {
         }
     }
 
+    /// A relay on `listen` (e.g. a fixed loopback port, to restart on it) keeping its queue in
+    /// `data_dir`, which outlives it; plus `args`.
+    pub fn start_at(data_dir: &Path, listen: &str, args: &[&str]) -> Relay {
+        let dir = temp_dir();
+        let mut cmd = command("illumitunnel-relay", dir.path());
+        cmd.args(["--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(args);
+        let guard = ChildGuard::spawn(cmd);
+        let line = guard.wait_for_text(Stream::Stdout, "illumitunnel-relay listening on ");
+        let url = after(&line, "listening on ").to_string();
+        Relay {
+            url,
+            fingerprint: None,
+            guard,
+            _dir: dir,
+        }
+    }
+
     /// The `host:port` the relay listens on.
     pub fn authority(&self) -> &str {
         self.url.split("://").nth(1).unwrap_or(&self.url)
@@ -455,6 +496,24 @@ impl Listen {
             guard,
             home,
         }
+    }
+
+    /// SIGKILLs this listener and starts another with the same home and capture store (what a
+    /// crash and a restart by hand look like); waits for its webhook URL line only.
+    pub fn respawn(&mut self, relay: Option<&str>, forward_to: &str, tunnel: &str, extra: &[&str]) {
+        self.guard.kill_now();
+        let mut cmd = command("illumitunnel", self.home.path());
+        cmd.arg("listen");
+        if let Some(relay) = relay {
+            cmd.args(["--relay", relay]);
+        }
+        cmd.args(["--forward-to", forward_to, "--tunnel", tunnel])
+            .args(["--no-tui", "--store"])
+            .arg(&self.store)
+            .args(extra);
+        self.guard = ChildGuard::spawn(cmd);
+        let line = self.guard.wait_for_text(Stream::Stderr, "webhook URL");
+        self.url = after(&line, "webhook URL").to_string();
     }
 
     /// The first `count` deliveries printed as JSON lines on stdout.
