@@ -22,13 +22,13 @@ const KEYS: &[(&str, &str)] = &[
     ("q  ctrl-c", "quit"),
 ];
 
-const MARKS: &str =
-    "marks: dup = same dedup key seen before · replay · skipped by --events · queued while offline";
+const MARKS: &str = "marks: dup = same dedup key seen before · replay · trigger = sent by \
+    `illumitunnel trigger` · skipped by --events · queued while offline";
 
 /// Draws the help box centred in `area`.
 pub fn render(frame: &mut Frame, area: Rect) {
     let width = 64.min(area.width);
-    let height = (KEYS.len() as u16 + 6).min(area.height);
+    let height = (KEYS.len() as u16 + 7).min(area.height);
     let popup = Rect::new(
         area.x + (area.width - width) / 2,
         area.y + (area.height - height) / 2,

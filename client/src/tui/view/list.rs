@@ -25,7 +25,8 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect, rows_area: Rect) {
         Constraint::Fill(1),
         Constraint::Length(3),
         Constraint::Length(7),
-        Constraint::Length(if wide { 14 } else { 8 }),
+        // Narrow: the first marker and how many more, e.g. `trigger+1`.
+        Constraint::Length(if wide { 14 } else { 9 }),
     ];
     let dim = Style::new().fg(Color::DarkGray);
     // Times are local when the offset could be read, else UTC, and the column says which.
