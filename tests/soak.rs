@@ -12,6 +12,8 @@
 //! again (up to [`MAX_ATTEMPTS`] times). Lost = sent, never received by the local server, and
 //! never refused with a 4xx; it must be 0.
 
+#![allow(clippy::print_stdout)] // the figures are this test's output
+
 mod support;
 
 use std::collections::BTreeMap;

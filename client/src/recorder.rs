@@ -70,7 +70,6 @@ enum Command {
     Record(Box<Capture>),
     /// A finished delivery (a replay), answered with itself once committed.
     Insert(Box<Delivery>, oneshot::Sender<Delivery>),
-    Contains(DeliveryId, oneshot::Sender<bool>),
     Answer(DeliveryId, oneshot::Sender<Option<Recorded>>),
 }
 
@@ -137,15 +136,6 @@ impl RecorderHandle {
         self.tx.send(Command::Answer(id, tx)).await.ok()?;
         rx.await.ok().flatten()
     }
-
-    /// Whether a delivery with this id is stored (or about to be), after everything queued before.
-    pub async fn contains(&self, id: DeliveryId) -> bool {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Contains(id, tx)).await.is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
-    }
 }
 
 /// Starts the writer thread. `acks` carries `Recorded` back to the relay.
@@ -191,11 +181,6 @@ impl Writer {
                         delivery: *delivery,
                         committed: Some(reply),
                     }),
-                    Command::Contains(id, reply) => {
-                        let found = batch.iter().any(|p| p.delivery.id == id)
-                            || self.store.contains(&id).unwrap_or(false);
-                        let _ = reply.send(found);
-                    }
                     Command::Answer(id, reply) => {
                         let found = match batch.iter().find(|p| p.delivery.id == id) {
                             Some(p) => Some(recorded_answer(&p.delivery)),
@@ -319,8 +304,10 @@ mod tests {
         .unwrap();
         handle.record(capture("aaa1", false)).await;
         handle.record(capture("aaa2", true)).await;
-        assert!(handle.contains(DeliveryId::parse("aaa2").unwrap()).await);
-        assert!(!handle.contains(DeliveryId::parse("zzz9").unwrap()).await);
+        assert!(handle
+            .answer(DeliveryId::parse("zzz9").unwrap())
+            .await
+            .is_none());
         let answer = handle.answer(DeliveryId::parse("aaa2").unwrap()).await;
         assert_eq!(answer.map(|a| a.map(|r| r.status)), Some(Ok(200)));
         assert!(

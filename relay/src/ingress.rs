@@ -124,7 +124,7 @@ async fn forward(
     let timeout = shared.response_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut sessions = sessions;
-    let mut outbound = Arc::new(Outbound::new(&delivery, false));
+    let mut outbound = Arc::new(Outbound::new(delivery, false));
     let mut copies = true;
     let mut attempts = 0;
     let reply = loop {
@@ -134,7 +134,7 @@ async fn forward(
         match exchanged {
             Err(_) if shared.shutdown.is_cancelled() => {
                 // The relay is stopping and the answer did not come: keep the delivery.
-                return offline(shared, d.tunnel, delivery).await;
+                return requeue(shared, d.tunnel, &outbound).await;
             }
             Err(_) => {
                 return Err(IngressError::Timeout {
@@ -143,24 +143,24 @@ async fn forward(
                 })
             }
             Ok(Exchange::Replied(reply)) => break reply,
-            Ok(Exchange::NoSession) => return offline(shared, d.tunnel, delivery).await,
+            Ok(Exchange::NoSession) => return requeue(shared, d.tunnel, &outbound).await,
             Ok(Exchange::Gone) if attempts > MAX_RESENDS => {
-                return offline(shared, d.tunnel, delivery).await
+                return requeue(shared, d.tunnel, &outbound).await
             }
             Ok(Exchange::Gone) => {
                 // The session vanished before answering; the client may have it already, so
                 // the next one gets it marked as a redelivery (answered from its store).
-                debug!(delivery = %delivery.id, "session gone before answering; sending elsewhere");
+                debug!(delivery = %outbound.id(), "session gone before answering; sending elsewhere");
                 sessions = match shared.registry.lookup(d.tunnel) {
                     Lookup::Known(s) if !s.is_empty() => s,
-                    _ => return offline(shared, d.tunnel, delivery).await,
+                    _ => return requeue(shared, d.tunnel, &outbound).await,
                 };
-                outbound = Arc::new(Outbound::new(&delivery, true));
+                outbound = Arc::new(outbound.redelivery());
                 copies = false;
             }
         }
     };
-    drop(delivery);
+    drop(outbound);
     let answered = match reply {
         Reply::Failed(message) => return Err(IngressError::Failed(message)),
         Reply::Answered {
@@ -170,6 +170,18 @@ async fn forward(
         } => answer(d.tunnel, status, headers, body)?,
     };
     Ok((Outcome::answered, answered))
+}
+
+/// A delivery already sent that no session answered: queue it (see [`offline`]).
+async fn requeue(
+    shared: &Shared,
+    tunnel: &str,
+    outbound: &Outbound,
+) -> Result<Answered, IngressError> {
+    match outbound.to_queued() {
+        Some(delivery) => offline(shared, tunnel, delivery).await,
+        None => Err(IngressError::ClientGone(tunnel.to_owned())),
+    }
 }
 
 /// A known tunnel with no session that can take the delivery: queue it durably (202) or, with
@@ -227,8 +239,8 @@ async fn exchange(sessions: &[SessionHandle], outbound: &Arc<Outbound>, copies: 
     };
     if copies {
         // Copies go out on their own tasks so a slow listener never delays the answer.
-        for session in rest.cloned() {
-            let outbound = Arc::clone(outbound);
+        for session in rest {
+            let (session, outbound) = (session.clone(), Arc::clone(outbound));
             tokio::spawn(async move {
                 if session.copy(&outbound).await.is_err() {
                     debug!(delivery = %outbound.id(), "fan-out copy not sent: session gone");

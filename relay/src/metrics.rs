@@ -72,21 +72,11 @@ struct TunnelLabels {
 
 /// The offline queue's metrics, updated by the queue thread: depth and bytes per tunnel (a
 /// tunnel's series disappears when its queue empties) and the expired counter.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct QueueGauges {
     depth: Family<TunnelLabels, Gauge<i64, AtomicI64>>,
     bytes: Family<TunnelLabels, Gauge<i64, AtomicI64>>,
     expired: Counter,
-}
-
-impl Default for QueueGauges {
-    fn default() -> Self {
-        QueueGauges {
-            depth: Family::default(),
-            bytes: Family::default(),
-            expired: Counter::default(),
-        }
-    }
 }
 
 impl QueueGauges {

@@ -286,9 +286,7 @@ fn on_message(
             }
         }
         ClientMessage::ResponseChunk { id, data, end } => {
-            let Some(answer) = partial.get_mut(&id) else {
-                return None;
-            };
+            let answer = partial.get_mut(&id)?;
             if !pending.contains(&id) {
                 partial.remove(&id);
             } else if answer.body.len() + data.len() > max_body {

@@ -63,7 +63,7 @@ pub(super) async fn run(
             }
             for row in page {
                 after_seq = row.seq;
-                let outbound = Outbound::new(&row.delivery, true);
+                let outbound = Outbound::new(row.delivery, true);
                 if handle.redeliver(&outbound).await.is_err() {
                     return;
                 }

@@ -100,25 +100,71 @@ impl Outbound {
     /// Splits the body into the head's first slice and [`protocol::MAX_CHUNK`] slices.
     /// `queued` marks a redelivery (from the offline queue, or re-sent after its session
     /// vanished), which a client that already recorded it answers from its store.
-    pub fn new(delivery: &QueuedDelivery, queued: bool) -> Self {
+    pub fn new(delivery: QueuedDelivery, queued: bool) -> Self {
         let (first, chunks) = protocol::split_body(&delivery.body);
         let head = RelayMessage::Request {
             id: delivery.id.clone(),
             received_at_ms: delivery.received_at_ms,
             answer: true,
             queued,
-            method: delivery.method.clone(),
-            path: delivery.path.clone(),
-            query: delivery.query.clone(),
-            headers: delivery.headers.clone(),
+            method: delivery.method,
+            path: delivery.path,
+            query: delivery.query,
+            headers: delivery.headers,
             body: first,
             end: chunks.is_empty(),
         };
         Outbound {
-            id: delivery.id.clone(),
+            id: delivery.id,
             head,
             chunks,
         }
+    }
+
+    /// The same delivery marked as a redelivery, for another session.
+    pub fn redelivery(&self) -> Self {
+        let mut head = self.head.clone();
+        if let RelayMessage::Request { queued, .. } = &mut head {
+            *queued = true;
+        }
+        Outbound {
+            id: self.id.clone(),
+            head,
+            chunks: self.chunks.clone(),
+        }
+    }
+
+    /// The delivery as the offline queue keeps it (the body reassembled: a rare path).
+    pub fn to_queued(&self) -> Option<QueuedDelivery> {
+        let RelayMessage::Request {
+            id,
+            received_at_ms,
+            method,
+            path,
+            query,
+            headers,
+            body,
+            ..
+        } = &self.head
+        else {
+            return None;
+        };
+        let mut whole = bytes::BytesMut::with_capacity(
+            body.len() + self.chunks.iter().map(Bytes::len).sum::<usize>(),
+        );
+        whole.extend_from_slice(body);
+        for chunk in &self.chunks {
+            whole.extend_from_slice(chunk);
+        }
+        Some(QueuedDelivery {
+            id: id.clone(),
+            received_at_ms: *received_at_ms,
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            headers: headers.clone(),
+            body: whole.freeze(),
+        })
     }
 
     /// The delivery's id.
@@ -298,18 +344,21 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(crate::session::OUTBOUND_CAPACITY);
         let handle = SessionHandle::new(1, tx);
         let body = Bytes::from(vec![7u8; protocol::MAX_CHUNK * 3 + 1]);
-        let outbound = Outbound::new(
-            &QueuedDelivery {
-                id: id(1),
-                received_at_ms: 0,
-                method: "POST".into(),
-                path: "/".into(),
-                query: String::new(),
-                headers: vec![],
-                body,
-            },
-            false,
-        );
+        let delivery = QueuedDelivery {
+            id: id(1),
+            received_at_ms: 0,
+            method: "POST".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![],
+            body,
+        };
+        let outbound = Outbound::new(delivery.clone(), false);
+        assert_eq!(outbound.to_queued(), Some(delivery));
+        assert!(matches!(
+            outbound.redelivery().head,
+            RelayMessage::Request { queued: true, .. }
+        ));
         let pending = handle.deliver(&outbound).await.unwrap();
         let mut received = Vec::new();
         while let Ok(Message::Binary(b)) = rx.try_recv() {
