@@ -68,7 +68,12 @@ fn main() -> ExitCode {
         clock,
     };
     let result = match cli.command {
-        Command::Listen(args) => match tokio::runtime::Runtime::new() {
+        // One thread runs the session, forwarders and inspector: on a small machine, hopping
+        // deliveries between worker threads costs more than it gains (docs/benchmarks.md).
+        Command::Listen(args) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => {
                 let result = rt.block_on(commands::listen::run(args, &ctx));
                 rt.shutdown_timeout(Duration::from_secs(1));
