@@ -320,8 +320,13 @@ fn proc_stat(pid: u32) -> Option<(String, u32)> {
     Some((name, ppid))
 }
 
+/// Whether `pid` is a live (not zombie) process named `name`.
 fn child_named_is(pid: u32, name: &str) -> bool {
-    proc_stat(pid).is_some_and(|(n, _)| n == name)
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat[stat.rfind(')')? + 1..].trim_start().starts_with('Z')))
+        .unwrap_or(true);
+    !zombie && proc_stat(pid).is_some_and(|(n, _)| n == name)
 }
 
 /// A child of `parent` whose command name is `name`.
@@ -477,6 +482,36 @@ fn sigterm_while_the_inspector_is_up_exits_0_and_restores_the_terminal() {
 }
 
 #[test]
+fn closing_the_terminal_stops_listen() {
+    if !tmux_available("closing_the_terminal_stops_listen") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let url = relay.tunnel_url("tmux-hangup");
+    let mut ui = Inspector::start(
+        &relay.url,
+        &target.url(FORWARD_PATH),
+        "tmux-hangup",
+        (100, 30),
+    );
+    ui.wait_connected(&url);
+    let pid = ui.listen_pid();
+    // The window goes away: the terminal hangs up on everything in it.
+    ui.tmux_ok(&["kill-server"]);
+    let start = Instant::now();
+    while child_named_is(pid, "illumitunnel") {
+        if start.elapsed() > SCREEN_DEADLINE {
+            ui.fail(&format!(
+                "listen (pid {pid}) still runs {SCREEN_DEADLINE:?} after its terminal closed"
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
 fn too_small_says_so_and_resizing_redraws_the_inspector() {
     if !tmux_available("too_small_says_so_and_resizing_redraws_the_inspector") {
         return;
@@ -498,6 +533,275 @@ fn too_small_says_so_and_resizing_redraws_the_inspector() {
     assert!(!screen.contains("too small"), "{screen}");
     assert!(screen.contains("no deliveries yet"), "{screen}");
     assert!(screen.contains("q quit"), "{screen}");
+    ui.keys(&["q"]);
+    ui.assert_restored();
+}
+
+/// `VmRSS` and `VmHWM` of `pid` in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User plus system CPU time of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after = &stat[stat.rfind(')').expect("stat has a name") + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the name: state is field 3, utime 14 and stime 15 (1-based, as in proc(5)).
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+fn ticks_per_second() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+/// The list title's `deliveries SELECTED/TOTAL`.
+fn position(screen: &str) -> Option<(u64, u64)> {
+    let rest = screen.split(" deliveries ").nth(1)?;
+    let (selected, rest) = rest.split_once('/')?;
+    let total: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((selected.trim().parse().ok()?, total.parse().ok()?))
+}
+
+/// Time from sending `key` until the selected position differs from `before`, looking at the
+/// screen as fast as tmux answers.
+fn key_latency(ui: &mut Inspector, key: &str, before: u64) -> (Duration, u64) {
+    let start = Instant::now();
+    ui.keys(&[key]);
+    loop {
+        let screen = ui.capture();
+        if let Some((selected, _)) = position(&screen) {
+            if selected != before {
+                return (start.elapsed(), selected);
+            }
+        }
+        if start.elapsed() > SCREEN_DEADLINE {
+            ui.fail(&format!("{key} did not move the selection from {before}"));
+        }
+    }
+}
+
+fn summary(mut times: Vec<Duration>) -> String {
+    times.sort();
+    if times.is_empty() {
+        return "no samples".into();
+    }
+    let at = |q: usize| times[(times.len() * q / 100).min(times.len() - 1)];
+    format!(
+        "n={} median {:.1?} p90 {:.1?} p99 {:.1?} max {:.1?}",
+        times.len(),
+        at(50),
+        at(90),
+        at(99),
+        times[times.len() - 1]
+    )
+}
+
+/// Fills `path` with `count` forwarded deliveries (200s), oldest first.
+fn fill_store(path: &Path, count: usize) {
+    use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
+    use illumitunnel::store::CaptureStore;
+    use illumitunnel::{Delivery, DeliveryId};
+
+    let mut store = CaptureStore::open(path).expect("open the store");
+    let samples = illumichat_samples();
+    let now = illumitunnel::now_ms();
+    let mut made = 0;
+    while made < count {
+        let mut batch: Vec<Delivery> = (made..(made + 1_000).min(count))
+            .map(|i| {
+                let (_, id, body) = &samples[i % samples.len()];
+                let body = body.replace(id, &format!("{id}_{i}"));
+                let request = RequestRecord {
+                    method: "POST".into(),
+                    path: FORWARD_PATH.into(),
+                    query: String::new(),
+                    headers: vec![("content-type".into(), b"application/json".to_vec())],
+                    body: body.into(),
+                };
+                let received = now - (count - i) as i64 * 10;
+                let mut d =
+                    Delivery::new(DeliveryId::generate(), received, Source::Tunnel, request);
+                d.target = format!("http://127.0.0.1:3000{FORWARD_PATH}");
+                d.duration_us = 1_500;
+                d.response = Some(ResponseRecord {
+                    status: 200,
+                    headers: vec![("content-type".into(), b"application/json".to_vec())],
+                    body: bytes::Bytes::from_static(br#"{"received":true}"#),
+                });
+                d
+            })
+            .collect();
+        made += batch.len();
+        store.insert_batch(&mut batch).expect("insert a batch");
+    }
+}
+
+/// Figures for the benchmark notes, printed and never asserted: the real client's memory with
+/// 100,000 stored deliveries while the inspector is up, keypress-to-screen latency through tmux
+/// idle and during a burst of 1,000 deliveries in one second, and the client's CPU and memory for
+/// that burst. Run with release binaries:
+/// `cargo build --release -p illumitunnel-relay -p illumitunnel-client && cargo test --release
+/// -p illumitunnel --test tui_tmux figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints figures; run by hand with release binaries"]
+fn figures_with_100000_stored_and_a_burst_of_1000_in_a_second() {
+    if !tmux_available("figures_with_100000_stored_and_a_burst_of_1000_in_a_second") {
+        return;
+    }
+    const STORED: u64 = 100_000;
+    const BURST: usize = 1_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let url = relay.tunnel_url("tmux-figures");
+    let home = temp_dir();
+    let filling = Instant::now();
+    fill_store(&home.path().join("captures.db"), STORED as usize);
+    eprintln!(
+        "filled the store with {STORED} deliveries in {:.1?}",
+        filling.elapsed()
+    );
+
+    let started = Instant::now();
+    let mut ui = Inspector::start_with_home(
+        home,
+        &relay.url,
+        &target.url(FORWARD_PATH),
+        "tmux-figures",
+        (160, 40),
+    );
+    ui.wait_connected(&url);
+    ui.wait_for("all stored deliveries counted", |s| {
+        position(s).is_some_and(|(_, total)| total == STORED)
+    });
+    eprintln!(
+        "inspector up with {STORED} deliveries after {:.1?}",
+        started.elapsed()
+    );
+    let pid = ui.listen_pid();
+    let tick = ticks_per_second();
+
+    let mut captures = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        ui.capture();
+        captures.push(start.elapsed());
+    }
+    eprintln!(
+        "capture-pane alone (the resolution below): {}",
+        summary(captures)
+    );
+
+    let idle_ticks = cpu_ticks(pid);
+    let idle_start = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_cpu = (cpu_ticks(pid) - idle_ticks) as f64 / tick / idle_start.elapsed().as_secs_f64();
+    let (rss, hwm) = memory_kib(pid);
+    eprintln!(
+        "idle with {STORED} stored, inspector up (160x40): VmRSS {:.1} MiB, VmHWM {:.1} MiB, CPU {:.1}%",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        idle_cpu * 100.0
+    );
+
+    // Jumps across the whole store, then single steps, with nothing arriving.
+    let (g, selected) = key_latency(&mut ui, "g", STORED);
+    let (big_g, _) = key_latency(&mut ui, "G", selected);
+    let (g_again, mut selected) = key_latency(&mut ui, "g", STORED);
+    eprintln!("idle: g (oldest) {g:.1?}, G (newest) {big_g:.1?}, g again {g_again:.1?}");
+    let mut idle = Vec::new();
+    for i in 0..100 {
+        let key = if i % 2 == 0 { "j" } else { "k" };
+        let (took, now) = key_latency(&mut ui, key, selected);
+        selected = now;
+        idle.push(took);
+    }
+    eprintln!("idle j/k key to screen: {}", summary(idle));
+
+    // The burst: one request a millisecond for a second, each on its own connection, while j/k
+    // keys go in as fast as the screen answers them.
+    let burst_ticks = cpu_ticks(pid);
+    let burst_start = Instant::now();
+    let sender = {
+        let url = url.clone();
+        rt.spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(1));
+            let mut sends = Vec::with_capacity(BURST);
+            for i in 0..BURST {
+                interval.tick().await;
+                let body = format!(
+                    r#"{{"event":"ticket.updated","timestamp":"2025-06-15T14:30:00Z","workspaceId":"ws_bench","data":{{"id":"tkt_burst_{i}","status":"pending"}}}}"#
+                );
+                let request = Request::post(&url)
+                    .header("content-type", "application/json")
+                    .body(body);
+                sends.push(tokio::spawn(request.send_async()));
+            }
+            let sent = Instant::now();
+            let mut ok = 0;
+            for send in sends {
+                if send.await.is_ok_and(|r| r.status == 200) {
+                    ok += 1;
+                }
+            }
+            (sent, Instant::now(), ok)
+        })
+    };
+    let mut during = Vec::new();
+    let mut peak_rss = 0;
+    while !sender.is_finished() {
+        let key = if during.len() % 2 == 0 { "j" } else { "k" };
+        let (took, now) = key_latency(&mut ui, key, selected);
+        selected = now;
+        during.push(took);
+        peak_rss = peak_rss.max(memory_kib(pid).0);
+    }
+    let (sent, answered, ok) = rt.block_on(sender).expect("sender");
+    target.wait_for_requests(BURST);
+    let forwarded = burst_start.elapsed();
+    ui.wait_for("the burst counted on screen", |s| {
+        position(s).is_some_and(|(_, total)| total == STORED + BURST as u64)
+    });
+    let on_screen = burst_start.elapsed();
+    let burst_cpu = (cpu_ticks(pid) - burst_ticks) as f64 / tick;
+    let (rss, hwm) = memory_kib(pid);
+    eprintln!(
+        "burst: {BURST} sent in {:.1?}, {ok} answered 200 within {:.1?}, all forwarded after {:.1?}, all counted on screen after {:.1?}",
+        sent - burst_start,
+        answered - burst_start,
+        forwarded,
+        on_screen
+    );
+    eprintln!("j/k key to screen during the burst: {}", summary(during));
+    eprintln!(
+        "client during the burst: {burst_cpu:.2} s CPU over {:.1?} ({:.0}% of one core); VmRSS peak sampled {:.1} MiB, after {:.1} MiB, VmHWM {:.1} MiB",
+        on_screen,
+        burst_cpu / on_screen.as_secs_f64() * 100.0,
+        peak_rss as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
     ui.keys(&["q"]);
     ui.assert_restored();
 }

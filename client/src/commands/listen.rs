@@ -422,9 +422,11 @@ async fn run_inspector(
         replays: start.replays,
         utc_offset: start.utc_offset,
     };
+    // However the inspector ends, `listen` stops with it: on `q`, a signal, an error, or a
+    // panic that unwinds through here.
+    let _stop = shutdown.drop_guard();
     let result = crate::tui::run(ctx, rx).await;
     forward.abort();
-    shutdown.cancel();
     result.map_err(|e| std::io::Error::other(format!("{e:#}")))
 }
 

@@ -31,7 +31,8 @@ type PanicHook = dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static;
 
 /// The terminal in inspector mode; dropping it restores the terminal and the panic hook.
 pub struct TerminalGuard {
-    terminal: DefaultTerminal,
+    /// Always `Some` until dropped.
+    terminal: Option<DefaultTerminal>,
     previous_hook: Arc<PanicHook>,
 }
 
@@ -55,7 +56,7 @@ impl TerminalGuard {
             }
         };
         let guard = TerminalGuard {
-            terminal,
+            terminal: Some(terminal),
             previous_hook,
         };
         execute!(io::stdout(), EnableMouseCapture)?;
@@ -64,7 +65,9 @@ impl TerminalGuard {
 
     /// The ratatui terminal.
     pub fn terminal(&mut self) -> &mut DefaultTerminal {
-        &mut self.terminal
+        self.terminal
+            .as_mut()
+            .expect("the terminal is held until the guard drops")
     }
 
     /// Hands the terminal back to the shell for a child process (the editor).
@@ -77,7 +80,7 @@ impl TerminalGuard {
     pub fn resume(&mut self) -> io::Result<()> {
         enable_raw_mode()?;
         execute!(io::stdout(), EnterAlternateScreen, EnableMouseCapture)?;
-        self.terminal.clear()
+        self.terminal().clear()
     }
 
     /// Writes an escape sequence (OSC 52) straight to the terminal.
@@ -91,6 +94,15 @@ impl TerminalGuard {
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
         restore();
+        // When the terminal is gone (its window closed, SSH dropped), ratatui's own drop fails
+        // to show the cursor and reports it with `eprintln!`, which panics on the closed stderr
+        // and would take `listen`'s shutdown with it. `restore` already showed the cursor where
+        // it could, so such a terminal is let go without its drop.
+        if let Some(mut terminal) = self.terminal.take() {
+            if terminal.show_cursor().is_err() {
+                std::mem::forget(terminal);
+            }
+        }
         reset_hook(&self.previous_hook);
     }
 }
