@@ -8,7 +8,7 @@ use illumitunnel_relay::{server, tls, Config, TlsConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 #[allow(clippy::print_stdout)] // the listening line is this binary's output
 async fn main() -> ExitCode {
     let args = Args::parse();
