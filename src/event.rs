@@ -3,7 +3,6 @@
 
 pub mod samples;
 
-use serde_json::Value;
 
 /// The six IllumiChat webhook event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,18 +82,17 @@ impl Envelope {
         if *first != b'{' {
             return None;
         }
-        let v: Value = serde_json::from_slice(body).ok()?;
-        let event = v.get("event")?.as_str()?.to_string();
-        let text = |v: Option<&Value>| match v {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
+        // Only four fields matter: the rest of the payload is skipped, never built as a tree.
+        let raw: RawEnvelope<'_> = serde_json::from_slice(body).ok()?;
         Some(Envelope {
-            event,
-            timestamp: text(v.get("timestamp")),
-            workspace_id: text(v.get("workspaceId")),
-            resource_id: text(v.get("data").and_then(|d| d.get("id"))),
+            event: raw.event?.into_owned(),
+            timestamp: raw.timestamp.and_then(Scalar::into_string),
+            workspace_id: raw.workspace_id.and_then(Scalar::into_string),
+            resource_id: raw
+                .data
+                .and_then(|d| serde_json::from_str::<RawData<'_>>(d.get()).ok())
+                .and_then(|d| d.id)
+                .and_then(Scalar::into_string),
         })
     }
 
@@ -106,6 +104,43 @@ impl Envelope {
             self.resource_id.as_ref()?,
             self.timestamp.as_ref()?
         ))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    event: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Option<Scalar<'a>>,
+    #[serde(borrow, rename = "workspaceId")]
+    workspace_id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawData<'a> {
+    #[serde(borrow)]
+    id: Option<Scalar<'a>>,
+}
+
+/// A field the envelope reads as text: a string (`event` must be one), or a number for ids.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Scalar<'a> {
+    Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
+    Number(serde_json::Number),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Scalar<'_> {
+    fn into_string(self) -> Option<String> {
+        match self {
+            Scalar::Text(s) => Some(s.into_owned()),
+            Scalar::Number(n) => Some(n.to_string()),
+            Scalar::Other(_) => None,
+        }
     }
 }
 
@@ -131,6 +166,18 @@ mod tests {
         assert!(Envelope::parse(&[0xff, 0x7b]).is_none());
         assert!(Envelope::parse(b"[1,2]").is_none());
         assert!(Envelope::parse(b"{\"event\":5}").is_none());
+        let odd = Envelope::parse(br#"{"event":"a\u0062","data":"text","timestamp":7}"#).unwrap();
+        assert_eq!(
+            (
+                odd.event.as_str(),
+                odd.resource_id,
+                odd.timestamp.as_deref()
+            ),
+            ("ab", None, Some("7"))
+        );
+        let numeric =
+            Envelope::parse(br#"{"event":"x","data":{"id":42,"nested":{"id":"no"}}}"#).unwrap();
+        assert_eq!(numeric.resource_id.as_deref(), Some("42"));
         let no_id = Envelope::parse(br#"{"event":"x","timestamp":"t"}"#).unwrap();
         assert_eq!(no_id.dedup_key(), None);
     }

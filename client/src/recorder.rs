@@ -159,6 +159,9 @@ pub fn spawn(
     Ok((RecorderHandle { tx }, thread))
 }
 
+/// How long the writer waits for more deliveries before committing a batch.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 struct Writer {
     store: CaptureStore,
     screen: ScreenSink,
@@ -171,33 +174,48 @@ impl Writer {
         let mut batch: Vec<Pending> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Record(capture) => batch.push(Pending {
-                        delivery: capture.into_delivery(),
-                        committed: None,
-                    }),
-                    Command::Insert(delivery, reply) => batch.push(Pending {
-                        delivery: *delivery,
-                        committed: Some(reply),
-                    }),
-                    Command::Answer(id, reply) => {
-                        let found = match batch.iter().find(|p| p.delivery.id == id) {
-                            Some(p) => Some(recorded_answer(&p.delivery)),
-                            // `contains` first: `get` would also accept another id with this prefix.
-                            None if self.store.contains(&id).unwrap_or(false) => self
-                                .store
-                                .get(id.as_str())
-                                .ok()
-                                .flatten()
-                                .map(|d| recorded_answer(&d)),
-                            None => None,
-                        };
-                        let _ = reply.send(found);
+            let mut gathered = false;
+            loop {
+                while let Some(command) = next.take() {
+                    match command {
+                        Command::Record(capture) => batch.push(Pending {
+                            delivery: capture.into_delivery(),
+                            committed: None,
+                        }),
+                        Command::Insert(delivery, reply) => batch.push(Pending {
+                            delivery: *delivery,
+                            committed: Some(reply),
+                        }),
+                        Command::Answer(id, reply) => {
+                            let found = match batch.iter().find(|p| p.delivery.id == id) {
+                                Some(p) => Some(recorded_answer(&p.delivery)),
+                                // `contains` first: `get` would also accept another id with this prefix.
+                                None if self.store.contains(&id).unwrap_or(false) => self
+                                    .store
+                                    .get(id.as_str())
+                                    .ok()
+                                    .flatten()
+                                    .map(|d| recorded_answer(&d)),
+                                None => None,
+                            };
+                            let _ = reply.send(found);
+                        }
+                    }
+                    if batch.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
                     }
                 }
-                if batch.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
+                if gathered || batch.is_empty() || batch.len() >= MAX_BATCH {
+                    break;
+                }
+                // Let a burst gather: one transaction and one wake-up of this thread (and of the
+                // screen) for many deliveries instead of one each. Nobody waits on this: the
+                // senders were answered before their deliveries got here.
+                std::thread::sleep(GATHER);
+                gathered = true;
+                next = rx.try_recv().ok();
+                if next.is_none() {
+                    break;
                 }
             }
             self.commit(&mut batch);
