@@ -27,6 +27,11 @@ mod status;
 mod tui;
 
 use std::process::ExitCode;
+
+/// Many small allocations per delivery on a few threads: mimalloc spends less CPU on them than
+/// the system allocator (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::Parser;
