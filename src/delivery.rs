@@ -213,23 +213,32 @@ impl Delivery {
 
     /// The one-object-a-line JSON of `--json` output (`listen`, `events`).
     pub fn summary_json(&self) -> Value {
-        json!({
-            "id": self.id.as_str(),
-            "received_at": crate::rfc3339_ms(self.received_at_ms),
-            "event": self.event,
-            "resource_id": self.resource_id,
-            "method": self.request.method,
-            "path": self.request.path,
-            "status": self.status(),
-            "duration_ms": self.duration_ms(),
-            "duplicate": self.duplicate,
-            "skipped": self.skipped,
-            "queued": self.queued,
-            "source": self.source.as_str(),
-            "replay_of": self.replay_of.as_ref().map(DeliveryId::as_str),
-            "target": self.target,
-            "error": self.error,
-        })
+        serde_json::to_value(self.summary()).unwrap_or(Value::Null)
+    }
+
+    /// Writes [`Delivery::summary_json`] to `out` without building a JSON tree first.
+    pub fn write_summary_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(out, &self.summary()).map_err(std::io::Error::from)
+    }
+
+    fn summary(&self) -> Summary<'_> {
+        Summary {
+            id: self.id.as_str(),
+            received_at: crate::rfc3339_ms(self.received_at_ms),
+            event: self.event.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            method: &self.request.method,
+            path: &self.request.path,
+            status: self.status(),
+            duration_ms: self.duration_ms(),
+            duplicate: self.duplicate,
+            skipped: self.skipped,
+            queued: self.queued,
+            source: self.source.as_str(),
+            replay_of: self.replay_of.as_ref().map(DeliveryId::as_str),
+            target: &self.target,
+            error: self.error.as_deref(),
+        }
     }
 
     /// `summary_json` plus `request` and `response` (`show --json`, `export --jsonl`).
@@ -254,6 +263,26 @@ impl Delivery {
         };
         v
     }
+}
+
+/// The fields of `--json` output, in order.
+#[derive(serde::Serialize)]
+struct Summary<'a> {
+    id: &'a str,
+    received_at: String,
+    event: Option<&'a str>,
+    resource_id: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    status: Option<u16>,
+    duration_ms: f64,
+    duplicate: bool,
+    skipped: bool,
+    queued: bool,
+    source: &'static str,
+    replay_of: Option<&'a str>,
+    target: &'a str,
+    error: Option<&'a str>,
 }
 
 /// Headers as a JSON list of `[name, value]`; a non-UTF-8 value is lossily shown.

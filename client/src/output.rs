@@ -141,7 +141,10 @@ pub fn write_delivery(
 ) -> io::Result<()> {
     match format {
         Format::Lines => writeln!(out, "{}", line(d, clock)),
-        Format::Json => writeln!(out, "{}", d.summary_json()),
+        Format::Json => {
+            d.write_summary_json(&mut *out)?;
+            writeln!(out)
+        }
     }
 }
 
