@@ -580,8 +580,13 @@ fn position(screen: &str) -> Option<(u64, u64)> {
 }
 
 /// Time from sending `key` until the selected position differs from `before`, looking at the
-/// screen as fast as tmux answers.
+/// screen as fast as tmux answers. Sent at a spread of moments within the ~33 ms frame.
 fn key_latency(ui: &mut Inspector, key: &str, before: u64) -> (Duration, u64) {
+    // Keys sent right after a frame would all wait a whole frame for the next one; a person's
+    // keys land anywhere in it.
+    static PHASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let phase = PHASE.fetch_add(7, std::sync::atomic::Ordering::Relaxed) % 34;
+    std::thread::sleep(Duration::from_millis(phase));
     let start = Instant::now();
     ui.keys(&[key]);
     loop {
@@ -636,8 +641,9 @@ fn fill_store(path: &Path, count: usize) {
                     body: body.into(),
                 };
                 let received = now - (count - i) as i64 * 10;
-                let mut d =
-                    Delivery::new(DeliveryId::generate(), received, Source::Tunnel, request);
+                // Generated ids are random past the millisecond: a hundred a millisecond collide.
+                let id = DeliveryId::parse(&format!("{received:011x}{i:05x}")).expect("an id");
+                let mut d = Delivery::new(id, received, Source::Tunnel, request);
                 d.target = format!("http://127.0.0.1:3000{FORWARD_PATH}");
                 d.duration_us = 1_500;
                 d.response = Some(ResponseRecord {
