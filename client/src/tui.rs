@@ -4,9 +4,9 @@
 //! The loop here is the only part that does I/O. It feeds `AppEvent`s (keys from the input
 //! thread, `ListenEvent`s, clock ticks, answers to effects) into the pure `App`, runs the effects
 //! `App::update` returns (capture store reads, replays over the `ReplayRequest` channel, the
-//! `$EDITOR` round trip, OSC 52), and redraws on a frame tick only when something changed. It
-//! only reads the capture store, through its own connection, so a slow terminal never slows a
-//! delivery.
+//! `$EDITOR` round trip, OSC 52), and redraws at once after a key, otherwise on a frame tick
+//! and only when something changed. It only reads the capture store, through its own
+//! connection, so a slow terminal never slows a delivery.
 //!
 //! # Layout
 //! - `app` — `App`, the state and its transitions; `AppEvent`, `Effect`.
@@ -131,10 +131,13 @@ impl Inspector {
         tty_check.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             // Every branch is cancel-safe: `mpsc::recv`, an interval tick, a signal stream.
-            let event = tokio::select! {
-                Some(event) = self.rx.recv() => event,
+            // Keys and answers to effects redraw at once (a keypress should not wait for the
+            // next tick); deliveries only mark the screen dirty, so a burst costs frames, not
+            // a frame per delivery.
+            let (event, now) = tokio::select! {
+                Some(event) = self.rx.recv() => (event, true),
                 event = self.events.recv() => match event {
-                    Some(event) => AppEvent::Listen(event),
+                    Some(event) => (AppEvent::Listen(event), false),
                     None => return Ok(()),
                 },
                 _ = frame.tick() => {
@@ -159,6 +162,9 @@ impl Inspector {
             let effect = self.app.update(event);
             if self.run_effects(effect).await? == Flow::Quit {
                 return Ok(());
+            }
+            if now && self.app.take_dirty() {
+                self.draw()?;
             }
         }
     }
