@@ -2,11 +2,6 @@
 
 use std::process::ExitCode;
 
-/// Many small allocations per delivery on a few threads: mimalloc spends less CPU on them than
-/// the system allocator (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use illumitunnel_relay::config::Args;
 use illumitunnel_relay::{server, tls, Config, TlsConfig};
