@@ -154,6 +154,8 @@ impl CaptureStore {
                     }
                 }
                 let resp = d.response.as_ref();
+                let req_body = BodyParam::new(&d.request.body);
+                let resp_body = resp.map(|r| BodyParam::new(&r.body));
                 let n = insert.execute(params![
                     d.id.as_str(),
                     d.received_at_ms,
@@ -171,15 +173,21 @@ impl CaptureStore {
                     d.request.path,
                     d.request.query,
                     encode_blob(&d.request.headers),
-                    d.request.body.as_ref(),
+                    req_body,
                     resp.map(|r| r.status),
                     resp.map(|r| encode_blob(&r.headers)),
-                    resp.map(|r| r.body.as_ref()),
+                    resp_body,
                     d.error,
                     d.duration_us,
                 ])?;
                 if n == 1 {
                     d.seq = tx.last_insert_rowid();
+                    if let BodyParam::Large(body) = req_body {
+                        write_large(&tx, d.seq, REQUEST_PART, body)?;
+                    }
+                    if let Some(BodyParam::Large(body)) = resp_body {
+                        write_large(&tx, d.seq, RESPONSE_PART, body)?;
+                    }
                 }
                 inserted.push(n == 1);
             }
@@ -199,11 +207,12 @@ impl CaptureStore {
     /// The delivery with this id, or the only one whose id starts with it.
     pub fn get(&self, id_or_prefix: &str) -> Result<Option<Delivery>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM deliveries WHERE id = ?1");
-        if let Some(d) = self
+        if let Some(mut d) = self
             .conn
             .query_row(&sql, [id_or_prefix], read_row)
             .optional()?
         {
+            self.fill_large(&mut d)?;
             return Ok(Some(d));
         }
         if id_or_prefix.is_empty()
@@ -221,6 +230,9 @@ impl CaptureStore {
         let mut found: Vec<Delivery> = stmt
             .query_map([id_or_prefix, upper.as_str()], read_row)?
             .collect::<Result<_, _>>()?;
+        for d in &mut found {
+            self.fill_large(d)?;
+        }
         match found.len() {
             0 => Ok(None),
             1 => Ok(found.pop()),
@@ -285,8 +297,98 @@ impl CaptureStore {
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params_from_iter(args.iter()), read_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut found: Vec<Delivery> = rows.collect::<Result<_, _>>()?;
+        for d in &mut found {
+            self.fill_large(d)?;
+        }
+        Ok(found)
     }
+
+    /// Puts back bodies kept in `large_bodies` (rows whose body column is empty).
+    fn fill_large(&self, d: &mut Delivery) -> Result<(), StoreError> {
+        let response_empty = d.response.as_ref().is_some_and(|r| r.body.is_empty());
+        if !d.request.body.is_empty() && !response_empty {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT part, data FROM large_bodies WHERE seq = ?1")?;
+        let mut rows = stmt.query([d.seq])?;
+        while let Some(row) = rows.next()? {
+            let body = Bytes::from(row.get::<_, Vec<u8>>(1)?);
+            match (row.get::<_, i64>(0)?, d.response.as_mut()) {
+                (REQUEST_PART, _) => d.request.body = body,
+                (RESPONSE_PART, Some(r)) => r.body = body,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bodies above this go in through incremental blob I/O.
+const LARGE_BODY: usize = 256 * 1024;
+
+/// A body as an insert parameter. Binding a large body would make SQLite copy it twice (its own
+/// copy of the parameter, then the whole row as one record); a large body is instead left empty
+/// in the row and written in slices into `large_bodies`, so recording a 10 MiB delivery does not
+/// cost 20 MiB more memory.
+#[derive(Clone, Copy)]
+enum BodyParam<'a> {
+    Small(&'a [u8]),
+    Large(&'a [u8]),
+}
+
+impl<'a> BodyParam<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        if body.len() > LARGE_BODY {
+            BodyParam::Large(body)
+        } else {
+            BodyParam::Small(body)
+        }
+    }
+}
+
+impl rusqlite::ToSql for BodyParam<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            BodyParam::Small(body) => body.to_sql(),
+            BodyParam::Large(_) => Ok(rusqlite::types::ToSqlOutput::from(&[][..])),
+        }
+    }
+}
+
+/// `large_bodies.part` of a request body.
+const REQUEST_PART: i64 = 0;
+/// `large_bodies.part` of a response body.
+const RESPONSE_PART: i64 = 1;
+
+fn write_large(
+    tx: &rusqlite::Transaction<'_>,
+    seq: i64,
+    part: i64,
+    body: &[u8],
+) -> Result<(), StoreError> {
+    let len = i64::try_from(body.len()).unwrap_or(i64::MAX);
+    // A zero-filled blob as the row's last column stays unexpanded until written in place.
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO large_bodies (seq, part, data) VALUES (?1, ?2, zeroblob(?3))",
+    )?
+    .execute(params![seq, part, len])?;
+    let rowid = tx.last_insert_rowid();
+    let mut blob = tx.blob_open(
+        rusqlite::DatabaseName::Main,
+        "large_bodies",
+        "data",
+        rowid,
+        false,
+    )?;
+    for slice in body.chunks(64 * 1024) {
+        std::io::Write::write_all(&mut blob, slice).map_err(|e| {
+            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        })?;
+    }
+    Ok(())
 }
 
 fn where_clause(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
@@ -488,6 +590,25 @@ mod tests {
         assert_eq!(store.count(&text).unwrap(), 1);
         let counts = store.counts().unwrap();
         assert_eq!((counts.total, counts.ok), (3, 3));
+    }
+
+    #[test]
+    fn large_bodies_round_trip_byte_exact() {
+        // Also through the listing path, which fills bodies the same way.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+        let big: Vec<u8> = (0..(LARGE_BODY * 3 + 7))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut d = delivery("big1", "x");
+        d.request.body = Bytes::from(big.clone());
+        d.response.as_mut().unwrap().body = Bytes::from(big[..LARGE_BODY + 1].to_vec());
+        store.insert_batch(&mut [d]).unwrap();
+        let got = store.get("big1").unwrap().unwrap();
+        assert_eq!(got.request.body.as_ref(), big.as_slice());
+        assert_eq!(got.response.unwrap().body.as_ref(), &big[..LARGE_BODY + 1]);
+        let listed = store.list_newest(&Filter::default(), 1).unwrap();
+        assert_eq!(listed[0].request.body.len(), big.len());
     }
 
     #[test]

@@ -31,4 +31,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_dedup ON deliveries(dedup_key) WHERE dedup_key IS NOT NULL;
     CREATE INDEX deliveries_event ON deliveries(event, seq);
     CREATE INDEX deliveries_received ON deliveries(received_at_ms);",
+    // 2: bodies over 256 KiB live apart, written in slices, so recording one never holds it
+    // in memory twice more (see `BodyParam`). `part` 0 is the request body, 1 the response's.
+    "CREATE TABLE large_bodies (
+        seq INTEGER NOT NULL,
+        part INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (seq, part)
+    );",
 ];
