@@ -3,7 +3,6 @@
 
 pub mod samples;
 
-
 /// The six IllumiChat webhook event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
