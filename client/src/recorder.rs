@@ -160,7 +160,7 @@ pub fn spawn(
 }
 
 /// How long the writer waits for more deliveries before committing a batch.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 struct Writer {
     store: CaptureStore,
