@@ -596,8 +596,11 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
     let api = IllumiChat::start(&rt, TOKEN);
     let target = Target::ok(&rt);
     let base = api.base();
+    // A relay of the test's own: the second start must get the same URL, which the embedded
+    // relay cannot promise when another process holds its port.
+    let relay = Relay::http(&[]);
     let listen = Listen::spawn(
-        None,
+        Some(&relay.url),
         &target.url("/hooks"),
         "register-me",
         &[
@@ -629,7 +632,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
 
     // A second start finds the same webhook by URL and re-activates it instead of adding one.
     let listen = Listen::spawn(
-        None,
+        Some(&relay.url),
         &target.url("/hooks"),
         "register-me",
         &[
@@ -652,7 +655,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
 
     // A rejected token stops listen with the sentence.
     let mut listen = Listen::spawn(
-        None,
+        Some(&relay.url),
         &target.url("/hooks"),
         "register-bad",
         &[
