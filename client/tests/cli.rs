@@ -147,6 +147,27 @@ fn clap_usage_errors_exit_2() {
 }
 
 #[test]
+fn unreadable_trigger_file_exits_1_saying_what_to_do() {
+    let home = tempfile::tempdir().unwrap();
+    let missing = home.path().join("missing.json");
+    let missing = missing.to_str().unwrap();
+    let out = run(
+        home.path(),
+        &[
+            "trigger",
+            "ticket.created",
+            "--file",
+            missing,
+            "--forward-to",
+            "http://127.0.0.1:9/h",
+        ],
+    );
+    assert_one_error_line("trigger --file", &out, 1);
+    assert!(out.stderr.contains(missing), "{}", out.stderr);
+    assert!(out.stderr.contains("check the path"), "{}", out.stderr);
+}
+
+#[test]
 fn unwritable_store_exits_1_naming_it() {
     let home = tempfile::tempdir().unwrap();
     let blocker = home.path().join("file");

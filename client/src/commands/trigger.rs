@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use illumitunnel::delivery::{RequestRecord, Source};
 use illumitunnel::event::samples;
@@ -54,8 +53,12 @@ pub fn run(args: TriggerArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 /// The file's bytes, checked to be JSON.
 fn read_payload(path: &Path) -> anyhow::Result<(Bytes, Value)> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("could not read --file {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!(
+            "could not read --file {}: {e}; check the path, or leave --file out to send a sample",
+            path.display()
+        )
+    })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         UsageError(format!(
             "--file {} is not valid JSON: {e}; fix the file or leave --file out to send a sample",
