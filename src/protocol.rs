@@ -14,7 +14,7 @@ use crate::delivery::DeliveryId;
 use crate::headers::Header;
 
 /// Version the client sends in [`ClientMessage::Hello`]; the relay refuses any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest body slice carried by one message.
 pub const MAX_CHUNK: usize = 64 * 1024;
@@ -37,6 +37,8 @@ pub enum ClientMessage {
         version: u16,
         /// Tunnel name to claim.
         tunnel: String,
+        /// The claim key an anonymous relay gave this client for `tunnel` (empty: none).
+        claim_key: String,
     },
     /// The local server's status and headers, with the first body slice.
     Response {
@@ -72,6 +74,22 @@ pub enum ClientMessage {
     Recorded {
         /// Delivery now safely recorded.
         id: DeliveryId,
+    },
+    /// A redelivery could not be committed to the capture store (disk full, permissions): the
+    /// relay keeps it queued and sends it again later, without counting it against the delivery.
+    NotRecorded {
+        /// Delivery the client could not record.
+        id: DeliveryId,
+        /// Why, as a sentence.
+        message: String,
+    },
+    /// The client cannot take this delivery at all (e.g. larger than it accepts); three in a row
+    /// set a queued delivery aside as a dead letter.
+    Rejected {
+        /// Delivery refused.
+        id: DeliveryId,
+        /// Why, as a sentence.
+        message: String,
     },
 }
 
@@ -113,6 +131,10 @@ pub enum RelayMessage {
         queued: u32,
         /// Queued deliveries dropped because they outlived the queue's age limit.
         expired: u32,
+        /// Queued deliveries set aside as dead letters and kept in the relay's data dir.
+        dead_letters: u32,
+        /// Key that lets this client re-join an anonymously claimed tunnel (empty: not needed).
+        claim_key: String,
     },
     /// The session is refused; the relay closes the websocket after this.
     Refused {
@@ -130,8 +152,11 @@ pub enum RelayMessage {
         /// Whether the relay waits for this listener's answer (false for fan-out copies and
         /// answered-already queue entries).
         answer: bool,
-        /// Whether this delivery comes from the offline queue.
-        queued: bool,
+        /// Whether the client may have seen this delivery before (from the offline queue, or
+        /// re-sent after the session it first went to vanished): the client forwards
+        /// redeliveries one at a time in arrival order, answers one it already recorded from
+        /// its capture store, and sends `Recorded` once it is committed.
+        redelivery: bool,
         /// HTTP method.
         method: String,
         /// Path below the tunnel, starting with `/` (`/t/{tunnel}` stripped).
@@ -158,6 +183,14 @@ pub enum RelayMessage {
     Cancel {
         /// Delivery cancelled.
         id: DeliveryId,
+    },
+    /// A queued delivery was set aside as a dead letter (it ended sessions or was rejected
+    /// three times in a row); the deliveries behind it keep flowing.
+    DeadLettered {
+        /// The delivery set aside.
+        id: DeliveryId,
+        /// Why, as a sentence.
+        reason: String,
     },
 }
 
@@ -192,22 +225,30 @@ const C_RESPONSE: u8 = 2;
 const C_RESPONSE_CHUNK: u8 = 3;
 const C_FAILED: u8 = 4;
 const C_RECORDED: u8 = 5;
+const C_NOT_RECORDED: u8 = 6;
+const C_REJECTED: u8 = 7;
 
 const R_WELCOME: u8 = 101;
 const R_REFUSED: u8 = 102;
 const R_REQUEST: u8 = 103;
 const R_REQUEST_CHUNK: u8 = 104;
 const R_CANCEL: u8 = 105;
+const R_DEAD_LETTERED: u8 = 106;
 
 impl ClientMessage {
     /// Encodes this message as one binary websocket payload.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.size_hint());
         match self {
-            ClientMessage::Hello { version, tunnel } => {
+            ClientMessage::Hello {
+                version,
+                tunnel,
+                claim_key,
+            } => {
                 out.push(C_HELLO);
                 out.extend_from_slice(&version.to_be_bytes());
                 put_str(&mut out, tunnel);
+                put_str(&mut out, claim_key);
             }
             ClientMessage::Response {
                 id,
@@ -238,6 +279,16 @@ impl ClientMessage {
                 out.push(C_RECORDED);
                 put_str(&mut out, id.as_str());
             }
+            ClientMessage::NotRecorded { id, message } => {
+                out.push(C_NOT_RECORDED);
+                put_str(&mut out, id.as_str());
+                put_str(&mut out, message);
+            }
+            ClientMessage::Rejected { id, message } => {
+                out.push(C_REJECTED);
+                put_str(&mut out, id.as_str());
+                put_str(&mut out, message);
+            }
         }
         out
     }
@@ -247,10 +298,23 @@ impl ClientMessage {
         check_size(buf)?;
         let mut r = Reader::new(buf);
         let msg = match r.u8()? {
-            C_HELLO => ClientMessage::Hello {
-                version: r.u16()?,
-                tunnel: r.str("tunnel")?,
-            },
+            C_HELLO => {
+                let version = r.u16()?;
+                if version != PROTOCOL_VERSION {
+                    // Another version's layout may differ after the version field: decode only
+                    // what the relay needs to refuse it with a sentence.
+                    return Ok(ClientMessage::Hello {
+                        version,
+                        tunnel: String::new(),
+                        claim_key: String::new(),
+                    });
+                }
+                ClientMessage::Hello {
+                    version,
+                    tunnel: r.str("tunnel")?,
+                    claim_key: r.str("claim_key")?,
+                }
+            }
             C_RESPONSE => ClientMessage::Response {
                 id: r.id()?,
                 status: r.u16()?,
@@ -268,6 +332,14 @@ impl ClientMessage {
                 message: r.str("message")?,
             },
             C_RECORDED => ClientMessage::Recorded { id: r.id()? },
+            C_NOT_RECORDED => ClientMessage::NotRecorded {
+                id: r.id()?,
+                message: r.str("message")?,
+            },
+            C_REJECTED => ClientMessage::Rejected {
+                id: r.id()?,
+                message: r.str("message")?,
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -293,12 +365,16 @@ impl RelayMessage {
                 public_url,
                 queued,
                 expired,
+                dead_letters,
+                claim_key,
             } => {
                 out.push(R_WELCOME);
                 put_str(&mut out, tunnel);
                 put_str(&mut out, public_url);
                 out.extend_from_slice(&queued.to_be_bytes());
                 out.extend_from_slice(&expired.to_be_bytes());
+                out.extend_from_slice(&dead_letters.to_be_bytes());
+                put_str(&mut out, claim_key);
             }
             RelayMessage::Refused { reason, message } => {
                 out.push(R_REFUSED);
@@ -309,7 +385,7 @@ impl RelayMessage {
                 id,
                 received_at_ms,
                 answer,
-                queued,
+                redelivery,
                 method,
                 path,
                 query,
@@ -320,7 +396,7 @@ impl RelayMessage {
                 out.push(R_REQUEST);
                 put_str(&mut out, id.as_str());
                 out.extend_from_slice(&received_at_ms.to_be_bytes());
-                out.push(u8::from(*answer) | (u8::from(*queued) << 1));
+                out.push(u8::from(*answer) | (u8::from(*redelivery) << 1));
                 put_str(&mut out, method);
                 put_str(&mut out, path);
                 put_str(&mut out, query);
@@ -338,6 +414,11 @@ impl RelayMessage {
                 out.push(R_CANCEL);
                 put_str(&mut out, id.as_str());
             }
+            RelayMessage::DeadLettered { id, reason } => {
+                out.push(R_DEAD_LETTERED);
+                put_str(&mut out, id.as_str());
+                put_str(&mut out, reason);
+            }
         }
         out
     }
@@ -352,6 +433,8 @@ impl RelayMessage {
                 public_url: r.str("public_url")?,
                 queued: r.u32()?,
                 expired: r.u32()?,
+                dead_letters: r.u32()?,
+                claim_key: r.str("claim_key")?,
             },
             R_REFUSED => RelayMessage::Refused {
                 reason: Refusal::from_u8(r.u8()?).ok_or(DecodeError::InvalidValue("refusal"))?,
@@ -368,7 +451,7 @@ impl RelayMessage {
                     id,
                     received_at_ms,
                     answer: flags & 1 != 0,
-                    queued: flags & 2 != 0,
+                    redelivery: flags & 2 != 0,
                     method: r.str("method")?,
                     path: r.str("path")?,
                     query: r.str("query")?,
@@ -383,6 +466,10 @@ impl RelayMessage {
                 end: r.bool()?,
             },
             R_CANCEL => RelayMessage::Cancel { id: r.id()? },
+            R_DEAD_LETTERED => RelayMessage::DeadLettered {
+                id: r.id()?,
+                reason: r.str("reason")?,
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -565,7 +652,7 @@ mod tests {
             id: id(),
             received_at_ms: 1_750_000_000_000,
             answer: true,
-            queued: true,
+            redelivery: true,
             method: "POST".into(),
             path: "/webhooks/illumichat".into(),
             query: "a=1&b=%20".into(),
@@ -594,12 +681,18 @@ mod tests {
                 public_url: "https://r/t/my-app".into(),
                 queued: 3,
                 expired: 1,
+                dead_letters: 2,
+                claim_key: "k3v9x2m4p7qa".into(),
             },
             RelayMessage::Refused {
                 reason: Refusal::TunnelTaken,
                 message: "taken".into(),
             },
             RelayMessage::Cancel { id: id() },
+            RelayMessage::DeadLettered {
+                id: id(),
+                reason: "it ended the session three times in a row".into(),
+            },
         ];
         for msg in msgs {
             assert_eq!(RelayMessage::decode(&msg.encode()).unwrap(), msg);
@@ -612,6 +705,7 @@ mod tests {
             ClientMessage::Hello {
                 version: PROTOCOL_VERSION,
                 tunnel: "my-app".into(),
+                claim_key: String::new(),
             },
             ClientMessage::Response {
                 id: id(),
@@ -630,6 +724,14 @@ mod tests {
                 message: "connection refused to 127.0.0.1:3000".into(),
             },
             ClientMessage::Recorded { id: id() },
+            ClientMessage::NotRecorded {
+                id: id(),
+                message: "database or disk is full".into(),
+            },
+            ClientMessage::Rejected {
+                id: id(),
+                message: "request head over 128 KiB".into(),
+            },
         ];
         for msg in msgs {
             assert_eq!(ClientMessage::decode(&msg.encode()).unwrap(), msg);
@@ -665,8 +767,9 @@ mod tests {
             Err(DecodeError::UnknownType(200))
         );
         let hello = ClientMessage::Hello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             tunnel: "abc".into(),
+            claim_key: String::new(),
         }
         .encode();
         assert_eq!(
@@ -700,14 +803,24 @@ mod tests {
 
     #[test]
     fn wrong_version_decodes_so_the_relay_can_refuse_it() {
-        let hello = ClientMessage::Hello {
-            version: 99,
-            tunnel: "abc".into(),
-        };
-        match ClientMessage::decode(&hello.encode()).unwrap() {
-            ClientMessage::Hello { version, .. } => assert_ne!(version, PROTOCOL_VERSION),
-            other => panic!("decoded {other:?}"),
-        }
+        // Version 1's hello, byte for byte: tag, version, tunnel, and no claim key.
+        let mut v1 = vec![C_HELLO, 0, 1];
+        put_str(&mut v1, "my-app");
+        assert_eq!(
+            ClientMessage::decode(&v1),
+            Ok(ClientMessage::Hello {
+                version: 1,
+                tunnel: String::new(),
+                claim_key: String::new(),
+            })
+        );
+        // A future version's hello with fields this side cannot know still names its version.
+        let mut future = vec![C_HELLO, 0, 99, 0xde, 0xad];
+        future.extend_from_slice(&[0xff; 16]);
+        assert!(matches!(
+            ClientMessage::decode(&future),
+            Ok(ClientMessage::Hello { version: 99, .. })
+        ));
     }
 
     #[test]
@@ -729,8 +842,9 @@ mod tests {
             Err(DecodeError::InvalidValue("refusal"))
         );
         let mut hello = ClientMessage::Hello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             tunnel: "ab".into(),
+            claim_key: String::new(),
         }
         .encode();
         hello[5] = 0xff;

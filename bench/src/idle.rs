@@ -108,6 +108,7 @@ async fn handshake(relay: SocketAddr, tunnel: &str) -> Result<Ws> {
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         tunnel: tunnel.to_string(),
+        claim_key: String::new(),
     };
     ws.send(Message::Binary(hello.encode())).await?;
     loop {

@@ -388,6 +388,7 @@ async fn connect(config: &SessionConfig) -> Result<(Ws, Welcome), ConnectError> 
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         tunnel: config.tunnel.to_string(),
+        claim_key: String::new(),
     };
     ws.send(Message::Binary(hello.encode()))
         .await
@@ -475,6 +476,7 @@ fn message_name(m: &RelayMessage) -> &'static str {
         RelayMessage::Request { .. } => "request",
         RelayMessage::RequestChunk { .. } => "request chunk",
         RelayMessage::Cancel { .. } => "cancel",
+        RelayMessage::DeadLettered { .. } => "dead letter",
     }
 }
 
@@ -555,7 +557,7 @@ async fn read_half(
                 id,
                 received_at_ms,
                 answer,
-                queued,
+                redelivery: queued,
                 method,
                 path,
                 query,
@@ -613,6 +615,9 @@ async fn read_half(
             }
             RelayMessage::Cancel { id } => {
                 partial.remove(&id);
+            }
+            RelayMessage::DeadLettered { id, reason } => {
+                tracing::warn!(delivery = %id, %reason, "the relay set a queued delivery aside");
             }
             RelayMessage::Welcome { .. } | RelayMessage::Refused { .. } => {
                 tracing::debug!("ignored a handshake message during the session");

@@ -521,7 +521,9 @@ async fn accept_client(listener: &TcpListener) -> (RelaySide, Option<String>, St
     .await
     .unwrap();
     match next_client_message(&mut ws).await {
-        ClientMessage::Hello { version, tunnel } => {
+        ClientMessage::Hello {
+            version, tunnel, ..
+        } => {
             assert_eq!(version, PROTOCOL_VERSION);
             assert_eq!(tunnel, "my-app");
         }
@@ -553,6 +555,8 @@ fn welcome() -> RelayMessage {
         public_url: "https://relay.test/t/my-app".into(),
         queued: 2,
         expired: 0,
+        dead_letters: 0,
+        claim_key: String::new(),
     }
 }
 
@@ -561,7 +565,7 @@ fn request(id: &str, body: &[u8], queued: bool, end: bool) -> RelayMessage {
         id: DeliveryId::parse(id).unwrap(),
         received_at_ms: 1_750_000_000_000,
         answer: !queued,
-        queued,
+        redelivery: queued,
         method: "POST".into(),
         path: "/sub".into(),
         query: "a=1".into(),

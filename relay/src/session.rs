@@ -116,6 +116,8 @@ pub(crate) async fn run<S>(
         public_url: format!("{}/t/{name}", shared.public_base),
         queued: u32::try_from(queued).unwrap_or(u32::MAX),
         expired: u32::try_from(expired).unwrap_or(u32::MAX),
+        dead_letters: 0,
+        claim_key: String::new(),
     };
     let _ = handle.tx.try_send(Message::Binary(welcome.encode()));
     // With a backlog, the session stays hidden until it is sent, so queued deliveries come first.
@@ -170,7 +172,9 @@ where
             }
             Ok(Some(Ok(Message::Binary(bytes)))) => {
                 return match ClientMessage::decode(&bytes) {
-                    Ok(ClientMessage::Hello { version, tunnel }) => Some((version, tunnel)),
+                    Ok(ClientMessage::Hello {
+                        version, tunnel, ..
+                    }) => Some((version, tunnel)),
                     Ok(_) | Err(_) => {
                         debug!("first message is not a hello");
                         None
@@ -312,6 +316,7 @@ fn on_message(
             pending.settle(&id, Reply::Failed(message));
         }
         ClientMessage::Recorded { id } => return Some(id),
+        ClientMessage::NotRecorded { .. } | ClientMessage::Rejected { .. } => {}
         ClientMessage::Hello { .. } => debug!("ignoring a second hello"),
     }
     None

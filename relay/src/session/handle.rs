@@ -106,7 +106,7 @@ impl Outbound {
             id: delivery.id.clone(),
             received_at_ms: delivery.received_at_ms,
             answer: true,
-            queued,
+            redelivery: queued,
             method: delivery.method,
             path: delivery.path,
             query: delivery.query,
@@ -124,8 +124,8 @@ impl Outbound {
     /// The same delivery marked as a redelivery, for another session.
     pub fn redelivery(&self) -> Self {
         let mut head = self.head.clone();
-        if let RelayMessage::Request { queued, .. } = &mut head {
-            *queued = true;
+        if let RelayMessage::Request { redelivery, .. } = &mut head {
+            *redelivery = true;
         }
         Outbound {
             id: self.id.clone(),
@@ -357,7 +357,7 @@ mod tests {
         assert_eq!(outbound.to_queued(), Some(delivery));
         assert!(matches!(
             outbound.redelivery().head,
-            RelayMessage::Request { queued: true, .. }
+            RelayMessage::Request { redelivery: true, .. }
         ));
         let pending = handle.deliver(&outbound).await.unwrap();
         let mut received = Vec::new();

@@ -224,6 +224,7 @@ pub async fn hello(
     let hello = ClientMessage::Hello {
         version,
         tunnel: tunnel.into(),
+        claim_key: String::new(),
     };
     ws.send(Message::Binary(hello.encode())).await.unwrap();
     let reply = next_message(&mut ws).await.expect("an answer to hello");
@@ -238,6 +239,7 @@ pub async fn connect(relay: &Relay, tunnel: &str) -> Ws {
             public_url,
             queued: 0,
             expired: 0,
+            ..
         } => {
             assert_eq!(t, tunnel);
             assert!(
@@ -297,7 +299,7 @@ pub fn spawn_client(mut ws: Ws, behavior: Behavior) -> mpsc::Receiver<Event> {
                 RelayMessage::Request {
                     id,
                     answer,
-                    queued,
+                    redelivery: queued,
                     method,
                     path,
                     query,
