@@ -9,6 +9,7 @@ use std::time::Duration;
 use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::queue::Clock;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT};
 
 /// Default `--listen` address.
@@ -88,6 +89,8 @@ pub struct Config {
     pub keepalive: Duration,
     /// Per-tunnel limits of the offline queue.
     pub queue: QueueLimits,
+    /// Where the offline queue reads the time (the system clock; tests set their own).
+    pub clock: Clock,
 }
 
 impl Config {
@@ -105,6 +108,7 @@ impl Config {
             offline: OfflinePolicy::Queue,
             keepalive: DEFAULT_KEEPALIVE,
             queue: QueueLimits::default(),
+            clock: Clock::system(),
         }
     }
 }
@@ -296,6 +300,7 @@ impl TryFrom<Args> for Config {
                 max_bytes: args.queue_max_bytes,
                 max_age: args.queue_max_age,
             },
+            clock: Clock::system(),
         })
     }
 }

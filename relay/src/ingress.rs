@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -19,18 +19,29 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use illumitunnel::headers::{strip_hop_by_hop, Header};
 use illumitunnel::DeliveryId;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use crate::config::OfflinePolicy;
 use crate::error::IngressError;
-use crate::metrics::Outcome;
+use crate::metrics::{Metrics, Outcome};
 use crate::queue::{QueueError, QueuedDelivery};
-use crate::registry::Lookup;
-use crate::server::Shared;
-use crate::session::{Outbound, Reply, SessionHandle};
+use crate::session::{OutgoingDelivery, Reply, SessionHandle};
+use crate::tunnel::{QueueTicket, Route, Tunnels};
 
-/// A request for `tunnel` with `rest` below it.
-pub(crate) struct Delivery<'a> {
+/// What webhook ingress works with.
+pub(crate) struct IngressContext {
+    pub tunnels: Arc<Tunnels>,
+    pub metrics: Arc<Metrics>,
+    pub max_body: usize,
+    pub response_timeout: Duration,
+    pub offline: OfflinePolicy,
+    /// Cancelled when the relay starts shutting down.
+    pub shutdown: CancellationToken,
+}
+
+/// A webhook request for `tunnel` with `rest` below it, as it arrived.
+pub(crate) struct WebhookRequest<'a> {
     /// The request head.
     pub parts: &'a Parts,
     /// The raw tunnel segment of the path.
@@ -45,20 +56,20 @@ pub(crate) struct Delivery<'a> {
 
 /// Answers one webhook request and counts its outcome.
 pub(crate) async fn handle(
-    shared: &Shared,
-    delivery: Delivery<'_>,
+    ctx: &IngressContext,
+    request: WebhookRequest<'_>,
     body: Incoming,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let span = tracing::debug_span!("delivery", tunnel = delivery.tunnel);
-    let (outcome, response) = match forward(shared, &delivery, body).instrument(span).await {
+    let span = tracing::debug_span!("delivery", tunnel = request.tunnel);
+    let (outcome, response) = match forward(ctx, &request, body).instrument(span).await {
         Ok(answered) => answered,
         Err(err) => {
-            debug!(tunnel = delivery.tunnel, %err, "delivery not answered by a local server");
+            debug!(tunnel = request.tunnel, %err, "delivery not answered by a local server");
             (outcome_of(&err), err.into_response())
         }
     };
-    shared.metrics.delivery(outcome, started.elapsed());
+    ctx.metrics.delivery(outcome, started.elapsed());
     response
 }
 
@@ -83,121 +94,127 @@ const MAX_RESENDS: usize = 3;
 type Answered = (Outcome, Response<Full<Bytes>>);
 
 async fn forward(
-    shared: &Shared,
-    d: &Delivery<'_>,
+    ctx: &IngressContext,
+    r: &WebhookRequest<'_>,
     body: Incoming,
 ) -> Result<Answered, IngressError> {
-    let Lookup::Known(sessions) = shared.registry.lookup(d.tunnel) else {
+    if !ctx.tunnels.is_known(r.tunnel) {
         return Err(IngressError::UnknownTunnel);
-    };
-    let limit = shared.max_body;
-    if content_length(&d.parts.headers).is_some_and(|len| len > limit as u64) {
+    }
+    let limit = ctx.max_body;
+    if content_length(&r.parts.headers).is_some_and(|len| len > limit as u64) {
         return Err(IngressError::BodyTooLarge { limit });
     }
-    let body = read_body(body, shared).await?;
+    let body = read_body(body, ctx).await?;
     let received_at_ms = illumitunnel::now_ms().max(0) as u64;
-    let host = d
+    let host = r
         .parts
         .headers
         .get(header::HOST)
         .map(HeaderValue::as_bytes)
-        .or_else(|| d.parts.uri.authority().map(|a| a.as_str().as_bytes()));
+        .or_else(|| r.parts.uri.authority().map(|a| a.as_str().as_bytes()));
     let delivery = QueuedDelivery {
         id: DeliveryId::generate(),
         received_at_ms,
-        method: d.parts.method.as_str().to_owned(),
-        path: d.rest.to_owned(),
-        query: d.parts.uri.query().unwrap_or("").to_owned(),
-        headers: forward_headers(&d.parts.headers, d.peer.ip(), d.proto, host),
+        method: r.parts.method.as_str().to_owned(),
+        path: r.rest.to_owned(),
+        query: r.parts.uri.query().unwrap_or("").to_owned(),
+        headers: forward_headers(&r.parts.headers, r.peer.ip(), r.proto, host),
         body,
     };
-    let sessions = if sessions.is_empty() {
-        // A client may have connected while the body arrived.
-        match shared.registry.lookup(d.tunnel) {
-            Lookup::Known(s) if !s.is_empty() => s,
-            _ => return offline(shared, d.tunnel, delivery).await,
-        }
-    } else {
-        sessions
+    // Decided once the body is in: a client may have connected (or a backlog formed) meanwhile.
+    let mut sessions = match ctx.tunnels.route(r.tunnel) {
+        Route::Unknown => return Err(IngressError::UnknownTunnel),
+        Route::Queue(ticket) => return offline(ctx, ticket, delivery).await,
+        Route::Live(sessions) => sessions,
     };
 
-    let timeout = shared.response_timeout;
+    let timeout = ctx.response_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut sessions = sessions;
-    let mut outbound = Arc::new(Outbound::new(delivery, false));
+    let mut outgoing = Arc::new(OutgoingDelivery::new(delivery, false));
     let mut copies = true;
     let mut attempts = 0;
     let reply = loop {
         attempts += 1;
         let exchanged =
-            tokio::time::timeout_at(deadline, exchange(&sessions, &outbound, copies)).await;
+            tokio::time::timeout_at(deadline, exchange(&sessions, &outgoing, copies)).await;
         match exchanged {
-            Err(_) if shared.shutdown.is_cancelled() => {
+            Err(_) if ctx.shutdown.is_cancelled() => {
                 // The relay is stopping and the answer did not come: keep the delivery.
-                return requeue(shared, d.tunnel, &outbound).await;
+                return requeue(ctx, r.tunnel, &outgoing).await;
             }
             Err(_) => {
                 return Err(IngressError::Timeout {
-                    tunnel: d.tunnel.to_owned(),
+                    tunnel: r.tunnel.to_owned(),
                     timeout,
                 })
             }
             Ok(Exchange::Replied(reply)) => break reply,
-            Ok(Exchange::NoSession) => return requeue(shared, d.tunnel, &outbound).await,
+            Ok(Exchange::NoSession) => return requeue(ctx, r.tunnel, &outgoing).await,
             Ok(Exchange::Gone) if attempts > MAX_RESENDS => {
-                return requeue(shared, d.tunnel, &outbound).await
+                return requeue(ctx, r.tunnel, &outgoing).await
             }
             Ok(Exchange::Gone) => {
                 // The session vanished before answering; the client may have it already, so
                 // the next one gets it marked as a redelivery (answered from its store).
-                debug!(delivery = %outbound.id(), "session gone before answering; sending elsewhere");
-                sessions = match shared.registry.lookup(d.tunnel) {
-                    Lookup::Known(s) if !s.is_empty() => s,
-                    _ => return requeue(shared, d.tunnel, &outbound).await,
+                debug!(delivery = %outgoing.id(), "session gone before answering; sending elsewhere");
+                sessions = match ctx.tunnels.route(r.tunnel) {
+                    Route::Live(s) => s,
+                    Route::Queue(ticket) => return queue_sent(ctx, ticket, &outgoing).await,
+                    Route::Unknown => return Err(IngressError::ClientGone(r.tunnel.to_owned())),
                 };
-                outbound = Arc::new(outbound.redelivery());
+                outgoing = Arc::new(outgoing.redelivery());
                 copies = false;
             }
         }
     };
-    drop(outbound);
+    drop(outgoing);
     let answered = match reply {
         Reply::Failed(message) => return Err(IngressError::Failed(message)),
         Reply::Answered {
             status,
             headers,
             body,
-        } => answer(d.tunnel, status, headers, body)?,
+        } => answer(r.tunnel, status, headers, body)?,
     };
     Ok((Outcome::answered, answered))
 }
 
 /// A delivery already sent that no session answered: queue it (see [`offline`]).
 async fn requeue(
-    shared: &Shared,
+    ctx: &IngressContext,
     tunnel: &str,
-    outbound: &Outbound,
+    outgoing: &OutgoingDelivery,
 ) -> Result<Answered, IngressError> {
-    match outbound.to_queued() {
-        Some(delivery) => offline(shared, tunnel, delivery).await,
-        None => Err(IngressError::ClientGone(tunnel.to_owned())),
+    queue_sent(ctx, ctx.tunnels.requeue(tunnel), outgoing).await
+}
+
+async fn queue_sent(
+    ctx: &IngressContext,
+    ticket: QueueTicket,
+    outgoing: &OutgoingDelivery,
+) -> Result<Answered, IngressError> {
+    match outgoing.to_queued() {
+        Some(delivery) => offline(ctx, ticket, delivery).await,
+        None => Err(IngressError::ClientGone(ticket.tunnel().to_owned())),
     }
 }
 
-/// A known tunnel with no session that can take the delivery: queue it durably (202) or, with
-/// `--offline reject`, answer 503.
+/// A known tunnel whose sessions cannot take the delivery now (none, or a backlog draining):
+/// queue it durably (202) or, with `--offline reject`, answer 503.
 async fn offline(
-    shared: &Shared,
-    tunnel: &str,
+    ctx: &IngressContext,
+    ticket: QueueTicket,
     delivery: QueuedDelivery,
 ) -> Result<Answered, IngressError> {
-    if shared.offline == OfflinePolicy::Reject {
-        return Err(IngressError::Offline(tunnel.to_owned()));
+    let tunnel = ticket.tunnel().to_owned();
+    if ctx.offline == OfflinePolicy::Reject {
+        return Err(IngressError::Offline(tunnel));
     }
     let id = delivery.id.clone();
-    match shared.queue.push(tunnel, delivery).await {
+    match ticket.queue().push(&tunnel, delivery).await {
         Ok(()) => {
-            shared.registry.wake_backlog(tunnel);
+            ticket.pushed();
             let body = serde_json::json!({ "queued": true, "id": id.as_str() }).to_string();
             let mut response = Response::new(Full::new(Bytes::from(body)));
             *response.status_mut() = StatusCode::ACCEPTED;
@@ -213,7 +230,7 @@ async fn offline(
         }
         Err(err) => {
             warn!(tunnel, %err, "could not queue a delivery");
-            Err(IngressError::QueueUnavailable(tunnel.to_owned()))
+            Err(IngressError::QueueUnavailable(tunnel))
         }
     }
 }
@@ -227,23 +244,27 @@ enum Exchange {
 /// Sends the delivery to the first session that takes it and, with `copies`, a copy to every
 /// later one, then waits for the answer. Dropping this future (timeout, sender gone) cancels
 /// the delivery.
-async fn exchange(sessions: &[SessionHandle], outbound: &Arc<Outbound>, copies: bool) -> Exchange {
+async fn exchange(
+    sessions: &[SessionHandle],
+    outgoing: &Arc<OutgoingDelivery>,
+    copies: bool,
+) -> Exchange {
     let mut rest = sessions.iter();
     let mut pending = loop {
         let Some(session) = rest.next() else {
             return Exchange::NoSession;
         };
-        if let Ok(pending) = session.deliver(outbound).await {
+        if let Ok(pending) = session.deliver(outgoing).await {
             break pending;
         }
     };
     if copies {
         // Copies go out on their own tasks so a slow listener never delays the answer.
         for session in rest {
-            let (session, outbound) = (session.clone(), Arc::clone(outbound));
+            let (session, outgoing) = (session.clone(), Arc::clone(outgoing));
             tokio::spawn(async move {
-                if session.copy(&outbound).await.is_err() {
-                    debug!(delivery = %outbound.id(), "fan-out copy not sent: session gone");
+                if session.copy(&outgoing).await.is_err() {
+                    debug!(delivery = %outgoing.id(), "fan-out copy not sent: session gone");
                 }
             });
         }
@@ -264,9 +285,9 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-async fn read_body(body: Incoming, shared: &Shared) -> Result<Bytes, IngressError> {
-    let limit = shared.max_body;
-    let within = shared.response_timeout;
+async fn read_body(body: Incoming, ctx: &IngressContext) -> Result<Bytes, IngressError> {
+    let limit = ctx.max_body;
+    let within = ctx.response_timeout;
     match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
         Err(_) => Err(IngressError::BodyTimeout(within)),
         Ok(Err(err)) if err.is::<LengthLimitError>() => Err(IngressError::BodyTooLarge { limit }),

@@ -10,7 +10,8 @@
 //! - [`route`] — pure path routing.
 //! - [`error`] — `IngressError`: status and JSON body a sender reads.
 //! - [`session`] — a client's websocket session actor and its `SessionHandle`.
-//! - [`registry`] — tunnel → owner, live sessions and who sends the backlog.
+//! - [`tunnel`] — tunnel → owner and sessions, and each tunnel's delivery order (idle,
+//!   draining its backlog one delivery at a time, live).
 //! - [`queue`] — the offline queue and tunnel ownership in `{data_dir}/relay.db`.
 //! - [`auth`] — token check and tunnel owner keys.
 //! - [`metrics`] — Prometheus metrics for `GET /metrics`.
@@ -21,11 +22,11 @@ pub mod error;
 pub mod ingress;
 pub mod metrics;
 pub mod queue;
-pub mod registry;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod tunnel;
 
 pub use config::{Config, ConfigError, OfflinePolicy, TlsConfig};
 

@@ -35,6 +35,8 @@ pub enum Outcome {
     expired,
     /// Sent again from the offline queue to a session.
     redelivered,
+    /// Set aside from the offline queue after ending or being rejected by three sessions.
+    dead_lettered,
     /// Unknown tunnel (404).
     unknown_tunnel,
     /// Body over `--max-body` (413).
@@ -44,7 +46,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 12] = [
+    const ALL: [Outcome; 13] = [
         Outcome::answered,
         Outcome::failed,
         Outcome::timeout,
@@ -54,6 +56,7 @@ impl Outcome {
         Outcome::rejected,
         Outcome::expired,
         Outcome::redelivered,
+        Outcome::dead_lettered,
         Outcome::unknown_tunnel,
         Outcome::too_large,
         Outcome::bad_request,
@@ -77,6 +80,7 @@ pub struct QueueGauges {
     depth: Family<TunnelLabels, Gauge<i64, AtomicI64>>,
     bytes: Family<TunnelLabels, Gauge<i64, AtomicI64>>,
     expired: Counter,
+    dead_letters: Counter,
 }
 
 impl QueueGauges {
@@ -105,6 +109,11 @@ impl QueueGauges {
     /// Counts deliveries dropped for age.
     pub fn expired(&self, count: u64) {
         self.expired.inc_by(count);
+    }
+
+    /// Counts a queued delivery set aside as a dead letter.
+    pub fn dead_lettered(&self) {
+        self.dead_letters.inc();
     }
 }
 
@@ -151,6 +160,7 @@ impl Metrics {
             depth: Family::default(),
             bytes: Family::default(),
             expired: deliveries[Outcome::expired as usize].clone(),
+            dead_letters: deliveries[Outcome::dead_lettered as usize].clone(),
         };
         registry.register(
             "queue_depth",
@@ -210,6 +220,7 @@ mod tests {
         metrics.queue.set("gone-app", 1, 1);
         metrics.queue.remove("gone-app");
         metrics.queue.expired(2);
+        metrics.queue.dead_lettered();
         let text = metrics.encode();
         assert!(!text.contains("gone-app"), "{text}");
         for needle in [
@@ -219,6 +230,7 @@ mod tests {
             "illumitunnel_deliveries_total{outcome=\"timeout\"} 1",
             "illumitunnel_deliveries_total{outcome=\"offline\"} 0",
             "illumitunnel_deliveries_total{outcome=\"expired\"} 2",
+            "illumitunnel_deliveries_total{outcome=\"dead_lettered\"} 1",
             "illumitunnel_queue_depth{tunnel=\"my-app\"} 3",
             "illumitunnel_queue_bytes{tunnel=\"my-app\"} 300",
             "illumitunnel_delivery_duration_seconds_count 1",

@@ -1,7 +1,9 @@
 //! The offline queue and tunnel ownership, kept in `{data_dir}/relay.db`. A delivery for a
 //! tunnel with no session is committed here before its sender hears 202; when a session of the
-//! tunnel connects, the queue is streamed to it in arrival order, and each row leaves only when
-//! a session of the tunnel says `Recorded` (at-least-once).
+//! tunnel connects, the tunnel's drain (see [`tunnel`](crate::tunnel)) sends the queue to it
+//! one delivery at a time in arrival order, and each row leaves only when the client says
+//! `Recorded` (at-least-once). A row that ends or is rejected by three sessions in a row moves
+//! to the dead letters.
 //!
 //! SQLite calls block, so one thread owns the database ([`QueueStore`]) and everyone else holds
 //! a cloneable [`QueueHandle`] over a bounded channel, with answers on `oneshot`s. The thread
@@ -12,6 +14,7 @@ mod schema;
 pub mod store;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -80,8 +83,21 @@ pub struct QueuedDelivery {
 pub struct Row {
     /// Arrival order within the relay.
     pub seq: i64,
+    /// Sessions this delivery ended or was rejected by, in a row.
+    pub attempts: u32,
     /// The delivery.
     pub delivery: QueuedDelivery,
+}
+
+/// What a connecting session hears about its tunnel's queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Deliveries waiting.
+    pub queued: u64,
+    /// Deliveries dropped for age since a session last heard it.
+    pub expired: u64,
+    /// Deliveries set aside as dead letters (kept in the data dir).
+    pub dead_letters: u64,
 }
 
 /// Which limit a full queue reached.
@@ -151,12 +167,27 @@ enum Command {
     },
     Connect {
         tunnel: String,
-        reply: oneshot::Sender<Result<(u64, u64), QueueError>>,
+        reply: oneshot::Sender<Result<Backlog, QueueError>>,
     },
-    Page {
+    Head {
         tunnel: String,
-        after_seq: i64,
-        reply: oneshot::Sender<Result<Vec<Row>, QueueError>>,
+        reply: oneshot::Sender<Result<Option<Row>, QueueError>>,
+    },
+    Remove {
+        tunnel: String,
+        seq: i64,
+        reply: oneshot::Sender<Result<bool, QueueError>>,
+    },
+    AttemptFailed {
+        tunnel: String,
+        seq: i64,
+        reply: oneshot::Sender<Result<u32, QueueError>>,
+    },
+    DeadLetter {
+        tunnel: String,
+        seq: i64,
+        reason: String,
+        reply: oneshot::Sender<Result<bool, QueueError>>,
     },
     Ack {
         tunnel: String,
@@ -170,15 +201,44 @@ enum Command {
     },
 }
 
-/// Rows per redelivery page.
-const PAGE_ROWS: usize = 64;
-/// Bytes per redelivery page, so a large backlog is streamed, never loaded at once.
-const PAGE_BYTES: usize = 4 * 1024 * 1024;
-
 /// Talks to the queue thread; cloneable.
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::Sender<Command>,
+}
+
+/// Where the queue reads the time: the system clock, or a test's hand-set one.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// Unix milliseconds from the system clock.
+    pub fn system() -> Self {
+        Clock(Arc::new(illumitunnel::now_ms))
+    }
+
+    /// A clock that reads `now` (Unix milliseconds), for tests that move time by hand.
+    pub fn manual(now: Arc<std::sync::atomic::AtomicI64>) -> Self {
+        Clock(Arc::new(move || {
+            now.load(std::sync::atomic::Ordering::SeqCst)
+        }))
+    }
+
+    fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 impl QueueHandle {
@@ -216,18 +276,44 @@ impl QueueHandle {
         .await
     }
 
-    /// A session connects: expires aged rows; returns (queued, expired since last reported).
-    pub async fn connect(&self, tunnel: &str) -> Result<(u64, u64), QueueError> {
+    /// A session connects: expires aged rows; returns what the session should hear.
+    pub async fn connect(&self, tunnel: &str) -> Result<Backlog, QueueError> {
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Connect { tunnel, reply }).await
     }
 
-    /// The next page of `tunnel`'s queue after `after_seq`.
-    pub async fn page(&self, tunnel: &str, after_seq: i64) -> Result<Vec<Row>, QueueError> {
+    /// The oldest delivery in `tunnel`'s queue.
+    pub async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
         let tunnel = tunnel.to_owned();
-        self.call(|reply| Command::Page {
+        self.call(|reply| Command::Head { tunnel, reply }).await
+    }
+
+    /// Drops the recorded delivery at `seq`; returns once that is committed.
+    pub async fn remove(&self, tunnel: &str, seq: i64) -> Result<bool, QueueError> {
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::Remove { tunnel, seq, reply })
+            .await
+    }
+
+    /// Counts a session the delivery at `seq` ended or was rejected by; returns the count.
+    pub async fn attempt_failed(&self, tunnel: &str, seq: i64) -> Result<u32, QueueError> {
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::AttemptFailed { tunnel, seq, reply })
+            .await
+    }
+
+    /// Sets the delivery at `seq` aside as a dead letter.
+    pub async fn dead_letter(
+        &self,
+        tunnel: &str,
+        seq: i64,
+        reason: String,
+    ) -> Result<bool, QueueError> {
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::DeadLetter {
             tunnel,
-            after_seq,
+            seq,
+            reason,
             reply,
         })
         .await
@@ -253,12 +339,12 @@ impl QueueHandle {
     }
 }
 
-/// Starts the queue thread over `store`.
-pub fn spawn(store: QueueStore) -> std::io::Result<(QueueHandle, JoinHandle<()>)> {
+/// Starts the queue thread over `store`, reading the time from `clock`.
+pub fn spawn(store: QueueStore, clock: Clock) -> std::io::Result<(QueueHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(COMMANDS);
     let thread = std::thread::Builder::new()
         .name("relay-queue".into())
-        .spawn(move || run(store, rx))?;
+        .spawn(move || run(store, clock, rx))?;
     Ok((QueueHandle { tx }, thread))
 }
 
@@ -273,8 +359,16 @@ enum Done {
         Result<(), QueueError>,
     ),
     Connect(
-        oneshot::Sender<Result<(u64, u64), QueueError>>,
-        Result<(u64, u64), QueueError>,
+        oneshot::Sender<Result<Backlog, QueueError>>,
+        Result<Backlog, QueueError>,
+    ),
+    Changed(
+        oneshot::Sender<Result<bool, QueueError>>,
+        Result<bool, QueueError>,
+    ),
+    Attempts(
+        oneshot::Sender<Result<u32, QueueError>>,
+        Result<u32, QueueError>,
     ),
     Expire(
         oneshot::Sender<Result<u64, QueueError>>,
@@ -294,12 +388,14 @@ impl Done {
             Done::Claim(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Push(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Connect(tx, r) => drop(tx.send(fail(failed, r))),
+            Done::Changed(tx, r) => drop(tx.send(fail(failed, r))),
+            Done::Attempts(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Expire(tx, r) => drop(tx.send(fail(failed, r))),
         }
     }
 }
 
-fn run(mut store: QueueStore, mut rx: mpsc::Receiver<Command>) {
+fn run(mut store: QueueStore, clock: Clock, mut rx: mpsc::Receiver<Command>) {
     let mut done: Vec<Done> = Vec::new();
     let mut closing: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -310,7 +406,7 @@ fn run(mut store: QueueStore, mut rx: mpsc::Receiver<Command>) {
         let mut handled = 0;
         while let Some(command) = next.take() {
             handled += 1;
-            if let Some(reply) = execute(&mut store, command, &mut done) {
+            if let Some(reply) = execute(&mut store, clock.now_ms(), command, &mut done) {
                 closing = Some(reply);
                 break;
             }
@@ -345,10 +441,10 @@ fn run(mut store: QueueStore, mut rx: mpsc::Receiver<Command>) {
 /// Runs one command inside the open transaction; returns `Close`'s reply to stop.
 fn execute(
     store: &mut QueueStore,
+    now: i64,
     command: Command,
     done: &mut Vec<Done>,
 ) -> Option<oneshot::Sender<()>> {
-    let now = illumitunnel::now_ms();
     match command {
         Command::Claim {
             tunnel,
@@ -363,14 +459,25 @@ fn execute(
         Command::Connect { tunnel, reply } => {
             done.push(Done::Connect(reply, store.connect(&tunnel, now)))
         }
-        Command::Page {
-            tunnel,
-            after_seq,
-            reply,
-        } => {
+        Command::Head { tunnel, reply } => {
             // Reads need no commit: answer at once.
-            let _ = reply.send(store.page(&tunnel, after_seq, PAGE_ROWS, PAGE_BYTES));
+            let _ = reply.send(store.head(&tunnel));
         }
+        Command::Remove { tunnel, seq, reply } => {
+            done.push(Done::Changed(reply, store.remove(&tunnel, seq)))
+        }
+        Command::AttemptFailed { tunnel, seq, reply } => {
+            done.push(Done::Attempts(reply, store.attempt_failed(&tunnel, seq)))
+        }
+        Command::DeadLetter {
+            tunnel,
+            seq,
+            reason,
+            reply,
+        } => done.push(Done::Changed(
+            reply,
+            store.dead_letter(&tunnel, seq, &reason, now),
+        )),
         Command::Ack { tunnel, id } => {
             if let Err(err) = store.ack(&tunnel, &id) {
                 tracing::warn!(%err, delivery = %id, "could not drop a recorded delivery from the queue");

@@ -27,13 +27,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::auth::Auth;
-use crate::config::{Config, OfflinePolicy, TlsConfig};
+use crate::config::{Config, TlsConfig};
 use crate::error::IngressError;
-use crate::ingress::{self, Delivery};
+use crate::ingress::{self, IngressContext, WebhookRequest};
 use crate::metrics::Metrics;
 use crate::queue::{self, QueueHandle, QueueStore};
-use crate::registry::Registry;
 use crate::route::{self, Route};
+use crate::session::SessionContext;
+use crate::tunnel::{DrainPolicy, Tunnels};
 use crate::{session, tls, RelayError};
 
 /// Longest a sender may take to send its request headers.
@@ -46,29 +47,21 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Beyond the response timeout, how long a drain waits for the client to record a queued
+/// delivery (it forwards it to the local server first).
+const BACKLOG_ACK_GRACE: Duration = Duration::from_secs(30);
 /// Longest pause between two expiry passes over the offline queue.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
-/// Everything request handlers and sessions share.
-pub(crate) struct Shared {
-    pub registry: Registry,
-    pub auth: Auth,
-    pub metrics: Metrics,
-    /// Public base URL without a trailing slash.
-    pub public_base: String,
+/// What the HTTP layer dispatches to: each role gets its own narrow view.
+struct Dispatch {
+    ingress: Arc<IngressContext>,
+    sessions: Arc<SessionContext>,
+    auth: Auth,
+    metrics: Arc<Metrics>,
     /// `X-Forwarded-Proto` on plain connections (the public URL's scheme behind a TLS proxy).
-    pub plain_proto: &'static str,
-    pub max_body: usize,
-    pub response_timeout: Duration,
-    pub keepalive: Duration,
-    pub offline: OfflinePolicy,
-    /// The offline queue and tunnel ownership.
-    pub queue: QueueHandle,
-    /// Cancelled when the relay starts shutting down.
-    pub shutdown: CancellationToken,
-    /// Cancelled after HTTP requests drained; ends every session.
-    pub sessions: CancellationToken,
-    pub tracker: TaskTracker,
+    plain_proto: &'static str,
+    tracker: TaskTracker,
 }
 
 /// Binding the listener failed.
@@ -119,7 +112,7 @@ pub(crate) async fn run(
     } else {
         "http"
     };
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
     let data_dir = config.data_dir.clone();
     let limits = config.queue;
     let gauges = metrics.queue.clone();
@@ -127,32 +120,51 @@ pub(crate) async fn run(
         .await
         .map_err(|e| RelayError::DataDir(format!("could not open the relay database: {e}")))?
         .map_err(|e| RelayError::DataDir(e.to_string()))?;
-    let registry = Registry::new(metrics.tunnels_connected.clone(), metrics.sessions.clone());
-    for (tunnel, owner) in store
+    let owners = store
         .owners()
-        .map_err(|e| RelayError::DataDir(e.to_string()))?
-    {
-        registry.preload(tunnel, owner);
+        .map_err(|e| RelayError::DataDir(e.to_string()))?;
+    let (queue, queue_thread) = queue::spawn(store, config.clock.clone())?;
+    let tracker = TaskTracker::new();
+    // Cancelled after HTTP requests drained: ends every session and drain.
+    let closing = CancellationToken::new();
+    let tunnels = Tunnels::new(
+        queue.clone(),
+        metrics.clone(),
+        DrainPolicy {
+            ack_timeout: config.response_timeout + BACKLOG_ACK_GRACE,
+            ..DrainPolicy::default()
+        },
+        tracker.clone(),
+        closing.clone(),
+    );
+    for (tunnel, owner) in owners {
+        tunnels.preload(tunnel, owner);
     }
-    let (queue, queue_thread) = queue::spawn(store)?;
-    let shared = Arc::new(Shared {
-        registry,
+    let dispatch = Arc::new(Dispatch {
+        ingress: Arc::new(IngressContext {
+            tunnels: tunnels.clone(),
+            metrics: metrics.clone(),
+            max_body: config.max_body,
+            response_timeout: config.response_timeout,
+            offline: config.offline,
+            shutdown: shutdown.clone(),
+        }),
+        sessions: Arc::new(SessionContext {
+            tunnels,
+            queue: queue.clone(),
+            public_base: public_base.clone(),
+            keepalive: config.keepalive,
+            max_body: config.max_body,
+            closing: closing.clone(),
+        }),
         auth: Auth::new(&config.tokens, config.allow_anonymous),
         metrics,
-        public_base,
         plain_proto,
-        max_body: config.max_body,
-        response_timeout: config.response_timeout,
-        keepalive: config.keepalive,
-        offline: config.offline,
-        queue,
-        shutdown: shutdown.clone(),
-        sessions: CancellationToken::new(),
-        tracker: TaskTracker::new(),
+        tracker: tracker.clone(),
     });
-    info!(%local, public_url = %shared.public_base, "relay serving");
+    info!(%local, public_url = %public_base, "relay serving");
     let expiry = tokio::spawn(expire_periodically(
-        shared.queue.clone(),
+        queue.clone(),
         config.queue.max_age,
         shutdown.clone(),
     ));
@@ -176,35 +188,35 @@ pub(crate) async fn run(
         };
         let _ = stream.set_nodelay(true);
         let connection = serve_connection(
-            shared.clone(),
+            dispatch.clone(),
             builder.clone(),
             acceptor.clone(),
             stream,
             peer,
             graceful.watcher(),
         );
-        shared.tracker.spawn(connection);
+        tracker.spawn(connection);
     }
     drop(listener);
 
     info!("shutting down: draining requests in flight");
-    let drain = shared.response_timeout + DRAIN_GRACE;
+    let drain = config.response_timeout + DRAIN_GRACE;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
         warn!("requests still in flight after {drain:?}; closing anyway");
     }
-    shared.sessions.cancel();
-    shared.tracker.close();
-    if tokio::time::timeout(SESSION_CLOSE_GRACE, shared.tracker.wait())
+    closing.cancel();
+    tracker.close();
+    if tokio::time::timeout(SESSION_CLOSE_GRACE, tracker.wait())
         .await
         .is_err()
     {
         warn!("sessions did not close within {SESSION_CLOSE_GRACE:?}");
     }
     let _ = expiry.await;
-    shared.queue.close().await;
+    queue.close().await;
     let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
     info!("relay stopped");
     Ok(())
@@ -268,7 +280,7 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
 }
 
 async fn serve_connection(
-    shared: Arc<Shared>,
+    dispatch: Arc<Dispatch>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     acceptor: Option<TlsAcceptor>,
     stream: TcpStream,
@@ -276,17 +288,17 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let Some(acceptor) = acceptor else {
-        return serve_http(shared, &builder, stream, peer, false, watcher).await;
+        return serve_http(dispatch, &builder, stream, peer, false, watcher).await;
     };
     match tokio::time::timeout(tls::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_http(shared, &builder, stream, peer, true, watcher).await,
+        Ok(Ok(stream)) => serve_http(dispatch, &builder, stream, peer, true, watcher).await,
         Ok(Err(err)) => debug!(%peer, %err, "TLS handshake failed"),
         Err(_) => debug!(%peer, "TLS handshake timed out"),
     }
 }
 
 async fn serve_http<I>(
-    shared: Arc<Shared>,
+    dispatch: Arc<Dispatch>,
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     peer: SocketAddr,
@@ -296,8 +308,8 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(dispatch(shared, req, peer, is_tls).await) }
+        let dispatch = dispatch.clone();
+        async move { Ok::<_, Infallible>(route_request(dispatch, req, peer, is_tls).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(connection).await {
@@ -305,8 +317,8 @@ async fn serve_http<I>(
     }
 }
 
-async fn dispatch(
-    shared: Arc<Shared>,
+async fn route_request(
+    dispatch: Arc<Dispatch>,
     req: Request<Incoming>,
     peer: SocketAddr,
     is_tls: bool,
@@ -314,15 +326,19 @@ async fn dispatch(
     let (parts, body) = req.into_parts();
     match route::parse(parts.uri.path()) {
         Route::Tunnel { tunnel, rest } => {
-            let proto = if is_tls { "https" } else { shared.plain_proto };
-            let delivery = Delivery {
+            let proto = if is_tls {
+                "https"
+            } else {
+                dispatch.plain_proto
+            };
+            let request = WebhookRequest {
                 parts: &parts,
                 tunnel,
                 rest,
                 peer,
                 proto,
             };
-            ingress::handle(&shared, delivery, body).await
+            ingress::handle(&dispatch.ingress, request, body).await
         }
         Route::Healthz => text(
             StatusCode::OK,
@@ -332,9 +348,9 @@ async fn dispatch(
         Route::Metrics => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Bytes::from(shared.metrics.encode()),
+            Bytes::from(dispatch.metrics.encode()),
         ),
-        Route::Connect => upgrade(shared, Request::from_parts(parts, body)),
+        Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body)),
         Route::NotFound => IngressError::NotFound.into_response(),
     }
 }
@@ -349,7 +365,7 @@ fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
 }
 
 /// Answers a client's websocket upgrade with 101 and runs the session on a tracked task.
-fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let headers = req.headers();
     let has = |name: header::HeaderName, want: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -372,14 +388,14 @@ fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>>
     let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
         return IngressError::NotWebsocket.into_response();
     };
-    let auth = shared.auth.check(
+    let auth = dispatch.auth.check(
         headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
     );
     let on_upgrade = hyper::upgrade::on(req);
-    let tracker = shared.tracker.clone();
-    tracker.spawn(async move {
+    let sessions = dispatch.sessions.clone();
+    dispatch.tracker.spawn(async move {
         match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
             Ok(Ok(upgraded)) => {
                 let ws = WebSocketStream::from_raw_socket(
@@ -388,7 +404,7 @@ fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>>
                     Some(session::ws_config()),
                 )
                 .await;
-                session::run(shared, ws, auth).await;
+                session::run(sessions, ws, auth).await;
             }
             Ok(Err(err)) => debug!(%err, "websocket upgrade failed"),
             Err(_) => debug!("websocket upgrade timed out"),

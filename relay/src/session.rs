@@ -1,13 +1,12 @@
 //! One client's websocket session. The session task owns the websocket: after the `Hello` /
 //! `Welcome` handshake it splits into a writer task, which drains a bounded queue of encoded
 //! messages (batched with `feed` + one `flush`) and pings every keepalive interval, and a reader,
-//! which completes pending answers and drops the session once the client has been silent for
-//! two intervals. Everyone else holds a cloneable [`SessionHandle`]; each delivery that waits
-//! for an answer registers a `oneshot` keyed by its [`DeliveryId`].
+//! which completes pending answers and acknowledgements and drops the session once the client
+//! has been silent for two intervals. Everyone else holds a cloneable [`SessionHandle`]; each
+//! delivery that waits for an answer registers a `oneshot` keyed by its [`DeliveryId`].
 //!
-//! A backlog task streams the tunnel's offline queue to the session that owns the backlog
-//! (see [`registry`](crate::registry)), page by page, and again whenever a delivery is queued;
-//! `Recorded` from the client drops a row from the queue.
+//! Which deliveries a session gets, and in what order, is the tunnel's business
+//! ([`tunnel`](crate::tunnel)): the session only joins and leaves its tunnel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,15 +26,16 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-mod backlog;
 mod handle;
 
 use handle::Pending;
-pub use handle::{Outbound, PendingAnswer, Reply, SessionGone, SessionHandle};
+pub use handle::{
+    Ack, OutgoingDelivery, PendingAck, PendingAnswer, Reply, SessionGone, SessionHandle,
+};
 
 use crate::auth::{Owner, Unauthorized};
-use crate::registry::Role;
-use crate::server::Shared;
+use crate::queue::QueueHandle;
+use crate::tunnel::{Phase, Tunnels};
 
 /// Longest the client may take to send `Hello` after the websocket opens.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +46,19 @@ const OUTBOUND_CAPACITY: usize = 64;
 const WRITE_BATCH: usize = 64;
 /// Longest the relay spends sending a refusal or a close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a session works with: its tunnels, the queue (ownership and acknowledgements) and
+/// its own settings.
+pub(crate) struct SessionContext {
+    pub tunnels: Arc<Tunnels>,
+    pub queue: QueueHandle,
+    /// Public base URL without a trailing slash.
+    pub public_base: String,
+    pub keepalive: Duration,
+    pub max_body: usize,
+    /// Cancelled after HTTP requests drained; ends every session.
+    pub closing: CancellationToken,
+}
 
 /// Websocket limits for client sessions: one protocol message at most; no compression.
 pub fn ws_config() -> WebSocketConfig {
@@ -59,7 +72,7 @@ pub fn ws_config() -> WebSocketConfig {
 /// Runs a session on an opened websocket until the client leaves, falls silent, or the relay
 /// shuts down. `auth` is the verdict on the upgrade request's token.
 pub(crate) async fn run<S>(
-    shared: Arc<Shared>,
+    ctx: Arc<SessionContext>,
     mut ws: WebSocketStream<S>,
     auth: Result<Owner, Unauthorized>,
 ) where
@@ -86,7 +99,7 @@ pub(crate) async fn run<S>(
 
     let taken =
         || format!("tunnel {name} belongs to another token; pick another name with --tunnel");
-    match shared.queue.claim(name.as_str(), owner).await {
+    match ctx.queue.claim(name.as_str(), owner).await {
         Ok(true) => {}
         Ok(false) => return refuse(ws, Refusal::TunnelTaken, taken()).await,
         Err(err) => {
@@ -98,39 +111,42 @@ pub(crate) async fn run<S>(
     }
 
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let handle = SessionHandle::new(shared.registry.next_session_id(), tx);
-    let Ok(role) = shared.registry.join(&name, owner, handle.clone()) else {
-        return refuse(ws, Refusal::TunnelTaken, taken()).await;
-    };
-    let (queued, expired) = match shared.queue.connect(name.as_str()).await {
-        Ok(counts) => counts,
+    let handle = SessionHandle::new(ctx.tunnels.next_session_id(), tx);
+    let pushes = ctx.tunnels.pushes(name.as_str());
+    let (backlog, empty_after) = match ctx.queue.connect(name.as_str()).await {
+        Ok(backlog) => (backlog, (backlog.queued == 0).then_some(pushes)),
         Err(err) => {
+            // The drain finds out what is queued when the queue works again.
             warn!(%err, tunnel = %name, "could not read the offline queue");
-            (0, 0)
+            (Default::default(), None)
         }
     };
-    let queued = if role == Role::Backlog { queued } else { 0 };
-    // Queue the welcome before the session becomes visible, so it precedes every delivery.
+    // Only a session that finds its tunnel idle gets the backlog.
+    let idle = matches!(ctx.tunnels.phase(name.as_str()), None | Some(Phase::Idle));
+    let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    // Queue the welcome before joining, so it precedes every delivery.
     let welcome = RelayMessage::Welcome {
         tunnel: name.to_string(),
-        public_url: format!("{}/t/{name}", shared.public_base),
-        queued: u32::try_from(queued).unwrap_or(u32::MAX),
-        expired: u32::try_from(expired).unwrap_or(u32::MAX),
-        dead_letters: 0,
+        public_url: format!("{}/t/{name}", ctx.public_base),
+        queued: if idle { count(backlog.queued) } else { 0 },
+        expired: count(backlog.expired),
+        dead_letters: count(backlog.dead_letters),
         claim_key: String::new(),
     };
     let _ = handle.tx.try_send(Message::Binary(welcome.encode()));
-    // With a backlog, the session stays hidden until it is sent, so queued deliveries come first.
-    if role == Role::Live || queued == 0 {
-        shared.registry.reveal(name.as_str(), &handle);
+    if ctx
+        .tunnels
+        .join(&name, owner, handle.clone(), empty_after)
+        .is_err()
+    {
+        return refuse(ws, Refusal::TunnelTaken, taken()).await;
     }
-    handle.wake_backlog();
     let span = tracing::info_span!("session", tunnel = %name, session = handle.id());
-    serve(shared, ws, rx, handle, name).instrument(span).await;
+    serve(ctx, ws, rx, handle, name).instrument(span).await;
 }
 
 async fn serve<S>(
-    shared: Arc<Shared>,
+    ctx: Arc<SessionContext>,
     ws: WebSocketStream<S>,
     rx: mpsc::Receiver<Message>,
     handle: SessionHandle,
@@ -139,21 +155,15 @@ async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     info!("client connected");
-    let token = shared.sessions.child_token();
+    let token = ctx.closing.child_token();
     let (sink, stream) = ws.split();
-    let writer =
-        tokio::spawn(write_loop(sink, rx, shared.keepalive, token.clone()).in_current_span());
-    let backlog = tokio::spawn(
-        backlog::run(shared.clone(), handle.clone(), name.clone(), token.clone()).in_current_span(),
-    );
-    let reason = read_loop(stream, &shared, &handle.pending, name.as_str(), &token).await;
+    let writer = tokio::spawn(write_loop(sink, rx, ctx.keepalive, token.clone()).in_current_span());
+    let reason = read_loop(stream, &ctx, &handle.pending, name.as_str(), &token).await;
     token.cancel();
-    handle.mark_closed();
-    shared.registry.remove(name.as_str(), handle.id());
+    ctx.tunnels.leave(name.as_str(), handle.id());
     // Senders still waiting see the session gone and send their delivery elsewhere or queue it.
-    let abandoned = handle.pending.close();
+    let abandoned = handle.pending.close(reason == CLOSED_CLEANLY);
     drop(handle);
-    let _ = backlog.await;
     let _ = writer.await;
     info!(reason, abandoned, "client disconnected");
 }
@@ -200,10 +210,13 @@ where
     .await;
 }
 
+/// Why a session ended when the client sent a close frame.
+const CLOSED_CLEANLY: &str = "client closed the websocket";
+
 /// Reads until the session ends; returns why, for the log.
 async fn read_loop<S>(
     mut stream: SplitStream<WebSocketStream<S>>,
-    shared: &Shared,
+    ctx: &SessionContext,
     pending: &Pending,
     tunnel: &str,
     token: &CancellationToken,
@@ -211,7 +224,7 @@ async fn read_loop<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (silent_limit, max_body) = (shared.keepalive * 2, shared.max_body);
+    let (silent_limit, max_body) = (ctx.keepalive * 2, ctx.max_body);
     let mut partial: HashMap<DeliveryId, PartialAnswer> = HashMap::new();
     loop {
         // Both branches are cancel-safe: `StreamExt::next` and a token wait.
@@ -224,7 +237,8 @@ where
                 warn!(silent_for = ?silent_limit, "client silent for two keepalive intervals; dropping the session");
                 return "keepalive timeout";
             }
-            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return "client closed the websocket",
+            Ok(Some(Ok(Message::Close(_)))) => return CLOSED_CLEANLY,
+            Ok(None) => return "client connection ended without a close frame",
             Ok(Some(Err(err))) => {
                 debug!(%err, "websocket read failed");
                 return "websocket error";
@@ -235,7 +249,8 @@ where
         match ClientMessage::decode(&bytes) {
             Ok(message) => {
                 if let Some(id) = on_message(message, pending, &mut partial, max_body) {
-                    shared.queue.ack(tunnel, id).await;
+                    // Nobody waited for it (e.g. the drain gave up on it): drop it by id.
+                    ctx.queue.ack(tunnel, id).await;
                 }
             }
             Err(err) => {
@@ -252,7 +267,8 @@ struct PartialAnswer {
     body: BytesMut,
 }
 
-/// Settles answers; returns the id of a delivery the client recorded, for the offline queue.
+/// Settles answers and acknowledgements; returns the id of a delivery the client recorded
+/// that nobody waited for, so the offline queue drops it.
 fn on_message(
     message: ClientMessage,
     pending: &Pending,
@@ -315,8 +331,19 @@ fn on_message(
             partial.remove(&id);
             pending.settle(&id, Reply::Failed(message));
         }
-        ClientMessage::Recorded { id } => return Some(id),
-        ClientMessage::NotRecorded { .. } | ClientMessage::Rejected { .. } => {}
+        ClientMessage::Recorded { id } => {
+            if !pending.acknowledge(&id, Ack::Recorded) {
+                return Some(id);
+            }
+        }
+        ClientMessage::NotRecorded { id, message } => {
+            pending.acknowledge(&id, Ack::NotRecorded(message));
+        }
+        ClientMessage::Rejected { id, message } => {
+            partial.remove(&id);
+            pending.acknowledge(&id, Ack::Rejected(message.clone()));
+            pending.settle(&id, Reply::Failed(message));
+        }
         ClientMessage::Hello { .. } => debug!("ignoring a second hello"),
     }
     None

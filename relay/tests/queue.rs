@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use futures_util::SinkExt;
 use http::StatusCode;
-use illumitunnel::protocol::{Refusal, RelayMessage, PROTOCOL_VERSION};
+use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, PROTOCOL_VERSION};
 use illumitunnel::DeliveryId;
 use illumitunnel_relay::auth::Owner;
 use illumitunnel_relay::metrics::QueueGauges;
-use illumitunnel_relay::queue::{QueueLimits, QueueStore, QueuedDelivery};
+use illumitunnel_relay::queue::{Backlog, QueueLimits, QueueStore, QueuedDelivery};
+use tokio_tungstenite::tungstenite::Message;
 
 fn queued_id(answer: &Answer) -> String {
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{:?}", answer.body);
@@ -56,7 +58,7 @@ async fn claim_and_leave(relay: &Relay, tunnel: &str) {
 }
 
 #[tokio::test]
-async fn offline_deliveries_are_queued_then_sent_in_order_and_dropped_once_recorded() {
+async fn offline_deliveries_go_one_at_a_time_in_order_and_leave_once_recorded() {
     let relay = Relay::start(false, |c| c.keepalive = Duration::from_millis(50)).await;
     claim_and_leave(&relay, "my-app").await;
     let mut ids = Vec::new();
@@ -68,31 +70,27 @@ async fn offline_deliveries_are_queued_then_sent_in_order_and_dropped_once_recor
         ));
     }
 
-    // A client that never says `Recorded`: everything comes again on the next session.
+    // A client that never says `Recorded` gets the oldest delivery and nothing more: the next
+    // one waits for its word, and a new delivery queues behind the backlog.
     let (ws, queued, expired) = welcome(&relay, None, "my-app").await;
     assert_eq!((queued, expired), (6, 0), "the probe and five deliveries");
     let mut events = spawn_client(ws, Behavior::Echo);
-    let mut got = Vec::new();
-    for _ in 0..6 {
-        got.push(next_request(&mut events).await);
-    }
-    assert!(got.iter().all(|r| r.queued && r.answer));
-    assert_eq!(got[0].body, b"probe");
-    let bodies: Vec<String> = got[1..]
-        .iter()
-        .map(|r| String::from_utf8(r.body.clone()).unwrap())
-        .collect();
-    assert_eq!(
-        bodies,
-        (0..5).map(|i| format!("body {i}")).collect::<Vec<_>>()
+    let first = next_request(&mut events).await;
+    assert_eq!(first.body, b"probe");
+    assert!(
+        first.queued && !first.answer,
+        "a redelivery nobody waits on"
     );
-    let got_ids: Vec<&str> = got[1..].iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(got_ids, ids);
-    assert_eq!(got[3].query, "n=2");
+    ids.push(queued_id(&relay.post("/t/my-app/behind", "behind").await));
+    assert!(
+        events.try_recv().is_err(),
+        "nothing else before the first is recorded"
+    );
     drop(events);
 
-    // This one records them: they leave the queue. (The first client closes its socket at
-    // its next ping; until then a new session is a second listener without the backlog.)
+    // This one records them: all seven arrive in arrival order, then the tunnel is live.
+    // (The first client closes its socket at its next ping; until then a new session is a
+    // second listener without the backlog.)
     let mut attempt = welcome(&relay, None, "my-app").await;
     for _ in 0..200 {
         if attempt.1 != 0 {
@@ -105,16 +103,35 @@ async fn offline_deliveries_are_queued_then_sent_in_order_and_dropped_once_recor
         attempt = welcome(&relay, None, "my-app").await;
     }
     let (ws, queued, _) = attempt;
-    assert_eq!(queued, 6, "unacknowledged deliveries stay queued");
+    assert_eq!(queued, 7, "unacknowledged deliveries stay queued");
     let mut events = spawn_client(ws, Behavior::Record);
-    for _ in 0..6 {
-        next_request(&mut events).await;
+    let mut got = Vec::new();
+    for _ in 0..7 {
+        got.push(next_request(&mut events).await);
     }
-    // New deliveries go live once the backlog is sent.
-    let live = relay.post("/t/my-app/live", "live").await;
+    assert!(got.iter().all(|r| r.queued && !r.answer));
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .collect();
+    let mut want = vec!["probe".to_string()];
+    want.extend((0..5).map(|i| format!("body {i}")));
+    want.push("behind".into());
+    assert_eq!(bodies, want);
+    let got_ids: Vec<&str> = got[1..].iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got_ids, ids);
+    assert_eq!(got[3].query, "n=2");
+    let live = poll_until_live(&relay, "my-app", "live").await;
     assert_eq!(live.status, StatusCode::CREATED);
-    let r = next_request(&mut events).await;
-    assert!(!r.queued && r.body == b"live");
+    // Probes that were queued before the tunnel went live arrive first, as redeliveries.
+    let r = loop {
+        let r = next_request(&mut events).await;
+        assert_eq!(r.body, b"live");
+        if !r.queued {
+            break r;
+        }
+    };
+    assert!(r.answer);
     drop(events);
     let mut left = u32::MAX;
     for _ in 0..200 {
@@ -126,6 +143,176 @@ async fn offline_deliveries_are_queued_then_sent_in_order_and_dropped_once_recor
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(left, 0);
+    relay.stop().await;
+}
+
+/// Posts to `/t/{tunnel}/{path}` until the tunnel answers live (not 202), under a deadline:
+/// the last `Recorded` of a backlog and the tunnel going live are not one step.
+async fn poll_until_live(relay: &Relay, tunnel: &str, path: &str) -> Answer {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = relay
+            .post(&format!("/t/{tunnel}/{path}"), path.to_owned())
+            .await;
+        if answer.status != StatusCode::ACCEPTED || tokio::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A client that breaks its connection (no close frame) whenever it receives a delivery whose
+/// body is `poison`, records everything else, and leaves cleanly after `last`. Returns the
+/// request bodies it received and the dead letters its `Welcome` counted.
+async fn poison_client(relay: &Relay, tunnel: &str, last: &[u8]) -> (Vec<Vec<u8>>, u32) {
+    let (mut ws, reply) = hello(relay, None, PROTOCOL_VERSION, tunnel).await;
+    let RelayMessage::Welcome { dead_letters, .. } = reply else {
+        panic!("expected welcome, got {reply:?}");
+    };
+    let mut bodies = Vec::new();
+    while let Some(message) = next_message(&mut ws).await {
+        if let RelayMessage::Request { id, body, .. } = message {
+            if body.as_ref() == b"poison" {
+                return (bodies, dead_letters); // dropped without a close frame
+            }
+            bodies.push(body.to_vec());
+            let recorded = ClientMessage::Recorded { id };
+            ws.send(Message::Binary(recorded.encode())).await.unwrap();
+            if body.as_ref() == last {
+                ws.close(None).await.unwrap();
+            }
+        }
+    }
+    (bodies, dead_letters)
+}
+
+#[tokio::test]
+async fn a_delivery_that_breaks_three_sessions_is_set_aside_and_the_rest_flows() {
+    let relay = Relay::start(false, |_| {}).await;
+    claim_and_leave(&relay, "jammed").await;
+    queued_id(&relay.post("/t/jammed/x", "poison").await);
+    queued_id(&relay.post("/t/jammed/y", "after").await);
+    for session in 0..3 {
+        let (bodies, dead_letters) = poison_client(&relay, "jammed", b"after").await;
+        let want: Vec<Vec<u8>> = if session == 0 {
+            vec![b"probe".to_vec()]
+        } else {
+            vec![]
+        };
+        assert_eq!(bodies, want, "session {session} stops at the poison");
+        assert_eq!(dead_letters, 0);
+        wait_for_offline(&relay, "jammed").await;
+    }
+    let (bodies, dead_letters) = poison_client(&relay, "jammed", b"after").await;
+    assert_eq!(
+        bodies,
+        vec![b"after".to_vec()],
+        "the delivery behind it flows"
+    );
+    assert_eq!(dead_letters, 1, "the next session hears of the dead letter");
+    let metrics = relay.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("illumitunnel_deliveries_total{outcome=\"dead_lettered\"} 1"),
+        "{text}"
+    );
+    relay.stop().await;
+}
+
+/// Waits until a tunnel has no session (a probe delivery is queued), under a deadline.
+async fn wait_for_offline(relay: &Relay, tunnel: &str) {
+    let metric = |text: &str| {
+        text.lines()
+            .any(|l| l.starts_with("illumitunnel_tunnels_connected ") && l.ends_with(" 0"))
+    };
+    for _ in 0..500 {
+        let metrics = relay.get("/metrics").await;
+        if metric(&String::from_utf8_lossy(&metrics.body)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("tunnel {tunnel} never went offline");
+}
+
+#[tokio::test]
+async fn rejected_deliveries_become_dead_letters_and_not_recorded_ones_are_sent_again() {
+    let relay = Relay::start(false, |_| {}).await;
+    claim_and_leave(&relay, "picky").await;
+    let refused = queued_id(&relay.post("/t/picky/x", "refused").await);
+    queued_id(&relay.post("/t/picky/y", "unrecorded").await);
+    let (mut ws, _) = hello(&relay, None, PROTOCOL_VERSION, "picky").await;
+    let mut seen = Vec::new();
+    let mut store_failures = 0;
+    let mut dead = Vec::new();
+    while let Some(message) = next_message(&mut ws).await {
+        let reply = match message {
+            RelayMessage::Request { id, body, .. } => {
+                seen.push(String::from_utf8(body.to_vec()).unwrap());
+                match body.as_ref() {
+                    b"refused" => ClientMessage::Rejected {
+                        id,
+                        message: "too large for this client".into(),
+                    },
+                    // The store fails twice, then works: sent again, never set aside.
+                    b"unrecorded" if store_failures < 2 => {
+                        store_failures += 1;
+                        ClientMessage::NotRecorded {
+                            id,
+                            message: "database or disk is full".into(),
+                        }
+                    }
+                    _ => ClientMessage::Recorded { id },
+                }
+            }
+            RelayMessage::DeadLettered { id, reason } => {
+                dead.push((id.to_string(), reason));
+                continue;
+            }
+            _ => continue,
+        };
+        let recorded_at_last = matches!(&reply, ClientMessage::Recorded { .. })
+            && seen.last().map(String::as_str) == Some("unrecorded");
+        ws.send(Message::Binary(reply.encode())).await.unwrap();
+        if recorded_at_last {
+            break;
+        }
+    }
+    let want: Vec<&str> = vec![
+        "probe",
+        "refused",
+        "refused",
+        "refused",
+        "unrecorded",
+        "unrecorded",
+        "unrecorded",
+    ];
+    assert_eq!(seen, want);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, refused);
+    assert!(
+        dead[0].1.contains("too large for this client") && dead[0].1.contains("3 times in a row"),
+        "{dead:?}"
+    );
+    ws.close(None).await.unwrap();
+    let mut backlog = None;
+    for _ in 0..200 {
+        let (mut ws, reply) = hello(&relay, None, PROTOCOL_VERSION, "picky").await;
+        ws.close(None).await.unwrap();
+        if let RelayMessage::Welcome {
+            queued,
+            dead_letters,
+            ..
+        } = reply
+        {
+            backlog = Some((queued, dead_letters));
+            if queued == 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(backlog, Some((0, 1)), "recorded at last, one dead letter");
     relay.stop().await;
 }
 
@@ -404,8 +591,59 @@ fn the_store_streams_pages_acks_and_reopens_with_its_depth() {
 
     // Expiry is counted until a session hears about it.
     let later = now + limits.max_age.as_millis() as i64 + 60_000;
-    assert_eq!(store.connect("my-app", later).unwrap(), (0, 9));
-    assert_eq!(store.connect("my-app", later).unwrap(), (0, 0));
+    let heard = |queued, expired| Backlog {
+        queued,
+        expired,
+        dead_letters: 0,
+    };
+    assert_eq!(store.connect("my-app", later).unwrap(), heard(0, 9));
+    assert_eq!(store.connect("my-app", later).unwrap(), heard(0, 0));
+}
+
+#[test]
+fn failed_attempts_are_kept_and_a_dead_letter_leaves_the_queue_for_its_own_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let limits = QueueLimits::default();
+    let now = illumitunnel::now_ms();
+    let seq_of_head = |store: &QueueStore| store.head("my-app").unwrap().unwrap();
+    {
+        let mut store = QueueStore::open(&data, limits, QueueGauges::default()).unwrap();
+        for n in 0..3 {
+            store.push("my-app", &delivery(n, 100), now).unwrap();
+        }
+        let head = seq_of_head(&store);
+        assert_eq!((head.delivery.id.as_str(), head.attempts), ("d0", 0));
+        assert_eq!(store.attempt_failed("my-app", head.seq).unwrap(), 1);
+        assert_eq!(store.attempt_failed("my-app", head.seq).unwrap(), 2);
+        assert_eq!(store.attempt_failed("other", head.seq).unwrap(), 0);
+    }
+    let mut store = QueueStore::open(&data, limits, QueueGauges::default()).unwrap();
+    let head = seq_of_head(&store);
+    assert_eq!(head.attempts, 2, "attempts survive a restart");
+    assert!(store
+        .dead_letter("my-app", head.seq, "it ended the client's session", now)
+        .unwrap());
+    assert!(!store.dead_letter("my-app", head.seq, "twice", now).unwrap());
+    assert_eq!(
+        seq_of_head(&store).delivery.id.as_str(),
+        "d1",
+        "the rest flows"
+    );
+    assert_eq!(store.depth("my-app").count, 2);
+    assert_eq!(
+        store.connect("my-app", now).unwrap(),
+        Backlog {
+            queued: 2,
+            expired: 0,
+            dead_letters: 1
+        }
+    );
+    assert!(store.remove("my-app", seq_of_head(&store).seq).unwrap());
+    assert_eq!(seq_of_head(&store).delivery.id.as_str(), "d2");
+    // Dead letters are kept as long as queued deliveries are.
+    let later = now + limits.max_age.as_millis() as i64 + 60_000;
+    assert_eq!(store.connect("my-app", later).unwrap().dead_letters, 0);
 }
 
 trait WithTime {

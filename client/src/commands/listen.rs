@@ -491,6 +491,7 @@ async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Result<Embedded
         offline: OfflinePolicy::Queue,
         keepalive: illumitunnel_relay::config::DEFAULT_KEEPALIVE,
         queue: Default::default(),
+        clock: Default::default(),
     };
     let task = tokio::spawn(illumitunnel_relay::run(
         config,

@@ -26,4 +26,23 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX queued_tunnel_seq ON queued(tunnel, seq);
     CREATE UNIQUE INDEX queued_tunnel_id ON queued(tunnel, id);
     CREATE INDEX queued_received ON queued(received_at_ms);",
+    // 2: failed attempts per queued delivery (a delivery that ends the client's session or is
+    // rejected three times in a row is set aside) and the dead letters set aside.
+    "ALTER TABLE queued ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE dead_letters (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tunnel TEXT NOT NULL,
+        id TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        dead_at_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        query TEXT NOT NULL,
+        headers BLOB NOT NULL,
+        body BLOB NOT NULL,
+        size INTEGER NOT NULL
+    );
+    CREATE INDEX dead_letters_tunnel ON dead_letters(tunnel, seq);
+    CREATE INDEX dead_letters_dead_at ON dead_letters(dead_at_ms);",
 ];

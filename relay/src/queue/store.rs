@@ -12,7 +12,7 @@ use illumitunnel::headers::{decode_blob, encode_blob};
 use illumitunnel::DeliveryId;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{schema, Limit, QueueError, QueueLimits, QueuedDelivery, Row};
+use super::{schema, Backlog, Limit, QueueError, QueueLimits, QueuedDelivery, Row};
 use crate::auth::Owner;
 use crate::metrics::QueueGauges;
 
@@ -246,7 +246,7 @@ impl QueueStore {
         max_bytes: usize,
     ) -> Result<Vec<Row>, QueueError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, id, received_at_ms, method, path, query, headers, body FROM queued
+            "SELECT seq, id, received_at_ms, method, path, query, headers, body, attempts FROM queued
              WHERE tunnel = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let mut rows = stmt.query(params![tunnel, after_seq, max_rows as i64])?;
@@ -264,6 +264,7 @@ impl QueueStore {
             bytes += headers.len() + body.len();
             page.push(Row {
                 seq,
+                attempts: r.get::<_, i64>(8)?.clamp(0, i64::from(u32::MAX)) as u32,
                 delivery: QueuedDelivery {
                     id,
                     received_at_ms: r.get::<_, i64>(2)?.max(0) as u64,
@@ -279,6 +280,72 @@ impl QueueStore {
             }
         }
         Ok(page)
+    }
+
+    /// The oldest delivery in `tunnel`'s queue.
+    pub fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
+        Ok(self.page(tunnel, 0, 1, usize::MAX)?.into_iter().next())
+    }
+
+    /// Drops the delivery at `seq` (recorded by the client); `false` when it was not queued.
+    pub fn remove(&mut self, tunnel: &str, seq: i64) -> Result<bool, QueueError> {
+        let size: Option<i64> = self
+            .conn
+            .query_row(
+                "DELETE FROM queued WHERE tunnel = ?1 AND seq = ?2 RETURNING size",
+                params![tunnel, seq],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(size
+            .inspect(|size| self.adjust(tunnel, -1, -size))
+            .is_some())
+    }
+
+    /// Counts one more session the delivery at `seq` ended or was rejected by; returns the
+    /// count so far (0 when it is no longer queued).
+    pub fn attempt_failed(&mut self, tunnel: &str, seq: i64) -> Result<u32, QueueError> {
+        let attempts: Option<i64> = self
+            .conn
+            .query_row(
+                "UPDATE queued SET attempts = attempts + 1 WHERE tunnel = ?1 AND seq = ?2 RETURNING attempts",
+                params![tunnel, seq],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(attempts.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    /// Moves the delivery at `seq` out of the queue into the dead letters, with `reason`;
+    /// `false` when it was not queued.
+    pub fn dead_letter(
+        &mut self,
+        tunnel: &str,
+        seq: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, QueueError> {
+        self.conn.execute(
+            "INSERT INTO dead_letters (tunnel, id, received_at_ms, dead_at_ms, reason, method, path, query, headers, body, size)
+             SELECT tunnel, id, received_at_ms, ?3, ?4, method, path, query, headers, body, size
+             FROM queued WHERE tunnel = ?1 AND seq = ?2",
+            params![tunnel, seq, now_ms, reason],
+        )?;
+        let moved = self.remove(tunnel, seq)?;
+        if moved {
+            self.gauges.dead_lettered();
+        }
+        Ok(moved)
+    }
+
+    /// How many dead letters `tunnel` has.
+    pub fn dead_letter_count(&self, tunnel: &str) -> Result<u64, QueueError> {
+        let count: i64 = self.conn.query_row(
+            "SELECT count(*) FROM dead_letters WHERE tunnel = ?1",
+            [tunnel],
+            |r| r.get(0),
+        )?;
+        Ok(count.max(0) as u64)
     }
 
     /// Drops a delivery the client has recorded; `false` when it was not queued.
@@ -320,6 +387,11 @@ impl QueueStore {
             })?;
             rows.collect::<Result<_, _>>()?
         };
+        // Dead letters are kept as long as queued deliveries are.
+        self.conn.execute(
+            "DELETE FROM dead_letters WHERE dead_at_ms < ?1 AND (?2 IS NULL OR tunnel = ?2)",
+            params![cutoff, tunnel],
+        )?;
         let mut per_tunnel: HashMap<String, (u64, i64)> = HashMap::new();
         for (tunnel, size) in deleted {
             let entry = per_tunnel.entry(tunnel).or_default();
@@ -339,9 +411,10 @@ impl QueueStore {
         Ok(counts)
     }
 
-    /// A session of `tunnel` connects: expires aged rows, and returns how many are queued and
-    /// how many expired since a session last heard it (that count is then reset).
-    pub fn connect(&mut self, tunnel: &str, now_ms: i64) -> Result<(u64, u64), QueueError> {
+    /// A session of `tunnel` connects: expires aged rows, and returns how many are queued, how
+    /// many expired since a session last heard it (that count is then reset), and how many are
+    /// dead letters.
+    pub fn connect(&mut self, tunnel: &str, now_ms: i64) -> Result<Backlog, QueueError> {
         self.expire(Some(tunnel), now_ms)?;
         let expired: Option<i64> = self
             .conn
@@ -357,7 +430,11 @@ impl QueueStore {
                 [tunnel],
             )?;
         }
-        Ok((self.depth(tunnel).count, expired.unwrap_or(0).max(0) as u64))
+        Ok(Backlog {
+            queued: self.depth(tunnel).count,
+            expired: expired.unwrap_or(0).max(0) as u64,
+            dead_letters: self.dead_letter_count(tunnel)?,
+        })
     }
 
     /// Writes the WAL back into the database file (on a clean shutdown).

@@ -1,17 +1,16 @@
 //! The session's side that others hold: [`SessionHandle`] sends deliveries into the session
-//! writer's bounded queue (a large body chunk by chunk, so other deliveries interleave), and
-//! [`PendingAnswer`] waits for the client's [`Reply`], sending `Cancel` if it is dropped first.
-//! The handle also wakes the session's backlog task when a delivery was queued for its tunnel.
+//! writer's bounded queue (a large body chunk by chunk, so other deliveries interleave),
+//! [`PendingAnswer`] waits for the client's [`Reply`], sending `Cancel` if it is dropped first,
+//! and [`PendingAck`] waits for the client to say whether it recorded a queued delivery.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use illumitunnel::headers::Header;
 use illumitunnel::protocol::{self, RelayMessage};
 use illumitunnel::DeliveryId;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
@@ -33,20 +32,37 @@ pub enum Reply {
     Failed(String),
 }
 
+/// What the client said about a queued delivery it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// Committed to its capture store: the relay may drop it.
+    Recorded,
+    /// Its capture store failed; send it again later.
+    NotRecorded(String),
+    /// It cannot take this delivery.
+    Rejected(String),
+    /// It closed its session cleanly (a close frame) before saying: nobody's fault.
+    Left,
+}
+
 /// The session ended (or was never reachable) before the operation completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionGone;
 
-type Waiters = HashMap<DeliveryId, oneshot::Sender<Reply>>;
+#[derive(Default)]
+struct Waiters {
+    replies: HashMap<DeliveryId, oneshot::Sender<Reply>>,
+    acks: HashMap<DeliveryId, oneshot::Sender<Ack>>,
+}
 
-/// Deliveries waiting for this session's answer; `None` once the session has ended, so no
-/// new delivery can wait on a dead session.
+/// Deliveries waiting for this session's answer or acknowledgement; `None` once the session
+/// has ended, so no new delivery can wait on a dead session.
 #[derive(Default)]
 pub(super) struct Pending(Mutex<Option<Waiters>>);
 
 impl Pending {
     pub(super) fn open() -> Self {
-        Pending(Mutex::new(Some(HashMap::new())))
+        Pending(Mutex::new(Some(Waiters::default())))
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Waiters>> {
@@ -62,7 +78,17 @@ impl Pending {
     ) -> Result<(), SessionGone> {
         match self.lock().as_mut() {
             Some(waiters) => {
-                waiters.insert(id, tx);
+                waiters.replies.insert(id, tx);
+                Ok(())
+            }
+            None => Err(SessionGone),
+        }
+    }
+
+    fn insert_ack(&self, id: DeliveryId, tx: oneshot::Sender<Ack>) -> Result<(), SessionGone> {
+        match self.lock().as_mut() {
+            Some(waiters) => {
+                waiters.acks.insert(id, tx);
                 Ok(())
             }
             None => Err(SessionGone),
@@ -70,11 +96,17 @@ impl Pending {
     }
 
     pub(super) fn contains(&self, id: &DeliveryId) -> bool {
-        self.lock().as_ref().is_some_and(|w| w.contains_key(id))
+        self.lock()
+            .as_ref()
+            .is_some_and(|w| w.replies.contains_key(id))
     }
 
     pub(super) fn remove(&self, id: &DeliveryId) -> Option<oneshot::Sender<Reply>> {
-        self.lock().as_mut().and_then(|w| w.remove(id))
+        self.lock().as_mut().and_then(|w| w.replies.remove(id))
+    }
+
+    fn remove_ack(&self, id: &DeliveryId) -> Option<oneshot::Sender<Ack>> {
+        self.lock().as_mut().and_then(|w| w.acks.remove(id))
     }
 
     pub(super) fn settle(&self, id: &DeliveryId, reply: Reply) {
@@ -83,30 +115,50 @@ impl Pending {
         }
     }
 
-    /// Ends the session's waits: every waiting sender sees [`SessionGone`].
-    pub(super) fn close(&self) -> usize {
-        self.lock().take().map_or(0, |w| w.len())
+    /// Hands the client's word on a queued delivery to whoever waits for it; `false` when
+    /// nobody does.
+    pub(super) fn acknowledge(&self, id: &DeliveryId, ack: Ack) -> bool {
+        match self.remove_ack(id) {
+            Some(tx) => tx.send(ack).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ends the session's waits: every waiting sender sees [`SessionGone`], and every wait
+    /// for an acknowledgement sees [`Ack::Left`] when the client closed `cleanly`, else
+    /// [`SessionGone`]. Returns how many senders were waiting.
+    pub(super) fn close(&self, cleanly: bool) -> usize {
+        let Some(waiters) = self.lock().take() else {
+            return 0;
+        };
+        if cleanly {
+            for (_, tx) in waiters.acks {
+                let _ = tx.send(Ack::Left);
+            }
+        }
+        waiters.replies.len()
     }
 }
 
 /// A delivery ready to send: its head message and the body slices that follow it.
-pub struct Outbound {
+pub struct OutgoingDelivery {
     id: DeliveryId,
     head: RelayMessage,
     chunks: Vec<Bytes>,
 }
 
-impl Outbound {
+impl OutgoingDelivery {
     /// Splits the body into the head's first slice and [`protocol::MAX_CHUNK`] slices.
-    /// `queued` marks a redelivery (from the offline queue, or re-sent after its session
-    /// vanished), which a client that already recorded it answers from its store.
-    pub fn new(delivery: QueuedDelivery, queued: bool) -> Self {
+    /// `redelivery` marks one the client may have seen (from the offline queue, or re-sent
+    /// after its session vanished): it forwards those in order and answers one it already
+    /// recorded from its store.
+    pub fn new(delivery: QueuedDelivery, redelivery: bool) -> Self {
         let (first, chunks) = protocol::split_body(&delivery.body);
         let head = RelayMessage::Request {
             id: delivery.id.clone(),
             received_at_ms: delivery.received_at_ms,
             answer: true,
-            redelivery: queued,
+            redelivery,
             method: delivery.method,
             path: delivery.path,
             query: delivery.query,
@@ -114,7 +166,7 @@ impl Outbound {
             body: first,
             end: chunks.is_empty(),
         };
-        Outbound {
+        OutgoingDelivery {
             id: delivery.id,
             head,
             chunks,
@@ -127,7 +179,7 @@ impl Outbound {
         if let RelayMessage::Request { redelivery, .. } = &mut head {
             *redelivery = true;
         }
-        Outbound {
+        OutgoingDelivery {
             id: self.id.clone(),
             head,
             chunks: self.chunks.clone(),
@@ -191,8 +243,6 @@ pub struct SessionHandle {
     id: u64,
     pub(super) tx: mpsc::Sender<Message>,
     pub(super) pending: Arc<Pending>,
-    pub(super) backlog: Arc<Notify>,
-    closed: Arc<AtomicBool>,
 }
 
 impl SessionHandle {
@@ -202,24 +252,18 @@ impl SessionHandle {
             id,
             tx,
             pending: Arc::new(Pending::open()),
-            backlog: Arc::new(Notify::new()),
-            closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Marks the session ended, before it leaves the registry, so it is never revealed again.
-    pub(super) fn mark_closed(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether the session has ended.
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// Tells the session's backlog task to look at the offline queue again.
-    pub fn wake_backlog(&self) {
-        self.backlog.notify_one();
+    /// Queues a notice for the client without waiting; dropped when the session is gone or
+    /// its queue is full (notices are informational).
+    pub fn notify(&self, message: Vec<u8>) {
+        if self.tx.try_send(Message::Binary(message)).is_err() {
+            debug!(
+                session = self.id,
+                "notice not sent: session queue full or closed"
+            );
+        }
     }
 
     /// The session's id, unique within this relay.
@@ -229,7 +273,7 @@ impl SessionHandle {
 
     /// Sends a delivery this session must answer; the returned [`PendingAnswer`] yields the
     /// reply, and dropping it unanswered sends `Cancel`.
-    pub async fn deliver(&self, delivery: &Outbound) -> Result<PendingAnswer, SessionGone> {
+    pub async fn deliver(&self, delivery: &OutgoingDelivery) -> Result<PendingAnswer, SessionGone> {
         let (tx, rx) = oneshot::channel();
         self.pending.insert(delivery.id.clone(), tx)?;
         let pending = PendingAnswer {
@@ -242,17 +286,29 @@ impl SessionHandle {
         Ok(pending)
     }
 
-    /// Sends a delivery from the offline queue: the client answers it, but nobody waits.
-    pub async fn redeliver(&self, delivery: &Outbound) -> Result<(), SessionGone> {
-        self.send(delivery, true).await
+    /// Sends a delivery from the offline queue, which nobody waits to answer; the returned
+    /// [`PendingAck`] yields whether the client recorded it.
+    pub async fn send_queued(
+        &self,
+        delivery: &OutgoingDelivery,
+    ) -> Result<PendingAck, SessionGone> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert_ack(delivery.id.clone(), tx)?;
+        let pending = PendingAck {
+            rx,
+            id: delivery.id.clone(),
+            pending: self.pending.clone(),
+        };
+        self.send(delivery, false).await?;
+        Ok(pending)
     }
 
     /// Sends a fan-out copy (`answer: false`) of a delivery.
-    pub async fn copy(&self, delivery: &Outbound) -> Result<(), SessionGone> {
+    pub async fn copy(&self, delivery: &OutgoingDelivery) -> Result<(), SessionGone> {
         self.send(delivery, false).await
     }
 
-    async fn send(&self, delivery: &Outbound, answer: bool) -> Result<(), SessionGone> {
+    async fn send(&self, delivery: &OutgoingDelivery, answer: bool) -> Result<(), SessionGone> {
         self.enqueue(delivery.head(answer)).await?;
         let count = delivery.chunks.len();
         for (i, data) in delivery.chunks.iter().enumerate() {
@@ -271,6 +327,27 @@ impl SessionHandle {
             .send(Message::Binary(message))
             .await
             .map_err(|_| SessionGone)
+    }
+}
+
+/// A queued delivery waiting for the client's acknowledgement.
+pub struct PendingAck {
+    rx: oneshot::Receiver<Ack>,
+    id: DeliveryId,
+    pending: Arc<Pending>,
+}
+
+impl PendingAck {
+    /// Waits for the client's word; [`SessionGone`] when the session ended first.
+    /// Cancel-safe: dropping the future keeps the wait.
+    pub async fn ack(&mut self) -> Result<Ack, SessionGone> {
+        (&mut self.rx).await.map_err(|_| SessionGone)
+    }
+}
+
+impl Drop for PendingAck {
+    fn drop(&mut self) {
+        self.pending.remove_ack(&self.id);
     }
 }
 
@@ -330,7 +407,7 @@ mod tests {
         );
         let (tx, mut rx) = oneshot::channel();
         pending.insert(id(1), tx).unwrap();
-        assert_eq!(pending.close(), 1);
+        assert_eq!(pending.close(false), 1);
         assert!(
             rx.try_recv().is_err(),
             "sender dropped: the waiter sees the session gone"
@@ -353,11 +430,14 @@ mod tests {
             headers: vec![],
             body,
         };
-        let outbound = Outbound::new(delivery.clone(), false);
+        let outbound = OutgoingDelivery::new(delivery.clone(), false);
         assert_eq!(outbound.to_queued(), Some(delivery));
         assert!(matches!(
             outbound.redelivery().head,
-            RelayMessage::Request { redelivery: true, .. }
+            RelayMessage::Request {
+                redelivery: true,
+                ..
+            }
         ));
         let pending = handle.deliver(&outbound).await.unwrap();
         let mut received = Vec::new();

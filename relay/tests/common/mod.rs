@@ -138,6 +138,14 @@ impl Relay {
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Answer {
         self.send(post(self.addr, path, body)).await
     }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        let req = Request::get(path)
+            .header(header::HOST, self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.send(req).await
+    }
 }
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -268,6 +276,7 @@ pub struct Received {
 pub enum Event {
     Request(Received),
     Cancel(DeliveryId),
+    DeadLettered(DeliveryId, String),
 }
 
 #[derive(Clone)]
@@ -337,6 +346,10 @@ pub fn spawn_client(mut ws: Ws, behavior: Behavior) -> mpsc::Receiver<Event> {
                 }
                 RelayMessage::Cancel { id } => {
                     let _ = events.send(Event::Cancel(id)).await;
+                    None
+                }
+                RelayMessage::DeadLettered { id, reason } => {
+                    let _ = events.send(Event::DeadLettered(id, reason)).await;
                     None
                 }
                 other => panic!("unexpected {other:?}"),
@@ -417,7 +430,7 @@ pub async fn next_request(events: &mut mpsc::Receiver<Event>) -> Received {
             .expect("client running")
         {
             Event::Request(r) => return r,
-            Event::Cancel(_) => continue,
+            Event::Cancel(_) | Event::DeadLettered(..) => continue,
         }
     }
 }

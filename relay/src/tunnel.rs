@@ -1,0 +1,370 @@
+//! Tunnels and the order of their deliveries: which tunnels are known, who owns each (the
+//! SHA-256 of the claiming token, or anonymous), which sessions serve it in connect order, and
+//! one small state machine per tunnel that decides where each delivery goes.
+//!
+//! ```text
+//!            first session joins                 queue empty, no push in flight
+//!   Idle ─────────────────────────▶ Draining ─────────────────────────────────▶ Live
+//!    ▲   (a drain task starts)         │  ▲                                        │
+//!    └──── last session leaves ────────┘  └──── a delivery had to be queued ───────┘
+//! ```
+//! - **Idle**: no session. Deliveries are queued (202).
+//! - **Draining**: the tunnel's drain task sends the offline queue to the first session, one
+//!   delivery at a time, waiting for the client's `Recorded` before the next; new deliveries
+//!   are queued behind the backlog, so the local server sees them in arrival order.
+//! - **Live**: the queue is empty; deliveries go straight to the sessions (the first answers,
+//!   the others get copies) and may be forwarded concurrently.
+//!
+//! A delivery that must be queued takes a [`QueueTicket`] first; the drain goes live only when
+//! no ticket is out and no push completed since it last looked at the queue, so a delivery can
+//! never be stranded behind a tunnel that went live.
+//!
+//! Lookups hand out an `Arc<[SessionHandle]>` snapshot: the lock is held for a hash lookup and
+//! never across an `.await`.
+
+mod drain;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use illumitunnel::TunnelName;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::auth::Owner;
+use crate::metrics::Metrics;
+use crate::queue::QueueHandle;
+use crate::session::SessionHandle;
+
+/// A tunnel's part in the delivery order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No session: deliveries are queued.
+    Idle,
+    /// The backlog is being sent; new deliveries queue behind it.
+    Draining,
+    /// No backlog: deliveries go straight to the sessions.
+    Live,
+}
+
+/// Where a delivery for a tunnel goes.
+pub enum Route {
+    /// No client ever claimed the tunnel.
+    Unknown,
+    /// Straight to these sessions, in connect order (never empty).
+    Live(Arc<[SessionHandle]>),
+    /// Into the offline queue, behind the backlog.
+    Queue(QueueTicket),
+}
+
+/// Another owner holds the tunnel name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken;
+
+/// How a tunnel's drain treats its queued deliveries.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainPolicy {
+    /// Longest the drain waits for the client to record one queued delivery.
+    pub ack_timeout: Duration,
+    /// First pause before sending again a delivery the client could not record (doubles up to
+    /// 30 s), and after a queue error.
+    pub retry: Duration,
+}
+
+impl Default for DrainPolicy {
+    fn default() -> Self {
+        DrainPolicy {
+            ack_timeout: Duration::from_secs(60),
+            retry: Duration::from_secs(1),
+        }
+    }
+}
+
+struct Tunnel {
+    owner: Owner,
+    sessions: Arc<[SessionHandle]>,
+    phase: Phase,
+    /// Whether a drain task runs for this tunnel (at most one does).
+    draining: bool,
+    /// Queue tickets out: deliveries on their way into the queue.
+    pushing: u32,
+    /// Deliveries pushed so far; the drain compares it to see whether it missed one.
+    pushed: u64,
+    /// Wakes the drain when a push completes or the sessions change.
+    wake: Arc<Notify>,
+}
+
+impl Tunnel {
+    fn new(owner: Owner) -> Self {
+        Tunnel {
+            owner,
+            sessions: Arc::from(Vec::new()),
+            phase: Phase::Idle,
+            draining: false,
+            pushing: 0,
+            pushed: 0,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// Every tunnel the relay knows, with its sessions and delivery order.
+pub struct Tunnels {
+    map: Mutex<HashMap<String, Tunnel>>,
+    queue: QueueHandle,
+    metrics: Arc<Metrics>,
+    policy: DrainPolicy,
+    next_session: AtomicU64,
+    tracker: TaskTracker,
+    /// Cancelled when sessions close; ends every drain.
+    closing: CancellationToken,
+}
+
+impl Tunnels {
+    /// No tunnels yet; drains run on `tracker` until `closing` is cancelled.
+    pub fn new(
+        queue: QueueHandle,
+        metrics: Arc<Metrics>,
+        policy: DrainPolicy,
+        tracker: TaskTracker,
+        closing: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Tunnels {
+            map: Mutex::new(HashMap::new()),
+            queue,
+            metrics,
+            policy,
+            next_session: AtomicU64::new(1),
+            tracker,
+            closing,
+        })
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes a tunnel owned in the relay's database known, with no session, so deliveries to
+    /// it are queued rather than unknown after a restart.
+    pub fn preload(&self, tunnel: String, owner: Owner) {
+        self.lock()
+            .entry(tunnel)
+            .or_insert_with(|| Tunnel::new(owner));
+    }
+
+    /// Whether any client ever claimed `tunnel`.
+    pub fn is_known(&self, tunnel: &str) -> bool {
+        self.lock().contains_key(tunnel)
+    }
+
+    /// The tunnel's phase, `None` when unknown.
+    pub fn phase(&self, tunnel: &str) -> Option<Phase> {
+        self.lock().get(tunnel).map(|t| t.phase)
+    }
+
+    /// How many deliveries were pushed to `tunnel`'s queue so far; read it before looking at
+    /// the queue, and [`join`](Self::join) can tell whether what it saw is still true.
+    pub fn pushes(&self, tunnel: &str) -> u64 {
+        self.lock().get(tunnel).map_or(0, |t| t.pushed)
+    }
+
+    /// Where a new delivery for `tunnel` goes.
+    pub fn route(self: &Arc<Self>, tunnel: &str) -> Route {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(tunnel) else {
+            return Route::Unknown;
+        };
+        if t.phase == Phase::Live {
+            return Route::Live(t.sessions.clone());
+        }
+        t.pushing += 1;
+        Route::Queue(QueueTicket::new(self.clone(), tunnel))
+    }
+
+    /// A ticket to queue a delivery that was already sent to a session that vanished (or
+    /// that the relay stops before it is answered), whatever the phase; a live tunnel then
+    /// drains again once the push completes.
+    pub fn requeue(self: &Arc<Self>, tunnel: &str) -> QueueTicket {
+        if let Some(t) = self.lock().get_mut(tunnel) {
+            t.pushing += 1;
+        }
+        QueueTicket::new(self.clone(), tunnel)
+    }
+
+    /// Adds `session` to `tunnel`, claiming the name for `owner` when it is new. The first
+    /// session of an idle tunnel starts its drain, unless the queue was seen empty after
+    /// `empty_after` pushes and none happened since (then the tunnel goes live at once). The
+    /// caller has already queued its `Welcome`, so it precedes every delivery.
+    pub fn join(
+        self: &Arc<Self>,
+        tunnel: &TunnelName,
+        owner: Owner,
+        session: SessionHandle,
+        empty_after: Option<u64>,
+    ) -> Result<(), Taken> {
+        let mut map = self.lock();
+        let t = map
+            .entry(tunnel.as_str().to_owned())
+            .or_insert_with(|| Tunnel::new(owner));
+        if t.owner != owner {
+            return Err(Taken);
+        }
+        if t.sessions.is_empty() {
+            self.metrics.tunnels_connected.inc();
+        }
+        let mut sessions = t.sessions.to_vec();
+        sessions.push(session);
+        t.sessions = sessions.into();
+        self.metrics.sessions.inc();
+        if t.phase == Phase::Idle {
+            if t.pushing == 0 && empty_after == Some(t.pushed) && !t.draining {
+                t.phase = Phase::Live;
+            } else {
+                t.phase = Phase::Draining;
+                self.ensure_drain(tunnel.as_str(), t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a session; the tunnel stays known. The last session leaving makes it idle.
+    pub fn leave(&self, tunnel: &str, session_id: u64) {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(tunnel) else {
+            return;
+        };
+        if !t.sessions.iter().any(|s| s.id() == session_id) {
+            return;
+        }
+        let sessions: Vec<SessionHandle> = t
+            .sessions
+            .iter()
+            .filter(|s| s.id() != session_id)
+            .cloned()
+            .collect();
+        t.sessions = sessions.into();
+        self.metrics.sessions.dec();
+        if t.sessions.is_empty() {
+            self.metrics.tunnels_connected.dec();
+            t.phase = Phase::Idle;
+        }
+        // A drain sending to this session moves on to the next one, or stops.
+        t.wake.notify_one();
+    }
+
+    /// Starts the tunnel's drain unless one runs (then wakes it).
+    fn ensure_drain(self: &Arc<Self>, name: &str, t: &mut Tunnel) {
+        if t.draining {
+            t.wake.notify_one();
+            return;
+        }
+        t.draining = true;
+        let span = tracing::info_span!("drain", tunnel = %name);
+        self.tracker
+            .spawn(drain::run(self.clone(), name.to_owned(), t.wake.clone()).instrument(span));
+    }
+
+    /// The session the drain sends the backlog to, with the push count it saw; `None` stops
+    /// the drain (no session left, or the relay is closing).
+    fn drain_target(&self, tunnel: &str) -> Option<(SessionHandle, u64)> {
+        let mut map = self.lock();
+        let t = map.get_mut(tunnel)?;
+        match t.sessions.first() {
+            Some(first) if t.phase == Phase::Draining && !self.closing.is_cancelled() => {
+                Some((first.clone(), t.pushed))
+            }
+            _ => {
+                t.draining = false;
+                None
+            }
+        }
+    }
+
+    /// The drain found the queue empty: goes live unless a push is in flight or completed
+    /// since `seen` (then the drain looks again).
+    fn finish_drain(&self, tunnel: &str, seen: u64) -> bool {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(tunnel) else {
+            return true;
+        };
+        if t.phase != Phase::Draining || t.pushing > 0 || t.pushed != seen {
+            return false;
+        }
+        t.phase = Phase::Live;
+        t.draining = false;
+        true
+    }
+
+    /// A queue ticket is done; `pushed` when its delivery is now in the queue.
+    fn ticket_done(self: &Arc<Self>, tunnel: &str, pushed: bool) {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(tunnel) else {
+            return;
+        };
+        t.pushing = t.pushing.saturating_sub(1);
+        if pushed {
+            t.pushed += 1;
+            if t.phase == Phase::Live {
+                t.phase = Phase::Draining;
+            }
+        }
+        if t.phase == Phase::Draining {
+            self.ensure_drain(tunnel, t);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Tunnel>> {
+        // Every update under this lock is a few assignments that cannot panic half-way.
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Permission to put one delivery into a tunnel's queue; the tunnel does not go live while a
+/// ticket is out. Call [`pushed`](Self::pushed) once the queue committed it; dropping the
+/// ticket otherwise means the delivery was not queued.
+pub struct QueueTicket {
+    tunnels: Arc<Tunnels>,
+    tunnel: String,
+    done: bool,
+}
+
+impl QueueTicket {
+    fn new(tunnels: Arc<Tunnels>, tunnel: &str) -> Self {
+        QueueTicket {
+            tunnels,
+            tunnel: tunnel.to_owned(),
+            done: false,
+        }
+    }
+
+    /// The tunnel this ticket is for.
+    pub fn tunnel(&self) -> &str {
+        &self.tunnel
+    }
+
+    /// The queue handle to push with.
+    pub fn queue(&self) -> &QueueHandle {
+        &self.tunnels.queue
+    }
+
+    /// The delivery is committed to the queue: the drain will send it.
+    pub fn pushed(mut self) {
+        self.done = true;
+        self.tunnels.ticket_done(&self.tunnel, true);
+    }
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.tunnels.ticket_done(&self.tunnel, false);
+        }
+    }
+}
