@@ -10,7 +10,7 @@ use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset};
 use tokio::sync::{mpsc, watch};
 
-use crate::status::{ConnectionState, ListenEvent};
+use crate::status::{ConnectionState, ListenEvent, StoreHealth};
 
 /// Converts delivery times to the user's local time. The offset is read once at start-up,
 /// while the process is still single-threaded (the only time the platform allows reading it).
@@ -293,6 +293,16 @@ pub fn state_line(state: &ConnectionState) -> Option<String> {
     }
 }
 
+/// The stderr line for a change in the capture store's health.
+pub fn store_line(health: &StoreHealth) -> String {
+    match health {
+        StoreHealth::Failing(sentence) => escape(sentence),
+        StoreHealth::Recovered => {
+            "capture store recovered: deliveries are recorded again".to_string()
+        }
+    }
+}
+
 fn banner_lines(banner: &Banner, public_url: &str) -> String {
     let row = |label: &str, value: &str| format!("{label:<15}{value}\n");
     let mut s = row("webhook URL", public_url);
@@ -338,6 +348,10 @@ pub fn run_lines(
                     }
                 }
                 ListenEvent::StoreChanged => {}
+                ListenEvent::Store(health) => {
+                    out.flush()?;
+                    let _ = writeln!(io::stderr().lock(), "{}", store_line(&health));
+                }
             }
             next = events.try_recv().ok();
         }

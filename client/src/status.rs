@@ -36,9 +36,20 @@ pub enum ListenEvent {
     Connection(ConnectionState),
     /// A delivery (or replay) was committed to the capture store.
     Delivery(Box<Delivery>),
-    /// Deliveries were committed but their events were dropped because the screen fell behind;
-    /// the screen should re-read the capture store.
+    /// Deliveries were committed (or pruned) but their events were dropped because the screen
+    /// fell behind; the screen should re-read the capture store.
     StoreChanged,
+    /// The capture store started failing, or works again.
+    Store(StoreHealth),
+}
+
+/// Whether the capture store takes writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Commits fail, with this sentence (cause; remedy); nothing is acknowledged to the relay.
+    Failing(String),
+    /// A commit succeeded after failures.
+    Recovered,
 }
 
 /// A replay asked for by the inspector (`r`, or `e` with an edited body).

@@ -21,7 +21,7 @@ use time::UtcOffset;
 pub use self::effect::{AppEvent, Effect, Page, Query, Rows};
 use super::keys::{self, Action, ConfirmAction, PromptAction};
 use super::{curl, text, view};
-use crate::status::{ConnectionState, ListenEvent};
+use crate::status::{ConnectionState, ListenEvent, StoreHealth};
 
 /// How long a footer message stays up, in ms.
 const MESSAGE_MS: i64 = 5_000;
@@ -111,6 +111,8 @@ pub struct App {
     pub forward_to: String,
     /// The relay connection.
     pub connection: ConnectionState,
+    /// Why the capture store fails, while it does.
+    pub store_failing: Option<String>,
     reconnect_at_ms: i64,
     /// All deliveries by outcome.
     pub counts: Counts,
@@ -168,6 +170,7 @@ impl App {
             public_url,
             forward_to,
             connection: ConnectionState::Connecting,
+            store_failing: None,
             reconnect_at_ms: 0,
             counts: Counts::default(),
             queue: None,
@@ -368,6 +371,14 @@ impl App {
             // Re-read on the next tick: a burst of these costs one store read, not one each.
             ListenEvent::StoreChanged => {
                 self.sync_pending = true;
+                None
+            }
+            ListenEvent::Store(health) => {
+                self.store_failing = match health {
+                    StoreHealth::Failing(sentence) => Some(sentence),
+                    StoreHealth::Recovered => None,
+                };
+                self.dirty = true;
                 None
             }
         }

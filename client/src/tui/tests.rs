@@ -407,3 +407,22 @@ fn key_to_frame_figures() {
         app.held_rows()
     );
 }
+
+#[test]
+fn a_failing_store_is_in_the_header_until_it_recovers() {
+    let (_dir, _store, mut app) = sample_app((160, 40));
+    let sentence =
+        "capture store failing: database or disk is full; free disk space or pass --store PATH";
+    app.update(AppEvent::Listen(ListenEvent::Store(
+        crate::status::StoreHealth::Failing(sentence.into()),
+    )));
+    let text = screen(&draw(&app, (160, 40)));
+    let header = text.lines().nth(1).unwrap_or_default();
+    assert!(header.contains(sentence), "{text}");
+    assert!(header.contains("connected"), "{text}");
+    app.update(AppEvent::Listen(ListenEvent::Store(
+        crate::status::StoreHealth::Recovered,
+    )));
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(!text.contains("capture store failing"), "{text}");
+}
