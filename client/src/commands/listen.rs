@@ -24,10 +24,10 @@ use crate::cli::ListenArgs;
 use crate::forward::{Forwarder, Rules, Target};
 use crate::illumichat::Api;
 use crate::output::{self, Banner, Format};
-use crate::recorder::{self, ScreenSink};
+use crate::recorder::{self, Retention, ScreenSink};
 use crate::replay;
 use crate::session::tls::{self, Trust};
-use crate::session::{self, RelayUrl, Session, SessionConfig, OUTBOUND_QUEUE};
+use crate::session::{self, RelayUrl, Session, SessionConfig};
 use crate::status::ListenEvent;
 
 /// Where the embedded relay listens when the port is free.
@@ -38,6 +38,12 @@ pub const DEFAULT_KEEPALIVE: Duration = illumitunnel_relay::config::DEFAULT_KEEP
 const SCREEN_QUEUE: usize = 1024;
 /// How long shutdown waits for the capture store writer and the embedded relay.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body taken from the relay, and local response body passed back.
+pub const DEFAULT_MAX_BODY: usize = illumitunnel_relay::config::DEFAULT_MAX_BODY;
+/// The capture store is pruned, oldest first, beyond this many bytes.
+pub const DEFAULT_STORE_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Deliveries older than this are pruned from the capture store.
+pub const DEFAULT_STORE_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 /// How long shutdown waits to disable the IllumiChat webhook and remove `listen.json`.
 const ANNOUNCE_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -75,6 +81,10 @@ pub struct ListenConfig {
     pub rules: Rules,
     /// `--register`: the IllumiChat API to register the tunnel URL with.
     pub register: Option<Api>,
+    /// `--max-body`.
+    pub max_body: usize,
+    /// `--store-max-bytes` and `--store-max-age`.
+    pub retention: Retention,
 }
 
 /// `--events` and `--route` checked: known event types, routes to absolute paths.
@@ -163,6 +173,26 @@ impl TryFrom<&ListenArgs> for ListenConfig {
                 "--ca and --insecure only apply with --relay; the embedded relay is trusted already".into(),
             ));
         }
+        let max_body = match args.max_body {
+            None => DEFAULT_MAX_BODY,
+            Some(0) => return Err(UsageError("--max-body must be at least 1".into())),
+            Some(n) => n,
+        };
+        let max_bytes = match args.store_max_bytes {
+            None => DEFAULT_STORE_MAX_BYTES,
+            Some(0) => return Err(UsageError("--store-max-bytes must be at least 1".into())),
+            Some(n) => n,
+        };
+        let max_age = match args.store_max_age.as_deref() {
+            None => DEFAULT_STORE_MAX_AGE,
+            Some(text) => illumitunnel::parse_duration(text)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "--store-max-age {text:?} is not a duration; write it like 12h or 30d"
+                    ))
+                })?,
+        };
         let keepalive = match args.keepalive_ms {
             None => DEFAULT_KEEPALIVE,
             Some(0) => return Err(UsageError("--keepalive-ms must be at least 1".into())),
@@ -191,6 +221,8 @@ impl TryFrom<&ListenArgs> for ListenConfig {
             } else {
                 None
             },
+            max_body,
+            retention: Retention { max_bytes, max_age },
         })
     }
 }
@@ -251,9 +283,9 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let tls = tls::client_config(trust).map_err(anyhow::Error::msg)?;
 
     let screen_choice = choose_screen(&config);
+    let inspector = matches!(screen_choice, Screen::Inspector);
     let (screen_tx, screen_rx) = mpsc::channel(SCREEN_QUEUE);
     let (public_url_tx, public_url_rx) = watch::channel(None);
-    let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (recorder, recorder_thread) = recorder::spawn(
         store,
         ScreenSink {
@@ -261,7 +293,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
             // The inspector re-reads the store when it falls behind; lines must not be lost.
             lossless: matches!(screen_choice, Screen::Lines(_)),
         },
-        outbound_tx.clone(),
+        config.retention,
     )
     .context("could not start the capture store writer")?;
     let banner = Banner {
@@ -299,12 +331,23 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let announce = tokio::spawn(announce(
         announced,
-        ctx.store.clone(),
-        ca_pem,
         config.register.clone(),
         config.rules.only.clone(),
         shutdown.clone(),
     ));
+    let store_path = ctx.store.clone();
+    // Runs before the banner: `trigger` right after it finds this `listen`.
+    let on_welcome: session::OnWelcome = Box::new(move |url: &str| {
+        let running = Running {
+            public_url: url.to_string(),
+            pid: std::process::id(),
+            store: store_path.clone(),
+            ca_pem: ca_pem.as_ref().map(|_| Running::ca_path()),
+        };
+        if let Err(err) = running.write(ca_pem.as_deref()) {
+            tracing::warn!(%err, "could not write listen.json; trigger will need --url");
+        }
+    });
     let session = Session {
         config: Arc::new(SessionConfig {
             relay,
@@ -312,13 +355,15 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
             tunnel,
             tls,
             keepalive: config.keepalive,
+            max_body: config.max_body,
         }),
-        forwarder: Forwarder::new(config.target.clone()).with_rules(&config.rules),
+        forwarder: Forwarder::new(config.target.clone())
+            .with_rules(&config.rules)
+            .with_max_body(config.max_body),
         recorder,
         screen: screen_tx,
         public_url: public_url_tx,
-        outbound_tx,
-        outbound_rx,
+        on_welcome,
     };
     let mut relay_task = embedded.map(|e| e.task);
     let session_run = session::run(session, shutdown.clone());
@@ -355,16 +400,38 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if joined.is_err() {
         tracing::warn!("the capture store writer did not stop in time");
     }
-    match tokio::time::timeout(STOP_TIMEOUT, screen).await {
-        Ok(Ok(Err(e))) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            tracing::warn!(%e, "could not write to stdout");
-        }
-        _ => {}
-    }
+    let screen_result = tokio::time::timeout(STOP_TIMEOUT, screen).await;
     if let Some(task) = relay_task {
         let _ = tokio::time::timeout(STOP_TIMEOUT, task).await;
     }
-    result
+    let screen_result = match screen_result {
+        Ok(joined) => joined.map_err(std::io::Error::other).and_then(|r| r),
+        Err(_) => Ok(()),
+    };
+    result.and(screen_outcome(inspector, screen_result))
+}
+
+/// How the screen's end counts for `listen`'s exit: an inspector that could not start or
+/// failed is an error (exit 1); line output cut by a closed pipe is not.
+fn screen_outcome(inspector: bool, ended: std::io::Result<()>) -> anyhow::Result<()> {
+    match ended {
+        Ok(()) => Ok(()),
+        Err(e) if inspector => {
+            let why = e.to_string();
+            if why.contains("--no-tui") {
+                Err(anyhow::anyhow!("the inspector stopped: {why}"))
+            } else {
+                Err(anyhow::anyhow!(
+                    "the inspector stopped: {why}; pass --no-tui for line output"
+                ))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => {
+            tracing::warn!(%e, "could not write to stdout");
+            Ok(())
+        }
+    }
 }
 
 /// What the inspector needs besides the public URL, which arrives with the first `Welcome`.
@@ -568,12 +635,10 @@ fn is_alive(pid: u32) -> bool {
     !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
-/// After the first `Welcome`: writes `listen.json` and, with `--register`, points an IllumiChat
-/// webhook at the tunnel. At shutdown: disables that webhook and removes the record.
+/// After the first `Welcome` (the session wrote `listen.json`): with `--register`, points an
+/// IllumiChat webhook at the tunnel. At shutdown: disables that webhook and removes the record.
 async fn announce(
     mut public_url: watch::Receiver<Option<String>>,
-    store: PathBuf,
-    ca_pem: Option<String>,
     register: Option<Api>,
     events: Option<Vec<String>>,
     shutdown: CancellationToken,
@@ -583,17 +648,11 @@ async fn announce(
             Ok(url) => url.clone().unwrap_or_default(),
             Err(_) => return Ok(()),
         },
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = shutdown.cancelled() => {
+            Running::remove_if_mine();
+            return Ok(());
+        }
     };
-    let running = Running {
-        public_url: url.clone(),
-        pid: std::process::id(),
-        store,
-        ca_pem: ca_pem.as_ref().map(|_| Running::ca_path()),
-    };
-    if let Err(err) = running.write(ca_pem.as_deref()) {
-        tracing::warn!(%err, "could not write listen.json; trigger will need --url");
-    }
     let registered = match &register {
         Some(api) => match register_webhook(api, &url, events).await {
             Ok(id) => {
@@ -761,6 +820,56 @@ mod tests {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
             assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_failed_inspector_fails_listen_with_one_sentence() {
+        let err = screen_outcome(true, Err(std::io::Error::other("the terminal went away")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the inspector stopped: the terminal went away; pass --no-tui for line output"
+        );
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(screen_outcome(false, Err(pipe)).is_ok());
+        assert!(screen_outcome(true, Ok(())).is_ok());
+    }
+
+    #[test]
+    fn limits_and_retention_have_defaults_and_are_checked() {
+        let c = parse(&["--forward-to", "http://x"]).unwrap();
+        assert_eq!(c.max_body, 10 * 1024 * 1024);
+        assert_eq!(c.retention.max_bytes, 2 * 1024 * 1024 * 1024);
+        assert_eq!(c.retention.max_age, Duration::from_secs(30 * 86_400));
+        let c = parse(&[
+            "--forward-to",
+            "http://x",
+            "--max-body",
+            "4096",
+            "--store-max-bytes",
+            "1000000",
+            "--store-max-age",
+            "12h",
+        ])
+        .unwrap();
+        assert_eq!(c.max_body, 4096);
+        assert_eq!(c.retention.max_bytes, 1_000_000);
+        assert_eq!(c.retention.max_age, Duration::from_secs(12 * 3600));
+        for (args, needle) in [
+            (&["--max-body", "0"][..], "--max-body must be at least 1"),
+            (
+                &["--store-max-bytes", "0"][..],
+                "--store-max-bytes must be at least 1",
+            ),
+            (&["--store-max-age", "soon"][..], "write it like 12h or 30d"),
+            (&["--store-max-age", "0d"][..], "write it like 12h or 30d"),
+        ] {
+            let mut argv = vec!["--forward-to", "http://x"];
+            argv.extend_from_slice(args);
+            let err = parse(&argv).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
         }
     }
 
