@@ -155,6 +155,12 @@ impl Inspector {
                         .terminal()
                         .size()
                         .context("the terminal went away")?;
+                    // A terminal that hung up on a process outside its session sends no
+                    // signal and may still answer size queries; only a write tells. Hiding
+                    // the cursor again is invisible on a live one.
+                    let mut out = std::io::stdout();
+                    crossterm::execute!(out, crossterm::cursor::Hide)
+                        .context("the terminal went away")?;
                     continue;
                 }
                 _ = signals.recv() => return Ok(()),
