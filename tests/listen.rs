@@ -470,3 +470,34 @@ fn two_listeners_with_one_token_both_see_a_delivery_and_the_first_answers() {
             .wait_for_line(Stream::Stdout, |l| l.contains("contact.created"));
     }
 }
+
+#[test]
+fn trigger_right_after_the_banner_finds_the_running_listen() {
+    // listen.json is written before the banner, so a script that runs `trigger` as soon as the
+    // URL is printed never hits "no illumitunnel listen is running". Repeated: it was a race.
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    for round in 0..4 {
+        let listen = Listen::spawn(None, &target.url(FORWARD_PATH), "ready-race", &["--json"]);
+        let running: Value = serde_json::from_str(
+            &std::fs::read_to_string(listen_json(&listen)).unwrap_or_else(|e| {
+                panic!("round {round}: no listen.json when the banner printed: {e}")
+            }),
+        )
+        .expect("listen.json is JSON");
+        assert_eq!(running["public_url"].as_str(), Some(listen.url.as_str()));
+        let out = listen.client(&["trigger", "ticket.created"]);
+        assert_eq!(out.code(), 0, "round {round}: {}", out.stderr);
+        assert_eq!(
+            listen.deliveries(1)[0]["source"],
+            "trigger",
+            "round {round}"
+        );
+    }
+}
+
+/// `listen.json` in the data dir of a home from `support::command` (`ILLUMITUNNEL_HOME/data`).
+fn listen_json(listen: &Listen) -> std::path::PathBuf {
+    let home = listen.store.parent().expect("the store lives in the home");
+    home.join("data").join("listen.json")
+}
