@@ -501,3 +501,51 @@ fn listen_json(listen: &Listen) -> std::path::PathBuf {
     let home = listen.store.parent().expect("the store lives in the home");
     home.join("data").join("listen.json")
 }
+
+#[test]
+fn a_flood_of_large_deliveries_stays_within_store_max_bytes() {
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let cap: u64 = 2 * 1024 * 1024;
+    let body_len = 256 * 1024;
+    let listen = Listen::start(
+        Some(&relay.url),
+        &target.url(FORWARD_PATH),
+        "retention",
+        &["--store-max-bytes", &cap.to_string()],
+    );
+    let on_disk = || {
+        let len = |p: std::path::PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        let wal = listen.store.with_extension("db-wal");
+        len(listen.store.clone()) + len(wal)
+    };
+    let count = 24;
+    let mut largest = 0;
+    for i in 0..count {
+        let mut body = format!(r#"{{"event":"ticket.created","data":{{"id":"tkt_{i:02}"}},"pad":""#)
+            .into_bytes();
+        body.resize(body_len, b'x');
+        body.extend_from_slice(b"\"}");
+        let response = Request::post(&listen.url).body(body).send(&rt);
+        assert_eq!(response.status, 200);
+        // Every delivery is printed after its commit; pruning follows on the same thread.
+        listen.deliveries(i + 1);
+        largest = largest.max(on_disk());
+    }
+    // One batch is one delivery here; the WAL holds at most that batch once pruned.
+    let slack = 2 * body_len as u64 + 256 * 1024;
+    assert!(
+        largest <= cap + slack,
+        "the store reached {largest} bytes on disk with a cap of {cap}"
+    );
+    let events = listen.client(&["events", "--json", "--limit", "100"]);
+    let kept = json_lines(&events.stdout);
+    assert!(kept.len() < count, "nothing pruned: {}", kept.len());
+    let newest: Vec<&str> = kept
+        .iter()
+        .take(3)
+        .map(|d| d["resource_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(newest, ["tkt_23", "tkt_22", "tkt_21"]);
+}

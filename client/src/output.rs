@@ -526,4 +526,25 @@ mod tests {
              relay          embedded at https://127.0.0.1:8443 (self-signed, trusted by this client)\n"
         );
     }
+
+    #[test]
+    fn store_health_lines_say_what_failed_and_when_it_recovers() {
+        let failing = StoreHealth::Failing(
+            "capture store failing: database or disk is full; free disk space or pass --store PATH"
+                .into(),
+        );
+        assert_eq!(
+            store_line(&failing),
+            "capture store failing: database or disk is full; free disk space or pass --store PATH"
+        );
+        assert_eq!(
+            store_line(&StoreHealth::Failing("bad\x1b[2J".into())),
+            "bad\\u{1b}[2J",
+            "escaped"
+        );
+        assert_eq!(
+            store_line(&StoreHealth::Recovered),
+            "capture store recovered: deliveries are recorded again"
+        );
+    }
 }
