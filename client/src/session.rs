@@ -53,11 +53,21 @@ pub struct SessionConfig {
     pub keepalive: Duration,
     /// Largest request body the client takes from the relay (`--max-body`).
     pub max_body: usize,
+    /// The claim key remembered for this tunnel, if any (anonymous relays).
+    pub claim_key: String,
 }
 
-/// Called with the public URL on each `Welcome`, before the screen hears of the connection, so
-/// whatever another command needs (`listen.json`) exists before the banner.
-pub type OnWelcome = Box<dyn FnMut(&str) + Send>;
+/// What a `Welcome` tells whoever keeps state across runs.
+pub struct Welcomed<'a> {
+    /// The tunnel's public URL.
+    pub public_url: &'a str,
+    /// The key that re-joins the tunnel; empty when the relay gives none.
+    pub claim_key: &'a str,
+}
+
+/// Called on each `Welcome`, before the screen hears of the connection, so whatever another
+/// command needs (`listen.json`) exists before the banner, and the claim key is kept.
+pub type OnWelcome = Box<dyn FnMut(&Welcomed<'_>) + Send>;
 
 /// Everything a running session works with.
 pub struct Session {
@@ -86,24 +96,33 @@ pub async fn run(mut session: Session, shutdown: CancellationToken) -> anyhow::R
         session.recorder.clone(),
         session.config.tunnel.to_string(),
         outbound_tx,
+        session.screen.clone(),
     );
+    let mut claim_key = session.config.claim_key.clone();
     show(&session.screen, ConnectionState::Connecting).await;
     let mut generation = 0u64;
     let result = loop {
         let attempt = tokio::select! {
-            attempt = connect(&session.config) => attempt,
+            attempt = connect(&session.config, &claim_key) => attempt,
             _ = shutdown.cancelled() => break Ok(()),
         };
         let cause = match attempt {
             Ok((ws, welcome)) => {
                 generation += 1;
-                (session.on_welcome)(&welcome.public_url);
+                if !welcome.claim_key.is_empty() {
+                    claim_key = welcome.claim_key.clone();
+                }
+                (session.on_welcome)(&Welcomed {
+                    public_url: &welcome.public_url,
+                    claim_key: &welcome.claim_key,
+                });
                 session.public_url.send_replace(Some(welcome.public_url));
                 show(
                     &session.screen,
                     ConnectionState::Connected {
                         queued: welcome.queued,
                         expired: welcome.expired,
+                        dead_letters: welcome.dead_letters,
                     },
                 )
                 .await;

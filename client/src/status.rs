@@ -17,6 +17,8 @@ pub enum ConnectionState {
         queued: u32,
         /// Queued deliveries that expired before this session.
         expired: u32,
+        /// Queued deliveries the relay set aside as dead letters (kept in its data dir).
+        dead_letters: u32,
     },
     /// Connection lost or failed; next attempt after `in_secs`.
     Reconnecting {
@@ -41,6 +43,13 @@ pub enum ListenEvent {
     StoreChanged,
     /// The capture store started failing, or works again.
     Store(StoreHealth),
+    /// The relay set a queued delivery aside: it was rejected, or ended sessions, too often.
+    DeadLettered {
+        /// The delivery set aside.
+        id: DeliveryId,
+        /// Why, as the relay says it.
+        reason: String,
+    },
 }
 
 /// Whether the capture store takes writes.

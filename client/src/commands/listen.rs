@@ -336,10 +336,17 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let store_path = ctx.store.clone();
+    let claimed = tunnel.clone();
+    let mut kept_key = remembered_claim_key(&tunnel);
+    let claim_key = kept_key.clone();
     // Runs before the banner: `trigger` right after it finds this `listen`.
-    let on_welcome: session::OnWelcome = Box::new(move |url: &str| {
+    let on_welcome: session::OnWelcome = Box::new(move |welcomed: &session::Welcomed<'_>| {
+        if !welcomed.claim_key.is_empty() && welcomed.claim_key != kept_key {
+            kept_key = welcomed.claim_key.to_string();
+            remember_claim_key(&claimed, &kept_key);
+        }
         let running = Running {
-            public_url: url.to_string(),
+            public_url: welcomed.public_url.to_string(),
             pid: std::process::id(),
             store: store_path.clone(),
             ca_pem: ca_pem.as_ref().map(|_| Running::ca_path()),
@@ -356,6 +363,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
             tls,
             keepalive: config.keepalive,
             max_body: config.max_body,
+            claim_key,
         }),
         forwarder: Forwarder::new(config.target.clone())
             .with_rules(&config.rules)
@@ -727,6 +735,44 @@ fn remembered_tunnel() -> TunnelName {
         tracing::warn!(%err, path = %path.display(), "could not remember the tunnel name; the URL will change next time");
     }
     name
+}
+
+/// Where the claim key for `tunnel` is kept: beside the remembered name, readable only by the
+/// user, since it is what lets this machine re-join an anonymous tunnel.
+fn claim_key_path(tunnel: &TunnelName) -> PathBuf {
+    paths::config_dir().join("claims").join(tunnel.as_str())
+}
+
+/// The claim key a relay gave for `tunnel` before, or empty.
+fn remembered_claim_key(tunnel: &TunnelName) -> String {
+    std::fs::read_to_string(claim_key_path(tunnel))
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Keeps the claim key a relay gave for `tunnel`, so the next `listen` re-joins it.
+fn remember_claim_key(tunnel: &TunnelName, key: &str) {
+    let path = claim_key_path(tunnel);
+    let saved = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| write_private(&path, format!("{key}\n").as_bytes()));
+    if let Err(err) = saved {
+        tracing::warn!(%err, path = %path.display(), "could not keep the tunnel's claim key; another machine may take the name after this listen stops");
+    }
+}
+
+/// Writes `bytes` to a file only its owner can read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

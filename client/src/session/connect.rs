@@ -39,10 +39,17 @@ pub struct Welcome {
     pub queued: u32,
     /// Queued deliveries that expired before this session.
     pub expired: u32,
+    /// Queued deliveries the relay set aside as dead letters.
+    pub dead_letters: u32,
+    /// The key that re-joins an anonymous tunnel; empty when the relay gives none.
+    pub claim_key: String,
 }
 
 /// One attempt: TCP, TLS, websocket upgrade, `Hello`, and the relay's answer.
-pub async fn connect(config: &SessionConfig) -> Result<(Ws, Welcome), ConnectError> {
+pub async fn connect(
+    config: &SessionConfig,
+    claim_key: &str,
+) -> Result<(Ws, Welcome), ConnectError> {
     let relay = &config.relay;
     let retry =
         |cause: String| ConnectError::Retry(format!("could not connect to relay {relay}: {cause}"));
@@ -124,7 +131,7 @@ pub async fn connect(config: &SessionConfig) -> Result<(Ws, Welcome), ConnectErr
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         tunnel: config.tunnel.to_string(),
-        claim_key: String::new(),
+        claim_key: claim_key.to_string(),
     };
     ws.send(Message::Binary(hello.encode()))
         .await
@@ -151,6 +158,8 @@ pub async fn connect(config: &SessionConfig) -> Result<(Ws, Welcome), ConnectErr
             public_url,
             queued,
             expired,
+            dead_letters,
+            claim_key,
             ..
         })) => Ok((
             ws,
@@ -158,6 +167,8 @@ pub async fn connect(config: &SessionConfig) -> Result<(Ws, Welcome), ConnectErr
                 public_url,
                 queued,
                 expired,
+                dead_letters,
+                claim_key,
             },
         )),
         Some(Ok(RelayMessage::Refused { reason, message })) => Err(ConnectError::Fatal(

@@ -21,6 +21,7 @@ use tracing::Instrument as _;
 use super::link::Outbound;
 use crate::forward::Forwarder;
 use crate::recorder::{Capture, RecorderHandle};
+use crate::status::ListenEvent;
 
 /// Live deliveries forwarded at the same time; the reader waits for a slot beyond this.
 const MAX_IN_FLIGHT: usize = 256;
@@ -49,24 +50,27 @@ pub struct Deliveries {
     recorder: RecorderHandle,
     tunnel: String,
     outbound: mpsc::Sender<Outbound>,
+    screen: mpsc::Sender<ListenEvent>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
 }
 
 impl Deliveries {
     /// Deliveries for `tunnel`, forwarded with `forwarder`, recorded by `recorder`, answered
-    /// through `outbound`.
+    /// through `outbound`; what the relay sets aside is shown on `screen`.
     pub fn new(
         forwarder: Forwarder,
         recorder: RecorderHandle,
         tunnel: String,
         outbound: mpsc::Sender<Outbound>,
+        screen: mpsc::Sender<ListenEvent>,
     ) -> Arc<Self> {
         Arc::new(Deliveries {
             forwarder,
             recorder,
             tunnel,
             outbound,
+            screen,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tracker: TaskTracker::new(),
         })
@@ -181,6 +185,16 @@ impl Connection {
                 generation: self.generation,
                 message,
             })
+            .await;
+    }
+
+    /// Shows that the relay set a queued delivery aside.
+    pub async fn dead_lettered(&self, id: DeliveryId, reason: String) {
+        tracing::warn!(delivery = %id, %reason, "the relay set a queued delivery aside");
+        let _ = self
+            .deliveries
+            .screen
+            .send(ListenEvent::DeadLettered { id, reason })
             .await;
     }
 

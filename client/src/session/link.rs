@@ -159,7 +159,7 @@ async fn read_half(
                 partial.cancel(&id);
             }
             RelayMessage::DeadLettered { id, reason } => {
-                tracing::warn!(delivery = %id, %reason, "the relay set a queued delivery aside");
+                connection.dead_lettered(id, reason).await;
             }
             RelayMessage::Welcome { .. } | RelayMessage::Refused { .. } => {
                 tracing::debug!("ignored a handshake message during the session");

@@ -83,7 +83,7 @@ struct Link {
     served: tokio::task::JoinHandle<String>,
     store: std::path::PathBuf,
     _dir: tempfile::TempDir,
-    _screen: mpsc::Receiver<crate::status::ListenEvent>,
+    screen: mpsc::Receiver<crate::status::ListenEvent>,
 }
 
 async fn link(addr: std::net::SocketAddr, max_body: usize) -> Link {
@@ -93,7 +93,7 @@ async fn link(addr: std::net::SocketAddr, max_body: usize) -> Link {
     let (recorder, _thread) = recorder::spawn(
         CaptureStore::open(&store).unwrap(),
         ScreenSink {
-            events: screen_tx,
+            events: screen_tx.clone(),
             lossless: false,
         },
         Retention::UNLIMITED,
@@ -101,7 +101,13 @@ async fn link(addr: std::net::SocketAddr, max_body: usize) -> Link {
     .unwrap();
     let forwarder = Forwarder::new(Target::parse(&format!("http://{addr}/hooks")).unwrap());
     let (outbound_tx, mut outbound_rx) = mpsc::channel(1024);
-    let deliveries = Deliveries::new(forwarder, recorder, "my-app".into(), outbound_tx);
+    let deliveries = Deliveries::new(
+        forwarder,
+        recorder,
+        "my-app".into(),
+        outbound_tx,
+        screen_tx.clone(),
+    );
     let (client_io, relay_io) = tokio::io::duplex(1024 * 1024);
     let client: Ws =
         WebSocketStream::from_raw_socket(Box::new(client_io) as Box<dyn Io>, Role::Client, None)
@@ -124,7 +130,7 @@ async fn link(addr: std::net::SocketAddr, max_body: usize) -> Link {
         served,
         store,
         _dir: dir,
-        _screen: screen_rx,
+        screen: screen_rx,
     }
 }
 
@@ -297,4 +303,68 @@ async fn a_relay_cannot_make_the_client_hold_more_than_max_body() {
         .expect("session did not end")
         .unwrap();
     assert!(cause.contains("sent delivery p1 twice"), "{cause}");
+}
+
+#[tokio::test]
+async fn dead_letters_reach_the_screen() {
+    let (addr, _seen) = local_server().await;
+    let mut link = link(addr, 1024).await;
+    link.send(RelayMessage::DeadLettered {
+        id: id("dl1"),
+        reason: "rejected 3 times in a row".into(),
+    })
+    .await;
+    let event = tokio::time::timeout(Duration::from_secs(10), link.screen.recv())
+        .await
+        .expect("nothing on the screen within 10 s");
+    assert!(
+        matches!(&event, Some(crate::status::ListenEvent::DeadLettered { id, reason })
+            if id.as_str() == "dl1" && reason == "rejected 3 times in a row"),
+        "{event:?}"
+    );
+}
+
+#[tokio::test]
+async fn hello_carries_the_kept_claim_key_and_welcome_gives_the_new_one() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let relay = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let Some(Ok(Message::Binary(buf))) = ws.next().await else {
+            panic!("no hello")
+        };
+        let hello = ClientMessage::decode(&buf).unwrap();
+        let welcome = RelayMessage::Welcome {
+            tunnel: "my-app".into(),
+            public_url: "http://127.0.0.1/t/my-app".into(),
+            queued: 0,
+            expired: 0,
+            dead_letters: 3,
+            claim_key: "key-2".into(),
+        };
+        ws.send(Message::Binary(welcome.encode())).await.unwrap();
+        hello
+    });
+    let config = super::SessionConfig {
+        relay: super::RelayUrl::loopback(false, port),
+        token: None,
+        tunnel: illumitunnel::TunnelName::parse("my-app").unwrap(),
+        tls: super::tls::client_config(super::tls::Trust::Insecure).unwrap(),
+        keepalive: Duration::from_secs(30),
+        max_body: 1024,
+        claim_key: String::new(),
+    };
+    let Ok((_ws, welcome)) = super::connect::connect(&config, "key-1").await else {
+        panic!("not welcomed")
+    };
+    assert_eq!(
+        (welcome.dead_letters, welcome.claim_key.as_str()),
+        (3, "key-2")
+    );
+    let hello = relay.await.unwrap();
+    assert!(
+        matches!(&hello, ClientMessage::Hello { claim_key, .. } if claim_key == "key-1"),
+        "{hello:?}"
+    );
 }

@@ -81,6 +81,12 @@ fn connection_line(app: &App) -> Line<'static> {
             ));
         }
     }
+    if app.dead_letters > 0 {
+        spans.push(Span::styled(
+            format!(" · {} dead letters", app.dead_letters),
+            Style::new().fg(Color::Red),
+        ));
+    }
     Line::from(spans)
 }
 
