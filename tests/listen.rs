@@ -523,8 +523,9 @@ fn a_flood_of_large_deliveries_stays_within_store_max_bytes() {
     let count = 24;
     let mut largest = 0;
     for i in 0..count {
-        let mut body = format!(r#"{{"event":"ticket.created","data":{{"id":"tkt_{i:02}"}},"pad":""#)
-            .into_bytes();
+        let mut body =
+            format!(r#"{{"event":"ticket.created","data":{{"id":"tkt_{i:02}"}},"pad":""#)
+                .into_bytes();
         body.resize(body_len, b'x');
         body.extend_from_slice(b"\"}");
         let response = Request::post(&listen.url).body(body).send(&rt);
