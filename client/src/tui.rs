@@ -72,8 +72,7 @@ pub async fn run(ctx: TuiContext, events: mpsc::Receiver<ListenEvent>) -> anyhow
     let store = CaptureStore::open(&ctx.store_path)?;
     let utc_offset = ctx.utc_offset;
     let (tx, rx) = mpsc::channel(APP_EVENTS);
-    let mut guard = TerminalGuard::enter()
-        .context("could not open the terminal inspector; pass --no-tui for line output")?;
+    let mut guard = TerminalGuard::enter().context("could not open the terminal inspector")?;
     let size = guard.terminal().size()?;
     let app = App::new(
         ctx.public_url,
