@@ -106,11 +106,21 @@ enum Command {
     Record(Box<Capture>, Option<oneshot::Sender<Committed>>),
     /// A finished delivery (a replay), answered with itself once committed.
     Insert(Box<Delivery>, oneshot::Sender<Result<Delivery, String>>),
-    Answer(DeliveryId, oneshot::Sender<Option<Recorded>>),
+    Answer(DeliveryId, oneshot::Sender<Option<Known>>),
 }
 
 /// The local server's answer to a delivery already recorded, or why there was none.
 pub type Recorded = Result<ResponseRecord, String>;
+
+/// A delivery the recorder already has.
+#[derive(Debug)]
+pub struct Known {
+    /// Its recorded answer.
+    pub answer: Recorded,
+    /// Whether it is committed to the store (not just waiting for a commit, or kept in memory
+    /// while the store fails): only then may the relay hear `Recorded`.
+    pub committed: bool,
+}
 
 fn recorded_answer(d: &Delivery) -> Recorded {
     match (&d.response, &d.error) {
@@ -189,7 +199,7 @@ impl RecorderHandle {
 
     /// The recorded answer to a delivery with this id, if it is stored (or about to be), after
     /// everything queued before; a redelivery is answered with it instead of forwarding again.
-    pub async fn answer(&self, id: DeliveryId) -> Option<Recorded> {
+    pub async fn answer(&self, id: DeliveryId) -> Option<Known> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Answer(id, tx)).await.ok()?;
         rx.await.ok().flatten()
@@ -316,14 +326,17 @@ impl Writer {
                     .chain(self.retained.iter())
                     .find(|d| d.id == id);
                 let found = match waiting {
-                    Some(d) => Some(recorded_answer(d)),
+                    Some(d) => Some(Known {
+                        answer: recorded_answer(d),
+                        committed: false,
+                    }),
                     // `contains` first: `get` would also accept another id with this prefix.
-                    None if self.store.contains(&id).unwrap_or(false) => self
-                        .store
-                        .get(id.as_str())
-                        .ok()
-                        .flatten()
-                        .map(|d| recorded_answer(&d)),
+                    None if self.store.contains(&id).unwrap_or(false) => {
+                        self.store.get(id.as_str()).ok().flatten().map(|d| Known {
+                            answer: recorded_answer(&d),
+                            committed: true,
+                        })
+                    }
                     None => None,
                 };
                 let _ = reply.send(found);

@@ -83,8 +83,12 @@ async fn commits_then_shows_then_acknowledges_redeliveries() {
         .answer(DeliveryId::parse("zzz9").unwrap())
         .await
         .is_none());
-    let answer = handle.answer(DeliveryId::parse("aaa2").unwrap()).await;
-    assert_eq!(answer.map(|a| a.map(|r| r.status)), Some(Ok(200)));
+    let known = handle
+        .answer(DeliveryId::parse("aaa2").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(known.answer.map(|r| r.status), Ok(200));
+    assert!(known.committed);
     assert!(
         handle
             .answer(DeliveryId::parse("aaa").unwrap())
@@ -208,8 +212,12 @@ async fn a_full_store_acknowledges_nothing_and_says_so_until_it_recovers() {
         matches!(event, ListenEvent::Store(StoreHealth::Failing(_))),
         "{event:?}"
     );
-    let kept = handle.answer(DeliveryId::parse("live1").unwrap()).await;
-    assert_eq!(kept.map(|a| a.map(|r| r.status)), Some(Ok(200)));
+    let kept = handle
+        .answer(DeliveryId::parse("live1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(kept.answer.map(|r| r.status), Ok(200));
+    assert!(!kept.committed, "only in memory: no Recorded for it yet");
     // A replay that cannot be stored says why.
     let replay = big("rep1", false, 512 * 1024).into_delivery();
     assert_eq!(handle.insert(replay).await.unwrap_err(), sentence);

@@ -108,14 +108,23 @@ impl Deliveries {
             request,
         } = arrived;
         if redelivery {
-            if let Some(recorded) = self.recorder.answer(id.clone()).await {
+            if let Some(known) = self.recorder.answer(id.clone()).await {
                 // Already recorded: neither forwarded nor shown again. A sender may still wait
                 // for it (its first session vanished before answering), so it gets the
-                // recorded answer; then the relay may drop it from its queue.
+                // recorded answer; then the relay may drop it from its queue, once it is
+                // committed (it comes again later when it is only in memory so far).
                 if answer {
-                    answer_relay(&self.outbound, generation, &id, &recorded).await;
+                    answer_relay(&self.outbound, generation, &id, &known.answer).await;
                 }
-                self.acknowledge(ClientMessage::Recorded { id }).await;
+                let ack = if known.committed {
+                    ClientMessage::Recorded { id }
+                } else {
+                    ClientMessage::NotRecorded {
+                        id,
+                        message: "the capture store has not committed it yet".into(),
+                    }
+                };
+                self.acknowledge(ack).await;
                 return;
             }
         }

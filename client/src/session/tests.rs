@@ -87,11 +87,24 @@ struct Link {
 }
 
 async fn link(addr: std::net::SocketAddr, max_body: usize) -> Link {
+    link_to_store(addr, max_body, None).await
+}
+
+/// Like [`link`], with a capture store that cannot grow past `max_pages` pages.
+async fn link_to_store(
+    addr: std::net::SocketAddr,
+    max_body: usize,
+    max_pages: Option<u32>,
+) -> Link {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("c.db");
     let (screen_tx, screen_rx) = mpsc::channel(1024);
+    let opened = match max_pages {
+        Some(pages) => CaptureStore::open_capped(&store, pages),
+        None => CaptureStore::open(&store),
+    };
     let (recorder, _thread) = recorder::spawn(
-        CaptureStore::open(&store).unwrap(),
+        opened.unwrap(),
         ScreenSink {
             events: screen_tx.clone(),
             lossless: false,
@@ -367,4 +380,62 @@ async fn hello_carries_the_kept_claim_key_and_welcome_gives_the_new_one() {
         matches!(&hello, ClientMessage::Hello { claim_key, .. } if claim_key == "key-1"),
         "{hello:?}"
     );
+}
+
+#[tokio::test]
+async fn a_full_store_gets_not_recorded_never_recorded() {
+    let (addr, seen) = local_server().await;
+    let mut link = link_to_store(addr, 4 * 1024 * 1024, Some(40)).await;
+    let big = vec![b'b'; 512 * 1024];
+    let chunked = |id_: &str, redelivery: bool| {
+        let mut messages = vec![request(id_, redelivery, &big[..1024], false)];
+        for (i, slice) in big[1024..].chunks(60 * 1024).enumerate() {
+            let last = 1024 + (i + 1) * 60 * 1024 >= big.len();
+            messages.push(RelayMessage::RequestChunk {
+                id: id(id_),
+                data: Bytes::copy_from_slice(slice),
+                end: last,
+            });
+        }
+        messages
+    };
+    // A live delivery the store cannot take is kept in memory (the screen hears the store is
+    // failing once it is); when the relay sends it again, it is answered from memory but not
+    // acknowledged as recorded.
+    for m in chunked("live1", false) {
+        link.send(m).await;
+    }
+    let failing = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match link.screen.recv().await {
+                Some(crate::status::ListenEvent::Store(health)) => return health,
+                Some(_) => continue,
+                None => panic!("screen closed"),
+            }
+        }
+    })
+    .await
+    .expect("the store never said it was failing");
+    assert!(
+        matches!(&failing, crate::status::StoreHealth::Failing(s) if s.contains("disk is full")),
+        "{failing:?}"
+    );
+    link.send(request("live1", true, b"again", true)).await;
+    let ClientMessage::NotRecorded { id: not, message } = link.next().await else {
+        panic!("acknowledged a delivery held only in memory")
+    };
+    assert_eq!(not, id("live1"));
+    assert!(message.contains("not committed"), "{message}");
+    assert_eq!(seen.bodies.lock().unwrap().len(), 1, "not forwarded again");
+
+    // A redelivery the store cannot take: forwarded, then NotRecorded with the store's sentence.
+    for m in chunked("full1", true) {
+        link.send(m).await;
+    }
+    let ClientMessage::NotRecorded { id: not, message } = link.next().await else {
+        panic!("acknowledged a delivery the store did not take")
+    };
+    assert_eq!(not, id("full1"));
+    assert!(message.contains("database or disk is full"), "{message}");
+    assert_eq!(seen.bodies.lock().unwrap().len(), 2);
 }
