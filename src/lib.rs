@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! - [`protocol`] — `ClientMessage` / `RelayMessage` and their binary codec.
+//! - [`reassembly`] — head + chunks → body, bounded per body and in partial bodies.
 //! - [`delivery`] — `DeliveryId`, `Token`, request/response records, JSON shape.
 //! - [`har`] — HAR 1.2 export.
 //! - [`headers`] — ordered raw headers, hop-by-hop stripping, redaction.
@@ -25,6 +26,7 @@ pub mod har;
 pub mod headers;
 pub mod paths;
 pub mod protocol;
+pub mod reassembly;
 pub mod store;
 pub mod tunnel_name;
 

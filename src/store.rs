@@ -43,6 +43,42 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+impl StoreError {
+    /// The sentence a failed write is shown as while `listen` runs: the cause, then what to do.
+    pub fn failing_sentence(&self) -> String {
+        use rusqlite::ErrorCode;
+        let (cause, remedy) = match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, message)) => {
+                let cause = message.clone().unwrap_or_else(|| e.to_string());
+                let remedy = match e.code {
+                    ErrorCode::DiskFull => "free disk space or pass --store PATH",
+                    ErrorCode::ReadOnly | ErrorCode::PermissionDenied | ErrorCode::CannotOpen => {
+                        "make the file writable or pass --store PATH"
+                    }
+                    ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                        "stop other programs writing to it or pass --store PATH"
+                    }
+                    _ => "pass --store PATH to a writable location",
+                };
+                (cause, remedy)
+            }
+            StoreError::Sqlite(e) => (e.to_string(), "pass --store PATH to a writable location"),
+            // These already end with what to do.
+            other => return format!("capture store failing: {other}"),
+        };
+        format!("capture store failing: {cause}; {remedy}")
+    }
+}
+
+/// What [`CaptureStore::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Deliveries deleted.
+    pub deliveries: u64,
+    /// Bytes the file gave back to the file system.
+    pub released_bytes: u64,
+}
+
 /// Which deliveries a query returns.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -75,6 +111,9 @@ pub struct Counts {
     pub skipped: u64,
 }
 
+/// `PRAGMA auto_vacuum` value for incremental vacuum.
+const AUTO_VACUUM_INCREMENTAL: i64 = 2;
+
 /// An open capture store.
 pub struct CaptureStore {
     conn: Connection,
@@ -97,6 +136,8 @@ impl CaptureStore {
         create_private(path).map_err(|e| open_err(e.to_string()))?;
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Only takes effect on a file with no tables yet; older stores switch in `migrate`.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_err(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -135,7 +176,102 @@ impl CaptureStore {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
+        // Retention needs pages given back to the file system: a store made before
+        // `auto_vacuum = INCREMENTAL` converts once (VACUUM cannot run in a transaction). Best
+        // effort: while another process writes, it waits for the next open, and until then
+        // pruning still deletes but the file does not shrink.
+        let auto_vacuum: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if auto_vacuum != AUTO_VACUUM_INCREMENTAL {
+            let _ = self
+                .conn
+                .execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;");
+        }
         Ok(())
+    }
+
+    /// Bytes the deliveries occupy: the file's pages minus its free list.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let pragma = |name: &str| -> Result<u64, StoreError> {
+            Ok(self
+                .conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))?
+                .max(0) as u64)
+        };
+        let pages = pragma("page_count")?.saturating_sub(pragma("freelist_count")?);
+        Ok(pages * pragma("page_size")?)
+    }
+
+    /// Deletes deliveries received before `older_than_ms`, then the oldest until what is left
+    /// fits in `max_bytes` (the newest delivery always stays), and gives the freed pages back
+    /// to the file system so the file shrinks.
+    pub fn prune(&mut self, max_bytes: u64, older_than_ms: i64) -> Result<Pruned, StoreError> {
+        let before = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM large_bodies WHERE seq IN (SELECT seq FROM deliveries WHERE received_at_ms < ?1)",
+            [older_than_ms],
+        )?;
+        let mut deleted = tx.execute(
+            "DELETE FROM deliveries WHERE received_at_ms < ?1",
+            [older_than_ms],
+        )? as u64;
+        loop {
+            let used = {
+                let q = |name: &str| -> rusqlite::Result<i64> {
+                    tx.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                };
+                (q("page_count")? - q("freelist_count")?).max(0) as u64
+                    * q("page_size")?.max(0) as u64
+            };
+            if used <= max_bytes {
+                break;
+            }
+            // A few at a time: large bodies free many pages each, small ones few.
+            let oldest: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT seq FROM deliveries WHERE seq < (SELECT MAX(seq) FROM deliveries) ORDER BY seq LIMIT 16",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if oldest.is_empty() {
+                break;
+            }
+            for seq in &oldest {
+                tx.execute("DELETE FROM large_bodies WHERE seq = ?1", [seq])?;
+                deleted += tx.execute("DELETE FROM deliveries WHERE seq = ?1", [seq])? as u64;
+            }
+        }
+        tx.commit()?;
+        if deleted > 0 {
+            // Each step of this pragma frees pages: run it to the end.
+            let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum")?;
+            let mut steps = vacuum.query([])?;
+            while steps.next()?.is_some() {}
+            drop(steps);
+            drop(vacuum);
+            // In WAL mode the file is truncated when the freed pages are checkpointed.
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        let after = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        Ok(Pruned {
+            deliveries: deleted,
+            released_bytes: before.saturating_sub(after),
+        })
+    }
+
+    /// Opens a store that cannot grow past `max_pages` pages, so tests can fill it for real.
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn open_capped(path: &Path, max_pages: u32) -> Result<Self, StoreError> {
+        let store = Self::open(path)?;
+        store
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| {
+                Ok(())
+            })?;
+        Ok(store)
     }
 
     /// Inserts deliveries in one transaction. Sets each one's `seq` and `duplicate` flag;
@@ -613,6 +749,73 @@ mod tests {
         assert_eq!(got.response.unwrap().body.as_ref(), &big[..LARGE_BODY + 1]);
         let listed = store.list_newest(&Filter::default(), 1).unwrap();
         assert_eq!(listed[0].request.body.len(), big.len());
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_within_the_cap_and_shrinks_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = CaptureStore::open(&path).unwrap();
+        for i in 0..20 {
+            let mut d = delivery(&format!("big{i:02}"), "x");
+            d.received_at_ms = 1_000 + i;
+            d.request.body = Bytes::from(vec![b'a'; LARGE_BODY * 2]);
+            store.insert_batch(std::slice::from_mut(&mut d)).unwrap();
+        }
+        store
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        let full = std::fs::metadata(&path).unwrap().len();
+        let cap = 3 * LARGE_BODY as u64 * 2;
+        let pruned = store.prune(cap, 1_002).unwrap();
+        assert!(store.used_bytes().unwrap() <= cap);
+        let left = store.list_oldest(&Filter::default(), 100).unwrap();
+        assert!(!left.is_empty() && left.len() < 4, "{}", left.len());
+        assert_eq!(left.last().unwrap().id.as_str(), "big19", "newest stays");
+        assert_eq!(pruned.deliveries, 20 - left.len() as u64);
+        let now = std::fs::metadata(&path).unwrap().len();
+        assert!(now <= cap + 64 * 1024, "file {now} bytes, was {full}");
+        assert!(pruned.released_bytes > 0);
+        // Age alone: everything older than the newest goes.
+        store.prune(u64::MAX, 1_019).unwrap();
+        assert_eq!(store.count(&Filter::default()).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_old_store_switches_to_incremental_vacuum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE t (x); DROP TABLE t;")
+                .unwrap();
+            let mode: i64 = conn
+                .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, 0);
+        }
+        let store = CaptureStore::open(&path).unwrap();
+        let mode: i64 = store
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, AUTO_VACUUM_INCREMENTAL);
+    }
+
+    #[test]
+    fn a_full_store_fails_with_a_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CaptureStore::open_capped(&dir.path().join("c.db"), 16).unwrap();
+        let mut d = delivery("full1", "x");
+        d.request.body = Bytes::from(vec![b'a'; LARGE_BODY * 2]);
+        let err = store
+            .insert_batch(std::slice::from_mut(&mut d))
+            .unwrap_err();
+        assert_eq!(
+            err.failing_sentence(),
+            "capture store failing: database or disk is full; free disk space or pass --store PATH"
+        );
     }
 
     #[test]

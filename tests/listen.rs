@@ -470,3 +470,83 @@ fn two_listeners_with_one_token_both_see_a_delivery_and_the_first_answers() {
             .wait_for_line(Stream::Stdout, |l| l.contains("contact.created"));
     }
 }
+
+#[test]
+fn trigger_right_after_the_banner_finds_the_running_listen() {
+    // listen.json is written before the banner, so a script that runs `trigger` as soon as the
+    // URL is printed never hits "no illumitunnel listen is running". Repeated: it was a race.
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    for round in 0..4 {
+        let listen = Listen::spawn(None, &target.url(FORWARD_PATH), "ready-race", &["--json"]);
+        let running: Value = serde_json::from_str(
+            &std::fs::read_to_string(listen_json(&listen)).unwrap_or_else(|e| {
+                panic!("round {round}: no listen.json when the banner printed: {e}")
+            }),
+        )
+        .expect("listen.json is JSON");
+        assert_eq!(running["public_url"].as_str(), Some(listen.url.as_str()));
+        let out = listen.client(&["trigger", "ticket.created"]);
+        assert_eq!(out.code(), 0, "round {round}: {}", out.stderr);
+        assert_eq!(
+            listen.deliveries(1)[0]["source"],
+            "trigger",
+            "round {round}"
+        );
+    }
+}
+
+/// `listen.json` in the data dir of a home from `support::command` (`ILLUMITUNNEL_HOME/data`).
+fn listen_json(listen: &Listen) -> std::path::PathBuf {
+    let home = listen.store.parent().expect("the store lives in the home");
+    home.join("data").join("listen.json")
+}
+
+#[test]
+fn a_flood_of_large_deliveries_stays_within_store_max_bytes() {
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let cap: u64 = 2 * 1024 * 1024;
+    let body_len = 256 * 1024;
+    let listen = Listen::start(
+        Some(&relay.url),
+        &target.url(FORWARD_PATH),
+        "retention",
+        &["--store-max-bytes", &cap.to_string()],
+    );
+    let on_disk = || {
+        let len = |p: std::path::PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        let wal = listen.store.with_extension("db-wal");
+        len(listen.store.clone()) + len(wal)
+    };
+    let count = 24;
+    let mut largest = 0;
+    for i in 0..count {
+        let mut body =
+            format!(r#"{{"event":"ticket.created","data":{{"id":"tkt_{i:02}"}},"pad":""#)
+                .into_bytes();
+        body.resize(body_len, b'x');
+        body.extend_from_slice(b"\"}");
+        let response = Request::post(&listen.url).body(body).send(&rt);
+        assert_eq!(response.status, 200);
+        // Every delivery is printed after its commit; pruning follows on the same thread.
+        listen.deliveries(i + 1);
+        largest = largest.max(on_disk());
+    }
+    // One batch is one delivery here; the WAL holds at most that batch once pruned.
+    let slack = 2 * body_len as u64 + 256 * 1024;
+    assert!(
+        largest <= cap + slack,
+        "the store reached {largest} bytes on disk with a cap of {cap}"
+    );
+    let events = listen.client(&["events", "--json", "--limit", "100"]);
+    let kept = json_lines(&events.stdout);
+    assert!(kept.len() < count, "nothing pruned: {}", kept.len());
+    let newest: Vec<&str> = kept
+        .iter()
+        .take(3)
+        .map(|d| d["resource_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(newest, ["tkt_23", "tkt_22", "tkt_21"]);
+}

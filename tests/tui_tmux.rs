@@ -811,3 +811,109 @@ fn figures_with_100000_stored_and_a_burst_of_1000_in_a_second() {
     ui.keys(&["q"]);
     ui.assert_restored();
 }
+
+#[test]
+fn listen_exits_1_with_a_sentence_when_the_inspector_fails() {
+    if !tmux_available("listen_exits_1_with_a_sentence_when_the_inspector_fails") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let home = temp_dir();
+    let socket = home.path().join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .expect("run tmux")
+    };
+    let listen = [
+        bin("illumitunnel").display().to_string(),
+        "listen".into(),
+        "--relay".into(),
+        relay.url.clone(),
+        "--forward-to".into(),
+        target.url(FORWARD_PATH),
+        "--tunnel".into(),
+        "tmux-broken".into(),
+        "--store".into(),
+        home.path().join("captures.db").display().to_string(),
+    ]
+    .iter()
+    .map(|arg| sh_quote(arg))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let err = home.path().join("stderr.txt");
+    let code = home.path().join("code.txt");
+    // In a session of its own, listen keeps the pane as its terminal but gets no hangup signal
+    // when the pane goes: the inspector then fails on the dead terminal, as it would when a
+    // terminal breaks under it, and listen must say so and exit 1.
+    let inner = format!(
+        "{listen} 2>{err}; echo $? >{code}",
+        err = sh_quote(&err.display().to_string()),
+        code = sh_quote(&code.display().to_string()),
+    );
+    let script = format!(
+        "unset ILLUMITUNNEL_RELAY ILLUMITUNNEL_TOKEN ILLUMITUNNEL_RELAY_TOKENS RUST_BACKTRACE RUST_LOG\n\
+         export ILLUMITUNNEL_HOME={home} NO_COLOR=1\n\
+         setsid -w sh -c {inner}\n\
+         exec sleep 60\n",
+        home = sh_quote(&home.path().display().to_string()),
+        inner = sh_quote(&inner),
+    );
+    let script_path = home.path().join("run.sh");
+    std::fs::write(&script_path, script).expect("write the pane's script");
+    let command = format!("sh {}", sh_quote(&script_path.display().to_string()));
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "broken",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let url = relay.tunnel_url("tmux-broken");
+    let start = Instant::now();
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", "broken"]);
+        let screen = String::from_utf8_lossy(&screen.stdout).into_owned();
+        if screen.contains(&url) && screen.contains("connected") {
+            break;
+        }
+        assert!(
+            start.elapsed() < SCREEN_DEADLINE,
+            "the inspector did not come up:\n{screen}"
+        );
+        std::thread::sleep(POLL);
+    }
+    let _ = tmux(&["kill-server"]);
+    let start = Instant::now();
+    let exit = loop {
+        if let Ok(text) = std::fs::read_to_string(&code) {
+            if text.ends_with('\n') {
+                break text.trim().to_string();
+            }
+        }
+        assert!(
+            start.elapsed() < SCREEN_DEADLINE,
+            "listen still runs {SCREEN_DEADLINE:?} after its terminal broke; stderr: {:?}",
+            std::fs::read_to_string(&err)
+        );
+        std::thread::sleep(POLL);
+    };
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(exit, "1", "stderr: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: the inspector stopped: ") && last.contains("; pass --no-tui"),
+        "{stderr}"
+    );
+}

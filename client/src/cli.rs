@@ -90,6 +90,21 @@ pub struct ListenArgs {
     #[arg(long, value_name = "TYPE=PATH")]
     pub route: Vec<String>,
 
+    /// Largest request body taken from the relay and local response body passed back, in bytes
+    /// (default 10 MiB, like the relay's). Larger local responses are recorded as cut and the
+    /// sender gets 502.
+    #[arg(long, value_name = "BYTES")]
+    pub max_body: Option<usize>,
+
+    /// Prune the oldest deliveries once the capture store holds more than this many bytes
+    /// (default 2 GiB, i.e. 2147483648).
+    #[arg(long, value_name = "BYTES")]
+    pub store_max_bytes: Option<u64>,
+
+    /// Prune deliveries older than this, e.g. 12h, 7d (default 30d).
+    #[arg(long, value_name = "DURATION")]
+    pub store_max_age: Option<String>,
+
     /// Register (or re-enable) an IllumiChat webhook for the tunnel URL; disable it on exit.
     #[arg(long)]
     pub register: bool,

@@ -27,6 +27,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Header `trigger` adds to deliveries it sends through a tunnel, so the `listen` that receives
 /// one records it as triggered. It stays on the request the local server gets.
 pub const TRIGGER_HEADER: &str = "x-illumitunnel-trigger";
+/// Largest local response body read unless `--max-body` says otherwise.
+pub const DEFAULT_MAX_RESPONSE: usize = illumitunnel_relay::config::DEFAULT_MAX_BODY;
 /// What a delivery `--events` leaves out is answered with, so IllumiChat does not retry it.
 pub const SKIPPED_BODY: &[u8] = br#"{"skipped":true}"#;
 
@@ -269,6 +271,7 @@ pub struct Forwarder {
     routes: std::sync::Arc<Vec<(String, Target)>>,
     only: Option<std::sync::Arc<Vec<String>>>,
     timeout: Duration,
+    max_body: usize,
 }
 
 impl Forwarder {
@@ -319,6 +322,7 @@ impl Forwarder {
             routes: std::sync::Arc::new(Vec::new()),
             only: None,
             timeout: FORWARD_TIMEOUT,
+            max_body: DEFAULT_MAX_RESPONSE,
         }
     }
 
@@ -333,6 +337,12 @@ impl Forwarder {
                 .collect(),
         );
         self.only = rules.only.clone().map(std::sync::Arc::new);
+        self
+    }
+
+    /// The same client with another bound on response bodies (`--max-body`).
+    pub fn with_max_body(mut self, max_body: usize) -> Self {
+        self.max_body = max_body;
         self
     }
 
@@ -444,15 +454,24 @@ impl Forwarder {
             .filter(|(n, _)| !is_hop_by_hop(n.as_str()))
             .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
-        let body = resp
-            .into_body()
+        // Read no further than the bound: a local server cannot make the client (or the relay)
+        // hold an unbounded answer.
+        let body = http_body_util::Limited::new(resp.into_body(), self.max_body)
             .collect()
             .await
             .map_err(|e| {
-                format!(
-                    "{} broke off its response body: {e}",
-                    self.target.host_port()
-                )
+                if e.is::<http_body_util::LengthLimitError>() {
+                    format!(
+                        "{} answered {status} with a body over --max-body ({} bytes); the response was cut and the sender got 502; raise --max-body",
+                        self.target.host_port(),
+                        self.max_body
+                    )
+                } else {
+                    format!(
+                        "{} broke off its response body: {e}",
+                        self.target.host_port()
+                    )
+                }
             })?
             .to_bytes();
         Ok(ResponseRecord {
@@ -713,6 +732,43 @@ mod tests {
         assert_eq!(
             out.result.unwrap_err(),
             format!("connection refused to 127.0.0.1:{port}")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_response_over_max_body_is_cut_and_fails() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // Two requests at most, each answered with 5,000 bytes.
+            for _ in 0..2 {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 5000\r\nconnection: close\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&[b'x'; 5000]).await;
+            }
+        });
+        let f = Forwarder::new(target(&format!("http://{addr}/hooks")));
+        let fits = f
+            .clone()
+            .with_max_body(5000)
+            .forward(&envelope(b"{}", vec![]))
+            .await;
+        assert_eq!(fits.result.unwrap().body.len(), 5000);
+        let cut = f
+            .with_max_body(1000)
+            .forward(&envelope(b"{}", vec![]))
+            .await;
+        let err = cut.result.unwrap_err();
+        assert!(err.contains("over --max-body (1000 bytes)"), "{err}");
+        assert!(
+            err.contains("the response was cut and the sender got 502"),
+            "{err}"
         );
     }
 }

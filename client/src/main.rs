@@ -5,12 +5,13 @@
 //! # Layout
 //! - `cli` — clap types.
 //! - `commands` — one `run(args, ctx)` per subcommand.
-//! - `session` — relay connection, reconnects, delivery multiplexing; `session::tls` trust.
+//! - `session` — relay connection, reconnects; redeliveries in order, live ones concurrently;
+//!   bounded chunk reassembly; `session::tls` trust.
 //! - `backoff` — reconnect delays.
 //! - `forward` — local requests, the origin guard, `--events` and `--route`.
 //! - `replay` — stored deliveries sent again, for `replay` and the inspector.
 //! - `illumichat` — IllumiChat's webhook API, for `webhooks` and `listen --register`.
-//! - `recorder` — the capture store writer thread.
+//! - `recorder` — the capture store writer thread: commits, store health, retention.
 //! - `output` — every printed delivery, line and JSON.
 //! - `status` — what `listen` tells its screen.
 

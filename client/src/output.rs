@@ -10,7 +10,7 @@ use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset};
 use tokio::sync::{mpsc, watch};
 
-use crate::status::{ConnectionState, ListenEvent};
+use crate::status::{ConnectionState, ListenEvent, StoreHealth};
 
 /// Converts delivery times to the user's local time. The offset is read once at start-up,
 /// while the process is still single-threaded (the only time the platform allows reading it).
@@ -275,13 +275,20 @@ pub struct Banner {
 pub fn state_line(state: &ConnectionState) -> Option<String> {
     match state {
         ConnectionState::Connecting => None,
-        ConnectionState::Connected { queued, expired } => {
+        ConnectionState::Connected {
+            queued,
+            expired,
+            dead_letters,
+        } => {
             let mut s = "connected".to_string();
             if *queued > 0 {
                 s += &format!(", {queued} queued deliveries follow");
             }
             if *expired > 0 {
                 s += &format!(", {expired} queued deliveries expired");
+            }
+            if *dead_letters > 0 {
+                s += &format!(", {dead_letters} dead letters set aside in the relay's data dir");
             }
             Some(s)
         }
@@ -290,6 +297,24 @@ pub fn state_line(state: &ConnectionState) -> Option<String> {
         }
         // `main` prints the refusal once, as the error `listen` exits with.
         ConnectionState::Refused(_) => None,
+    }
+}
+
+/// The stderr line for a queued delivery the relay set aside.
+pub fn dead_letter_line(id: &illumitunnel::DeliveryId, reason: &str) -> String {
+    format!(
+        "the relay set delivery {id} aside as a dead letter: {}",
+        escape(reason)
+    )
+}
+
+/// The stderr line for a change in the capture store's health.
+pub fn store_line(health: &StoreHealth) -> String {
+    match health {
+        StoreHealth::Failing(sentence) => escape(sentence),
+        StoreHealth::Recovered => {
+            "capture store recovered: deliveries are recorded again".to_string()
+        }
     }
 }
 
@@ -338,6 +363,14 @@ pub fn run_lines(
                     }
                 }
                 ListenEvent::StoreChanged => {}
+                ListenEvent::DeadLettered { id, reason } => {
+                    out.flush()?;
+                    let _ = writeln!(io::stderr().lock(), "{}", dead_letter_line(&id, &reason));
+                }
+                ListenEvent::Store(health) => {
+                    out.flush()?;
+                    let _ = writeln!(io::stderr().lock(), "{}", store_line(&health));
+                }
             }
             next = events.try_recv().ok();
         }
@@ -473,7 +506,8 @@ mod tests {
         assert_eq!(
             state_line(&ConnectionState::Connected {
                 queued: 0,
-                expired: 0
+                expired: 0,
+                dead_letters: 0,
             })
             .unwrap(),
             "connected"
@@ -481,10 +515,27 @@ mod tests {
         assert_eq!(
             state_line(&ConnectionState::Connected {
                 queued: 3,
-                expired: 1
+                expired: 1,
+                dead_letters: 0,
             })
             .unwrap(),
             "connected, 3 queued deliveries follow, 1 queued deliveries expired"
+        );
+        assert_eq!(
+            state_line(&ConnectionState::Connected {
+                queued: 0,
+                expired: 0,
+                dead_letters: 2,
+            })
+            .unwrap(),
+            "connected, 2 dead letters set aside in the relay's data dir"
+        );
+        assert_eq!(
+            dead_letter_line(
+                &illumitunnel::DeliveryId::parse("d1").unwrap(),
+                "rejected 3 times"
+            ),
+            "the relay set delivery d1 aside as a dead letter: rejected 3 times"
         );
         assert_eq!(
             state_line(&ConnectionState::Reconnecting {
@@ -510,6 +561,27 @@ mod tests {
              forwarding to  http://localhost:3000/hooks\n\
              capture store  /tmp/c.db\n\
              relay          embedded at https://127.0.0.1:8443 (self-signed, trusted by this client)\n"
+        );
+    }
+
+    #[test]
+    fn store_health_lines_say_what_failed_and_when_it_recovers() {
+        let failing = StoreHealth::Failing(
+            "capture store failing: database or disk is full; free disk space or pass --store PATH"
+                .into(),
+        );
+        assert_eq!(
+            store_line(&failing),
+            "capture store failing: database or disk is full; free disk space or pass --store PATH"
+        );
+        assert_eq!(
+            store_line(&StoreHealth::Failing("bad\x1b[2J".into())),
+            "bad\\u{1b}[2J",
+            "escaped"
+        );
+        assert_eq!(
+            store_line(&StoreHealth::Recovered),
+            "capture store recovered: deliveries are recorded again"
         );
     }
 }

@@ -1,23 +1,38 @@
 //! The capture store writer: one thread owns the [`CaptureStore`] and commits everything that
 //! is waiting in one transaction, so recording never sits on the forwarding path. Only after a
-//! commit does a delivery reach the screen, and only then does the relay hear `Recorded` for a
-//! queued delivery (so it may drop it from its offline queue).
+//! commit does a delivery reach the screen, and only then does whoever waits for it (the
+//! session, to tell the relay `Recorded`; a replay) hear that it is stored.
+//!
+//! When a commit fails (disk full, file made read-only), nothing is acknowledged: waiters hear
+//! the failing sentence, live deliveries are kept in memory (bounded) and retried, the screen
+//! gets [`StoreHealth::Failing`] once and [`StoreHealth::Recovered`] after the next good commit.
+//! The same thread prunes the store to its retention limits after commits.
 
+use std::collections::VecDeque;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
-use illumitunnel::protocol::ClientMessage;
 use illumitunnel::store::CaptureStore;
 use illumitunnel::{Delivery, DeliveryId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::session::Outbound;
-use crate::status::ListenEvent;
+use crate::status::{ListenEvent, StoreHealth};
 
 /// Deliveries waiting for the writer before forwarders wait for it.
 const QUEUE: usize = 4096;
 /// Most deliveries committed in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How long the writer waits for more deliveries before committing a batch.
+const GATHER: Duration = Duration::from_millis(5);
+/// Live deliveries kept in memory while the store fails; older ones are dropped beyond this.
+const MAX_RETAINED: usize = 1024;
+/// Bytes of bodies kept in memory while the store fails.
+const MAX_RETAINED_BYTES: usize = 64 * 1024 * 1024;
+/// How often kept deliveries are retried (and a lagging inspector nudged) when nothing arrives.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How often deliveries older than `--store-max-age` are looked for.
+const AGE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// A forwarded delivery on its way to the capture store.
 #[derive(Debug)]
@@ -28,7 +43,7 @@ pub struct Capture {
     pub received_at_ms: i64,
     /// Tunnel it came through.
     pub tunnel: String,
-    /// Whether it came from the relay's offline queue (acknowledged with `Recorded`).
+    /// Whether the relay sent it again (from its offline queue, or after a failover).
     pub queued: bool,
     /// Full URL it was forwarded to.
     pub target: String,
@@ -66,15 +81,46 @@ impl Capture {
     }
 }
 
+/// Whether a delivery is stored: `Err` carries the sentence the store failed with.
+pub type Committed = Result<(), String>;
+
+/// How long deliveries stay in the capture store and how large it may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Oldest deliveries are deleted once the deliveries take more than this.
+    pub max_bytes: u64,
+    /// Deliveries received longer ago than this are deleted.
+    pub max_age: Duration,
+}
+
+impl Retention {
+    /// No pruning at all.
+    #[cfg(test)]
+    pub const UNLIMITED: Retention = Retention {
+        max_bytes: u64::MAX,
+        max_age: Duration::MAX,
+    };
+}
+
 enum Command {
-    Record(Box<Capture>),
+    Record(Box<Capture>, Option<oneshot::Sender<Committed>>),
     /// A finished delivery (a replay), answered with itself once committed.
-    Insert(Box<Delivery>, oneshot::Sender<Delivery>),
-    Answer(DeliveryId, oneshot::Sender<Option<Recorded>>),
+    Insert(Box<Delivery>, oneshot::Sender<Result<Delivery, String>>),
+    Answer(DeliveryId, oneshot::Sender<Option<Known>>),
 }
 
 /// The local server's answer to a delivery already recorded, or why there was none.
 pub type Recorded = Result<ResponseRecord, String>;
+
+/// A delivery the recorder already has.
+#[derive(Debug)]
+pub struct Known {
+    /// Its recorded answer.
+    pub answer: Recorded,
+    /// Whether it is committed to the store (not just waiting for a commit, or kept in memory
+    /// while the store fails): only then may the relay hear `Recorded`.
+    pub committed: bool,
+}
 
 fn recorded_answer(d: &Delivery) -> Recorded {
     match (&d.response, &d.error) {
@@ -84,10 +130,20 @@ fn recorded_answer(d: &Delivery) -> Recorded {
     }
 }
 
-/// A delivery waiting for the next commit, and who wants to hear when it is stored.
+/// Who hears about a delivery's commit.
+enum Waiter {
+    /// Nobody: a live delivery, kept and retried when its commit fails.
+    Nobody,
+    /// The session, which tells the relay `Recorded` or `NotRecorded`.
+    Session(oneshot::Sender<Committed>),
+    /// A replay, answered with the stored delivery.
+    Replay(oneshot::Sender<Result<Delivery, String>>),
+}
+
+/// A delivery waiting for the next commit.
 struct Pending {
     delivery: Delivery,
-    committed: Option<oneshot::Sender<Delivery>>,
+    waiter: Waiter,
 }
 
 /// Where committed deliveries are shown.
@@ -106,11 +162,11 @@ pub struct RecorderHandle {
 }
 
 impl RecorderHandle {
-    /// Queues a delivery for the next commit; waits only when the writer is far behind.
+    /// Queues a live delivery for the next commit; waits only when the writer is far behind.
     pub async fn record(&self, capture: Capture) {
         if self
             .tx
-            .send(Command::Record(Box::new(capture)))
+            .send(Command::Record(Box::new(capture), None))
             .await
             .is_err()
         {
@@ -118,31 +174,43 @@ impl RecorderHandle {
         }
     }
 
+    /// Records a delivery and waits until it is committed, or the commit failed.
+    pub async fn record_committed(&self, capture: Capture) -> Committed {
+        let stopped = || "the capture store writer stopped".to_string();
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Record(Box::new(capture), Some(tx)))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// Commits a finished delivery (a replay) and returns it as stored (`seq` set), after it
-    /// reached the screen; `None` when the writer has stopped.
-    pub async fn insert(&self, delivery: Delivery) -> Option<Delivery> {
+    /// reached the screen; the sentence when it could not be stored.
+    pub async fn insert(&self, delivery: Delivery) -> Result<Delivery, String> {
+        let stopped = || "the capture store writer stopped; the replay was not recorded";
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Insert(Box::new(delivery), tx))
             .await
-            .ok()?;
-        rx.await.ok()
+            .map_err(|_| stopped().to_string())?;
+        rx.await.map_err(|_| stopped().to_string())?
     }
 
     /// The recorded answer to a delivery with this id, if it is stored (or about to be), after
     /// everything queued before; a redelivery is answered with it instead of forwarding again.
-    pub async fn answer(&self, id: DeliveryId) -> Option<Recorded> {
+    pub async fn answer(&self, id: DeliveryId) -> Option<Known> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Answer(id, tx)).await.ok()?;
         rx.await.ok().flatten()
     }
 }
 
-/// Starts the writer thread. `acks` carries `Recorded` back to the relay.
+/// Starts the writer thread.
 pub fn spawn(
     store: CaptureStore,
     screen: ScreenSink,
-    acks: mpsc::Sender<Outbound>,
+    retention: Retention,
 ) -> std::io::Result<(RecorderHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let thread = std::thread::Builder::new()
@@ -151,56 +219,55 @@ pub fn spawn(
             Writer {
                 store,
                 screen,
-                acks,
+                retention,
                 screen_behind: false,
+                retained: VecDeque::new(),
+                failing: None,
+                last_age_check: None,
             }
             .run(rx)
         })?;
     Ok((RecorderHandle { tx }, thread))
 }
 
-/// How long the writer waits for more deliveries before committing a batch.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
-
 struct Writer {
     store: CaptureStore,
     screen: ScreenSink,
-    acks: mpsc::Sender<Outbound>,
+    retention: Retention,
     screen_behind: bool,
+    /// Live deliveries whose commit failed, oldest first, retried with every commit.
+    retained: VecDeque<Delivery>,
+    /// The sentence the store is failing with, while it is.
+    failing: Option<String>,
+    last_age_check: Option<Instant>,
+}
+
+/// What the writer's queue gave.
+enum Next {
+    Command(Command),
+    /// Nothing within the wait: time to retry kept deliveries or nudge the screen.
+    Idle,
+    /// Every handle is gone.
+    Closed,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch: Vec<Pending> = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = match self.next(&mut rx) {
+                Next::Command(c) => c,
+                Next::Idle => {
+                    self.commit(&mut batch);
+                    continue;
+                }
+                Next::Closed => break,
+            };
             let mut next = Some(first);
             let mut gathered = false;
             loop {
                 while let Some(command) = next.take() {
-                    match command {
-                        Command::Record(capture) => batch.push(Pending {
-                            delivery: capture.into_delivery(),
-                            committed: None,
-                        }),
-                        Command::Insert(delivery, reply) => batch.push(Pending {
-                            delivery: *delivery,
-                            committed: Some(reply),
-                        }),
-                        Command::Answer(id, reply) => {
-                            let found = match batch.iter().find(|p| p.delivery.id == id) {
-                                Some(p) => Some(recorded_answer(&p.delivery)),
-                                // `contains` first: `get` would also accept another id with this prefix.
-                                None if self.store.contains(&id).unwrap_or(false) => self
-                                    .store
-                                    .get(id.as_str())
-                                    .ok()
-                                    .flatten()
-                                    .map(|d| recorded_answer(&d)),
-                                None => None,
-                            };
-                            let _ = reply.send(found);
-                        }
-                    }
+                    self.take(command, &mut batch);
                     if batch.len() < MAX_BATCH {
                         next = rx.try_recv().ok();
                     }
@@ -223,37 +290,212 @@ impl Writer {
         self.commit(&mut batch);
     }
 
+    /// The next command; while deliveries are kept or the screen lags, waits at most
+    /// [`RETRY_EVERY`] so they are retried even when no traffic comes.
+    fn next(&mut self, rx: &mut mpsc::Receiver<Command>) -> Next {
+        if self.retained.is_empty() && !self.screen_behind {
+            return rx.blocking_recv().map_or(Next::Closed, Next::Command);
+        }
+        let deadline = Instant::now() + RETRY_EVERY;
+        loop {
+            match rx.try_recv() {
+                Ok(c) => return Next::Command(c),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Next::Closed,
+                Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= deadline => {
+                    return Next::Idle
+                }
+                Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(GATHER),
+            }
+        }
+    }
+
+    fn take(&mut self, command: Command, batch: &mut Vec<Pending>) {
+        match command {
+            Command::Record(capture, waiter) => batch.push(Pending {
+                delivery: capture.into_delivery(),
+                waiter: waiter.map_or(Waiter::Nobody, Waiter::Session),
+            }),
+            Command::Insert(delivery, reply) => batch.push(Pending {
+                delivery: *delivery,
+                waiter: Waiter::Replay(reply),
+            }),
+            Command::Answer(id, reply) => {
+                let waiting = batch
+                    .iter()
+                    .map(|p| &p.delivery)
+                    .chain(self.retained.iter())
+                    .find(|d| d.id == id);
+                let found = match waiting {
+                    Some(d) => Some(Known {
+                        answer: recorded_answer(d),
+                        committed: false,
+                    }),
+                    // `contains` first: `get` would also accept another id with this prefix.
+                    None if self.store.contains(&id).unwrap_or(false) => {
+                        self.store.get(id.as_str()).ok().flatten().map(|d| Known {
+                            answer: recorded_answer(&d),
+                            committed: true,
+                        })
+                    }
+                    None => None,
+                };
+                let _ = reply.send(found);
+            }
+        }
+    }
+
     fn commit(&mut self, batch: &mut Vec<Pending>) {
-        if batch.is_empty() {
+        // Kept deliveries go first: they arrived earlier.
+        let mut pending: Vec<Pending> = self
+            .retained
+            .drain(..)
+            .map(|delivery| Pending {
+                delivery,
+                waiter: Waiter::Nobody,
+            })
+            .collect();
+        pending.append(batch);
+        if pending.is_empty() {
+            self.nudge_screen();
             return;
         }
-        let (mut deliveries, replies): (Vec<Delivery>, Vec<_>) =
-            batch.drain(..).map(|p| (p.delivery, p.committed)).unzip();
-        let inserted = match self.store.insert_batch(&mut deliveries) {
-            Ok(inserted) => inserted,
-            Err(err) => {
-                tracing::error!(%err, count = deliveries.len(), "could not record deliveries");
-                // Still show them: the user should see traffic even when the store fails.
-                vec![true; deliveries.len()]
-            }
-        };
-        for ((d, is_new), reply) in deliveries.into_iter().zip(inserted).zip(replies) {
-            if d.queued {
-                let ack = Outbound::any(ClientMessage::Recorded { id: d.id.clone() });
-                // The session is gone when this fails; the relay redelivers and we dedupe by id.
-                let _ = self.acks.blocking_send(ack);
-            }
-            match reply {
-                Some(reply) => {
-                    if is_new {
+        let (mut deliveries, waiters): (Vec<Delivery>, Vec<Waiter>) =
+            pending.into_iter().map(|p| (p.delivery, p.waiter)).unzip();
+        let outcomes = self.insert(&mut deliveries);
+        let mut failure = None;
+        // Shown after the StoreChanged nudge, which covers them when it gets through.
+        let covered = self.nudge_screen();
+        for ((d, outcome), waiter) in deliveries.into_iter().zip(outcomes).zip(waiters) {
+            match outcome {
+                Ok(is_new) => {
+                    if is_new && !covered {
                         self.show(ListenEvent::Delivery(Box::new(d.clone())));
                     }
-                    let _ = reply.send(d);
+                    match waiter {
+                        Waiter::Nobody => {}
+                        Waiter::Session(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                        Waiter::Replay(tx) => {
+                            let _ = tx.send(Ok(d));
+                        }
+                    }
                 }
-                None if is_new => self.show(ListenEvent::Delivery(Box::new(d))),
-                None => {}
+                Err(sentence) => {
+                    match waiter {
+                        Waiter::Nobody => self.retain(d),
+                        Waiter::Session(tx) => {
+                            let _ = tx.send(Err(sentence.clone()));
+                        }
+                        Waiter::Replay(tx) => {
+                            let _ = tx.send(Err(sentence.clone()));
+                        }
+                    }
+                    failure.get_or_insert(sentence);
+                }
             }
         }
+        self.set_health(failure);
+        if self.failing.is_none() {
+            self.prune();
+        }
+    }
+
+    /// Commits in one transaction; when that fails, each delivery alone, so one that cannot be
+    /// stored does not hold back the others. Per delivery: new or already stored, or the sentence.
+    fn insert(&mut self, deliveries: &mut [Delivery]) -> Vec<Result<bool, String>> {
+        match self.store.insert_batch(deliveries) {
+            Ok(inserted) => inserted.into_iter().map(Ok).collect(),
+            Err(err) if deliveries.len() == 1 => {
+                deliveries[0].seq = 0;
+                vec![Err(err.failing_sentence())]
+            }
+            Err(_) => deliveries
+                .iter_mut()
+                .map(|d| {
+                    d.seq = 0;
+                    self.store
+                        .insert_batch(std::slice::from_mut(d))
+                        .map(|inserted| inserted.first().copied().unwrap_or(false))
+                        .map_err(|err| {
+                            d.seq = 0;
+                            err.failing_sentence()
+                        })
+                })
+                .collect(),
+        }
+    }
+
+    /// Keeps a live delivery for the next commit, dropping the oldest beyond the bounds.
+    fn retain(&mut self, d: Delivery) {
+        self.retained.push_back(d);
+        let body_bytes =
+            |d: &Delivery| d.request.body.len() + d.response.as_ref().map_or(0, |r| r.body.len());
+        let mut bytes: usize = self.retained.iter().map(body_bytes).sum();
+        while self.retained.len() > MAX_RETAINED || bytes > MAX_RETAINED_BYTES {
+            let Some(lost) = self.retained.pop_front() else {
+                break;
+            };
+            bytes -= body_bytes(&lost);
+            tracing::error!(delivery = %lost.id, "the capture store is failing and too many deliveries wait for it; this one is not recorded");
+        }
+    }
+
+    fn set_health(&mut self, failure: Option<String>) {
+        let event = match (&self.failing, &failure) {
+            (None, Some(sentence)) => StoreHealth::Failing(sentence.clone()),
+            (Some(before), Some(now)) if before != now => StoreHealth::Failing(now.clone()),
+            (Some(_), None) => StoreHealth::Recovered,
+            _ => return,
+        };
+        match &event {
+            StoreHealth::Failing(sentence) => {
+                tracing::error!(%sentence, "could not record deliveries")
+            }
+            StoreHealth::Recovered => tracing::info!("the capture store records again"),
+        }
+        self.failing = failure;
+        // Rare and important: waits for the screen even when deliveries would be dropped.
+        let _ = self.screen.events.blocking_send(ListenEvent::Store(event));
+    }
+
+    /// Deletes what `--store-max-bytes` and `--store-max-age` no longer allow.
+    fn prune(&mut self) {
+        let over_size = self.retention.max_bytes != u64::MAX
+            && self
+                .store
+                .used_bytes()
+                .is_ok_and(|used| used > self.retention.max_bytes);
+        let age_due = self.retention.max_age != Duration::MAX
+            && self
+                .last_age_check
+                .is_none_or(|t| t.elapsed() >= AGE_CHECK_EVERY);
+        if !over_size && !age_due {
+            return;
+        }
+        if age_due {
+            self.last_age_check = Some(Instant::now());
+        }
+        let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = illumitunnel::now_ms().saturating_sub(max_age_ms);
+        match self.store.prune(self.retention.max_bytes, cutoff) {
+            Ok(pruned) if pruned.deliveries > 0 => {
+                tracing::info!(
+                    deliveries = pruned.deliveries,
+                    released_bytes = pruned.released_bytes,
+                    "pruned the capture store"
+                );
+                if !self.screen.lossless {
+                    self.screen_behind = true;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "could not prune the capture store"),
+        }
+    }
+
+    /// Tells a lagging inspector to re-read the store; whether it got through.
+    fn nudge_screen(&mut self) -> bool {
         if self.screen_behind
             && self
                 .screen
@@ -262,7 +504,9 @@ impl Writer {
                 .is_ok()
         {
             self.screen_behind = false;
+            return true;
         }
+        false
     }
 
     fn show(&mut self, event: ListenEvent) {
@@ -275,162 +519,4 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use illumitunnel::delivery::Source;
-
-    fn capture(id: &str, queued: bool) -> Capture {
-        Capture {
-            id: DeliveryId::parse(id).unwrap(),
-            received_at_ms: 1,
-            tunnel: "my-app".into(),
-            queued,
-            target: "http://127.0.0.1:3000/".into(),
-            request: RequestRecord {
-                method: "POST".into(),
-                path: "/".into(),
-                body: Bytes::from_static(
-                    br#"{"event":"ticket.created","timestamp":"t","data":{"id":"tkt_1"}}"#,
-                ),
-                ..Default::default()
-            },
-            result: Ok(ResponseRecord {
-                status: 200,
-                ..Default::default()
-            }),
-            duration_us: 5,
-            source: Source::Tunnel,
-            skipped: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn commits_then_shows_then_acknowledges_queued() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
-        let (screen_tx, mut screen_rx) = mpsc::channel(16);
-        let (ack_tx, mut ack_rx) = mpsc::channel(16);
-        let (handle, thread) = spawn(
-            store,
-            ScreenSink {
-                events: screen_tx,
-                lossless: true,
-            },
-            ack_tx,
-        )
-        .unwrap();
-        handle.record(capture("aaa1", false)).await;
-        handle.record(capture("aaa2", true)).await;
-        assert!(handle
-            .answer(DeliveryId::parse("zzz9").unwrap())
-            .await
-            .is_none());
-        let answer = handle.answer(DeliveryId::parse("aaa2").unwrap()).await;
-        assert_eq!(answer.map(|a| a.map(|r| r.status)), Some(Ok(200)));
-        assert!(
-            handle
-                .answer(DeliveryId::parse("aaa").unwrap())
-                .await
-                .is_none(),
-            "a prefix is not an id"
-        );
-        // A redelivery of a stored id is acknowledged again but not shown twice.
-        handle.record(capture("aaa2", true)).await;
-        drop(handle);
-        tokio::task::spawn_blocking(move || thread.join().unwrap())
-            .await
-            .unwrap();
-
-        let mut shown = Vec::new();
-        while let Ok(ListenEvent::Delivery(d)) = screen_rx.try_recv() {
-            assert!(d.seq > 0, "shown before commit");
-            shown.push(d);
-        }
-        assert_eq!(shown.len(), 2);
-        assert_eq!(shown[0].event.as_deref(), Some("ticket.created"));
-        assert!(shown[1].duplicate, "same dedup key as the first");
-        let mut acks = 0;
-        while let Ok(a) = ack_rx.try_recv() {
-            assert_eq!(
-                a.message,
-                ClientMessage::Recorded {
-                    id: DeliveryId::parse("aaa2").unwrap()
-                }
-            );
-            acks += 1;
-        }
-        assert_eq!(acks, 2);
-        let store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
-        assert_eq!(store.count(&Default::default()).unwrap(), 2);
-    }
-
-    #[tokio::test]
-    async fn inserted_deliveries_come_back_committed_and_shown() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
-        let (screen_tx, mut screen_rx) = mpsc::channel(16);
-        let (ack_tx, _ack_rx) = mpsc::channel(16);
-        let (handle, thread) = spawn(
-            store,
-            ScreenSink {
-                events: screen_tx,
-                lossless: true,
-            },
-            ack_tx,
-        )
-        .unwrap();
-        let mut skipped = capture("ccc1", false);
-        skipped.skipped = true;
-        skipped.source = Source::Trigger;
-        handle.record(skipped).await;
-        let mut replay = capture("ccc2", false).into_delivery();
-        replay.source = Source::Replay;
-        replay.replay_of = DeliveryId::parse("ccc1");
-        let committed = handle.insert(replay).await.unwrap();
-        assert!(committed.seq > 0);
-        assert!(!committed.duplicate, "replays are never duplicates");
-        drop(handle);
-        tokio::task::spawn_blocking(move || thread.join().unwrap())
-            .await
-            .unwrap();
-        let Ok(ListenEvent::Delivery(first)) = screen_rx.try_recv() else {
-            panic!("no delivery shown")
-        };
-        assert!(first.skipped && first.target.is_empty());
-        assert_eq!(first.source, Source::Trigger);
-        let Ok(ListenEvent::Delivery(second)) = screen_rx.try_recv() else {
-            panic!("replay not shown")
-        };
-        assert_eq!(second.replay_of.as_ref().map(|d| d.as_str()), Some("ccc1"));
-    }
-
-    #[tokio::test]
-    async fn lossy_screen_gets_store_changed_when_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
-        let (screen_tx, mut screen_rx) = mpsc::channel(1);
-        let (ack_tx, _ack_rx) = mpsc::channel(16);
-        let (handle, thread) = spawn(
-            store,
-            ScreenSink {
-                events: screen_tx,
-                lossless: false,
-            },
-            ack_tx,
-        )
-        .unwrap();
-        for i in 0..5 {
-            handle.record(capture(&format!("b{i}"), false)).await;
-        }
-        drop(handle);
-        tokio::task::spawn_blocking(move || thread.join().unwrap())
-            .await
-            .unwrap();
-        let mut events = 0;
-        while screen_rx.try_recv().is_ok() {
-            events += 1;
-        }
-        assert!((1..5).contains(&events), "{events}");
-    }
-}
+mod tests;

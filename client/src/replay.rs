@@ -147,10 +147,7 @@ async fn serve_one(
     let override_target = original.target.is_empty().then_some(fallback);
     let (forwarder, prepared) = prepare(&original, override_target, request.body.clone())?;
     let replayed = send(&original, &forwarder, prepared).await;
-    recorder
-        .insert(replayed)
-        .await
-        .ok_or_else(|| "the capture store writer stopped; the replay was not recorded".to_string())
+    recorder.insert(replayed).await
 }
 
 #[cfg(test)]
@@ -263,14 +260,13 @@ mod tests {
             .insert_batch(std::slice::from_mut(&mut original))
             .unwrap();
         let (screen_tx, mut screen_rx) = mpsc::channel(16);
-        let (ack_tx, _ack_rx) = mpsc::channel(16);
         let (recorder, thread) = crate::recorder::spawn(
             CaptureStore::open(&path).unwrap(),
             crate::recorder::ScreenSink {
                 events: screen_tx,
                 lossless: true,
             },
-            ack_tx,
+            crate::recorder::Retention::UNLIMITED,
         )
         .unwrap();
         let shutdown = CancellationToken::new();

@@ -17,6 +17,8 @@ pub enum ConnectionState {
         queued: u32,
         /// Queued deliveries that expired before this session.
         expired: u32,
+        /// Queued deliveries the relay set aside as dead letters (kept in its data dir).
+        dead_letters: u32,
     },
     /// Connection lost or failed; next attempt after `in_secs`.
     Reconnecting {
@@ -36,9 +38,27 @@ pub enum ListenEvent {
     Connection(ConnectionState),
     /// A delivery (or replay) was committed to the capture store.
     Delivery(Box<Delivery>),
-    /// Deliveries were committed but their events were dropped because the screen fell behind;
-    /// the screen should re-read the capture store.
+    /// Deliveries were committed (or pruned) but their events were dropped because the screen
+    /// fell behind; the screen should re-read the capture store.
     StoreChanged,
+    /// The capture store started failing, or works again.
+    Store(StoreHealth),
+    /// The relay set a queued delivery aside: it was rejected, or ended sessions, too often.
+    DeadLettered {
+        /// The delivery set aside.
+        id: DeliveryId,
+        /// Why, as the relay says it.
+        reason: String,
+    },
+}
+
+/// Whether the capture store takes writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Commits fail, with this sentence (cause; remedy); nothing is acknowledged to the relay.
+    Failing(String),
+    /// A commit succeeded after failures.
+    Recovered,
 }
 
 /// A replay asked for by the inspector (`r`, or `e` with an edited body).

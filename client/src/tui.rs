@@ -72,8 +72,7 @@ pub async fn run(ctx: TuiContext, events: mpsc::Receiver<ListenEvent>) -> anyhow
     let store = CaptureStore::open(&ctx.store_path)?;
     let utc_offset = ctx.utc_offset;
     let (tx, rx) = mpsc::channel(APP_EVENTS);
-    let mut guard = TerminalGuard::enter()
-        .context("could not open the terminal inspector; pass --no-tui for line output")?;
+    let mut guard = TerminalGuard::enter().context("could not open the terminal inspector")?;
     let size = guard.terminal().size()?;
     let app = App::new(
         ctx.public_url,
@@ -154,6 +153,12 @@ impl Inspector {
                     self.guard
                         .terminal()
                         .size()
+                        .context("the terminal went away")?;
+                    // A terminal that hung up on a process outside its session sends no
+                    // signal and may still answer size queries; only a write tells. Hiding
+                    // the cursor again is invisible on a live one.
+                    let mut out = std::io::stdout();
+                    crossterm::execute!(out, crossterm::cursor::Hide)
                         .context("the terminal went away")?;
                     continue;
                 }

@@ -21,7 +21,7 @@ use time::UtcOffset;
 pub use self::effect::{AppEvent, Effect, Page, Query, Rows};
 use super::keys::{self, Action, ConfirmAction, PromptAction};
 use super::{curl, text, view};
-use crate::status::{ConnectionState, ListenEvent};
+use crate::status::{ConnectionState, ListenEvent, StoreHealth};
 
 /// How long a footer message stays up, in ms.
 const MESSAGE_MS: i64 = 5_000;
@@ -111,6 +111,10 @@ pub struct App {
     pub forward_to: String,
     /// The relay connection.
     pub connection: ConnectionState,
+    /// Why the capture store fails, while it does.
+    pub store_failing: Option<String>,
+    /// Queued deliveries the relay has set aside as dead letters.
+    pub dead_letters: u32,
     reconnect_at_ms: i64,
     /// All deliveries by outcome.
     pub counts: Counts,
@@ -168,6 +172,8 @@ impl App {
             public_url,
             forward_to,
             connection: ConnectionState::Connecting,
+            store_failing: None,
+            dead_letters: 0,
             reconnect_at_ms: 0,
             counts: Counts::default(),
             queue: None,
@@ -352,7 +358,12 @@ impl App {
                     ConnectionState::Reconnecting { in_secs, .. } => {
                         self.reconnect_at_ms = self.now_ms + (in_secs.max(0.0) * 1000.0) as i64;
                     }
-                    ConnectionState::Connected { queued, expired } => {
+                    ConnectionState::Connected {
+                        queued,
+                        expired,
+                        dead_letters,
+                    } => {
+                        self.dead_letters = *dead_letters;
                         self.queue = (*queued > 0 || *expired > 0).then_some(QueueProgress {
                             expected: *queued,
                             arrived: 0,
@@ -368,6 +379,22 @@ impl App {
             // Re-read on the next tick: a burst of these costs one store read, not one each.
             ListenEvent::StoreChanged => {
                 self.sync_pending = true;
+                None
+            }
+            ListenEvent::DeadLettered { id, reason } => {
+                self.dead_letters = self.dead_letters.saturating_add(1);
+                self.say_error(format!(
+                    "the relay set delivery {id} aside as a dead letter: {reason}"
+                ));
+                self.dirty = true;
+                None
+            }
+            ListenEvent::Store(health) => {
+                self.store_failing = match health {
+                    StoreHealth::Failing(sentence) => Some(sentence),
+                    StoreHealth::Recovered => None,
+                };
+                self.dirty = true;
                 None
             }
         }

@@ -108,6 +108,7 @@ fn connected(app: &mut App) {
         ConnectionState::Connected {
             queued: 1,
             expired: 0,
+            dead_letters: 0,
         },
     )));
 }
@@ -329,6 +330,7 @@ async fn live_terminal() {
         let connected = ConnectionState::Connected {
             queued: 0,
             expired: 0,
+            dead_letters: 0,
         };
         let _ = events_tx.send(ListenEvent::Connection(connected)).await;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -405,5 +407,48 @@ fn key_to_frame_figures() {
         times[times.len() - 1],
         first,
         app.held_rows()
+    );
+}
+
+#[test]
+fn a_failing_store_is_in_the_header_until_it_recovers() {
+    let (_dir, _store, mut app) = sample_app((160, 40));
+    let sentence =
+        "capture store failing: database or disk is full; free disk space or pass --store PATH";
+    app.update(AppEvent::Listen(ListenEvent::Store(
+        crate::status::StoreHealth::Failing(sentence.into()),
+    )));
+    let text = screen(&draw(&app, (160, 40)));
+    let header = text.lines().nth(1).unwrap_or_default();
+    assert!(header.contains(sentence), "{text}");
+    assert!(header.contains("connected"), "{text}");
+    app.update(AppEvent::Listen(ListenEvent::Store(
+        crate::status::StoreHealth::Recovered,
+    )));
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(!text.contains("capture store failing"), "{text}");
+}
+
+#[test]
+fn dead_letters_are_counted_in_the_header() {
+    let (_dir, _store, mut app) = sample_app((160, 40));
+    app.update(AppEvent::Listen(ListenEvent::Connection(
+        ConnectionState::Connected {
+            queued: 0,
+            expired: 0,
+            dead_letters: 2,
+        },
+    )));
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(text.contains("2 dead letters"), "{text}");
+    app.update(AppEvent::Listen(ListenEvent::DeadLettered {
+        id: DeliveryId::parse("dl1").expect("id"),
+        reason: "rejected 3 times in a row".into(),
+    }));
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(text.contains("3 dead letters"), "{text}");
+    assert!(
+        text.contains("the relay set delivery dl1 aside as a dead letter: rejected 3 times"),
+        "{text}"
     );
 }

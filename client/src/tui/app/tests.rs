@@ -318,6 +318,7 @@ fn connection_states_and_the_clock() {
         ConnectionState::Connected {
             queued: 2,
             expired: 1,
+            dead_letters: 0,
         },
     )));
     let mut queued = delivery(1, "ticket.created", "tkt_1", Some(200));

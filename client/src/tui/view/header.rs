@@ -55,10 +55,18 @@ fn connection_line(app: &App) -> Line<'static> {
         ),
         ConnectionState::Refused(why) => ("✖", format!("refused: {}", escape(why)), Color::Red),
     };
-    let mut spans = vec![
-        Span::raw(" "),
-        Span::styled(format!("{symbol} {text}"), Style::new().fg(color)),
-    ];
+    let mut spans = vec![Span::raw(" ")];
+    // Nothing is acknowledged while the store fails: this goes first, where it is seen.
+    if let Some(why) = &app.store_failing {
+        spans.push(Span::styled(
+            format!("✖ {} · ", escape(why)),
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        ));
+    }
+    spans.push(Span::styled(
+        format!("{symbol} {text}"),
+        Style::new().fg(color),
+    ));
     if let (Some(q), ConnectionState::Connected { .. }) = (app.queue, &app.connection) {
         let progress = if q.arrived < q.expected {
             format!(" · catching up {}/{} queued", q.arrived, q.expected)
@@ -72,6 +80,12 @@ fn connection_line(app: &App) -> Line<'static> {
                 Style::new().fg(Color::Yellow),
             ));
         }
+    }
+    if app.dead_letters > 0 {
+        spans.push(Span::styled(
+            format!(" · {} dead letters", app.dead_letters),
+            Style::new().fg(Color::Red),
+        ));
     }
     Line::from(spans)
 }

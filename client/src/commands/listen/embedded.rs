@@ -1,0 +1,83 @@
+//! The relay `listen` embeds when no `--relay` is given: the relay library on 127.0.0.1:8443
+//! (or a free port when that one is taken), with a fresh self-signed certificate that only this
+//! process trusts.
+
+use anyhow::Context as _;
+use illumitunnel::paths;
+use illumitunnel_relay::tls::SelfSigned;
+use illumitunnel_relay::{Config, OfflinePolicy, RelayError, TlsConfig};
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Where the embedded relay listens when the port is free.
+pub const EMBEDDED_ADDR: &str = "127.0.0.1:8443";
+
+/// A running embedded relay.
+pub(super) struct Embedded {
+    /// The port it listens on.
+    pub port: u16,
+    /// Its self-signed certificate, the only one the session trusts.
+    pub cert: CertificateDer<'static>,
+    /// The same certificate as PEM, for `trigger` (`listen-ca.pem`).
+    pub cert_pem: String,
+    /// The relay task; it ends on shutdown.
+    pub task: JoinHandle<Result<(), RelayError>>,
+}
+
+/// Starts the relay library in this process on 127.0.0.1:8443 (or a free port) with a fresh
+/// self-signed certificate that only this client trusts.
+pub(super) async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Result<Embedded> {
+    let cert = SelfSigned::generate(&["127.0.0.1".to_string(), "localhost".to_string()])
+        .map_err(|e| anyhow::anyhow!("could not create the embedded relay's certificate: {e}"))?;
+    let listener = match TcpListener::bind(EMBEDDED_ADDR).await {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("could not start the embedded relay on 127.0.0.1")?;
+            let port = listener
+                .local_addr()
+                .context("could not start the embedded relay")?
+                .port();
+            eprintln!("port 8443 is in use; the embedded relay uses port {port} instead");
+            listener
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("could not start the embedded relay on {EMBEDDED_ADDR}"))
+        }
+    };
+    let port = listener
+        .local_addr()
+        .context("could not start the embedded relay")?
+        .port();
+    let config = Config {
+        tls: TlsConfig::Certified {
+            chain: vec![cert.cert.clone()],
+            key: cert.key.clone_key(),
+        },
+        public_url: Some(format!("https://127.0.0.1:{port}")),
+        tokens: Vec::new(),
+        allow_anonymous: true,
+        data_dir: paths::default_relay_data_dir(),
+        max_body: illumitunnel_relay::config::DEFAULT_MAX_BODY,
+        response_timeout: illumitunnel_relay::config::DEFAULT_RESPONSE_TIMEOUT,
+        offline: OfflinePolicy::Queue,
+        keepalive: illumitunnel_relay::config::DEFAULT_KEEPALIVE,
+        queue: Default::default(),
+        clock: Default::default(),
+    };
+    let task = tokio::spawn(illumitunnel_relay::run(
+        config,
+        listener,
+        shutdown.child_token(),
+    ));
+    Ok(Embedded {
+        port,
+        cert_pem: cert.cert_pem.clone(),
+        cert: cert.cert,
+        task,
+    })
+}

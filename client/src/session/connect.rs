@@ -1,0 +1,244 @@
+//! One connection attempt to the relay, step by step: TCP, TLS for `wss`, the websocket
+//! upgrade on `/_illumitunnel/connect` with the token, `Hello`, and the relay's answer
+//! (`Welcome` or a refusal). Each step is bounded by [`HANDSHAKE_TIMEOUT`], and each failure
+//! is a sentence marked as worth retrying or fatal.
+
+use futures_util::{SinkExt, StreamExt};
+use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, MAX_MESSAGE, PROTOCOL_VERSION};
+use illumitunnel::TunnelName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::{tls, RelayUrl, SessionConfig, HANDSHAKE_TIMEOUT};
+
+/// A failed connection attempt.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Retrying cannot help (refused token, taken name, untrusted certificate): exit 1.
+    Fatal(String),
+    /// Worth another attempt after a delay.
+    Retry(String),
+}
+
+/// Any byte stream a websocket can run over (TCP, TLS, or a test's duplex pipe).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The relay link once upgraded.
+pub type Ws = WebSocketStream<Box<dyn Io>>;
+
+/// What the relay's `Welcome` said.
+pub struct Welcome {
+    /// The tunnel's public URL.
+    pub public_url: String,
+    /// Deliveries waiting in the relay's offline queue.
+    pub queued: u32,
+    /// Queued deliveries that expired before this session.
+    pub expired: u32,
+    /// Queued deliveries the relay set aside as dead letters.
+    pub dead_letters: u32,
+    /// The key that re-joins an anonymous tunnel; empty when the relay gives none.
+    pub claim_key: String,
+}
+
+/// One attempt: TCP, TLS, websocket upgrade, `Hello`, and the relay's answer.
+pub async fn connect(
+    config: &SessionConfig,
+    claim_key: &str,
+) -> Result<(Ws, Welcome), ConnectError> {
+    let relay = &config.relay;
+    let retry =
+        |cause: String| ConnectError::Retry(format!("could not connect to relay {relay}: {cause}"));
+    let fatal =
+        |cause: String| ConnectError::Fatal(format!("could not connect to relay {relay}: {cause}"));
+    let timed_out = || {
+        retry(format!(
+            "timed out after {} s; check --relay",
+            HANDSHAKE_TIMEOUT.as_secs()
+        ))
+    };
+
+    let tcp = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TcpStream::connect((relay.host.as_str(), relay.port)),
+    )
+    .await
+    .map_err(|_| timed_out())?
+    .map_err(|e| retry(describe_connect_error(&e, relay)))?;
+    let _ = tcp.set_nodelay(true);
+
+    let io: Box<dyn Io> = if relay.tls {
+        let name = rustls::pki_types::ServerName::try_from(relay.host.clone()).map_err(|_| {
+            fatal(format!(
+                "{} is not a valid TLS server name; check --relay",
+                relay.host
+            ))
+        })?;
+        let tls = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config.tls.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| match tls::explain_handshake_error(&e) {
+            (cause, true) => retry(cause),
+            (cause, false) => fatal(cause),
+        })?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+
+    let mut request = relay
+        .connect_url()
+        .into_client_request()
+        .map_err(|e| fatal(format!("invalid relay URL: {e}; check --relay")))?;
+    if let Some(token) = &config.token {
+        let value =
+            http::HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                fatal("the token contains characters a header cannot carry; check --token".into())
+            })?;
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, value);
+    }
+    let ws_config = WebSocketConfig {
+        max_message_size: Some(MAX_MESSAGE),
+        max_frame_size: Some(MAX_MESSAGE),
+        ..Default::default()
+    };
+    let (mut ws, _) = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(request, io, Some(ws_config)),
+    )
+    .await
+    .map_err(|_| timed_out())?
+    .map_err(|e| match e {
+        tungstenite::Error::Http(resp) if matches!(resp.status().as_u16(), 401 | 403) => {
+            ConnectError::Fatal(refusal_sentence(Refusal::Unauthorized, "", &config.tunnel))
+        }
+        tungstenite::Error::Http(resp) => retry(format!(
+            "it answered {} to the websocket upgrade; check that --relay is an illumitunnel relay",
+            resp.status()
+        )),
+        other => retry(format!("websocket handshake failed: {other}")),
+    })?;
+
+    let hello = ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        tunnel: config.tunnel.to_string(),
+        claim_key: claim_key.to_string(),
+    };
+    ws.send(Message::Binary(hello.encode()))
+        .await
+        .map_err(|e| retry(format!("connection lost during hello: {e}")))?;
+    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Binary(buf)) => return Some(RelayMessage::decode(&buf)),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+        None
+    })
+    .await
+    .map_err(|_| {
+        retry(format!(
+            "no answer to hello within {} s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        ))
+    })?;
+    match answer {
+        Some(Ok(RelayMessage::Welcome {
+            public_url,
+            queued,
+            expired,
+            dead_letters,
+            claim_key,
+            ..
+        })) => Ok((
+            ws,
+            Welcome {
+                public_url,
+                queued,
+                expired,
+                dead_letters,
+                claim_key,
+            },
+        )),
+        Some(Ok(RelayMessage::Refused { reason, message })) => Err(ConnectError::Fatal(
+            refusal_sentence(reason, &message, &config.tunnel),
+        )),
+        Some(Ok(other)) => Err(retry(format!(
+            "unexpected first message {}",
+            message_name(&other)
+        ))),
+        Some(Err(e)) => Err(retry(format!("unreadable answer to hello: {e}"))),
+        None => Err(retry(
+            "the relay closed the connection before welcoming this client".into(),
+        )),
+    }
+}
+
+fn describe_connect_error(err: &std::io::Error, relay: &RelayUrl) -> String {
+    match err.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused; check --relay".into(),
+        _ if err.to_string().contains("lookup") || err.to_string().contains("resolve") => {
+            format!("could not resolve {}; check --relay", relay.host)
+        }
+        _ => format!("{err}; check --relay"),
+    }
+}
+
+/// The sentence `listen` exits with when the relay refuses the session.
+pub fn refusal_sentence(reason: Refusal, message: &str, tunnel: &TunnelName) -> String {
+    let detail = if message.is_empty() {
+        String::new()
+    } else {
+        format!(" ({message})")
+    };
+    match reason {
+        Refusal::Unauthorized => "relay refused the token; check --token or ILLUMITUNNEL_TOKEN".into(),
+        Refusal::TunnelNameInvalid => {
+            format!("relay refused the tunnel name {tunnel}{detail}; pass another with --tunnel NAME")
+        }
+        Refusal::TunnelTaken => format!(
+            "tunnel {tunnel} belongs to another token on this relay; pick another name with --tunnel NAME"
+        ),
+        Refusal::VersionMismatch => format!(
+            "relay speaks another protocol version than this client (version {PROTOCOL_VERSION}){detail}; upgrade illumitunnel or the relay"
+        ),
+    }
+}
+
+fn message_name(m: &RelayMessage) -> &'static str {
+    match m {
+        RelayMessage::Welcome { .. } => "welcome",
+        RelayMessage::Refused { .. } => "refused",
+        RelayMessage::Request { .. } => "request",
+        RelayMessage::RequestChunk { .. } => "request chunk",
+        RelayMessage::Cancel { .. } => "cancel",
+        RelayMessage::DeadLettered { .. } => "dead letter",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let t = TunnelName::parse("my-app").unwrap();
+        assert_eq!(
+            refusal_sentence(Refusal::Unauthorized, "bad", &t),
+            "relay refused the token; check --token or ILLUMITUNNEL_TOKEN"
+        );
+        assert!(refusal_sentence(Refusal::TunnelTaken, "", &t).contains("--tunnel NAME"));
+        assert!(refusal_sentence(Refusal::VersionMismatch, "", &t).contains("upgrade"));
+    }
+}
