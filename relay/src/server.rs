@@ -244,21 +244,31 @@ async fn expire_periodically(queue: QueueHandle, max_age: Duration, shutdown: Ca
     }
 }
 
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
-pub async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(term) => term.recv().await,
+/// Installs SIGTERM and SIGINT (Ctrl-C) handlers at once, so a signal that comes before the
+/// returned future first runs (a current-thread runtime runs spawned tasks only when `main`
+/// yields) still shuts down cleanly; the future cancels `shutdown` on either signal.
+pub fn cancel_on_signal(
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn received(signal: Option<Signal>) {
+        match signal {
+            Some(mut signal) => {
+                signal.recv().await;
+            }
             None => std::future::pending().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminated => {}
     }
-    shutdown.cancel();
+    let term = signal(SignalKind::terminate()).ok();
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    async move {
+        tokio::select! {
+            _ = received(term) => {}
+            _ = received(interrupt) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        shutdown.cancel();
+    }
 }
 
 fn default_public_base(scheme: &str, local: SocketAddr) -> String {

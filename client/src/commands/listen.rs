@@ -78,7 +78,9 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         None => remembered_tunnel(),
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(illumitunnel_relay::server::cancel_on_signal(
+        shutdown.clone(),
+    ));
 
     let (relay, trust, embedded) = relay_and_trust(&config, &shutdown).await?;
     let ca_pem = embedded.as_ref().map(|e| e.cert_pem.clone());
@@ -314,26 +316,6 @@ async fn wait_relay(task: &mut Option<JoinHandle<Result<(), RelayError>>>) -> an
         Ok(Ok(())) => anyhow::anyhow!("the embedded relay stopped"),
         Ok(Err(e)) => anyhow::anyhow!("the embedded relay stopped: {e}"),
         Err(e) => anyhow::anyhow!("the embedded relay crashed: {e}"),
-    }
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            shutdown.cancel();
-            return;
-        }
-    }
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => shutdown.cancel(),
-        _ = shutdown.cancelled() => {}
     }
 }
 
