@@ -56,7 +56,7 @@ pub async fn serve(
     max_body: usize,
     shutdown: &CancellationToken,
 ) -> String {
-    let (sink, stream) = ws.split();
+    let (mut sink, stream) = ws.split();
     let started = Instant::now();
     let last_seen = AtomicU64::new(0);
     let generation = connection.generation();
@@ -64,10 +64,18 @@ pub async fn serve(
     let _ended = connection.ended().drop_guard();
     tokio::select! {
         cause = read_half(stream, &connection, max_body, &last_seen, started) => cause,
-        cause = write_half(sink, outbound, generation, keepalive, &last_seen, started) => cause,
-        _ = shutdown.cancelled() => "shutting down".into(),
+        cause = write_half(&mut sink, outbound, generation, keepalive, &last_seen, started) => cause,
+        _ = shutdown.cancelled() => {
+            // A close frame tells the relay this client left on purpose, so a queued delivery
+            // it was sending does not count against that delivery.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
+            "shutting down".into()
+        }
     }
 }
+
+/// Longest a client leaving spends on its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn read_half(
     mut stream: futures_util::stream::SplitStream<Ws>,
@@ -183,7 +191,7 @@ async fn reject(connection: &Connection, id: DeliveryId, err: &ReassemblyError, 
 }
 
 async fn write_half(
-    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
     outbound: &mut mpsc::Receiver<Outbound>,
     generation: u64,
     keepalive: Duration,
