@@ -139,6 +139,14 @@ impl<K: Eq + Hash, H> Reassembler<K, H> {
         Ok(self.partial.remove(key).map(|p| (p.head, p.body.freeze())))
     }
 
+    /// Keeps only the partial bodies whose key `keep` accepts (e.g. answers someone still
+    /// waits for); returns how many were dropped.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) -> usize {
+        let before = self.partial.len();
+        self.partial.retain(|key, _| keep(key));
+        before - self.partial.len()
+    }
+
     /// Drops a partial body; its head, if there was one.
     pub fn cancel(&mut self, key: &K) -> Option<H> {
         self.partial.remove(key).map(|p| p.head)
@@ -216,5 +224,17 @@ mod tests {
         assert_eq!(declared_length(b"x"), None);
         assert_eq!(declared_length(b"-1"), None);
         assert_eq!(declared_length(&[0xff]), None);
+    }
+
+    #[test]
+    fn retain_drops_what_nobody_waits_for() {
+        let mut r: Reassembler<u32, ()> = Reassembler::new(10, 4);
+        for key in 1..=3 {
+            r.begin(key, (), b"ab", None).unwrap();
+        }
+        assert_eq!(r.retain(|key| *key == 2), 2);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.push(&1, b"c", true).unwrap(), None, "dropped");
+        assert!(r.push(&2, b"c", true).unwrap().is_some());
     }
 }

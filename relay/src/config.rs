@@ -10,7 +10,7 @@ use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::queue::Clock;
-use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT};
+use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
 
 /// Default `--listen` address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
@@ -20,6 +20,21 @@ pub const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(25);
 /// How often each side pings; a peer silent for two intervals is gone.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+/// Default `--max-header-bytes`: request line and headers of one request.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest `--max-header-bytes`: a request head this size still fits one protocol message to
+/// the client, with room for the `X-Forwarded-*` headers the relay adds.
+pub const MAX_MAX_HEADER_BYTES: usize = 96 * 1024;
+/// Default `--max-inflight-bytes`: request bodies held in memory across all requests.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 256 * 1024 * 1024;
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `--max-connections-per-ip`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default `--idle-timeout`: an HTTP connection with no request in flight is closed after it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--tunnel-ttl`: a tunnel whose owner has not connected for this long is released.
+pub const DEFAULT_TUNNEL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Environment variable holding client tokens, separated by commas or newlines.
 pub const TOKENS_ENV: &str = "ILLUMITUNNEL_RELAY_TOKENS";
 
@@ -66,6 +81,40 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
+/// What one sender, or all of them together, may make the relay hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line and headers of one request (431 beyond).
+    pub max_header_bytes: usize,
+    /// Request bodies in memory across all requests (503 beyond).
+    pub max_inflight_bytes: usize,
+    /// Open connections (further ones are closed at accept).
+    pub max_connections: usize,
+    /// Open connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// An HTTP connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Longest from accept to a connection's first request head (TLS and HTTP/2 preface
+    /// included); 10 s, shorter only in tests.
+    pub first_request_timeout: Duration,
+    /// A tunnel whose owner has not connected for this long is released with its queue.
+    pub tunnel_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            first_request_timeout: crate::conn::FIRST_REQUEST_TIMEOUT,
+            tunnel_ttl: DEFAULT_TUNNEL_TTL,
+        }
+    }
+}
+
 /// Validated relay settings.
 #[derive(Debug)]
 pub struct Config {
@@ -91,6 +140,12 @@ pub struct Config {
     pub queue: QueueLimits,
     /// Where the offline queue reads the time (the system clock; tests set their own).
     pub clock: Clock,
+    /// What senders may make the relay hold.
+    pub limits: Limits,
+    /// Where `/metrics` is served besides the ingress port (which serves it only on loopback).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Label queue metrics with tunnel names.
+    pub metrics_tunnel_labels: bool,
 }
 
 impl Config {
@@ -109,6 +164,9 @@ impl Config {
             keepalive: DEFAULT_KEEPALIVE,
             queue: QueueLimits::default(),
             clock: Clock::system(),
+            limits: Limits::default(),
+            metrics_listen: None,
+            metrics_tunnel_labels: false,
         }
     }
 }
@@ -173,6 +231,33 @@ pub struct Args {
     /// How long a queued delivery is kept: 30s, 15m, 72h, 7d.
     #[arg(long, value_name = "DURATION", default_value = "72h", value_parser = parse_age)]
     pub queue_max_age: Duration,
+    /// Most bytes queued across all tunnels.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_TOTAL_BYTES)]
+    pub queue_max_total_bytes: u64,
+    /// Largest request line plus headers, in bytes (431 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+    /// Request bodies held in memory across all requests, in bytes (503 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
+    pub max_inflight_bytes: usize,
+    /// Most open connections; further ones are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Most open connections from one IP address.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// Seconds an HTTP connection may stay open with no request in flight.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
+    pub idle_timeout: u64,
+    /// Release a tunnel name (and its queue) whose owner has not connected for this long.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_age)]
+    pub tunnel_ttl: Duration,
+    /// Serve /metrics on this address (the ingress port serves it only when it is loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Label queue metrics with tunnel names (off: names stay private).
+    #[arg(long)]
+    pub metrics_tunnel_labels: bool,
     /// Websocket ping interval in milliseconds (tests shorten it).
     #[arg(long, hide = true, value_name = "MS")]
     pub keepalive_ms: Option<u64>,
@@ -239,6 +324,15 @@ pub enum ConfigError {
     /// `--keepalive-ms 0`.
     #[error("--keepalive-ms must be at least 1")]
     ZeroKeepalive,
+    /// `--max-header-bytes` outside what one protocol message can carry.
+    #[error("--max-header-bytes must be between 1024 and {MAX_MAX_HEADER_BYTES} bytes, so every request head fits the relay-client link")]
+    HeaderLimit,
+    /// A connection limit, the in-flight budget, the total queue size or the idle timeout is 0.
+    #[error("--{0} must be at least 1")]
+    ZeroLimit(&'static str),
+    /// The in-flight budget cannot hold one body.
+    #[error("--max-inflight-bytes must be at least --max-body, or no request could ever pass")]
+    InflightBelowBody,
 }
 
 impl TryFrom<Args> for Config {
@@ -278,6 +372,23 @@ impl TryFrom<Args> for Config {
         if args.queue_max_count == 0 || args.queue_max_bytes == 0 {
             return Err(ConfigError::ZeroQueueLimit);
         }
+        if !(1024..=MAX_MAX_HEADER_BYTES).contains(&args.max_header_bytes) {
+            return Err(ConfigError::HeaderLimit);
+        }
+        for (value, flag) in [
+            (args.max_inflight_bytes as u64, "max-inflight-bytes"),
+            (args.max_connections as u64, "max-connections"),
+            (args.max_connections_per_ip as u64, "max-connections-per-ip"),
+            (args.idle_timeout, "idle-timeout"),
+            (args.queue_max_total_bytes, "queue-max-total-bytes"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit(flag));
+            }
+        }
+        if args.max_inflight_bytes < args.max_body {
+            return Err(ConfigError::InflightBelowBody);
+        }
         let keepalive = match args.keepalive_ms {
             Some(0) => return Err(ConfigError::ZeroKeepalive),
             Some(ms) => Duration::from_millis(ms),
@@ -299,8 +410,20 @@ impl TryFrom<Args> for Config {
                 max_count: args.queue_max_count,
                 max_bytes: args.queue_max_bytes,
                 max_age: args.queue_max_age,
+                max_total_bytes: args.queue_max_total_bytes,
             },
             clock: Clock::system(),
+            limits: Limits {
+                max_header_bytes: args.max_header_bytes,
+                max_inflight_bytes: args.max_inflight_bytes,
+                max_connections: args.max_connections,
+                max_connections_per_ip: args.max_connections_per_ip,
+                idle_timeout: Duration::from_secs(args.idle_timeout),
+                first_request_timeout: crate::conn::FIRST_REQUEST_TIMEOUT,
+                tunnel_ttl: args.tunnel_ttl,
+            },
+            metrics_listen: args.metrics_listen,
+            metrics_tunnel_labels: args.metrics_tunnel_labels,
         })
     }
 }

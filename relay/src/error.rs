@@ -63,6 +63,29 @@ pub enum IngressError {
     /// A request to the client websocket that is not a websocket upgrade.
     #[error("expected a websocket upgrade; this path is for `illumitunnel listen`")]
     NotWebsocket,
+    /// A method no webhook sender uses (e.g. `CONNECT`, `TRACE`).
+    #[error(
+        "method {0} is not accepted; webhooks use POST, PUT, PATCH, DELETE, GET, HEAD or OPTIONS"
+    )]
+    MethodNotAllowed(String),
+    /// A path the relay refuses to pass on (encoded slash or backslash, `..;`).
+    #[error("path refused: {0}; send the webhook to a plain /t/{{tunnel}}/… path")]
+    BadPath(&'static str),
+    /// Request line and headers over `--max-header-bytes`.
+    #[error("request line and headers are larger than this relay's limit of {limit} bytes")]
+    HeadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The relay holds as many request bodies as its memory budget allows.
+    #[error("the relay is busy with other requests ({limit} bytes of bodies in flight, --max-inflight-bytes); send again in a few seconds")]
+    Busy {
+        /// `--max-inflight-bytes`.
+        limit: usize,
+    },
+    /// A client websocket upgrade without a valid token.
+    #[error("the relay did not accept the client token; pass --token (or ILLUMITUNNEL_TOKEN) with a token from the relay's tokens file")]
+    Unauthorized,
 }
 
 impl IngressError {
@@ -71,7 +94,13 @@ impl IngressError {
         match self {
             IngressError::UnknownTunnel | IngressError::NotFound => StatusCode::NOT_FOUND,
             IngressError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngressError::BodyRead(_) | IngressError::NotWebsocket => StatusCode::BAD_REQUEST,
+            IngressError::BodyRead(_) | IngressError::NotWebsocket | IngressError::BadPath(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            IngressError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            IngressError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            IngressError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Offline(_)
             | IngressError::QueueFull(_)
@@ -83,11 +112,30 @@ impl IngressError {
         }
     }
 
-    /// The JSON error response.
+    /// The JSON error response, with `Allow` on 405 and `Retry-After` on a busy 503.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        json_error(self.status(), &self.to_string())
+        let mut response = json_error(self.status(), &self.to_string());
+        let headers = response.headers_mut();
+        match self {
+            IngressError::MethodNotAllowed(_) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            }
+            IngressError::Busy { .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }
+
+/// The methods webhook senders use, as the `Allow` header lists them.
+pub const ALLOWED_METHODS: &str = "POST, PUT, PATCH, DELETE, GET, HEAD, OPTIONS";
+/// `Retry-After` on a 503 from the in-flight budget, in seconds.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// `{"error": message}` with `status`: the relay's only JSON error writer.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
@@ -121,6 +169,10 @@ mod tests {
             (IngressError::Failed("connection refused to 127.0.0.1:3000".into()), 502, "connection refused to 127.0.0.1:3000"),
             (IngressError::ClientGone("my-app".into()), 502, "the client for tunnel my-app disconnected before answering"),
             (IngressError::NotWebsocket, 400, "expected a websocket upgrade; this path is for `illumitunnel listen`"),
+            (IngressError::MethodNotAllowed("CONNECT".into()), 405, "method CONNECT is not accepted; webhooks use POST, PUT, PATCH, DELETE, GET, HEAD or OPTIONS"),
+            (IngressError::BadPath("encoded slash"), 400, "path refused: encoded slash; send the webhook to a plain /t/{tunnel}/… path"),
+            (IngressError::HeadTooLarge { limit: 65536 }, 431, "request line and headers are larger than this relay's limit of 65536 bytes"),
+            (IngressError::Busy { limit: 100 }, 503, "the relay is busy with other requests (100 bytes of bodies in flight, --max-inflight-bytes); send again in a few seconds"),
         ];
         for (err, status, sentence) in cases {
             let response = err.into_response();
@@ -131,6 +183,14 @@ mod tests {
                 serde_json::json!({ "error": sentence })
             );
         }
+    }
+
+    #[test]
+    fn method_and_busy_answers_say_what_to_send_and_when() {
+        let response = IngressError::MethodNotAllowed("TRACE".into()).into_response();
+        assert_eq!(response.headers()[header::ALLOW], ALLOWED_METHODS);
+        let response = IngressError::Busy { limit: 1 }.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use illumitunnel::DeliveryId;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
+use crate::budget::InflightBudget;
 use crate::config::OfflinePolicy;
 use crate::error::IngressError;
 use crate::metrics::{Metrics, Outcome};
@@ -38,6 +39,8 @@ pub(crate) struct IngressContext {
     pub offline: OfflinePolicy,
     /// Cancelled when the relay starts shutting down.
     pub shutdown: CancellationToken,
+    /// Request bodies in memory across all requests.
+    pub budget: Arc<InflightBudget>,
 }
 
 /// A webhook request for `tunnel` with `rest` below it, as it arrived.
@@ -77,9 +80,14 @@ fn outcome_of(err: &IngressError) -> Outcome {
     match err {
         IngressError::UnknownTunnel | IngressError::NotFound => Outcome::unknown_tunnel,
         IngressError::BodyTooLarge { .. } => Outcome::too_large,
-        IngressError::BodyRead(_) | IngressError::BodyTimeout(_) | IngressError::NotWebsocket => {
-            Outcome::bad_request
-        }
+        IngressError::BodyRead(_)
+        | IngressError::BodyTimeout(_)
+        | IngressError::NotWebsocket
+        | IngressError::MethodNotAllowed(_)
+        | IngressError::BadPath(_)
+        | IngressError::HeadTooLarge { .. }
+        | IngressError::Unauthorized => Outcome::bad_request,
+        IngressError::Busy { .. } => Outcome::rejected,
         IngressError::Offline(_) => Outcome::offline,
         IngressError::QueueFull(_) | IngressError::QueueUnavailable(_) => Outcome::rejected,
         IngressError::Timeout { .. } => Outcome::timeout,
@@ -102,10 +110,19 @@ async fn forward(
         return Err(IngressError::UnknownTunnel);
     }
     let limit = ctx.max_body;
-    if content_length(&r.parts.headers).is_some_and(|len| len > limit as u64) {
+    let declared = content_length(&r.parts.headers);
+    if declared.is_some_and(|len| len > limit as u64) {
         return Err(IngressError::BodyTooLarge { limit });
     }
+    // Held until the sender is answered: the body stays in memory that long.
+    let mut reservation = ctx
+        .budget
+        .reserve(declared.map_or(limit, |len| len as usize))
+        .map_err(|_| IngressError::Busy {
+            limit: ctx.budget.limit(),
+        })?;
     let body = read_body(body, ctx).await?;
+    reservation.shrink_to(body.len());
     let received_at_ms = illumitunnel::now_ms().max(0) as u64;
     let host = r
         .parts

@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`config`] — `Args` (the CLI), validated [`Config`], [`ConfigError`].
 //! - [`server`] — accept loop, HTTP/1.1 + HTTP/2, graceful shutdown, websocket upgrade.
+//! - [`conn`] — connection limits, first-request and idle timeouts, lingering close.
+//! - [`budget`] — the in-flight budget for request bodies.
 //! - [`tls`] — PEM loading, self-signed certificates, the rustls acceptor.
 //! - [`ingress`] — `/t/{tunnel}/…` → delivery → the local server's answer.
 //! - [`route`] — pure path routing.
@@ -17,7 +19,9 @@
 //! - [`metrics`] — Prometheus metrics for `GET /metrics`.
 
 pub mod auth;
+pub mod budget;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod ingress;
 pub mod metrics;
@@ -45,6 +49,9 @@ pub enum RelayError {
     /// Accepting connections failed.
     #[error("could not accept connections: {0}")]
     Io(#[from] std::io::Error),
+    /// A second listener (`--metrics-listen`) could not be bound.
+    #[error("{0}")]
+    Bind(#[from] server::BindError),
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then drains requests in flight (up to the

@@ -31,6 +31,8 @@ use crate::auth::Owner;
 pub const DEFAULT_MAX_COUNT: u64 = 10_000;
 /// Default `--queue-max-bytes`: bytes (bodies and headers) kept per tunnel.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Default `--queue-max-total-bytes`: bytes kept across every tunnel.
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 1024 * 1024 * 1024;
 /// Default `--queue-max-age`: how long a queued delivery is kept.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(72 * 3600);
 /// Commands waiting for the queue thread before callers wait for it.
@@ -47,6 +49,8 @@ pub struct QueueLimits {
     pub max_bytes: u64,
     /// Queued deliveries older than this are dropped and reported to the next session.
     pub max_age: Duration,
+    /// Most bytes queued across every tunnel, so no set of tunnels can fill the disk.
+    pub max_total_bytes: u64,
 }
 
 impl Default for QueueLimits {
@@ -55,6 +59,7 @@ impl Default for QueueLimits {
             max_count: DEFAULT_MAX_COUNT,
             max_bytes: DEFAULT_MAX_BYTES,
             max_age: DEFAULT_MAX_AGE,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
         }
     }
 }
@@ -107,6 +112,8 @@ pub enum Limit {
     Count(u64),
     /// `--queue-max-bytes`.
     Bytes(u64),
+    /// `--queue-max-total-bytes`, across every tunnel.
+    TotalBytes(u64),
 }
 
 /// Why the queue could not do what was asked.
@@ -148,6 +155,11 @@ fn full_sentence(tunnel: &str, limit: Limit) -> String {
     let (what, flag) = match limit {
         Limit::Count(n) => (format!("{n} deliveries"), "--queue-max-count"),
         Limit::Bytes(n) => (format!("{n} bytes"), "--queue-max-bytes"),
+        Limit::TotalBytes(n) => {
+            return format!(
+                "the relay's offline queues are full ({n} bytes across all tunnels, --queue-max-total-bytes); send again later"
+            )
+        }
     };
     format!(
         "the offline queue for tunnel {tunnel} is full ({what}); start `illumitunnel listen --tunnel {tunnel}` to drain it, or raise the relay's {flag}"

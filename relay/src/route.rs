@@ -1,6 +1,8 @@
-//! Pure request-path routing: which of the relay's endpoints a path names, and for webhook
-//! paths `/t/{tunnel}/{rest}` the tunnel and the rest. The rest is passed on verbatim (the
-//! client decides what it may reach); only the tunnel segment is interpreted here.
+//! Pure request routing: which of the relay's endpoints a path names, and for webhook paths
+//! `/t/{tunnel}/{rest}` the tunnel and the rest. The rest is passed on verbatim (the client
+//! decides what it may reach); only the tunnel segment is interpreted here. Before routing,
+//! [`check_method`] and [`check_path`] refuse what no webhook sender sends and what local
+//! frameworks would read as another path (`%2f`, `%5c`, `..;`).
 
 use illumitunnel::protocol::CONNECT_PATH;
 
@@ -22,6 +24,44 @@ pub enum Route<'a> {
     },
     /// Anything else.
     NotFound,
+}
+
+/// Whether a webhook sender would use `method`: `POST PUT PATCH DELETE GET HEAD OPTIONS`.
+pub fn check_method(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+    ]
+    .contains(method)
+}
+
+/// Refuses a path that a local server could decode into another path: an encoded slash or
+/// backslash (`%2f`, `%5c`, any case), or a `;` parameter on a dot segment (`..;`, `.;`),
+/// which Tomcat and Spring strip before resolving `..`.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") {
+        return Err("encoded slash (%2f)");
+    }
+    if lower.contains("%5c") || path.contains('\\') {
+        return Err("backslash");
+    }
+    let dot_parameter = lower.split('/').any(|segment| {
+        segment.split_once(';').is_some_and(|(name, _)| {
+            let name = name.replace("%2e", ".");
+            name == "." || name == ".."
+        })
+    });
+    if dot_parameter {
+        return Err("parameter on a dot segment (..;)");
+    }
+    Ok(())
 }
 
 /// Routes a request path (without the query).
@@ -102,5 +142,43 @@ mod tests {
         }
         let long = format!("/t/{}/x", "a".repeat(100_000));
         assert!(matches!(parse(&long), Route::Tunnel { rest: "/x", .. }));
+    }
+
+    #[test]
+    fn paths_a_local_framework_would_read_as_another_path_are_refused() {
+        for path in [
+            "/t/abc/..%2f..%2fadmin",
+            "/t/abc/a%2Fb",
+            "/t/abc/..%5cadmin",
+            "/t/abc/a%5Cb",
+            "/t/abc/a\\b",
+            "/t/abc/..;/admin",
+            "/t/abc/.;/admin",
+            "/t/abc/..;jsessionid=1/admin",
+            "/t/abc/%2e%2e;/admin",
+            "/t/abc/%2E%2E;/admin",
+        ] {
+            assert!(check_path(path).is_err(), "{path}");
+        }
+        for path in [
+            "/t/abc/webhooks/illumichat",
+            "/t/abc/a;b=1",
+            "/t/abc/..a;b",
+            "/t/abc/%20space",
+            "/t/abc/../x",
+            "/healthz",
+        ] {
+            assert_eq!(check_path(path), Ok(()), "{path}");
+        }
+    }
+
+    #[test]
+    fn only_webhook_methods_pass() {
+        for m in ["POST", "PUT", "PATCH", "DELETE", "GET", "HEAD", "OPTIONS"] {
+            assert!(check_method(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["CONNECT", "TRACE", "PROPFIND", "BREW"] {
+            assert!(!check_method(&m.parse().unwrap()), "{m}");
+        }
     }
 }

@@ -24,10 +24,12 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::Auth;
-use crate::config::{Config, TlsConfig};
+use crate::budget::InflightBudget;
+use crate::config::{Config, Limits, TlsConfig};
+use crate::conn::{Activity, ConnectionLimits, LingerIo};
 use crate::error::IngressError;
 use crate::ingress::{self, IngressContext, WebhookRequest};
 use crate::metrics::Metrics;
@@ -39,6 +41,12 @@ use crate::{session, tls, RelayError};
 
 /// Longest a sender may take to send its request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent HTTP/2 streams one connection may open.
+pub const MAX_H2_STREAMS: u32 = 32;
+/// How far above `--max-header-bytes` hyper's own head limits sit.
+const HYPER_HEAD_SLACK: usize = 16 * 1024;
+/// hyper's smallest read buffer.
+const MIN_HYPER_BUF: usize = 8192;
 /// Longest between answering 101 and the websocket being usable.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time, beyond the response timeout, a shutdown waits for requests in flight.
@@ -59,6 +67,11 @@ struct Dispatch {
     sessions: Arc<SessionContext>,
     auth: Auth,
     metrics: Arc<Metrics>,
+    /// Whether this listener serves `/metrics` (only on loopback).
+    serve_metrics: bool,
+    max_header_bytes: usize,
+    first_request_timeout: Duration,
+    idle_timeout: Duration,
     /// `X-Forwarded-Proto` on plain connections (the public URL's scheme behind a TLS proxy).
     plain_proto: &'static str,
     tracker: TaskTracker,
@@ -148,6 +161,7 @@ pub(crate) async fn run(
             response_timeout: config.response_timeout,
             offline: config.offline,
             shutdown: shutdown.clone(),
+            budget: InflightBudget::new(config.limits.max_inflight_bytes),
         }),
         sessions: Arc::new(SessionContext {
             tunnels,
@@ -158,7 +172,11 @@ pub(crate) async fn run(
             closing: closing.clone(),
         }),
         auth: Auth::new(&config.tokens, config.allow_anonymous),
-        metrics,
+        metrics: metrics.clone(),
+        serve_metrics: local.ip().is_loopback(),
+        max_header_bytes: config.limits.max_header_bytes,
+        first_request_timeout: config.limits.first_request_timeout,
+        idle_timeout: config.limits.idle_timeout,
         plain_proto,
         tracker: tracker.clone(),
     });
@@ -169,7 +187,17 @@ pub(crate) async fn run(
         shutdown.clone(),
     ));
 
-    let builder = Arc::new(http_builder());
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => Some(tokio::spawn(
+            serve_metrics(bind(addr).await?, metrics.clone(), shutdown.clone()).in_current_span(),
+        )),
+        None => None,
+    };
+    let builder = Arc::new(http_builder(&config.limits));
+    let connections = ConnectionLimits::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    );
     let graceful = GracefulShutdown::new();
     loop {
         // Both branches are cancel-safe: a token wait and `TcpListener::accept`.
@@ -186,6 +214,10 @@ pub(crate) async fn run(
                 }
             },
         };
+        let Some(slot) = connections.admit(peer.ip()) else {
+            debug!(%peer, "connection limit reached; closing at accept");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let connection = serve_connection(
             dispatch.clone(),
@@ -195,7 +227,14 @@ pub(crate) async fn run(
             peer,
             graceful.watcher(),
         );
-        tracker.spawn(connection);
+        let span = tracing::debug_span!("connection", %peer);
+        tracker.spawn(
+            async move {
+                connection.await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
     drop(listener);
 
@@ -216,6 +255,9 @@ pub(crate) async fn run(
         warn!("sessions did not close within {SESSION_CLOSE_GRACE:?}");
     }
     let _ = expiry.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     queue.close().await;
     let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
     info!("relay stopped");
@@ -271,6 +313,59 @@ pub fn cancel_on_signal(
     }
 }
 
+/// Serves `/metrics` (and `/healthz`) on the operator's `--metrics-listen` address until
+/// shutdown; plain HTTP/1.1.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        // Both branches are cancel-safe.
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(%err, "metrics accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let metrics = metrics.clone();
+            async move {
+                let response = match req.uri().path() {
+                    "/metrics" => text(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        Bytes::from(metrics.encode()),
+                    ),
+                    "/healthz" => text(
+                        StatusCode::OK,
+                        "text/plain; charset=utf-8",
+                        Bytes::from_static(b"ok"),
+                    ),
+                    _ => IngressError::NotFound.into_response(),
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
 fn default_public_base(scheme: &str, local: SocketAddr) -> String {
     if local.ip().is_unspecified() {
         format!("{scheme}://localhost:{}", local.port())
@@ -279,16 +374,27 @@ fn default_public_base(scheme: &str, local: SocketAddr) -> String {
     }
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+/// hyper's settings. Its own head limits sit a little above `--max-header-bytes`, so that
+/// heads just over the limit reach the relay and get its JSON 431; only far larger ones get
+/// hyper's bare answer (see docs/security.md).
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let hyper_head_limit = limits.max_header_bytes + HYPER_HEAD_SLACK;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(hyper_head_limit.max(MIN_HYPER_BUF));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_header_list_size(u32::try_from(hyper_head_limit).unwrap_or(u32::MAX));
     builder
 }
 
+/// One accepted connection: TLS (if any), then HTTP until the sender leaves, its idle time
+/// runs out, or the relay shuts down.
 async fn serve_connection(
     dispatch: Arc<Dispatch>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -297,13 +403,20 @@ async fn serve_connection(
     peer: SocketAddr,
     watcher: Watcher,
 ) {
+    let activity = Activity::new();
     let Some(acceptor) = acceptor else {
-        return serve_http(dispatch, &builder, stream, peer, false, watcher).await;
+        let io = LingerIo::new(stream, activity.clone());
+        return serve_http(dispatch, &builder, io, peer, false, activity, watcher).await;
     };
-    match tokio::time::timeout(tls::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_http(dispatch, &builder, stream, peer, true, watcher).await,
-        Ok(Err(err)) => debug!(%peer, %err, "TLS handshake failed"),
-        Err(_) => debug!(%peer, "TLS handshake timed out"),
+    // The TLS handshake counts against the first-request time, like every other silence.
+    let handshake = dispatch.first_request_timeout;
+    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let io = LingerIo::new(stream, activity.clone());
+            serve_http(dispatch, &builder, io, peer, true, activity, watcher).await
+        }
+        Ok(Err(err)) => debug!(%err, "TLS handshake failed"),
+        Err(_) => debug!("TLS handshake timed out"),
     }
 }
 
@@ -313,17 +426,34 @@ async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
     is_tls: bool,
+    activity: Arc<Activity>,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (first, idle) = (dispatch.first_request_timeout, dispatch.idle_timeout);
+    let watched = activity.clone();
     let service = service_fn(move |req| {
-        let dispatch = dispatch.clone();
-        async move { Ok::<_, Infallible>(route_request(dispatch, req, peer, is_tls).await) }
+        let (dispatch, activity) = (dispatch.clone(), activity.clone());
+        async move {
+            let _busy = activity.begin();
+            let response = route_request(dispatch, req, peer, is_tls).await;
+            if response.status().is_client_error() {
+                // The sender may still be writing a body nobody will read.
+                activity.linger();
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(connection).await {
-        debug!(%peer, %err, "connection ended with an error");
+    // Both branches are cancel-safe: dropping the connection closes it.
+    tokio::select! {
+        served = watcher.watch(connection) => {
+            if let Err(err) = served {
+                debug!(%err, "connection ended with an error");
+            }
+        }
+        _ = watched.expired(first, idle) => debug!("closed an idle connection"),
     }
 }
 
@@ -333,6 +463,16 @@ async fn route_request(
     peer: SocketAddr,
     is_tls: bool,
 ) -> Response<Full<Bytes>> {
+    if !route::check_method(req.method()) {
+        return IngressError::MethodNotAllowed(req.method().to_string()).into_response();
+    }
+    let limit = dispatch.max_header_bytes;
+    if head_size(&req) > limit {
+        return IngressError::HeadTooLarge { limit }.into_response();
+    }
+    if let Err(why) = route::check_path(req.uri().path()) {
+        return IngressError::BadPath(why).into_response();
+    }
     let (parts, body) = req.into_parts();
     match route::parse(parts.uri.path()) {
         Route::Tunnel { tunnel, rest } => {
@@ -355,14 +495,25 @@ async fn route_request(
             "text/plain; charset=utf-8",
             Bytes::from_static(b"ok"),
         ),
-        Route::Metrics => text(
+        Route::Metrics if dispatch.serve_metrics => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Bytes::from(dispatch.metrics.encode()),
         ),
         Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body)),
-        Route::NotFound => IngressError::NotFound.into_response(),
+        Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
     }
+}
+
+/// The size of a request's line and headers as a sender wrote them (HTTP/1), or the same
+/// measure for an HTTP/2 request.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
@@ -398,11 +549,15 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>>
     let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
         return IngressError::NotWebsocket.into_response();
     };
+    // The token is checked before anything is upgraded: a wrong one never sees a 101.
     let auth = dispatch.auth.check(
         headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
     );
+    if auth.is_err() {
+        return IngressError::Unauthorized.into_response();
+    }
     let on_upgrade = hyper::upgrade::on(req);
     let sessions = dispatch.sessions.clone();
     dispatch.tracker.spawn(async move {

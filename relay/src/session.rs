@@ -8,15 +8,14 @@
 //! Which deliveries a session gets, and in what order, is the tunnel's business
 //! ([`tunnel`](crate::tunnel)): the session only joins and leaves its tunnel.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use illumitunnel::headers::Header;
 use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, MAX_MESSAGE, PROTOCOL_VERSION};
+use illumitunnel::reassembly::Reassembler;
 use illumitunnel::{DeliveryId, TunnelName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -213,6 +212,9 @@ where
 /// Why a session ended when the client sent a close frame.
 const CLOSED_CLEANLY: &str = "client closed the websocket";
 
+/// Most answers one session may be sending in pieces at once.
+const MAX_PARTIAL_ANSWERS: usize = 16;
+
 /// Reads until the session ends; returns why, for the log.
 async fn read_loop<S>(
     mut stream: SplitStream<WebSocketStream<S>>,
@@ -224,14 +226,26 @@ async fn read_loop<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (silent_limit, max_body) = (ctx.keepalive * 2, ctx.max_body);
-    let mut partial: HashMap<DeliveryId, PartialAnswer> = HashMap::new();
+    let silent_limit = ctx.keepalive * 2;
+    let mut partial = Partials::new(ctx.max_body, MAX_PARTIAL_ANSWERS);
+    let mut heard = tokio::time::Instant::now();
+    // Answers whose sender stopped waiting (504, gone) are dropped here, even when the
+    // client never finishes them.
+    let mut sweep = tokio::time::interval(ctx.keepalive);
     loop {
-        // Both branches are cancel-safe: `StreamExt::next` and a token wait.
+        // All branches are cancel-safe: `StreamExt::next`, a token wait and `Interval::tick`.
         let frame = tokio::select! {
             _ = token.cancelled() => return "session closed by the relay",
-            frame = tokio::time::timeout(silent_limit, stream.next()) => frame,
+            _ = sweep.tick() => {
+                let dropped = partial.retain(|id| pending.contains(id));
+                if dropped > 0 {
+                    debug!(dropped, "dropped unfinished answers nobody waits for");
+                }
+                continue;
+            }
+            frame = tokio::time::timeout_at(heard + silent_limit, stream.next()) => frame,
         };
+        heard = tokio::time::Instant::now();
         let bytes = match frame {
             Err(_) => {
                 warn!(silent_for = ?silent_limit, "client silent for two keepalive intervals; dropping the session");
@@ -248,7 +262,7 @@ where
         };
         match ClientMessage::decode(&bytes) {
             Ok(message) => {
-                if let Some(id) = on_message(message, pending, &mut partial, max_body) {
+                if let Some(id) = on_message(message, pending, &mut partial) {
                     // Nobody waited for it (e.g. the drain gave up on it): drop it by id.
                     ctx.queue.ack(tunnel, id).await;
                 }
@@ -261,20 +275,21 @@ where
     }
 }
 
-struct PartialAnswer {
-    status: u16,
-    headers: Vec<Header>,
-    body: BytesMut,
-}
+/// Answers arriving in pieces: status and headers first, then the body.
+pub(crate) type Partials = Reassembler<DeliveryId, (u16, Vec<Header>)>;
 
 /// Settles answers and acknowledgements; returns the id of a delivery the client recorded
 /// that nobody waited for, so the offline queue drops it.
 fn on_message(
     message: ClientMessage,
     pending: &Pending,
-    partial: &mut HashMap<DeliveryId, PartialAnswer>,
-    max_body: usize,
+    partial: &mut Partials,
 ) -> Option<DeliveryId> {
+    let too_large = |limit: usize| {
+        Reply::Failed(format!(
+            "the local server's response is larger than the relay's limit of {limit} bytes"
+        ))
+    };
     match message {
         ClientMessage::Response {
             id,
@@ -293,42 +308,32 @@ fn on_message(
                     },
                 );
             } else if pending.contains(&id) {
-                let mut buf = BytesMut::with_capacity(body.len() * 2);
-                buf.extend_from_slice(&body);
-                partial.insert(
-                    id,
-                    PartialAnswer {
-                        status,
-                        headers,
-                        body: buf,
-                    },
-                );
-            }
-        }
-        ClientMessage::ResponseChunk { id, data, end } => {
-            let answer = partial.get_mut(&id)?;
-            if !pending.contains(&id) {
-                partial.remove(&id);
-            } else if answer.body.len() + data.len() > max_body {
-                partial.remove(&id);
-                let message = format!("the local server's response is larger than the relay's limit of {max_body} bytes");
-                pending.settle(&id, Reply::Failed(message));
-            } else {
-                answer.body.extend_from_slice(&data);
-                if end {
-                    if let Some(answer) = partial.remove(&id) {
-                        let reply = Reply::Answered {
-                            status: answer.status,
-                            headers: answer.headers,
-                            body: answer.body.freeze(),
-                        };
-                        pending.settle(&id, reply);
-                    }
+                if let Err(err) = partial.begin(id.clone(), (status, headers), &body, None) {
+                    debug!(%err, delivery = %id, "answer refused");
+                    pending.settle(&id, too_large(partial.max_body()));
                 }
             }
         }
+        ClientMessage::ResponseChunk { id, data, end } => {
+            if !pending.contains(&id) {
+                partial.cancel(&id);
+                return None;
+            }
+            match partial.push(&id, &data, end) {
+                Ok(None) => {}
+                Ok(Some(((status, headers), body))) => pending.settle(
+                    &id,
+                    Reply::Answered {
+                        status,
+                        headers,
+                        body,
+                    },
+                ),
+                Err(_) => pending.settle(&id, too_large(partial.max_body())),
+            }
+        }
         ClientMessage::Failed { id, message } => {
-            partial.remove(&id);
+            partial.cancel(&id);
             pending.settle(&id, Reply::Failed(message));
         }
         ClientMessage::Recorded { id } => {
@@ -340,7 +345,7 @@ fn on_message(
             pending.acknowledge(&id, Ack::NotRecorded(message));
         }
         ClientMessage::Rejected { id, message } => {
-            partial.remove(&id);
+            partial.cancel(&id);
             pending.acknowledge(&id, Ack::Rejected(message.clone()));
             pending.settle(&id, Reply::Failed(message));
         }
@@ -410,7 +415,7 @@ mod tests {
     #[test]
     fn chunked_answers_are_assembled_and_bounded() {
         let pending = Pending::open();
-        let mut partial = HashMap::new();
+        let mut partial = crate::session::Partials::new(10, 4);
         let (tx, mut rx) = oneshot::channel();
         pending.insert(id(1), tx).unwrap();
         let head = ClientMessage::Response {
@@ -420,15 +425,15 @@ mod tests {
             body: Bytes::from_static(b"ab"),
             end: false,
         };
-        on_message(head, &pending, &mut partial, 10);
+        on_message(head, &pending, &mut partial);
         assert!(rx.try_recv().is_err());
         let chunk = |data: &'static [u8], end| ClientMessage::ResponseChunk {
             id: id(1),
             data: Bytes::from_static(data),
             end,
         };
-        on_message(chunk(b"cd", false), &pending, &mut partial, 10);
-        on_message(chunk(b"ef", true), &pending, &mut partial, 10);
+        on_message(chunk(b"cd", false), &pending, &mut partial);
+        on_message(chunk(b"ef", true), &pending, &mut partial);
         match rx.try_recv().unwrap() {
             Reply::Answered {
                 status,
@@ -453,7 +458,7 @@ mod tests {
             body: Bytes::from_static(b"12345678"),
             end: false,
         };
-        on_message(head, &pending, &mut partial, 10);
+        on_message(head, &pending, &mut partial);
         on_message(
             ClientMessage::ResponseChunk {
                 id: id(2),
@@ -462,7 +467,6 @@ mod tests {
             },
             &pending,
             &mut partial,
-            10,
         );
         assert!(
             matches!(rx.try_recv().unwrap(), Reply::Failed(m) if m.contains("larger than the relay's limit of 10 bytes"))

@@ -273,12 +273,16 @@ async fn refusals_say_why() {
         RelayMessage::Refused { reason, message } => (reason, message),
         other => panic!("expected a refusal, got {other:?}"),
     };
-    let (_, reply) = hello(&relay, None, PROTOCOL_VERSION, "my-app").await;
-    assert_eq!(refusal(reply).0, Refusal::Unauthorized);
-    let (_, reply) = hello(&relay, Some("gamma"), PROTOCOL_VERSION, "my-app").await;
-    let (reason, message) = refusal(reply);
-    assert_eq!(reason, Refusal::Unauthorized);
-    assert!(message.contains("--token"), "{message}");
+    // A missing or wrong token is refused before the upgrade: 401 with a JSON sentence.
+    for token in [None, Some("gamma"), Some("")] {
+        let (status, body) = refused_upgrade(&relay, token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            json["error"].as_str().unwrap().contains("--token"),
+            "{body}"
+        );
+    }
     let (_, reply) = hello(&relay, Some("alpha"), PROTOCOL_VERSION, "Bad_Name").await;
     assert_eq!(refusal(reply).0, Refusal::TunnelNameInvalid);
     let (_, reply) = hello(&relay, Some("alpha"), PROTOCOL_VERSION + 1, "my-app").await;

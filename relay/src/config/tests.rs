@@ -265,7 +265,8 @@ fn queue_limits() {
         QueueLimits {
             max_count: 5,
             max_bytes: 1000,
-            max_age: Duration::from_secs(900)
+            max_age: Duration::from_secs(900),
+            max_total_bytes: crate::queue::DEFAULT_MAX_TOTAL_BYTES,
         }
     );
     for bad in ["0s", "15", "3w", "1.5h"] {
@@ -277,5 +278,85 @@ fn queue_limits() {
             err.contains("is not a duration; use a number and a unit"),
             "{bad}: {err}"
         );
+    }
+}
+
+#[test]
+fn hostile_input_limits_have_defaults_and_refuse_nonsense() {
+    let parse = |extra: &[&str]| {
+        let mut args = vec!["illumitunnel-relay", "--http", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Config::try_from(Args::try_parse_from(args).unwrap())
+    };
+    let config = parse(&[]).unwrap();
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.limits.max_header_bytes, 64 * 1024);
+    assert_eq!(config.limits.max_inflight_bytes, 256 * 1024 * 1024);
+    assert_eq!(
+        (
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip
+        ),
+        (10_000, 256)
+    );
+    assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(
+        config.limits.tunnel_ttl,
+        Duration::from_secs(30 * 24 * 3600)
+    );
+    assert_eq!(config.queue.max_total_bytes, 1024 * 1024 * 1024);
+    assert!(!config.metrics_tunnel_labels && config.metrics_listen.is_none());
+    let config = parse(&[
+        "--max-header-bytes",
+        "2048",
+        "--idle-timeout",
+        "5",
+        "--tunnel-ttl",
+        "2h",
+        "--metrics-listen",
+        "127.0.0.1:9100",
+        "--metrics-tunnel-labels",
+    ])
+    .unwrap();
+    assert_eq!(config.limits.max_header_bytes, 2048);
+    assert_eq!(config.limits.idle_timeout, Duration::from_secs(5));
+    assert_eq!(config.limits.tunnel_ttl, Duration::from_secs(7200));
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    assert!(config.metrics_tunnel_labels);
+    for (extra, sentence) in [
+        (
+            vec!["--max-header-bytes", "200000"],
+            "--max-header-bytes must be between 1024 and 98304 bytes",
+        ),
+        (
+            vec!["--max-header-bytes", "10"],
+            "--max-header-bytes must be between",
+        ),
+        (
+            vec!["--max-connections", "0"],
+            "--max-connections must be at least 1",
+        ),
+        (
+            vec!["--max-connections-per-ip", "0"],
+            "--max-connections-per-ip must be at least 1",
+        ),
+        (
+            vec!["--idle-timeout", "0"],
+            "--idle-timeout must be at least 1",
+        ),
+        (
+            vec!["--queue-max-total-bytes", "0"],
+            "--queue-max-total-bytes must be at least 1",
+        ),
+        (
+            vec!["--max-inflight-bytes", "1000"],
+            "--max-inflight-bytes must be at least --max-body",
+        ),
+    ] {
+        let err = parse(&extra).unwrap_err().to_string();
+        assert!(err.starts_with(sentence), "{extra:?}: {err}");
     }
 }

@@ -182,6 +182,11 @@ impl QueueStore {
         }
     }
 
+    /// Bytes queued across every tunnel.
+    pub fn total_bytes(&self) -> u64 {
+        self.depths.values().map(|d| d.bytes).sum()
+    }
+
     /// The depth of `tunnel`'s queue.
     pub fn depth(&self, tunnel: &str) -> Depth {
         self.depths.get(tunnel).copied().unwrap_or_default()
@@ -197,19 +202,21 @@ impl QueueStore {
     ) -> Result<(), QueueError> {
         let headers = encode_blob(&delivery.headers);
         let size = (headers.len() + delivery.body.len()) as u64;
-        let fits = |d: Depth, limits: &QueueLimits| -> Option<Limit> {
+        let fits = |d: Depth, total: u64, limits: &QueueLimits| -> Option<Limit> {
             if d.count + 1 > limits.max_count {
                 Some(Limit::Count(limits.max_count))
             } else if d.bytes + size > limits.max_bytes {
                 Some(Limit::Bytes(limits.max_bytes))
+            } else if total + size > limits.max_total_bytes {
+                Some(Limit::TotalBytes(limits.max_total_bytes))
             } else {
                 None
             }
         };
-        if fits(self.depth(tunnel), &self.limits).is_some() {
-            self.expire(Some(tunnel), now_ms)?;
+        if fits(self.depth(tunnel), self.total_bytes(), &self.limits).is_some() {
+            self.expire(None, now_ms)?;
         }
-        if let Some(limit) = fits(self.depth(tunnel), &self.limits) {
+        if let Some(limit) = fits(self.depth(tunnel), self.total_bytes(), &self.limits) {
             return Err(QueueError::Full {
                 tunnel: tunnel.to_owned(),
                 limit,

@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn answers_for_unknown_or_closed_deliveries_are_ignored() {
         let pending = Pending::open();
-        let mut partial = HashMap::new();
+        let mut partial = crate::session::Partials::new(10, 4);
         on_message(
             ClientMessage::Failed {
                 id: id(9),
@@ -403,7 +403,6 @@ mod tests {
             },
             &pending,
             &mut partial,
-            10,
         );
         let (tx, mut rx) = oneshot::channel();
         pending.insert(id(1), tx).unwrap();

@@ -190,6 +190,33 @@ impl Answer {
 
 pub type Ws = WebSocketStream<Box<dyn Io>>;
 
+/// Tries the websocket upgrade with `token`; the relay's answer when it is not a 101.
+pub async fn refused_upgrade(relay: &Relay, token: Option<&str>) -> (StatusCode, String) {
+    let io = relay.connect_io(b"http/1.1").await;
+    let mut req = format!("ws://{}{CONNECT_PATH}", relay.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(token) = token {
+        req.headers_mut().insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+    }
+    match within(
+        "websocket handshake",
+        tokio_tungstenite::client_async(req, io),
+    )
+    .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().clone().unwrap_or_default();
+            (response.status(), String::from_utf8(body).unwrap())
+        }
+        Err(other) => panic!("upgrade failed without an answer: {other}"),
+        Ok(_) => panic!("the relay upgraded"),
+    }
+}
+
 pub async fn open_ws(relay: &Relay, token: Option<&str>) -> Ws {
     let io = relay.connect_io(b"http/1.1").await;
     let mut req = format!("ws://{}{CONNECT_PATH}", relay.addr)

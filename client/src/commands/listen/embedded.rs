@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use illumitunnel::paths;
 use illumitunnel_relay::tls::SelfSigned;
-use illumitunnel_relay::{Config, OfflinePolicy, RelayError, TlsConfig};
+use illumitunnel_relay::{Config, RelayError, TlsConfig};
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -53,22 +53,12 @@ pub(super) async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Resu
         .local_addr()
         .context("could not start the embedded relay")?
         .port();
-    let config = Config {
-        tls: TlsConfig::Certified {
-            chain: vec![cert.cert.clone()],
-            key: cert.key.clone_key(),
-        },
-        public_url: Some(format!("https://127.0.0.1:{port}")),
-        tokens: Vec::new(),
-        allow_anonymous: true,
-        data_dir: paths::default_relay_data_dir(),
-        max_body: illumitunnel_relay::config::DEFAULT_MAX_BODY,
-        response_timeout: illumitunnel_relay::config::DEFAULT_RESPONSE_TIMEOUT,
-        offline: OfflinePolicy::Queue,
-        keepalive: illumitunnel_relay::config::DEFAULT_KEEPALIVE,
-        queue: Default::default(),
-        clock: Default::default(),
+    let tls = TlsConfig::Certified {
+        chain: vec![cert.cert.clone()],
+        key: cert.key.clone_key(),
     };
+    let mut config = Config::embedded(tls, paths::default_relay_data_dir());
+    config.public_url = Some(format!("https://127.0.0.1:{port}"));
     let task = tokio::spawn(illumitunnel_relay::run(
         config,
         listener,

@@ -1,0 +1,339 @@
+//! What the relay allows one connection before any request handler runs: how many connections
+//! it holds at once (in all and from one IP address), how long a connection may take to send
+//! its first request (TLS and the HTTP/2 preface included), how long it may stay open with no
+//! request in flight, and the lingering close that lets a sender which writes its whole body
+//! before reading still see an early error answer.
+//!
+//! hyper's own timers start only after its protocol detection has read the first bytes, and
+//! HTTP/2 has no idle timeout at all, so [`Activity::expired`] watches every connection from
+//! accept to close instead.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Longest a connection may take from accept to its first complete request head (TCP idle,
+/// TLS handshake, HTTP/2 preface and request headers alike).
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes a lingering close reads and discards after an early error answer.
+pub const LINGER_BYTES: usize = 1024 * 1024;
+/// Longest a lingering close keeps reading.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Open connections, in all and per IP address.
+pub struct ConnectionLimits {
+    max: usize,
+    max_per_ip: usize,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionLimits {
+    /// At most `max` connections, `max_per_ip` from one address.
+    pub fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            max,
+            max_per_ip,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a limit is reached (close it).
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let ip = ip.to_canonical();
+        let mut per_ip = self.lock();
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return None;
+        }
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            return None;
+        }
+        *count += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Updates under this lock are single counter changes.
+        self.per_ip
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One admitted connection; dropping it frees the slot.
+pub struct ConnectionSlot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.limits.lock();
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.limits.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Requests in flight on one connection and when it last changed, for the idle watch, plus
+/// whether its close should linger.
+pub struct Activity {
+    in_flight: AtomicUsize,
+    seen_request: AtomicBool,
+    since: Mutex<Instant>,
+    changed: Notify,
+    linger: AtomicBool,
+}
+
+impl Activity {
+    /// A connection accepted now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            seen_request: AtomicBool::new(false),
+            since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+            linger: AtomicBool::new(false),
+        })
+    }
+
+    /// A request head arrived; the connection is busy until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.seen_request.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+        RequestGuard {
+            activity: self.clone(),
+        }
+    }
+
+    /// Asks for a lingering close: the sender may still be writing a body nobody reads.
+    pub fn linger(&self) {
+        self.linger.store(true, Ordering::SeqCst);
+    }
+
+    fn touch(&self) {
+        *self
+            .since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+    }
+
+    fn since(&self) -> Instant {
+        *self
+            .since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves when the connection has had no request in flight for `idle` (or, before its
+    /// first request, for `first` since accept). Cancel-safe.
+    pub async fn expired(&self, first: Duration, idle: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                self.changed.notified().await;
+                continue;
+            }
+            let limit = if self.seen_request.load(Ordering::SeqCst) {
+                idle
+            } else {
+                first
+            };
+            let deadline = self.since() + limit;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    if self.in_flight.load(Ordering::SeqCst) == 0 && self.since() + limit <= Instant::now() {
+                        return;
+                    }
+                }
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// A request in flight on its connection.
+pub struct RequestGuard {
+    activity: Arc<Activity>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.activity.touch();
+        self.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.activity.changed.notify_one();
+    }
+}
+
+/// A connection's stream that, when dropped after an early error answer, keeps reading and
+/// discarding what the sender still writes (up to [`LINGER_BYTES`] or [`LINGER_TIME`]) before
+/// closing, so the sender sees the answer instead of a reset.
+pub struct LingerIo<T: AsyncRead + Unpin + Send + 'static> {
+    inner: Option<T>,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin + Send + 'static> LingerIo<T> {
+    /// Wraps `inner`; the lingering is asked for through `activity`.
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        LingerIo {
+            inner: Some(inner),
+            activity,
+        }
+    }
+
+    fn inner(&mut self) -> io::Result<&mut T> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl<T: AsyncRead + Unpin + Send + 'static> Drop for LingerIo<T> {
+    fn drop(&mut self) {
+        if !self.activity.linger.load(Ordering::SeqCst) {
+            return;
+        }
+        let (Some(mut inner), Ok(runtime)) =
+            (self.inner.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut read = 0;
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                while read < LINGER_BYTES {
+                    match inner.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for LingerIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_read(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for LingerIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_write(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_flush(cx),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_shutdown(cx),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_write_vectored(cx, bufs),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_in_all_and_per_address_and_free_on_drop() {
+        let limits = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "203.0.113.1".parse().unwrap();
+        let b: IpAddr = "203.0.113.2".parse().unwrap();
+        let first = limits.admit(a).unwrap();
+        let _second = limits.admit(a).unwrap();
+        assert!(limits.admit(a).is_none(), "two per address");
+        let mapped: IpAddr = "::ffff:203.0.113.1".parse().unwrap();
+        assert!(limits.admit(mapped).is_none(), "the same address over IPv6");
+        let _third = limits.admit(b).unwrap();
+        assert!(limits.admit(b).is_none(), "three in all");
+        assert_eq!(limits.open(), 3);
+        drop(first);
+        assert!(limits.admit(a).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_watch_gives_ten_seconds_for_a_first_request_then_the_idle_timeout() {
+        let activity = Activity::new();
+        let idle = Duration::from_secs(60);
+        let started = Instant::now();
+        activity.expired(FIRST_REQUEST_TIMEOUT, idle).await;
+        assert_eq!(started.elapsed(), FIRST_REQUEST_TIMEOUT);
+
+        let activity = Activity::new();
+        let guard = activity.begin();
+        let watch = {
+            let activity = activity.clone();
+            tokio::spawn(async move { activity.expired(FIRST_REQUEST_TIMEOUT, idle).await })
+        };
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!watch.is_finished(), "a request in flight is never idle");
+        let released = Instant::now();
+        drop(guard);
+        watch.await.unwrap();
+        assert_eq!(released.elapsed(), idle);
+    }
+}
