@@ -3,7 +3,8 @@
 //! offline queue's depth and bytes per tunnel. Counters per outcome are resolved once at start
 //! so the hot path only touches atomics.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -73,10 +74,15 @@ struct TunnelLabels {
     tunnel: String,
 }
 
-/// The offline queue's metrics, updated by the queue thread: depth and bytes per tunnel (a
-/// tunnel's series disappears when its queue empties) and the expired counter.
+/// The offline queue's metrics, updated by the queue thread: depth and bytes in all, per
+/// tunnel only when asked for (`--metrics-tunnel-labels`: tunnel names are the capability to
+/// post to a tunnel; a tunnel's series disappears when its queue empties), and the expired and
+/// dead-letter counters.
 #[derive(Clone, Default)]
 pub struct QueueGauges {
+    per_tunnel: Arc<AtomicBool>,
+    total_depth: Gauge<i64, AtomicI64>,
+    total_bytes: Gauge<i64, AtomicI64>,
     depth: Family<TunnelLabels, Gauge<i64, AtomicI64>>,
     bytes: Family<TunnelLabels, Gauge<i64, AtomicI64>>,
     expired: Counter,
@@ -84,8 +90,24 @@ pub struct QueueGauges {
 }
 
 impl QueueGauges {
-    /// Sets a tunnel's queue depth.
+    /// Whether queue metrics carry tunnel names.
+    pub fn label_tunnels(&self, on: bool) {
+        self.per_tunnel.store(on, Ordering::Relaxed);
+    }
+
+    /// Sets the depth across every tunnel.
+    pub fn totals(&self, count: u64, bytes: u64) {
+        self.total_depth
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.total_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets a tunnel's queue depth (kept only with tunnel labels on).
     pub fn set(&self, tunnel: &str, count: u64, bytes: u64) {
+        if !self.per_tunnel.load(Ordering::Relaxed) {
+            return;
+        }
         let labels = TunnelLabels {
             tunnel: tunnel.to_owned(),
         };
@@ -157,11 +179,24 @@ impl Metrics {
         let deliveries =
             Outcome::ALL.map(|outcome| family.get_or_create(&OutcomeLabels { outcome }).clone());
         let queue = QueueGauges {
+            per_tunnel: Arc::default(),
+            total_depth: Gauge::default(),
+            total_bytes: Gauge::default(),
             depth: Family::default(),
             bytes: Family::default(),
             expired: deliveries[Outcome::expired as usize].clone(),
             dead_letters: deliveries[Outcome::dead_lettered as usize].clone(),
         };
+        registry.register(
+            "queued_deliveries",
+            "Deliveries in every tunnel's offline queue",
+            queue.total_depth.clone(),
+        );
+        registry.register(
+            "queued_bytes",
+            "Bytes (bodies and headers) in every tunnel's offline queue",
+            queue.total_bytes.clone(),
+        );
         registry.register(
             "queue_depth",
             "Deliveries in a tunnel's offline queue",
@@ -216,6 +251,13 @@ mod tests {
         metrics.delivery(Outcome::answered, Duration::from_millis(3));
         metrics.delivery(Outcome::timeout, Duration::from_secs(25));
         metrics.sessions.inc();
+        metrics.queue.set("hidden-app", 3, 300);
+        assert!(
+            !metrics.encode().contains("hidden-app"),
+            "no names unless asked"
+        );
+        metrics.queue.label_tunnels(true);
+        metrics.queue.totals(4, 301);
         metrics.queue.set("my-app", 3, 300);
         metrics.queue.set("gone-app", 1, 1);
         metrics.queue.remove("gone-app");
@@ -232,6 +274,8 @@ mod tests {
             "illumitunnel_deliveries_total{outcome=\"expired\"} 2",
             "illumitunnel_deliveries_total{outcome=\"dead_lettered\"} 1",
             "illumitunnel_queue_depth{tunnel=\"my-app\"} 3",
+            "illumitunnel_queued_deliveries 4",
+            "illumitunnel_queued_bytes 301",
             "illumitunnel_queue_bytes{tunnel=\"my-app\"} 300",
             "illumitunnel_delivery_duration_seconds_count 1",
             "# EOF",

@@ -208,6 +208,11 @@ enum Command {
     Expire {
         reply: oneshot::Sender<Result<u64, QueueError>>,
     },
+    ReleaseStale {
+        ttl: Duration,
+        keep: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<String>, QueueError>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -342,6 +347,16 @@ impl QueueHandle {
         self.call(|reply| Command::Expire { reply }).await
     }
 
+    /// Releases tunnels unused for `ttl` (except `keep`, connected now); returns their names.
+    pub async fn release_stale(
+        &self,
+        ttl: Duration,
+        keep: Vec<String>,
+    ) -> Result<Vec<String>, QueueError> {
+        self.call(|reply| Command::ReleaseStale { ttl, keep, reply })
+            .await
+    }
+
     /// Commits what is waiting, checkpoints and stops the thread.
     pub async fn close(&self) {
         let (reply, rx) = oneshot::channel();
@@ -386,6 +401,10 @@ enum Done {
         oneshot::Sender<Result<u64, QueueError>>,
         Result<u64, QueueError>,
     ),
+    Released(
+        oneshot::Sender<Result<Vec<String>, QueueError>>,
+        Result<Vec<String>, QueueError>,
+    ),
 }
 
 impl Done {
@@ -403,6 +422,7 @@ impl Done {
             Done::Changed(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Attempts(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Expire(tx, r) => drop(tx.send(fail(failed, r))),
+            Done::Released(tx, r) => drop(tx.send(fail(failed, r))),
         }
     }
 }
@@ -500,6 +520,9 @@ fn execute(
                 .expire(None, now)
                 .map(|per| per.iter().map(|(_, n)| n).sum());
             done.push(Done::Expire(reply, expired));
+        }
+        Command::ReleaseStale { ttl, keep, reply } => {
+            done.push(Done::Released(reply, store.release_stale(ttl, &keep, now)))
         }
         Command::Close { reply } => return Some(reply),
     }

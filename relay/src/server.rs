@@ -126,6 +126,7 @@ pub(crate) async fn run(
         "http"
     };
     let metrics = Arc::new(Metrics::new());
+    metrics.queue.label_tunnels(config.metrics_tunnel_labels);
     let data_dir = config.data_dir.clone();
     let limits = config.queue;
     let gauges = metrics.queue.clone();
@@ -164,7 +165,7 @@ pub(crate) async fn run(
             budget: InflightBudget::new(config.limits.max_inflight_bytes),
         }),
         sessions: Arc::new(SessionContext {
-            tunnels,
+            tunnels: tunnels.clone(),
             queue: queue.clone(),
             public_base: public_base.clone(),
             keepalive: config.keepalive,
@@ -183,7 +184,9 @@ pub(crate) async fn run(
     info!(%local, public_url = %public_base, "relay serving");
     let expiry = tokio::spawn(expire_periodically(
         queue.clone(),
+        tunnels.clone(),
         config.queue.max_age,
+        config.limits.tunnel_ttl,
         shutdown.clone(),
     ));
 
@@ -264,9 +267,16 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Drops aged deliveries from every tunnel's queue now and then, one bounded pass at a time.
-async fn expire_periodically(queue: QueueHandle, max_age: Duration, shutdown: CancellationToken) {
-    let every = (max_age / 2).clamp(Duration::from_secs(1), EXPIRE_EVERY);
+/// Now and then drops aged deliveries from every tunnel's queue, one bounded pass at a time,
+/// and releases tunnel names unused for `--tunnel-ttl`.
+async fn expire_periodically(
+    queue: QueueHandle,
+    tunnels: Arc<Tunnels>,
+    max_age: Duration,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let every = (max_age.min(ttl) / 2).clamp(Duration::from_secs(1), EXPIRE_EVERY);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -282,6 +292,17 @@ async fn expire_periodically(queue: QueueHandle, max_age: Duration, shutdown: Ca
                 "dropped queued deliveries older than the queue's age limit"
             ),
             Err(err) => warn!(%err, "could not expire the offline queue"),
+        }
+        match queue.release_stale(ttl, tunnels.connected()).await {
+            Ok(names) if names.is_empty() => {}
+            Ok(names) => {
+                info!(
+                    count = names.len(),
+                    "released tunnel names unused for --tunnel-ttl"
+                );
+                tunnels.release(&names);
+            }
+            Err(err) => warn!(%err, "could not release unused tunnel names"),
         }
     }
 }

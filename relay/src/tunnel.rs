@@ -173,6 +173,28 @@ impl Tunnels {
         self.lock().get(tunnel).map_or(0, |t| t.pushed)
     }
 
+    /// Tunnels with a session now.
+    pub fn connected(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, t)| !t.sessions.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Forgets tunnels released for disuse, unless a session joined meanwhile.
+    pub fn release(&self, names: &[String]) {
+        let mut map = self.lock();
+        for name in names {
+            if map
+                .get(name)
+                .is_some_and(|t| t.sessions.is_empty() && !t.draining && t.pushing == 0)
+            {
+                map.remove(name);
+            }
+        }
+    }
+
     /// Where a new delivery for `tunnel` goes.
     pub fn route(self: &Arc<Self>, tunnel: &str) -> Route {
         let mut map = self.lock();

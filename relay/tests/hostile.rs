@@ -458,3 +458,49 @@ async fn m3_an_answer_that_never_finishes_is_dropped_after_the_504() {
     assert_eq!(next_request(&mut events).await.body, b"next");
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn over_http2_a_too_large_body_gets_413_on_its_stream_not_a_reset() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let relay = Relay::start(true, |c| c.max_body = 1000).await;
+    let _events = spawn_client(connect(&relay, "h2big").await, Behavior::Echo);
+    let io = relay.connect_io(b"h2").await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let url = format!("https://127.0.0.1:{}/t/h2big/x", relay.addr.port());
+    // No declared length: the limit is found while the body streams.
+    let frames = (0..4).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+            b'x';
+            600
+        ])))
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = http::Request::post(url.as_str()).body(body).unwrap();
+    let response = within("h2 413", sender.send_request(req)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer = Answer::read(response).await;
+    assert!(
+        answer.error().contains("limit of 1000 bytes"),
+        "{}",
+        answer.error()
+    );
+    // The connection still serves the next stream.
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(relay.connect_io(b"h2").await),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(url.as_str())
+        .body(Full::new(bytes::Bytes::from_static(b"small")))
+        .unwrap();
+    let ok = within("h2 answer", sender.send_request(req)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    relay.stop().await;
+}

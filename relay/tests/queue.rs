@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +18,7 @@ use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, PROTOCOL_VERS
 use illumitunnel::DeliveryId;
 use illumitunnel_relay::auth::Owner;
 use illumitunnel_relay::metrics::QueueGauges;
-use illumitunnel_relay::queue::{Backlog, QueueLimits, QueueStore, QueuedDelivery};
+use illumitunnel_relay::queue::{Backlog, Clock, QueueLimits, QueueStore, QueuedDelivery};
 use tokio_tungstenite::tungstenite::Message;
 
 fn queued_id(answer: &Answer) -> String {
@@ -373,6 +375,7 @@ async fn claim_and_leave_with(relay: &Relay, tunnel: &str, token: &str) {
 async fn a_full_queue_answers_503_naming_the_limit_and_counts_it() {
     let relay = Relay::start(false, |c| {
         c.queue.max_count = 3;
+        c.metrics_tunnel_labels = true;
     })
     .await;
     claim_and_leave(&relay, "small").await;
@@ -397,6 +400,7 @@ async fn a_full_queue_answers_503_naming_the_limit_and_counts_it() {
         "illumitunnel_deliveries_total{outcome=\"rejected\"} 1",
         "illumitunnel_deliveries_total{outcome=\"queued\"} 3",
         "illumitunnel_queue_depth{tunnel=\"small\"} 3",
+        "illumitunnel_queued_deliveries 3",
         "illumitunnel_queue_bytes{tunnel=\"small\"}",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
@@ -414,6 +418,79 @@ async fn a_full_queue_answers_503_naming_the_limit_and_counts_it() {
         full.error()
     );
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn queues_together_cannot_pass_the_total_limit_and_names_stay_out_of_metrics() {
+    let relay = Relay::start(false, |c| c.queue.max_total_bytes = 3000).await;
+    claim_and_leave(&relay, "one").await;
+    claim_and_leave(&relay, "two").await;
+    queued_id(&relay.post("/t/one/a", vec![b'a'; 1200]).await);
+    let full = relay.post("/t/two/b", vec![b'b'; 2000]).await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        full.error().contains("--queue-max-total-bytes"),
+        "{}",
+        full.error()
+    );
+    queued_id(&relay.post("/t/two/c", vec![b'c'; 500]).await);
+    let text = String::from_utf8(relay.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(text.contains("illumitunnel_queued_deliveries 4"), "{text}");
+    assert!(!text.contains("tunnel=\"one\""), "{text}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_unused_for_the_tunnel_ttl_is_released_with_its_queue() {
+    let now = Arc::new(AtomicI64::new(illumitunnel::now_ms()));
+    let relay = Relay::start(false, |c| {
+        c.tokens = vec![
+            illumitunnel::Token::new("alpha"),
+            illumitunnel::Token::new("beta"),
+        ];
+        c.clock = Clock::manual(now.clone());
+        c.limits.tunnel_ttl = Duration::from_secs(3600);
+        c.queue.max_age = Duration::from_secs(2);
+    })
+    .await;
+    claim_and_leave_with(&relay, "stale", "alpha").await;
+    claim_and_leave_with(&relay, "fresh", "alpha").await;
+    // "fresh" keeps a listener; "stale" has none for over an hour.
+    let _fresh = open_session(&relay, "fresh", "alpha").await;
+    now.fetch_add(2 * 3600 * 1000, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answer = relay.post("/t/stale/x", "x").await;
+        if answer.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another token may claim it now; the connected tunnel stays its owner's.
+    let (_ws, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "stale").await;
+    assert!(
+        matches!(reply, RelayMessage::Welcome { queued: 0, .. }),
+        "{reply:?}"
+    );
+    let (_ws, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "fresh").await;
+    assert!(
+        matches!(
+            reply,
+            RelayMessage::Refused {
+                reason: Refusal::TunnelTaken,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    relay.stop().await;
+}
+
+async fn open_session(relay: &Relay, tunnel: &str, token: &str) -> Ws {
+    let (ws, reply) = hello(relay, Some(token), PROTOCOL_VERSION, tunnel).await;
+    assert!(matches!(reply, RelayMessage::Welcome { .. }), "{reply:?}");
+    ws
 }
 
 #[tokio::test]

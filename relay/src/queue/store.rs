@@ -126,6 +126,7 @@ impl QueueStore {
             self.gauges.set(&tunnel, depth.count, depth.bytes);
             self.depths.insert(tunnel, depth);
         }
+        self.report_totals();
         Ok(())
     }
 
@@ -423,6 +424,10 @@ impl QueueStore {
     /// dead letters.
     pub fn connect(&mut self, tunnel: &str, now_ms: i64) -> Result<Backlog, QueueError> {
         self.expire(Some(tunnel), now_ms)?;
+        self.conn.execute(
+            "UPDATE tunnels SET last_seen_ms = ?2 WHERE name = ?1",
+            params![tunnel, now_ms],
+        )?;
         let expired: Option<i64> = self
             .conn
             .query_row(
@@ -442,6 +447,39 @@ impl QueueStore {
             expired: expired.unwrap_or(0).max(0) as u64,
             dead_letters: self.dead_letter_count(tunnel)?,
         })
+    }
+
+    /// Releases every tunnel whose owner has not connected for `ttl`, except those in `keep`
+    /// (connected now), with its queue and dead letters; returns their names.
+    pub fn release_stale(
+        &mut self,
+        ttl: Duration,
+        keep: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<String>, QueueError> {
+        let cutoff = now_ms.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let stale: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT name FROM tunnels WHERE last_seen_ms < ?1")?;
+            let rows = stmt.query_map([cutoff], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut released = Vec::new();
+        for name in stale.into_iter().filter(|n| !keep.contains(n)) {
+            for sql in [
+                "DELETE FROM queued WHERE tunnel = ?1",
+                "DELETE FROM dead_letters WHERE tunnel = ?1",
+                "DELETE FROM tunnels WHERE name = ?1",
+            ] {
+                self.conn.execute(sql, [&name])?;
+            }
+            if let Some(depth) = self.depths.get(&name).copied() {
+                self.adjust(&name, -(depth.count as i64), -(depth.bytes as i64));
+            }
+            released.push(name);
+        }
+        Ok(released)
     }
 
     /// Writes the WAL back into the database file (on a clean shutdown).
@@ -467,6 +505,12 @@ impl QueueStore {
         } else {
             self.gauges.set(tunnel, depth.count, depth.bytes);
         }
+        self.report_totals();
+    }
+
+    fn report_totals(&self) {
+        let count = self.depths.values().map(|d| d.count).sum();
+        self.gauges.totals(count, self.total_bytes());
     }
 }
 
