@@ -442,6 +442,8 @@ impl Forwarder {
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<ResponseRecord, String> {
+        /// Most header bytes a local answer may carry: one protocol head, less room for framing.
+        const MAX_RESPONSE_HEAD: usize = illumitunnel::protocol::MAX_HEAD - 1024;
         let resp = self
             .client
             .request(req)
@@ -454,6 +456,14 @@ impl Forwarder {
             .filter(|(n, _)| !is_hop_by_hop(n.as_str()))
             .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
+        // The answer's head must fit one message to the relay, or the link would break on it.
+        let head_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
+        if head_bytes > MAX_RESPONSE_HEAD {
+            return Err(format!(
+                "{} answered {status} with {head_bytes} bytes of headers, more than the {MAX_RESPONSE_HEAD} a tunnel carries; the sender got 502; send fewer or smaller headers",
+                self.target.host_port()
+            ));
+        }
         // Read no further than the bound: a local server cannot make the client (or the relay)
         // hold an unbounded answer.
         let body = http_body_util::Limited::new(resp.into_body(), self.max_body)
@@ -770,5 +780,32 @@ mod tests {
             err.contains("the response was cut and the sender got 502"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_local_response_head_too_large_for_the_link_fails_with_a_sentence() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0; 4096];
+            let _ = conn.read(&mut buf).await;
+            let big = "v".repeat(50_000);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nx-a: {big}\r\nx-b: {big}\r\nx-c: {big}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+        });
+        let f = Forwarder::new(target(&format!("http://{addr}/hooks")));
+        let err = f
+            .forward(&envelope(b"{}", vec![]))
+            .await
+            .result
+            .unwrap_err();
+        assert!(err.contains("bytes of headers, more than the"), "{err}");
+        assert!(err.contains("the sender got 502"), "{err}");
     }
 }
