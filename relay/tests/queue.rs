@@ -441,6 +441,45 @@ async fn queues_together_cannot_pass_the_total_limit_and_names_stay_out_of_metri
 }
 
 #[tokio::test]
+async fn a_sibling_listener_takes_over_the_backlog_in_order_when_the_first_dies_mid_way() {
+    let relay = Relay::start(false, |c| c.keepalive = Duration::from_millis(100)).await;
+    claim_and_leave(&relay, "pair").await;
+    for i in 0..10 {
+        queued_id(&relay.post(&format!("/t/pair/{i}"), format!("{i}")).await);
+    }
+    // The first listener records four, then dies holding the fifth (no close frame).
+    let (mut first, _) = hello(&relay, None, PROTOCOL_VERSION, "pair").await;
+    let (second_ws, _) = hello(&relay, None, PROTOCOL_VERSION, "pair").await;
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        if let Some(RelayMessage::Request { id, body, .. }) = next_message(&mut first).await {
+            seen.push(String::from_utf8(body.to_vec()).unwrap());
+            if seen.len() < 6 {
+                let recorded = ClientMessage::Recorded { id };
+                first
+                    .send(Message::Binary(recorded.encode()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    drop(first);
+    let mut second = spawn_client(second_ws, Behavior::Record);
+    let mut rest = Vec::new();
+    while rest.len() < 5 {
+        rest.push(String::from_utf8(next_request(&mut second).await.body).unwrap());
+    }
+    assert_eq!(seen, ["probe", "0", "1", "2", "3", "4"]);
+    assert_eq!(
+        rest,
+        ["4", "5", "6", "7", "8"],
+        "from the one in flight, in order"
+    );
+    assert_eq!(next_request(&mut second).await.body, b"9");
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn a_name_unused_for_the_tunnel_ttl_is_released_with_its_queue() {
     let now = Arc::new(AtomicI64::new(illumitunnel::now_ms()));
     let relay = Relay::start(false, |c| {
