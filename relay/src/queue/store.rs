@@ -175,7 +175,7 @@ impl QueueStore {
             Some(key) => Ok(Owner::parse_key(&key) == Some(owner)),
             None => {
                 self.conn.execute(
-                    "INSERT INTO tunnels (name, owner, claimed_at_ms) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO tunnels (name, owner, claimed_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)",
                     params![tunnel, owner.key(), now_ms],
                 )?;
                 Ok(true)
