@@ -4,48 +4,16 @@
 
 mod support;
 
+use support::secrets::{self, RESPONSE_HEADER, TOKEN};
 use support::sender::Request;
 use support::target::{Reply, Target};
 use support::{after, command, runtime, temp_dir, ChildGuard, Stream};
-
-/// The client's token.
-const TOKEN: &str = "relay-token-planted-7c1e9";
-
-/// Headers whose values must never reach a log: (name, value, planted part of the value).
-const SENDER_SECRETS: &[(&str, &str)] = &[
-    ("Authorization", "Bearer sender-bearer-planted-41a"),
-    ("Cookie", "session=cookie-planted-9d2"),
-    ("Proxy-Authorization", "Basic proxy-planted-55b"),
-    ("X-Api-Key", "apikey-planted-e07"),
-    ("X-IllumiChat-Signature", "sha256=sig-planted-3b8"),
-    ("X-Webhook-Secret", "whsecret-planted-c44"),
-];
-
-/// A secret header in the local server's answer, so the way back is covered too.
-const RESPONSE_SECRET: (&str, &str) = ("Set-Cookie", "resp-cookie-planted-0f1");
-
-fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Every form a planted secret could be logged in: as text and as a frame's hex.
-fn forbidden() -> Vec<String> {
-    let mut values: Vec<&str> = SENDER_SECRETS.iter().map(|(_, v)| *v).collect();
-    values.extend([TOKEN, RESPONSE_SECRET.1]);
-    values
-        .iter()
-        .flat_map(|v| {
-            let planted = v.rsplit([' ', '=']).next().unwrap_or(v);
-            [planted.to_string(), hex(planted)]
-        })
-        .collect()
-}
 
 #[test]
 fn trace_logs_of_relay_and_client_hold_no_token_and_no_secret_header() {
     let rt = runtime();
     let target = Target::start(&rt, |_| {
-        Reply::ok().header(RESPONSE_SECRET.0, RESPONSE_SECRET.1)
+        Reply::ok().header(RESPONSE_HEADER.0, RESPONSE_HEADER.1)
     });
     let relay_home = temp_dir();
     let tokens = relay_home.path().join("tokens");
@@ -72,11 +40,8 @@ fn trace_logs_of_relay_and_client_hold_no_token_and_no_secret_header() {
     let mut listen = ChildGuard::spawn(listen_cmd);
     listen.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
 
-    let mut request = Request::post(&format!("{relay_url}/t/privacy")).body("{}");
-    for (name, value) in SENDER_SECRETS {
-        request = request.header(name, value);
-    }
-    let response = request.send(&rt);
+    let response =
+        secrets::planted(Request::post(&format!("{relay_url}/t/privacy")).body("{}")).send(&rt);
     assert_eq!(response.status, 200, "{}", response.text());
     // Planted for real: the secrets crossed both processes.
     let received = target.wait_for_requests(1);
@@ -86,7 +51,7 @@ fn trace_logs_of_relay_and_client_hold_no_token_and_no_secret_header() {
     );
     assert_eq!(
         response.header("set-cookie").as_deref(),
-        Some(RESPONSE_SECRET.1)
+        Some(RESPONSE_HEADER.1)
     );
     listen.wait_for_line(Stream::Stdout, |l| l.starts_with('{'));
 
@@ -113,9 +78,7 @@ fn trace_logs_of_relay_and_client_hold_no_token_and_no_secret_header() {
         outputs[3].1
     );
     for (what, text) in &outputs {
-        for secret in forbidden() {
-            assert!(!text.contains(&secret), "{what} holds {secret}:\n{text}");
-        }
+        secrets::assert_none_in(what, text);
     }
 }
 
