@@ -71,13 +71,17 @@ pub fn redact(headers: &[Header]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Replaces the value of every secret header with `REDACTED`, keeping names and order.
-pub fn redact_values(headers: &mut [Header]) {
+/// Replaces the value of every secret header with `REDACTED`, keeping names and order; returns
+/// how many it replaced.
+pub fn redact_values(headers: &mut [Header]) -> usize {
+    let mut count = 0;
     for (name, value) in headers.iter_mut() {
         if is_secret(name) {
             *value = REDACTED.as_bytes().to_vec();
+            count += 1;
         }
     }
+    count
 }
 
 /// `line` with every secret that looks like one scrubbed: the value after a secret header or
@@ -131,15 +135,19 @@ fn starts_word(b: &[u8], i: usize) -> bool {
     is_word_byte(b[i]) && !is_escape(i) && (i == 0 || !is_word_byte(b[i - 1]) || is_escape(i - 1))
 }
 
-/// The span of the value after a secret name at `b[..at]`: a closing quote, `:` or `=`, spaces,
-/// then a quoted string or a run up to a terminator. `None` when no separator follows.
+/// The span of the value after a secret name at `b[..at]`: `:` or `=` (or `,` after a quoted
+/// name, as in a `Debug` tuple), spaces, then a quoted string, a bracketed list (bytes as
+/// numbers) or a run up to a terminator. `None` when no separator follows.
 fn secret_value(b: &[u8], mut at: usize) -> Option<(usize, usize)> {
-    if matches!(b.get(at), Some(b'"' | b'\'')) {
+    let quoted_name = matches!(b.get(at), Some(b'"' | b'\''));
+    if quoted_name {
         at += 1;
     }
     at += b[at..].iter().take_while(|c| **c == b' ').count();
-    if !matches!(b.get(at), Some(b':' | b'=')) {
-        return None;
+    match b.get(at) {
+        Some(b':' | b'=') => {}
+        Some(b',') if quoted_name => {}
+        _ => return None,
     }
     at += 1;
     at += b[at..].iter().take_while(|c| **c == b' ').count();
@@ -152,6 +160,7 @@ fn secret_value(b: &[u8], mut at: usize) -> Option<(usize, usize)> {
             }
             (start, stop.min(b.len()))
         }
+        Some(b'[') => (at + 1, at + 1 + run(b, at + 1, b"]")),
         _ => (at, at + run(b, at, b"\r\n\"'\\,;&)]}")),
     };
     (span.1 > span.0).then_some(span)
@@ -273,7 +282,7 @@ mod tests {
             assert!(!is_secret(name), "{name}");
         }
         let mut headers = vec![h("cookie", "a=b"), h("accept", "*/*")];
-        redact_values(&mut headers);
+        assert_eq!(redact_values(&mut headers), 1);
         assert_eq!(headers, vec![h("cookie", "REDACTED"), h("accept", "*/*")]);
     }
 
