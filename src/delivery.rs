@@ -226,9 +226,10 @@ impl Delivery {
         serde_json::to_value(self.summary()).unwrap_or(Value::Null)
     }
 
-    /// Writes [`Delivery::summary_json`] to `out` without building a JSON tree first.
+    /// Writes [`Delivery::summary_json`] to `out` without building a JSON tree first, with
+    /// characters a terminal would act on as `\uXXXX` escapes (`escape::write_json`).
     pub fn write_summary_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        serde_json::to_writer(out, &self.summary()).map_err(std::io::Error::from)
+        crate::escape::write_json(out, &self.summary())
     }
 
     fn summary(&self) -> Summary<'_> {
