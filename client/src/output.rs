@@ -482,7 +482,7 @@ mod tests {
         let mut listing = Vec::new();
         write_listing(
             &mut listing,
-            &[d.clone()],
+            std::slice::from_ref(&d),
             Format::Lines,
             &LocalClock::fixed(UtcOffset::UTC),
         )
@@ -514,7 +514,7 @@ mod tests {
         let mut summary = Vec::new();
         write_delivery(&mut summary, &d, Format::Json, &clock).unwrap();
         let mut listing = Vec::new();
-        write_listing(&mut listing, &[d.clone()], Format::Json, &clock).unwrap();
+        write_listing(&mut listing, std::slice::from_ref(&d), Format::Json, &clock).unwrap();
         let mut detail = Vec::new();
         write_detail(&mut detail, &d, true).unwrap();
         for (text, want) in [
