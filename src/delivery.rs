@@ -211,14 +211,25 @@ impl Delivery {
         (self.duration_us as f64 / 1000.0 * 100.0).round() / 100.0
     }
 
+    /// Replaces every secret header value of the request and the response with `REDACTED`
+    /// (`headers::is_secret`); returns how many it replaced.
+    pub fn redact_secrets(&mut self) -> usize {
+        let response = self
+            .response
+            .as_mut()
+            .map_or(0, |r| crate::headers::redact_values(&mut r.headers));
+        crate::headers::redact_values(&mut self.request.headers) + response
+    }
+
     /// The one-object-a-line JSON of `--json` output (`listen`, `events`).
     pub fn summary_json(&self) -> Value {
         serde_json::to_value(self.summary()).unwrap_or(Value::Null)
     }
 
-    /// Writes [`Delivery::summary_json`] to `out` without building a JSON tree first.
+    /// Writes [`Delivery::summary_json`] to `out` without building a JSON tree first, with
+    /// characters a terminal would act on as `\uXXXX` escapes (`escape::write_json`).
     pub fn write_summary_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        serde_json::to_writer(out, &self.summary()).map_err(std::io::Error::from)
+        crate::escape::write_json(out, &self.summary())
     }
 
     fn summary(&self) -> Summary<'_> {

@@ -40,16 +40,21 @@ pub fn strip_hop_by_hop(headers: &mut Vec<Header>) {
     headers.retain(|(n, _)| !is_hop_by_hop(n) && !named.iter().any(|c| n.eq_ignore_ascii_case(c)));
 }
 
-/// Whether a header carries a secret that may be stored but never logged or printed in logs.
+/// Whether a header carries a secret: stored, but never logged, and left out of exports unless
+/// asked for. `Authorization`, `Cookie`, `Set-Cookie`, every `Proxy-*`, and any name containing
+/// `token`, `secret`, `signature` or `key` (case-insensitive), so `X-Api-Key` and
+/// `X-IllumiChat-Signature` are secrets without being listed one by one.
 pub fn is_secret(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     matches!(n.as_str(), "authorization" | "cookie" | "set-cookie")
         || n.starts_with("proxy-")
-        || n.contains("signature")
-        || n.contains("token")
-        || n.contains("api-key")
-        || n.contains("secret")
+        || ["token", "secret", "signature", "key"]
+            .iter()
+            .any(|word| n.contains(word))
 }
+
+/// What a redacted value reads as.
+pub const REDACTED: &str = "REDACTED";
 
 /// Replaces secret values with `REDACTED` for logs.
 pub fn redact(headers: &[Header]) -> Vec<(String, String)> {
@@ -57,13 +62,122 @@ pub fn redact(headers: &[Header]) -> Vec<(String, String)> {
         .iter()
         .map(|(n, v)| {
             let value = if is_secret(n) {
-                "REDACTED".to_string()
+                REDACTED.to_string()
             } else {
                 String::from_utf8_lossy(v).into_owned()
             };
             (n.clone(), value)
         })
         .collect()
+}
+
+/// Replaces the value of every secret header with `REDACTED`, keeping names and order; returns
+/// how many it replaced.
+pub fn redact_values(headers: &mut [Header]) -> usize {
+    let mut count = 0;
+    for (name, value) in headers.iter_mut() {
+        if is_secret(name) {
+            *value = REDACTED.as_bytes().to_vec();
+            count += 1;
+        }
+    }
+    count
+}
+
+/// `line` with every secret that looks like one scrubbed: the value after a secret header or
+/// field name and `:` or `=` (`authorization: Bearer x`, `"x-api-key": "x"`, `token=x`), and the
+/// credential after `Bearer` or `Basic`. For log lines, whatever wrote them: our own fields,
+/// `Debug` output of header maps, dependencies' request dumps. It errs towards hiding too much:
+/// an unquoted value runs to the end of the line or the next `,` `;` `&` `"` `\` or bracket.
+pub fn redact_text(line: &str) -> std::borrow::Cow<'_, str> {
+    let b = line.as_bytes();
+    let mut out = String::new();
+    let (mut copied, mut i) = (0, 0);
+    while i < b.len() {
+        if !starts_word(b, i) {
+            i += 1;
+            continue;
+        }
+        let end = i + b[i..].iter().take_while(|c| is_word_byte(**c)).count();
+        let word = &line[i..end];
+        let value = if is_secret(word) {
+            secret_value(b, end)
+        } else if word.eq_ignore_ascii_case("bearer") || word.eq_ignore_ascii_case("basic") {
+            credential(b, end)
+        } else {
+            None
+        };
+        match value {
+            Some((start, stop)) => {
+                out.push_str(&line[copied..start]);
+                out.push_str(REDACTED);
+                copied = stop;
+                i = stop;
+            }
+            None => i = end,
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    out.push_str(&line[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'_'
+}
+
+/// Whether a word starts at `b[i]`; the letter of an escape such as `\n` in `Debug` output
+/// belongs to the escape, so `\nauthorization` holds the word `authorization`.
+fn starts_word(b: &[u8], i: usize) -> bool {
+    let is_escape = |at: usize| at > 0 && b[at - 1] == b'\\' && matches!(b[at], b'n' | b'r' | b't');
+    is_word_byte(b[i]) && !is_escape(i) && (i == 0 || !is_word_byte(b[i - 1]) || is_escape(i - 1))
+}
+
+/// The span of the value after a secret name at `b[..at]`: `:` or `=` (or `,` after a quoted
+/// name, as in a `Debug` tuple), spaces, then a quoted string, a bracketed list (bytes as
+/// numbers) or a run up to a terminator. `None` when no separator follows.
+fn secret_value(b: &[u8], mut at: usize) -> Option<(usize, usize)> {
+    let quoted_name = matches!(b.get(at), Some(b'"' | b'\''));
+    if quoted_name {
+        at += 1;
+    }
+    at += b[at..].iter().take_while(|c| **c == b' ').count();
+    match b.get(at) {
+        Some(b':' | b'=') => {}
+        Some(b',') if quoted_name => {}
+        _ => return None,
+    }
+    at += 1;
+    at += b[at..].iter().take_while(|c| **c == b' ').count();
+    let span = match b.get(at) {
+        Some(&quote @ (b'"' | b'\'')) => {
+            let start = at + 1;
+            let mut stop = start;
+            while stop < b.len() && b[stop] != quote {
+                stop += if b[stop] == b'\\' { 2 } else { 1 };
+            }
+            (start, stop.min(b.len()))
+        }
+        Some(b'[') => (at + 1, at + 1 + run(b, at + 1, b"]")),
+        _ => (at, at + run(b, at, b"\r\n\"'\\,;&)]}")),
+    };
+    (span.1 > span.0).then_some(span)
+}
+
+/// The span of the credential after `Bearer` or `Basic` at `b[..at]`: spaces, then a run of
+/// non-space bytes. `None` when no space follows (the word alone, as in prose).
+fn credential(b: &[u8], at: usize) -> Option<(usize, usize)> {
+    let spaces = b[at..].iter().take_while(|c| **c == b' ').count();
+    let start = at + spaces;
+    let len = run(b, start, b" \r\n\"'\\,;&)]}");
+    (spaces > 0 && len > 0).then_some((start, start + len))
+}
+
+/// How many bytes from `b[at..]` precede the first of `stops`.
+fn run(b: &[u8], at: usize, stops: &[u8]) -> usize {
+    b[at..].iter().take_while(|c| !stops.contains(c)).count()
 }
 
 /// First value of `name` (case-insensitive).
@@ -141,6 +255,72 @@ mod tests {
         assert_eq!(out[0].1, "REDACTED");
         assert_eq!(out[1].1, "REDACTED");
         assert_eq!(out[2].1, "*/*");
+    }
+
+    #[test]
+    fn secret_names_follow_the_spec() {
+        for name in [
+            "Authorization",
+            "cookie",
+            "Set-Cookie",
+            "Proxy-Authorization",
+            "X-Api-Key",
+            "x-access-TOKEN",
+            "X-Webhook-Secret",
+            "X-IllumiChat-Signature",
+            "Sec-WebSocket-Key",
+        ] {
+            assert!(is_secret(name), "{name}");
+        }
+        for name in [
+            "content-type",
+            "accept",
+            "keep-alive",
+            "x-request-id",
+            "host",
+        ] {
+            assert!(!is_secret(name), "{name}");
+        }
+        let mut headers = vec![h("cookie", "a=b"), h("accept", "*/*")];
+        assert_eq!(redact_values(&mut headers), 1);
+        assert_eq!(headers, vec![h("cookie", "REDACTED"), h("accept", "*/*")]);
+    }
+
+    #[test]
+    fn redact_text_scrubs_every_shape_a_secret_is_logged_in() {
+        for (line, want) in [
+            (
+                r#"Request: "GET /ws HTTP/1.1\r\nHost: x\r\nauthorization: Bearer tok-1\r\n\r\n""#,
+                r#"Request: "GET /ws HTTP/1.1\r\nHost: x\r\nauthorization: REDACTED\r\n\r\n""#,
+            ),
+            (
+                r#"headers: {"content-type": "a/b", "x-api-key": "k\"ey", "cookie": "s=1"}"#,
+                r#"headers: {"content-type": "a/b", "x-api-key": "REDACTED", "cookie": "REDACTED"}"#,
+            ),
+            ("connect token=abc123 tunnel=x", "connect token=REDACTED"),
+            (
+                "Proxy-Authorization: Basic dXNlcg==",
+                "Proxy-Authorization: REDACTED",
+            ),
+            ("sent Bearer abc.def to it", "sent Bearer REDACTED to it"),
+            (
+                "X-IllumiChat-Signature:sha256=ff; next",
+                "X-IllumiChat-Signature:REDACTED; next",
+            ),
+        ] {
+            assert_eq!(redact_text(line), want, "{line}");
+        }
+        for plain in [
+            "could not keep the tunnel's claim key; another machine may take the name",
+            "Basic",
+            "token",
+            "relay serving local=127.0.0.1:1",
+        ] {
+            assert!(
+                matches!(redact_text(plain), std::borrow::Cow::Borrowed(_)),
+                "{plain}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`reassembly`] — head + chunks → body, bounded per body and in partial bodies.
 //! - [`delivery`] — `DeliveryId`, `Token`, request/response records, JSON shape.
 //! - [`har`] — HAR 1.2 export.
+//! - [`escape`] — sender-controlled text made safe for a terminal, as text and as JSON.
 //! - [`headers`] — ordered raw headers, hop-by-hop stripping, redaction.
 //! - [`event`] — IllumiChat event types, envelope, dedup key.
 //! - [`store`] — `CaptureStore` over SQLite.
@@ -21,6 +22,7 @@
 //! - [`paths`] — data and config dirs.
 
 pub mod delivery;
+pub mod escape;
 pub mod event;
 pub mod har;
 pub mod headers;

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::secrets;
 use support::sender::Request;
-use support::target::Target;
+use support::target::{Reply, Target};
 use support::{bin, illumichat_samples, runtime, temp_dir, Relay};
 use tempfile::TempDir;
 
@@ -79,6 +80,18 @@ impl Inspector {
         tunnel: &str,
         size: (u16, u16),
     ) -> Inspector {
+        Inspector::start_with(home, &[relay, forward_to, tunnel], size, &[], &[])
+    }
+
+    /// Like [`Inspector::start_with_home`] for `[relay, forward_to, tunnel]`, plus `extra`
+    /// arguments and `env` variables for `listen`.
+    fn start_with(
+        home: TempDir,
+        &[relay, forward_to, tunnel]: &[&str; 3],
+        size: (u16, u16),
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Inspector {
         // A socket of its own in the test's directory: never the user's tmux server, and gone
         // with the directory.
         let socket = home.path().join("tmux.sock");
@@ -95,6 +108,9 @@ impl Inspector {
             "--store".into(),
             store.display().to_string(),
         ]
+        .into_iter()
+        .chain(extra.iter().map(|arg| arg.to_string()))
+        .collect::<Vec<_>>()
         .iter()
         .map(|arg| sh_quote(arg))
         .collect::<Vec<_>>()
@@ -103,11 +119,15 @@ impl Inspector {
         // last lines) on screen until the test has looked.
         let script = format!(
             "unset ILLUMITUNNEL_RELAY ILLUMITUNNEL_TOKEN ILLUMITUNNEL_RELAY_TOKENS RUST_BACKTRACE RUST_LOG\n\
-             export ILLUMITUNNEL_HOME={home} NO_COLOR=1\n\
+             export ILLUMITUNNEL_HOME={home} NO_COLOR=1{exports}\n\
              {listen}\n\
              echo \"{EXITED}$?\"\n\
              exec sleep 60\n",
             home = sh_quote(&home.path().display().to_string()),
+            exports = env
+                .iter()
+                .map(|(k, v)| format!(" {k}={}", sh_quote(v)))
+                .collect::<String>(),
         );
         let script_path = home.path().join("run.sh");
         std::fs::write(&script_path, script).expect("write the pane's script");
@@ -479,6 +499,47 @@ fn sigterm_while_the_inspector_is_up_exits_0_and_restores_the_terminal() {
         .expect("run kill");
     assert!(status.success());
     ui.assert_restored();
+}
+
+#[test]
+fn the_inspector_log_is_private_and_holds_no_secret_at_trace() {
+    if !tmux_available("the_inspector_log_is_private_and_holds_no_secret_at_trace") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::start(&rt, |_| {
+        Reply::ok().header(secrets::RESPONSE_HEADER.0, secrets::RESPONSE_HEADER.1)
+    });
+    let dir = temp_dir();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{}\n", secrets::TOKEN)).expect("write the tokens file");
+    let relay = Relay::start(&["--http", "--tokens-file", &tokens.display().to_string()]);
+    let url = relay.tunnel_url("tmux-private-log");
+    let mut ui = Inspector::start_with(
+        temp_dir(),
+        &[&relay.url, &target.url(FORWARD_PATH), "tmux-private-log"],
+        (100, 30),
+        &["--token", secrets::TOKEN],
+        &[("ILLUMITUNNEL_LOG", "trace")],
+    );
+    ui.wait_connected(&url);
+    let response = secrets::planted(Request::post(&url).body("{}")).send(&rt);
+    assert_eq!(response.status, 200, "{}", response.text());
+    ui.wait_for("the first row", |s| rows(s).len() == 1);
+    ui.keys(&["q"]);
+    ui.assert_restored();
+
+    let log = std::fs::read_to_string(ui.log_path()).expect("listen.log exists");
+    // At trace for real, dependencies' `log` records included, so the test can fail.
+    assert!(log.contains("TRACE"), "{log}");
+    assert!(log.contains("Client handshake done"), "{log}");
+    secrets::assert_none_in("listen.log", &log);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ui.log_path())
+        .expect("listen.log metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "listen.log is readable by others");
 }
 
 #[test]

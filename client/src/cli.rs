@@ -234,6 +234,11 @@ pub struct ExportArgs {
     /// Only deliveries received within this long, e.g. 15m, 2h, 1d.
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,
+
+    /// Keep the values of Authorization, Cookie, Proxy-Authorization and headers named like a
+    /// token, secret, signature or key (by default they read REDACTED).
+    #[arg(long)]
+    pub include_secrets: bool,
 }
 
 /// `illumitunnel webhooks`.

@@ -36,7 +36,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use illumitunnel_relay::logging;
 
 use crate::cli::{Cli, Command};
 use crate::commands::{Ctx, UsageError};
@@ -109,26 +109,24 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr, warnings and errors only unless `ILLUMITUNNEL_LOG` says otherwise.
 fn init_logging() {
-    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let style = logging::Style {
+        target: false,
+        ..logging::Style::terminal()
+    };
+    logging::init(logging::env_filter(LOG_ENV, "warn"), std::io::stderr, style);
 }
 
-/// Logs go to `listen.log` in the data dir (info and up unless `ILLUMITUNNEL_LOG` says
-/// otherwise); nowhere if that folder cannot be created.
+/// Logs go to `listen.log` in the data dir, readable by the user only (info and up unless
+/// `ILLUMITUNNEL_LOG` says otherwise); nowhere if that file cannot be opened.
 fn log_to_file() -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let dir = illumitunnel::paths::data_dir();
     std::fs::create_dir_all(&dir).ok()?;
-    let (writer, guard) =
-        tracing_appender::non_blocking(tracing_appender::rolling::never(dir, "listen.log"));
-    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(false)
-        .try_init();
+    let file = illumitunnel::paths::append_private(&dir.join("listen.log")).ok()?;
+    let (writer, guard) = tracing_appender::non_blocking(file);
+    logging::init(
+        logging::env_filter(LOG_ENV, "info"),
+        writer,
+        logging::Style::file(),
+    );
     Some(guard)
 }

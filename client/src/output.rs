@@ -1,10 +1,13 @@
 //! Everything `illumitunnel` prints about deliveries: the one-line format, `--json` lines, the
 //! `show` view, and the line screen of `listen` (banner and connection state on stderr,
-//! deliveries on stdout). No other module prints a delivery.
+//! deliveries on stdout). No other module prints a delivery. Every sender-controlled string goes
+//! through the shared escaper (`illumitunnel::escape`), the one the inspector draws with; JSON
+//! output spells the same characters as `\uXXXX` escapes.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
 
+use illumitunnel::escape::{escape, escape_keeping, write_json};
 use illumitunnel::Delivery;
 use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset};
@@ -61,7 +64,8 @@ pub enum Format {
 pub fn line(d: &Delivery, clock: &LocalClock) -> String {
     let event = escape(d.event.as_deref().unwrap_or("-"));
     let resource = escape(d.resource_id.as_deref().unwrap_or("-"));
-    let path = escape(&shown_path(d));
+    let path = shown_path(d);
+    let path = escape(&path);
     let status = match (d.status(), d.skipped) {
         (Some(s), _) => s.to_string(),
         (None, true) => "---".to_string(),
@@ -112,26 +116,6 @@ fn shown_path(d: &Delivery) -> String {
         .unwrap_or_else(|| d.request.path.clone())
 }
 
-/// Replaces control characters so payload text cannot drive the terminal.
-fn escape(s: &str) -> String {
-    escape_keeping(s, &[])
-}
-
-fn escape_keeping(s: &str, keep: &[char]) -> String {
-    if !s.chars().any(|c| c.is_control() && !keep.contains(&c)) {
-        return s.to_string();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() && !keep.contains(&c) {
-                format!("\\u{{{:x}}}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// Writes one delivery to `out` in `format`.
 pub fn write_delivery(
     out: &mut impl Write,
@@ -158,7 +142,10 @@ pub fn write_listing(
     for d in deliveries {
         match format {
             Format::Lines => writeln!(out, "{}  {}", d.id, line(d, clock))?,
-            Format::Json => writeln!(out, "{}", d.summary_json())?,
+            Format::Json => {
+                d.write_summary_json(&mut *out)?;
+                writeln!(out)?
+            }
         }
     }
     out.flush()
@@ -167,7 +154,8 @@ pub fn write_listing(
 /// `show`: one delivery, human-readable, or `Delivery::detail_json` on one line.
 pub fn write_detail(out: &mut impl Write, d: &Delivery, json: bool) -> io::Result<()> {
     if json {
-        return writeln!(out, "{}", d.detail_json());
+        write_json(out, &d.detail_json())?;
+        return writeln!(out);
     }
     let field = |name: &str, value: &str| format!("{name:<13}{value}\n");
     let mut s = String::new();
@@ -311,7 +299,7 @@ pub fn dead_letter_line(id: &illumitunnel::DeliveryId, reason: &str) -> String {
 /// The stderr line for a change in the capture store's health.
 pub fn store_line(health: &StoreHealth) -> String {
     match health {
-        StoreHealth::Failing(sentence) => escape(sentence),
+        StoreHealth::Failing(sentence) => escape(sentence).into_owned(),
         StoreHealth::Recovered => {
             "capture store recovered: deliveries are recorded again".to_string()
         }
@@ -457,10 +445,92 @@ mod tests {
         d.duration_us = 1_000;
         let l = line(&d, &LocalClock::fixed(UtcOffset::UTC));
         assert!(
-            l.starts_with("00:00:00  -                   -            GET /x\\u{1b}[2J  ERR"),
+            l.starts_with("00:00:00  -                   -            GET /x^[[2J  ERR"),
             "{l}"
         );
         assert!(!l.contains('\u{1b}'));
+    }
+
+    /// A delivery whose sender-controlled fields hold every kind of character the inspector
+    /// escapes: NUL, ESC, a bidi override, a zero-width space, a bidi isolate, tab, newline.
+    fn hostile() -> Delivery {
+        let evil = "x\0\x1b[2J\u{202e}\u{200b}\u{2066}\t\ny";
+        let mut d = delivery();
+        d.event = Some(format!("ticket{evil}"));
+        d.resource_id = Some(format!("tkt{evil}"));
+        d.request.path = format!("/p{evil}");
+        d.target = String::new();
+        d.response = None;
+        d.error = Some(format!("refused{evil}"));
+        d.request
+            .headers
+            .push(("x-evil".into(), evil.as_bytes().to_vec()));
+        d.request.body = Bytes::from(format!("body{evil}"));
+        d
+    }
+
+    const ESCAPED: &str = "x^@^[[2J\\u{202e}\\u{200b}\\u{2066}^I^Jy";
+
+    #[test]
+    fn line_and_detail_escape_what_the_inspector_escapes() {
+        let d = hostile();
+        let l = line(&d, &LocalClock::fixed(UtcOffset::UTC));
+        assert!(!l.chars().any(illumitunnel::escape::is_unsafe), "{l:?}");
+        for field in ["ticket", "tkt", "/p", "refused"] {
+            assert!(l.contains(&format!("{field}{ESCAPED}")), "{field}: {l}");
+        }
+        let mut listing = Vec::new();
+        write_listing(
+            &mut listing,
+            std::slice::from_ref(&d),
+            Format::Lines,
+            &LocalClock::fixed(UtcOffset::UTC),
+        )
+        .unwrap();
+        let listing = String::from_utf8(listing).unwrap();
+        assert_eq!(listing.lines().count(), 1, "{listing}");
+
+        let mut detail = Vec::new();
+        write_detail(&mut detail, &d, false).unwrap();
+        let detail = String::from_utf8(detail).unwrap();
+        assert!(detail.contains(&format!("x-evil: {ESCAPED}")), "{detail}");
+        // A text body keeps its tabs and newlines, nothing else.
+        assert!(
+            detail.contains("bodyx^@^[[2J\\u{202e}\\u{200b}\\u{2066}\t\ny"),
+            "{detail}"
+        );
+        assert!(
+            !detail
+                .chars()
+                .any(|c| illumitunnel::escape::is_unsafe(c) && c != '\n' && c != '\t'),
+            "{detail:?}"
+        );
+    }
+
+    #[test]
+    fn json_output_is_valid_exact_and_terminal_safe() {
+        let d = hostile();
+        let clock = LocalClock::fixed(UtcOffset::UTC);
+        let mut summary = Vec::new();
+        write_delivery(&mut summary, &d, Format::Json, &clock).unwrap();
+        let mut listing = Vec::new();
+        write_listing(&mut listing, std::slice::from_ref(&d), Format::Json, &clock).unwrap();
+        let mut detail = Vec::new();
+        write_detail(&mut detail, &d, true).unwrap();
+        for (text, want) in [
+            (summary, d.summary_json()),
+            (listing, d.summary_json()),
+            (detail, d.detail_json()),
+        ] {
+            let text = String::from_utf8(text).unwrap();
+            assert_eq!(text.lines().count(), 1, "{text}");
+            assert!(
+                !text.trim_end().chars().any(illumitunnel::escape::is_unsafe),
+                "{text:?}"
+            );
+            let back: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, want);
+        }
     }
 
     #[test]
@@ -576,7 +646,7 @@ mod tests {
         );
         assert_eq!(
             store_line(&StoreHealth::Failing("bad\x1b[2J".into())),
-            "bad\\u{1b}[2J",
+            "bad^[[2J",
             "escaped"
         );
         assert_eq!(

@@ -220,3 +220,102 @@ fn export_usage_errors() {
         out.stderr
     );
 }
+
+/// A delivery whose request and response carry secret headers beside ordinary ones.
+fn with_secrets(dir: &Path) -> PathBuf {
+    let path = dir.join("captures.db");
+    let mut store = CaptureStore::open(&path).unwrap();
+    let mut d = delivery(
+        "bbbb0001",
+        now_ms() - 100,
+        envelope("ticket.created", "tkt_1"),
+        Some(200),
+    );
+    d.request.headers.extend([
+        (
+            "authorization".to_string(),
+            b"Bearer bearer-planted".to_vec(),
+        ),
+        ("cookie".to_string(), b"sid=cookie-planted".to_vec()),
+        (
+            "proxy-authorization".to_string(),
+            b"Basic proxy-planted".to_vec(),
+        ),
+        ("x-api-key".to_string(), b"key-planted".to_vec()),
+        (
+            "x-illumichat-signature".to_string(),
+            b"sig-planted".to_vec(),
+        ),
+    ]);
+    if let Some(r) = d.response.as_mut() {
+        r.headers
+            .push(("set-cookie".to_string(), b"resp-planted".to_vec()));
+    }
+    store.insert_batch(&mut [d]).unwrap();
+    path
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn exports_redact_secret_headers_unless_asked_and_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    with_secrets(dir.path());
+    for flag in ["--har", "--jsonl"] {
+        let file = dir.path().join(format!("out{flag}"));
+        // An older export readable by others is tightened, not kept as it was.
+        std::fs::write(&file, "old").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let out = run(dir.path(), &["export", flag, file.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(
+            out.stderr.trim(),
+            format!(
+                "exported 1 delivery to {}; 6 secret header values redacted (--include-secrets keeps them)",
+                file.display()
+            )
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("planted"), "{flag}: {text}");
+        assert_eq!(text.matches("REDACTED").count(), 6, "{flag}: {text}");
+        assert!(text.contains("application/json"), "{flag}: {text}");
+        #[cfg(unix)]
+        assert_eq!(mode(&file), 0o600, "{flag}");
+
+        let kept = dir.path().join(format!("kept{flag}"));
+        let out = run(
+            dir.path(),
+            &["export", flag, kept.to_str().unwrap(), "--include-secrets"],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(
+            out.stderr.trim(),
+            format!("exported 1 delivery to {}", kept.display())
+        );
+        let text = std::fs::read_to_string(&kept).unwrap();
+        for value in [
+            "Bearer bearer-planted",
+            "sid=cookie-planted",
+            "Basic proxy-planted",
+            "key-planted",
+            "sig-planted",
+            "resp-planted",
+        ] {
+            assert!(
+                text.contains(value),
+                "{flag} --include-secrets lost {value}"
+            );
+        }
+        assert!(!text.contains("REDACTED"), "{flag}: {text}");
+        #[cfg(unix)]
+        assert_eq!(mode(&kept), 0o600, "{flag}");
+    }
+}

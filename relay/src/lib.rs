@@ -17,6 +17,7 @@
 //! - [`queue`] — the offline queue and tunnel ownership in `{data_dir}/relay.db`.
 //! - [`auth`] — token check and tunnel owner keys.
 //! - [`metrics`] — Prometheus metrics for `GET /metrics`.
+//! - [`logging`] — log setup for both binaries: wire-dump caps and secret scrubbing.
 
 pub mod auth;
 pub mod budget;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod ingress;
+pub mod logging;
 pub mod metrics;
 pub mod queue;
 pub mod route;

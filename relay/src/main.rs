@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use illumitunnel_relay::config::Args;
-use illumitunnel_relay::{server, tls, Config, TlsConfig};
+use illumitunnel_relay::{logging, server, tls, Config, TlsConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -17,11 +17,8 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return fail(&err, 2),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = logging::env_filter(EnvFilter::DEFAULT_ENV, "info");
+    logging::init(filter, std::io::stderr, logging::Style::terminal());
     let listener = match server::bind(addr).await {
         Ok(listener) => listener,
         Err(err) => return fail(&err, 1),

@@ -1,10 +1,12 @@
 //! `illumitunnel export`: captured deliveries, oldest first, as a HAR 1.2 log (`--har`) or as
-//! one `show --json` object a line (`--jsonl`), filtered by `--event` and `--since`.
+//! one `show --json` object a line (`--jsonl`), filtered by `--event` and `--since`. Secret
+//! header values are redacted unless `--include-secrets`; the file is readable by the user only.
 
 use std::io::Write;
 
 use anyhow::Context as _;
 use illumitunnel::store::{CaptureStore, Filter};
+use illumitunnel::Delivery;
 
 use super::{parse_event_type, since_ms, Ctx};
 use crate::cli::ExportArgs;
@@ -23,7 +25,12 @@ pub fn run(args: ExportArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ..Filter::default()
     };
     let store = CaptureStore::open(&ctx.store)?;
-    let deliveries = store.list_oldest(&filter, MAX_EXPORT)?;
+    let mut deliveries = store.list_oldest(&filter, MAX_EXPORT)?;
+    let redacted: usize = if args.include_secrets {
+        0
+    } else {
+        deliveries.iter_mut().map(Delivery::redact_secrets).sum()
+    };
     let (path, text) = match (&args.har, &args.jsonl) {
         (Some(path), _) => {
             let log = illumitunnel::har::log(&deliveries, env!("CARGO_PKG_VERSION"));
@@ -43,7 +50,7 @@ pub fn run(args: ExportArgs, ctx: &Ctx) -> anyhow::Result<()> {
             return Err(super::UsageError("pass --har FILE or --jsonl FILE".into()).into())
         }
     };
-    let mut file = std::fs::File::create(path).with_context(|| {
+    let mut file = illumitunnel::paths::create_private(path).with_context(|| {
         format!(
             "could not write {}; check the folder exists and is writable",
             path.display()
@@ -57,6 +64,15 @@ pub fn run(args: ExportArgs, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         "deliveries"
     };
-    eprintln!("exported {} {noun} to {}", deliveries.len(), path.display());
+    let note = match redacted {
+        0 => String::new(),
+        1 => "; 1 secret header value redacted (--include-secrets keeps it)".to_string(),
+        n => format!("; {n} secret header values redacted (--include-secrets keeps them)"),
+    };
+    eprintln!(
+        "exported {} {noun} to {}{note}",
+        deliveries.len(),
+        path.display()
+    );
     Ok(())
 }

@@ -221,7 +221,7 @@ fn print(d: &Delivery, format: Format, tunnel: bool, ctx: &Ctx) -> anyhow::Resul
                 v["id"] = Value::Null;
             }
             use std::io::Write;
-            writeln!(out, "{v}")
+            illumitunnel::escape::write_json(&mut out, &v).and_then(|()| writeln!(out))
         }
         Format::Lines => output::write_delivery(&mut out, d, format, &ctx.clock),
     };

@@ -1,11 +1,9 @@
-//! Attacker-controlled bytes turned into lines that are safe to draw. Every control character
-//! (C0, DEL, C1) and every invisible bidi or zero-width mark is drawn escaped (`ESC` → `^[`,
-//! NUL → `^@`, U+202E → `\u{202e}`), so a payload can never move the cursor, clear the screen or
-//! reorder what the user reads. JSON is re-indented in its own key order and coloured; other text
-//! is shown line by line; anything that is not UTF-8 is a hex dump.
+//! Attacker-controlled bytes turned into lines that are safe to draw, every string through the
+//! shared escaper (`illumitunnel::escape`, the same one line and JSON output use). JSON is
+//! re-indented in its own key order and coloured; other text is shown line by line; anything
+//! that is not UTF-8 is a hex dump.
 
-use std::borrow::Cow;
-
+pub use illumitunnel::escape::{escape, escape_bytes};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 
@@ -17,57 +15,6 @@ const STRING: Style = Style::new().fg(Color::Green);
 const NUMBER: Style = Style::new().fg(Color::Magenta);
 const LITERAL: Style = Style::new().fg(Color::Yellow);
 const DIM: Style = Style::new().fg(Color::DarkGray);
-
-/// Whether `c` must not reach the terminal as itself.
-fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{200b}'..='\u{200f}'
-            | '\u{2028}'..='\u{202e}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{feff}'
-            | '\u{fff9}'..='\u{fffb}')
-}
-
-fn push_escaped(out: &mut String, c: char) {
-    let n = c as u32;
-    if n < 0x20 {
-        out.push('^');
-        out.push(char::from(n as u8 + 0x40));
-    } else if n == 0x7f {
-        out.push_str("^?");
-    } else {
-        out.push_str(&format!("\\u{{{n:x}}}"));
-    }
-}
-
-/// `s` with every unsafe character escaped visibly.
-pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_unsafe) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if is_unsafe(c) {
-            push_escaped(&mut out, c);
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// Raw bytes as safe text: valid UTF-8 escaped like [`escape`], other bytes as `\xNN`.
-pub fn escape_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        out.push_str(&escape(chunk.valid()));
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
 
 /// A body as lines: JSON re-indented and coloured, text line by line, binary as a hex dump.
 pub fn body_lines(body: &[u8]) -> Vec<Line<'static>> {
@@ -261,15 +208,6 @@ mod tests {
 
     fn plain(lines: &[Line<'_>]) -> Vec<String> {
         lines.iter().map(|l| l.to_string()).collect()
-    }
-
-    #[test]
-    fn control_characters_are_visible() {
-        assert_eq!(escape("a\x1b[2J\0b\x7f"), "a^[[2J^@b^?");
-        assert_eq!(escape("\u{9b}31m \u{202e}x"), "\\u{9b}31m \\u{202e}x");
-        assert_eq!(escape("tab\there"), "tab^Ihere");
-        assert!(matches!(escape("plain ünïcode"), Cow::Borrowed(_)));
-        assert_eq!(escape_bytes(b"ok\xff\x1b"), "ok\\xff^[");
     }
 
     #[test]
