@@ -157,7 +157,8 @@ pub(crate) async fn run(
             max_body: config.max_body,
             closing: closing.clone(),
         }),
-        auth: Auth::new(&config.tokens, config.allow_anonymous),
+        auth: Auth::new(&config.tokens, config.allow_anonymous)
+            .with_process_token(config.process_token.as_ref()),
         metrics,
         plain_proto,
         tracker: tracker.clone(),
