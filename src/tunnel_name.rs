@@ -6,6 +6,11 @@ use rand::Rng as _;
 /// character.
 pub const RANDOM_BITS: u32 = ADJECTIVES.len().ilog2() + NOUNS.len().ilog2() + 5 * SUFFIX_LEN as u32;
 
+// A random name is at least 64 bits, and each word equally likely, or this does not build.
+const _: () = assert!(
+    RANDOM_BITS >= 64 && ADJECTIVES.len().is_power_of_two() && NOUNS.len().is_power_of_two()
+);
+
 /// First words of random names (a power of two, so each is equally likely).
 const ADJECTIVES: [&str; 16] = [
     "quiet", "brave", "amber", "swift", "lucky", "calm", "bright", "misty", "bold", "eager",
@@ -94,8 +99,6 @@ mod tests {
 
     #[test]
     fn random_names_carry_at_least_64_bits_and_keep_the_shape() {
-        assert!(RANDOM_BITS >= 64, "{RANDOM_BITS}");
-        assert!(ADJECTIVES.len().is_power_of_two() && NOUNS.len().is_power_of_two());
         let mut seen = std::collections::HashSet::new();
         let mut suffix_chars = std::collections::HashSet::new();
         for _ in 0..2000 {
