@@ -291,9 +291,16 @@ fn fan_out_then_failover_when_the_first_listener_leaves() {
     let rt = runtime();
     let first_target = Target::start(&rt, |_| Reply::ok().body("first"));
     let second_target = Target::start(&rt, |_| Reply::ok().body("second"));
-    let relay = Relay::http(&[]);
-    let mut first = Listen::start(Some(&relay.url), &first_target.url(HOOK), "pair", &[]);
-    let second = Listen::start(Some(&relay.url), &second_target.url(HOOK), "pair", &[]);
+    // Two listeners share a tunnel only as one owner (anonymous clients on separate machines
+    // never do): the same token here.
+    let dir = temp_dir();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "token-pair-33\n").expect("write tokens");
+    let tokens = tokens.to_str().expect("UTF-8 path");
+    let relay = Relay::start(&["--http", "--tokens-file", tokens]);
+    let token = ["--token", "token-pair-33"];
+    let mut first = Listen::start(Some(&relay.url), &first_target.url(HOOK), "pair", &token);
+    let second = Listen::start(Some(&relay.url), &second_target.url(HOOK), "pair", &token);
 
     let response = Request::post(&first.url).body(body(0)).send(&rt);
     assert_eq!((response.status, response.text().as_str()), (200, "first"));

@@ -597,8 +597,16 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
     let target = Target::ok(&rt);
     let base = api.base();
     // A relay of the test's own: the second start must get the same URL, which the embedded
-    // relay cannot promise when another process holds its port.
-    let relay = Relay::http(&[]);
+    // relay cannot promise when another process holds its port. Each start has a home of its
+    // own (another machine, as far as anonymous claim keys go), so both use one token.
+    let dir = temp_dir();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{RELAY_TOKEN}\n")).expect("write tokens");
+    let relay = Relay::start(&[
+        "--http",
+        "--tokens-file",
+        tokens.to_str().expect("UTF-8 path"),
+    ]);
     let listen = Listen::spawn(
         Some(&relay.url),
         &target.url("/hooks"),
@@ -610,6 +618,8 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
             "ticket.created",
             "--api-base",
             &base,
+            "--token",
+            RELAY_TOKEN,
             "--api-token",
             TOKEN,
         ],
@@ -640,6 +650,8 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
             "--register",
             "--api-base",
             &base,
+            "--token",
+            RELAY_TOKEN,
             "--api-token",
             TOKEN,
         ],
@@ -663,6 +675,8 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
             "--register",
             "--api-base",
             &base,
+            "--token",
+            RELAY_TOKEN,
             "--api-token",
             "nope",
         ],
@@ -679,6 +693,9 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
     );
     assert!(!listen.guard.stderr().contains("nope"));
 }
+
+/// The client token of the register test's relay.
+const RELAY_TOKEN: &str = "token-register-44";
 
 /// SIGTERM to the listen this test started (by PID), then waits for it to say it disabled the webhook.
 fn stop(mut listen: Listen) {

@@ -126,6 +126,8 @@ pub struct Config {
     pub tokens: Vec<Token>,
     /// Accept clients without a token.
     pub allow_anonymous: bool,
+    /// The embedded relay's per-process token: when set, the only client accepted.
+    pub process_token: Option<Token>,
     /// Offline queue and tunnel ownership live here.
     pub data_dir: PathBuf,
     /// Largest request body accepted.
@@ -157,6 +159,7 @@ impl Config {
             public_url: None,
             tokens: Vec::new(),
             allow_anonymous: true,
+            process_token: None,
             data_dir,
             max_body: DEFAULT_MAX_BODY,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
@@ -399,6 +402,7 @@ impl TryFrom<Args> for Config {
             public_url,
             tokens,
             allow_anonymous: args.allow_anonymous,
+            process_token: None,
             data_dir: args
                 .data_dir
                 .unwrap_or_else(illumitunnel::paths::default_relay_data_dir),

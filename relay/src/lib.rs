@@ -15,7 +15,7 @@
 //! - [`tunnel`] — tunnel → owner and sessions, and each tunnel's delivery order (idle,
 //!   draining its backlog one delivery at a time, live).
 //! - [`queue`] — the offline queue and tunnel ownership in `{data_dir}/relay.db`.
-//! - [`auth`] — token check and tunnel owner keys.
+//! - [`auth`] — token check, claim keys and the one tunnel ownership rule.
 //! - [`metrics`] — Prometheus metrics for `GET /metrics`.
 //! - [`logging`] — log setup for both binaries: wire-dump caps and secret scrubbing.
 

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use store::{Depth, QueueStore};
 
-use crate::auth::Owner;
+use crate::auth::{Claim, Owner};
 
 /// Default `--queue-max-count`: deliveries kept per tunnel.
 pub const DEFAULT_MAX_COUNT: u64 = 10_000;
@@ -169,8 +169,9 @@ fn full_sentence(tunnel: &str, limit: Limit) -> String {
 enum Command {
     Claim {
         tunnel: String,
-        owner: Owner,
-        reply: oneshot::Sender<Result<bool, QueueError>>,
+        presented: Option<Owner>,
+        fresh: Owner,
+        reply: oneshot::Sender<Result<Claim, QueueError>>,
     },
     Push {
         tunnel: String,
@@ -271,12 +272,18 @@ impl QueueHandle {
         rx.await.unwrap_or(Err(QueueError::Stopped))
     }
 
-    /// Claims `tunnel` for `owner` unless another owner holds it (`false`).
-    pub async fn claim(&self, tunnel: &str, owner: Owner) -> Result<bool, QueueError> {
+    /// Claims `tunnel` (see [`QueueStore::claim`]); `Claimed` is committed when it returns.
+    pub async fn claim(
+        &self,
+        tunnel: &str,
+        presented: Option<Owner>,
+        fresh: Owner,
+    ) -> Result<Claim, QueueError> {
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Claim {
             tunnel,
-            owner,
+            presented,
+            fresh,
             reply,
         })
         .await
@@ -378,8 +385,8 @@ pub fn spawn(store: QueueStore, clock: Clock) -> std::io::Result<(QueueHandle, J
 /// A reply to send once the batch it belongs to is committed.
 enum Done {
     Claim(
-        oneshot::Sender<Result<bool, QueueError>>,
-        Result<bool, QueueError>,
+        oneshot::Sender<Result<Claim, QueueError>>,
+        Result<Claim, QueueError>,
     ),
     Push(
         oneshot::Sender<Result<(), QueueError>>,
@@ -480,9 +487,13 @@ fn execute(
     match command {
         Command::Claim {
             tunnel,
-            owner,
+            presented,
+            fresh,
             reply,
-        } => done.push(Done::Claim(reply, store.claim(&tunnel, owner, now))),
+        } => done.push(Done::Claim(
+            reply,
+            store.claim(&tunnel, presented, fresh, now),
+        )),
         Command::Push {
             tunnel,
             delivery,

@@ -172,7 +172,8 @@ pub(crate) async fn run(
             max_body: config.max_body,
             closing: closing.clone(),
         }),
-        auth: Auth::new(&config.tokens, config.allow_anonymous),
+        auth: Auth::new(&config.tokens, config.allow_anonymous)
+            .with_process_token(config.process_token.as_ref()),
         metrics: metrics.clone(),
         serve_metrics: local.ip().is_loopback(),
         max_header_bytes: config.limits.max_header_bytes,

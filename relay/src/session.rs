@@ -32,7 +32,7 @@ pub use handle::{
     Ack, OutgoingDelivery, PendingAck, PendingAnswer, Reply, SessionGone, SessionHandle,
 };
 
-use crate::auth::{Owner, Unauthorized};
+use crate::auth::{fresh_claim_key, Claim, Owner, Unauthorized};
 use crate::queue::QueueHandle;
 use crate::tunnel::{Phase, Tunnels};
 
@@ -77,37 +77,33 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some((version, tunnel)) = read_hello(&mut ws).await else {
+    let Some(hello) = read_hello(&mut ws).await else {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
         return;
     };
-    if version != PROTOCOL_VERSION {
+    if hello.version != PROTOCOL_VERSION {
         let message = format!(
-            "the relay speaks protocol version {PROTOCOL_VERSION} but the client speaks {version}; use the same illumitunnel release on both sides"
+            "the relay speaks protocol version {PROTOCOL_VERSION} but the client speaks {}; use the same illumitunnel release on both sides",
+            hello.version
         );
         return refuse(ws, Refusal::VersionMismatch, message).await;
     }
-    let Ok(owner) = auth else {
+    let Ok(client) = auth else {
         let message = "the relay did not accept the client token; pass --token (or ILLUMITUNNEL_TOKEN) with a token from the relay's tokens file".to_string();
         return refuse(ws, Refusal::Unauthorized, message).await;
     };
-    let name = match TunnelName::parse(&tunnel) {
+    let name = match TunnelName::parse(&hello.tunnel) {
         Ok(name) => name,
         Err(err) => return refuse(ws, Refusal::TunnelNameInvalid, err.to_string()).await,
     };
-
-    let taken =
-        || format!("tunnel {name} belongs to another token; pick another name with --tunnel");
-    match ctx.queue.claim(name.as_str(), owner).await {
-        Ok(true) => {}
-        Ok(false) => return refuse(ws, Refusal::TunnelTaken, taken()).await,
-        Err(err) => {
-            // The client retries; ownership must never be granted without the database.
-            warn!(%err, tunnel = %name, "could not check tunnel ownership; closing the session");
+    let (owner, claim_key) = match claim(&ctx, &name, client, &hello.claim_key).await {
+        Granted::Owner(owner, claim_key) => (owner, claim_key),
+        Granted::Taken => return refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await,
+        Granted::Unavailable => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
             return;
         }
-    }
+    };
 
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let handle = SessionHandle::new(ctx.tunnels.next_session_id(), tx);
@@ -130,7 +126,7 @@ pub(crate) async fn run<S>(
         queued: if idle { count(backlog.queued) } else { 0 },
         expired: count(backlog.expired),
         dead_letters: count(backlog.dead_letters),
-        claim_key: String::new(),
+        claim_key,
     };
     let _ = handle.tx.try_send(Message::Binary(welcome.encode()));
     if ctx
@@ -138,7 +134,7 @@ pub(crate) async fn run<S>(
         .join(&name, owner, handle.clone(), empty_after)
         .is_err()
     {
-        return refuse(ws, Refusal::TunnelTaken, taken()).await;
+        return refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await;
     }
     let span = tracing::info_span!("session", tunnel = %name, session = handle.id());
     serve(ctx, ws, rx, handle, name).instrument(span).await;
@@ -167,7 +163,62 @@ async fn serve<S>(
     info!(reason, abandoned, "client disconnected");
 }
 
-async fn read_hello<S>(ws: &mut WebSocketStream<S>) -> Option<(u16, String)>
+/// How a claim in the handshake ended.
+enum Granted {
+    /// The session joins as this owner; the claim key to hand out in `Welcome` (empty unless
+    /// a new one was issued).
+    Owner(Owner, String),
+    /// Another owner holds the tunnel.
+    Taken,
+    /// The database could not answer; the client retries.
+    Unavailable,
+}
+
+/// Claims `name` for a client whose token check said `client`: a token client owns by its
+/// token's hash; an anonymous one proves ownership with the claim key it `kept`, and a new
+/// claim gets a fresh key.
+async fn claim(ctx: &SessionContext, name: &TunnelName, client: Owner, kept: &str) -> Granted {
+    let (presented, fresh, fresh_key) = match client {
+        Owner::Anonymous => {
+            let (key, owner) = fresh_claim_key();
+            let presented = (!kept.is_empty()).then(|| Owner::of_claim_key(kept));
+            (presented, owner, key)
+        }
+        token => (Some(token), token, String::new()),
+    };
+    match ctx.queue.claim(name.as_str(), presented, fresh).await {
+        Ok(Claim::Joined(owner)) => Granted::Owner(owner, String::new()),
+        Ok(Claim::Claimed(owner @ Owner::Key(_))) => Granted::Owner(owner, fresh_key),
+        Ok(Claim::Claimed(owner)) => Granted::Owner(owner, String::new()),
+        Ok(Claim::Taken) => Granted::Taken,
+        Err(err) => {
+            // Ownership must never be granted without the database.
+            warn!(%err, tunnel = %name, "could not check tunnel ownership; closing the session");
+            Granted::Unavailable
+        }
+    }
+}
+
+/// The refusal a client gets for a tunnel someone else owns.
+fn taken(name: &TunnelName, client: Owner) -> String {
+    match client {
+        Owner::Token(_) => {
+            format!("tunnel {name} belongs to another token; pick another name with --tunnel")
+        }
+        _ => format!(
+            "tunnel {name} belongs to another client of this relay (only the claim key its first client was given re-joins it); pick another name with --tunnel"
+        ),
+    }
+}
+
+/// What a client's `Hello` asks for.
+struct Hello {
+    version: u16,
+    tunnel: String,
+    claim_key: String,
+}
+
+async fn read_hello<S>(ws: &mut WebSocketStream<S>) -> Option<Hello>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -182,8 +233,14 @@ where
             Ok(Some(Ok(Message::Binary(bytes)))) => {
                 return match ClientMessage::decode(&bytes) {
                     Ok(ClientMessage::Hello {
-                        version, tunnel, ..
-                    }) => Some((version, tunnel)),
+                        version,
+                        tunnel,
+                        claim_key,
+                    }) => Some(Hello {
+                        version,
+                        tunnel,
+                        claim_key,
+                    }),
                     Ok(_) | Err(_) => {
                         debug!("first message is not a hello");
                         None

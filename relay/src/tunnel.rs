@@ -1,6 +1,7 @@
 //! Tunnels and the order of their deliveries: which tunnels are known, who owns each (the
-//! SHA-256 of the claiming token, or anonymous), which sessions serve it in connect order, and
-//! one small state machine per tunnel that decides where each delivery goes.
+//! SHA-256 of the claiming token, or of the claim key an anonymous claimer was given), which
+//! sessions serve it in connect order, and one small state machine per tunnel that decides
+//! where each delivery goes.
 //!
 //! ```text
 //!            first session joins                 queue empty, no push in flight
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::auth::Owner;
+use crate::auth::{decide, Claim, Owner};
 use crate::metrics::Metrics;
 use crate::queue::QueueHandle;
 use crate::session::SessionHandle;
@@ -218,7 +219,8 @@ impl Tunnels {
         QueueTicket::new(self.clone(), tunnel)
     }
 
-    /// Adds `session` to `tunnel`, claiming the name for `owner` when it is new. The first
+    /// Adds `session` to `tunnel`, claiming the name for `owner` (which the database already
+    /// granted it) when it is new. The first
     /// session of an idle tunnel starts its drain, unless the queue was seen empty after
     /// `empty_after` pushes and none happened since (then the tunnel goes live at once). The
     /// caller has already queued its `Welcome`, so it precedes every delivery.
@@ -233,8 +235,12 @@ impl Tunnels {
         let t = map
             .entry(tunnel.as_str().to_owned())
             .or_insert_with(|| Tunnel::new(owner));
-        if t.owner != owner {
-            return Err(Taken);
+        // The database already granted the claim; this keeps the map in step with it (a
+        // tunnel preloaded as anonymous from before claim keys changes hands here).
+        match decide(Some(t.owner), Some(owner), owner) {
+            Claim::Joined(_) => {}
+            Claim::Claimed(new) if t.sessions.is_empty() => t.owner = new,
+            Claim::Claimed(_) | Claim::Taken => return Err(Taken),
         }
         if t.sessions.is_empty() {
             self.metrics.tunnels_connected.inc();

@@ -16,7 +16,7 @@ use futures_util::SinkExt;
 use http::StatusCode;
 use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, PROTOCOL_VERSION};
 use illumitunnel::DeliveryId;
-use illumitunnel_relay::auth::Owner;
+use illumitunnel_relay::auth::{Claim, Owner};
 use illumitunnel_relay::metrics::QueueGauges;
 use illumitunnel_relay::queue::{Backlog, Clock, QueueLimits, QueueStore, QueuedDelivery};
 use tokio_tungstenite::tungstenite::Message;
@@ -649,8 +649,15 @@ fn the_store_streams_pages_acks_and_reopens_with_its_depth() {
     let now = illumitunnel::now_ms();
     {
         let mut store = QueueStore::open(&data, limits, QueueGauges::default()).unwrap();
-        assert!(store.claim("my-app", Owner::Token([7; 32]), now).unwrap());
-        assert!(!store.claim("my-app", Owner::Anonymous, now).unwrap());
+        let (alice, bob) = (Owner::Token([7; 32]), Owner::Token([8; 32]));
+        assert_eq!(
+            store.claim("my-app", Some(alice), alice, now).unwrap(),
+            Claim::Claimed(alice)
+        );
+        assert_eq!(
+            store.claim("my-app", Some(bob), bob, now).unwrap(),
+            Claim::Taken
+        );
         for n in 0..10 {
             store.push("my-app", &delivery(n, 1000), now).unwrap();
         }

@@ -83,6 +83,11 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     ));
 
     let (relay, trust, embedded) = relay_and_trust(&config, &shutdown).await?;
+    // The embedded relay accepts only its own per-process token.
+    let token = match &embedded {
+        Some(embedded) => Some(embedded.token.clone()),
+        None => config.token.clone(),
+    };
     let ca_pem = embedded.as_ref().map(|e| e.cert_pem.clone());
     let tls = tls::client_config(trust).map_err(anyhow::Error::msg)?;
 
@@ -144,7 +149,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let session = Session {
         config: Arc::new(SessionConfig {
             relay,
-            token: config.token.clone(),
+            token,
             tunnel,
             tls,
             keepalive: config.keepalive,

@@ -5,7 +5,6 @@
 
 use futures_util::{SinkExt, StreamExt};
 use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, MAX_MESSAGE, PROTOCOL_VERSION};
-use illumitunnel::TunnelName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -119,7 +118,7 @@ pub async fn connect(
     .map_err(|_| timed_out())?
     .map_err(|e| match e {
         tungstenite::Error::Http(resp) if matches!(resp.status().as_u16(), 401 | 403) => {
-            ConnectError::Fatal(refusal_sentence(Refusal::Unauthorized, "", &config.tunnel))
+            ConnectError::Fatal(refusal_sentence(Refusal::Unauthorized, "", config))
         }
         tungstenite::Error::Http(resp) => retry(format!(
             "it answered {} to the websocket upgrade; check that --relay is an illumitunnel relay",
@@ -172,7 +171,7 @@ pub async fn connect(
             },
         )),
         Some(Ok(RelayMessage::Refused { reason, message })) => Err(ConnectError::Fatal(
-            refusal_sentence(reason, &message, &config.tunnel),
+            refusal_sentence(reason, &message, config),
         )),
         Some(Ok(other)) => Err(retry(format!(
             "unexpected first message {}",
@@ -196,7 +195,8 @@ fn describe_connect_error(err: &std::io::Error, relay: &RelayUrl) -> String {
 }
 
 /// The sentence `listen` exits with when the relay refuses the session.
-pub fn refusal_sentence(reason: Refusal, message: &str, tunnel: &TunnelName) -> String {
+pub fn refusal_sentence(reason: Refusal, message: &str, config: &SessionConfig) -> String {
+    let tunnel = &config.tunnel;
     let detail = if message.is_empty() {
         String::new()
     } else {
@@ -207,8 +207,12 @@ pub fn refusal_sentence(reason: Refusal, message: &str, tunnel: &TunnelName) -> 
         Refusal::TunnelNameInvalid => {
             format!("relay refused the tunnel name {tunnel}{detail}; pass another with --tunnel NAME")
         }
-        Refusal::TunnelTaken => format!(
+        Refusal::TunnelTaken if config.token.is_some() => format!(
             "tunnel {tunnel} belongs to another token on this relay; pick another name with --tunnel NAME"
+        ),
+        // Anonymous clients own a tunnel by the claim key its first client was given.
+        Refusal::TunnelTaken => format!(
+            "tunnel {tunnel} belongs to another client on this relay (this machine does not hold its claim key); pick another name with --tunnel NAME"
         ),
         Refusal::VersionMismatch => format!(
             "relay speaks another protocol version than this client (version {PROTOCOL_VERSION}){detail}; upgrade illumitunnel or the relay"
@@ -230,15 +234,31 @@ fn message_name(m: &RelayMessage) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use illumitunnel::TunnelName;
 
     #[test]
     fn refusals_say_what_to_do() {
-        let t = TunnelName::parse("my-app").unwrap();
+        let config = |token: Option<&str>| SessionConfig {
+            relay: RelayUrl::loopback(false, 1),
+            token: token.map(illumitunnel::Token::new),
+            tunnel: TunnelName::parse("my-app").unwrap(),
+            tls: tls::client_config(tls::Trust::Insecure).unwrap(),
+            keepalive: std::time::Duration::from_secs(30),
+            max_body: 1024,
+            claim_key: String::new(),
+        };
+        let (tokenless, with_token) = (config(None), config(Some("alpha")));
         assert_eq!(
-            refusal_sentence(Refusal::Unauthorized, "bad", &t),
+            refusal_sentence(Refusal::Unauthorized, "bad", &with_token),
             "relay refused the token; check --token or ILLUMITUNNEL_TOKEN"
         );
-        assert!(refusal_sentence(Refusal::TunnelTaken, "", &t).contains("--tunnel NAME"));
-        assert!(refusal_sentence(Refusal::VersionMismatch, "", &t).contains("upgrade"));
+        let taken = refusal_sentence(Refusal::TunnelTaken, "", &with_token);
+        assert!(taken.contains("another token") && taken.contains("--tunnel NAME"));
+        let taken = refusal_sentence(Refusal::TunnelTaken, "", &tokenless);
+        assert!(
+            taken.contains("claim key") && taken.contains("--tunnel NAME"),
+            "{taken}"
+        );
+        assert!(refusal_sentence(Refusal::VersionMismatch, "", &tokenless).contains("upgrade"));
     }
 }

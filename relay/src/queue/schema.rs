@@ -46,6 +46,7 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX dead_letters_tunnel ON dead_letters(tunnel, seq);
     CREATE INDEX dead_letters_dead_at ON dead_letters(dead_at_ms);",
     // 3: when each tunnel's owner last connected, so a name unused for --tunnel-ttl is released.
+    // Older databases never tracked it: every name gets a full TTL from the upgrade.
     "ALTER TABLE tunnels ADD COLUMN last_seen_ms INTEGER NOT NULL DEFAULT 0;
-    UPDATE tunnels SET last_seen_ms = claimed_at_ms;",
+    UPDATE tunnels SET last_seen_ms = CAST(strftime('%s', 'now') AS INTEGER) * 1000;",
 ];

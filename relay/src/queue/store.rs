@@ -13,7 +13,7 @@ use illumitunnel::DeliveryId;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{schema, Backlog, Limit, QueueError, QueueLimits, QueuedDelivery, Row};
-use crate::auth::Owner;
+use crate::auth::{decide, Claim, Owner};
 use crate::metrics::QueueGauges;
 
 /// The database file inside the data dir.
@@ -163,24 +163,39 @@ impl QueueStore {
         Ok(owners)
     }
 
-    /// Claims `tunnel` for `owner` if nobody owns it; `false` when another owner does.
-    pub fn claim(&mut self, tunnel: &str, owner: Owner, now_ms: i64) -> Result<bool, QueueError> {
+    /// Claims `tunnel` by [`auth::decide`](crate::auth::decide): `presented` is what the
+    /// client proves (token hash or kept claim key hash), `fresh` what it owns on a new claim.
+    /// A new owner is recorded; a tunnel an older relay kept as anonymous changes hands here.
+    pub fn claim(
+        &mut self,
+        tunnel: &str,
+        presented: Option<Owner>,
+        fresh: Owner,
+        now_ms: i64,
+    ) -> Result<Claim, QueueError> {
         let existing: Option<String> = self
             .conn
             .query_row("SELECT owner FROM tunnels WHERE name = ?1", [tunnel], |r| {
                 r.get(0)
             })
             .optional()?;
-        match existing {
-            Some(key) => Ok(Owner::parse_key(&key) == Some(owner)),
-            None => {
-                self.conn.execute(
-                    "INSERT INTO tunnels (name, owner, claimed_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)",
-                    params![tunnel, owner.key(), now_ms],
-                )?;
-                Ok(true)
-            }
+        let current = match existing {
+            None => None,
+            // An owner this relay cannot read is nobody it could hand the tunnel to.
+            Some(key) => match Owner::parse_key(&key) {
+                Some(owner) => Some(owner),
+                None => return Ok(Claim::Taken),
+            },
+        };
+        let claim = decide(current, presented, fresh);
+        if let Claim::Claimed(owner) = claim {
+            self.conn.execute(
+                "INSERT INTO tunnels (name, owner, claimed_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (name) DO UPDATE SET owner = ?2, claimed_at_ms = ?3, last_seen_ms = ?3",
+                params![tunnel, owner.key(), now_ms],
+            )?;
         }
+        Ok(claim)
     }
 
     /// Bytes queued across every tunnel.

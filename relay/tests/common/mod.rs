@@ -248,21 +248,59 @@ pub async fn next_message(ws: &mut Ws) -> Option<RelayMessage> {
     }
 }
 
-/// Opens a session and returns the relay's first answer to `Hello`.
+/// Claim keys relays gave this test process, by relay data dir and tunnel: like one client
+/// machine's config dir, which outlives a relay restart on the same data dir.
+static CLAIM_KEYS: std::sync::Mutex<Vec<(std::path::PathBuf, String, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The claim key kept for `tunnel` on `relay`, or empty.
+pub fn kept_claim_key(relay: &Relay, tunnel: &str) -> String {
+    let keys = CLAIM_KEYS.lock().unwrap();
+    keys.iter()
+        .rev()
+        .find(|(dir, t, _)| *dir == relay.data_dir && t == tunnel)
+        .map(|(_, _, key)| key.clone())
+        .unwrap_or_default()
+}
+
+/// Opens a session and returns the relay's first answer to `Hello`, sending the claim key
+/// this process kept for the tunnel and keeping any new one, as the real client does.
 pub async fn hello(
     relay: &Relay,
     token: Option<&str>,
     version: u16,
     tunnel: &str,
 ) -> (Ws, RelayMessage) {
+    let kept = kept_claim_key(relay, tunnel);
+    hello_with_key(relay, token, version, tunnel, &kept).await
+}
+
+/// Like [`hello`] with a claim key of the caller's choice (a stranger sends none or a wrong one).
+pub async fn hello_with_key(
+    relay: &Relay,
+    token: Option<&str>,
+    version: u16,
+    tunnel: &str,
+    claim_key: &str,
+) -> (Ws, RelayMessage) {
     let mut ws = open_ws(relay, token).await;
     let hello = ClientMessage::Hello {
         version,
         tunnel: tunnel.into(),
-        claim_key: String::new(),
+        claim_key: claim_key.into(),
     };
     ws.send(Message::Binary(hello.encode())).await.unwrap();
     let reply = next_message(&mut ws).await.expect("an answer to hello");
+    if let RelayMessage::Welcome { claim_key, .. } = &reply {
+        if !claim_key.is_empty() {
+            let entry = (
+                relay.data_dir.clone(),
+                tunnel.to_string(),
+                claim_key.clone(),
+            );
+            CLAIM_KEYS.lock().unwrap().push(entry);
+        }
+    }
     (ws, reply)
 }
 

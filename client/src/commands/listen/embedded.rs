@@ -1,11 +1,15 @@
 //! The relay `listen` embeds when no `--relay` is given: the relay library on 127.0.0.1:8443
 //! (or a free port when that one is taken), with a fresh self-signed certificate that only this
-//! process trusts.
+//! process trusts and a fresh random token that only this process knows. Any other local
+//! process that connects to the port is refused (401); this process's own session presents the
+//! token and, since the token changes with every start, owns its tunnel by the claim key it
+//! keeps in the config dir, so the remembered tunnel stays this machine's across restarts.
 
 use anyhow::Context as _;
-use illumitunnel::paths;
+use illumitunnel::{paths, Token};
 use illumitunnel_relay::tls::SelfSigned;
 use illumitunnel_relay::{Config, RelayError, TlsConfig};
+use rand::RngCore;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -13,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Where the embedded relay listens when the port is free.
 pub const EMBEDDED_ADDR: &str = "127.0.0.1:8443";
+/// Random bytes in the per-process token (256 bits).
+const TOKEN_BYTES: usize = 32;
 
 /// A running embedded relay.
 pub(super) struct Embedded {
@@ -22,6 +28,8 @@ pub(super) struct Embedded {
     pub cert: CertificateDer<'static>,
     /// The same certificate as PEM, for `trigger` (`listen-ca.pem`).
     pub cert_pem: String,
+    /// The token it accepts, and no other: this process's session presents it.
+    pub token: Token,
     /// The relay task; it ends on shutdown.
     pub task: JoinHandle<Result<(), RelayError>>,
 }
@@ -53,12 +61,17 @@ pub(super) async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Resu
         .local_addr()
         .context("could not start the embedded relay")?
         .port();
-    let tls = TlsConfig::Certified {
-        chain: vec![cert.cert.clone()],
-        key: cert.key.clone_key(),
-    };
-    let mut config = Config::embedded(tls, paths::default_relay_data_dir());
+    let token = process_token();
+    let mut config = Config::embedded(
+        TlsConfig::Certified {
+            chain: vec![cert.cert.clone()],
+            key: cert.key.clone_key(),
+        },
+        paths::default_relay_data_dir(),
+    );
     config.public_url = Some(format!("https://127.0.0.1:{port}"));
+    config.allow_anonymous = false;
+    config.process_token = Some(token.clone());
     let task = tokio::spawn(illumitunnel_relay::run(
         config,
         listener,
@@ -68,6 +81,14 @@ pub(super) async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Resu
         port,
         cert_pem: cert.cert_pem.clone(),
         cert: cert.cert,
+        token,
         task,
     })
+}
+
+/// A token for this process only, from the operating system's random source.
+fn process_token() -> Token {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Token::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
