@@ -23,14 +23,16 @@ async fn main() -> ExitCode {
         Ok(listener) => listener,
         Err(err) => return fail(&err, 1),
     };
+    // Handlers first: whoever reads the listening line may signal at once.
+    let shutdown = CancellationToken::new();
+    let signals = server::cancel_on_signal(shutdown.clone());
     let (scheme, local) = (config.tls.scheme(), listener.local_addr().unwrap_or(addr));
     println!("illumitunnel-relay listening on {scheme}://{local}");
     if let (true, TlsConfig::Certified { chain, .. }) = (self_signed, &config.tls) {
         let fingerprint = chain.first().map(tls::fingerprint).unwrap_or_default();
         println!("certificate sha256 fingerprint {fingerprint}");
     }
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(signals);
     match illumitunnel_relay::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err, 1),
