@@ -342,9 +342,12 @@ async fn ten_mib_travels_in_chunks_without_stalling_small_deliveries() {
     };
     // The small delivery is sent once the 10 MiB one is on the link, so it has to get past it.
     let small_delivery = async {
-        within("the 10 MiB delivery's head at the client", client.big_started)
-            .await
-            .unwrap();
+        within(
+            "the 10 MiB delivery's head at the client",
+            client.big_started,
+        )
+        .await
+        .unwrap();
         let answer = relay.post("/t/big-app/small", "tiny").await;
         (answer, big_answered.get())
     };
