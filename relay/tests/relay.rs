@@ -691,6 +691,7 @@ fn binary_prints_address_and_fingerprint_and_exits_0_on_sigterm() {
             std::thread::sleep(POLL);
         }
         let _ = child.kill();
+        let _ = child.wait();
         None
     })();
     let mut stderr = String::new();
