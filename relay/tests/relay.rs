@@ -678,6 +678,23 @@ fn binary_prints_address_and_fingerprint_and_exits_0_on_sigterm() {
     let (mut first, mut second) = (String::new(), String::new());
     stdout.read_line(&mut first).unwrap();
     stdout.read_line(&mut second).unwrap();
+    // The listening line is printed before the SIGTERM handler is installed, so a SIGTERM sent
+    // at once can kill the relay outright. Wait until it serves: its TLS layer answers a
+    // plaintext request (an alert or a close), which the kernel alone never does.
+    let addr = first.trim_end().rsplit("://").next().unwrap().to_string();
+    let mut probe = std::net::TcpStream::connect(&addr).unwrap();
+    probe.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(&mut probe, b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    let answered = std::io::Read::read(&mut probe, &mut [0u8; 64]);
+    // Bytes, a close or a reset all come from the relay; only a time-out means it never served.
+    let timed_out = answered.as_ref().is_err_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    });
+    assert!(!timed_out, "the relay did not serve within {WAIT:?}");
+    drop(probe);
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
