@@ -366,6 +366,15 @@ fn check(report: &Report) {
 }
 
 #[test]
+fn order_inversions_count_pairs_that_arrived_swapped() {
+    assert_eq!(seq_of(&body(4217)), Some(4217));
+    assert_eq!(inversions(&[(1, 0), (2, 5), (7, 9)]), (0, vec![]));
+    // 3 arrived before 1 and 2: two swapped pairs, one adjacent.
+    assert_eq!(inversions(&[(1, 1), (2, 2), (3, 0)]), (2, vec![(2, 3)]));
+    assert_eq!(inversions(&[(1, 2), (2, 1), (3, 0)]).0, 3);
+}
+
+#[test]
 fn short_soak_one_thousand_sequential_deliveries_through_kills_lose_nothing_and_keep_the_backlog_order(
 ) {
     let report = soak(Plan {
