@@ -6,14 +6,14 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::sender::Request;
 use support::sink::Sink;
 use support::target::{Reply, Target};
-use support::{closed_port, command, runtime, temp_dir, ChildGuard, Listen, Relay, Stream};
+use support::{
+    closed_port, command, runtime, temp_dir, wait_for_metric, ChildGuard, Listen, Relay, Stream,
+};
 
 const HOOK: &str = "/webhooks/illumichat";
 /// How long a test waits for queued deliveries to drain to the local server.
@@ -51,9 +51,9 @@ fn client_killed_three_times_during_a_burst_loses_nothing() {
     let url = listen.url.clone();
 
     const TOTAL: usize = 300;
-    let answered = Arc::new(AtomicUsize::new(0));
+    // How many senders have their answer; the kills below wait on it instead of on a clock.
+    let (answered, mut progress) = tokio::sync::watch::channel(0usize);
     let statuses = {
-        let answered = Arc::clone(&answered);
         let url = url.clone();
         rt.spawn(async move {
             let mut statuses = Vec::with_capacity(TOTAL);
@@ -66,18 +66,22 @@ fn client_killed_three_times_during_a_burst_loses_nothing() {
                 for send in sends {
                     let response = send.await.expect("sender task");
                     statuses.push(response.status);
-                    answered.fetch_add(1, Ordering::SeqCst);
+                    answered.send_modify(|n| *n += 1);
                 }
             }
             statuses
         })
     };
     for kill_at in [60, 140, 220] {
-        let start = Instant::now();
-        while answered.load(Ordering::SeqCst) < kill_at {
-            assert!(start.elapsed() < DRAIN, "the burst stalled at {kill_at}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let reached = rt.block_on(async {
+            let wait = progress.wait_for(|n| *n >= kill_at);
+            matches!(tokio::time::timeout(DRAIN, wait).await, Ok(Ok(_)))
+        });
+        assert!(
+            reached,
+            "the burst stalled before {kill_at} answers (at {})",
+            *progress.borrow()
+        );
         listen.respawn(Some(&relay.url), &forward, "burst", &extra);
     }
     let statuses = rt.block_on(statuses).expect("senders");
@@ -192,19 +196,14 @@ fn a_client_frozen_past_the_keepalive_reconnects_on_resume_and_gets_what_was_que
         &["--keepalive-ms", KEEPALIVE_MS],
     );
     listen.guard.signal("STOP");
-    // Deliberate: the freeze must outlast two keepalive intervals.
-    std::thread::sleep(Duration::from_millis(1000));
+    // The freeze lasts until the relay has given up on the silent session, which its metrics
+    // show, rather than for a guessed time.
+    wait_for_metric(&rt, &relay, "illumitunnel_sessions 0");
     let started = Instant::now();
     let ids: Vec<String> = (0..3)
         .map(|n| queued_id(&Request::post(&listen.url).body(body(n)).send(&rt)))
         .collect();
     assert!(started.elapsed() < Duration::from_secs(5));
-    let metrics = Request::new("GET", &format!("{}/metrics", relay.url)).send(&rt);
-    assert!(
-        metrics.text().contains("illumitunnel_sessions 0"),
-        "the relay still counts the frozen session: {}",
-        metrics.text()
-    );
 
     let resumed = Instant::now();
     listen.guard.signal("CONT");
@@ -273,8 +272,13 @@ fn a_full_queue_answers_503_and_aged_deliveries_expire() {
     listen.guard.kill_now();
     queued_id(&Request::post(&listen.url).body(body(10)).send(&rt));
     queued_id(&Request::post(&listen.url).body(body(11)).send(&rt));
-    // Deliberate: the deliveries must outlive the one-second age limit.
-    std::thread::sleep(Duration::from_millis(1200));
+    // The relay's own expiry pass drops them once they are older than a second; wait for its
+    // count, so the client connects only after they have aged out.
+    wait_for_metric(
+        &rt,
+        &relay,
+        "illumitunnel_deliveries_total{outcome=\"expired\"} 2",
+    );
     listen.respawn(Some(&relay.url), &forward, "aging", &[]);
     let connected = listen
         .guard

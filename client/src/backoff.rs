@@ -119,17 +119,113 @@ mod tests {
         assert_eq!(b.after_drop(Duration::from_secs(10)), FLOOR);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn sleeping_the_schedule_takes_the_sum_of_its_delays() {
-        let mut b = Backoff::new(|| 1.0);
-        let start = tokio::time::Instant::now();
-        for _ in 0..6 {
-            tokio::time::sleep(b.next_delay()).await;
+    /// What one connection attempt of the simulated client does.
+    #[derive(Clone, Copy)]
+    enum Attempt {
+        /// The relay cannot be reached.
+        Refused,
+        /// Connected, then dropped after this long.
+        Up(Duration),
+    }
+
+    /// The session's reconnect loop in miniature (`session::run`): a refused attempt waits
+    /// `next_delay`, a dropped connection reports its uptime and waits `after_drop`. Returns, for
+    /// each attempt after the first, how long the clock moved between the previous attempt
+    /// ending and this one starting.
+    async fn waits_before_attempts<R: FnMut() -> f64>(
+        backoff: &mut Backoff<R>,
+        attempts: &[Attempt],
+        keepalive: Duration,
+    ) -> Vec<Duration> {
+        let mut waits = Vec::with_capacity(attempts.len());
+        let mut ended = tokio::time::Instant::now();
+        for attempt in attempts {
+            waits.push(ended.elapsed());
+            let delay = match *attempt {
+                Attempt::Refused => backoff.next_delay(),
+                Attempt::Up(uptime) => {
+                    let up = tokio::time::Instant::now();
+                    tokio::time::sleep(uptime).await;
+                    backoff.connection_lasted(up.elapsed());
+                    backoff.after_drop(keepalive)
+                }
+            };
+            ended = tokio::time::Instant::now();
+            tokio::time::sleep(delay).await;
         }
+        waits.remove(0);
+        waits
+    }
+
+    /// A deterministic uniform source in `[0, 1)` (xorshift), seeded.
+    fn seeded(mut state: u64) -> impl FnMut() -> f64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// The full-jitter ceiling before the `n`th retry (0-based): 1 s doubling, 30 s at most.
+    fn ceiling(n: usize) -> Duration {
+        (BASE * 2u32.pow(n.min(5) as u32)).min(CAP)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_between_refused_attempts_stay_within_full_jitter_and_the_cap() {
+        let refused = [Attempt::Refused; 41];
+        let mut b = Backoff::new(seeded(0x5eed));
+        let waits = waits_before_attempts(&mut b, &refused, Duration::from_secs(10)).await;
+        for (n, wait) in waits.iter().enumerate() {
+            assert!(
+                *wait >= FLOOR && *wait <= ceiling(n),
+                "wait {n} was {wait:?}, outside [{FLOOR:?}, {:?}]: {waits:?}",
+                ceiling(n)
+            );
+        }
+        // Jitter really spreads the waits: capped ones land low as well as high.
+        let capped = &waits[5..];
+        let (low, high) = (CAP / 4, CAP * 3 / 4);
+        assert!(capped.iter().any(|w| *w < low), "{capped:?}");
+        assert!(capped.iter().any(|w| *w > high), "{capped:?}");
+
+        // The extremes of the random source reach the floor and the cap, never beyond.
+        let mut script = [0.0, 0.999_999, 0.0]
+            .into_iter()
+            .chain(std::iter::repeat(1.0));
+        let mut b = Backoff::new(move || script.next().unwrap_or(1.0));
+        let waits = waits_before_attempts(&mut b, &[Attempt::Refused; 1001], CAP).await;
+        assert_eq!(waits[0], FLOOR, "a zero draw still waits the floor");
+        assert!(waits[1] > Duration::from_millis(1999), "{:?}", waits[1]);
+        assert_eq!(waits[2], FLOOR);
         assert_eq!(
-            start.elapsed(),
-            Duration::from_secs(1 + 2 + 4 + 8 + 16 + 30)
+            waits.iter().max(),
+            Some(&CAP),
+            "a thousand failures wait 30 s at most"
         );
+        assert!(waits[5..].iter().all(|w| *w == CAP));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_up_for_thirty_seconds_resets_the_waits_and_a_shorter_one_does_not() {
+        use Attempt::{Refused, Up};
+        let keepalive = Duration::from_secs(10);
+        let mut b = Backoff::new(|| 1.0);
+        let mut attempts = vec![Refused; 6];
+        attempts.extend([Up(Duration::from_secs(5)), Refused, Refused]);
+        let waits = waits_before_attempts(&mut b, &attempts, keepalive).await;
+        let secs = |w: &[Duration]| w.iter().map(Duration::as_secs).collect::<Vec<_>>();
+        // After a 5 s connection the drop is retried within half a keepalive, then the waits
+        // carry on at the cap where they were.
+        assert_eq!(secs(&waits), [1, 2, 4, 8, 16, 30, 5, 30]);
+
+        let mut b = Backoff::new(|| 1.0);
+        let mut attempts = vec![Refused; 6];
+        attempts.extend([Up(STABLE_AFTER), Refused, Refused, Refused]);
+        let waits = waits_before_attempts(&mut b, &attempts, keepalive).await;
+        // After 30 s up, the schedule starts again from 1 s.
+        assert_eq!(secs(&waits), [1, 2, 4, 8, 16, 30, 1, 2, 4]);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +22,7 @@ use illumitunnel::{DeliveryId, Token};
 use illumitunnel_relay::OfflinePolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
@@ -146,15 +149,9 @@ async fn unknown_tunnel_offline_tunnel_and_other_paths() {
     let mut ws = connect(&relay, "gone-soon").await;
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
-    // The relay notices the close asynchronously; bounded poll until the session is gone.
-    let mut answer = relay.post("/t/gone-soon/x", "{}").await;
-    for _ in 0..100 {
-        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        answer = relay.post("/t/gone-soon/x", "{}").await;
-    }
+    // The relay notices the close asynchronously: wait until its metrics count no session.
+    wait_for_metric(&relay, "illumitunnel_sessions 0").await;
+    let answer = relay.post("/t/gone-soon/x", "{}").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         answer
@@ -337,15 +334,35 @@ async fn sessions_must_start_with_hello_and_speak_the_protocol() {
 #[tokio::test]
 async fn ten_mib_travels_in_chunks_without_stalling_small_deliveries() {
     let relay = Relay::plain().await;
-    let mut events = spawn_client(connect(&relay, "big-app").await, Behavior::Echo);
+    let client = spawn_interleaving_client(connect(&relay, "big-app").await);
     let big: Vec<u8> = (0..10 * 1024 * 1024)
         .map(|i: usize| (i * 31 % 251) as u8)
         .collect();
-    let (big_answer, small_answer) =
-        tokio::join!(relay.post("/t/big-app/big", big.clone()), async {
-            tokio::task::yield_now().await;
-            relay.post("/t/big-app/small", "tiny").await
-        });
+    let big_answered = std::cell::Cell::new(false);
+    let big_delivery = async {
+        let answer = relay.post("/t/big-app/big", big.clone()).await;
+        big_answered.set(true);
+        answer
+    };
+    // The small delivery is sent once the 10 MiB one is on the link, so it has to get past it.
+    let small_delivery = async {
+        within(
+            "the 10 MiB delivery's head at the client",
+            client.big_started,
+        )
+        .await
+        .unwrap();
+        let answer = relay.post("/t/big-app/small", "tiny").await;
+        (answer, big_answered.get())
+    };
+    let (big_answer, (small_answer, big_answered_first)) =
+        tokio::join!(big_delivery, small_delivery);
+    let completed_at_client = client.completed.lock().unwrap().clone();
+    assert!(
+        !big_answered_first,
+        "the small delivery was answered only after the 10 MiB one; completed at the client: \
+         {completed_at_client:?}"
+    );
     assert_eq!(small_answer.status, StatusCode::CREATED);
     assert_eq!(small_answer.body.as_ref(), b"tiny");
     assert_eq!(big_answer.status, StatusCode::CREATED);
@@ -353,12 +370,11 @@ async fn ten_mib_travels_in_chunks_without_stalling_small_deliveries() {
         big_answer.body.as_ref() == big.as_slice(),
         "10 MiB body changed on the way"
     );
-    let mut paths = [
-        next_request(&mut events).await,
-        next_request(&mut events).await,
-    ];
-    paths.sort_by_key(|r| r.body.len());
-    assert_eq!(paths[1].body, big);
+    assert_eq!(
+        completed_at_client,
+        [("/small".to_string(), 4), ("/big".to_string(), big.len())],
+        "the small delivery travels between the 10 MiB one's chunks"
+    );
     relay.stop().await;
 }
 
@@ -379,9 +395,16 @@ async fn a_silent_client_is_dropped_after_two_keepalive_intervals() {
     let answer = relay.post("/t/frozen/x", "{}").await;
     assert_eq!(answer.status, StatusCode::ACCEPTED);
 
-    // A client that keeps reading (and so answers pings) stays connected.
-    let mut events = spawn_client(connect(&relay, "awake").await, Behavior::Echo);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A client that keeps reading (and so answers pings) stays connected. Three pings read and
+    // answered span more than the two silent intervals that dropped the frozen one.
+    let mut awake = connect(&relay, "awake").await;
+    for _ in 0..3 {
+        match within("a keepalive ping", awake.next()).await {
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("expected a ping on an idle session, got {other:?}"),
+        }
+    }
+    let mut events = spawn_client(awake, Behavior::Echo);
     assert_eq!(
         relay.post("/t/awake/x", "{}").await.status,
         StatusCode::CREATED
@@ -475,7 +498,124 @@ async fn shutdown_closes_sessions() {
     within("relay shutdown", relay.task).await.unwrap().unwrap();
 }
 
+// ---------------------------------------------------------------- helpers
+
+/// Pause between two looks at a condition nothing announces.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls the relay's `/metrics` every [`POLL`], for at most [`WAIT`], until it holds `needle`.
+async fn wait_for_metric(relay: &Relay, needle: &str) -> String {
+    let start = tokio::time::Instant::now();
+    loop {
+        let get = Request::get("/metrics")
+            .header(header::HOST, "x")
+            .body(Full::default())
+            .unwrap();
+        let text = String::from_utf8_lossy(&relay.send(get).await.body).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no {needle:?} in /metrics within {WAIT:?}:\n{text}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A fake client for interleaved deliveries (see [`spawn_interleaving_client`]).
+struct InterleavingClient {
+    /// Fires when the head of the first chunked delivery arrives.
+    big_started: oneshot::Receiver<()>,
+    /// Path and body length of each delivery, in the order their last byte arrived.
+    completed: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+/// Runs a client that reassembles deliveries whose chunks interleave on the link and echoes
+/// each (as [`Behavior::Echo`] does) as soon as it is complete.
+fn spawn_interleaving_client(mut ws: Ws) -> InterleavingClient {
+    let (started_tx, big_started) = oneshot::channel();
+    let completed = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&completed);
+    tokio::spawn(async move {
+        let mut started_tx = Some(started_tx);
+        let mut assembling: HashMap<DeliveryId, Received> = HashMap::new();
+        while let Some(Ok(frame)) = ws.next().await {
+            let Message::Binary(bytes) = frame else {
+                continue;
+            };
+            let done = match RelayMessage::decode(&bytes).unwrap() {
+                RelayMessage::Request {
+                    id,
+                    answer,
+                    redelivery,
+                    method,
+                    path,
+                    query,
+                    headers,
+                    body,
+                    end,
+                    ..
+                } => {
+                    let request = Received {
+                        id: id.clone(),
+                        answer,
+                        queued: redelivery,
+                        method,
+                        path,
+                        query,
+                        headers,
+                        body: body.to_vec(),
+                    };
+                    if end {
+                        Some(request)
+                    } else {
+                        if let Some(tx) = started_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        assembling.insert(id, request);
+                        None
+                    }
+                }
+                RelayMessage::RequestChunk { id, data, end } => {
+                    let request = assembling.get_mut(&id).expect("a chunk after its head");
+                    request.body.extend_from_slice(&data);
+                    if end {
+                        assembling.remove(&id)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            let Some(request) = done else { continue };
+            log.lock()
+                .unwrap()
+                .push((request.path.clone(), request.body.len()));
+            for reply in answer(&Behavior::Echo, &request) {
+                if ws.send(Message::Binary(reply.encode())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    InterleavingClient {
+        big_started,
+        completed,
+    }
+}
+
 // ---------------------------------------------------------------- the binary
+
+/// Whether process `pid` catches SIGTERM (bit 15 of `SigCgt` in Linux's `/proc/PID/status`).
+fn catches_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+}
 
 fn relay_bin() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_illumitunnel-relay"));
@@ -535,6 +675,8 @@ fn binary_prints_address_and_fingerprint_and_exits_0_on_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(2));
 
+    // Its own data dir: the default one is shared with whatever else runs on this machine.
+    let data = tempfile::tempdir().unwrap();
     let mut child = relay_bin()
         .args([
             "--listen",
@@ -543,6 +685,8 @@ fn binary_prints_address_and_fingerprint_and_exits_0_on_sigterm() {
             "--hostname",
             "relay.test",
         ])
+        .arg("--data-dir")
+        .arg(data.path())
         .env("ILLUMITUNNEL_RELAY_TOKENS", "s3cret-token-value")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -552,17 +696,31 @@ fn binary_prints_address_and_fingerprint_and_exits_0_on_sigterm() {
     let (mut first, mut second) = (String::new(), String::new());
     stdout.read_line(&mut first).unwrap();
     stdout.read_line(&mut second).unwrap();
+    // The listening line is printed before the SIGTERM handler is installed, so a SIGTERM sent
+    // at once can kill the relay outright (status None). Wait, under a deadline, until the
+    // kernel shows the relay catching SIGTERM.
+    let start = std::time::Instant::now();
+    while !catches_sigterm(child.id()) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the relay installed no SIGTERM handler within {WAIT:?}"
+        );
+        std::thread::sleep(POLL);
+    }
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+    // Polls the process state until it exits, for at most WAIT.
     let guard_status = (|| {
-        for _ in 0..200 {
+        let start = std::time::Instant::now();
+        while start.elapsed() < WAIT {
             if let Some(status) = child.try_wait().unwrap() {
                 return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(POLL);
         }
         let _ = child.kill();
+        let _ = child.wait();
         None
     })();
     let mut stderr = String::new();

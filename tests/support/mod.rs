@@ -637,3 +637,39 @@ pub fn test_ca(dir: &Path) -> TestCa {
         ca_der: ca.der().clone(),
     }
 }
+
+/// Pause between two looks at a condition that no line or channel announces.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Calls `probe` every [`POLL`] until it returns `Ok`, for at most `within`; on time-out fails
+/// naming `what` and showing the last thing `probe` saw.
+pub fn poll_until<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(found) => return found,
+            Err(last) if start.elapsed() >= within => {
+                panic!("timed out after {within:?} waiting for {what}; last seen:\n{last}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Polls the relay's `GET /metrics` (under [`DEADLINE`]) until it contains `needle`; returns
+/// the text that did.
+pub fn wait_for_metric(rt: &tokio::runtime::Runtime, relay: &Relay, needle: &str) -> String {
+    let url = format!("{}/metrics", relay.url);
+    poll_until(&format!("{needle:?} in {url}"), DEADLINE, || {
+        let text = sender::Request::new("GET", &url).send(rt).text();
+        if text.contains(needle) {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+}

@@ -160,10 +160,168 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 mod tests {
     use super::*;
 
-    #[test]
-    fn configs_build() {
-        assert!(client_config(Trust::WebPki(vec![])).is_ok());
-        assert!(client_config(Trust::Insecure).is_ok());
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What a relay presents: its certificate chain and key.
+    struct RelayCert {
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    }
+
+    /// A test CA, as PEM (what `--ca` reads), and relay certificates it signs.
+    struct TestCa {
+        pem: String,
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl TestCa {
+        fn new(name: &str) -> TestCa {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            TestCa {
+                pem: cert.pem(),
+                cert,
+                key,
+            }
+        }
+
+        /// A relay certificate for `127.0.0.1` and `localhost`, signed by this CA.
+        fn sign_relay(&self) -> RelayCert {
+            let key = KeyPair::generate().unwrap();
+            let params =
+                CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                    .unwrap();
+            let leaf = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            RelayCert {
+                chain: vec![leaf.der().clone()],
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            }
+        }
+
+        /// The CA as `--ca FILE` loads it.
+        fn load_as_ca_flag(&self, dir: &Path) -> Vec<CertificateDer<'static>> {
+            let path = dir.join("ca.pem");
+            std::fs::write(&path, &self.pem).unwrap();
+            load_ca(&path).unwrap()
+        }
+    }
+
+    /// A real TLS handshake over an in-memory pipe between a relay presenting `relay` and a
+    /// client with `config` dialling `host`, then one byte from the relay to show the session
+    /// carries data. Returns the client's error when the handshake fails.
+    async fn handshake(
+        config: Arc<ClientConfig>,
+        relay: &RelayCert,
+        host: &str,
+    ) -> std::io::Result<()> {
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(relay.chain.clone(), relay.key.clone_key())
+            .unwrap();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let (client_io, relay_io) = tokio::io::duplex(4096);
+        let relay_side = async move {
+            let mut tls = acceptor.accept(relay_io).await?;
+            tls.write_all(b"!").await?;
+            tls.flush().await?;
+            // Held open until the client has read the byte.
+            Ok::<_, std::io::Error>(tls)
+        };
+        let name = ServerName::try_from(host.to_string()).unwrap();
+        let client_side = async move {
+            let mut tls = connector.connect(name, client_io).await?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await?;
+            assert_eq!(&byte, b"!");
+            Ok::<_, std::io::Error>(())
+        };
+        let both = async { tokio::join!(relay_side, client_side) };
+        let (_relay, client) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+            .await
+            .expect("the handshake finished within 10 s");
+        client
+    }
+
+    #[tokio::test]
+    async fn with_ca_a_relay_signed_by_that_ca_is_trusted_and_one_signed_by_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = TestCa::new("our relay CA");
+        let theirs = TestCa::new("someone else's CA");
+        let config = client_config(Trust::WebPki(ours.load_as_ca_flag(dir.path()))).unwrap();
+
+        handshake(config.clone(), &ours.sign_relay(), "127.0.0.1")
+            .await
+            .expect("a relay certificate that chains to --ca is trusted");
+        let err = handshake(config.clone(), &theirs.sign_relay(), "127.0.0.1")
+            .await
+            .expect_err("a relay certificate from another CA is refused");
+        assert_eq!(
+            explain_handshake_error(&err),
+            (
+                "certificate not trusted; pass --ca FILE or --insecure".to_string(),
+                false
+            ),
+            "{err}"
+        );
+        // Chaining to the CA is not enough: the certificate must name the host dialled.
+        let err = handshake(config, &ours.sign_relay(), "relay.example.com")
+            .await
+            .expect_err("a certificate for another host is refused");
+        let (sentence, retry) = explain_handshake_error(&err);
+        assert!(
+            sentence.ends_with("; pass --ca FILE or --insecure") && !retry,
+            "{sentence} ({err})"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_ca_a_private_ca_is_not_trusted() {
+        let ours = TestCa::new("our relay CA");
+        let config = client_config(Trust::WebPki(Vec::new())).unwrap();
+        let err = handshake(config, &ours.sign_relay(), "127.0.0.1")
+            .await
+            .expect_err("the web PKI roots do not include a private CA");
+        assert!(!explain_handshake_error(&err).1, "{err}");
+    }
+
+    #[tokio::test]
+    async fn insecure_accepts_any_relay_certificate() {
+        let config = client_config(Trust::Insecure).unwrap();
+        for ca in [TestCa::new("one CA"), TestCa::new("another CA")] {
+            for host in ["127.0.0.1", "relay.example.com"] {
+                handshake(config.clone(), &ca.sign_relay(), host)
+                    .await
+                    .unwrap_or_else(|e| panic!("--insecure refused {host}: {e}"));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_embedded_relay_is_trusted_by_its_own_certificate_only() {
+        let names = ["127.0.0.1".to_string(), "localhost".to_string()];
+        let embedded = illumitunnel_relay::tls::SelfSigned::generate(&names).unwrap();
+        let relay = RelayCert {
+            chain: vec![embedded.cert.clone()],
+            key: embedded.key.clone_key(),
+        };
+        let config = client_config(Trust::Only(vec![embedded.cert.clone()])).unwrap();
+        handshake(config.clone(), &relay, "127.0.0.1")
+            .await
+            .expect("the embedded relay's own certificate is trusted");
+        let other = TestCa::new("a CA the web trusts nowhere").sign_relay();
+        handshake(config, &other, "127.0.0.1")
+            .await
+            .expect_err("any other certificate is refused");
     }
 
     #[test]
