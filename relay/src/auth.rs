@@ -60,6 +60,14 @@ impl Auth {
         }
     }
 
+    /// Keeps these token hashes (stored tokens are known only by their hash).
+    pub fn from_hashes(hashes: Vec<[u8; 32]>, allow_anonymous: bool) -> Self {
+        Auth {
+            hashes,
+            allow_anonymous,
+        }
+    }
+
     /// Checks an `Authorization` header value. With no tokens configured (a loopback relay)
     /// every client is accepted and a presented token still keys ownership.
     pub fn check(&self, authorization: Option<&[u8]>) -> Result<Owner, Unauthorized> {

@@ -48,4 +48,11 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: when each tunnel's owner last connected, so a name unused for --tunnel-ttl is released.
     "ALTER TABLE tunnels ADD COLUMN last_seen_ms INTEGER NOT NULL DEFAULT 0;
     UPDATE tunnels SET last_seen_ms = claimed_at_ms;",
+    // 4: client tokens added with `illumitunnel-relay token add`: a name to revoke by and the
+    // token's SHA-256 in hex; the token itself is never stored.
+    "CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL
+    );",
 ];
