@@ -471,11 +471,17 @@ impl TryFrom<Args> for Config {
         {
             return Err(ConfigError::OpenToAnyone(args.listen));
         }
-        let public_url = args
-            .public_url
-            .as_deref()
-            .map(parse_public_url)
-            .transpose()?;
+        let public_url = match (args.public_url.as_deref(), &tls) {
+            (Some(url), _) => Some(parse_public_url(url)?),
+            // The certificate's name is the one senders can reach and verify.
+            (None, TlsConfig::Acme(acme)) => {
+                acme.domains.first().map(|domain| match args.listen.port() {
+                    443 => format!("https://{domain}"),
+                    port => format!("https://{domain}:{port}"),
+                })
+            }
+            (None, _) => None,
+        };
         if args.max_body == 0 {
             return Err(ConfigError::ZeroMaxBody);
         }

@@ -163,7 +163,7 @@ pub fn run(
             let _ = writeln!(out, "{token}");
             let _ = writeln!(
                 note,
-                "token {name} added; it is shown only this once. On the client: illumitunnel login --relay https://YOUR-RELAY --token {token}"
+                "token {name} added and shown only this once; on the client run `illumitunnel login --relay https://RELAY --token TOKEN`"
             );
         }),
         TokenCommand::List => store.list().map(|tokens| {
