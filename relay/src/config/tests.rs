@@ -463,6 +463,10 @@ fn acme_flags() {
         panic!("not ACME")
     };
     assert_eq!(settings.domains, ["relay.example.com"]);
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://relay.example.com:8443")
+    );
     assert_eq!(settings.directory, crate::acme::LETS_ENCRYPT_STAGING);
 }
 
@@ -498,4 +502,43 @@ fn token_subcommands_parse_with_a_data_dir_anywhere() {
         args(&["token", "list"]).command,
         Some(Command::Token(TokenCommand::List))
     ));
+}
+
+#[test]
+fn the_systemd_unit_starts_a_valid_hardened_acme_relay() {
+    let unit = include_str!("../../../deploy/illumitunnel-relay.service");
+    for setting in [
+        "DynamicUser=yes",
+        "StateDirectory=illumitunnel-relay",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(unit.lines().any(|l| l == setting), "missing {setting}");
+    }
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let argv: Vec<&str> = exec
+        .split_whitespace()
+        .filter(|w| *w != "$RELAY_FLAGS")
+        .map(|w| match w {
+            "${RELAY_DOMAIN}" => "relay.example.com",
+            "${ACME_EMAIL}" => "ops@example.com",
+            other => other,
+        })
+        .collect();
+    assert_eq!(argv[0], "/usr/local/bin/illumitunnel-relay");
+    let mut parsed = args(&argv[1..]);
+    parsed.stored_tokens = 1;
+    let config = Config::try_from(parsed).unwrap();
+    assert!(matches!(config.tls, TlsConfig::Acme(_)));
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://relay.example.com")
+    );
+    assert_eq!(config.data_dir, Path::new("/var/lib/illumitunnel-relay"));
 }
