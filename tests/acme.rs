@@ -322,6 +322,12 @@ fn a_certificate_due_for_renewal_is_replaced_without_a_restart() {
     assert_ne!(renewed, old.der().to_vec());
     relay.wait_for_text(Stream::Stderr, "serving a new certificate from the ACME CA");
     assert_eq!(relay.pid(), pid);
+    // `systemctl reload` sends SIGHUP: an ACME relay has nothing to reload and keeps running.
+    relay.signal("HUP");
+    relay.wait_for_text(
+        Stream::Stderr,
+        "SIGHUP: no --tls-cert or --tokens-file to reload",
+    );
     let mut relay = relay;
     assert!(
         relay.try_status().is_none(),

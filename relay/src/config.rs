@@ -159,19 +159,15 @@ pub struct Config {
 /// The files SIGHUP reloads without dropping connections.
 #[derive(Debug, Clone, Default)]
 pub struct Reload {
+    /// Take SIGHUP at all: the `illumitunnel-relay` process does (so `systemctl reload` never
+    /// stops it), a relay embedded in another process does not.
+    pub on_hangup: bool,
     /// `--tls-cert` and `--tls-key`.
     pub pem: Option<(PathBuf, PathBuf)>,
     /// `--tokens-file`.
     pub tokens_file: Option<PathBuf>,
     /// Tokens from the environment, kept beside the file's.
     pub env_tokens: Vec<Token>,
-}
-
-impl Reload {
-    /// Whether there is anything to reload (the relay listens for SIGHUP only then).
-    pub fn is_empty(&self) -> bool {
-        self.pem.is_none() && self.tokens_file.is_none()
-    }
 }
 
 impl Config {
@@ -544,6 +540,7 @@ impl TryFrom<Args> for Config {
             metrics_listen: args.metrics_listen,
             metrics_tunnel_labels: args.metrics_tunnel_labels,
             reload: Reload {
+                on_hangup: true,
                 pem: args.tls_cert.zip(args.tls_key),
                 tokens_file: args.tokens_file,
                 env_tokens,

@@ -12,15 +12,15 @@ use crate::access::Access;
 use crate::config::{parse_tokens, Reload};
 use crate::tls::{self, CertSlot};
 
-/// Listens for SIGHUP (installed before this returns) until `shutdown`; does nothing when
-/// there is nothing to reload, so an embedded relay never takes SIGHUP from its process.
+/// Listens for SIGHUP (installed before this returns) until `shutdown`, when
+/// [`Reload::on_hangup`]: an embedded relay never takes SIGHUP from its process.
 pub(crate) fn spawn(
     reload: Reload,
     slot: Option<Arc<CertSlot>>,
     access: Arc<Access>,
     shutdown: CancellationToken,
 ) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
-    if reload.is_empty() {
+    if !reload.on_hangup {
         return Ok(None);
     }
     let mut hangup = signal(SignalKind::hangup())?;
@@ -30,6 +30,10 @@ pub(crate) fn spawn(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 received = hangup.recv() => if received.is_none() { return },
+            }
+            if reload.pem.is_none() && reload.tokens_file.is_none() {
+                info!("SIGHUP: no --tls-cert or --tokens-file to reload; stored tokens and ACME certificates apply by themselves");
+                continue;
             }
             info!("SIGHUP: reloading certificate and tokens");
             if let (Some((cert, key)), Some(slot)) = (&reload.pem, &slot) {
