@@ -141,6 +141,22 @@ impl Auth {
         }
     }
 
+    /// Keeps these token hashes (stored tokens are known only by their hash).
+    pub fn from_hashes(hashes: Vec<[u8; 32]>, allow_anonymous: bool) -> Self {
+        Auth {
+            hashes,
+            allow_anonymous,
+            process: None,
+        }
+    }
+
+    /// With `Some(hash)`, accepts only the client whose token has this SHA-256 (see
+    /// [`with_process_token`](Self::with_process_token)).
+    pub fn with_process_hash(mut self, hash: Option<[u8; 32]>) -> Self {
+        self.process = hash;
+        self
+    }
+
     /// With `Some(token)`, accepts only clients presenting `token` (the embedded relay's
     /// per-process token); they own tunnels by claim key, so a restarted `listen`, which has a
     /// new token, re-joins its tunnel with the key it kept.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::acme::AcmeSettings;
 use crate::queue::Clock;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
 
@@ -58,6 +59,8 @@ pub enum TlsConfig {
         /// The leaf's private key.
         key: PrivateKeyDer<'static>,
     },
+    /// Certificates obtained and renewed over ACME (`--acme-domain`).
+    Acme(AcmeSettings),
 }
 
 impl TlsConfig {
@@ -65,7 +68,7 @@ impl TlsConfig {
     pub fn scheme(&self) -> &'static str {
         match self {
             TlsConfig::Plain => "http",
-            TlsConfig::Certified { .. } => "https",
+            TlsConfig::Certified { .. } | TlsConfig::Acme(_) => "https",
         }
     }
 }
@@ -77,6 +80,7 @@ impl std::fmt::Debug for TlsConfig {
             TlsConfig::Certified { chain, .. } => {
                 write!(f, "Certified({} certificates, key MASKED)", chain.len())
             }
+            TlsConfig::Acme(settings) => write!(f, "Acme({:?})", settings.domains),
         }
     }
 }
@@ -148,6 +152,24 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Label queue metrics with tunnel names.
     pub metrics_tunnel_labels: bool,
+    /// What SIGHUP reads again.
+    pub reload: Reload,
+    /// Accept tokens stored by `token add` in the data dir (not for the embedded relay).
+    pub stored_tokens: bool,
+}
+
+/// The files SIGHUP reloads without dropping connections.
+#[derive(Debug, Clone, Default)]
+pub struct Reload {
+    /// Take SIGHUP at all: the `illumitunnel-relay` process does (so `systemctl reload` never
+    /// stops it), a relay embedded in another process does not.
+    pub on_hangup: bool,
+    /// `--tls-cert` and `--tls-key`.
+    pub pem: Option<(PathBuf, PathBuf)>,
+    /// `--tokens-file`.
+    pub tokens_file: Option<PathBuf>,
+    /// Tokens from the environment, kept beside the file's.
+    pub env_tokens: Vec<Token>,
 }
 
 impl Config {
@@ -170,6 +192,8 @@ impl Config {
             limits: Limits::default(),
             metrics_listen: None,
             metrics_tunnel_labels: false,
+            reload: Reload::default(),
+            stored_tokens: false,
         }
     }
 }
@@ -180,9 +204,13 @@ impl Config {
     name = "illumitunnel-relay",
     version,
     about = "Public relay for illumitunnel: accepts webhooks on /t/{tunnel}/… and carries them to connected clients",
-    after_help = "Client tokens can also come from ILLUMITUNNEL_RELAY_TOKENS (comma or newline separated)."
+    after_help = "Client tokens can also come from ILLUMITUNNEL_RELAY_TOKENS (comma or newline separated), \
+                  or be added with `illumitunnel-relay token add NAME`. SIGHUP reloads --tls-cert/--tls-key and --tokens-file."
 )]
 pub struct Args {
+    /// Manage client tokens instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -195,6 +223,21 @@ pub struct Args {
     /// Generate a self-signed ECDSA certificate and print its SHA-256 fingerprint.
     #[arg(long)]
     pub self_signed: bool,
+    /// Obtain and renew a certificate for this DNS name over ACME (repeatable).
+    #[arg(long = "acme-domain", value_name = "NAME")]
+    pub acme_domains: Vec<String>,
+    /// Contact address for the ACME account (expiry warnings).
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// ACME directory URL [default: Let's Encrypt production].
+    #[arg(long, value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// Use Let's Encrypt's staging directory (untrusted certificates, for trying things out).
+    #[arg(long)]
+    pub acme_staging: bool,
+    /// PEM CA certificate to trust for the ACME directory's own HTTPS (private CAs, Pebble).
+    #[arg(long, value_name = "PEM")]
+    pub acme_ca_root: Option<PathBuf>,
     /// Extra DNS name or IP address for --self-signed (repeatable).
     #[arg(long = "hostname", value_name = "NAME")]
     pub hostnames: Vec<String>,
@@ -213,9 +256,12 @@ pub struct Args {
     /// Accept clients without a token.
     #[arg(long)]
     pub allow_anonymous: bool,
-    /// Offline queue and tunnel ownership (SQLite).
-    #[arg(long, value_name = "DIR")]
+    /// Offline queue, tunnel ownership, stored tokens and the ACME cache.
+    #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Tokens stored in the data dir (`token add`); filled in by `main` before validation.
+    #[arg(skip)]
+    pub stored_tokens: usize,
     /// Largest request body accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body: usize,
@@ -266,11 +312,36 @@ pub struct Args {
     pub keepalive_ms: Option<u64>,
 }
 
+/// `illumitunnel-relay token …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Add, list or revoke client tokens stored (hashed) in the data dir.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `token add | list | revoke`; a running relay applies changes within 5 s.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once.
+    Add {
+        /// A name to revoke it by, e.g. the laptop it is for.
+        name: String,
+    },
+    /// Show the stored tokens' names (never the tokens).
+    List,
+    /// Delete a token; a running relay closes its sessions.
+    Revoke {
+        /// The name given to `token add`.
+        name: String,
+    },
+}
+
 /// A configuration the relay refuses to start with (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// None of `--http`, `--tls-cert/--tls-key`, `--self-signed`.
-    #[error("choose how to serve: pass --tls-cert FILE --tls-key FILE, --self-signed, or --http (plain HTTP behind a TLS proxy)")]
+    #[error("choose how to serve: pass --acme-domain NAME (a certificate from Let's Encrypt), --tls-cert FILE --tls-key FILE, --self-signed, or --http (plain HTTP behind a TLS proxy)")]
     NoServeMode,
     /// `--tls-cert` without `--tls-key`.
     #[error("--tls-cert needs --tls-key; pass the certificate's private key as well")]
@@ -288,7 +359,7 @@ pub enum ConfigError {
     #[error("--hostname only applies to --self-signed; add --self-signed or drop --hostname")]
     HostnameWithoutSelfSigned,
     /// Public address, no tokens, no `--allow-anonymous`.
-    #[error("refusing to listen on {0} without client tokens: pass --tokens-file FILE (or set ILLUMITUNNEL_RELAY_TOKENS), or --allow-anonymous to accept any client")]
+    #[error("refusing to listen on {0} without client tokens: add one with `illumitunnel-relay token add NAME`, pass --tokens-file FILE (or set ILLUMITUNNEL_RELAY_TOKENS), or --allow-anonymous to accept any client")]
     OpenToAnyone(SocketAddr),
     /// The tokens file cannot be read.
     #[error("could not read tokens file {path}: {reason}; check the path and its permissions")]
@@ -336,13 +407,42 @@ pub enum ConfigError {
     /// The in-flight budget cannot hold one body.
     #[error("--max-inflight-bytes must be at least --max-body, or no request could ever pass")]
     InflightBelowBody,
+    /// An `--acme-*` flag without `--acme-domain`.
+    #[error("{0} only applies with --acme-domain; add --acme-domain NAME or drop {0}")]
+    AcmeFlagWithoutDomain(&'static str),
+    /// `--acme-domain` with another source of certificates.
+    #[error("--acme-domain obtains its own certificate and cannot be combined with --tls-cert/--tls-key, --self-signed or --http; pick one")]
+    AcmeWithOtherCertificate,
+    /// `--acme-domain` is not a DNS name.
+    #[error("invalid --acme-domain {0:?}: pass a DNS name that points at this machine, e.g. relay.example.com (no scheme, port, IP address or wildcard)")]
+    AcmeDomain(String),
+    /// `--acme-directory` is not an https URL.
+    #[error("invalid --acme-directory {0:?}: pass the CA's https:// directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory")]
+    AcmeDirectory(String),
+    /// Both `--acme-staging` and `--acme-directory`.
+    #[error("--acme-staging picks Let's Encrypt's staging directory and cannot be combined with --acme-directory; pick one")]
+    AcmeStagingWithDirectory,
+    /// `--acme-email` is not an address.
+    #[error("invalid --acme-email {0:?}: pass an address such as you@example.com")]
+    AcmeEmail(String),
+    /// `--acme-ca-root` cannot be used.
+    #[error("could not load --acme-ca-root {path}: {reason}; pass the PEM certificate of the CA that signed the ACME directory's HTTPS certificate")]
+    AcmeCaRoot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: Args) -> Result<Self, ConfigError> {
-        let tls = tls_from(&args)?;
+        let tls = match crate::acme::settings_from(&args)? {
+            Some(acme) => TlsConfig::Acme(acme),
+            None => tls_from(&args)?,
+        };
         let mut tokens = Vec::new();
         if let Some(path) = &args.tokens_file {
             let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::TokensFile {
@@ -355,17 +455,32 @@ impl TryFrom<Args> for Config {
                 return Err(ConfigError::EmptyTokensFile(path.clone()));
             }
         }
-        if let Some(env) = &args.tokens_env {
-            tokens.extend(parse_tokens(env));
-        }
-        if tokens.is_empty() && !args.allow_anonymous && !args.listen.ip().is_loopback() {
+        let env_tokens: Vec<Token> = args
+            .tokens_env
+            .as_deref()
+            .map(parse_tokens)
+            .into_iter()
+            .flatten()
+            .collect();
+        tokens.extend(env_tokens.iter().cloned());
+        if tokens.is_empty()
+            && args.stored_tokens == 0
+            && !args.allow_anonymous
+            && !args.listen.ip().is_loopback()
+        {
             return Err(ConfigError::OpenToAnyone(args.listen));
         }
-        let public_url = args
-            .public_url
-            .as_deref()
-            .map(parse_public_url)
-            .transpose()?;
+        let public_url = match (args.public_url.as_deref(), &tls) {
+            (Some(url), _) => Some(parse_public_url(url)?),
+            // The certificate's name is the one senders can reach and verify.
+            (None, TlsConfig::Acme(acme)) => {
+                acme.domains.first().map(|domain| match args.listen.port() {
+                    443 => format!("https://{domain}"),
+                    port => format!("https://{domain}:{port}"),
+                })
+            }
+            (None, _) => None,
+        };
         if args.max_body == 0 {
             return Err(ConfigError::ZeroMaxBody);
         }
@@ -428,6 +543,13 @@ impl TryFrom<Args> for Config {
             },
             metrics_listen: args.metrics_listen,
             metrics_tunnel_labels: args.metrics_tunnel_labels,
+            reload: Reload {
+                on_hangup: true,
+                pem: args.tls_cert.zip(args.tls_key),
+                tokens_file: args.tokens_file,
+                env_tokens,
+            },
+            stored_tokens: true,
         })
     }
 }
@@ -485,7 +607,7 @@ fn load_pem(cert: &Path, key: &Path) -> Result<TlsConfig, ConfigError> {
 }
 
 /// Tokens separated by newlines or commas; blank entries and `#` comment lines are skipped.
-fn parse_tokens(text: &str) -> impl Iterator<Item = Token> + '_ {
+pub(crate) fn parse_tokens(text: &str) -> impl Iterator<Item = Token> + '_ {
     text.lines()
         .filter(|line| !line.trim_start().starts_with('#'))
         .flat_map(|line| line.split(','))

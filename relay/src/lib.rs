@@ -16,9 +16,15 @@
 //!   draining its backlog one delivery at a time, live).
 //! - [`queue`] — the offline queue and tunnel ownership in `{data_dir}/relay.db`.
 //! - [`auth`] — token check, claim keys and the one tunnel ownership rule.
+//! - [`access`] — the tokens accepted now (file, environment, stored), revoked sessions closed.
+//! - [`tokens`] — `token add | list | revoke`: tokens stored hashed in `relay.db`.
+//! - [`acme`] — certificates from Let's Encrypt (or any ACME CA) over TLS-ALPN-01, renewed.
+//! - [`reload`] — SIGHUP reloads the PEM certificate and the tokens file.
 //! - [`metrics`] — Prometheus metrics for `GET /metrics`.
 //! - [`logging`] — log setup for both binaries: wire-dump caps and secret scrubbing.
 
+pub mod access;
+pub mod acme;
 pub mod auth;
 pub mod budget;
 pub mod config;
@@ -28,10 +34,12 @@ pub mod ingress;
 pub mod logging;
 pub mod metrics;
 pub mod queue;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod tokens;
 pub mod tunnel;
 
 pub use config::{Config, ConfigError, OfflinePolicy, TlsConfig};

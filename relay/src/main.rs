@@ -1,17 +1,32 @@
-//! `illumitunnel-relay`: parse, validate, bind, print the address, serve until SIGTERM or Ctrl-C.
+//! `illumitunnel-relay`: parse, validate, bind, print the address, serve until SIGTERM or Ctrl-C;
+//! or run a `token` command on the data dir.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use illumitunnel_relay::config::Args;
-use illumitunnel_relay::{logging, server, tls, Config, TlsConfig};
+use illumitunnel_relay::config::{Args, Command};
+use illumitunnel_relay::{logging, server, tls, tokens, Config, TlsConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main(flavor = "current_thread")]
 #[allow(clippy::print_stdout)] // the listening line is this binary's output
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let data_dir =
+        (args.data_dir.clone()).unwrap_or_else(illumitunnel::paths::default_relay_data_dir);
+    if let Some(Command::Token(command)) = &args.command {
+        return match tokens::run(
+            command,
+            &data_dir,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
+        };
+    }
+    args.stored_tokens = tokens::stored_count(&data_dir);
     let (addr, self_signed) = (args.listen, args.self_signed);
     let config = match Config::try_from(args) {
         Ok(config) => config,

@@ -209,9 +209,13 @@ enum Command {
     Expire {
         reply: oneshot::Sender<Result<u64, QueueError>>,
     },
+    Stale {
+        ttl: Duration,
+        reply: oneshot::Sender<Result<Vec<String>, QueueError>>,
+    },
     ReleaseStale {
         ttl: Duration,
-        keep: Vec<String>,
+        names: Vec<String>,
         reply: oneshot::Sender<Result<Vec<String>, QueueError>>,
     },
     Close {
@@ -354,13 +358,18 @@ impl QueueHandle {
         self.call(|reply| Command::Expire { reply }).await
     }
 
-    /// Releases tunnels unused for `ttl` (except `keep`, connected now); returns their names.
+    /// Tunnels whose owner has not connected for `ttl`.
+    pub async fn stale(&self, ttl: Duration) -> Result<Vec<String>, QueueError> {
+        self.call(|reply| Command::Stale { ttl, reply }).await
+    }
+
+    /// Releases those of `names` still unused for `ttl`; returns the names released.
     pub async fn release_stale(
         &self,
         ttl: Duration,
-        keep: Vec<String>,
+        names: Vec<String>,
     ) -> Result<Vec<String>, QueueError> {
-        self.call(|reply| Command::ReleaseStale { ttl, keep, reply })
+        self.call(|reply| Command::ReleaseStale { ttl, names, reply })
             .await
     }
 
@@ -532,8 +541,11 @@ fn execute(
                 .map(|per| per.iter().map(|(_, n)| n).sum());
             done.push(Done::Expire(reply, expired));
         }
-        Command::ReleaseStale { ttl, keep, reply } => {
-            done.push(Done::Released(reply, store.release_stale(ttl, &keep, now)))
+        Command::Stale { ttl, reply } => {
+            let _ = reply.send(store.stale_tunnels(ttl, now));
+        }
+        Command::ReleaseStale { ttl, names, reply } => {
+            done.push(Done::Released(reply, store.release_stale(ttl, &names, now)))
         }
         Command::Close { reply } => return Some(reply),
     }

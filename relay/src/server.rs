@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::auth::Auth;
+use crate::access::{self, Access};
 use crate::budget::InflightBudget;
-use crate::config::{Config, Limits, TlsConfig};
+use crate::config::{Config, Limits};
 use crate::conn::{Activity, ConnectionLimits, LingerIo};
 use crate::error::IngressError;
 use crate::ingress::{self, IngressContext, WebhookRequest};
@@ -65,7 +65,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 struct Dispatch {
     ingress: Arc<IngressContext>,
     sessions: Arc<SessionContext>,
-    auth: Auth,
+    auth: Arc<Access>,
     metrics: Arc<Metrics>,
     /// Whether this listener serves `/metrics` (only on loopback).
     serve_metrics: bool,
@@ -109,12 +109,8 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let local = listener.local_addr()?;
-    let acceptor = match config.tls {
-        TlsConfig::Plain => None,
-        TlsConfig::Certified { chain, key } => {
-            Some(tls::acceptor(chain, key).map_err(RelayError::Tls)?)
-        }
-    };
+    let served = tls::serve(config.tls, &config.data_dir, &shutdown).map_err(RelayError::Tls)?;
+    let acceptor = served.acceptor;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     let public_base = config
         .public_url
@@ -154,6 +150,20 @@ pub(crate) async fn run(
     for (tunnel, owner) in owners {
         tunnels.preload(tunnel, owner);
     }
+    let open_when_empty =
+        config.tokens.is_empty() && (config.allow_anonymous || local.ip().is_loopback());
+    let stored = config.stored_tokens.then(|| config.data_dir.clone());
+    let (auth, token_poll) = access::start(
+        &config.tokens,
+        config.allow_anonymous,
+        open_when_empty,
+        config.process_token.as_ref(),
+        stored,
+        shutdown.clone(),
+    )
+    .await;
+    let reloader =
+        crate::reload::spawn(config.reload, served.slot, auth.clone(), shutdown.clone())?;
     let dispatch = Arc::new(Dispatch {
         ingress: Arc::new(IngressContext {
             tunnels: tunnels.clone(),
@@ -172,8 +182,7 @@ pub(crate) async fn run(
             max_body: config.max_body,
             closing: closing.clone(),
         }),
-        auth: Auth::new(&config.tokens, config.allow_anonymous)
-            .with_process_token(config.process_token.as_ref()),
+        auth: auth.clone(),
         metrics: metrics.clone(),
         serve_metrics: local.ip().is_loopback(),
         max_header_bytes: config.limits.max_header_bytes,
@@ -259,6 +268,9 @@ pub(crate) async fn run(
         warn!("sessions did not close within {SESSION_CLOSE_GRACE:?}");
     }
     let _ = expiry.await;
+    for task in [token_poll, reloader].into_iter().flatten() {
+        let _ = task.await;
+    }
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
@@ -294,15 +306,23 @@ async fn expire_periodically(
             ),
             Err(err) => warn!(%err, "could not expire the offline queue"),
         }
-        match queue.release_stale(ttl, tunnels.connected()).await {
-            Ok(names) if names.is_empty() => {}
-            Ok(names) => {
-                info!(
-                    count = names.len(),
-                    "released tunnel names unused for --tunnel-ttl"
-                );
-                tunnels.release(&names);
+        // Memory first: once forgotten there, a name takes no new delivery while its rows go.
+        let stale = match queue.stale(ttl).await {
+            Ok(stale) => stale,
+            Err(err) => {
+                warn!(%err, "could not look for unused tunnel names");
+                continue;
             }
+        };
+        let forgotten = tunnels.release(&stale);
+        if forgotten.is_empty() {
+            continue;
+        }
+        match queue.release_stale(ttl, forgotten).await {
+            Ok(names) => info!(
+                count = names.len(),
+                "released tunnel names unused for --tunnel-ttl"
+            ),
             Err(err) => warn!(%err, "could not release unused tunnel names"),
         }
     }
@@ -433,6 +453,10 @@ async fn serve_connection(
     // The TLS handshake counts against the first-request time, like every other silence.
     let handshake = dispatch.first_request_timeout;
     match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(mut stream)) if tls::is_acme_validation(stream.get_ref().1) => {
+            debug!("answered an ACME TLS-ALPN-01 validation");
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        }
         Ok(Ok(stream)) => {
             let io = LingerIo::new(stream, activity.clone());
             serve_http(dispatch, &builder, io, peer, true, activity, watcher).await
@@ -582,6 +606,7 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>>
     }
     let on_upgrade = hyper::upgrade::on(req);
     let sessions = dispatch.sessions.clone();
+    let access = dispatch.auth.clone();
     dispatch.tracker.spawn(async move {
         match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
             Ok(Ok(upgraded)) => {
@@ -591,7 +616,7 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>>
                     Some(session::ws_config()),
                 )
                 .await;
-                session::run(sessions, ws, auth).await;
+                access::run_session(access, sessions, ws, auth).await;
             }
             Ok(Err(err)) => debug!(%err, "websocket upgrade failed"),
             Err(_) => debug!("websocket upgrade timed out"),

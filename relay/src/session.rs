@@ -48,6 +48,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a session works with: its tunnels, the queue (ownership and acknowledgements) and
 /// its own settings.
+#[derive(Clone)]
 pub(crate) struct SessionContext {
     pub tunnels: Arc<Tunnels>,
     pub queue: QueueHandle,

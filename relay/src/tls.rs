@@ -1,13 +1,17 @@
 //! TLS for the relay: PEM loading, self-signed ECDSA certificates, and the rustls server
 //! configuration (ALPN h2 + http/1.1, session tickets and a session cache so that senders that
-//! open a new connection for every webhook resume instead of doing a full handshake).
+//! open a new connection for every webhook resume instead of doing a full handshake). The
+//! acceptor serves its certificate through a resolver, so a certificate can be replaced while
+//! the relay runs: a [`CertSlot`] for PEM files (SIGHUP), the ACME resolver for `--acme-domain`.
 
 use std::io::BufReader;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConnection};
+use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
@@ -79,19 +83,120 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .ok_or_else(|| "no private key found in the file".into())
 }
 
-/// Builds the acceptor: TLS 1.2/1.3 with ring, ALPN `h2` then `http/1.1`, resumption on.
+/// ALPN protocol of ACME TLS-ALPN-01 validation connections (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// A certificate and key that can be swapped while connections keep the one they started with.
+#[derive(Debug)]
+pub struct CertSlot(RwLock<Arc<CertifiedKey>>);
+
+impl CertSlot {
+    /// Checks that `key` belongs to the chain's leaf.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(CertSlot(RwLock::new(certified_key(chain, key)?))))
+    }
+
+    /// Serves `chain` to new connections from now on; on error the old pair stays.
+    pub fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), String> {
+        let certified = certified_key(chain, key)?;
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = certified;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.0
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, String> {
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, key, &provider)
+        .map(Arc::new)
+        .map_err(|e| format!("the certificate and key do not fit together: {e}"))
+}
+
+/// Whether a finished handshake was an ACME validation (it carries no HTTP).
+pub fn is_acme_validation(connection: &ServerConnection) -> bool {
+    connection.alpn_protocol() == Some(ACME_TLS_ALPN)
+}
+
+/// What the accept loop serves TLS with; `slot` is there to reload PEM files on SIGHUP.
+pub(crate) struct Served {
+    /// `None`: plain HTTP.
+    pub acceptor: Option<TlsAcceptor>,
+    /// The PEM (or self-signed) certificate's slot.
+    pub slot: Option<Arc<CertSlot>>,
+}
+
+/// Sets up TLS as configured; with ACME this starts obtaining the certificate.
+pub(crate) fn serve(
+    tls: crate::TlsConfig,
+    data_dir: &Path,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Served, String> {
+    match tls {
+        crate::TlsConfig::Plain => Ok(Served {
+            acceptor: None,
+            slot: None,
+        }),
+        crate::TlsConfig::Certified { chain, key } => {
+            let slot = CertSlot::new(chain, key)?;
+            Ok(Served {
+                acceptor: Some(acceptor_with(slot.clone(), false)?),
+                slot: Some(slot),
+            })
+        }
+        crate::TlsConfig::Acme(settings) => {
+            let resolver = crate::acme::spawn(&settings, data_dir, shutdown.child_token())?;
+            Ok(Served {
+                acceptor: Some(acceptor_with(resolver, true)?),
+                slot: None,
+            })
+        }
+    }
+}
+
+/// Builds the acceptor for a fixed certificate: see [`acceptor_with`].
 pub fn acceptor(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+) -> Result<TlsAcceptor, String> {
+    acceptor_with(CertSlot::new(chain, key)?, false)
+}
+
+/// Builds the acceptor: TLS 1.2/1.3 with ring, ALPN `h2` then `http/1.1` (and `acme-tls/1`
+/// when `acme`), resumption on, certificates from `resolver`.
+pub fn acceptor_with(
+    resolver: Arc<dyn ResolvesServerCert>,
+    acme: bool,
 ) -> Result<TlsAcceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("the certificate and key do not fit together: {e}"))?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
     Ok(TlsAcceptor::from(Arc::new(config)))
@@ -126,5 +231,19 @@ mod tests {
             "no private key found in the file"
         );
         assert!(load_certs(&dir.path().join("missing.pem")).is_err());
+    }
+
+    #[test]
+    fn a_slot_swaps_its_certificate_and_refuses_a_wrong_key() {
+        let first = SelfSigned::generate(&["localhost".into()]).unwrap();
+        let second = SelfSigned::generate(&["localhost".into()]).unwrap();
+        let slot = CertSlot::new(vec![first.cert.clone()], first.key.clone_key()).unwrap();
+        let served = |slot: &CertSlot| slot.0.read().unwrap().cert[0].clone();
+        assert_eq!(served(&slot), first.cert);
+        let mismatch = slot.replace(vec![second.cert.clone()], first.key.clone_key());
+        assert!(mismatch.unwrap_err().contains("do not fit together"));
+        assert_eq!(served(&slot), first.cert);
+        slot.replace(vec![second.cert.clone()], second.key).unwrap();
+        assert_eq!(served(&slot), second.cert);
     }
 }

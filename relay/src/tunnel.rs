@@ -174,26 +174,21 @@ impl Tunnels {
         self.lock().get(tunnel).map_or(0, |t| t.pushed)
     }
 
-    /// Tunnels with a session now.
-    pub fn connected(&self) -> Vec<String> {
-        self.lock()
-            .iter()
-            .filter(|(_, t)| !t.sessions.is_empty())
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
-
-    /// Forgets tunnels released for disuse, unless a session joined meanwhile.
-    pub fn release(&self, names: &[String]) {
+    /// Forgets those of `names` that are idle (no session, no drain, no push in flight), so
+    /// they answer 404 from now on; returns the names forgotten, for the queue to release.
+    pub fn release(&self, names: &[String]) -> Vec<String> {
         let mut map = self.lock();
+        let mut released = Vec::new();
         for name in names {
             if map
                 .get(name)
                 .is_some_and(|t| t.sessions.is_empty() && !t.draining && t.pushing == 0)
             {
                 map.remove(name);
+                released.push(name.clone());
             }
         }
+        released
     }
 
     /// Where a new delivery for `tunnel` goes.

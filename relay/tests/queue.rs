@@ -205,6 +205,14 @@ async fn a_delivery_that_breaks_three_sessions_is_set_aside_and_the_rest_flows()
         assert_eq!(dead_letters, 0);
         wait_for_offline(&relay, "jammed").await;
     }
+    // The third broken session sets it aside; the relay counts it before the next session.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !String::from_utf8_lossy(&relay.get("/metrics").await.body)
+        .contains("illumitunnel_deliveries_total{outcome=\"dead_lettered\"} 1")
+    {
+        assert!(std::time::Instant::now() < deadline, "never set aside");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (bodies, dead_letters) = poison_client(&relay, "jammed", b"after").await;
     assert_eq!(
         bodies,
@@ -506,8 +514,15 @@ async fn a_name_unused_for_the_tunnel_ttl_is_released_with_its_queue() {
         assert!(std::time::Instant::now() < deadline, "never released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Another token may claim it now; the connected tunnel stays its owner's.
-    let (_ws, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "stale").await;
+    // Another token may claim it once its rows are gone (right after it answers 404); the
+    // connected tunnel stays its owner's.
+    let reply = loop {
+        let (_ws, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "stale").await;
+        if matches!(reply, RelayMessage::Welcome { .. }) || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         matches!(reply, RelayMessage::Welcome { queued: 0, .. }),
         "{reply:?}"

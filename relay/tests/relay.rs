@@ -628,10 +628,14 @@ fn relay_bin() -> std::process::Command {
 fn binary_config_errors_exit_2_with_one_sentence() {
     for (args, want) in [
         (&["--listen", "0.0.0.0:0", "--http"][..], "error: refusing to listen on 0.0.0.0:0 without client tokens"),
-        (&["--listen", "127.0.0.1:0"][..], "error: choose how to serve: pass --tls-cert FILE --tls-key FILE, --self-signed, or --http"),
+        (&["--listen", "127.0.0.1:0"][..], "error: choose how to serve: pass --acme-domain NAME (a certificate from Let's Encrypt), --tls-cert FILE --tls-key FILE, --self-signed, or --http"),
         (&["--listen", "127.0.0.1:0", "--tls-cert", "c.pem"][..], "error: --tls-cert needs --tls-key"),
+        (&["--acme-domain", "relay.example.com", "--self-signed"][..], "error: --acme-domain obtains its own certificate and cannot be combined with --tls-cert/--tls-key, --self-signed or --http; pick one"),
+        (&["token", "add", "has space"][..], "error: invalid token name \"has space\""),
     ] {
-        let out = relay_bin().args(args).output().unwrap();
+        // Its own data dir: tokens stored in the default one must not change the verdict.
+        let data_dir = tempfile::tempdir().unwrap();
+        let out = relay_bin().args(args).arg("--data-dir").arg(data_dir.path()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.starts_with(want), "{args:?}: {stderr}");

@@ -360,3 +360,185 @@ fn hostile_input_limits_have_defaults_and_refuse_nonsense() {
         assert!(err.starts_with(sentence), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn acme_flags() {
+    let acme = ["--acme-domain", "relay.example.com"];
+    let cases: &[(&[&str], Option<&str>)] = &[
+        (&acme, None),
+        (
+            &[
+                &acme[..],
+                &["--acme-email", "ops@example.com", "--acme-staging"],
+            ]
+            .concat(),
+            None,
+        ),
+        (
+            &[&acme[..], &["--tls-cert", "c.pem", "--tls-key", "k.pem"]].concat(),
+            Some(
+                "--acme-domain obtains its own certificate and cannot be combined with --tls-cert",
+            ),
+        ),
+        (
+            &[&acme[..], &["--self-signed"]].concat(),
+            Some("--acme-domain obtains"),
+        ),
+        (
+            &[&acme[..], &["--http"]].concat(),
+            Some("--acme-domain obtains"),
+        ),
+        (
+            &[&acme[..], &["--hostname", "x.example"]].concat(),
+            Some("--hostname only applies"),
+        ),
+        (
+            &["--http", "--acme-email", "ops@example.com"],
+            Some("--acme-email only applies with --acme-domain"),
+        ),
+        (
+            &["--http", "--acme-staging"],
+            Some("--acme-staging only applies"),
+        ),
+        (
+            &["--acme-domain", "https://relay.example.com"],
+            Some("invalid --acme-domain \"https://relay.example.com\""),
+        ),
+        (
+            &["--acme-domain", "*.example.com"],
+            Some("invalid --acme-domain"),
+        ),
+        (
+            &["--acme-domain", "203.0.113.9"],
+            Some("invalid --acme-domain"),
+        ),
+        (
+            &[&acme[..], &["--acme-directory", "http://ca.example/dir"]].concat(),
+            Some("invalid --acme-directory"),
+        ),
+        (
+            &[
+                &acme[..],
+                &[
+                    "--acme-directory",
+                    "https://ca.example/dir",
+                    "--acme-staging",
+                ],
+            ]
+            .concat(),
+            Some("--acme-staging picks"),
+        ),
+        (
+            &[&acme[..], &["--acme-email", "not-an-address"]].concat(),
+            Some("invalid --acme-email"),
+        ),
+        (
+            &[&acme[..], &["--acme-ca-root", "/nonexistent/root.pem"]].concat(),
+            Some("could not load --acme-ca-root /nonexistent/root.pem"),
+        ),
+    ];
+    for (argv, want) in cases {
+        let mut parsed = args(argv);
+        // An ACME relay is public: give it a token so only the ACME rules are under test.
+        parsed.stored_tokens = 1;
+        match (want, Config::try_from(parsed)) {
+            (None, Ok(config)) => assert_eq!(config.tls.scheme(), "https"),
+            (Some(want), Err(err)) => {
+                let msg = err.to_string();
+                assert!(
+                    msg.starts_with(want),
+                    "{argv:?}: got {msg:?}, want {want:?}"
+                );
+            }
+            (want, got) => panic!("{argv:?}: want {want:?}, got {got:?}"),
+        }
+    }
+    let config = Config::try_from({
+        let mut a = args(&["--acme-domain", "Relay.Example.com", "--acme-staging"]);
+        a.stored_tokens = 1;
+        a
+    })
+    .unwrap();
+    let TlsConfig::Acme(settings) = config.tls else {
+        panic!("not ACME")
+    };
+    assert_eq!(settings.domains, ["relay.example.com"]);
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://relay.example.com:8443")
+    );
+    assert_eq!(settings.directory, crate::acme::LETS_ENCRYPT_STAGING);
+}
+
+#[test]
+fn stored_tokens_let_a_public_relay_start() {
+    let public = ["--listen", "0.0.0.0:8443", "--http"];
+    let err = Config::try_from(args(&public)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("illumitunnel-relay token add NAME"),
+        "{err}"
+    );
+    let mut with_stored = args(&public);
+    with_stored.stored_tokens = 2;
+    let config = Config::try_from(with_stored).unwrap();
+    assert!(config.tokens.is_empty() && config.stored_tokens);
+}
+
+#[test]
+fn token_subcommands_parse_with_a_data_dir_anywhere() {
+    let parsed = args(&["token", "add", "laptop", "--data-dir", "/srv/relay"]);
+    assert!(matches!(
+        parsed.command,
+        Some(Command::Token(TokenCommand::Add { ref name })) if name == "laptop"
+    ));
+    assert_eq!(parsed.data_dir.as_deref(), Some(Path::new("/srv/relay")));
+    let parsed = args(&["--data-dir", "/srv/relay", "token", "revoke", "laptop"]);
+    assert!(matches!(
+        parsed.command,
+        Some(Command::Token(TokenCommand::Revoke { .. }))
+    ));
+    assert!(matches!(
+        args(&["token", "list"]).command,
+        Some(Command::Token(TokenCommand::List))
+    ));
+}
+
+#[test]
+fn the_systemd_unit_starts_a_valid_hardened_acme_relay() {
+    let unit = include_str!("../../../deploy/illumitunnel-relay.service");
+    for setting in [
+        "DynamicUser=yes",
+        "StateDirectory=illumitunnel-relay",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(unit.lines().any(|l| l == setting), "missing {setting}");
+    }
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let argv: Vec<&str> = exec
+        .split_whitespace()
+        .filter(|w| *w != "$RELAY_FLAGS")
+        .map(|w| match w {
+            "${RELAY_DOMAIN}" => "relay.example.com",
+            "${ACME_EMAIL}" => "ops@example.com",
+            other => other,
+        })
+        .collect();
+    assert_eq!(argv[0], "/usr/local/bin/illumitunnel-relay");
+    let mut parsed = args(&argv[1..]);
+    parsed.stored_tokens = 1;
+    let config = Config::try_from(parsed).unwrap();
+    assert!(matches!(config.tls, TlsConfig::Acme(_)));
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://relay.example.com")
+    );
+    assert_eq!(config.data_dir, Path::new("/var/lib/illumitunnel-relay"));
+}

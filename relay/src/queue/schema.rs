@@ -49,4 +49,11 @@ pub const MIGRATIONS: &[&str] = &[
     // Older databases never tracked it: every name gets a full TTL from the upgrade.
     "ALTER TABLE tunnels ADD COLUMN last_seen_ms INTEGER NOT NULL DEFAULT 0;
     UPDATE tunnels SET last_seen_ms = CAST(strftime('%s', 'now') AS INTEGER) * 1000;",
+    // 4: client tokens added with `illumitunnel-relay token add`: a name to revoke by and the
+    // token's SHA-256 in hex; the token itself is never stored.
+    "CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL
+    );",
 ];

@@ -464,24 +464,26 @@ impl QueueStore {
         })
     }
 
-    /// Releases every tunnel whose owner has not connected for `ttl`, except those in `keep`
-    /// (connected now), with its queue and dead letters; returns their names.
+    /// Tunnels whose owner has not connected for `ttl`.
+    pub fn stale_tunnels(&self, ttl: Duration, now_ms: i64) -> Result<Vec<String>, QueueError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM tunnels WHERE last_seen_ms < ?1")?;
+        let rows = stmt.query_map([stale_cutoff(ttl, now_ms)], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Releases those of `names` still unused for `ttl`, with their queues and dead letters;
+    /// returns the names released.
     pub fn release_stale(
         &mut self,
         ttl: Duration,
-        keep: &[String],
+        names: &[String],
         now_ms: i64,
     ) -> Result<Vec<String>, QueueError> {
-        let cutoff = now_ms.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        let stale: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT name FROM tunnels WHERE last_seen_ms < ?1")?;
-            let rows = stmt.query_map([cutoff], |r| r.get::<_, String>(0))?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
+        let stale = self.stale_tunnels(ttl, now_ms)?;
         let mut released = Vec::new();
-        for name in stale.into_iter().filter(|n| !keep.contains(n)) {
+        for name in stale.into_iter().filter(|n| names.contains(n)) {
             for sql in [
                 "DELETE FROM queued WHERE tunnel = ?1",
                 "DELETE FROM dead_letters WHERE tunnel = ?1",
@@ -527,6 +529,11 @@ impl QueueStore {
         let count = self.depths.values().map(|d| d.count).sum();
         self.gauges.totals(count, self.total_bytes());
     }
+}
+
+/// Last-seen times before this are stale.
+fn stale_cutoff(ttl: Duration, now_ms: i64) -> i64 {
+    now_ms.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -1,0 +1,318 @@
+//! Which client tokens the relay accepts right now: those from `--tokens-file` and the
+//! environment (replaced on SIGHUP) and those stored by `token add` (read again every
+//! [`POLL_EVERY`]). A token that leaves both sets loses its sessions, not only new ones.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use illumitunnel::Token;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::{Auth, Owner, Unauthorized};
+use crate::session::{self, SessionContext};
+use crate::tokens;
+
+/// How often a running relay reads the stored tokens (so `token add`/`revoke` apply within 5 s).
+pub const POLL_EVERY: Duration = Duration::from_secs(2);
+
+/// The relay's current tokens and the check made on every websocket upgrade.
+#[derive(Debug)]
+pub struct Access {
+    allow_anonymous: bool,
+    /// With no token at all, accept any client (a loopback or `--allow-anonymous` relay started
+    /// without tokens); otherwise an empty set accepts nobody.
+    open_when_empty: bool,
+    /// The embedded relay's per-process token (its SHA-256): when set, the only client accepted.
+    process: Option<[u8; 32]>,
+    state: RwLock<State>,
+    /// Bumped whenever the set changes, so sessions can check whether they still belong.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct State {
+    configured: Vec<[u8; 32]>,
+    stored: Vec<[u8; 32]>,
+    auth: Arc<Auth>,
+}
+
+impl Access {
+    /// Starts with the configured tokens; stored ones arrive with [`set_stored`](Self::set_stored).
+    pub fn new(
+        tokens: &[Token],
+        allow_anonymous: bool,
+        open_when_empty: bool,
+        process: Option<&Token>,
+    ) -> Arc<Self> {
+        let access = Access {
+            allow_anonymous,
+            open_when_empty,
+            process: process.map(|t| hashes(std::slice::from_ref(t))[0]),
+            state: RwLock::new(State {
+                configured: Vec::new(),
+                stored: Vec::new(),
+                auth: Arc::new(Auth::from_hashes(Vec::new(), allow_anonymous)),
+            }),
+            changed: watch::Sender::new(0),
+        };
+        access.update(|state| state.configured = hashes(tokens));
+        Arc::new(access)
+    }
+
+    /// Replaces the tokens from the file and the environment (SIGHUP).
+    pub fn set_configured(&self, tokens: &[Token]) {
+        self.update(|state| state.configured = hashes(tokens));
+    }
+
+    /// Replaces the stored tokens; returns whether anything changed.
+    pub fn set_stored(&self, mut stored: Vec<[u8; 32]>) -> bool {
+        stored.sort_unstable();
+        let same = self.read(|state| state.stored == stored);
+        if !same {
+            self.update(|state| state.stored = stored);
+        }
+        !same
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            f(&mut state);
+            let mut all = state.configured.clone();
+            all.extend_from_slice(&state.stored);
+            state.auth = Arc::new(
+                Auth::from_hashes(all, self.allow_anonymous).with_process_hash(self.process),
+            );
+        }
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    fn is_closed_and_empty(&self, state: &State) -> bool {
+        !self.open_when_empty && state.configured.is_empty() && state.stored.is_empty()
+    }
+
+    /// Checks an upgrade's `Authorization` header against the current tokens.
+    pub fn check(&self, authorization: Option<&[u8]>) -> Result<Owner, Unauthorized> {
+        let (closed, auth) = self.read(|s| (self.is_closed_and_empty(s), s.auth.clone()));
+        if closed {
+            return match authorization {
+                None if self.allow_anonymous => Ok(Owner::Anonymous),
+                _ => Err(Unauthorized),
+            };
+        }
+        auth.check(authorization)
+    }
+
+    /// Whether sessions of `owner` may go on.
+    pub fn accepts(&self, owner: Owner) -> bool {
+        let Owner::Token(hash) = owner else {
+            return true;
+        };
+        self.read(|state| {
+            let listed = state.configured.contains(&hash) || state.stored.contains(&hash);
+            let open =
+                self.open_when_empty && state.configured.is_empty() && state.stored.is_empty();
+            listed || open
+        })
+    }
+
+    /// Resolves once `owner`'s token is no longer accepted.
+    pub async fn revoked(&self, owner: Owner) {
+        let mut changes = self.changed.subscribe();
+        loop {
+            if !self.accepts(owner) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+fn hashes(tokens: &[Token]) -> Vec<[u8; 32]> {
+    tokens.iter().map(|t| tokens::hash(t.expose())).collect()
+}
+
+/// Runs a session like [`session::run`], closing it when its token is revoked.
+pub(crate) async fn run_session<S>(
+    access: Arc<Access>,
+    ctx: Arc<SessionContext>,
+    ws: WebSocketStream<S>,
+    auth: Result<Owner, Unauthorized>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(owner @ Owner::Token(_)) = auth else {
+        return session::run(ctx, ws, auth).await;
+    };
+    let closing = ctx.closing.child_token();
+    let ctx = Arc::new(SessionContext {
+        closing: closing.clone(),
+        ..SessionContext::clone(&ctx)
+    });
+    let session = session::run(ctx, ws, auth);
+    tokio::pin!(session);
+    // Both branches are cancel-safe: the session is polled by reference, never dropped here.
+    tokio::select! {
+        () = &mut session => return,
+        () = access.revoked(owner) => {
+            info!("client token revoked; closing its session");
+            closing.cancel();
+        }
+    }
+    session.await;
+}
+
+/// The relay's access: `tokens` from its configuration, plus (when `data_dir` is given) the
+/// stored ones, read now and then every [`POLL_EVERY`] until `shutdown`.
+pub(crate) async fn start(
+    tokens: &[Token],
+    allow_anonymous: bool,
+    open_when_empty: bool,
+    process: Option<&Token>,
+    data_dir: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> (Arc<Access>, Option<tokio::task::JoinHandle<()>>) {
+    let access = Access::new(tokens, allow_anonymous, open_when_empty, process);
+    let Some(dir) = data_dir else {
+        return (access, None);
+    };
+    let first = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            tokens::open_existing(&dir).map(|c| tokens::load_hashes(&c))
+        })
+    };
+    match first.await {
+        Ok(Some(Ok(hashes))) => {
+            access.set_stored(hashes);
+        }
+        Ok(Some(Err(err))) => warn!(%err, "could not read the stored tokens"),
+        Ok(None) => {}
+        Err(err) => warn!(%err, "could not read the stored tokens"),
+    }
+    if access.read(|s| access.is_closed_and_empty(s)) {
+        warn!(
+            "no client tokens yet: clients are refused until `illumitunnel-relay token add NAME`"
+        );
+    }
+    let poll = spawn_poll(access.clone(), dir, shutdown);
+    (access, Some(poll))
+}
+
+/// Reads the stored tokens every [`POLL_EVERY`] until `shutdown`, and applies changes.
+fn spawn_poll(
+    access: Arc<Access>,
+    data_dir: std::path::PathBuf,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conn = None;
+        let mut tick = tokio::time::interval(POLL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Both branches are cancel-safe: a token wait and `Interval::tick`.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let dir = data_dir.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let conn = conn.or_else(|| tokens::open_existing(&dir));
+                let hashes = conn.as_ref().map(tokens::load_hashes);
+                (conn, hashes)
+            })
+            .await;
+            let hashes = match read {
+                Ok((kept, hashes)) => {
+                    conn = kept;
+                    hashes
+                }
+                Err(err) => {
+                    conn = None;
+                    warn!(%err, "could not read the stored tokens");
+                    continue;
+                }
+            };
+            match hashes {
+                Some(Ok(hashes)) => {
+                    let count = hashes.len();
+                    if access.set_stored(hashes) {
+                        info!(stored_tokens = count, "stored client tokens changed");
+                    }
+                }
+                Some(Err(err)) => {
+                    // Keep the last set read: a busy database must not lock clients out.
+                    conn = None;
+                    warn!(%err, "could not read the stored tokens; keeping the previous ones");
+                }
+                None => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(token: &str) -> Vec<u8> {
+        format!("Bearer {token}").into_bytes()
+    }
+
+    #[test]
+    fn stored_and_configured_tokens_both_count() {
+        let access = Access::new(&[Token::new("from-file")], false, false, None);
+        assert!(access.check(Some(&bearer("from-file"))).is_ok());
+        assert!(access.check(Some(&bearer("stored"))).is_err());
+        assert!(access.set_stored(vec![tokens::hash("stored")]));
+        assert!(!access.set_stored(vec![tokens::hash("stored")]));
+        let owner = access.check(Some(&bearer("stored"))).unwrap();
+        assert!(access.accepts(owner));
+        access.set_stored(Vec::new());
+        assert!(!access.accepts(owner));
+        assert!(access.check(Some(&bearer("stored"))).is_err());
+        access.set_configured(&[Token::new("renewed")]);
+        assert!(access.check(Some(&bearer("from-file"))).is_err());
+        assert!(access.check(Some(&bearer("renewed"))).is_ok());
+    }
+
+    #[test]
+    fn an_empty_set_is_closed_unless_the_relay_started_open() {
+        let closed = Access::new(&[], false, false, None);
+        assert!(closed.check(Some(&bearer("anything"))).is_err());
+        assert!(closed.check(None).is_err());
+        let open = Access::new(&[], false, true, None);
+        let owner = open.check(Some(&bearer("anything"))).unwrap();
+        assert!(open.accepts(owner));
+        // Once tokens exist, even an open relay checks them.
+        open.set_stored(vec![tokens::hash("stored")]);
+        assert!(open.check(Some(&bearer("anything"))).is_err());
+        assert!(!open.accepts(owner));
+    }
+
+    #[tokio::test]
+    async fn revocation_wakes_the_session_watcher() {
+        let access = Access::new(&[], false, false, None);
+        access.set_stored(vec![tokens::hash("a"), tokens::hash("b")]);
+        let owner = access.check(Some(&bearer("a"))).unwrap();
+        let watcher = tokio::spawn({
+            let access = access.clone();
+            async move { access.revoked(owner).await }
+        });
+        access.set_stored(vec![tokens::hash("b")]);
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("revocation noticed")
+            .unwrap();
+    }
+}
