@@ -121,7 +121,7 @@ async fn forward(
         .map_err(|_| IngressError::Busy {
             limit: ctx.budget.limit(),
         })?;
-    let body = read_body(body, ctx).await?;
+    let body = read_body(body, declared, ctx).await?;
     reservation.shrink_to(body.len());
     let received_at_ms = illumitunnel::now_ms().max(0) as u64;
     let host = r
@@ -302,14 +302,32 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-async fn read_body(body: Incoming, ctx: &IngressContext) -> Result<Bytes, IngressError> {
+/// Reads the body frame by frame into one buffer sized from `declared` (never past the limit),
+/// so a large body is copied a frame at a time as it arrives, not in one long copy at the end
+/// that would hold the relay's thread from every other tunnel.
+async fn read_body(
+    body: Incoming,
+    declared: Option<u64>,
+    ctx: &IngressContext,
+) -> Result<Bytes, IngressError> {
     let limit = ctx.max_body;
     let within = ctx.response_timeout;
-    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit).min(limit));
+    let read = async move {
+        let mut body = Limited::new(body, limit);
+        let mut buf = bytes::BytesMut::with_capacity(capacity);
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(buf.freeze())
+    };
+    match tokio::time::timeout(within, read).await {
         Err(_) => Err(IngressError::BodyTimeout(within)),
         Ok(Err(err)) if err.is::<LengthLimitError>() => Err(IngressError::BodyTooLarge { limit }),
         Ok(Err(err)) => Err(IngressError::BodyRead(err.to_string())),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(body)) => Ok(body),
     }
 }
 

@@ -43,6 +43,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOUND_CAPACITY: usize = 64;
 /// Most messages written before one flush.
 const WRITE_BATCH: usize = 64;
+/// Most bytes written before one flush.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Longest the relay spends sending a refusal or a close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -446,10 +448,19 @@ where
         tokio::select! {
             message = rx.recv() => {
                 let Some(message) = message else { return Ok(()) };
+                let mut bytes = message.len();
                 sink.feed(message).await?;
+                // Flush after a batch of messages or of bytes, whichever comes first, so one
+                // session's large bodies never hold the relay's thread for long.
                 for _ in 1..WRITE_BATCH {
+                    if bytes >= WRITE_BATCH_BYTES {
+                        break;
+                    }
                     match rx.try_recv() {
-                        Ok(message) => sink.feed(message).await?,
+                        Ok(message) => {
+                            bytes += message.len();
+                            sink.feed(message).await?;
+                        }
                         Err(_) => break,
                     }
                 }
