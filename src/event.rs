@@ -81,8 +81,11 @@ impl Envelope {
         if *first != b'{' {
             return None;
         }
+        // serde_json does not check UTF-8 inside strings it skips: check the whole body, or a
+        // body that is not JSON would pass for an envelope.
+        let text = std::str::from_utf8(body).ok()?;
         // Only four fields matter: the rest of the payload is skipped, never built as a tree.
-        let raw: RawEnvelope<'_> = serde_json::from_slice(body).ok()?;
+        let raw: RawEnvelope<'_> = serde_json::from_str(text).ok()?;
         Some(Envelope {
             event: raw.event?.into_owned(),
             timestamp: raw.timestamp.and_then(Scalar::into_string),

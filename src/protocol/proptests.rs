@@ -215,3 +215,12 @@ proptest! {
         }
     }
 }
+
+/// Found by the `envelope` fuzz target: invalid UTF-8 in a key serde_json skipped (inside an
+/// unknown field) made a body that is not JSON read as an envelope.
+#[test]
+fn invalid_utf8_in_a_skipped_field_is_not_an_envelope() {
+    let body = b" {\"event\":\"a\\u0062\",\"{data\":{\"id\":42,\"n\xfe\xff\xff\xefd\":{\"id\":\"no\"}},\"workspaceId\":null}";
+    assert!(serde_json::from_slice::<serde_json::Value>(body).is_err());
+    assert_eq!(Envelope::parse(body), None);
+}
