@@ -92,6 +92,8 @@ impl Envelope {
             workspace_id: raw.workspace_id.and_then(Scalar::into_string),
             resource_id: raw
                 .data
+                // A derived struct also reads from an array: `"data":["x"]` has no `data.id`.
+                .filter(|d| d.get().trim_start().starts_with('{'))
                 .and_then(|d| serde_json::from_str::<RawData<'_>>(d.get()).ok())
                 .and_then(|d| d.id)
                 .and_then(Scalar::into_string),

@@ -22,10 +22,23 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let first = data.iter().find(|b| !b.is_ascii_whitespace());
-    assert_eq!(first, Some(&b'{'), "an envelope from a body that is not an object");
-    let tree: Value = serde_json::from_slice(data).expect("the reader accepted invalid JSON");
+    assert_eq!(
+        first,
+        Some(&b'{'),
+        "an envelope from a body that is not an object"
+    );
+    let tree: Value = match serde_json::from_slice(data) {
+        Ok(tree) => tree,
+        // JSON's grammar has no limit on numbers; serde_json's tree refuses what overflows an
+        // f64 (`1e999`), the skipping reader rightly does not.
+        Err(e) if e.to_string().starts_with("number out of range") => return,
+        Err(e) => panic!("the reader accepted invalid JSON: {e}"),
+    };
     let obj = tree.as_object().expect("the reader accepted a non-object");
-    assert_eq!(obj.get("event").and_then(Value::as_str), Some(env.event.as_str()));
+    assert_eq!(
+        obj.get("event").and_then(Value::as_str),
+        Some(env.event.as_str())
+    );
     assert_eq!(scalar(obj.get("timestamp")), env.timestamp);
     assert_eq!(scalar(obj.get("workspaceId")), env.workspace_id);
     if let Some(id) = &env.resource_id {

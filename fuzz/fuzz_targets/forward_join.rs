@@ -51,7 +51,9 @@ fn percent_decoded(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(v)) => {
                 out.push(v);
@@ -76,12 +78,18 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let port = input.port.map(|p| format!(":{p}")).unwrap_or_default();
-    let forward_to = format!("{}://{}{port}{}", input.scheme, input.host, input.forward_tail);
+    let forward_to = format!(
+        "{}://{}{port}{}",
+        input.scheme, input.host, input.forward_tail
+    );
     let Ok(target) = forward::Target::parse(&forward_to) else {
         return;
     };
     // What the target kept, read back from its text form.
-    let shown: http::Uri = target.to_string().parse().expect("a target's text form parses");
+    let shown: http::Uri = target
+        .to_string()
+        .parse()
+        .expect("a target's text form parses");
     let base_path = shown.path().to_string();
     let base_query = shown.query().unwrap_or_default().to_string();
 

@@ -30,8 +30,14 @@ fuzz_target!(|data: &[u8]| {
         }
         Route::Tunnel { tunnel, rest } => {
             assert!(!tunnel.is_empty(), "{path:?}: empty tunnel");
-            assert!(!tunnel.contains('/'), "{path:?}: tunnel {tunnel:?} holds a slash");
-            assert!(rest.starts_with('/'), "{path:?}: rest {rest:?} is not absolute");
+            assert!(
+                !tunnel.contains('/'),
+                "{path:?}: tunnel {tunnel:?} holds a slash"
+            );
+            assert!(
+                rest.starts_with('/'),
+                "{path:?}: rest {rest:?} is not absolute"
+            );
             let rebuilt = format!("/t/{tunnel}{rest}");
             let bare = format!("/t/{tunnel}");
             assert!(

@@ -4,7 +4,9 @@
 //! which is decoded only as far as the relay needs to refuse it.
 #![no_main]
 
-use illumitunnel::protocol::{ClientMessage, RelayMessage, MAX_CHUNK, MAX_MESSAGE, PROTOCOL_VERSION};
+use illumitunnel::protocol::{
+    ClientMessage, RelayMessage, MAX_CHUNK, MAX_MESSAGE, PROTOCOL_VERSION,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

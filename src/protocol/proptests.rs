@@ -224,3 +224,12 @@ fn invalid_utf8_in_a_skipped_field_is_not_an_envelope() {
     assert!(serde_json::from_slice::<serde_json::Value>(body).is_err());
     assert_eq!(Envelope::parse(body), None);
 }
+
+/// Found by the `envelope` fuzz target: `data` as an array read its first element as `data.id`.
+#[test]
+fn data_as_an_array_has_no_resource_id() {
+    let env = Envelope::parse(br#"{"event":"ticket.created","data":["tkt_1"],"timestamp":"t"}"#)
+        .expect("still an envelope");
+    assert_eq!(env.resource_id, None);
+    assert_eq!(env.dedup_key(), None);
+}
