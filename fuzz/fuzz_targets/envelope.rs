@@ -29,9 +29,11 @@ fuzz_target!(|data: &[u8]| {
     );
     let tree: Value = match serde_json::from_slice(data) {
         Ok(tree) => tree,
-        // JSON's grammar has no limit on numbers; serde_json's tree refuses what overflows an
-        // f64 (`1e999`), the skipping reader rightly does not.
+        // JSON's grammar allows numbers of any size and `\u` escapes of lone surrogates;
+        // serde_json's tree refuses what overflows an f64 (`1e999`) or cannot be a Rust string
+        // (`"\ud800"`), and the skipping reader rightly takes both in fields it skips.
         Err(e) if e.to_string().starts_with("number out of range") => return,
+        Err(e) if e.to_string().contains("surrogate") => return,
         Err(e) => panic!("the reader accepted invalid JSON: {e}"),
     };
     let obj = tree.as_object().expect("the reader accepted a non-object");
