@@ -34,6 +34,9 @@ fuzz_target!(|data: &[u8]| {
         // (`"\ud800"`), and the skipping reader rightly takes both in fields it skips.
         Err(e) if e.to_string().starts_with("number out of range") => return,
         Err(e) if e.to_string().contains("surrogate") => return,
+        // The same lone surrogate followed by another escape (`"\ud957\""`): the tree wants a
+        // low surrogate there. Skipping still checks that every `\u` has four hex digits.
+        Err(e) if e.to_string().starts_with("unexpected end of hex escape") => return,
         Err(e) => panic!("the reader accepted invalid JSON: {e}"),
     };
     let obj = tree.as_object().expect("the reader accepted a non-object");
