@@ -81,14 +81,19 @@ impl Envelope {
         if *first != b'{' {
             return None;
         }
+        // serde_json does not check UTF-8 inside strings it skips: check the whole body, or a
+        // body that is not JSON would pass for an envelope.
+        let text = std::str::from_utf8(body).ok()?;
         // Only four fields matter: the rest of the payload is skipped, never built as a tree.
-        let raw: RawEnvelope<'_> = serde_json::from_slice(body).ok()?;
+        let raw: RawEnvelope<'_> = serde_json::from_str(text).ok()?;
         Some(Envelope {
             event: raw.event?.into_owned(),
             timestamp: raw.timestamp.and_then(Scalar::into_string),
             workspace_id: raw.workspace_id.and_then(Scalar::into_string),
             resource_id: raw
                 .data
+                // A derived struct also reads from an array: `"data":["x"]` has no `data.id`.
+                .filter(|d| d.get().trim_start().starts_with('{'))
                 .and_then(|d| serde_json::from_str::<RawData<'_>>(d.get()).ok())
                 .and_then(|d| d.id)
                 .and_then(Scalar::into_string),

@@ -874,3 +874,6 @@ mod tests {
         assert!(first.is_empty() && rest.is_empty());
     }
 }
+
+#[cfg(test)]
+mod proptests;

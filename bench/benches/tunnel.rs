@@ -2,12 +2,20 @@
 //! beside a direct sender → target baseline in the same run (and bore, when installed):
 //! latency one request at a time (plain and TLS ingress), throughput and CPU per request at
 //! 32 concurrent senders, a new connection per webhook, memory while a 10 MiB body passes,
-//! the relay with 10,000 idle clients, and `listen` with 100,000 stored deliveries.
+//! the relay with 10,000 idle clients, and `listen` with 100,000 stored deliveries; then, each
+//! beside its own no-load baseline, `/healthz` and a tunnel with 2,000 idle or slow sockets held
+//! against the relay (plain and TLS), and one tunnel while four senders stream 10 MiB bodies to
+//! another.
+//!
+//! Parts: `core` (latency, throughput, new connection per webhook; with `tls` and `bore`
+//! unless skipped), `big`, `idle`, `store`, `slow`, `slow-tls`, `fairness`. Name some after
+//! `--` to run only those (`cargo bench -p illumitunnel-bench -- slow fairness`); `BENCH_SKIP`
+//! leaves some out.
 //!
 //! Settings (environment): `BENCH_SECS` (measured seconds per run, default 4), `BENCH_WARMUP`
 //! (default 1), `BENCH_CONC` (default 32), `BENCH_IDLE` (default 10000), `BENCH_STORE_ROWS`
-//! (default 100000), `BENCH_BIG_MIB` (default 10), `BENCH_SKIP` (comma list of `tls`, `bore`,
-//! `big`, `idle`, `store`), `BENCH_NO_BUILD=1` (use the binaries as they are),
+//! (default 100000), `BENCH_BIG_MIB` (default 10), `BENCH_SLOW` (slow sockets, default 2000),
+//! `BENCH_SKIP` (comma list of parts), `BENCH_NO_BUILD=1` (use the binaries as they are),
 //! `ILLUMI_RELAY`/`ILLUMI_CLIENT` (binaries), `BORE` (bore binary), `BENCH_KEEP=1` (keep logs).
 
 use std::io::Write;
@@ -17,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use illumitunnel_bench::hostile::{self, Window};
 use illumitunnel_bench::inspector;
 use illumitunnel_bench::load::{self, Endpoint, Run};
 use illumitunnel_bench::payload;
@@ -32,7 +41,9 @@ struct Settings {
     idle: usize,
     store_rows: usize,
     big_mib: usize,
+    slow: usize,
     skip: Vec<String>,
+    only: Vec<String>,
     build: bool,
     keep: bool,
 }
@@ -56,19 +67,29 @@ impl Settings {
             idle: env_num("BENCH_IDLE", 10_000.0)?.clamp(0.0, 100_000.0) as usize,
             store_rows: env_num("BENCH_STORE_ROWS", 100_000.0)?.clamp(0.0, 10_000_000.0) as usize,
             big_mib: env_num("BENCH_BIG_MIB", 10.0)?.clamp(1.0, 100.0) as usize,
+            slow: env_num("BENCH_SLOW", 2_000.0)?.clamp(0.0, 50_000.0) as usize,
             skip: std::env::var("BENCH_SKIP")
                 .unwrap_or_default()
                 .split(',')
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect(),
+            // `cargo bench` passes `--bench`; the other words name parts to run.
+            only: std::env::args()
+                .skip(1)
+                .filter(|a| !a.starts_with('-'))
+                .collect(),
             build: std::env::var_os("BENCH_NO_BUILD").is_none(),
             keep: std::env::var_os("BENCH_KEEP").is_some(),
         })
     }
 
+    fn skipped(&self, part: &str) -> bool {
+        self.skip.iter().any(|s| s == part)
+    }
+
     fn runs(&self, part: &str) -> bool {
-        !self.skip.iter().any(|s| s == part)
+        !self.skipped(part) && (self.only.is_empty() || self.only.iter().any(|s| s == part))
     }
 }
 
@@ -218,7 +239,6 @@ fn run() -> Result<()> {
         .enable_all()
         .build()?;
     let target = Target::start()?;
-    let direct = Endpoint::http(target.addr, stack::WEBHOOK_PATH);
     let mut bench = Bench {
         rt,
         tck: proc::clk_tck(),
@@ -238,21 +258,116 @@ fn run() -> Result<()> {
         &[],
         &bench.rt,
     )?;
-    let tls = if bench.settings.runs("tls") {
-        Some(stack::start_tunnel(
+    if bench.settings.runs("core") {
+        core(&mut bench, &bins, &target, &tunnel, &dir, &mut report)?;
+    }
+
+    // --- (d) a large body ---
+    if bench.settings.runs("big") {
+        big_body(&bench, &bins, &target, &dir, &mut report)?;
+    }
+    // --- (e) idle clients ---
+    if bench.settings.runs("idle") && bench.settings.idle > 0 {
+        idle_clients(&bench, &bins, &dir, &mut report)?;
+    }
+    // --- (f) a full capture store ---
+    if bench.settings.runs("store") && bench.settings.store_rows > 0 {
+        full_store(&bench, &bins, &tunnel.relay.url, &target, &dir, &mut report)?;
+    }
+    // --- (g) idle and slow sockets, (h) one tunnel's large bodies beside another ---
+    let mut compared = Vec::new();
+    let window = Window {
+        warmup: bench.settings.warmup,
+        secs: bench.settings.secs,
+    };
+    for (part, ingress) in [("slow", Ingress::Http), ("slow-tls", Ingress::Tls)] {
+        if bench.settings.runs(part) && bench.settings.slow > 0 {
+            let n = slow_fit(bench.settings.slow);
+            compared.extend(hostile::slow_sockets(
+                &bins,
+                ingress,
+                &target,
+                &dir,
+                &bench.rt,
+                window,
+                n,
+                &mut report,
+            )?);
+        }
+    }
+    if bench.settings.runs("fairness") {
+        compared.extend(hostile::fairness(
             &bins,
+            &target,
+            &dir,
+            &bench.rt,
+            window,
+            bench.settings.big_mib * 1024 * 1024,
+            FAIRNESS_SENDERS,
+            &mut report,
+        )?);
+    }
+    drop(tunnel);
+    let served = target.served();
+    drop(target);
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n## illumitunnel bench\n")?;
+    writeln!(out, "machine: {}", proc::machine())?;
+    writeln!(
+        out,
+        "load average at start: {load_start}; at end: {}",
+        proc::load_average()
+    )?;
+    writeln!(
+        out,
+        "settings: BENCH_SECS={} BENCH_WARMUP={} BENCH_CONC={} payload {} bytes; target answered {served} requests\n",
+        bench.settings.secs.as_secs_f64(),
+        bench.settings.warmup.as_secs_f64(),
+        bench.settings.conc,
+        bench.body.len()
+    )?;
+    if !bench.table.is_empty() {
+        write_measurements(&bench, &mut out)?;
+        writeln!(out)?;
+    }
+    if !compared.is_empty() {
+        hostile::write_compared(&compared, &mut out)?;
+        writeln!(out)?;
+    }
+    report.write(&mut out)?;
+    if bench.settings.keep {
+        let kept = tmp.keep();
+        writeln!(out, "\nlogs kept in {}", kept.display())?;
+    }
+    Ok(())
+}
+
+/// (a)–(c): latency, throughput, a new connection per webhook; beside direct, TLS and bore.
+fn core(
+    bench: &mut Bench,
+    bins: &Binaries,
+    target: &Target,
+    tunnel: &stack::Tunnel,
+    dir: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    let direct = Endpoint::http(target.addr, stack::WEBHOOK_PATH);
+    let tls = if !bench.settings.skipped("tls") {
+        Some(stack::start_tunnel(
+            bins,
             Ingress::Tls,
             "bench-tls",
             target.addr,
-            &dir,
+            dir,
             &[],
             &bench.rt,
         )?)
     } else {
         None
     };
-    let bore = match (bench.settings.runs("bore"), stack::find_bore()) {
-        (true, Some(path)) => match stack::start_bore(&path, target.addr, &dir, &bench.rt) {
+    let bore = match (!bench.settings.skipped("bore"), stack::find_bore()) {
+        (true, Some(path)) => match stack::start_bore(&path, target.addr, dir, &bench.rt) {
             Ok(b) => Some(b),
             Err(err) => {
                 say(format!("bore skipped: {err:#}"));
@@ -285,47 +400,7 @@ fn run() -> Result<()> {
     }
     drop(tls);
     drop(bore);
-    spec_rows(&bench, &c_mode, &mut report);
-
-    // --- (d) a large body ---
-    if bench.settings.runs("big") {
-        big_body(&bench, &bins, &target, &dir, &mut report)?;
-    }
-    // --- (e) idle clients ---
-    if bench.settings.runs("idle") && bench.settings.idle > 0 {
-        idle_clients(&bench, &bins, &dir, &mut report)?;
-    }
-    // --- (f) a full capture store ---
-    if bench.settings.runs("store") && bench.settings.store_rows > 0 {
-        full_store(&bench, &bins, &tunnel.relay.url, &target, &dir, &mut report)?;
-    }
-    drop(tunnel);
-    let served = target.served();
-    drop(target);
-
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "\n## illumitunnel bench\n")?;
-    writeln!(out, "machine: {}", proc::machine())?;
-    writeln!(
-        out,
-        "load average at start: {load_start}; at end: {}",
-        proc::load_average()
-    )?;
-    writeln!(
-        out,
-        "settings: BENCH_SECS={} BENCH_WARMUP={} BENCH_CONC={} payload {} bytes; target answered {served} requests\n",
-        bench.settings.secs.as_secs_f64(),
-        bench.settings.warmup.as_secs_f64(),
-        conc,
-        bench.body.len()
-    )?;
-    write_measurements(&bench, &mut out)?;
-    writeln!(out)?;
-    report.write(&mut out)?;
-    if bench.settings.keep {
-        let kept = tmp.keep();
-        writeln!(out, "\nlogs kept in {}", kept.display())?;
-    }
+    spec_rows(bench, &c_mode, report);
     Ok(())
 }
 
@@ -473,6 +548,24 @@ fn spec_rows(bench: &Bench, c_mode: &str, report: &mut Report) {
             ),
         );
     }
+}
+
+/// Senders streaming large bodies to tunnel A in the fairness part (SPEC's four).
+const FAIRNESS_SENDERS: usize = 4;
+
+/// Slow sockets that fit the open-files limit: each costs a descriptor here and one in the
+/// relay, and the bench keeps 256 spare.
+fn slow_fit(n: usize) -> usize {
+    let limit = proc::open_files_limit().unwrap_or(1024);
+    if (n as u64) + 256 > limit {
+        let fit = limit.saturating_sub(256) as usize;
+        say(format!(
+            "open-files limit {limit}: {n} slow sockets do not fit, opening {fit}; raise it with `ulimit -n {}`",
+            n + 1024
+        ));
+        return fit;
+    }
+    n
 }
 
 fn mib(kib: u64) -> f64 {

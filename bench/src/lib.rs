@@ -10,14 +10,18 @@
 //! - [`stack`]: starting relay + client pairs, a lone relay, and bore
 //! - [`inspector`]: `listen` with its terminal inspector in a pseudo-terminal
 //! - [`idle`]: thousands of idle websocket sessions held against the relay
+//! - [`slow`]: idle and slow ingress sockets (silent, partial request line or preface, TLS then silence)
 //! - [`payload`]: the 1.5 KB IllumiChat envelope, a large body, a filled capture store
+//! - [`hostile`]: slow sockets and a heavy tunnel beside measured ones, with and without
 //! - [`report`]: the result table
 
+pub mod hostile;
 pub mod idle;
 pub mod inspector;
 pub mod load;
 pub mod payload;
 pub mod proc;
 pub mod report;
+pub mod slow;
 pub mod stack;
 pub mod target;

@@ -29,6 +29,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Request path (and query).
     pub path: String,
+    /// `POST` (a webhook) or `GET` (e.g. `/healthz`, sent without a body).
+    pub method: hyper::Method,
     /// TLS connector for `https` endpoints (certificate not verified: loopback only).
     pub tls: Option<TlsConnector>,
 }
@@ -39,7 +41,17 @@ impl Endpoint {
         Endpoint {
             addr,
             path: path.to_string(),
+            method: hyper::Method::POST,
             tls: None,
+        }
+    }
+
+    /// The same receiver, asked `GET path` (the body given to [`run`] is not sent).
+    pub fn get(&self, path: &str) -> Self {
+        Endpoint {
+            path: path.to_string(),
+            method: hyper::Method::GET,
+            ..self.clone()
         }
     }
 }
@@ -104,14 +116,20 @@ async fn connect(ep: &Endpoint) -> Result<SendRequest<Full<Bytes>>> {
 }
 
 fn request(ep: &Endpoint, body: &Bytes, close: bool) -> Result<hyper::Request<Full<Bytes>>> {
-    let mut req = hyper::Request::post(ep.path.as_str())
+    let mut req = hyper::Request::builder()
+        .method(ep.method.clone())
+        .uri(ep.path.as_str())
         .header("host", ep.addr.to_string())
-        .header("content-type", "application/json")
-        .header("user-agent", "IllumiChat-Webhooks/1.0 (illumitunnel-bench)")
-        .header("x-illumichat-event", "ticket.created");
+        .header("user-agent", "IllumiChat-Webhooks/1.0 (illumitunnel-bench)");
     if close {
         req = req.header("connection", "close");
     }
+    if ep.method == hyper::Method::GET {
+        return Ok(req.body(Full::new(Bytes::new()))?);
+    }
+    req = req
+        .header("content-type", "application/json")
+        .header("x-illumichat-event", "ticket.created");
     Ok(req.body(Full::new(body.clone()))?)
 }
 

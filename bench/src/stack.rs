@@ -108,6 +108,25 @@ pub fn start_tunnel(
     rt: &tokio::runtime::Runtime,
 ) -> Result<Tunnel> {
     let relay = start_relay(bins, ingress, &format!("{name}-relay"), dir, relay_extra)?;
+    let (client, endpoint) = start_client(bins, &relay, ingress, name, target, dir, rt)?;
+    Ok(Tunnel {
+        relay,
+        client,
+        endpoint,
+    })
+}
+
+/// Starts a `listen` client for tunnel `name` on a running relay, forwarding to `target`, and
+/// waits until a webhook passes end to end; returns it with the tunnel's public endpoint.
+pub fn start_client(
+    bins: &Binaries,
+    relay: &Relay,
+    ingress: Ingress,
+    name: &str,
+    target: SocketAddr,
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(Proc, Endpoint)> {
     let mut cmd = Command::new(&bins.client);
     cmd.args([
         "listen",
@@ -132,11 +151,7 @@ pub fn start_tunnel(
         endpoint.tls = Some(load::insecure_tls());
     }
     wait_until_forwarding(&endpoint, rt, &mut [&mut client])?;
-    Ok(Tunnel {
-        relay,
-        client,
-        endpoint,
-    })
+    Ok((client, endpoint))
 }
 
 /// Posts the envelope until it is answered 200 with the target's body.
