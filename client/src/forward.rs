@@ -542,6 +542,16 @@ impl Forwarder {
     }
 }
 
+/// The rustls error inside `err`, looking through io::Errors that wrap it (io::Error's `source`
+/// skips the error it wraps, and the TLS connector wraps one io::Error in another).
+fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = err.downcast_ref::<std::io::Error>()?.get_ref()?;
+    find_rustls_error(inner)
+}
+
 /// The OS trust store and web PKI roots (see `session::tls`).
 fn system_tls() -> Option<rustls::ClientConfig> {
     crate::session::tls::client_config(crate::session::tls::Trust::System(Vec::new()))
@@ -568,13 +578,7 @@ fn describe_error(
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut innermost = err.to_string();
     while let Some(e) = source {
-        let tls_error = e.downcast_ref::<rustls::Error>().or_else(|| {
-            // io::Error's `source` skips the error it wraps, so look inside it here.
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(cause)) = tls_error {
+        if let Some(rustls::Error::InvalidCertificate(cause)) = find_rustls_error(e) {
             let problem = crate::session::tls::certificate_problem(cause);
             return if trust_remedy.is_empty() {
                 format!("{host_port} {problem}")
@@ -743,6 +747,47 @@ mod tests {
         assert_eq!(
             describe_error(&refused, "127.0.0.1:3000", ""),
             "connection refused to 127.0.0.1:3000"
+        );
+    }
+
+    #[test]
+    fn certificate_errors_name_the_cause_and_the_flags() {
+        #[derive(Debug)]
+        struct CaUsedAsEndEntity;
+        impl std::fmt::Display for CaUsedAsEndEntity {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("CaUsedAsEndEntity")
+            }
+        }
+        impl std::error::Error for CaUsedAsEndEntity {}
+        // As the TLS connector reports it: an io::Error around an io::Error around rustls's.
+        let wrapped = |cause: rustls::CertificateError| {
+            let tls = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(cause),
+            );
+            std::io::Error::other(tls)
+        };
+        let mkcert = wrapped(rustls::CertificateError::Other(rustls::OtherError(
+            std::sync::Arc::new(CaUsedAsEndEntity),
+        )));
+        let sentence = describe_error(&mkcert, "localhost:3443", FORWARD_TRUST_REMEDY);
+        assert!(
+            sentence.starts_with(
+                "localhost:3443 presented a CA certificate as its server certificate (CaUsedAsEndEntity)"
+            ),
+            "{sentence}"
+        );
+        assert!(
+            sentence.contains("; pass its CA with --forward-ca PEM"),
+            "{sentence}"
+        );
+        assert!(sentence.contains("--forward-insecure"), "{sentence}");
+        assert!(!sentence.contains("OtherError"), "{sentence}");
+        let unknown = wrapped(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(
+            describe_error(&unknown, "localhost:3443", ""),
+            "localhost:3443 presented a certificate from an issuer this client does not trust"
         );
     }
 
