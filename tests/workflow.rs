@@ -599,6 +599,26 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
     // A relay of the test's own: the second start must get the same URL, which the embedded
     // relay cannot promise when another process holds its port.
     let relay = Relay::http(&[]);
+
+    // The relay is on 127.0.0.1 over http: IllumiChat could never deliver there, so without
+    // --allow-private-url nothing is registered and listen stops with a usage error.
+    let home = temp_dir();
+    let mut refused = command("illumitunnel", home.path());
+    refused
+        .args(["listen", &target.url("/hooks"), "--relay", &relay.url])
+        .args(["--tunnel", "register-refused", "--json", "--register"])
+        .args(["--api-base", &base, "--api-token", TOKEN, "--store"])
+        .arg(home.path().join("captures.db"));
+    let refused = ChildGuard::run(refused);
+    assert_eq!(refused.code(), 2, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("error: refusing to register http://127.0.0.1:"),
+        "{refused:?}"
+    );
+    assert!(api.hooks().is_empty());
+
     let listen = Listen::spawn(
         Some(&relay.url),
         &target.url("/hooks"),
@@ -606,6 +626,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
         &[
             "--json",
             "--register",
+            "--allow-private-url",
             "--events",
             "ticket.created",
             "--api-base",
@@ -638,6 +659,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
         &[
             "--json",
             "--register",
+            "--allow-private-url",
             "--api-base",
             &base,
             "--api-token",
@@ -661,6 +683,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
         &[
             "--json",
             "--register",
+            "--allow-private-url",
             "--api-base",
             &base,
             "--api-token",
