@@ -53,20 +53,11 @@ pub fn rfc3339_ms(ms: i64) -> String {
     t.format(&f).unwrap_or_default()
 }
 
-/// Parses a duration such as `30s`, `15m`, `2h`, `7d` (for `--since`).
+/// Parses a duration such as `30s`, `15m`, `2h`, `7d` or `1h30m` (humantime's syntax: units
+/// from `ns` to `y`, combinable, spaces allowed); a bare number has no unit and is refused.
+/// Used by every flag that takes a duration, the relay's included.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    Some(std::time::Duration::from_secs(secs))
+    humantime::parse_duration(s.trim()).ok()
 }
 
 #[cfg(test)]
@@ -75,17 +66,22 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("15m"),
-            Some(std::time::Duration::from_secs(900))
-        );
-        assert_eq!(
-            parse_duration("2d"),
-            Some(std::time::Duration::from_secs(172_800))
-        );
-        assert_eq!(parse_duration("15"), None);
-        assert_eq!(parse_duration("m"), None);
-        assert_eq!(parse_duration("3w"), None);
+        let secs = std::time::Duration::from_secs;
+        for (text, want) in [
+            ("15m", Some(secs(900))),
+            ("2d", Some(secs(172_800))),
+            ("1h30m", Some(secs(5_400))),
+            ("1h 30m", Some(secs(5_400))),
+            (" 30s ", Some(secs(30))),
+            ("1w", Some(secs(604_800))),
+            ("15", None),
+            ("m", None),
+            ("", None),
+            ("-5m", None),
+            ("soon", None),
+        ] {
+            assert_eq!(parse_duration(text), want, "{text:?}");
+        }
     }
 
     #[test]

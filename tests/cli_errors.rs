@@ -37,8 +37,10 @@ fn assert_one_sentence(what: &str, out: &Finished) {
         .filter(|l| l.starts_with("error:"))
         .count();
     assert_eq!(errors, 1, "more than one error line: {described}");
+    // clap's hint may take up to 7 lines: usage, help pointer, and for a command with a
+    // positional argument (listen TARGET) a tip on passing a value that starts with `-`.
     assert!(
-        out.stderr.lines().count() <= 6,
+        out.stderr.lines().count() <= 8,
         "stderr is longer than a sentence and a usage hint: {described}"
     );
 }
@@ -124,6 +126,47 @@ fn client_usage_errors_exit_2_with_one_sentence() {
             target,
             "--no-such-flag",
         ],
+        vec!["listen", "3000", "--forward-to", target, "--store", store],
+        vec!["listen", "99999", "--store", store],
+        vec!["listen", "3000", "--forward-insecure", "--store", store],
+        vec![
+            "listen",
+            "3000",
+            "--register",
+            "--api-token",
+            "t",
+            "--store",
+            store,
+        ],
+        vec![
+            "webhooks",
+            "register",
+            "--url",
+            "https://127.0.0.1:8443/t/my-app",
+            "--events",
+            "ticket.created",
+            "--api-token",
+            "t",
+        ],
+        vec![
+            "webhooks",
+            "register",
+            "--url",
+            "https://[fd00::1]/t/my-app",
+            "--events",
+            "ticket.created",
+        ],
+        vec![
+            "webhooks",
+            "register",
+            "--url",
+            "http://relay.example.com/t/my-app",
+            "--events",
+            "ticket.created",
+        ],
+        vec!["login"],
+        vec!["login", "--relay", "relay.example.com", "--token", "t"],
+        vec!["completions", "tcsh"],
         vec!["events", "--store", store, "--limit", "many"],
         vec!["events", "--store", store, "--event", "ticket.deleted"],
         vec!["show", "--store", store],
@@ -278,4 +321,66 @@ fn showing_an_unknown_delivery_exits_1() {
     );
     assert_eq!(out.code(), 1, "{out:?}");
     assert_one_sentence("show an unknown id", &out);
+}
+
+#[test]
+fn register_refuses_urls_illumichat_cannot_reach_with_a_reason() {
+    let home = temp_dir();
+    let out = run(
+        "illumitunnel",
+        home.path(),
+        &[
+            "webhooks",
+            "register",
+            "--url",
+            "https://192.168.1.20/t/my-app",
+            "--events",
+            "ticket.created",
+            "--api-token",
+            "t",
+        ],
+    );
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("--allow-private-url"), "{out:?}");
+    // Allowed: the URL passes and the call itself fails (nothing listens at the API base).
+    let api = format!("http://127.0.0.1:{}", closed_port());
+    let out = run(
+        "illumitunnel",
+        home.path(),
+        &[
+            "webhooks",
+            "register",
+            "--url",
+            "https://192.168.1.20/t/my-app",
+            "--events",
+            "ticket.created",
+            "--api-token",
+            "t",
+            "--api-base",
+            &api,
+            "--allow-private-url",
+        ],
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("could not reach IllumiChat"), "{out:?}");
+}
+
+#[test]
+fn completions_and_the_man_page_print_on_stdout() {
+    let home = temp_dir();
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = run("illumitunnel", home.path(), &["completions", shell]);
+        assert_eq!(out.code(), 0, "{shell}: {out:?}");
+        assert!(out.stdout.contains("listen"), "{shell}: {}", out.stdout);
+        assert!(out.stdout.contains("--forward-to"), "{shell}");
+        assert!(out.stderr.is_empty(), "{shell}: {}", out.stderr);
+    }
+    let out = run("illumitunnel", home.path(), &["man"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with(".ie") || out.stdout.contains(".TH"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("listen"), "{}", out.stdout);
 }

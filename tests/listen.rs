@@ -247,6 +247,12 @@ fn listen_without_relay_embeds_one_reachable_over_https() {
         .expect("embedded relay URL")
         .to_string();
     assert_eq!(listen.url, format!("{base}/t/embedded-relay"));
+    // IllumiChat cannot reach 127.0.0.1: the banner says so under the URL.
+    let warning = listen.guard.wait_for_text(Stream::Stderr, "local only");
+    assert!(
+        warning.contains("local only — IllumiChat cannot reach this URL"),
+        "{warning}"
+    );
 
     let body = illumichat_samples().remove(0).2;
     let response = Request::post(&listen.url)

@@ -607,6 +607,33 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
         "--tokens-file",
         tokens.to_str().expect("UTF-8 path"),
     ]);
+
+    // The relay is on 127.0.0.1 over http: IllumiChat could never deliver there, so without
+    // --allow-private-url nothing is registered and listen stops with a usage error.
+    let home = temp_dir();
+    let mut refused = command("illumitunnel", home.path());
+    refused
+        .args(["listen", &target.url("/hooks"), "--relay", &relay.url])
+        .args([
+            "--tunnel",
+            "register-refused",
+            "--json",
+            "--register",
+            "--token",
+            RELAY_TOKEN,
+        ])
+        .args(["--api-base", &base, "--api-token", TOKEN, "--store"])
+        .arg(home.path().join("captures.db"));
+    let refused = ChildGuard::run(refused);
+    assert_eq!(refused.code(), 2, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("error: refusing to register http://127.0.0.1:"),
+        "{refused:?}"
+    );
+    assert!(api.hooks().is_empty());
+
     let listen = Listen::spawn(
         Some(&relay.url),
         &target.url("/hooks"),
@@ -614,6 +641,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
         &[
             "--json",
             "--register",
+            "--allow-private-url",
             "--events",
             "ticket.created",
             "--api-base",
@@ -648,6 +676,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
         &[
             "--json",
             "--register",
+            "--allow-private-url",
             "--api-base",
             &base,
             "--token",
@@ -673,6 +702,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
         &[
             "--json",
             "--register",
+            "--allow-private-url",
             "--api-base",
             &base,
             "--token",

@@ -35,17 +35,67 @@ pub enum Command {
     Export(ExportArgs),
     /// List and manage your IllumiChat webhooks through IllumiChat's API.
     Webhooks(WebhooksArgs),
+    /// Check a relay and token by connecting, then remember them in config.toml.
+    Login(LoginArgs),
+    /// Remove the token from config.toml.
+    Logout,
+    /// Print a shell completion script, e.g. illumitunnel completions bash > ~/.local/share/bash-completion/completions/illumitunnel.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. illumitunnel man | man -l -.
+    Man,
+}
+
+/// `illumitunnel login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Relay base URL, e.g. https://relay.example.com (default: the one in config.toml).
+    #[arg(long, value_name = "URL", env = "ILLUMITUNNEL_RELAY")]
+    pub relay: Option<String>,
+
+    /// Client token the relay accepts (default: read from standard input, so it stays out of
+    /// the process list).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ILLUMITUNNEL_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Also trust the certificates in this PEM file for the relay (kept in config.toml).
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `illumitunnel listen`.
 #[derive(Debug, Args)]
 pub struct ListenArgs {
-    /// Local URL every delivery goes to, e.g. http://localhost:3000/webhooks/illumichat.
+    /// Where deliveries go: a port (3000 is http://localhost:3000), host:port/path
+    /// (localhost:3000/webhooks) or a URL; the same as --forward-to.
+    #[arg(value_name = "TARGET")]
+    pub target: Option<String>,
+
+    /// Local URL every delivery goes to, e.g. http://localhost:3000/webhooks/illumichat
+    /// (default: forward_to in config.toml).
     // Optional for clap so a missing value gets our one-sentence usage error.
     #[arg(long, value_name = "URL")]
     pub forward_to: Option<String>,
 
-    /// Relay base URL, e.g. https://relay.example.com (default: a relay embedded in this process).
+    /// Also trust the certificates in this PEM file for an https local server, e.g. mkcert's
+    /// rootCA.pem (in the folder `mkcert -CAROOT` prints).
+    #[arg(long, value_name = "PEM", conflicts_with = "forward_insecure")]
+    pub forward_ca: Option<PathBuf>,
+
+    /// Accept any certificate from an https local server (self-signed ones).
+    #[arg(long)]
+    pub forward_insecure: bool,
+
+    /// Relay base URL, e.g. https://relay.example.com (default: relay in config.toml, else a
+    /// relay embedded in this process).
     #[arg(long, value_name = "URL", env = "ILLUMITUNNEL_RELAY")]
     pub relay: Option<String>,
 
@@ -58,11 +108,12 @@ pub struct ListenArgs {
     )]
     pub token: Option<String>,
 
-    /// Tunnel name, 3-40 of a-z, 0-9, - (default: a random name kept across restarts).
-    #[arg(long, value_name = "NAME")]
+    /// Tunnel name, 3-40 of a-z, 0-9, - (default: tunnel in config.toml, else a random name
+    /// kept across restarts).
+    #[arg(long, value_name = "NAME", env = "ILLUMITUNNEL_TUNNEL")]
     pub tunnel: Option<String>,
 
-    /// Also trust the certificates in this PEM file for the relay.
+    /// Also trust the certificates in this PEM file for the relay (default: ca in config.toml).
     #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
     pub ca: Option<PathBuf>,
 
@@ -101,7 +152,7 @@ pub struct ListenArgs {
     #[arg(long, value_name = "BYTES")]
     pub store_max_bytes: Option<u64>,
 
-    /// Prune deliveries older than this, e.g. 12h, 7d (default 30d).
+    /// Prune deliveries older than this, e.g. 12h, 1d12h, 7d (default 30d).
     #[arg(long, value_name = "DURATION")]
     pub store_max_age: Option<String>,
 
@@ -136,6 +187,11 @@ pub struct ApiArgs {
         hide_env_values = true
     )]
     pub api_token: Option<String>,
+
+    /// Register a webhook URL IllumiChat cannot reach (loopback, private, link-local or plain
+    /// http://), for testing against a fake IllumiChat.
+    #[arg(long, global = true)]
+    pub allow_private_url: bool,
 }
 
 /// `illumitunnel trigger`.
@@ -198,7 +254,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "TYPE", conflicts_with = "ids")]
     pub event: Option<String>,
 
-    /// With --event: only deliveries received within this long, e.g. 15m, 2h, 1d.
+    /// With --event: only deliveries received within this long, e.g. 15m, 1h30m, 1d.
     #[arg(long, value_name = "DURATION", requires = "event")]
     pub since: Option<String>,
 
@@ -231,7 +287,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "TYPE")]
     pub event: Option<String>,
 
-    /// Only deliveries received within this long, e.g. 15m, 2h, 1d.
+    /// Only deliveries received within this long, e.g. 15m, 1h30m, 1d.
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,
 
@@ -376,6 +432,47 @@ mod tests {
         };
         assert_eq!(args.events.unwrap(), ["ticket.created", "lead.captured"]);
         assert_eq!(args.route.len(), 2);
+    }
+
+    #[test]
+    fn listen_takes_a_target_and_forward_trust_flags() {
+        let cli =
+            Cli::try_parse_from(["illumitunnel", "listen", "3000", "--forward-ca", "root.pem"])
+                .unwrap();
+        let Command::Listen(args) = cli.command else {
+            panic!("not listen")
+        };
+        assert_eq!(args.target.as_deref(), Some("3000"));
+        assert_eq!(args.forward_ca, Some(PathBuf::from("root.pem")));
+        let err = Cli::try_parse_from([
+            "illumitunnel",
+            "listen",
+            "3000",
+            "--forward-ca",
+            "x.pem",
+            "--forward-insecure",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn allow_private_url_follows_webhooks_register() {
+        let cli = Cli::try_parse_from([
+            "illumitunnel",
+            "webhooks",
+            "register",
+            "--url",
+            "https://127.0.0.1/t/x",
+            "--events",
+            "ticket.created",
+            "--allow-private-url",
+        ])
+        .unwrap();
+        let Command::Webhooks(args) = cli.command else {
+            panic!("not webhooks")
+        };
+        assert!(args.api.allow_private_url);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! One module per subcommand, each with `run(args, ctx)`, plus what they share.
 
+pub mod docs;
 pub mod events;
 pub mod export;
 pub mod listen;
+pub mod login;
 pub mod replay;
 pub mod show;
 pub mod trigger;
@@ -49,10 +51,26 @@ pub fn since_ms(since: Option<&str>) -> Result<Option<i64>, UsageError> {
     let Some(text) = since else { return Ok(None) };
     let d = illumitunnel::parse_duration(text).ok_or_else(|| {
         UsageError(format!(
-            "invalid --since {text:?}; write a number and a unit such as 30s, 15m, 2h or 7d"
+            "invalid --since {text:?}; write a number and a unit such as 30s, 15m, 1h30m or 7d"
         ))
     })?;
     Ok(Some(illumitunnel::now_ms().saturating_sub(
         i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_combined_units_and_refuses_bare_numbers() {
+        let now = illumitunnel::now_ms();
+        let since = since_ms(Some("1h30m")).unwrap().unwrap();
+        let ago = now - since;
+        assert!((5_400_000..5_460_000).contains(&ago), "{ago}");
+        assert_eq!(since_ms(None).unwrap(), None);
+        let err = since_ms(Some("90")).unwrap_err().to_string();
+        assert!(err.contains("1h30m"), "{err}");
+    }
 }

@@ -59,6 +59,9 @@ pub enum TargetError {
     /// `http:///x`.
     #[error("invalid --forward-to {0:?}: missing host; pass one such as http://localhost:3000/webhooks/illumichat")]
     NoHost(String),
+    /// `70000`.
+    #[error("invalid --forward-to {0:?}: not a port; pass a port from 1 to 65535, e.g. 3000")]
+    BadPort(String),
     /// `http://user:pw@host`.
     #[error("invalid --forward-to {0:?}: user info is not supported; put credentials in your local server instead")]
     UserInfo(String),
@@ -102,6 +105,27 @@ impl Target {
             path,
             query: uri.query().unwrap_or_default().to_string(),
         })
+    }
+
+    /// Parses `listen TARGET` and `--forward-to`: a port (`3000` is `http://localhost:3000`),
+    /// `host:port/path` (taken as `http://`), or a full http(s) URL.
+    pub fn parse_shorthand(s: &str) -> Result<Self, TargetError> {
+        let s = s.trim();
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u16>() {
+                Ok(port) if port > 0 => Target::parse(&format!("http://localhost:{port}")),
+                _ => Err(TargetError::BadPort(s.to_string())),
+            };
+        }
+        if s.contains("://") || s.starts_with('/') || s.is_empty() {
+            return Target::parse(s);
+        }
+        Target::parse(&format!("http://{s}"))
+    }
+
+    /// Whether requests go over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
     }
 
     /// The same origin and query with another path (a `--route` PATH, which starts with `/`).
@@ -265,44 +289,70 @@ pub struct Rules {
 /// A pooled keep-alive client bound to one [`Target`].
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<crate::proxy::Connector>, Full<Bytes>>,
     target: std::sync::Arc<Target>,
     /// `--route`s as targets, by event type.
     routes: std::sync::Arc<Vec<(String, Target)>>,
     only: Option<std::sync::Arc<Vec<String>>>,
     timeout: Duration,
     max_body: usize,
+    /// What a certificate error tells the user to pass, after "; ".
+    trust_remedy: &'static str,
 }
 
+/// The remedy for an untrusted https local server, for `listen`'s forwarder.
+pub const FORWARD_TRUST_REMEDY: &str = "pass its CA with --forward-ca PEM (for mkcert: rootCA.pem in the folder `mkcert -CAROOT` prints) or pass --forward-insecure";
+
 impl Forwarder {
-    /// A client for `target` (http, or https verified against the web PKI roots).
+    /// A client for `target` (http, or https verified against the OS trust store and the web
+    /// PKI roots).
     pub fn new(target: Target) -> Self {
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.with_root_certificates(rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            })
-            .with_no_client_auth()
-        });
-        Self::build_with(target, tls.ok())
+        Self::build_with(target, system_tls(), false)
+    }
+
+    /// A client for a server on the internet (IllumiChat's API): like [`Forwarder::new`], and
+    /// https requests go through the proxy `HTTPS_PROXY`/`NO_PROXY` name.
+    pub fn through_proxies(target: Target) -> Self {
+        Self::build_with(target, system_tls(), true)
     }
 
     /// A client for `target` that checks https certificates with `tls` (e.g. a tunnel's
     /// self-signed relay for `trigger`).
-    pub fn with_tls(target: Target, mut tls: rustls::ClientConfig) -> Self {
-        // The connector sets ALPN itself and refuses a configuration that already has it.
-        tls.alpn_protocols.clear();
-        Self::build_with(target, Some(tls))
+    pub fn with_tls(target: Target, tls: rustls::ClientConfig) -> Self {
+        Self::build_with(target, Some(tls), false)
     }
 
-    fn build_with(target: Target, tls: Option<rustls::ClientConfig>) -> Self {
+    /// The same client (pool, trust, limits) sending to another target.
+    pub fn retarget(&self, target: Target) -> Self {
+        Forwarder {
+            target: std::sync::Arc::new(target),
+            routes: std::sync::Arc::new(Vec::new()),
+            only: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same client, whose certificate errors end with `remedy` (e.g. [`FORWARD_TRUST_REMEDY`]).
+    pub fn with_trust_remedy(mut self, remedy: &'static str) -> Self {
+        self.trust_remedy = remedy;
+        self
+    }
+
+    fn build_with(target: Target, tls: Option<rustls::ClientConfig>, proxied: bool) -> Self {
+        // The connector sets ALPN itself and refuses a configuration that already has it.
+        let tls = tls.map(|mut tls| {
+            tls.alpn_protocols.clear();
+            tls
+        });
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let http = if proxied {
+            crate::proxy::Connector::from_env(http)
+        } else {
+            crate::proxy::Connector::direct(http)
+        };
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let https = match tls {
             Some(config) => builder.with_tls_config(config),
@@ -323,6 +373,7 @@ impl Forwarder {
             only: None,
             timeout: FORWARD_TIMEOUT,
             max_body: DEFAULT_MAX_RESPONSE,
+            trust_remedy: "",
         }
     }
 
@@ -353,7 +404,6 @@ impl Forwarder {
     }
 
     /// The target this client sends to.
-    #[cfg(test)]
     pub fn target(&self) -> &Target {
         &self.target
     }
@@ -448,7 +498,7 @@ impl Forwarder {
             .client
             .request(req)
             .await
-            .map_err(|e| describe_error(&e, &self.target.host_port()))?;
+            .map_err(|e| describe_error(&e, &self.target.host_port(), self.trust_remedy))?;
         let status = resp.status().as_u16();
         let headers: Vec<Header> = resp
             .headers()
@@ -492,6 +542,23 @@ impl Forwarder {
     }
 }
 
+/// The rustls error inside `err`, looking through io::Errors that wrap it (io::Error's `source`
+/// skips the error it wraps, and the TLS connector wraps one io::Error in another).
+fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = err.downcast_ref::<std::io::Error>()?.get_ref()?;
+    find_rustls_error(inner)
+}
+
+/// The OS trust store and web PKI roots (see `session::tls`).
+fn system_tls() -> Option<rustls::ClientConfig> {
+    crate::session::tls::client_config(crate::session::tls::Trust::System(Vec::new()))
+        .ok()
+        .map(|c| (*c).clone())
+}
+
 /// The answer for a delivery `--events` leaves out.
 fn skipped_answer() -> ResponseRecord {
     ResponseRecord {
@@ -501,11 +568,24 @@ fn skipped_answer() -> ResponseRecord {
     }
 }
 
-/// One sentence for a failed local request, naming the cause and the target.
-fn describe_error(err: &(dyn std::error::Error + 'static), host_port: &str) -> String {
+/// One sentence for a failed local request, naming the cause and the target; a certificate
+/// error ends with `trust_remedy` when there is one.
+fn describe_error(
+    err: &(dyn std::error::Error + 'static),
+    host_port: &str,
+    trust_remedy: &str,
+) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut innermost = err.to_string();
     while let Some(e) = source {
+        if let Some(rustls::Error::InvalidCertificate(cause)) = find_rustls_error(e) {
+            let problem = crate::session::tls::certificate_problem(cause);
+            return if trust_remedy.is_empty() {
+                format!("{host_port} {problem}")
+            } else {
+                format!("{host_port} {problem}; {trust_remedy}")
+            };
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             match io.kind() {
@@ -665,8 +745,49 @@ mod tests {
     fn error_sentences_name_the_cause() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(
-            describe_error(&refused, "127.0.0.1:3000"),
+            describe_error(&refused, "127.0.0.1:3000", ""),
             "connection refused to 127.0.0.1:3000"
+        );
+    }
+
+    #[test]
+    fn certificate_errors_name_the_cause_and_the_flags() {
+        #[derive(Debug)]
+        struct CaUsedAsEndEntity;
+        impl std::fmt::Display for CaUsedAsEndEntity {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("CaUsedAsEndEntity")
+            }
+        }
+        impl std::error::Error for CaUsedAsEndEntity {}
+        // As the TLS connector reports it: an io::Error around an io::Error around rustls's.
+        let wrapped = |cause: rustls::CertificateError| {
+            let tls = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(cause),
+            );
+            std::io::Error::other(tls)
+        };
+        let mkcert = wrapped(rustls::CertificateError::Other(rustls::OtherError(
+            std::sync::Arc::new(CaUsedAsEndEntity),
+        )));
+        let sentence = describe_error(&mkcert, "localhost:3443", FORWARD_TRUST_REMEDY);
+        assert!(
+            sentence.starts_with(
+                "localhost:3443 presented a CA certificate as its server certificate (CaUsedAsEndEntity)"
+            ),
+            "{sentence}"
+        );
+        assert!(
+            sentence.contains("; pass its CA with --forward-ca PEM"),
+            "{sentence}"
+        );
+        assert!(sentence.contains("--forward-insecure"), "{sentence}");
+        assert!(!sentence.contains("OtherError"), "{sentence}");
+        let unknown = wrapped(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(
+            describe_error(&unknown, "localhost:3443", ""),
+            "localhost:3443 presented a certificate from an issuer this client does not trust"
         );
     }
 

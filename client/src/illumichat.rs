@@ -141,7 +141,7 @@ impl Api {
             ))
         })?;
         Ok(Api {
-            forwarder: Forwarder::new(target).with_timeout(API_TIMEOUT),
+            forwarder: Forwarder::through_proxies(target).with_timeout(API_TIMEOUT),
             base,
             token,
         })
@@ -257,6 +257,70 @@ fn one(v: &Value) -> Option<Webhook> {
     Webhook::from_value(v).or_else(|| v.get("data").and_then(Webhook::from_value))
 }
 
+/// How `listen` marks a webhook URL IllumiChat's servers cannot reach.
+pub const LOCAL_ONLY: &str = "local only — IllumiChat cannot reach this URL";
+
+/// Whether `url`'s host is one IllumiChat's servers can never reach: `localhost`, a loopback,
+/// private (RFC 1918, IPv6 ULA), link-local, CGNAT or unspecified address. Other names are not
+/// resolved: a name is taken as public.
+pub fn is_local_only(url: &str) -> bool {
+    let Some(host) = url.parse::<http::Uri>().ok().and_then(|u| {
+        u.host().map(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        })
+    }) else {
+        return false;
+    };
+    let host = host.trim_end_matches('.');
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => is_local_v4(ip),
+        Ok(std::net::IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+            Some(v4) => is_local_v4(v4),
+            None => {
+                let first = ip.segments()[0];
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                    || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+            }
+        },
+        Err(_) => false,
+    }
+}
+
+fn is_local_v4(ip: std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT 100.64.0.0/10
+}
+
+/// Refuses to register a URL IllumiChat cannot deliver to (a local-only host, or plain
+/// `http://`), unless `--allow-private-url`.
+pub fn check_registrable(url: &str, allow_private: bool) -> Result<(), UsageError> {
+    if allow_private {
+        return Ok(());
+    }
+    if is_local_only(url) {
+        return Err(UsageError(format!(
+            "refusing to register {url}: IllumiChat cannot reach a loopback, private or link-local address; use a public relay (--relay https://…), or pass --allow-private-url to register it anyway for testing"
+        )));
+    }
+    if url.trim().to_ascii_lowercase().starts_with("http://") {
+        return Err(UsageError(format!(
+            "refusing to register {url}: IllumiChat delivers only to https:// URLs; give the relay a certificate (--acme-domain, or --tls-cert and --tls-key), or pass --allow-private-url to register it anyway for testing"
+        )));
+    }
+    Ok(())
+}
+
 /// A webhook id is put in a URL path: only plain characters are accepted.
 pub fn check_id(id: &str) -> Result<&str, UsageError> {
     let ok = !id.is_empty()
@@ -299,10 +363,51 @@ mod tests {
     }
 
     #[test]
+    fn local_only_hosts_are_recognised() {
+        for url in [
+            "https://127.0.0.1:8443/t/x",
+            "https://localhost/t/x",
+            "https://app.localhost/t/x",
+            "https://10.1.2.3/t/x",
+            "https://172.20.0.1/t/x",
+            "https://192.168.1.10:8443/t/x",
+            "https://169.254.169.254/",
+            "https://100.64.0.1/",
+            "https://[::1]:8443/t/x",
+            "https://[fd12:3456::1]/t/x",
+            "https://[fe80::1]/t/x",
+            "https://[::ffff:192.168.0.1]/",
+            "https://0.0.0.0/",
+        ] {
+            assert!(is_local_only(url), "{url}");
+        }
+        for url in [
+            "https://relay.example.com/t/x",
+            "https://93.184.216.34/t/x",
+            "https://172.32.0.1/",
+            "https://[2001:db8::1]/",
+            "not a url",
+        ] {
+            assert!(!is_local_only(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn register_refuses_local_and_plain_http_unless_allowed() {
+        let local = check_registrable("https://127.0.0.1:8443/t/x", false).unwrap_err();
+        assert!(local.to_string().contains("--allow-private-url"), "{local}");
+        let http = check_registrable("http://relay.example.com/t/x", false).unwrap_err();
+        assert!(http.to_string().contains("only to https://"), "{http}");
+        assert!(check_registrable("https://relay.example.com/t/x", false).is_ok());
+        assert!(check_registrable("http://127.0.0.1/t/x", true).is_ok());
+    }
+
+    #[test]
     fn missing_token_is_a_usage_error() {
         let args = ApiArgs {
             api_base: "https://beta.illumichat.com".into(),
             api_token: None,
+            allow_private_url: false,
         };
         let err = Api::new(&args).err().unwrap().to_string();
         assert!(err.contains("ILLUMICHAT_TOKEN"), "{err}");

@@ -9,21 +9,27 @@
 //!   bounded chunk reassembly; `session::tls` trust.
 //! - `backoff` — reconnect delays.
 //! - `forward` — local requests, the origin guard, `--events` and `--route`.
+//! - `editor` — `$VISUAL`/`$EDITOR`, for `replay --edit` and the inspector.
 //! - `replay` — stored deliveries sent again, for `replay` and the inspector.
 //! - `illumichat` — IllumiChat's webhook API, for `webhooks` and `listen --register`.
 //! - `recorder` — the capture store writer thread: commits, store health, retention.
 //! - `output` — every printed delivery, line and JSON.
+//! - `proxy` — `HTTPS_PROXY`/`NO_PROXY` for the relay and IllumiChat's API.
+//! - `settings` — `config.toml`: what `login` remembers; flags > env > file.
 //! - `status` — what `listen` tells its screen.
 
 mod backoff;
 mod cli;
 mod commands;
+mod editor;
 mod forward;
 mod illumichat;
 mod output;
+mod proxy;
 mod recorder;
 mod replay;
 mod session;
+mod settings;
 mod status;
 mod tui;
 
@@ -93,6 +99,10 @@ fn main() -> ExitCode {
         Command::Replay(args) => commands::replay::run(args, &ctx),
         Command::Export(args) => commands::export::run(args, &ctx),
         Command::Webhooks(args) => commands::webhooks::run(args),
+        Command::Login(args) => commands::login::run(args),
+        Command::Logout => commands::login::logout(),
+        Command::Completions { shell } => commands::docs::completions(shell),
+        Command::Man => commands::docs::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -309,6 +309,15 @@ pub fn store_line(health: &StoreHealth) -> String {
 fn banner_lines(banner: &Banner, public_url: &str) -> String {
     let row = |label: &str, value: &str| format!("{label:<15}{value}\n");
     let mut s = row("webhook URL", public_url);
+    if crate::illumichat::is_local_only(public_url) {
+        s += &row(
+            "",
+            &format!(
+                "{}; use a public relay: illumitunnel login --relay https://…",
+                crate::illumichat::LOCAL_ONLY
+            ),
+        );
+    }
     s += &row("forwarding to", &banner.forward_to);
     s += &row("capture store", &banner.store.display().to_string());
     if let Some(url) = &banner.embedded_relay {
@@ -628,10 +637,13 @@ mod tests {
         assert_eq!(
             banner_lines(&b, "https://127.0.0.1:8443/t/quiet-otter-1234"),
             "webhook URL    https://127.0.0.1:8443/t/quiet-otter-1234\n\
+             \x20              local only — IllumiChat cannot reach this URL; use a public relay: illumitunnel login --relay https://…\n\
              forwarding to  http://localhost:3000/hooks\n\
              capture store  /tmp/c.db\n\
              relay          embedded at https://127.0.0.1:8443 (self-signed, trusted by this client)\n"
         );
+        let public = banner_lines(&b, "https://relay.example.com/t/quiet-otter-1234");
+        assert!(!public.contains("local only"), "{public}");
     }
 
     #[test]

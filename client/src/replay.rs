@@ -26,13 +26,13 @@ use crate::status::ReplayRequest;
 /// Replay requests waiting for `listen` to serve them.
 pub const REPLAY_QUEUE: usize = 16;
 
-/// Where a replay of `original` goes and what it sends: the forwarder and the request for it.
+/// Where a replay of `original` goes and what it sends: the target and the request for it.
 /// `forward_to` overrides the stored target; `body` replaces the stored body.
 pub fn prepare(
     original: &Delivery,
     forward_to: Option<&Target>,
     body: Option<Bytes>,
-) -> Result<(Forwarder, RequestRecord), String> {
+) -> Result<(Target, RequestRecord), String> {
     let stored = &original.request;
     let headers = stored
         .headers
@@ -72,7 +72,7 @@ pub fn prepare(
         headers,
         body,
     };
-    Ok((Forwarder::new(target), request))
+    Ok((target, request))
 }
 
 /// Sends a prepared replay and builds the new delivery (not yet stored).
@@ -103,10 +103,11 @@ pub async fn send(original: &Delivery, forwarder: &Forwarder, request: RequestRe
 
 /// Serves the inspector's replay requests for `listen` until `shutdown` or until every sender
 /// is gone. Each replay goes through the recorder, so it is stored and shown like any delivery;
-/// `fallback` (the `--forward-to` target) is used for deliveries that were never forwarded.
+/// `listen`'s forwarder (its target, and its trust in an https local server) sends them, and its
+/// target is used for deliveries that were never forwarded.
 pub fn spawn_server(
     store_path: PathBuf,
-    fallback: Target,
+    fallback: Forwarder,
     recorder: RecorderHandle,
     shutdown: CancellationToken,
 ) -> (mpsc::Sender<ReplayRequest>, JoinHandle<()>) {
@@ -130,7 +131,7 @@ pub fn spawn_server(
 
 async fn serve_one(
     store_path: &std::path::Path,
-    fallback: &Target,
+    fallback: &Forwarder,
     recorder: &RecorderHandle,
     request: &ReplayRequest,
 ) -> Result<Delivery, String> {
@@ -144,9 +145,9 @@ async fn serve_one(
     .await
     .map_err(|e| format!("could not read the capture store: {e}"))??
     .ok_or_else(|| format!("no delivery with id {}", request.original))?;
-    let override_target = original.target.is_empty().then_some(fallback);
-    let (forwarder, prepared) = prepare(&original, override_target, request.body.clone())?;
-    let replayed = send(&original, &forwarder, prepared).await;
+    let override_target = original.target.is_empty().then_some(fallback.target());
+    let (target, prepared) = prepare(&original, override_target, request.body.clone())?;
+    let replayed = send(&original, &fallback.retarget(target), prepared).await;
     recorder.insert(replayed).await
 }
 
@@ -179,12 +180,9 @@ mod tests {
     #[test]
     fn replays_to_the_stored_origin_and_path() {
         let d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
-        let (forwarder, request) = prepare(&d, None, None).unwrap();
+        let (target, request) = prepare(&d, None, None).unwrap();
         assert_eq!(
-            forwarder
-                .target()
-                .uri_for(&request.path, &request.query)
-                .to_string(),
+            target.uri_for(&request.path, &request.query).to_string(),
             "http://127.0.0.1:3000/hooks/sub?a=1"
         );
         let names: Vec<&str> = request.headers.iter().map(|(n, _)| n.as_str()).collect();
@@ -195,13 +193,9 @@ mod tests {
     fn forward_to_is_exactly_that_url_plus_the_query() {
         let d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
         let to = Target::parse("http://127.0.0.1:4000/v2").unwrap();
-        let (forwarder, request) =
-            prepare(&d, Some(&to), Some(Bytes::from_static(b"[1]"))).unwrap();
+        let (target, request) = prepare(&d, Some(&to), Some(Bytes::from_static(b"[1]"))).unwrap();
         assert_eq!(
-            forwarder
-                .target()
-                .uri_for(&request.path, &request.query)
-                .to_string(),
+            target.uri_for(&request.path, &request.query).to_string(),
             "http://127.0.0.1:4000/v2?a=1"
         );
         assert_eq!(request.body, Bytes::from_static(b"[1]"));
@@ -270,7 +264,7 @@ mod tests {
         )
         .unwrap();
         let shutdown = CancellationToken::new();
-        let fallback = Target::parse(&format!("http://{addr}/hooks")).unwrap();
+        let fallback = Forwarder::new(Target::parse(&format!("http://{addr}/hooks")).unwrap());
         let (replays, task) = spawn_server(path.clone(), fallback, recorder, shutdown.clone());
 
         let (reply, answer) = tokio::sync::oneshot::channel();

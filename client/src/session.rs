@@ -165,6 +165,19 @@ pub async fn run(mut session: Session, shutdown: CancellationToken) -> anyhow::R
     result
 }
 
+/// One connection attempt and a clean goodbye, for `login`: the public URL the relay gives the
+/// tunnel, or the sentence why not (a refused token, an unreachable relay, an untrusted
+/// certificate), retryable or not.
+pub async fn check(config: &SessionConfig) -> Result<String, String> {
+    match connect(config, &config.claim_key).await {
+        Ok((mut ws, welcome)) => {
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.close(None)).await;
+            Ok(welcome.public_url)
+        }
+        Err(ConnectError::Fatal(sentence) | ConnectError::Retry(sentence)) => Err(sentence),
+    }
+}
+
 /// Shows the reconnect and waits `delay`; `false` when shutdown came first.
 async fn wait_to_reconnect(
     screen: &mpsc::Sender<ListenEvent>,

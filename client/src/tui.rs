@@ -288,8 +288,8 @@ impl Inspector {
     }
 
     async fn wait_for_editor(&mut self, path: &Path) -> Result<(), String> {
-        let editor = editor();
-        let mut child = editor_command(&editor, path)
+        let editor = crate::editor::configured();
+        let mut child = tokio::process::Command::from(crate::editor::command(&editor, path)?)
             .spawn()
             .map_err(|e| format!("could not start {editor}: {e}; set $VISUAL or $EDITOR"))?;
         loop {
@@ -377,33 +377,6 @@ pub(crate) fn run_query(store: &CaptureStore, query: &Query) -> Result<Page, Sto
 fn newest_first_reversed(mut rows: Vec<illumitunnel::Delivery>) -> Vec<illumitunnel::Delivery> {
     rows.reverse();
     rows
-}
-
-fn editor() -> String {
-    ["VISUAL", "EDITOR"]
-        .iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .find(|value| !value.trim().is_empty())
-        .unwrap_or_else(|| "vi".to_string())
-}
-
-/// `$EDITOR` may carry arguments (`code --wait`), so a shell splits it; the path goes in as `$1`.
-#[cfg(unix)]
-fn editor_command(editor: &str, path: &Path) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("{editor} \"$1\""))
-        .arg("sh")
-        .arg(path);
-    command
-}
-
-#[cfg(not(unix))]
-fn editor_command(editor: &str, path: &Path) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(editor);
-    command.arg(path);
-    command
 }
 
 /// The body in a new file only the user can read, named so the editor picks a syntax.

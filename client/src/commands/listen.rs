@@ -35,8 +35,9 @@ use crate::session::{self, RelayUrl, Session, SessionConfig};
 use crate::status::ListenEvent;
 
 pub use announce::Running;
-use announce::{announce, on_welcome, remembered_claim_key, remembered_tunnel};
-pub use config::{ListenConfig, TrustChoice};
+use announce::{announce, on_welcome};
+pub(crate) use announce::{remembered_claim_key, remembered_tunnel};
+pub use config::{ListenConfig, TrustChoice, DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY};
 use embedded::{start_embedded, Embedded};
 
 /// Events waiting for the screen.
@@ -71,7 +72,9 @@ fn choose_screen(config: &ListenConfig) -> Screen {
 
 /// Runs `listen` until Ctrl-C / SIGTERM (exit 0) or a refusal (exit 1).
 pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let config = ListenConfig::try_from(&args)?;
+    let settings = crate::settings::Settings::load()?;
+    let config = ListenConfig::try_from((&args, &settings))?;
+    let forwarder = local_forwarder(&config)?;
     let store = CaptureStore::open(&ctx.store)?;
     let tunnel = match config.tunnel.clone() {
         Some(t) => t,
@@ -117,7 +120,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     // Replays asked for by the inspector: its `TuiContext::replays` is this sender.
     let (replays, replay_server) = replay::spawn_server(
         ctx.store.clone(),
-        config.target.clone(),
+        forwarder.clone(),
         recorder.clone(),
         shutdown.clone(),
     );
@@ -141,6 +144,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let announce = tokio::spawn(announce(
         announced,
         config.register.clone(),
+        config.allow_private_url,
         config.rules.only.clone(),
         shutdown.clone(),
     ));
@@ -156,7 +160,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
             max_body: config.max_body,
             claim_key,
         }),
-        forwarder: Forwarder::new(config.target.clone())
+        forwarder: forwarder
             .with_rules(&config.rules)
             .with_max_body(config.max_body),
         recorder,
@@ -225,11 +229,26 @@ async fn relay_and_trust(
         ));
     };
     let trust = match &config.trust {
-        TrustChoice::Default => Trust::WebPki(Vec::new()),
-        TrustChoice::Ca(path) => Trust::WebPki(tls::load_ca(path).map_err(UsageError)?),
+        TrustChoice::Default => Trust::System(Vec::new()),
+        TrustChoice::Ca(path) => Trust::System(tls::load_ca(path).map_err(UsageError)?),
         TrustChoice::Insecure => Trust::Insecure,
     };
     Ok((url.clone(), trust, None))
+}
+
+/// The client for the local server, trusting an https one as `--forward-ca` or
+/// `--forward-insecure` say.
+fn local_forwarder(config: &ListenConfig) -> anyhow::Result<Forwarder> {
+    let trust = match &config.forward_trust {
+        TrustChoice::Default => Trust::System(Vec::new()),
+        TrustChoice::Ca(path) => {
+            Trust::System(tls::load_pem_certs("--forward-ca", path).map_err(UsageError)?)
+        }
+        TrustChoice::Insecure => Trust::Insecure,
+    };
+    let tls = tls::client_config(trust).map_err(anyhow::Error::msg)?;
+    Ok(Forwarder::with_tls(config.target.clone(), (*tls).clone())
+        .with_trust_remedy(crate::forward::FORWARD_TRUST_REMEDY))
 }
 
 /// How the screen's end counts for `listen`'s exit: an inspector that could not start or

@@ -3,7 +3,6 @@
 //! `$VISUAL`/`$EDITOR` first.
 
 use std::io::Write;
-use std::process::Command;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -13,7 +12,7 @@ use illumitunnel::Delivery;
 
 use super::{ignore_broken_pipe, parse_event_type, since_ms, Ctx, UsageError};
 use crate::cli::ReplayArgs;
-use crate::forward::Target;
+use crate::forward::{Forwarder, Target};
 use crate::output::{self, Format};
 use crate::replay;
 
@@ -47,8 +46,9 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
         } else {
             None
         };
-        let (forwarder, request) =
+        let (target, request) =
             replay::prepare(original, forward_to.as_ref(), body).map_err(anyhow::Error::msg)?;
+        let forwarder = Forwarder::new(target);
         let mut replayed = runtime.block_on(replay::send(original, &forwarder, request));
         store.insert_batch(std::slice::from_mut(&mut replayed))?;
         let stdout = std::io::stdout();
@@ -150,23 +150,13 @@ fn edit_body(original: &Delivery) -> anyhow::Result<Bytes> {
     Ok(Bytes::from(edited))
 }
 
-/// `$VISUAL`, else `$EDITOR`, else `vi`, run through the shell so `code --wait` works.
+/// Opens `path` in the user's editor and waits for it (see `crate::editor`).
 fn run_editor(path: &std::path::Path) -> anyhow::Result<()> {
-    let editor = ["VISUAL", "EDITOR"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
-        .unwrap_or_else(|| "vi".into());
-    let status = if cfg!(unix) {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("{editor} \"$1\""))
-            .arg("editor")
-            .arg(path)
-            .status()
-    } else {
-        Command::new(&editor).arg(path).status()
-    }
-    .with_context(|| format!("could not start the editor {editor:?}; set VISUAL or EDITOR"))?;
+    let editor = crate::editor::configured();
+    let status = crate::editor::command(&editor, path)
+        .map_err(anyhow::Error::msg)?
+        .status()
+        .with_context(|| format!("could not start the editor {editor:?}; set VISUAL or EDITOR"))?;
     if !status.success() {
         anyhow::bail!("the editor {editor:?} exited with {status}; nothing was sent");
     }

@@ -90,7 +90,7 @@ fn destination(args: &TriggerArgs) -> anyhow::Result<Destination> {
     let trust = if args.insecure {
         Trust::Insecure
     } else if let Some(ca) = &args.ca {
-        Trust::WebPki(tls::load_ca(ca).map_err(UsageError)?)
+        Trust::System(tls::load_ca(ca).map_err(UsageError)?)
     } else {
         // The embedded relay's certificate is self-signed; `listen` leaves it next to its
         // record so this command trusts the same relay `listen` runs.
@@ -99,7 +99,7 @@ fn destination(args: &TriggerArgs) -> anyhow::Result<Destination> {
             .and_then(|r| r.ca_pem)
             .and_then(|pem| tls::load_ca(&pem).ok())
             .unwrap_or_default();
-        Trust::WebPki(extra)
+        Trust::System(extra)
     };
     Ok(Destination::Tunnel(target, trust))
 }

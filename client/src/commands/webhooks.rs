@@ -11,13 +11,14 @@ use crate::illumichat::{check_id, Api, Webhook};
 
 /// Runs one webhooks action.
 pub fn run(args: WebhooksArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.api)?;
     if let WebhooksAction::Register { url, events } = &args.action {
         check_url(url)?;
+        crate::illumichat::check_registrable(url, args.api.allow_private_url)?;
         for e in events {
             parse_event_type(e)?;
         }
     }
+    let api = Api::new(&args.api)?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?;
     let json = args.json;

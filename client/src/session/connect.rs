@@ -6,7 +6,6 @@
 use futures_util::{SinkExt, StreamExt};
 use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, MAX_MESSAGE, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -63,7 +62,8 @@ pub async fn connect(
 
     let tcp = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        TcpStream::connect((relay.host.as_str(), relay.port)),
+        // Direct, or through a CONNECT tunnel when HTTPS_PROXY/NO_PROXY say so.
+        crate::proxy::dial(&relay.host, relay.port, relay.tls),
     )
     .await
     .map_err(|_| timed_out())?

@@ -1,8 +1,17 @@
-//! Which relay certificates the client trusts (web PKI roots, `--ca`, the embedded relay's own
-//! certificate, or anything with `--insecure`), and how a failed handshake is explained.
+//! Which certificates the client trusts, for relays and https local servers alike: the OS
+//! trust store plus the web PKI roots (with `--ca`/`--forward-ca` added), the embedded relay's
+//! own certificate, or anything with `--insecure`/`--forward-insecure`; and how a failed
+//! handshake is explained.
+//!
+//! The OS store comes from rustls-native-certs (the same files and keychains OpenSSL and
+//! browsers use, `SSL_CERT_FILE`/`SSL_CERT_DIR` included), merged with webpki-roots into one
+//! root store: a corporate or mkcert-installed root works, a machine with an empty store still
+//! reaches public relays, and `--ca` simply adds roots to the same store. (rustls-platform-
+//! verifier would hand verification to the OS, which cannot take our extra roots on every
+//! platform and behaves differently per OS; one store behaves the same everywhere.)
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -11,8 +20,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 /// The relay certificates this client accepts.
 pub enum Trust {
-    /// The web PKI roots, plus these certificates (from `--ca`).
-    WebPki(Vec<CertificateDer<'static>>),
+    /// The OS trust store and the web PKI roots, plus these certificates (from `--ca`).
+    System(Vec<CertificateDer<'static>>),
     /// Exactly these certificates (the embedded relay's self-signed one).
     Only(Vec<CertificateDer<'static>>),
     /// Any certificate (`--insecure`).
@@ -34,10 +43,8 @@ pub fn client_config(trust: Trust) -> Result<Arc<ClientConfig>, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
             .with_no_client_auth(),
-        Trust::WebPki(extra) => {
-            let mut roots = RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
+        Trust::System(extra) => {
+            let mut roots = system_roots().clone();
             add_all(&mut roots, extra)?;
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -51,6 +58,40 @@ pub fn client_config(trust: Trust) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The web PKI roots plus whatever the OS trust store holds, read once per process (reading
+/// the store takes milliseconds, and every client built here needs it).
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let native = rustls_native_certs::load_native_certs();
+        for err in &native.errors {
+            tracing::debug!(%err, "skipped part of the OS trust store");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(added, ignored, "read the OS trust store");
+        roots
+    })
+}
+
+/// What is wrong with a rejected certificate, as a phrase after the host: "presented …".
+pub fn certificate_problem(cause: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match cause {
+        E::UnknownIssuer => "presented a certificate from an issuer this client does not trust".into(),
+        E::Expired | E::ExpiredContext { .. } => "presented an expired certificate".into(),
+        E::NotValidForName | E::NotValidForNameContext { .. } => {
+            "presented a certificate that is not valid for its name".into()
+        }
+        E::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => {
+            "presented a CA certificate as its server certificate (CaUsedAsEndEntity); serve a certificate that CA issued, e.g. from `mkcert localhost`".into()
+        }
+        other => format!("presented a certificate this client does not trust ({other:?})"),
+    }
+}
+
 fn add_all(roots: &mut RootCertStore, certs: Vec<CertificateDer<'static>>) -> Result<(), String> {
     for cert in certs {
         roots
@@ -62,9 +103,14 @@ fn add_all(roots: &mut RootCertStore, certs: Vec<CertificateDer<'static>>) -> Re
 
 /// Reads every certificate in a `--ca` PEM file.
 pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    load_pem_certs("--ca", path)
+}
+
+/// Reads every certificate in the PEM file given as `flag` (`--ca`, `--forward-ca`).
+pub fn load_pem_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| {
         format!(
-            "could not read --ca {}: {e}; pass a PEM certificate file",
+            "could not read {flag} {}: {e}; pass a PEM certificate file",
             path.display()
         )
     })?;
@@ -72,13 +118,13 @@ pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| {
             format!(
-                "could not parse --ca {}: {e}; pass a PEM certificate file",
+                "could not parse {flag} {}: {e}; pass a PEM certificate file",
                 path.display()
             )
         })?;
     if certs.is_empty() {
         return Err(format!(
-            "--ca {} holds no PEM certificate; pass the relay's certificate file",
+            "{flag} {} holds no PEM certificate; pass a CA certificate file",
             path.display()
         ));
     }
@@ -261,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ours = TestCa::new("our relay CA");
         let theirs = TestCa::new("someone else's CA");
-        let config = client_config(Trust::WebPki(ours.load_as_ca_flag(dir.path()))).unwrap();
+        let config = client_config(Trust::System(ours.load_as_ca_flag(dir.path()))).unwrap();
 
         handshake(config.clone(), &ours.sign_relay(), "127.0.0.1")
             .await
@@ -294,7 +340,7 @@ mod tests {
     #[tokio::test]
     async fn without_ca_a_private_ca_is_not_trusted() {
         let ours = TestCa::new("our relay CA");
-        let config = client_config(Trust::WebPki(Vec::new())).unwrap();
+        let config = client_config(Trust::System(Vec::new())).unwrap();
         let err = handshake(config, &ours.sign_relay(), "127.0.0.1")
             .await
             .expect_err("the web PKI roots do not include a private CA");

@@ -452,3 +452,17 @@ fn dead_letters_are_counted_in_the_header() {
         "{text}"
     );
 }
+
+#[test]
+fn a_loopback_webhook_url_is_marked_local_only_in_the_header() {
+    let (_dir, _store, mut app) = sample_app((160, 40));
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(!text.contains("local only"), "{text}");
+    app.public_url = "https://127.0.0.1:8443/t/brave-otter".into();
+    let text = screen(&draw(&app, (160, 40)));
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("local only — IllumiChat cannot reach this URL"),
+        "{text}"
+    );
+}

@@ -106,6 +106,7 @@ fn is_alive(pid: u32) -> bool {
 pub(super) async fn announce(
     mut public_url: watch::Receiver<Option<String>>,
     register: Option<Api>,
+    allow_private_url: bool,
     events: Option<Vec<String>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -119,6 +120,15 @@ pub(super) async fn announce(
             return Ok(());
         }
     };
+    let checked = match &register {
+        Some(_) => crate::illumichat::check_registrable(&url, allow_private_url),
+        None => Ok(()),
+    };
+    if let Err(refused) = checked {
+        Running::remove_if_mine();
+        shutdown.cancel();
+        return Err(refused.into());
+    }
     let registered = match &register {
         Some(api) => match register_webhook(api, &url, events).await {
             Ok(id) => {
@@ -177,7 +187,7 @@ async fn register_webhook(
 }
 
 /// The tunnel name kept in the config dir, created on first use so the URL survives restarts.
-pub(super) fn remembered_tunnel() -> TunnelName {
+pub(crate) fn remembered_tunnel() -> TunnelName {
     let path = paths::config_dir().join("tunnel");
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(name) = TunnelName::parse(text.trim()) {
@@ -202,7 +212,7 @@ fn claim_key_path(tunnel: &TunnelName) -> PathBuf {
 }
 
 /// The claim key a relay gave for `tunnel` before, or empty.
-pub(super) fn remembered_claim_key(tunnel: &TunnelName) -> String {
+pub(crate) fn remembered_claim_key(tunnel: &TunnelName) -> String {
     std::fs::read_to_string(claim_key_path(tunnel))
         .map(|k| k.trim().to_string())
         .unwrap_or_default()

@@ -14,6 +14,7 @@ use crate::illumichat::Api;
 use crate::output::Format;
 use crate::recorder::Retention;
 use crate::session::RelayUrl;
+use crate::settings::{layer, Settings};
 
 /// Websocket ping interval unless `--keepalive-ms` says otherwise.
 pub const DEFAULT_KEEPALIVE: Duration = illumitunnel_relay::config::DEFAULT_KEEPALIVE;
@@ -24,12 +25,12 @@ pub const DEFAULT_STORE_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Deliveries older than this are pruned from the capture store.
 pub const DEFAULT_STORE_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
-/// How the relay's certificate is checked.
+/// How a certificate (the relay's, or an https local server's) is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrustChoice {
-    /// Web PKI roots.
+    /// The OS trust store and the web PKI roots.
     Default,
-    /// Web PKI roots plus the certificates in this PEM file.
+    /// The same, plus the certificates in this PEM file.
     Ca(PathBuf),
     /// Anything.
     Insecure,
@@ -48,6 +49,10 @@ pub struct ListenConfig {
     pub tunnel: Option<TunnelName>,
     /// Relay certificate trust.
     pub trust: TrustChoice,
+    /// Trust in an https local server (`--forward-ca`, `--forward-insecure`).
+    pub forward_trust: TrustChoice,
+    /// `--allow-private-url`: `--register` may register a URL IllumiChat cannot reach.
+    pub allow_private_url: bool,
     /// How deliveries are shown.
     pub format: Format,
     /// Whether the user asked for lines even in a terminal.
@@ -110,27 +115,41 @@ fn parse_rules(args: &ListenArgs) -> Result<Rules, UsageError> {
     Ok(Rules { only, routes })
 }
 
-impl TryFrom<&ListenArgs> for ListenConfig {
-    type Error = UsageError;
-
-    fn try_from(args: &ListenArgs) -> Result<Self, UsageError> {
-        let usage = |e: &dyn std::fmt::Display| UsageError(e.to_string());
-        let forward_to = args.forward_to.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+/// The forward target: `listen TARGET` or `--forward-to` (not both), else `forward_to` in
+/// config.toml.
+fn forward_target(args: &ListenArgs, settings: &Settings) -> Result<Target, UsageError> {
+    let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    let text = match (given(&args.target), given(&args.forward_to)) {
+        (Some(target), Some(flag)) => {
+            return Err(UsageError(format!(
+                "both TARGET {target:?} and --forward-to {flag:?} say where deliveries go; pass one of them"
+            )))
+        }
+        (Some(text), None) | (None, Some(text)) => text,
+        (None, None) => given(&settings.forward_to).ok_or_else(|| {
             UsageError(
-                "missing --forward-to URL; pass your local server's webhook URL, e.g. --forward-to http://localhost:3000/webhooks/illumichat"
+                "missing --forward-to URL; pass your local server's port or webhook URL, e.g. illumitunnel listen 3000 or --forward-to http://localhost:3000/webhooks/illumichat"
                     .into(),
             )
-        })?;
-        let target = Target::parse(forward_to).map_err(|e| usage(&e))?;
-        let relay = args
-            .relay
-            .as_deref()
+        })?,
+    };
+    Target::parse_shorthand(&text).map_err(|e| UsageError(e.to_string()))
+}
+
+impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
+    type Error = UsageError;
+
+    /// Flags (and the environment variables clap reads for them) win over config.toml.
+    fn try_from((args, settings): (&ListenArgs, &Settings)) -> Result<Self, UsageError> {
+        let usage = |e: &dyn std::fmt::Display| UsageError(e.to_string());
+        let target = forward_target(args, settings)?;
+        let relay = layer(args.relay.as_ref(), settings.relay.as_ref())
             .filter(|s| !s.trim().is_empty())
+            .as_deref()
             .map(RelayUrl::parse)
             .transpose()
             .map_err(|e| usage(&e))?;
-        let tunnel = args
-            .tunnel
+        let tunnel = layer(args.tunnel.as_ref(), settings.tunnel.as_ref())
             .as_deref()
             .map(TunnelName::parse)
             .transpose()
@@ -143,11 +162,36 @@ impl TryFrom<&ListenArgs> for ListenConfig {
             }
             (Some(path), false) => TrustChoice::Ca(path.clone()),
             (None, true) => TrustChoice::Insecure,
-            (None, false) => TrustChoice::Default,
+            // The remembered CA belongs to the remembered relay: without one it means nothing.
+            (None, false) => match (&settings.ca, &relay) {
+                (Some(path), Some(_)) => TrustChoice::Ca(path.clone()),
+                _ => TrustChoice::Default,
+            },
         };
         if relay.is_none() && trust != TrustChoice::Default {
             return Err(UsageError(
                 "--ca and --insecure only apply with --relay; the embedded relay is trusted already".into(),
+            ));
+        }
+        let forward_trust =
+            match (&args.forward_ca, args.forward_insecure) {
+                (Some(_), true) => return Err(UsageError(
+                    "--forward-ca and --forward-insecure contradict each other; pass one of them"
+                        .into(),
+                )),
+                (Some(path), false) => TrustChoice::Ca(path.clone()),
+                (None, true) => TrustChoice::Insecure,
+                (None, false) => TrustChoice::Default,
+            };
+        if forward_trust != TrustChoice::Default && !target.is_https() {
+            return Err(UsageError(format!(
+                "--forward-ca and --forward-insecure only apply to an https:// local server, and {target} is http; drop the flag or forward to https://"
+            )));
+        }
+        if args.register && relay.is_none() && !args.api.allow_private_url {
+            // The embedded relay's URL is on 127.0.0.1: unreachable, known before it starts.
+            return Err(UsageError(
+                "refusing to --register the embedded relay's URL: IllumiChat cannot reach 127.0.0.1; pass --relay with a public relay, or --allow-private-url to register it anyway for testing".into(),
             ));
         }
         let max_body = match args.max_body {
@@ -178,13 +222,14 @@ impl TryFrom<&ListenArgs> for ListenConfig {
         Ok(ListenConfig {
             target,
             relay,
-            token: args
-                .token
+            token: layer(args.token.as_ref(), settings.token.as_ref())
                 .as_deref()
                 .filter(|t| !t.is_empty())
                 .map(Token::new),
             tunnel,
             trust,
+            forward_trust,
+            allow_private_url: args.api.allow_private_url,
             format: if args.json {
                 Format::Json
             } else {
@@ -210,13 +255,119 @@ mod tests {
     use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<ListenConfig, UsageError> {
+        parse_with(args, &Settings::default())
+    }
+
+    fn parse_with(args: &[&str], settings: &Settings) -> Result<ListenConfig, UsageError> {
         let mut argv = vec!["illumitunnel", "listen"];
         argv.extend_from_slice(args);
         let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
         match cli.command {
-            crate::cli::Command::Listen(a) => ListenConfig::try_from(&a),
+            crate::cli::Command::Listen(a) => ListenConfig::try_from((&a, settings)),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn target_takes_a_port_host_port_path_or_url() {
+        for (given, want) in [
+            ("3000", "http://localhost:3000/"),
+            ("localhost:3000/path", "http://localhost:3000/path"),
+            ("127.0.0.1:8080", "http://127.0.0.1:8080/"),
+            (
+                "https://localhost:3443/hooks",
+                "https://localhost:3443/hooks",
+            ),
+        ] {
+            assert_eq!(parse(&[given]).unwrap().target.to_string(), want, "{given}");
+            let flag = parse(&["--forward-to", given]).unwrap();
+            assert_eq!(flag.target.to_string(), want, "--forward-to {given}");
+        }
+        let both = parse(&["3000", "--forward-to", "http://localhost:4000"]).unwrap_err();
+        assert!(both.to_string().contains("pass one of them"), "{both}");
+        for bad in ["0", "70000", "ftp://x"] {
+            assert!(parse(&[bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_config_toml_which_fills_the_gaps() {
+        let file = Settings {
+            relay: Some("https://file-relay.example.com".into()),
+            token: Some("file-token".into()),
+            forward_to: Some("4000".into()),
+            tunnel: Some("file-tunnel".into()),
+            ca: Some("file-ca.pem".into()),
+        };
+        let from_file = parse_with(&[], &file).unwrap();
+        assert_eq!(from_file.target.to_string(), "http://localhost:4000/");
+        assert_eq!(
+            from_file.relay.unwrap().to_string(),
+            "wss://file-relay.example.com:443"
+        );
+        assert_eq!(from_file.token.unwrap().expose(), "file-token");
+        assert_eq!(from_file.tunnel.unwrap().as_str(), "file-tunnel");
+        assert_eq!(from_file.trust, TrustChoice::Ca("file-ca.pem".into()));
+
+        let flags = parse_with(
+            &[
+                "3000",
+                "--relay",
+                "https://flag-relay.example.com",
+                "--token",
+                "flag-token",
+                "--tunnel",
+                "flag-tunnel",
+                "--insecure",
+            ],
+            &file,
+        )
+        .unwrap();
+        assert_eq!(flags.target.to_string(), "http://localhost:3000/");
+        assert_eq!(
+            flags.relay.unwrap().to_string(),
+            "wss://flag-relay.example.com:443"
+        );
+        assert_eq!(flags.token.unwrap().expose(), "flag-token");
+        assert_eq!(flags.tunnel.unwrap().as_str(), "flag-tunnel");
+        assert_eq!(flags.trust, TrustChoice::Insecure);
+
+        // A remembered CA without a remembered relay has nothing to apply to.
+        let ca_only = Settings {
+            ca: Some("file-ca.pem".into()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            parse_with(&["3000"], &ca_only).unwrap().trust,
+            TrustChoice::Default
+        );
+    }
+
+    #[test]
+    fn forward_trust_applies_to_https_targets_only() {
+        let ca = parse(&["https://localhost:3443", "--forward-ca", "root.pem"]).unwrap();
+        assert_eq!(ca.forward_trust, TrustChoice::Ca("root.pem".into()));
+        let any = parse(&["https://localhost:3443", "--forward-insecure"]).unwrap();
+        assert_eq!(any.forward_trust, TrustChoice::Insecure);
+        let http = parse(&["3000", "--forward-insecure"]).unwrap_err();
+        assert!(
+            http.to_string().contains("only apply to an https://"),
+            "{http}"
+        );
+    }
+
+    #[test]
+    fn register_with_the_embedded_relay_is_refused_unless_allowed() {
+        let err = parse(&["3000", "--register", "--api-token", "t"]).unwrap_err();
+        assert!(err.to_string().contains("--allow-private-url"), "{err}");
+        assert!(parse(&[
+            "3000",
+            "--register",
+            "--api-token",
+            "t",
+            "--allow-private-url"
+        ])
+        .is_ok());
     }
 
     #[test]
@@ -250,7 +401,6 @@ mod tests {
         for (args, needle) in [
             (&[][..], "missing --forward-to URL"),
             (&["--forward-to", ""][..], "missing --forward-to URL"),
-            (&["--forward-to", "localhost:3000"][..], "missing http://"),
             (
                 &["--forward-to", "ftp://x"][..],
                 "only http:// and https://",

@@ -14,13 +14,21 @@ use crate::tui::text::escape;
 pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     let bold = Style::new().add_modifier(Modifier::BOLD);
     let dim = Style::new().fg(Color::DarkGray);
-    let first = Line::from(vec![
+    let mut first = vec![
         Span::styled(" illumitunnel ", bold.fg(Color::Black).bg(Color::Cyan)),
         Span::raw(" "),
         Span::styled(escape(&app.public_url).into_owned(), bold),
         Span::styled(" → ", dim),
         Span::raw(escape(&app.forward_to).into_owned()),
-    ]);
+    ];
+    // Last on the line, so a narrow terminal still shows both URLs first.
+    if crate::illumichat::is_local_only(&app.public_url) {
+        first.push(Span::styled(
+            format!("  ({})", crate::illumichat::LOCAL_ONLY),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    let first = Line::from(first);
     frame.render_widget(Paragraph::new(first), Rect { height: 1, ..area });
     if area.height < 2 {
         return;

@@ -1,0 +1,129 @@
+//! `illumitunnel login` and `logout`: check a relay and token by connecting (a websocket
+//! handshake and `Hello` with the token, the tunnel `listen` will use), then remember them in
+//! `config.toml`, so later commands need neither flags nor environment variables and the token
+//! never has to be typed on a command line again.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+
+use illumitunnel::{Token, TunnelName};
+
+use super::listen::{remembered_claim_key, remembered_tunnel, DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY};
+use super::UsageError;
+use crate::cli::LoginArgs;
+use crate::session::tls::{self, Trust};
+use crate::session::{self, RelayUrl, SessionConfig};
+use crate::settings::{layer, Settings};
+
+/// Longest token line read from standard input.
+const MAX_TOKEN_LINE: u64 = 4096;
+
+/// Checks the relay and token, then writes them (and `--ca`) to `config.toml`.
+pub fn run(args: LoginArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::load()?;
+    let relay_text = layer(args.relay.as_ref(), settings.relay.as_ref())
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            UsageError(
+                "missing --relay URL; pass your relay's base URL, e.g. illumitunnel login --relay https://relay.example.com".into(),
+            )
+        })?;
+    let relay = RelayUrl::parse(&relay_text).map_err(|e| UsageError(e.to_string()))?;
+    // What is remembered for another relay (its CA, its token) says nothing about this one.
+    let same_relay = settings.relay.as_deref() == Some(relay_text.as_str());
+    let ca = match &args.ca {
+        Some(path) => Some(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+        None if same_relay => settings.ca.clone(),
+        None => None,
+    };
+    let token = match args
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Some(token) => token.to_string(),
+        None => match settings.token.clone().filter(|_| same_relay) {
+            Some(remembered) => remembered,
+            None => read_token()?,
+        },
+    };
+    let tunnel = match settings.tunnel.as_deref().map(TunnelName::parse) {
+        Some(Ok(name)) => name,
+        Some(Err(e)) => {
+            return Err(
+                UsageError(format!("{e}; fix tunnel in {}", Settings::path().display())).into(),
+            )
+        }
+        None => remembered_tunnel(),
+    };
+    let trust = match &ca {
+        Some(path) => Trust::System(tls::load_ca(path).map_err(UsageError)?),
+        None => Trust::System(Vec::new()),
+    };
+    let config = SessionConfig {
+        relay,
+        token: Some(Token::new(&token)),
+        claim_key: remembered_claim_key(&tunnel),
+        tunnel,
+        tls: tls::client_config(trust).map_err(anyhow::Error::msg)?,
+        keepalive: DEFAULT_KEEPALIVE,
+        max_body: DEFAULT_MAX_BODY,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?;
+    let public_url = runtime
+        .block_on(session::check(&config))
+        .map_err(anyhow::Error::msg)?;
+    settings.relay = Some(relay_text.clone());
+    settings.token = Some(token);
+    settings.ca = ca;
+    let path = settings.save()?;
+    eprintln!(
+        "logged in to {relay_text} (tunnel {public_url}); saved to {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The token from standard input: one line, prompted for on a terminal. Read this way it
+/// never appears in the process list or the shell history.
+fn read_token() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("relay token: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    std::io::Read::take(stdin.lock(), MAX_TOKEN_LINE)
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("could not read the token from standard input: {e}"))?;
+    let token = line.trim().to_string();
+    if token.is_empty() {
+        return Err(UsageError(
+            "missing token; type it when asked, pipe it in (illumitunnel login --relay URL < token-file) or pass --token TOKEN".into(),
+        )
+        .into());
+    }
+    Ok(token)
+}
+
+/// Removes the token from `config.toml`, keeping the relay and everything else.
+pub fn logout() -> anyhow::Result<()> {
+    let mut settings = Settings::load()?;
+    let path: PathBuf = Settings::path();
+    if settings.token.take().is_none() {
+        eprintln!("not logged in: {} holds no token", path.display());
+        return Ok(());
+    }
+    settings.save()?;
+    let relay = settings.relay.as_deref().unwrap_or("the relay");
+    eprintln!(
+        "logged out of {relay}; removed the token from {}",
+        path.display()
+    );
+    Ok(())
+}
