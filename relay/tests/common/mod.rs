@@ -190,8 +190,11 @@ impl Answer {
 
 pub type Ws = WebSocketStream<Box<dyn Io>>;
 
-/// Tries the websocket upgrade with `token`; the relay's answer when it is not a 101.
-pub async fn refused_upgrade(relay: &Relay, token: Option<&str>) -> (StatusCode, String) {
+/// A connection to the relay and the websocket upgrade request for it, with `token`.
+async fn upgrade_request(
+    relay: &Relay,
+    token: Option<&str>,
+) -> (Box<dyn Io>, tokio_tungstenite::tungstenite::handshake::client::Request) {
     let io = relay.connect_io(b"http/1.1").await;
     let mut req = format!("ws://{}{CONNECT_PATH}", relay.addr)
         .into_client_request()
@@ -202,6 +205,12 @@ pub async fn refused_upgrade(relay: &Relay, token: Option<&str>) -> (StatusCode,
             format!("Bearer {token}").parse().unwrap(),
         );
     }
+    (io, req)
+}
+
+/// Tries the websocket upgrade with `token`; the relay's answer when it is not a 101.
+pub async fn refused_upgrade(relay: &Relay, token: Option<&str>) -> (StatusCode, String) {
+    let (io, req) = upgrade_request(relay, token).await;
     match within(
         "websocket handshake",
         tokio_tungstenite::client_async(req, io),
@@ -218,16 +227,7 @@ pub async fn refused_upgrade(relay: &Relay, token: Option<&str>) -> (StatusCode,
 }
 
 pub async fn open_ws(relay: &Relay, token: Option<&str>) -> Ws {
-    let io = relay.connect_io(b"http/1.1").await;
-    let mut req = format!("ws://{}{CONNECT_PATH}", relay.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(token) = token {
-        req.headers_mut().insert(
-            header::AUTHORIZATION,
-            format!("Bearer {token}").parse().unwrap(),
-        );
-    }
+    let (io, req) = upgrade_request(relay, token).await;
     let (ws, response) = within(
         "websocket handshake",
         tokio_tungstenite::client_async(req, io),
