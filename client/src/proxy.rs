@@ -94,9 +94,13 @@ impl Connector {
 
     /// https requests through the proxies the environment names now.
     pub fn from_env(direct: HttpConnector) -> Self {
+        Self::with_matcher(direct, Matcher::from_env())
+    }
+
+    fn with_matcher(direct: HttpConnector, matcher: Matcher) -> Self {
         Connector {
             direct,
-            proxies: Some(std::sync::Arc::new(Matcher::from_env())),
+            proxies: Some(std::sync::Arc::new(matcher)),
         }
     }
 }
@@ -145,5 +149,73 @@ mod tests {
         let socks = Matcher::builder().https("socks5://127.0.0.1:1080").build();
         let err = proxy_for(&socks, &"https://relay.example.com/".parse().unwrap()).unwrap_err();
         assert!(err.contains("not an http:// proxy"), "{err}");
+    }
+
+    /// A CONNECT proxy on 127.0.0.1:0 for one tunnel; sends back the request line it got.
+    async fn one_tunnel_proxy() -> (u16, tokio::sync::oneshot::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let dest = head
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let _ = tx.send(head.lines().next().unwrap_or_default().to_string());
+            let port: u16 = dest
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let mut upstream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            client
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn the_api_connector_tunnels_https_through_the_proxy() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = upstream.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut conn, _) = upstream.accept().await.unwrap();
+            let _ = conn.write_all(b"hello through the tunnel").await;
+        });
+        let (proxy_port, request_line) = one_tunnel_proxy().await;
+        let matcher = Matcher::builder()
+            .https(format!("http://127.0.0.1:{proxy_port}"))
+            .build();
+        let mut connector = Connector::with_matcher(HttpConnector::new(), matcher);
+        let dst: Uri = format!("https://127.0.0.1:{upstream_port}/api/webhooks")
+            .parse()
+            .unwrap();
+        let stream = tokio::time::timeout(std::time::Duration::from_secs(10), connector.call(dst))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            request_line.await.unwrap(),
+            format!("CONNECT 127.0.0.1:{upstream_port} HTTP/1.1")
+        );
+        let mut got = String::new();
+        stream.into_inner().read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello through the tunnel");
     }
 }

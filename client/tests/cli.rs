@@ -78,8 +78,18 @@ fn our_usage_errors_exit_2_with_one_line() {
             "missing --forward-to URL",
         ),
         (
-            vec!["listen", "--relay", relay, "--forward-to", "localhost:3000"],
-            "missing http:// or https://",
+            vec![
+                "listen",
+                "--relay",
+                relay,
+                "--forward-to",
+                "ftp://localhost:3000",
+            ],
+            "only http:// and https://",
+        ),
+        (
+            vec!["listen", "3000", "--relay", relay, "--forward-to", target],
+            "pass one of them",
         ),
         (
             vec!["listen", "--relay", relay, "--forward-to", "not a url"],

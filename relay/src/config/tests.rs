@@ -269,7 +269,8 @@ fn queue_limits() {
             max_total_bytes: crate::queue::DEFAULT_MAX_TOTAL_BYTES,
         }
     );
-    for bad in ["0s", "15", "3w", "1.5h"] {
+    // humantime accepts weeks (3w), fractions (1.5h) and combinations (1h30m).
+    for bad in ["0s", "15", "3x", "soon"] {
         let err =
             Args::try_parse_from(["illumitunnel-relay", "--http", "--queue-max-age", bad].iter())
                 .unwrap_err()
