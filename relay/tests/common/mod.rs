@@ -194,7 +194,10 @@ pub type Ws = WebSocketStream<Box<dyn Io>>;
 async fn upgrade_request(
     relay: &Relay,
     token: Option<&str>,
-) -> (Box<dyn Io>, tokio_tungstenite::tungstenite::handshake::client::Request) {
+) -> (
+    Box<dyn Io>,
+    tokio_tungstenite::tungstenite::handshake::client::Request,
+) {
     let io = relay.connect_io(b"http/1.1").await;
     let mut req = format!("ws://{}{CONNECT_PATH}", relay.addr)
         .into_client_request()
