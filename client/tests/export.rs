@@ -202,7 +202,7 @@ fn export_usage_errors() {
             "unknown event type",
         ),
         (
-            &["export", "--jsonl", "x.jsonl", "--since", "3 weeks"][..],
+            &["export", "--jsonl", "x.jsonl", "--since", "a while"][..],
             "invalid --since",
         ),
     ] {
