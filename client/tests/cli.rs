@@ -724,7 +724,7 @@ fn listen_exits_1_when_the_relay_refuses_the_token() {
     assert_eq!(listen.wait(), 1);
     assert_eq!(
         listen.all_stderr(),
-        ["error: relay refused the token; check --token or ILLUMITUNNEL_TOKEN"]
+        ["error: relay refused the token; run `illumitunnel login` with a token from the relay, or check --token and ILLUMITUNNEL_TOKEN"]
     );
 }
 

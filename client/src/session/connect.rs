@@ -203,7 +203,7 @@ pub fn refusal_sentence(reason: Refusal, message: &str, config: &SessionConfig) 
         format!(" ({message})")
     };
     match reason {
-        Refusal::Unauthorized => "relay refused the token; check --token or ILLUMITUNNEL_TOKEN".into(),
+        Refusal::Unauthorized => "relay refused the token; run `illumitunnel login` with a token from the relay, or check --token and ILLUMITUNNEL_TOKEN".into(),
         Refusal::TunnelNameInvalid => {
             format!("relay refused the tunnel name {tunnel}{detail}; pass another with --tunnel NAME")
         }
@@ -250,7 +250,7 @@ mod tests {
         let (tokenless, with_token) = (config(None), config(Some("alpha")));
         assert_eq!(
             refusal_sentence(Refusal::Unauthorized, "bad", &with_token),
-            "relay refused the token; check --token or ILLUMITUNNEL_TOKEN"
+            "relay refused the token; run `illumitunnel login` with a token from the relay, or check --token and ILLUMITUNNEL_TOKEN"
         );
         let taken = refusal_sentence(Refusal::TunnelTaken, "", &with_token);
         assert!(taken.contains("another token") && taken.contains("--tunnel NAME"));
