@@ -27,6 +27,7 @@ use std::time::Duration;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, kv, object_store, stream};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 
 pub use presence::View;
@@ -35,6 +36,9 @@ use crate::queue::QueueLimits;
 
 /// Longest a node waits for NATS when it starts.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a node waits for JetStream to confirm a write (a sender waits that long at most
+/// before hearing 503 when NATS is away).
+pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes kept free in a NATS message for its subject, headers and the head of a delivery.
 const PAYLOAD_SLACK: usize = 64 * 1024;
 /// How long dead letters are kept.
@@ -90,6 +94,7 @@ pub enum ClusterError {
 /// A node's connection to the cluster and the buckets and streams it uses.
 pub struct Cluster {
     client: async_nats::Client,
+    js: jetstream::Context,
     node: String,
     pub(crate) owners: kv::Store,
     pub(crate) nodes: kv::Store,
@@ -101,6 +106,8 @@ pub struct Cluster {
     bodies: object_store::ObjectStore,
     view: Arc<View>,
     max_payload: usize,
+    /// The tunnels whose presence this node has published.
+    published: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
     /// Queue sequence → object name, for heads whose body was stored aside.
     stored_bodies: std::sync::Mutex<std::collections::HashMap<u64, String>>,
 }
@@ -113,7 +120,9 @@ impl Cluster {
         limits: QueueLimits,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let client = connect_nats(config).await?;
-        let js = jetstream::new(client.clone());
+        let js = jetstream::ContextBuilder::new()
+            .timeout(JETSTREAM_TIMEOUT)
+            .build(client.clone());
         let bucket = |bucket: &str, max_age: Duration| kv::Config {
             bucket: bucket.to_owned(),
             history: 1,
@@ -167,6 +176,7 @@ impl Cluster {
         let max_payload = client.server_info().max_payload;
         Ok(Arc::new(Cluster {
             client,
+            js,
             view: Arc::new(View::new(config.node_id.clone())),
             node: config.node_id.clone(),
             owners,
@@ -179,6 +189,7 @@ impl Cluster {
             bodies,
             max_payload,
             stored_bodies: Default::default(),
+            published: tokio::sync::watch::Sender::new(Default::default()),
         }))
     }
 
@@ -195,6 +206,42 @@ impl Cluster {
     /// The NATS connection.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    /// Waits (up to `within`) until this node's presence for `tunnel` is in NATS, so the
+    /// other nodes route its deliveries here from the client's first moment.
+    pub async fn announced(&self, tunnel: &str, within: Duration) {
+        let mut published = self.published.subscribe();
+        let _ = tokio::time::timeout(within, published.wait_for(|p| p.contains(tunnel))).await;
+    }
+
+    /// Reads `tunnel`'s holders from NATS itself (the view may lag by a watch delivery) and
+    /// returns its authority. For deliveries about to be queued: one more read there is
+    /// cheap next to the queue write.
+    pub async fn authority_now(&self, tunnel: &str) -> Option<String> {
+        let filter = format!("{}{tunnel}.*", self.presence.prefix);
+        if let Ok(mut subjects) = self.presence.stream.info_with_subjects(filter).await {
+            while let Some(Ok((subject, _))) = subjects.next().await {
+                let Some(key) = subject.strip_prefix(&self.presence.prefix) else {
+                    continue;
+                };
+                let Some(node) = key.rsplit('.').next() else {
+                    continue;
+                };
+                if let Ok(entry) = self.presence.get(key).await {
+                    let since = entry
+                        .as_deref()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.parse().ok());
+                    self.view.set_held(tunnel, node, since);
+                }
+            }
+        }
+        self.view.authority(tunnel)
+    }
+
+    pub(crate) fn set_published(&self, published: std::collections::HashSet<String>) {
+        self.published.send_replace(published);
     }
 
     /// Whether NATS is reachable right now.

@@ -144,7 +144,12 @@ async fn forward(
     };
     if let Some(cluster) = &ctx.cluster {
         // On a cluster the tunnel's authority decides its order; it may be another node.
-        if let Some(node) = cluster.view().authority(r.tunnel) {
+        let mut authority = cluster.view().authority(r.tunnel);
+        if authority.is_none() && ctx.tunnels.sessions(r.tunnel).is_empty() {
+            // About to be queued: make sure no session joined elsewhere a moment ago.
+            authority = cluster.authority_now(r.tunnel).await;
+        }
+        if let Some(node) = authority {
             if node != cluster.node() {
                 return forward::to_node(ctx, cluster, &node, r.tunnel, delivery).await;
             }

@@ -202,6 +202,7 @@ pub(crate) async fn run(
             keepalive: config.keepalive,
             max_body: config.max_body,
             closing: closing.clone(),
+            cluster: cluster.clone(),
         }),
         auth: auth.clone(),
         metrics: metrics.clone(),

@@ -54,6 +54,11 @@ pub(crate) async fn to_node(
     tunnel: &str,
     delivery: QueuedDelivery,
 ) -> Result<Answered, IngressError> {
+    if !cluster.is_reachable() {
+        // A request buffered until NATS is back could still be delivered after the sender
+        // heard 503; refuse before anything leaves instead.
+        return Err(IngressError::QueueUnavailable(tunnel.to_owned()));
+    }
     let body_ref = if cluster.fits(delivery.body.len()) {
         None
     } else {

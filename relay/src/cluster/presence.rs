@@ -122,7 +122,7 @@ impl View {
         }
     }
 
-    fn set_held(&self, tunnel: &str, node: &str, since: Option<u64>) {
+    pub(crate) fn set_held(&self, tunnel: &str, node: &str, since: Option<u64>) {
         let mut state = self.lock();
         match since {
             Some(since) => {
@@ -329,6 +329,7 @@ async fn reconcile(
             Err(err) => debug!(%err, tunnel, "could not withdraw presence; retrying"),
         }
     }
+    cluster.set_published(published.keys().cloned().collect());
 }
 
 /// A node that restarts under the same id first withdraws what its previous life published.

@@ -99,6 +99,11 @@ impl Cluster {
         delivery: QueuedDelivery,
         limits: QueueLimits,
     ) -> Result<(), QueueError> {
+        if !self.is_reachable() {
+            // A publish buffered until NATS is back would be queued after the sender heard
+            // 503; refuse before anything leaves instead.
+            return Err(unavailable("not connected"));
+        }
         let body_ref = if self.fits(delivery.body.len()) {
             None
         } else {
@@ -234,8 +239,8 @@ impl Cluster {
         Ok(removed)
     }
 
-    fn jetstream(&self) -> async_nats::jetstream::Context {
-        async_nats::jetstream::new(self.client().clone())
+    fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.js
     }
 }
 
