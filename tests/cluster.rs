@@ -42,7 +42,10 @@ fn addr(node: &Node) -> SocketAddr {
 fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < within, "{what} did not happen within {within:?}");
+        assert!(
+            start.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -73,10 +76,13 @@ fn a_webhook_on_one_node_reaches_a_client_on_another_byte_exact() {
     let _listen = Listen::start(Some(&nodes[2].url()), &target.url(HOOK), "crossing", &extra);
 
     let small: Vec<u8> = b"\x00\xff not UTF-8 \xc3\x28 {\"event\":\"ticket.created\"}".to_vec();
-    let response = Request::post(&format!("{}/deep/path?x=1", nodes[0].tunnel_url("crossing")))
-        .header("x-illumichat-signature", "sha256=abc")
-        .body(small.clone())
-        .send(&rt);
+    let response = Request::post(&format!(
+        "{}/deep/path?x=1",
+        nodes[0].tunnel_url("crossing")
+    ))
+    .header("x-illumichat-signature", "sha256=abc")
+    .body(small.clone())
+    .send(&rt);
     assert_eq!(response.status, 201, "{}", response.text());
     assert_eq!(response.header("x-handler").as_deref(), Some("seen"));
     assert_eq!(response.body, small);
@@ -87,7 +93,10 @@ fn a_webhook_on_one_node_reaches_a_client_on_another_byte_exact() {
         .body(large.clone())
         .send(&rt);
     assert_eq!(response.status, 201, "{}", response.text());
-    assert!(response.body == large, "the 3 MiB answer came back different");
+    assert!(
+        response.body == large,
+        "the 3 MiB answer came back different"
+    );
 
     let seen = target.wait_for_requests(2);
     assert_eq!(seen[0].body, small);
@@ -97,11 +106,18 @@ fn a_webhook_on_one_node_reaches_a_client_on_another_byte_exact() {
         seen[0].header("x-illumichat-signature").as_deref(),
         Some("sha256=abc")
     );
-    assert!(seen[1].body == large, "the 3 MiB body reached the handler different");
+    assert!(
+        seen[1].body == large,
+        "the 3 MiB body reached the handler different"
+    );
     // Each delivery is counted once, by the node the sender reached.
     let answered = |n: &Node| {
-        metric(&rt, &n.url(), "illumitunnel_deliveries_total{outcome=\"answered\"}")
-            .unwrap_or(0.0)
+        metric(
+            &rt,
+            &n.url(),
+            "illumitunnel_deliveries_total{outcome=\"answered\"}",
+        )
+        .unwrap_or(0.0)
     };
     assert_eq!(answered(&nodes[0]), 1.0);
     assert_eq!(answered(&nodes[1]), 1.0);
@@ -124,8 +140,16 @@ fn deliveries_queued_on_any_node_drain_in_order_through_another() {
     const TOTAL: usize = 30;
     for n in 0..TOTAL {
         let node = &nodes[n % 3];
-        let response = Request::post(&node.tunnel_url("backlog")).body(body(n)).send(&rt);
-        assert_eq!(response.status, 202, "delivery {n} via {}: {}", node.id, response.text());
+        let response = Request::post(&node.tunnel_url("backlog"))
+            .body(body(n))
+            .send(&rt);
+        assert_eq!(
+            response.status,
+            202,
+            "delivery {n} via {}: {}",
+            node.id,
+            response.text()
+        );
     }
     let mut args = vec!["--json"];
     args.extend_from_slice(&extra);
@@ -133,14 +157,19 @@ fn deliveries_queued_on_any_node_drain_in_order_through_another() {
     let connected = listen
         .guard
         .wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
-    assert!(connected.contains("30 queued deliveries follow"), "{connected}");
+    assert!(
+        connected.contains("30 queued deliveries follow"),
+        "{connected}"
+    );
     let seen = target.wait_for_requests(TOTAL);
     let bodies: Vec<Vec<u8>> = seen.iter().map(|r| r.body.clone()).collect();
     let want: Vec<Vec<u8>> = (0..TOTAL).map(body).collect();
     assert_eq!(bodies, want, "the backlog reached the handler out of order");
     // The next one, through yet another node, follows the backlog (live, or queued behind
     // the last acknowledgement).
-    let response = Request::post(&nodes[1].tunnel_url("backlog")).body(body(99)).send(&rt);
+    let response = Request::post(&nodes[1].tunnel_url("backlog"))
+        .body(body(99))
+        .send(&rt);
     assert!(matches!(response.status, 200 | 202), "{}", response.text());
     let seen = target.wait_for_requests(TOTAL + 1);
     assert_eq!(seen[TOTAL].body, body(99));
@@ -163,7 +192,9 @@ fn ownership_holds_across_nodes() {
     let mut other = ChildGuard::spawn(cmd);
     assert_eq!(other.wait_for_exit().code(), Some(1), "{}", other.stderr());
     assert!(
-        other.stderr().contains("tunnel mine belongs to another client"),
+        other
+            .stderr()
+            .contains("tunnel mine belongs to another client"),
         "{}",
         other.stderr()
     );
@@ -172,7 +203,9 @@ fn ownership_holds_across_nodes() {
         let response = Request::post(&node.tunnel_url("mine")).body("x").send(&rt);
         assert_eq!(response.status, 200, "via {}: {}", node.id, response.text());
     }
-    let response = Request::post(&nodes[2].tunnel_url("nobody-claimed")).body("x").send(&rt);
+    let response = Request::post(&nodes[2].tunnel_url("nobody-claimed"))
+        .body("x")
+        .send(&rt);
     assert_eq!(response.status, 404, "{}", response.text());
 }
 
@@ -203,7 +236,9 @@ fn sigkill_of_the_session_node_mid_burst_loses_nothing() {
                 .iter()
                 .map(|&n| {
                     let url = senders[n % senders.len()].clone();
-                    tokio::spawn(async move { (n, Request::post(&url).body(body(n)).try_send().await) })
+                    tokio::spawn(
+                        async move { (n, Request::post(&url).body(body(n)).try_send().await) },
+                    )
                 })
                 .collect();
             for send in sends {
@@ -216,7 +251,10 @@ fn sigkill_of_the_session_node_mid_burst_loses_nothing() {
     });
     rt.block_on(async {
         let wait = progress.wait_for(|n| *n >= KILL_AT);
-        tokio::time::timeout(DRAIN, wait).await.expect("the burst stalled").ok();
+        tokio::time::timeout(DRAIN, wait)
+            .await
+            .expect("the burst stalled")
+            .ok();
     });
     nodes[victim].kill();
     let outcomes = rt.block_on(burst).expect("senders");
@@ -233,7 +271,11 @@ fn sigkill_of_the_session_node_mid_burst_loses_nothing() {
         .collect();
     // The senders never talked to the killed node: at most the deliveries it was forwarding
     // when it died are answered otherwise.
-    assert!(refused.len() <= 16, "{} refused: {refused:?}", refused.len());
+    assert!(
+        refused.len() <= 16,
+        "{} refused: {refused:?}",
+        refused.len()
+    );
     let missing = sink.received.wait_for_all(&accepted, DRAIN);
     assert!(
         missing.is_empty(),
@@ -271,7 +313,9 @@ fn a_rolling_restart_under_load_loses_nothing() {
             let sends: Vec<_> = (n..n + 8)
                 .map(|k| {
                     let url = url.clone();
-                    tokio::spawn(async move { (k, Request::post(&url).body(body(k)).try_send().await) })
+                    tokio::spawn(
+                        async move { (k, Request::post(&url).body(body(k)).try_send().await) },
+                    )
                 })
                 .collect();
             for send in sends {
@@ -284,19 +328,25 @@ fn a_rolling_restart_under_load_loses_nothing() {
         outcomes
     });
     // Each node goes down and comes back with 150 more deliveries answered in between.
-    for i in 0..nodes.len() {
+    for node in nodes.iter_mut() {
         let next = *progress.borrow() + 150;
         rt.block_on(async {
             let wait = progress.wait_for(|a| *a >= next);
-            tokio::time::timeout(DRAIN, wait).await.expect("the load stalled").ok();
+            tokio::time::timeout(DRAIN, wait)
+                .await
+                .expect("the load stalled")
+                .ok();
         });
-        nodes[i].stop();
-        nodes[i].resume();
+        node.stop();
+        node.resume();
     }
     let next = *progress.borrow() + 150;
     rt.block_on(async {
         let wait = progress.wait_for(|a| *a >= next);
-        tokio::time::timeout(DRAIN, wait).await.expect("the load stalled").ok();
+        tokio::time::timeout(DRAIN, wait)
+            .await
+            .expect("the load stalled")
+            .ok();
     });
     stop_tx.send(true).expect("stop the load");
     let outcomes = rt.block_on(load).expect("senders");
@@ -305,7 +355,11 @@ fn a_rolling_restart_under_load_loses_nothing() {
         .filter(|(_, s)| matches!(s, Ok(200 | 202)))
         .map(|(n, _)| body(*n))
         .collect();
-    assert!(accepted.len() >= 500, "only {} deliveries accepted", accepted.len());
+    assert!(
+        accepted.len() >= 500,
+        "only {} deliveries accepted",
+        accepted.len()
+    );
     let missing = sink.received.wait_for_all(&accepted, DRAIN);
     assert!(
         missing.is_empty(),
@@ -337,30 +391,190 @@ fn without_nats_held_sessions_keep_working_and_queueing_resumes_after() {
     assert_eq!(health(&nodes[0]), 200);
 
     nats.stop();
-    eventually(Duration::from_secs(10), "healthz to report NATS gone", || {
-        health(&nodes[0]) == 503
-    });
-    let response = Request::post(&nodes[0].tunnel_url("steady")).body(body(1)).send(&rt);
-    assert_eq!(response.status, 200, "a session held here: {}", response.text());
+    eventually(
+        Duration::from_secs(10),
+        "healthz to report NATS gone",
+        || health(&nodes[0]) == 503,
+    );
+    let response = Request::post(&nodes[0].tunnel_url("steady"))
+        .body(body(1))
+        .send(&rt);
+    assert_eq!(
+        response.status,
+        200,
+        "a session held here: {}",
+        response.text()
+    );
     // Another node cannot reach the holder, nor queue: 503, never a 202 it cannot keep.
     // (A publish the NATS client buffered may still land once NATS is back: a duplicate
     // after the sender's retry, never a loss.)
-    let response = Request::post(&nodes[2].tunnel_url("steady")).body(body(2)).send(&rt);
+    let response = Request::post(&nodes[2].tunnel_url("steady"))
+        .body(body(2))
+        .send(&rt);
     assert_eq!(response.status, 503, "{}", response.text());
-    assert!(response.error().contains("send again later"), "{}", response.text());
+    assert!(
+        response.error().contains("send again later"),
+        "{}",
+        response.text()
+    );
 
     nats.resume();
-    eventually(Duration::from_secs(20), "healthz to report NATS back", || {
-        nodes.iter().all(|n| health(n) == 200)
-    });
+    eventually(
+        Duration::from_secs(20),
+        "healthz to report NATS back",
+        || nodes.iter().all(|n| health(n) == 200),
+    );
     listen.guard.kill_now();
     eventually(Duration::from_secs(10), "the session to end", || {
         metric(&rt, &nodes[0].url(), "illumitunnel_sessions") == Some(0.0)
     });
-    let response = Request::post(&nodes[2].tunnel_url("steady")).body(body(3)).send(&rt);
-    assert_eq!(response.status, 202, "queueing resumed: {}", response.text());
-    listen.respawn(Some(&nodes[1].url()), &target.url(HOOK), "steady", &["--json"]);
-    eventually(DRAIN, "the delivery queued after the outage to arrive", || {
-        target.requests().iter().any(|r| r.body == body(3))
-    });
+    let response = Request::post(&nodes[2].tunnel_url("steady"))
+        .body(body(3))
+        .send(&rt);
+    assert_eq!(
+        response.status,
+        202,
+        "queueing resumed: {}",
+        response.text()
+    );
+    listen.respawn(
+        Some(&nodes[1].url()),
+        &target.url(HOOK),
+        "steady",
+        &["--json"],
+    );
+    eventually(
+        DRAIN,
+        "the delivery queued after the outage to arrive",
+        || target.requests().iter().any(|r| r.body == body(3)),
+    );
+}
+
+/// `illumitunnel-relay token ARGS --cluster URL`, to completion.
+fn cluster_token(nats: &Nats, args: &[&str]) -> support::Finished {
+    let home = temp_dir();
+    let mut cmd = command("illumitunnel-relay", home.path());
+    cmd.arg("token").args(args).args(["--cluster", &nats.url]);
+    ChildGuard::run(cmd)
+}
+
+fn listen_with_token(node: &Node, tunnel: &str, token: &str, forward_to: &str) -> ChildGuard {
+    let home = temp_dir();
+    let mut cmd = command("illumitunnel", home.path());
+    cmd.args(["listen", "--relay", &node.url(), "--tunnel", tunnel])
+        .args(["--token", token, "--forward-to", forward_to])
+        .args([
+            "--no-tui",
+            "--json",
+            "--keepalive-ms",
+            KEEPALIVE_MS,
+            "--store",
+        ])
+        .arg(home.path().join("captures.db"));
+    // The home holds only the store; the guard outlives it harmlessly.
+    std::mem::forget(home);
+    ChildGuard::spawn(cmd)
+}
+
+#[test]
+fn tokens_stored_in_nats_admit_and_revoke_on_every_node() {
+    let rt = runtime();
+    let nats = Nats::start();
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|id| Node::start_with(id, &nats, &["--keepalive-ms", KEEPALIVE_MS]))
+        .collect();
+    let target = Target::ok(&rt);
+
+    let added = cluster_token(&nats, &["add", "laptop"]);
+    assert_eq!(added.code(), 0, "{added:?}");
+    let token = added.stdout.trim().to_string();
+    assert!(token.starts_with("itr_"), "{added:?}");
+    // A second token keeps the loopback nodes closed to strangers once laptop is revoked.
+    assert_eq!(cluster_token(&nats, &["add", "ci"]).code(), 0);
+    let again = cluster_token(&nats, &["add", "laptop"]);
+    assert_eq!(again.code(), 2, "{again:?}");
+    assert!(
+        again.stderr.contains("a token named laptop already exists"),
+        "{again:?}"
+    );
+    for node in &nodes {
+        node.relay()
+            .guard
+            .wait_for_text(Stream::Stderr, "stored client tokens changed");
+    }
+    let list = cluster_token(&nats, &["list"]);
+    let names: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    assert_eq!(names, ["laptop", "ci"], "{list:?}");
+    assert!(!list.stdout.contains(&token));
+
+    // Accepted through either node; a wrong token is refused.
+    let client = listen_with_token(&nodes[1], "tokened", &token, &target.url(HOOK));
+    client.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+    let mut wrong = listen_with_token(&nodes[0], "other", "itr_wrong", &target.url(HOOK));
+    assert!(!wrong.wait_for_exit().success(), "{}", wrong.stderr());
+    assert!(
+        wrong.stderr().to_lowercase().contains("token"),
+        "{}",
+        wrong.stderr()
+    );
+
+    // Revoked in NATS: the session on node b closes within a poll or two.
+    let revoked = cluster_token(&nats, &["revoke", "laptop"]);
+    assert_eq!(revoked.code(), 0, "{revoked:?}");
+    nodes[1]
+        .relay()
+        .guard
+        .wait_for_text(Stream::Stderr, "client token revoked; closing its session");
+    let unknown = cluster_token(&nats, &["revoke", "laptop"]);
+    assert_eq!(unknown.code(), 2, "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("no token named laptop"),
+        "{unknown:?}"
+    );
+}
+
+#[test]
+fn a_node_that_cannot_reach_nats_says_so_and_exits_1() {
+    let dir = temp_dir();
+    let unreachable = format!("nats://127.0.0.1:{}", support::closed_port());
+    let mut cmd = command("illumitunnel-relay", dir.path());
+    cmd.args(["--http", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("relay"))
+        .args(["--cluster", &unreachable, "--node-id", "a"]);
+    let finished = ChildGuard::run(cmd);
+    assert_eq!(finished.code(), 1, "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains(&format!("error: could not reach NATS at {unreachable}"))
+            && finished
+                .stderr
+                .contains("start nats-server with JetStream (-js) or fix --cluster"),
+        "{finished:?}"
+    );
+
+    let mut cmd = command("illumitunnel-relay", dir.path());
+    cmd.args(["--http", "--cluster", &unreachable]);
+    let finished = ChildGuard::run(cmd);
+    assert_eq!(finished.code(), 2, "{finished:?}");
+    assert!(
+        finished.stderr.contains("--cluster needs --node-id NAME"),
+        "{finished:?}"
+    );
+
+    let mut cmd = command("illumitunnel-relay", dir.path());
+    cmd.args(["token", "list", "--cluster", &unreachable]);
+    let finished = ChildGuard::run(cmd);
+    assert_eq!(finished.code(), 1, "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains("could not reach the cluster's tokens in NATS"),
+        "{finished:?}"
+    );
 }

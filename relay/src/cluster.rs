@@ -20,6 +20,7 @@ pub mod codec;
 pub mod forward;
 pub mod presence;
 pub mod queue;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +132,12 @@ impl Cluster {
             ..Default::default()
         };
         let owners = key_value(&js, bucket(OWNERS_BUCKET, Duration::ZERO), "KV bucket").await?;
-        let nodes = key_value(&js, bucket(NODES_BUCKET, presence::NODE_KEY_AGE), "KV bucket").await?;
+        let nodes = key_value(
+            &js,
+            bucket(NODES_BUCKET, presence::NODE_KEY_AGE),
+            "KV bucket",
+        )
+        .await?;
         let presence = key_value(&js, bucket(PRESENCE_BUCKET, Duration::ZERO), "KV bucket").await?;
         let attempts = key_value(&js, bucket(ATTEMPTS_BUCKET, limits.max_age), "KV bucket").await?;
         let tokens = key_value(&js, bucket(TOKENS_BUCKET, Duration::ZERO), "KV bucket").await?;

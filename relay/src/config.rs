@@ -313,7 +313,7 @@ pub struct Args {
     pub metrics_tunnel_labels: bool,
     /// Join a relay cluster through these NATS servers (JetStream enabled), comma-separated:
     /// tunnels, presence and the offline queue live in NATS instead of the data dir.
-    #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "node_id")]
+    #[arg(long, value_name = "URLS", value_delimiter = ',', global = true)]
     pub cluster: Vec<String>,
     /// This node's id in the cluster, unique per node: lowercase letters, digits and '-'.
     #[arg(long, value_name = "NAME", requires = "cluster")]
@@ -351,6 +351,9 @@ pub enum TokenCommand {
 /// A configuration the relay refuses to start with (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `--cluster` without `--node-id`.
+    #[error("--cluster needs --node-id NAME, unique per node (e.g. the host name)")]
+    NoNodeId,
     /// `--node-id` is not a usable id.
     #[error("--node-id {0:?} is not a node id; use 1 to 40 lowercase letters, digits or '-', unique per node")]
     NodeId(String),
@@ -481,6 +484,7 @@ impl TryFrom<Args> for Config {
             && args.stored_tokens == 0
             && !args.allow_anonymous
             && !args.listen.ip().is_loopback()
+            && args.cluster.is_empty()
         {
             return Err(ConfigError::OpenToAnyone(args.listen));
         }
@@ -527,7 +531,8 @@ impl TryFrom<Args> for Config {
                 servers: servers.to_vec(),
                 node_id,
             }),
-            (_, node_id) => return Err(ConfigError::NodeId(node_id.unwrap_or_default())),
+            (_, None) => return Err(ConfigError::NoNodeId),
+            (_, Some(node_id)) => return Err(ConfigError::NodeId(node_id)),
         };
         let keepalive = match args.keepalive_ms {
             Some(0) => return Err(ConfigError::ZeroKeepalive),

@@ -65,9 +65,7 @@ impl Outcome {
 
     /// The outcome named `name` (as its label reads), for answers from other cluster nodes.
     pub fn from_name(name: &str) -> Option<Outcome> {
-        Outcome::ALL
-            .into_iter()
-            .find(|o| format!("{o:?}") == name)
+        Outcome::ALL.into_iter().find(|o| format!("{o:?}") == name)
     }
 }
 

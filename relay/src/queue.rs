@@ -288,9 +288,7 @@ impl QueueHandle {
         };
         let (tx_reply, rx) = oneshot::channel();
         let tx_reply = make(tx_reply);
-        tx.send(tx_reply)
-            .await
-            .map_err(|_| QueueError::Stopped)?;
+        tx.send(tx_reply).await.map_err(|_| QueueError::Stopped)?;
         rx.await.unwrap_or(Err(QueueError::Stopped))
     }
 

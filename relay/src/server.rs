@@ -172,7 +172,11 @@ pub(crate) async fn run(
     }
     let open_when_empty =
         config.tokens.is_empty() && (config.allow_anonymous || local.ip().is_loopback());
-    let stored = config.stored_tokens.then(|| config.data_dir.clone());
+    let stored = match &cluster {
+        Some(cluster) => access::Stored::Cluster(Box::new(cluster.tokens.clone())),
+        None if config.stored_tokens => access::Stored::Dir(config.data_dir.clone()),
+        None => access::Stored::Nowhere,
+    };
     let (auth, token_poll) = access::start(
         &config.tokens,
         config.allow_anonymous,

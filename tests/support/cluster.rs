@@ -73,8 +73,15 @@ impl Nats {
     /// Starts the server again on the same port and store.
     pub fn resume(&mut self) {
         let mut cmd = Command::new(nats_server_bin());
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(self.dir.path().join("js"));
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(self.dir.path().join("js"));
         let guard = ChildGuard::spawn(cmd);
         guard.wait_for_text(Stream::Stderr, "Server is ready");
         self.guard = Some(guard);
@@ -96,17 +103,17 @@ pub struct Node {
 impl Node {
     /// Starts node `id` against `nats` with `--http --allow-anonymous` and `extra` flags.
     pub fn start(id: &str, nats: &Nats, extra: &[&str]) -> Node {
-        let mut args: Vec<String> = [
-            "--http",
-            "--allow-anonymous",
-            "--cluster",
-            nats.url.as_str(),
-            "--node-id",
-            id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = vec!["--allow-anonymous"];
+        args.extend_from_slice(extra);
+        Node::start_with(id, nats, &args)
+    }
+
+    /// Starts node `id` against `nats` with `--http` and `extra` flags only.
+    pub fn start_with(id: &str, nats: &Nats, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = ["--http", "--cluster", nats.url.as_str(), "--node-id", id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut node = Node {
             id: id.into(),
@@ -211,9 +218,7 @@ impl Balancer {
 /// The value of the unlabelled gauge or counter `name` in a relay's `/metrics` text.
 pub fn metric(rt: &Runtime, base: &str, name: &str) -> Option<f64> {
     let response = rt
-        .block_on(
-            super::sender::Request::new("GET", &format!("{base}/metrics")).try_send(),
-        )
+        .block_on(super::sender::Request::new("GET", &format!("{base}/metrics")).try_send())
         .ok()?;
     response
         .text()

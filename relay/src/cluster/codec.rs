@@ -201,7 +201,12 @@ mod tests {
 
     #[test]
     fn truncated_or_garbage_messages_are_errors() {
-        for bad in [&b""[..], b"\x00\x00", b"\x00\x00\x00\x09{}", b"\x00\x00\x00\x02{]"] {
+        for bad in [
+            &b""[..],
+            b"\x00\x00",
+            b"\x00\x00\x00\x09{}",
+            b"\x00\x00\x00\x02{]",
+        ] {
             assert!(decode_delivery(&Bytes::copy_from_slice(bad)).is_err());
         }
     }

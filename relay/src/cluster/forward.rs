@@ -107,7 +107,10 @@ pub(crate) async fn to_node(
             ingress::dispatch(ctx, tunnel, delivery).await
         }
         Err(err) if err.kind() == RequestErrorKind::TimedOut => {
-            debug!(node, "no word from the tunnel's node; queueing the delivery as a redelivery");
+            debug!(
+                node,
+                "no word from the tunnel's node; queueing the delivery as a redelivery"
+            );
             let outgoing = OutgoingDelivery::new(delivery, true);
             ingress::requeue(ctx, tunnel, &outgoing).await
         }

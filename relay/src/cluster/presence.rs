@@ -297,11 +297,7 @@ async fn heartbeat(cluster: Arc<Cluster>, tunnels: Arc<Tunnels>, shutdown: Cance
 }
 
 /// Publishes the difference between what this node holds and what it last published.
-async fn reconcile(
-    cluster: &Cluster,
-    tunnels: &Tunnels,
-    published: &mut HashMap<String, u64>,
-) {
+async fn reconcile(cluster: &Cluster, tunnels: &Tunnels, published: &mut HashMap<String, u64>) {
     let node = cluster.node();
     let held: HashMap<String, u64> = tunnels.held().into_iter().collect();
     for (tunnel, since) in &held {
@@ -373,7 +369,10 @@ mod tests {
     #[test]
     fn an_old_heartbeat_does_not_make_a_node_alive() {
         let view = View::new("a".into());
-        view.heard("b", time::OffsetDateTime::now_utc() - time::Duration::seconds(60));
+        view.heard(
+            "b",
+            time::OffsetDateTime::now_utc() - time::Duration::seconds(60),
+        );
         assert!(!view.is_alive("b"));
         assert!(view.is_alive("a"));
     }

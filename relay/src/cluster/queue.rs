@@ -58,7 +58,10 @@ impl Cluster {
             let current = entry.as_ref().filter(|e| !e.value.is_empty());
             let owner = match current {
                 None => None,
-                Some(e) => match std::str::from_utf8(&e.value).ok().and_then(Owner::parse_key) {
+                Some(e) => match std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(Owner::parse_key)
+                {
                     Some(owner) => Some(owner),
                     // An owner this relay cannot read is nobody it could hand the tunnel to.
                     None => return Ok(Claim::Taken),
@@ -174,7 +177,10 @@ impl Cluster {
             self.stored_bodies().insert(seq, name);
         }
         let attempts = match self.attempts.get(attempts_key(tunnel, seq)).await {
-            Ok(Some(v)) => std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+            Ok(Some(v)) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             Ok(None) => 0,
             Err(err) => return Err(unavailable(err)),
         };
@@ -201,7 +207,10 @@ impl Cluster {
     pub async fn attempt_failed(&self, tunnel: &str, seq: i64) -> Result<u32, QueueError> {
         let key = attempts_key(tunnel, seq.max(0) as u64);
         let before: u32 = match self.attempts.get(&key).await.map_err(unavailable)? {
-            Some(v) => std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             None => 0,
         };
         let after = before + 1;
@@ -249,8 +258,14 @@ fn attempts_key(tunnel: &str, seq: u64) -> String {
 }
 
 /// Messages on `subject` in `stream`.
-async fn count(stream: &async_nats::jetstream::stream::Stream, subject: &str) -> Result<u64, QueueError> {
-    let mut info = stream.info_with_subjects(subject).await.map_err(unavailable)?;
+async fn count(
+    stream: &async_nats::jetstream::stream::Stream,
+    subject: &str,
+) -> Result<u64, QueueError> {
+    let mut info = stream
+        .info_with_subjects(subject)
+        .await
+        .map_err(unavailable)?;
     let mut total = 0;
     while let Some(entry) = info.next().await {
         match entry {
