@@ -5,6 +5,9 @@
 //! (with `xmllint`, Debian package `libxml2-utils`); binary bodies compare byte for byte; a saved
 //! suite holds no secret by default; `trigger --retries illumichat` follows IllumiChat's schedule.
 
+// Helpers here are test code too; `allow-unwrap-in-tests` only covers `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +72,10 @@ fn capture(home: &Path, store: &Path, handler: &Handler) {
 }
 
 fn xmllint(xml: &Path) -> Finished {
+    assert!(
+        Command::new("xmllint").arg("--version").output().is_ok(),
+        "xmllint is missing; install Debian's libxml2-utils (.ci/run does)"
+    );
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/junit-10.xsd");
     let mut cmd = Command::new("xmllint");
     cmd.args(["--noout", "--schema"]).arg(schema).arg(xml);

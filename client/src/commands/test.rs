@@ -239,7 +239,7 @@ fn print_case(
             .status()
             .map_or_else(|| "ERR".to_string(), |s| s.to_string());
         format!(
-            "{verdict}  {:<20}  {:<12} {} {}  {status}  {:.1}ms  {}\n{}",
+            "{verdict}  {:<18}  {:<12} {} {}  {status}  {:.1}ms  {}\n{}",
             name_of(original),
             illumitunnel::escape::escape(original.resource_id.as_deref().unwrap_or("-")),
             illumitunnel::escape::escape(&original.request.method),

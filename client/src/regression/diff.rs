@@ -1,5 +1,5 @@
 //! A [`Report`] as the lines a person reads under a failed delivery: the status change, then a
-//! jest-style line diff of the bodies (`- expected`, `+ actual`, three lines of context; JSON
+//! jest-style line diff of the bodies (`- expected`, `+ actual`, five lines of context; JSON
 //! pretty-printed with keys sorted, so key order never shows up as a change), then the changed
 //! JSON pointers with the `--ignore` that leaves one out. Text from the handler goes through the
 //! shared escaper, so a body cannot drive the terminal.
@@ -15,8 +15,8 @@ use super::{BodyDiff, Report};
 
 /// Most diff lines shown for one delivery; the rest are counted.
 const MAX_DIFF_LINES: usize = 200;
-/// Unchanged lines shown around each change.
-const CONTEXT_LINES: usize = 3;
+/// Unchanged lines shown around each change (jest's default).
+const CONTEXT_LINES: usize = 5;
 /// Longest the line diff may search before it settles for a coarser one (10 MiB bodies).
 const DIFF_DEADLINE: Duration = Duration::from_millis(500);
 
