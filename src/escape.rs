@@ -3,7 +3,8 @@
 //! DEL, C1) and every invisible bidi or zero-width mark is made visible (`ESC` → `^[`, NUL →
 //! `^@`, U+202E → `\u{202e}`), so a payload can never move the cursor, clear the screen or
 //! reorder what the user reads. JSON output spells the same characters as `\uXXXX` escapes:
-//! still valid JSON that decodes to the exact string, with nothing a terminal acts on.
+//! still valid JSON that decodes to the exact string, with nothing a terminal acts on. JUnit
+//! reports go through [`xml`], which makes the same characters visible before XML escaping.
 
 use std::borrow::Cow;
 use std::io;

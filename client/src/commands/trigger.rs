@@ -2,6 +2,9 @@
 //! straight to the local server (`--forward-to`, recorded by this command) or through a tunnel
 //! (`--url`, or the tunnel of the `listen` running on this machine, which records it). Either
 //! way the capture store holds exactly one row per delivery, marked as triggered.
+//! `--retries illumichat` resends a delivery IllumiChat would retry (non-2xx, or no answer within
+//! `event::SENDER_TIMEOUT`) on its schedule divided by `--speed`, same bytes each time; local
+//! retries are recorded with `replay_of` pointing at the first attempt and read `retry of`.
 
 use std::path::Path;
 
