@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::cluster::{metric, Balancer, Nats, Node};
+use support::cluster::{metric, Balancer, Nats, NatsCluster, Node};
 use support::sender::Request;
 use support::sink::Sink;
 use support::target::{Reply, Target};
@@ -482,7 +482,7 @@ fn tokens_stored_in_nats_admit_and_revoke_on_every_node() {
     let nats = Nats::start();
     let nodes: Vec<Node> = ["a", "b"]
         .iter()
-        .map(|id| Node::start_with(id, &nats, &["--keepalive-ms", KEEPALIVE_MS]))
+        .map(|id| Node::start_with(id, &nats.url, &["--keepalive-ms", KEEPALIVE_MS]))
         .collect();
     let target = Target::ok(&rt);
 
@@ -577,4 +577,61 @@ fn a_node_that_cannot_reach_nats_says_so_and_exits_1() {
             .contains("could not reach the cluster's tokens in NATS"),
         "{finished:?}"
     );
+}
+
+#[test]
+fn losing_one_of_three_nats_servers_loses_nothing_queued() {
+    let rt = runtime();
+    let mut nats = NatsCluster::start(3);
+    let extra = [
+        "--allow-anonymous",
+        "--keepalive-ms",
+        KEEPALIVE_MS,
+        "--cluster-replicas",
+        "3",
+    ];
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|id| Node::start_with(id, &nats.urls, &extra))
+        .collect();
+    let target = Target::ok(&rt);
+    let listen_extra = ["--keepalive-ms", KEEPALIVE_MS];
+    let mut listen = Listen::start(
+        Some(&nodes[0].url()),
+        &target.url(HOOK),
+        "sturdy",
+        &listen_extra,
+    );
+    listen.guard.kill_now();
+    eventually(Duration::from_secs(10), "the session to end", || {
+        metric(&rt, &nodes[0].url(), "illumitunnel_sessions") == Some(0.0)
+    });
+
+    // Each delivery is sent until a node accepts it (202); a 503 while the nodes move to
+    // another NATS server is a refusal the sender repeats.
+    let accept = |n: usize| {
+        for attempt in 0..100 {
+            let node = &nodes[(n + attempt) % 2];
+            let response = Request::post(&node.tunnel_url("sturdy"))
+                .body(body(n))
+                .send(&rt);
+            match response.status {
+                202 => return,
+                503 => std::thread::sleep(Duration::from_millis(100)),
+                other => panic!("delivery {n}: {other} {}", response.text()),
+            }
+        }
+        panic!("delivery {n} was never accepted");
+    };
+    (0..20).for_each(accept);
+    nats.servers[0].kill();
+    (20..40).for_each(accept);
+
+    let mut args = vec!["--json"];
+    args.extend_from_slice(&listen_extra);
+    listen.respawn(Some(&nodes[1].url()), &target.url(HOOK), "sturdy", &args);
+    let seen = target.wait_for_requests(40);
+    let bodies: Vec<Vec<u8>> = seen.iter().map(|r| r.body.clone()).collect();
+    let want: Vec<Vec<u8>> = (0..40).map(body).collect();
+    assert_eq!(bodies, want, "lost or reordered after a NATS server died");
 }

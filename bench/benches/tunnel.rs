@@ -356,7 +356,10 @@ fn run() -> Result<()> {
         writeln!(out)?;
     }
     if let Some(paths) = &cluster {
-        writeln!(out, "cluster, {CLUSTER_REPEATS} interleaved repeats, mean (min–max):\n")?;
+        writeln!(
+            out,
+            "cluster, {CLUSTER_REPEATS} interleaved repeats, mean (min–max):\n"
+        )?;
         illumitunnel_bench::cluster::write(paths, bench.settings.conc, &mut out)?;
         writeln!(out)?;
     }

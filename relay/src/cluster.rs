@@ -40,6 +40,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a node waits for JetStream to confirm a write (a sender waits that long at most
 /// before hearing 503 when NATS is away).
 pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between attempts to set up JetStream while it elects its leader.
+const SETUP_RETRY: Duration = Duration::from_millis(500);
 /// Bytes kept free in a NATS message for its subject, headers and the head of a delivery.
 const PAYLOAD_SLACK: usize = 64 * 1024;
 /// How long dead letters are kept.
@@ -69,6 +71,9 @@ pub struct ClusterConfig {
     pub servers: Vec<String>,
     /// This node's id, unique in the cluster.
     pub node_id: String,
+    /// Replicas of the buckets and streams this node creates (3 with a three-server NATS
+    /// cluster); existing ones keep theirs.
+    pub replicas: usize,
 }
 
 /// The cluster could not be joined.
@@ -124,61 +129,28 @@ impl Cluster {
         let js = jetstream::ContextBuilder::new()
             .timeout(JETSTREAM_TIMEOUT)
             .build(client.clone());
-        let bucket = |bucket: &str, max_age: Duration| kv::Config {
-            bucket: bucket.to_owned(),
-            history: 1,
-            max_age,
-            storage: stream::StorageType::File,
-            ..Default::default()
+        // A NATS cluster that has just started elects its JetStream leader first.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let state = loop {
+            match Shared::set_up(&js, limits, config.replicas).await {
+                Ok(state) => break state,
+                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+                Err(err) => {
+                    tracing::debug!(%err, "JetStream not ready; trying again");
+                    tokio::time::sleep(SETUP_RETRY).await;
+                }
+            }
         };
-        let owners = key_value(&js, bucket(OWNERS_BUCKET, Duration::ZERO), "KV bucket").await?;
-        let nodes = key_value(
-            &js,
-            bucket(NODES_BUCKET, presence::NODE_KEY_AGE),
-            "KV bucket",
-        )
-        .await?;
-        let presence = key_value(&js, bucket(PRESENCE_BUCKET, Duration::ZERO), "KV bucket").await?;
-        let attempts = key_value(&js, bucket(ATTEMPTS_BUCKET, limits.max_age), "KV bucket").await?;
-        let tokens = key_value(&js, bucket(TOKENS_BUCKET, Duration::ZERO), "KV bucket").await?;
-        let queue = js
-            .get_or_create_stream(stream::Config {
-                name: QUEUE_STREAM.into(),
-                subjects: vec![format!("{}.>", queue::QUEUE_SUBJECT)],
-                max_messages_per_subject: i64::try_from(limits.max_count).unwrap_or(i64::MAX),
-                max_bytes: i64::try_from(limits.max_total_bytes).unwrap_or(i64::MAX),
-                max_age: limits.max_age,
-                discard: stream::DiscardPolicy::New,
-                discard_new_per_subject: true,
-                storage: stream::StorageType::File,
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup("stream", e))?;
-        let dead = js
-            .get_or_create_stream(stream::Config {
-                name: DEAD_STREAM.into(),
-                subjects: vec![format!("{}.>", queue::DEAD_SUBJECT)],
-                max_bytes: i64::try_from(limits.max_total_bytes).unwrap_or(i64::MAX),
-                max_age: DEAD_LETTER_AGE,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup("stream", e))?;
-        let bodies = match js.get_object_store(BODIES_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: BODIES_BUCKET.into(),
-                    max_age: limits.max_age,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| setup("object store", e))?,
-        };
+        let Shared {
+            owners,
+            nodes,
+            presence,
+            attempts,
+            tokens,
+            queue,
+            dead,
+            bodies,
+        } = state;
         let max_payload = client.server_info().max_payload;
         Ok(Arc::new(Cluster {
             client,
@@ -300,6 +272,87 @@ impl Cluster {
     }
 }
 
+/// The buckets and streams a node uses.
+struct Shared {
+    owners: kv::Store,
+    nodes: kv::Store,
+    presence: kv::Store,
+    attempts: kv::Store,
+    tokens: kv::Store,
+    queue: stream::Stream,
+    dead: stream::Stream,
+    bodies: object_store::ObjectStore,
+}
+
+impl Shared {
+    /// Opens the buckets and streams, creating those that do not exist with `replicas`.
+    async fn set_up(
+        js: &jetstream::Context,
+        limits: QueueLimits,
+        replicas: usize,
+    ) -> Result<Shared, ClusterError> {
+        let bucket = |bucket: &str, max_age: Duration| kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let queue = stream::Config {
+            name: QUEUE_STREAM.into(),
+            subjects: vec![format!("{}.>", queue::QUEUE_SUBJECT)],
+            max_messages_per_subject: i64::try_from(limits.max_count).unwrap_or(i64::MAX),
+            max_bytes: i64::try_from(limits.max_total_bytes).unwrap_or(i64::MAX),
+            max_age: limits.max_age,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let dead = stream::Config {
+            name: DEAD_STREAM.into(),
+            subjects: vec![format!("{}.>", queue::DEAD_SUBJECT)],
+            max_bytes: i64::try_from(limits.max_total_bytes).unwrap_or(i64::MAX),
+            max_age: DEAD_LETTER_AGE,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let bodies = object_store::Config {
+            bucket: BODIES_BUCKET.into(),
+            max_age: limits.max_age,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        Ok(Shared {
+            owners: key_value(js, bucket(OWNERS_BUCKET, Duration::ZERO)).await?,
+            nodes: key_value(js, bucket(NODES_BUCKET, presence::NODE_KEY_AGE)).await?,
+            presence: key_value(js, bucket(PRESENCE_BUCKET, Duration::ZERO)).await?,
+            attempts: key_value(js, bucket(ATTEMPTS_BUCKET, limits.max_age)).await?,
+            tokens: key_value(js, bucket(TOKENS_BUCKET, Duration::ZERO)).await?,
+            queue: js
+                .get_or_create_stream(queue)
+                .await
+                .map_err(|e| setup("stream", e))?,
+            dead: js
+                .get_or_create_stream(dead)
+                .await
+                .map_err(|e| setup("stream", e))?,
+            bodies: match js.get_object_store(BODIES_BUCKET).await {
+                Ok(store) => store,
+                Err(_) => js
+                    .create_object_store(bodies)
+                    .await
+                    .map_err(|e| setup("object store", e))?,
+            },
+        })
+    }
+}
+
 async fn connect_nats(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
     let servers = config.servers.join(",");
     let unreachable = |cause: String| ClusterError::Unreachable {
@@ -325,17 +378,13 @@ async fn connect_nats(config: &ClusterConfig) -> Result<async_nats::Client, Clus
         .map_err(|e| unreachable(e.to_string()))
 }
 
-async fn key_value(
-    js: &jetstream::Context,
-    config: kv::Config,
-    what: &'static str,
-) -> Result<kv::Store, ClusterError> {
+async fn key_value(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {
     if let Ok(store) = js.get_key_value(&config.bucket).await {
         return Ok(store);
     }
     js.create_key_value(config)
         .await
-        .map_err(|e| setup(what, e))
+        .map_err(|e| setup("KV bucket", e))
 }
 
 fn setup(what: &'static str, cause: impl std::fmt::Display) -> ClusterError {

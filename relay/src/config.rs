@@ -318,6 +318,10 @@ pub struct Args {
     /// This node's id in the cluster, unique per node: lowercase letters, digits and '-'.
     #[arg(long, value_name = "NAME", requires = "cluster")]
     pub node_id: Option<String>,
+    /// Replicas of the JetStream buckets and streams the cluster creates: 3 with a three-server
+    /// NATS cluster, so losing one NATS server loses nothing.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "cluster", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub cluster_replicas: u8,
     /// Websocket ping interval in milliseconds (tests shorten it).
     #[arg(long, hide = true, value_name = "MS")]
     pub keepalive_ms: Option<u64>,
@@ -530,6 +534,7 @@ impl TryFrom<Args> for Config {
             (servers, Some(node_id)) if valid_node_id(&node_id) => Some(ClusterConfig {
                 servers: servers.to_vec(),
                 node_id,
+                replicas: usize::from(args.cluster_replicas),
             }),
             (_, None) => return Err(ConfigError::NoNodeId),
             (_, Some(node_id)) => return Err(ConfigError::NodeId(node_id)),

@@ -38,13 +38,65 @@ pub fn nats_server_bin() -> String {
     bin
 }
 
-/// A running JetStream-enabled nats-server on a fixed loopback port.
+/// A running JetStream-enabled nats-server on a fixed loopback port, alone or one of a NATS
+/// cluster.
 pub struct Nats {
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
     port: u16,
     dir: TempDir,
     guard: Option<ChildGuard>,
+    /// `--name`, `--cluster_name`, `--cluster`, `--routes` when one of a cluster.
+    cluster_args: Vec<String>,
+}
+
+/// Three nats-servers routed into one JetStream cluster.
+pub struct NatsCluster {
+    /// The members.
+    pub servers: Vec<Nats>,
+    /// Every member's URL, comma-separated, for `--cluster`.
+    pub urls: String,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers routed to each other.
+    pub fn start(n: usize) -> NatsCluster {
+        let routes: Vec<u16> = (0..n).map(|_| closed_port()).collect();
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let mut servers: Vec<Nats> = (0..n)
+            .map(|i| {
+                let port = closed_port();
+                Nats {
+                    url: format!("nats://127.0.0.1:{port}"),
+                    port,
+                    dir: temp_dir(),
+                    guard: None,
+                    cluster_args: vec![
+                        "--name".into(),
+                        format!("n{i}"),
+                        "--cluster_name".into(),
+                        "illumitunnel-test".into(),
+                        "--cluster".into(),
+                        route_urls[i].clone(),
+                        "--routes".into(),
+                        route_urls.join(","),
+                    ],
+                }
+            })
+            .collect();
+        for server in &mut servers {
+            server.resume();
+        }
+        let urls = servers
+            .iter()
+            .map(|s| s.url.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        NatsCluster { servers, urls }
+    }
 }
 
 impl Nats {
@@ -57,9 +109,17 @@ impl Nats {
             port,
             dir,
             guard: None,
+            cluster_args: Vec::new(),
         };
         nats.resume();
         nats
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            guard.kill_now();
+        }
     }
 
     /// Stops the server (SIGTERM, then waits for it).
@@ -81,7 +141,8 @@ impl Nats {
             &self.port.to_string(),
             "-sd",
         ])
-        .arg(self.dir.path().join("js"));
+        .arg(self.dir.path().join("js"))
+        .args(&self.cluster_args);
         let guard = ChildGuard::spawn(cmd);
         guard.wait_for_text(Stream::Stderr, "Server is ready");
         self.guard = Some(guard);
@@ -105,12 +166,12 @@ impl Node {
     pub fn start(id: &str, nats: &Nats, extra: &[&str]) -> Node {
         let mut args = vec!["--allow-anonymous"];
         args.extend_from_slice(extra);
-        Node::start_with(id, nats, &args)
+        Node::start_with(id, &nats.url, &args)
     }
 
-    /// Starts node `id` against `nats` with `--http` and `extra` flags only.
-    pub fn start_with(id: &str, nats: &Nats, extra: &[&str]) -> Node {
-        let mut args: Vec<String> = ["--http", "--cluster", nats.url.as_str(), "--node-id", id]
+    /// Starts node `id` against the NATS servers `urls` with `--http` and `extra` flags only.
+    pub fn start_with(id: &str, urls: &str, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = ["--http", "--cluster", urls, "--node-id", id]
             .iter()
             .map(|s| s.to_string())
             .collect();
