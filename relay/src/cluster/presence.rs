@@ -30,6 +30,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const NODE_EXPIRY: Duration = Duration::from_secs(4);
 /// Age after which the nodes bucket forgets a heartbeat.
 pub const NODE_KEY_AGE: Duration = Duration::from_secs(60);
+/// A node silent this long is gone for good: its presence entries are deleted.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Heartbeats between two sweeps for such entries.
+const SWEEP_EVERY: u64 = 30;
 /// Pause before watching a bucket again after its watch ended (NATS went away).
 const REWATCH: Duration = Duration::from_secs(1);
 
@@ -100,6 +104,23 @@ impl View {
                 .cloned()
                 .collect()
         })
+    }
+
+    /// Presence entries of nodes silent for `after` (or never heard from in that long since
+    /// `started`): a node that died and never came back under its id.
+    fn forgotten(&self, after: Duration, started: Instant) -> Vec<(String, String)> {
+        let state = self.lock();
+        let gone = |node: &str| match state.beats.get(node) {
+            Some(beat) => beat.elapsed() >= after,
+            None => started.elapsed() >= after,
+        };
+        state
+            .held
+            .iter()
+            .flat_map(|(tunnel, nodes)| nodes.keys().map(move |node| (tunnel, node)))
+            .filter(|(_, node)| **node != self.node && gone(node))
+            .map(|(tunnel, node)| (tunnel.clone(), node.clone()))
+            .collect()
     }
 
     /// A request found nobody listening at `node`: it is gone until its next heartbeat.
@@ -265,6 +286,8 @@ async fn heartbeat(cluster: Arc<Cluster>, tunnels: Arc<Tunnels>, shutdown: Cance
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let held_changed = tunnels.held_changed();
     let mut reachable = true;
+    let started = Instant::now();
+    let mut beats = 0u64;
     loop {
         // All three are cancel-safe: a token wait, `Interval::tick`, `Notify::notified`.
         tokio::select! {
@@ -284,6 +307,10 @@ async fn heartbeat(cluster: Arc<Cluster>, tunnels: Arc<Tunnels>, shutdown: Cance
                     Err(_) => {}
                 }
                 cluster.view.bump();
+                beats += 1;
+                if beats % SWEEP_EVERY == 0 {
+                    sweep(&cluster, started).await;
+                }
             }
             _ = held_changed.notified() => {}
         }
@@ -328,6 +355,18 @@ async fn reconcile(cluster: &Cluster, tunnels: &Tunnels, published: &mut HashMap
     cluster.set_published(published.keys().cloned().collect());
 }
 
+/// Deletes the presence of nodes gone for [`FORGET_AFTER`], so the bucket does not keep every
+/// node that ever died (any node may do it; deleting twice is harmless).
+async fn sweep(cluster: &Cluster, started: Instant) {
+    for (tunnel, node) in cluster.view.forgotten(FORGET_AFTER, started) {
+        debug!(
+            tunnel,
+            node, "forgetting the presence of a node gone for good"
+        );
+        let _ = cluster.presence.delete(format!("{tunnel}.{node}")).await;
+    }
+}
+
 /// A node that restarts under the same id first withdraws what its previous life published.
 async fn withdraw_stale(cluster: &Cluster) {
     let suffix = format!(".{}", cluster.node());
@@ -364,6 +403,21 @@ mod tests {
         assert!(view.is_authority("t"));
         assert_eq!(view.others_holding("t"), Vec::<String>::new());
         assert_eq!(view.authority("other"), None);
+    }
+
+    #[test]
+    fn only_nodes_silent_past_the_limit_are_forgotten() {
+        let view = View::new("a".into());
+        view.heard("b", time::OffsetDateTime::now_utc());
+        view.set_held("t", "a", Some(1));
+        view.set_held("t", "b", Some(2));
+        view.set_held("t", "never-heard", Some(3));
+        let long_ago = Instant::now() - Duration::from_secs(120);
+        assert_eq!(
+            view.forgotten(FORGET_AFTER, long_ago),
+            vec![("t".to_string(), "never-heard".to_string())]
+        );
+        assert!(view.forgotten(FORGET_AFTER, Instant::now()).is_empty());
     }
 
     #[test]

@@ -543,3 +543,60 @@ fn the_systemd_unit_starts_a_valid_hardened_acme_relay() {
     );
     assert_eq!(config.data_dir, Path::new("/var/lib/illumitunnel-relay"));
 }
+
+#[test]
+fn cluster_flags_are_validated() {
+    let base = ["--http", "--listen", "127.0.0.1:0"];
+    let ok = Config::try_from(args(
+        &[
+            &base[..],
+            &[
+                "--cluster",
+                "nats://a:4222,nats://b:4222",
+                "--node-id",
+                "relay-1",
+            ],
+        ]
+        .concat(),
+    ))
+    .unwrap();
+    assert_eq!(
+        ok.cluster,
+        Some(ClusterConfig {
+            servers: vec!["nats://a:4222".into(), "nats://b:4222".into()],
+            node_id: "relay-1".into(),
+            replicas: 1,
+        })
+    );
+    let err = |extra: &[&str]| {
+        Config::try_from(args(&[&base[..], extra].concat()))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&["--cluster", "nats://a:4222"]).contains("--cluster needs --node-id NAME"));
+    assert!(err(&["--cluster", "nats://a:4222", "--node-id", "Relay 1"])
+        .contains("--node-id \"Relay 1\" is not a node id"));
+    // Public and without tokens is fine on a cluster: its tokens live in NATS.
+    let public = Args::try_parse_from([
+        "illumitunnel-relay",
+        "--http",
+        "--cluster",
+        "nats://a:4222",
+        "--node-id",
+        "n1",
+    ])
+    .unwrap();
+    assert!(Config::try_from(public).is_ok());
+    assert!(Args::try_parse_from(["illumitunnel-relay", "--http", "--node-id", "n1"]).is_err());
+    assert!(Args::try_parse_from([
+        "illumitunnel-relay",
+        "--http",
+        "--cluster",
+        "nats://a:4222",
+        "--node-id",
+        "n1",
+        "--cluster-replicas",
+        "9"
+    ])
+    .is_err());
+}
