@@ -125,6 +125,27 @@ fn a_webhook_on_one_node_reaches_a_client_on_another_byte_exact() {
 }
 
 #[test]
+fn listeners_of_one_tunnel_on_two_nodes_both_see_a_delivery_sent_to_a_third() {
+    let rt = runtime();
+    let nats = Nats::start();
+    let nodes = three_nodes(&nats);
+    let first = Target::start(&rt, |_| Reply::status(200).body("from the first listener"));
+    let second = Target::start(&rt, |_| Reply::status(500).body("from the copy"));
+    let extra = ["--keepalive-ms", KEEPALIVE_MS];
+    let listen = Listen::start(Some(&nodes[0].url()), &first.url(HOOK), "fanout", &extra);
+    let _copy = listen.sibling(&nodes[1].url(), &second.url(HOOK), "fanout", &extra);
+
+    let response = Request::post(&nodes[2].tunnel_url("fanout"))
+        .body(body(7))
+        .send(&rt);
+    // The oldest session answers; the other node's listener gets a copy.
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.text(), "from the first listener");
+    assert_eq!(first.wait_for_requests(1)[0].body, body(7));
+    assert_eq!(second.wait_for_requests(1)[0].body, body(7));
+}
+
+#[test]
 fn deliveries_queued_on_any_node_drain_in_order_through_another() {
     let rt = runtime();
     let nats = Nats::start();

@@ -522,6 +522,33 @@ impl Listen {
         self.url = after(&line, "webhook URL").to_string();
     }
 
+    /// Starts a second `listen --json` with this listener's home (so its claim key) and its own
+    /// capture store: another listener of the same tunnel, as on a second terminal.
+    pub fn sibling(
+        &self,
+        relay: &str,
+        forward_to: &str,
+        tunnel: &str,
+        extra: &[&str],
+    ) -> ChildGuard {
+        let mut cmd = command("illumitunnel", self.home.path());
+        cmd.args([
+            "listen",
+            "--relay",
+            relay,
+            "--forward-to",
+            forward_to,
+            "--tunnel",
+            tunnel,
+        ])
+        .args(["--no-tui", "--json", "--store"])
+        .arg(self.home.path().join("sibling.db"))
+        .args(extra);
+        let guard = ChildGuard::spawn(cmd);
+        guard.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+        guard
+    }
+
     /// The first `count` deliveries printed as JSON lines on stdout.
     pub fn deliveries(&self, count: usize) -> Vec<Value> {
         self.guard
