@@ -45,6 +45,11 @@ pub struct Relay {
     pub url: String,
 }
 
+/// The log filter of the processes under test: `BENCH_LOG`, else `warn`.
+fn log_filter() -> String {
+    std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// Starts a relay on an ephemeral loopback port with its own data dir under `dir`.
 pub fn start_relay(
     bins: &Binaries,
@@ -61,7 +66,7 @@ pub fn start_relay(
             Ingress::Tls => "--self-signed",
         })
         .args(extra)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", log_filter());
     let mut proc = Proc::spawn_logged(name, cmd, dir)?;
     let line = proc.wait_for_line("listening on", false, READY_TIMEOUT)?;
     let url = line
@@ -140,7 +145,7 @@ pub fn start_client(
     .args(["--no-tui", "--json", "--store"])
     .arg(dir.join(format!("{name}.db")))
     .env("ILLUMITUNNEL_HOME", dir.join(format!("{name}-home")))
-    .env("RUST_LOG", "warn");
+    .env("RUST_LOG", log_filter());
     if ingress == Ingress::Tls {
         cmd.arg("--insecure");
     }

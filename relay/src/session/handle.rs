@@ -77,6 +77,10 @@ impl Pending {
         tx: oneshot::Sender<Reply>,
     ) -> Result<(), SessionGone> {
         match self.lock().as_mut() {
+            // Another delivery with this id already waits here (ids are unique per process,
+            // so only another node's could clash): never drop its waiter; this one goes to
+            // the next session or the queue.
+            Some(waiters) if waiters.replies.contains_key(&id) => Err(SessionGone),
             Some(waiters) => {
                 waiters.replies.insert(id, tx);
                 Ok(())
@@ -87,6 +91,7 @@ impl Pending {
 
     fn insert_ack(&self, id: DeliveryId, tx: oneshot::Sender<Ack>) -> Result<(), SessionGone> {
         match self.lock().as_mut() {
+            Some(waiters) if waiters.acks.contains_key(&id) => Err(SessionGone),
             Some(waiters) => {
                 waiters.acks.insert(id, tx);
                 Ok(())
