@@ -610,8 +610,11 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>>
     dispatch.tracker.spawn(async move {
         match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
             Ok(Ok(upgraded)) => {
-                let ws = WebSocketStream::from_raw_socket(
+                // An empty read buffer that grows with what the client sends, instead of
+                // tungstenite's 4 KiB up front: most sessions idle (docs/benchmarks.md).
+                let ws = WebSocketStream::from_partially_read(
                     TokioIo::new(upgraded),
+                    Vec::new(),
                     Role::Server,
                     Some(session::ws_config()),
                 )
