@@ -89,30 +89,8 @@ install_peers() {
 
 # --- the load --------------------------------------------------------------------------------------
 write_inputs() {
-  # The envelope the bench sends too (bench/src/envelope.json is empty by design: see payload.rs).
-  python3 - "$1/body.json" <<'EOF'
-import json, sys
-data = {
-  "event": "ticket.created", "timestamp": "2025-06-15T14:30:00Z", "workspaceId": "ws_abc123",
-  "deliveryId": "dlv_01J0ZK8M4Q7W2X9R5T3V6B8N1C",
-  "data": {
-    "id": "tkt_xyz789", "number": 48213, "subject": "Cannot reset my password",
-    "description": "Hi team, I tried to reset my password three times this morning but the reset email never arrives. I checked the spam folder and asked IT to whitelist your domain. Could you please look into it? This is blocking our whole support shift from logging in to the dashboard.",
-    "status": "open", "priority": "medium", "channel": "chat", "source": "widget",
-    "createdAt": "2025-06-15T14:30:00Z", "updatedAt": "2025-06-15T14:30:00Z",
-    "requester": {"id": "ct_5f2a91", "name": "Jordan Alvarez", "email": "jordan.alvarez@example.com",
-                  "phone": "+1-555-0142", "company": "Northwind Traders", "locale": "en-US",
-                  "timezone": "America/Chicago"},
-    "assignee": {"id": "agt_77c1", "name": "Priya Natarajan", "email": "priya@example.org", "team": "Tier 1 Support"},
-    "tags": ["password-reset", "email-delivery", "login", "urgent-customer"],
-    "customFields": {"plan": "business", "seats": 42, "region": "us-east", "accountManager": "Sam Okafor",
-                     "slaDeadline": "2025-06-15T18:30:00Z"},
-    "conversation": {"sessionId": "cs_9b8a7c6d", "messageCount": 6,
-                     "lastMessage": "The reset email still has not arrived, can someone help?",
-                     "visitorUrl": "https://app.example.com/login?reset=1",
-                     "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"}}}
-open(sys.argv[1], "w").write(json.dumps(data, separators=(",", ":")))
-EOF
+  # The 1,433-byte IllumiChat ticket.created envelope the bench sends too.
+  cp "$REPO/bench/src/envelope.json" "$1/body.json"
   cat >"$1/post.lua" <<'EOF'
 local f = assert(io.open(os.getenv("PEERS_BODY"), "rb"))
 wrk.method = "POST"
