@@ -3,7 +3,8 @@
 //! DEL, C1) and every invisible bidi or zero-width mark is made visible (`ESC` → `^[`, NUL →
 //! `^@`, U+202E → `\u{202e}`), so a payload can never move the cursor, clear the screen or
 //! reorder what the user reads. JSON output spells the same characters as `\uXXXX` escapes:
-//! still valid JSON that decodes to the exact string, with nothing a terminal acts on.
+//! still valid JSON that decodes to the exact string, with nothing a terminal acts on. JUnit
+//! reports go through [`xml`], which makes the same characters visible before XML escaping.
 
 use std::borrow::Cow;
 use std::io;
@@ -85,6 +86,25 @@ pub fn json_string(value: &impl Serialize) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// `s` as XML 1.0 text or attribute content: unsafe characters made visible as [`escape`] does
+/// (XML 1.0 cannot carry most controls at all), then `& < > " '` as entities. Newlines and tabs
+/// are kept.
+pub fn xml(s: &str) -> String {
+    let visible = escape_keeping(s, &['\n', '\t']);
+    let mut out = String::with_capacity(visible.len() + 8);
+    for c in visible.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// serde_json's compact format, with unsafe characters in strings escaped.
 struct SafeFormatter;
 
@@ -141,6 +161,14 @@ mod tests {
             escape_keeping("a\tb\nc", &['\n', '\t']),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn xml_has_entities_and_no_control_characters() {
+        assert_eq!(
+            xml("<a href=\"x\">&'\u{1b}[0m\n\t\u{202e}</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&apos;^[[0m\n\t\\u{202e}&lt;/a&gt;"
+        );
     }
 
     #[test]

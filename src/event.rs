@@ -3,6 +3,26 @@
 
 pub mod samples;
 
+use std::time::Duration;
+
+/// How long after a failed delivery IllumiChat retries it: 1, 5 and 30 minutes ("Retry Policy");
+/// after the third failed retry the delivery is marked failed.
+pub const RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_secs(60),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+];
+
+/// How long IllumiChat waits for an answer before it counts a timeout. Its reference gives no
+/// number ("may time out and retry if your endpoint does not respond promptly", "more than a few
+/// seconds"); 10 s is what senders of its kind use (GitHub's webhooks wait 10 s).
+pub const SENDER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`RETRY_DELAYS`] divided by `speed` (at least 1): `600` turns 1m, 5m, 30m into 0.1s, 0.5s, 3s.
+pub fn retry_delays(speed: u32) -> [Duration; 3] {
+    RETRY_DELAYS.map(|d| d / speed.max(1))
+}
+
 /// The six IllumiChat webhook event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
@@ -223,6 +243,20 @@ impl Scalar<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_schedule_divides_by_speed() {
+        assert_eq!(retry_delays(1), RETRY_DELAYS);
+        assert_eq!(
+            retry_delays(600),
+            [
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+                Duration::from_secs(3)
+            ]
+        );
+        assert_eq!(retry_delays(0), RETRY_DELAYS);
+    }
 
     #[test]
     fn parses_the_reference_example() {

@@ -18,6 +18,7 @@
 //! - [`headers`] — ordered raw headers, hop-by-hop stripping, redaction.
 //! - [`event`] — IllumiChat event types, envelope, dedup key.
 //! - [`store`] — `CaptureStore` over SQLite.
+//! - [`suite`] — suite files (JSON Lines) for handler regression tests.
 //! - [`tunnel_name`] — `TunnelName::parse`.
 //! - [`paths`] — data and config dirs.
 
@@ -30,6 +31,7 @@ pub mod paths;
 pub mod protocol;
 pub mod reassembly;
 pub mod store;
+pub mod suite;
 pub mod tunnel_name;
 
 pub use delivery::{Delivery, DeliveryId, Token};

@@ -8,7 +8,8 @@
 //! another.
 //!
 //! Parts: `core` (latency, throughput, new connection per webhook; with `tls` and `bore`
-//! unless skipped), `big`, `idle`, `store`, `slow`, `slow-tls`, `fairness`. Name some after
+//! unless skipped), `big`, `idle`, `store`, `slow`, `slow-tls`, `fairness`, and `cluster` (only
+//! when named: it starts a nats-server, `$NATS_SERVER` or on the PATH). Name some after
 //! `--` to run only those (`cargo bench -p illumitunnel-bench -- slow fairness`); `BENCH_SKIP`
 //! leaves some out.
 //!
@@ -34,6 +35,9 @@ use illumitunnel_bench::proc;
 use illumitunnel_bench::report::{Report, Verdict};
 use illumitunnel_bench::stack::{self, Binaries, Ingress};
 use illumitunnel_bench::target::Target;
+
+/// Interleaved repeats of each cluster path.
+const CLUSTER_REPEATS: usize = 3;
 
 struct Settings {
     secs: Duration,
@@ -323,6 +327,22 @@ fn run() -> Result<()> {
             &mut report,
         )?);
     }
+    // --- (i) the cluster's NATS hop: only when named, as it needs a nats-server ---
+    let cluster = if bench.settings.only.iter().any(|s| s == "cluster") {
+        Some(illumitunnel_bench::cluster::measure(
+            &bins,
+            target.addr,
+            &dir,
+            &bench.rt,
+            &bench.body,
+            bench.settings.warmup,
+            bench.settings.secs,
+            bench.settings.conc,
+            CLUSTER_REPEATS,
+        )?)
+    } else {
+        None
+    };
     drop(tunnel);
     let served = target.served();
     drop(target);
@@ -349,6 +369,11 @@ fn run() -> Result<()> {
     }
     if !compared.is_empty() {
         hostile::write_compared(&compared, &mut out)?;
+        writeln!(out)?;
+    }
+    if let Some(paths) = &cluster {
+        writeln!(out, "cluster, {CLUSTER_REPEATS} interleaved repeats, mean (min–max):\n")?;
+        illumitunnel_bench::cluster::write(paths, bench.settings.conc, &mut out)?;
         writeln!(out)?;
     }
     report.write(&mut out)?;

@@ -7,6 +7,7 @@
 //! - [`proc`]: child processes stopped by PID, CPU ticks and memory from `/proc`
 //! - [`target`]: the in-process HTTP target answering `200 {"received":true}`
 //! - [`load`]: the sender: fixed concurrency for a fixed time, keep-alive or not, plain or TLS
+//! - [`cluster`]: the cluster's NATS hop beside a single relay and the direct path
 //! - [`stack`]: starting relay + client pairs, a lone relay, and bore
 //! - [`inspector`]: `listen` with its terminal inspector in a pseudo-terminal
 //! - [`idle`]: thousands of idle websocket sessions held against the relay
@@ -15,6 +16,7 @@
 //! - [`hostile`]: slow sockets and a heavy tunnel beside measured ones, with and without
 //! - [`report`]: the result table
 
+pub mod cluster;
 pub mod hostile;
 pub mod idle;
 pub mod inspector;

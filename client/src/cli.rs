@@ -33,6 +33,10 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write captured deliveries to a HAR or JSON-lines file.
     Export(ExportArgs),
+    /// Send deliveries to your handler again and compare its answers with the recorded ones.
+    Test(TestArgs),
+    /// Save deliveries as a suite file for `test --suite` (e.g. in CI).
+    Suite(SuiteArgs),
     /// List and manage your IllumiChat webhooks through IllumiChat's API.
     Webhooks(WebhooksArgs),
     /// Check a relay and token by connecting, then remember them in config.toml.
@@ -236,6 +240,108 @@ pub struct TriggerArgs {
     /// One JSON object per delivery.
     #[arg(long)]
     pub json: bool,
+
+    /// Retry as the named sender does when your handler answers non-2xx or not in time
+    /// (illumichat: after 1, 5 and 30 minutes, same body and timestamp, stop at the first 2xx).
+    #[arg(long, value_name = "SENDER", value_enum, conflicts_with = "duplicate")]
+    pub retries: Option<RetryPolicy>,
+
+    /// With --retries: wait this many times less between attempts, e.g. 600 turns 1m into 0.1s.
+    #[arg(long, value_name = "N", requires = "retries", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub speed: u32,
+}
+
+/// Whose retry schedule `trigger --retries` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RetryPolicy {
+    /// IllumiChat: retries after 1, 5 and 30 minutes.
+    Illumichat,
+}
+
+/// `illumitunnel test`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "event", "suite"])))]
+pub struct TestArgs {
+    /// Delivery ids (or unique prefixes) from the capture store.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+
+    /// Every delivery of this event type in the capture store (oldest first).
+    #[arg(long, value_name = "TYPE", conflicts_with_all = ["ids", "suite"])]
+    pub event: Option<String>,
+
+    /// With --event: only deliveries received within this long, e.g. 15m, 1h30m, 1d.
+    #[arg(long, value_name = "DURATION", requires = "event", conflicts_with_all = ["ids", "suite"])]
+    pub since: Option<String>,
+
+    /// A suite file from `suite save`; needs no capture store and no relay.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ids", "event"])]
+    pub suite: Option<PathBuf>,
+
+    /// Send to this handler, each delivery's path under it (default: where each delivery went;
+    /// required with --suite).
+    #[arg(long, value_name = "URL")]
+    pub forward_to: Option<String>,
+
+    /// JSON pointer in the response body to leave out of the comparison, e.g. /data/updatedAt
+    /// (repeatable; a * segment matches any key or index).
+    #[arg(long, value_name = "POINTER")]
+    pub ignore: Vec<String>,
+
+    /// Also write the results as JUnit XML, for CI test reports.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+
+    /// One JSON object per delivery; the summary goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `illumitunnel suite`.
+#[derive(Debug, Args)]
+pub struct SuiteArgs {
+    /// What to do with suites.
+    #[command(subcommand)]
+    pub action: SuiteAction,
+}
+
+/// `illumitunnel suite …` actions.
+#[derive(Debug, Subcommand)]
+pub enum SuiteAction {
+    /// Write deliveries and their recorded answers to FILE, one a line (JSON Lines).
+    Save(SuiteSaveArgs),
+}
+
+/// `illumitunnel suite save`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "event", "last"])))]
+pub struct SuiteSaveArgs {
+    /// The suite file to write (replaced if it exists).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Delivery ids (or unique prefixes).
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+
+    /// Every delivery of this event type (oldest first).
+    #[arg(long, value_name = "TYPE", conflicts_with_all = ["ids", "last"])]
+    pub event: Option<String>,
+
+    /// With --event: only deliveries received within this long, e.g. 15m, 1h30m, 1d.
+    #[arg(long, value_name = "DURATION", requires = "event", conflicts_with_all = ["ids", "last"])]
+    pub since: Option<String>,
+
+    /// The newest N deliveries.
+    #[arg(long, value_name = "N", conflicts_with_all = ["ids", "event"],
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub last: Option<u32>,
+
+    /// Keep the values of Authorization, Cookie, Proxy-Authorization and headers named like a
+    /// token, secret, signature or key (by default they read REDACTED).
+    #[arg(long)]
+    pub include_secrets: bool,
 }
 
 /// `illumitunnel replay`.
@@ -376,112 +482,4 @@ pub struct ShowArgs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn clap_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn ca_and_insecure_conflict() {
-        let err = Cli::try_parse_from([
-            "illumitunnel",
-            "listen",
-            "--forward-to",
-            "http://localhost:3000",
-            "--ca",
-            "x.pem",
-            "--insecure",
-        ])
-        .unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
-    }
-
-    #[test]
-    fn replay_needs_a_selection_and_since_needs_event() {
-        let parse = |args: &[&str]| {
-            let mut argv = vec!["illumitunnel", "replay"];
-            argv.extend_from_slice(args);
-            Cli::try_parse_from(argv).map(|_| ()).map_err(|e| e.kind())
-        };
-        assert!(parse(&[]).is_err());
-        assert!(parse(&["abc", "--last"]).is_err());
-        assert!(parse(&["--since", "15m"]).is_err());
-        assert!(parse(&["--event", "ticket.created", "--since", "15m"]).is_ok());
-        assert!(parse(&["abc", "def", "--edit"]).is_ok());
-    }
-
-    #[test]
-    fn listen_events_split_on_commas_and_routes_repeat() {
-        let cli = Cli::try_parse_from([
-            "illumitunnel",
-            "listen",
-            "--events",
-            "ticket.created,lead.captured",
-            "--route",
-            "lead.captured=/crm",
-            "--route",
-            "ticket.created=/t",
-        ])
-        .unwrap();
-        let Command::Listen(args) = cli.command else {
-            panic!("not listen")
-        };
-        assert_eq!(args.events.unwrap(), ["ticket.created", "lead.captured"]);
-        assert_eq!(args.route.len(), 2);
-    }
-
-    #[test]
-    fn listen_takes_a_target_and_forward_trust_flags() {
-        let cli =
-            Cli::try_parse_from(["illumitunnel", "listen", "3000", "--forward-ca", "root.pem"])
-                .unwrap();
-        let Command::Listen(args) = cli.command else {
-            panic!("not listen")
-        };
-        assert_eq!(args.target.as_deref(), Some("3000"));
-        assert_eq!(args.forward_ca, Some(PathBuf::from("root.pem")));
-        let err = Cli::try_parse_from([
-            "illumitunnel",
-            "listen",
-            "3000",
-            "--forward-ca",
-            "x.pem",
-            "--forward-insecure",
-        ])
-        .unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
-    }
-
-    #[test]
-    fn allow_private_url_follows_webhooks_register() {
-        let cli = Cli::try_parse_from([
-            "illumitunnel",
-            "webhooks",
-            "register",
-            "--url",
-            "https://127.0.0.1/t/x",
-            "--events",
-            "ticket.created",
-            "--allow-private-url",
-        ])
-        .unwrap();
-        let Command::Webhooks(args) = cli.command else {
-            panic!("not webhooks")
-        };
-        assert!(args.api.allow_private_url);
-    }
-
-    #[test]
-    fn store_is_global() {
-        let cli = Cli::try_parse_from(["illumitunnel", "events", "--store", "/tmp/x.db"]).unwrap();
-        assert_eq!(cli.store, Some(PathBuf::from("/tmp/x.db")));
-        assert!(matches!(
-            cli.command,
-            Command::Events(EventsArgs { limit: 50, .. })
-        ));
-    }
-}
+mod tests;

@@ -7,6 +7,8 @@ pub mod listen;
 pub mod login;
 pub mod replay;
 pub mod show;
+pub mod suite;
+pub mod test;
 pub mod trigger;
 pub mod webhooks;
 
@@ -26,6 +28,12 @@ pub struct Ctx {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// An outcome the command has already reported on stdout (deliveries that differ, attempts that
+/// all failed): exit 1 with nothing more printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Reported(pub String);
 
 /// Treats a closed stdout (`illumitunnel events | head`) as a normal end.
 pub fn ignore_broken_pipe(result: std::io::Result<()>) -> anyhow::Result<()> {

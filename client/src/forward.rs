@@ -123,6 +123,11 @@ impl Target {
         Target::parse(&format!("http://{s}"))
     }
 
+    /// The path deliveries go under: `/` or a path without a trailing `/`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// Whether requests go over TLS.
     pub fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS

@@ -1,6 +1,7 @@
 //! `illumitunnel`: the client. `listen` forwards webhooks from a relay (or one it embeds) to a
 //! local server and records every delivery; `events`, `show` and `export` read the capture
-//! store; `trigger` and `replay` send deliveries; `webhooks` talks to IllumiChat's API.
+//! store; `trigger` and `replay` send deliveries; `test` compares a handler's answers with
+//! recorded ones, from the store or a `suite save` file; `webhooks` talks to IllumiChat's API.
 //!
 //! # Layout
 //! - `cli` — clap types.
@@ -11,6 +12,7 @@
 //! - `forward` — local requests, the origin guard, `--events` and `--route`.
 //! - `editor` — `$VISUAL`/`$EDITOR`, for `replay --edit` and the inspector.
 //! - `replay` — stored deliveries sent again, for `replay` and the inspector.
+//! - `regression` — recorded answers compared with new ones (`test`, `t`), diffs, JUnit XML.
 //! - `illumichat` — IllumiChat's webhook API, for `webhooks` and `listen --register`.
 //! - `recorder` — the capture store writer thread: commits, store health, retention.
 //! - `output` — every printed delivery, line and JSON.
@@ -27,6 +29,7 @@ mod illumichat;
 mod output;
 mod proxy;
 mod recorder;
+mod regression;
 mod replay;
 mod session;
 mod settings;
@@ -98,6 +101,8 @@ fn main() -> ExitCode {
         Command::Trigger(args) => commands::trigger::run(args, &ctx),
         Command::Replay(args) => commands::replay::run(args, &ctx),
         Command::Export(args) => commands::export::run(args, &ctx),
+        Command::Test(args) => commands::test::run(args, &ctx),
+        Command::Suite(args) => commands::suite::run(args, &ctx),
         Command::Webhooks(args) => commands::webhooks::run(args),
         Command::Login(args) => commands::login::run(args),
         Command::Logout => commands::login::logout(),
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<commands::Reported>() => ExitCode::from(1),
         Err(err) => {
             eprintln!("error: {err:#}");
             if err.chain().any(|e| e.is::<UsageError>()) {

@@ -81,7 +81,7 @@ pub fn line(d: &Delivery, clock: &LocalClock) -> String {
         out.push_str("  dup");
     }
     if let Some(original) = &d.replay_of {
-        out.push_str(&format!("  replay of {original}"));
+        out.push_str(&format!("  {} {original}", replay_word(d)));
     }
     if d.skipped {
         out.push_str("  skipped");
@@ -94,6 +94,16 @@ pub fn line(d: &Delivery, clock: &LocalClock) -> String {
         out.push_str(&escape(err));
     }
     out
+}
+
+/// How a delivery with `replay_of` names its link: `trigger --retries` records its retries as
+/// triggered deliveries of the first attempt, everything else is a replay.
+pub fn replay_word(d: &Delivery) -> &'static str {
+    if d.source == illumitunnel::delivery::Source::Trigger {
+        "retry of"
+    } else {
+        "replay of"
+    }
 }
 
 /// `12ms`, or `0.4ms` below ten milliseconds.
@@ -174,7 +184,7 @@ pub fn write_detail(out: &mut impl Write, d: &Delivery, json: bool) -> io::Resul
         flags.push("skipped".into());
     }
     if let Some(original) = &d.replay_of {
-        flags.push(format!("replay of {original}"));
+        flags.push(format!("{} {original}", replay_word(d)));
     }
     s += &field("source", &flags.join(", "));
     if !d.target.is_empty() {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use illumitunnel::delivery::{RequestRecord, Source};
-use illumitunnel::headers::is_hop_by_hop;
+use illumitunnel::headers::{is_hop_by_hop, Header};
 use illumitunnel::store::CaptureStore;
 use illumitunnel::{now_ms, Delivery, DeliveryId};
 use tokio::sync::mpsc;
@@ -34,16 +34,7 @@ pub fn prepare(
     body: Option<Bytes>,
 ) -> Result<(Target, RequestRecord), String> {
     let stored = &original.request;
-    let headers = stored
-        .headers
-        .iter()
-        .filter(|(name, _)| {
-            !is_hop_by_hop(name)
-                && !name.eq_ignore_ascii_case("host")
-                && !name.eq_ignore_ascii_case("content-length")
-        })
-        .cloned()
-        .collect();
+    let headers = resend_headers(&stored.headers);
     let body = body.unwrap_or_else(|| stored.body.clone());
     let (target, path) = match forward_to {
         // `uri_for("")` is the target's own path; the stored query is appended to its own.
@@ -73,6 +64,20 @@ pub fn prepare(
         body,
     };
     Ok((target, request))
+}
+
+/// The stored headers to send again: all but hop-by-hop ones, Host and Content-Length, which
+/// belong to the request actually sent.
+pub fn resend_headers(headers: &[Header]) -> Vec<Header> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !is_hop_by_hop(name)
+                && !name.eq_ignore_ascii_case("host")
+                && !name.eq_ignore_ascii_case("content-length")
+        })
+        .cloned()
+        .collect()
 }
 
 /// Sends a prepared replay and builds the new delivery (not yet stored).

@@ -192,7 +192,11 @@ impl Inspector {
                     self.app.update(event)
                 }
                 Effect::Replay { original, body } => {
-                    self.spawn_replay(original, body);
+                    self.spawn_replay(original, body, false);
+                    None
+                }
+                Effect::Test { original } => {
+                    self.spawn_replay(original, None, true);
                     None
                 }
                 Effect::Copy { id, text } => {
@@ -227,7 +231,8 @@ impl Inspector {
         }
     }
 
-    fn spawn_replay(&self, original: DeliveryId, body: Option<Bytes>) {
+    /// Asks `listen` for a replay; `test` answers it as `AppEvent::Tested` instead of `Replayed`.
+    fn spawn_replay(&self, original: DeliveryId, body: Option<Bytes>, test: bool) {
         let replays = self.replays.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -244,7 +249,12 @@ impl Inspector {
                     .unwrap_or_else(|_| Err("the replay was dropped before it finished".into()))
                     .map(Box::new),
             };
-            let _ = tx.send(AppEvent::Replayed { original, result }).await;
+            let event = if test {
+                AppEvent::Tested { original, result }
+            } else {
+                AppEvent::Replayed { original, result }
+            };
+            let _ = tx.send(event).await;
         });
     }
 

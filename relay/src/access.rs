@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{Auth, Owner, Unauthorized};
+use crate::cluster;
 use crate::session::{self, SessionContext};
 use crate::tokens;
 
@@ -172,31 +173,67 @@ pub(crate) async fn run_session<S>(
     session.await;
 }
 
-/// The relay's access: `tokens` from its configuration, plus (when `data_dir` is given) the
-/// stored ones, read now and then every [`POLL_EVERY`] until `shutdown`.
+/// Where a relay's stored tokens are.
+pub(crate) enum Stored {
+    /// None: only configured tokens (the embedded relay).
+    Nowhere,
+    /// `{dir}/relay.db`, written by `token add`.
+    Dir(std::path::PathBuf),
+    /// The cluster's tokens bucket, written by `token add --cluster`.
+    Cluster(Box<async_nats::jetstream::kv::Store>),
+}
+
+impl Stored {
+    /// Every stored token's hash; `Ok(None)` when there is no database yet.
+    async fn load(
+        &self,
+        conn: &mut Option<rusqlite::Connection>,
+    ) -> Result<Option<Vec<[u8; 32]>>, String> {
+        match self {
+            Stored::Nowhere => Ok(None),
+            Stored::Cluster(store) => cluster::tokens::load_hashes(store).await.map(Some),
+            Stored::Dir(dir) => {
+                let (dir, kept) = (dir.clone(), conn.take());
+                let read = tokio::task::spawn_blocking(move || {
+                    let conn = kept.or_else(|| tokens::open_existing(&dir));
+                    let hashes = conn.as_ref().map(tokens::load_hashes);
+                    (conn, hashes)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                match read {
+                    (kept, Some(Ok(hashes))) => {
+                        *conn = kept;
+                        Ok(Some(hashes))
+                    }
+                    // Open again next time: a busy database must not stick.
+                    (_, Some(Err(err))) => Err(err.to_string()),
+                    (_, None) => Ok(None),
+                }
+            }
+        }
+    }
+}
+
+/// The relay's access: `tokens` from its configuration, plus the `stored` ones, read now and
+/// then every [`POLL_EVERY`] until `shutdown`.
 pub(crate) async fn start(
     tokens: &[Token],
     allow_anonymous: bool,
     open_when_empty: bool,
     process: Option<&Token>,
-    data_dir: Option<std::path::PathBuf>,
+    stored: Stored,
     shutdown: CancellationToken,
 ) -> (Arc<Access>, Option<tokio::task::JoinHandle<()>>) {
     let access = Access::new(tokens, allow_anonymous, open_when_empty, process);
-    let Some(dir) = data_dir else {
+    if matches!(stored, Stored::Nowhere) {
         return (access, None);
-    };
-    let first = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            tokens::open_existing(&dir).map(|c| tokens::load_hashes(&c))
-        })
-    };
-    match first.await {
-        Ok(Some(Ok(hashes))) => {
+    }
+    let mut conn = None;
+    match stored.load(&mut conn).await {
+        Ok(Some(hashes)) => {
             access.set_stored(hashes);
         }
-        Ok(Some(Err(err))) => warn!(%err, "could not read the stored tokens"),
         Ok(None) => {}
         Err(err) => warn!(%err, "could not read the stored tokens"),
     }
@@ -205,18 +242,18 @@ pub(crate) async fn start(
             "no client tokens yet: clients are refused until `illumitunnel-relay token add NAME`"
         );
     }
-    let poll = spawn_poll(access.clone(), dir, shutdown);
+    let poll = spawn_poll(access.clone(), stored, conn, shutdown);
     (access, Some(poll))
 }
 
 /// Reads the stored tokens every [`POLL_EVERY`] until `shutdown`, and applies changes.
 fn spawn_poll(
     access: Arc<Access>,
-    data_dir: std::path::PathBuf,
+    stored: Stored,
+    mut conn: Option<rusqlite::Connection>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut conn = None;
         let mut tick = tokio::time::interval(POLL_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -225,37 +262,19 @@ fn spawn_poll(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let dir = data_dir.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                let conn = conn.or_else(|| tokens::open_existing(&dir));
-                let hashes = conn.as_ref().map(tokens::load_hashes);
-                (conn, hashes)
-            })
-            .await;
-            let hashes = match read {
-                Ok((kept, hashes)) => {
-                    conn = kept;
-                    hashes
-                }
-                Err(err) => {
-                    conn = None;
-                    warn!(%err, "could not read the stored tokens");
-                    continue;
-                }
-            };
-            match hashes {
-                Some(Ok(hashes)) => {
+            match stored.load(&mut conn).await {
+                Ok(Some(hashes)) => {
                     let count = hashes.len();
                     if access.set_stored(hashes) {
                         info!(stored_tokens = count, "stored client tokens changed");
                     }
                 }
-                Some(Err(err)) => {
-                    // Keep the last set read: a busy database must not lock clients out.
-                    conn = None;
-                    warn!(%err, "could not read the stored tokens; keeping the previous ones");
+                Ok(None) => {}
+                // Keep the last set read: a busy database or a NATS outage must not lock
+                // clients out.
+                Err(err) => {
+                    warn!(%err, "could not read the stored tokens; keeping the previous ones")
                 }
-                None => {}
             }
         }
     })

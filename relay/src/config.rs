@@ -10,6 +10,7 @@ use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::acme::AcmeSettings;
+use crate::cluster::ClusterConfig;
 use crate::queue::Clock;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
 
@@ -156,6 +157,8 @@ pub struct Config {
     pub reload: Reload,
     /// Accept tokens stored by `token add` in the data dir (not for the embedded relay).
     pub stored_tokens: bool,
+    /// `--cluster` / `--node-id`: shared state in NATS JetStream; `None`: `relay.db`.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The files SIGHUP reloads without dropping connections.
@@ -194,6 +197,7 @@ impl Config {
             metrics_tunnel_labels: false,
             reload: Reload::default(),
             stored_tokens: false,
+            cluster: None,
         }
     }
 }
@@ -307,6 +311,13 @@ pub struct Args {
     /// Label queue metrics with tunnel names (off: names stay private).
     #[arg(long)]
     pub metrics_tunnel_labels: bool,
+    /// Join a relay cluster through these NATS servers (JetStream enabled), comma-separated:
+    /// tunnels, presence and the offline queue live in NATS instead of the data dir.
+    #[arg(long, value_name = "URLS", value_delimiter = ',', global = true)]
+    pub cluster: Vec<String>,
+    /// This node's id in the cluster, unique per node: lowercase letters, digits and '-'.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    pub node_id: Option<String>,
     /// Websocket ping interval in milliseconds (tests shorten it).
     #[arg(long, hide = true, value_name = "MS")]
     pub keepalive_ms: Option<u64>,
@@ -340,6 +351,12 @@ pub enum TokenCommand {
 /// A configuration the relay refuses to start with (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `--cluster` without `--node-id`.
+    #[error("--cluster needs --node-id NAME, unique per node (e.g. the host name)")]
+    NoNodeId,
+    /// `--node-id` is not a usable id.
+    #[error("--node-id {0:?} is not a node id; use 1 to 40 lowercase letters, digits or '-', unique per node")]
+    NodeId(String),
     /// None of `--http`, `--tls-cert/--tls-key`, `--self-signed`.
     #[error("choose how to serve: pass --acme-domain NAME (a certificate from Let's Encrypt), --tls-cert FILE --tls-key FILE, --self-signed, or --http (plain HTTP behind a TLS proxy)")]
     NoServeMode,
@@ -467,6 +484,7 @@ impl TryFrom<Args> for Config {
             && args.stored_tokens == 0
             && !args.allow_anonymous
             && !args.listen.ip().is_loopback()
+            && args.cluster.is_empty()
         {
             return Err(ConfigError::OpenToAnyone(args.listen));
         }
@@ -507,6 +525,15 @@ impl TryFrom<Args> for Config {
         if args.max_inflight_bytes < args.max_body {
             return Err(ConfigError::InflightBelowBody);
         }
+        let cluster = match (args.cluster.as_slice(), args.node_id) {
+            ([], _) => None,
+            (servers, Some(node_id)) if valid_node_id(&node_id) => Some(ClusterConfig {
+                servers: servers.to_vec(),
+                node_id,
+            }),
+            (_, None) => return Err(ConfigError::NoNodeId),
+            (_, Some(node_id)) => return Err(ConfigError::NodeId(node_id)),
+        };
         let keepalive = match args.keepalive_ms {
             Some(0) => return Err(ConfigError::ZeroKeepalive),
             Some(ms) => Duration::from_millis(ms),
@@ -550,8 +577,16 @@ impl TryFrom<Args> for Config {
                 env_tokens,
             },
             stored_tokens: true,
+            cluster,
         })
     }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    (1..=40).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {

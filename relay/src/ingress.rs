@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use crate::budget::InflightBudget;
+use crate::cluster::{forward, Cluster};
 use crate::config::OfflinePolicy;
 use crate::error::IngressError;
 use crate::metrics::{Metrics, Outcome};
@@ -41,6 +42,8 @@ pub(crate) struct IngressContext {
     pub shutdown: CancellationToken,
     /// Request bodies in memory across all requests.
     pub budget: Arc<InflightBudget>,
+    /// On a cluster node: NATS, and who holds which tunnel.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// A webhook request for `tunnel` with `rest` below it, as it arrived.
@@ -76,7 +79,7 @@ pub(crate) async fn handle(
     response
 }
 
-fn outcome_of(err: &IngressError) -> Outcome {
+pub(crate) fn outcome_of(err: &IngressError) -> Outcome {
     match err {
         IngressError::UnknownTunnel | IngressError::NotFound => Outcome::unknown_tunnel,
         IngressError::BodyTooLarge { .. } => Outcome::too_large,
@@ -99,7 +102,7 @@ fn outcome_of(err: &IngressError) -> Outcome {
 /// Most times a delivery follows its tunnel's sessions as they vanish before it is queued.
 const MAX_RESENDS: usize = 3;
 
-type Answered = (Outcome, Response<Full<Bytes>>);
+pub(crate) type Answered = (Outcome, Response<Full<Bytes>>);
 
 async fn forward(
     ctx: &IngressContext,
@@ -139,12 +142,37 @@ async fn forward(
         headers: forward_headers(&r.parts.headers, r.peer.ip(), r.proto, host),
         body,
     };
+    if let Some(cluster) = &ctx.cluster {
+        // On a cluster the tunnel's authority decides its order; it may be another node.
+        let mut authority = cluster.view().authority(r.tunnel);
+        if authority.is_none() && ctx.tunnels.sessions(r.tunnel).is_empty() {
+            // About to be queued: make sure no session joined elsewhere a moment ago.
+            authority = cluster.authority_now(r.tunnel).await;
+        }
+        if let Some(node) = authority {
+            if node != cluster.node() {
+                return forward::to_node(ctx, cluster, &node, r.tunnel, delivery).await;
+            }
+        }
+    }
+    dispatch(ctx, r.tunnel, delivery).await
+}
+
+/// Sends a delivery this relay decides for to its tunnel's sessions, or queues it.
+pub(crate) async fn dispatch(
+    ctx: &IngressContext,
+    tunnel: &str,
+    delivery: QueuedDelivery,
+) -> Result<Answered, IngressError> {
     // Decided once the body is in: a client may have connected (or a backlog formed) meanwhile.
-    let mut sessions = match ctx.tunnels.route(r.tunnel) {
+    let mut sessions = match ctx.tunnels.route(tunnel) {
         Route::Unknown => return Err(IngressError::UnknownTunnel),
         Route::Queue(ticket) => return offline(ctx, ticket, delivery).await,
         Route::Live(sessions) => sessions,
     };
+    if let Some(cluster) = &ctx.cluster {
+        forward::copy_to_others(cluster, tunnel, &delivery).await;
+    }
 
     let timeout = ctx.response_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -158,27 +186,27 @@ async fn forward(
         match exchanged {
             Err(_) if ctx.shutdown.is_cancelled() => {
                 // The relay is stopping and the answer did not come: keep the delivery.
-                return requeue(ctx, r.tunnel, &outgoing).await;
+                return requeue(ctx, tunnel, &outgoing).await;
             }
             Err(_) => {
                 return Err(IngressError::Timeout {
-                    tunnel: r.tunnel.to_owned(),
+                    tunnel: tunnel.to_owned(),
                     timeout,
                 })
             }
             Ok(Exchange::Replied(reply)) => break reply,
-            Ok(Exchange::NoSession) => return requeue(ctx, r.tunnel, &outgoing).await,
+            Ok(Exchange::NoSession) => return requeue(ctx, tunnel, &outgoing).await,
             Ok(Exchange::Gone) if attempts > MAX_RESENDS => {
-                return requeue(ctx, r.tunnel, &outgoing).await
+                return requeue(ctx, tunnel, &outgoing).await
             }
             Ok(Exchange::Gone) => {
                 // The session vanished before answering; the client may have it already, so
                 // the next one gets it marked as a redelivery (answered from its store).
                 debug!(delivery = %outgoing.id(), "session gone before answering; sending elsewhere");
-                sessions = match ctx.tunnels.route(r.tunnel) {
+                sessions = match ctx.tunnels.route(tunnel) {
                     Route::Live(s) => s,
                     Route::Queue(ticket) => return queue_sent(ctx, ticket, &outgoing).await,
-                    Route::Unknown => return Err(IngressError::ClientGone(r.tunnel.to_owned())),
+                    Route::Unknown => return Err(IngressError::ClientGone(tunnel.to_owned())),
                 };
                 outgoing = Arc::new(outgoing.redelivery());
                 copies = false;
@@ -192,13 +220,13 @@ async fn forward(
             status,
             headers,
             body,
-        } => answer(r.tunnel, status, headers, body)?,
+        } => answer(tunnel, status, headers, body)?,
     };
     Ok((Outcome::answered, answered))
 }
 
 /// A delivery already sent that no session answered: queue it (see [`offline`]).
-async fn requeue(
+pub(crate) async fn requeue(
     ctx: &IngressContext,
     tunnel: &str,
     outgoing: &OutgoingDelivery,
@@ -206,7 +234,7 @@ async fn requeue(
     queue_sent(ctx, ctx.tunnels.requeue(tunnel), outgoing).await
 }
 
-async fn queue_sent(
+pub(crate) async fn queue_sent(
     ctx: &IngressContext,
     ticket: QueueTicket,
     outgoing: &OutgoingDelivery,
@@ -370,7 +398,7 @@ pub(crate) fn forward_headers(
 
 /// The local server's answer as the sender's response: its status, end-to-end headers in
 /// order (hyper sets `Content-Length`), and body.
-fn answer(
+pub(crate) fn answer(
     tunnel: &str,
     status: u16,
     mut headers: Vec<Header>,

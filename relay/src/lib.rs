@@ -14,6 +14,8 @@
 //! - [`session`] — a client's websocket session actor and its `SessionHandle`.
 //! - [`tunnel`] — tunnel → owner and sessions, and each tunnel's delivery order (idle,
 //!   draining its backlog one delivery at a time, live).
+//! - [`cluster`] — `--cluster`: tunnels, presence and the queue in NATS JetStream; deliveries
+//!   handed between nodes.
 //! - [`queue`] — the offline queue and tunnel ownership in `{data_dir}/relay.db`.
 //! - [`auth`] — token check, claim keys and the one tunnel ownership rule.
 //! - [`access`] — the tokens accepted now (file, environment, stored), revoked sessions closed.
@@ -27,6 +29,7 @@ pub mod access;
 pub mod acme;
 pub mod auth;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -59,6 +62,9 @@ pub enum RelayError {
     /// Accepting connections failed.
     #[error("could not accept connections: {0}")]
     Io(#[from] std::io::Error),
+    /// The cluster (`--cluster`) could not be joined.
+    #[error("{0}")]
+    Cluster(String),
     /// A second listener (`--metrics-listen`) could not be bound.
     #[error("{0}")]
     Bind(#[from] server::BindError),

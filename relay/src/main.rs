@@ -16,12 +16,12 @@ async fn main() -> ExitCode {
     let data_dir =
         (args.data_dir.clone()).unwrap_or_else(illumitunnel::paths::default_relay_data_dir);
     if let Some(Command::Token(command)) = &args.command {
-        return match tokens::run(
-            command,
-            &data_dir,
-            &mut std::io::stdout(),
-            &mut std::io::stderr(),
-        ) {
+        let target = match args.cluster.as_slice() {
+            [] => tokens::TokenTarget::Dir(&data_dir),
+            servers => tokens::TokenTarget::Cluster(servers),
+        };
+        let (mut out, mut note) = (std::io::stdout(), std::io::stderr());
+        return match tokens::run(command, target, &mut out, &mut note).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
         };

@@ -62,6 +62,11 @@ impl Outcome {
         Outcome::too_large,
         Outcome::bad_request,
     ];
+
+    /// The outcome named `name` (as its label reads), for answers from other cluster nodes.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| format!("{o:?}") == name)
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

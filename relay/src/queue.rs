@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use store::{Depth, QueueStore};
 
 use crate::auth::{Claim, Owner};
+use crate::cluster::Cluster;
 
 /// Default `--queue-max-count`: deliveries kept per tunnel.
 pub const DEFAULT_MAX_COUNT: u64 = 10_000;
@@ -223,10 +224,17 @@ enum Command {
     },
 }
 
-/// Talks to the queue thread; cloneable.
+/// Talks to the queue: the thread that owns `relay.db`, or JetStream on a cluster node;
+/// cloneable.
 #[derive(Clone)]
 pub struct QueueHandle {
-    tx: mpsc::Sender<Command>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Local(mpsc::Sender<Command>),
+    Cluster(Arc<Cluster>, QueueLimits),
 }
 
 /// Where the queue reads the time: the system clock, or a test's hand-set one.
@@ -264,15 +272,23 @@ impl std::fmt::Debug for Clock {
 }
 
 impl QueueHandle {
+    /// The queue of a cluster node: JetStream, with `limits` for its refusals.
+    pub fn cluster(cluster: Arc<Cluster>, limits: QueueLimits) -> Self {
+        QueueHandle {
+            backend: Backend::Cluster(cluster, limits),
+        }
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Command,
     ) -> Result<T, QueueError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| QueueError::Stopped)?;
+        let Backend::Local(tx) = &self.backend else {
+            return Err(QueueError::Stopped);
+        };
+        let (tx_reply, rx) = oneshot::channel();
+        let tx_reply = make(tx_reply);
+        tx.send(tx_reply).await.map_err(|_| QueueError::Stopped)?;
         rx.await.unwrap_or(Err(QueueError::Stopped))
     }
 
@@ -283,6 +299,9 @@ impl QueueHandle {
         presented: Option<Owner>,
         fresh: Owner,
     ) -> Result<Claim, QueueError> {
+        if let Backend::Cluster(cluster, _) = &self.backend {
+            return cluster.claim(tunnel, presented, fresh).await;
+        }
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Claim {
             tunnel,
@@ -295,6 +314,9 @@ impl QueueHandle {
 
     /// Queues a delivery; returns once it is committed to disk.
     pub async fn push(&self, tunnel: &str, delivery: QueuedDelivery) -> Result<(), QueueError> {
+        if let Backend::Cluster(cluster, limits) = &self.backend {
+            return cluster.push(tunnel, delivery, *limits).await;
+        }
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Push {
             tunnel,
@@ -306,18 +328,27 @@ impl QueueHandle {
 
     /// A session connects: expires aged rows; returns what the session should hear.
     pub async fn connect(&self, tunnel: &str) -> Result<Backlog, QueueError> {
+        if let Backend::Cluster(cluster, _) = &self.backend {
+            return cluster.backlog(tunnel).await;
+        }
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Connect { tunnel, reply }).await
     }
 
     /// The oldest delivery in `tunnel`'s queue.
     pub async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
+        if let Backend::Cluster(cluster, _) = &self.backend {
+            return cluster.head(tunnel).await;
+        }
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Head { tunnel, reply }).await
     }
 
     /// Drops the recorded delivery at `seq`; returns once that is committed.
     pub async fn remove(&self, tunnel: &str, seq: i64) -> Result<bool, QueueError> {
+        if let Backend::Cluster(cluster, _) = &self.backend {
+            return cluster.remove(tunnel, seq).await;
+        }
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Remove { tunnel, seq, reply })
             .await
@@ -325,6 +356,9 @@ impl QueueHandle {
 
     /// Counts a session the delivery at `seq` ended or was rejected by; returns the count.
     pub async fn attempt_failed(&self, tunnel: &str, seq: i64) -> Result<u32, QueueError> {
+        if let Backend::Cluster(cluster, _) = &self.backend {
+            return cluster.attempt_failed(tunnel, seq).await;
+        }
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::AttemptFailed { tunnel, seq, reply })
             .await
@@ -337,6 +371,9 @@ impl QueueHandle {
         seq: i64,
         reason: String,
     ) -> Result<bool, QueueError> {
+        if let Backend::Cluster(cluster, _) = &self.backend {
+            return cluster.dead_letter(tunnel, seq, reason).await;
+        }
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::DeadLetter {
             tunnel,
@@ -349,17 +386,26 @@ impl QueueHandle {
 
     /// Drops a recorded delivery from the queue (no answer: a lost ack means a redelivery).
     pub async fn ack(&self, tunnel: &str, id: DeliveryId) {
-        let tunnel = tunnel.to_owned();
-        let _ = self.tx.send(Command::Ack { tunnel, id }).await;
+        // On a cluster the drain deletes what was recorded; a stray ack means a redelivery.
+        if let Backend::Local(tx) = &self.backend {
+            let tunnel = tunnel.to_owned();
+            let _ = tx.send(Command::Ack { tunnel, id }).await;
+        }
     }
 
     /// Expires aged rows of every tunnel (one bounded pass); returns how many.
     pub async fn expire(&self) -> Result<u64, QueueError> {
+        if matches!(self.backend, Backend::Cluster(..)) {
+            return Ok(0);
+        }
         self.call(|reply| Command::Expire { reply }).await
     }
 
     /// Tunnels whose owner has not connected for `ttl`.
     pub async fn stale(&self, ttl: Duration) -> Result<Vec<String>, QueueError> {
+        if matches!(self.backend, Backend::Cluster(..)) {
+            return Ok(Vec::new());
+        }
         self.call(|reply| Command::Stale { ttl, reply }).await
     }
 
@@ -369,14 +415,20 @@ impl QueueHandle {
         ttl: Duration,
         names: Vec<String>,
     ) -> Result<Vec<String>, QueueError> {
+        if matches!(self.backend, Backend::Cluster(..)) {
+            return Ok(Vec::new());
+        }
         self.call(|reply| Command::ReleaseStale { ttl, names, reply })
             .await
     }
 
     /// Commits what is waiting, checkpoints and stops the thread.
     pub async fn close(&self) {
+        let Backend::Local(tx) = &self.backend else {
+            return;
+        };
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Close { reply }).await.is_ok() {
+        if tx.send(Command::Close { reply }).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -388,7 +440,12 @@ pub fn spawn(store: QueueStore, clock: Clock) -> std::io::Result<(QueueHandle, J
     let thread = std::thread::Builder::new()
         .name("relay-queue".into())
         .spawn(move || run(store, clock, rx))?;
-    Ok((QueueHandle { tx }, thread))
+    Ok((
+        QueueHandle {
+            backend: Backend::Local(tx),
+        },
+        thread,
+    ))
 }
 
 /// A reply to send once the batch it belongs to is committed.

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::access::{self, Access};
 use crate::budget::InflightBudget;
+use crate::cluster::{self, Cluster};
 use crate::config::{Config, Limits};
 use crate::conn::{Activity, ConnectionLimits, LingerIo};
 use crate::error::IngressError;
@@ -75,6 +76,8 @@ struct Dispatch {
     /// `X-Forwarded-Proto` on plain connections (the public URL's scheme behind a TLS proxy).
     plain_proto: &'static str,
     tracker: TaskTracker,
+    /// On a cluster node: `/healthz` says whether NATS is reachable.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Binding the listener failed.
@@ -123,17 +126,33 @@ pub(crate) async fn run(
     };
     let metrics = Arc::new(Metrics::new());
     metrics.queue.label_tunnels(config.metrics_tunnel_labels);
-    let data_dir = config.data_dir.clone();
-    let limits = config.queue;
-    let gauges = metrics.queue.clone();
-    let store = tokio::task::spawn_blocking(move || QueueStore::open(&data_dir, limits, gauges))
-        .await
-        .map_err(|e| RelayError::DataDir(format!("could not open the relay database: {e}")))?
-        .map_err(|e| RelayError::DataDir(e.to_string()))?;
-    let owners = store
-        .owners()
-        .map_err(|e| RelayError::DataDir(e.to_string()))?;
-    let (queue, queue_thread) = queue::spawn(store, config.clock.clone())?;
+    let (queue, queue_thread, cluster, owners) = match &config.cluster {
+        None => {
+            let data_dir = config.data_dir.clone();
+            let limits = config.queue;
+            let gauges = metrics.queue.clone();
+            let store =
+                tokio::task::spawn_blocking(move || QueueStore::open(&data_dir, limits, gauges))
+                    .await
+                    .map_err(|e| {
+                        RelayError::DataDir(format!("could not open the relay database: {e}"))
+                    })?
+                    .map_err(|e| RelayError::DataDir(e.to_string()))?;
+            let owners = store
+                .owners()
+                .map_err(|e| RelayError::DataDir(e.to_string()))?;
+            let (queue, thread) = queue::spawn(store, config.clock.clone())?;
+            (queue, Some(thread), None, owners)
+        }
+        Some(settings) => {
+            let cluster = Cluster::connect(settings, config.queue)
+                .await
+                .map_err(|e| RelayError::Cluster(e.to_string()))?;
+            info!(node = %settings.node_id, nats = %settings.servers.join(","), "joined the relay cluster");
+            let queue = QueueHandle::cluster(cluster.clone(), config.queue);
+            (queue, None, Some(cluster), Vec::new())
+        }
+    };
     let tracker = TaskTracker::new();
     // Cancelled after HTTP requests drained: ends every session and drain.
     let closing = CancellationToken::new();
@@ -146,13 +165,18 @@ pub(crate) async fn run(
         },
         tracker.clone(),
         closing.clone(),
+        cluster.as_ref().map(|c| c.view().clone()),
     );
     for (tunnel, owner) in owners {
         tunnels.preload(tunnel, owner);
     }
     let open_when_empty =
         config.tokens.is_empty() && (config.allow_anonymous || local.ip().is_loopback());
-    let stored = config.stored_tokens.then(|| config.data_dir.clone());
+    let stored = match &cluster {
+        Some(cluster) => access::Stored::Cluster(Box::new(cluster.tokens.clone())),
+        None if config.stored_tokens => access::Stored::Dir(config.data_dir.clone()),
+        None => access::Stored::Nowhere,
+    };
     let (auth, token_poll) = access::start(
         &config.tokens,
         config.allow_anonymous,
@@ -173,6 +197,7 @@ pub(crate) async fn run(
             offline: config.offline,
             shutdown: shutdown.clone(),
             budget: InflightBudget::new(config.limits.max_inflight_bytes),
+            cluster: cluster.clone(),
         }),
         sessions: Arc::new(SessionContext {
             tunnels: tunnels.clone(),
@@ -181,6 +206,7 @@ pub(crate) async fn run(
             keepalive: config.keepalive,
             max_body: config.max_body,
             closing: closing.clone(),
+            cluster: cluster.clone(),
         }),
         auth: auth.clone(),
         metrics: metrics.clone(),
@@ -190,7 +216,13 @@ pub(crate) async fn run(
         idle_timeout: config.limits.idle_timeout,
         plain_proto,
         tracker: tracker.clone(),
+        cluster: cluster.clone(),
     });
+    if let Some(cluster) = &cluster {
+        // Presence lasts as long as sessions do; other nodes' deliveries stop coming at once.
+        cluster::presence::spawn(cluster, &tunnels, &tracker, &closing);
+        cluster::forward::spawn(cluster, dispatch.ingress.clone(), &tracker, &shutdown);
+    }
     info!(%local, public_url = %public_base, "relay serving");
     let expiry = tokio::spawn(expire_periodically(
         queue.clone(),
@@ -275,7 +307,9 @@ pub(crate) async fn run(
         let _ = task.await;
     }
     queue.close().await;
-    let _ = tokio::task::spawn_blocking(move || queue_thread.join()).await;
+    if let Some(thread) = queue_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     info!("relay stopped");
     Ok(())
 }
@@ -536,11 +570,7 @@ async fn route_request(
             };
             ingress::handle(&dispatch.ingress, request, body).await
         }
-        Route::Healthz => text(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"ok"),
-        ),
+        Route::Healthz => healthz(dispatch.cluster.as_deref()),
         Route::Metrics if dispatch.serve_metrics => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -548,6 +578,28 @@ async fn route_request(
         ),
         Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body)),
         Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
+    }
+}
+
+/// `ok`; on a cluster node, also whether NATS is reachable (503 when it is not, so a load
+/// balancer sends new webhooks to nodes that can queue them).
+fn healthz(cluster: Option<&Cluster>) -> Response<Full<Bytes>> {
+    let plain = "text/plain; charset=utf-8";
+    match cluster {
+        None => text(StatusCode::OK, plain, Bytes::from_static(b"ok")),
+        Some(c) if c.is_reachable() => text(
+            StatusCode::OK,
+            plain,
+            Bytes::from(format!("ok\nnode {}: nats reachable\n", c.node())),
+        ),
+        Some(c) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
+            Bytes::from(format!(
+                "degraded\nnode {}: nats unreachable; sessions held here keep working, deliveries that must be queued get 503\n",
+                c.node()
+            )),
+        ),
     }
 }
 

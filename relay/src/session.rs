@@ -33,6 +33,7 @@ pub use handle::{
 };
 
 use crate::auth::{fresh_claim_key, Claim, Owner, Unauthorized};
+use crate::cluster::Cluster;
 use crate::queue::QueueHandle;
 use crate::tunnel::{Phase, Tunnels};
 
@@ -45,6 +46,8 @@ const OUTBOUND_CAPACITY: usize = 64;
 const WRITE_BATCH: usize = 64;
 /// Most bytes written before one flush.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Longest a cluster node waits for its presence to reach NATS before welcoming a client.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest the relay spends sending a refusal or a close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -60,6 +63,8 @@ pub(crate) struct SessionContext {
     pub max_body: usize,
     /// Cancelled after HTTP requests drained; ends every session.
     pub closing: CancellationToken,
+    /// On a cluster node: presence to announce before the welcome.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Websocket limits for client sessions: one protocol message at most; no compression.
@@ -138,6 +143,10 @@ pub(crate) async fn run<S>(
         .is_err()
     {
         return refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await;
+    }
+    if let Some(cluster) = &ctx.cluster {
+        // The welcome goes out once every node can find this session.
+        cluster.announced(name.as_str(), ANNOUNCE_TIMEOUT).await;
     }
     let span = tracing::info_span!("session", tunnel = %name, session = handle.id());
     serve(ctx, ws, rx, handle, name).instrument(span).await;

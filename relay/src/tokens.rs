@@ -10,6 +10,7 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 
+use crate::cluster;
 use crate::config::TokenCommand;
 use crate::metrics::Metrics;
 use crate::queue::store::DB_FILE;
@@ -34,6 +35,9 @@ pub enum TokenError {
     /// `revoke` with an unknown name.
     #[error("no token named {0}; `illumitunnel-relay token list` shows the names")]
     Unknown(String),
+    /// The cluster's tokens bucket could not be reached.
+    #[error("could not reach the cluster's tokens in NATS: {0}; check --cluster and that nats-server runs with JetStream (-js)")]
+    Cluster(String),
     /// The database could not be opened or written.
     #[error(
         "could not use the relay database in {dir}: {cause}; check --data-dir and its permissions"
@@ -103,9 +107,7 @@ impl TokenStore {
     /// Creates a token named `name` and returns it; only its hash is stored.
     pub fn add(&self, name: &str, now_ms: i64) -> Result<String, TokenError> {
         check_name(name)?;
-        let mut bytes = [0u8; TOKEN_BYTES];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let token = format!("{TOKEN_PREFIX}{}", hex(&bytes));
+        let token = new_token();
         let added = self
             .conn
             .execute(
@@ -150,23 +152,69 @@ impl TokenStore {
     }
 }
 
-/// Runs `illumitunnel-relay token …` on `dir`: results on `out`, explanations on `note`.
-pub fn run(
+/// Where `token …` keeps tokens: a data dir's `relay.db`, or a cluster's NATS.
+pub enum TokenTarget<'a> {
+    /// `{dir}/relay.db`.
+    Dir(&'a Path),
+    /// The tokens bucket reached through these NATS servers (`--cluster`).
+    Cluster(&'a [String]),
+}
+
+enum Backend<'a> {
+    Dir(TokenStore, &'a Path),
+    Cluster(Box<async_nats::jetstream::kv::Store>),
+}
+
+impl Backend<'_> {
+    async fn add(&self, name: &str) -> Result<String, TokenError> {
+        match self {
+            Backend::Dir(store, _) => store.add(name, now_ms()),
+            Backend::Cluster(kv) => {
+                check_name(name)?;
+                let token = new_token();
+                cluster::tokens::add(kv, name, &hex(&hash(&token)), now_ms()).await?;
+                Ok(token)
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<StoredToken>, TokenError> {
+        match self {
+            Backend::Dir(store, _) => store.list(),
+            Backend::Cluster(kv) => cluster::tokens::list(kv).await,
+        }
+    }
+
+    async fn revoke(&self, name: &str) -> Result<(), TokenError> {
+        match self {
+            Backend::Dir(store, _) => store.revoke(name),
+            Backend::Cluster(kv) => cluster::tokens::revoke(kv, name).await,
+        }
+    }
+}
+
+/// Runs `illumitunnel-relay token …` on `target`: results on `out`, explanations on `note`.
+pub async fn run(
     command: &TokenCommand,
-    dir: &Path,
+    target: TokenTarget<'_>,
     out: &mut dyn Write,
     note: &mut dyn Write,
 ) -> Result<(), TokenError> {
-    let store = TokenStore::open(dir)?;
+    let backend = match target {
+        TokenTarget::Dir(dir) => Backend::Dir(TokenStore::open(dir)?, dir),
+        TokenTarget::Cluster(servers) => {
+            Backend::Cluster(Box::new(cluster::tokens::open(servers).await?))
+        }
+    };
     let result = match command {
-        TokenCommand::Add { name } => store.add(name, now_ms()).map(|token| {
+        TokenCommand::Add { name } => backend.add(name).await.map(|token| {
             let _ = writeln!(out, "{token}");
             let _ = writeln!(
                 note,
                 "token {name} added and shown only this once; on the client run `illumitunnel login --relay https://RELAY --token TOKEN`"
             );
         }),
-        TokenCommand::List => store.list().map(|tokens| {
+        TokenCommand::List => backend.list().await.map(|tokens| {
             if tokens.is_empty() {
                 let _ = writeln!(note, "no stored tokens; add one with `illumitunnel-relay token add NAME`");
             }
@@ -174,16 +222,25 @@ pub fn run(
                 let _ = writeln!(out, "{}\tadded {}", token.name, format_ms(token.created_at_ms));
             }
         }),
-        TokenCommand::Revoke { name } => store.revoke(name).map(|()| {
+        TokenCommand::Revoke { name } => backend.revoke(name).await.map(|()| {
             let _ = writeln!(
                 note,
                 "token {name} revoked; a running relay refuses it and closes its sessions within 5 s"
             );
         }),
     };
-    drop(store);
-    match_owner(dir);
+    if let Backend::Dir(store, dir) = backend {
+        drop(store);
+        match_owner(dir);
+    }
     result
+}
+
+/// A fresh token: `itr_` and 256 random bits in hex.
+fn new_token() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{TOKEN_PREFIX}{}", hex(&bytes))
 }
 
 fn now_ms() -> i64 {
@@ -281,7 +338,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_hex(text: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_hex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
     }

@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{decide, Claim, Owner};
+use crate::cluster::View;
 use crate::metrics::Metrics;
 use crate::queue::QueueHandle;
 use crate::session::SessionHandle;
@@ -88,6 +89,9 @@ impl Default for DrainPolicy {
 struct Tunnel {
     owner: Owner,
     sessions: Arc<[SessionHandle]>,
+    /// When the sessions last went from none to one (Unix ms): on a cluster, the node whose
+    /// sessions are oldest is the tunnel's authority.
+    since_ms: u64,
     phase: Phase,
     /// Whether a drain task runs for this tunnel (at most one does).
     draining: bool,
@@ -104,6 +108,7 @@ impl Tunnel {
         Tunnel {
             owner,
             sessions: Arc::from(Vec::new()),
+            since_ms: 0,
             phase: Phase::Idle,
             draining: false,
             pushing: 0,
@@ -123,6 +128,10 @@ pub struct Tunnels {
     tracker: TaskTracker,
     /// Cancelled when sessions close; ends every drain.
     closing: CancellationToken,
+    /// On a cluster node: who holds which tunnel; a drain runs only on the tunnel's authority.
+    view: Option<Arc<View>>,
+    /// Wakes the cluster's presence when a tunnel gains its first session or loses its last.
+    held_changed: Arc<Notify>,
 }
 
 impl Tunnels {
@@ -133,6 +142,7 @@ impl Tunnels {
         policy: DrainPolicy,
         tracker: TaskTracker,
         closing: CancellationToken,
+        view: Option<Arc<View>>,
     ) -> Arc<Self> {
         Arc::new(Tunnels {
             map: Mutex::new(HashMap::new()),
@@ -142,6 +152,8 @@ impl Tunnels {
             next_session: AtomicU64::new(1),
             tracker,
             closing,
+            view,
+            held_changed: Arc::new(Notify::new()),
         })
     }
 
@@ -156,6 +168,55 @@ impl Tunnels {
         self.lock()
             .entry(tunnel)
             .or_insert_with(|| Tunnel::new(owner));
+    }
+
+    /// A tunnel another cluster node granted (or handed over): known from now on; its owner
+    /// follows the bucket while no session of this node holds it.
+    pub fn learn(&self, tunnel: &str, owner: Owner) {
+        let mut map = self.lock();
+        let t = map
+            .entry(tunnel.to_owned())
+            .or_insert_with(|| Tunnel::new(owner));
+        if t.sessions.is_empty() {
+            t.owner = owner;
+        }
+    }
+
+    /// Tunnels with a session on this relay, and since when (Unix ms).
+    pub fn held(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .iter()
+            .filter(|(_, t)| !t.sessions.is_empty())
+            .map(|(name, t)| (name.clone(), t.since_ms))
+            .collect()
+    }
+
+    /// Notified when a tunnel gains its first session or loses its last.
+    pub fn held_changed(&self) -> Arc<Notify> {
+        self.held_changed.clone()
+    }
+
+    /// This relay's sessions of `tunnel`, in connect order.
+    pub fn sessions(&self, tunnel: &str) -> Arc<[SessionHandle]> {
+        self.lock()
+            .get(tunnel)
+            .map_or_else(|| Arc::from(Vec::new()), |t| t.sessions.clone())
+    }
+
+    /// Another cluster node queued a delivery for `tunnel`: a live tunnel drains again, as
+    /// after a push of its own.
+    pub fn pushed_elsewhere(self: &Arc<Self>, tunnel: &str) {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(tunnel) else {
+            return;
+        };
+        t.pushed += 1;
+        if t.phase == Phase::Live {
+            t.phase = Phase::Draining;
+        }
+        if t.phase == Phase::Draining {
+            self.ensure_drain(tunnel, t);
+        }
     }
 
     /// Whether any client ever claimed `tunnel`.
@@ -239,6 +300,8 @@ impl Tunnels {
         }
         if t.sessions.is_empty() {
             self.metrics.tunnels_connected.inc();
+            t.since_ms = illumitunnel::now_ms().max(0) as u64;
+            self.held_changed.notify_one();
         }
         let mut sessions = t.sessions.to_vec();
         sessions.push(session);
@@ -275,6 +338,7 @@ impl Tunnels {
         if t.sessions.is_empty() {
             self.metrics.tunnels_connected.dec();
             t.phase = Phase::Idle;
+            self.held_changed.notify_one();
         }
         // A drain sending to this session moves on to the next one, or stops.
         t.wake.notify_one();

@@ -6,6 +6,7 @@
 //! Every test file includes this module but uses a different part of it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod secrets;
 pub mod sender;
 pub mod sink;

@@ -164,6 +164,16 @@ impl Request {
         }
     }
 
+    /// Sends and waits for the whole answer; a refused or reset connection, or no answer
+    /// within [`DEADLINE`], is an `Err` (a sender that got no answer), not a panic.
+    pub async fn try_send(self) -> Result<Response, String> {
+        match tokio::time::timeout(DEADLINE, self.exchange()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {DEADLINE:?}")),
+        }
+    }
+
     async fn exchange(self) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
         let uri: http::Uri = self.url.parse()?;
         let https = uri.scheme_str() == Some("https");

@@ -2,12 +2,15 @@
 //! straight to the local server (`--forward-to`, recorded by this command) or through a tunnel
 //! (`--url`, or the tunnel of the `listen` running on this machine, which records it). Either
 //! way the capture store holds exactly one row per delivery, marked as triggered.
+//! `--retries illumichat` resends a delivery IllumiChat would retry (non-2xx, or no answer within
+//! `event::SENDER_TIMEOUT`) on its schedule divided by `--speed`, same bytes each time; local
+//! retries are recorded with `replay_of` pointing at the first attempt and read `retry of`.
 
 use std::path::Path;
 
 use bytes::Bytes;
 use illumitunnel::delivery::{RequestRecord, Source};
-use illumitunnel::event::samples;
+use illumitunnel::event::{retry_delays, samples, RETRY_DELAYS, SENDER_TIMEOUT};
 use illumitunnel::store::CaptureStore;
 use illumitunnel::{now_ms, Delivery, DeliveryId};
 use serde_json::Value;
@@ -122,65 +125,33 @@ async fn send_all(
             (Forwarder::with_tls(target, (*tls).clone()), true)
         }
     };
-    let mut store = if tunnel {
-        None
-    } else {
-        Some(CaptureStore::open(&ctx.store)?)
+    let mut sender = Sender {
+        forwarder,
+        tunnel,
+        store: if tunnel {
+            None
+        } else {
+            Some(CaptureStore::open(&ctx.store)?)
+        },
+        format: if args.json {
+            Format::Json
+        } else {
+            Format::Lines
+        },
     };
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Lines
-    };
+    if args.retries.is_some() {
+        sender.forwarder = sender.forwarder.with_timeout(SENDER_TIMEOUT);
+    }
     for _ in 0..args.count {
         let body = payload(args, event, file.as_ref())?;
+        if args.retries.is_some() {
+            sender.with_retries(&body, args.speed, event, ctx).await?;
+            continue;
+        }
         let sends = if args.duplicate { 2 } else { 1 };
         for _ in 0..sends {
-            let mut headers = vec![
-                ("content-type".to_string(), b"application/json".to_vec()),
-                (
-                    "user-agent".to_string(),
-                    format!("illumitunnel-trigger/{}", env!("CARGO_PKG_VERSION")).into_bytes(),
-                ),
-            ];
-            if tunnel {
-                headers.push((TRIGGER_HEADER.to_string(), b"1".to_vec()));
-            }
-            let request = RequestRecord {
-                method: "POST".into(),
-                path: String::new(),
-                query: String::new(),
-                headers,
-                body: body.clone(),
-            };
-            let received_at_ms = now_ms();
-            let forwarded = forwarder.forward(&request).await;
-            let mut request = request;
-            request.path = forwarded.uri.path().to_string();
-            request.query = forwarded.uri.query().unwrap_or_default().to_string();
-            let mut d = Delivery::new(
-                DeliveryId::generate(),
-                received_at_ms,
-                Source::Trigger,
-                request,
-            );
-            d.target = forwarded.uri.to_string();
-            d.duration_us = forwarded.duration.as_micros() as i64;
-            let failure = match forwarded.result {
-                Ok(response) => {
-                    d.response = Some(response);
-                    None
-                }
-                Err(error) => {
-                    d.error = Some(error.clone());
-                    Some(error)
-                }
-            };
-            if let Some(store) = store.as_mut() {
-                store.insert_batch(std::slice::from_mut(&mut d))?;
-            }
-            print(&d, format, tunnel, ctx)?;
-            if let Some(error) = failure {
+            let d = sender.attempt(&body, None, ctx).await?;
+            if let Some(error) = &d.error {
                 let check = if tunnel {
                     "check that listen is running and the URL is right"
                 } else {
@@ -191,6 +162,110 @@ async fn send_all(
         }
     }
     Ok(())
+}
+
+/// Sends, records and prints attempts.
+struct Sender {
+    forwarder: Forwarder,
+    /// Whether deliveries go through a tunnel (the receiving `listen` records them).
+    tunnel: bool,
+    /// Where local deliveries are recorded.
+    store: Option<CaptureStore>,
+    format: Format,
+}
+
+impl Sender {
+    /// Sends `body` as IllumiChat would until the handler answers 2xx: the first attempt, then
+    /// one after each of `event::RETRY_DELAYS` divided by `speed`, each the same bytes (same
+    /// timestamp, so the same dedup key) and recorded as a retry of the first.
+    async fn with_retries(
+        &mut self,
+        body: &Bytes,
+        speed: u32,
+        event: illumitunnel::event::EventType,
+        ctx: &Ctx,
+    ) -> anyhow::Result<()> {
+        let first = self.attempt(body, None, ctx).await?;
+        if is_success(&first) {
+            return Ok(());
+        }
+        let delays = retry_delays(speed);
+        for (i, (delay, documented)) in delays.iter().zip(RETRY_DELAYS).enumerate() {
+            eprintln!(
+                "retry {} of {} in {} (IllumiChat waits {}; --speed {speed})",
+                i + 1,
+                delays.len(),
+                humantime::format_duration(*delay),
+                humantime::format_duration(documented),
+            );
+            tokio::time::sleep(*delay).await;
+            let retry = self.attempt(body, Some((i + 1, &first)), ctx).await?;
+            if is_success(&retry) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!(
+            "the handler answered none of {} attempts of the {event} delivery with a 2xx, so IllumiChat would mark it failed; check the handler's log",
+            delays.len() + 1
+        )
+    }
+
+    /// One send of `body`: recorded (locally) and printed; `retry` (its number and the first
+    /// attempt) marks a retry.
+    async fn attempt(
+        &mut self,
+        body: &Bytes,
+        retry: Option<(usize, &Delivery)>,
+        ctx: &Ctx,
+    ) -> anyhow::Result<Delivery> {
+        let mut headers = vec![
+            ("content-type".to_string(), b"application/json".to_vec()),
+            (
+                "user-agent".to_string(),
+                format!("illumitunnel-trigger/{}", env!("CARGO_PKG_VERSION")).into_bytes(),
+            ),
+        ];
+        if self.tunnel {
+            headers.push((TRIGGER_HEADER.to_string(), b"1".to_vec()));
+        }
+        let mut request = RequestRecord {
+            method: "POST".into(),
+            path: String::new(),
+            query: String::new(),
+            headers,
+            body: body.clone(),
+        };
+        let received_at_ms = now_ms();
+        let forwarded = self.forwarder.forward(&request).await;
+        request.path = forwarded.uri.path().to_string();
+        request.query = forwarded.uri.query().unwrap_or_default().to_string();
+        let mut d = Delivery::new(
+            DeliveryId::generate(),
+            received_at_ms,
+            Source::Trigger,
+            request,
+        );
+        // Through a tunnel the ids are the receiving listen's, so only the number marks a retry.
+        if !self.tunnel {
+            d.replay_of = retry.map(|(_, first)| first.id.clone());
+        }
+        d.target = forwarded.uri.to_string();
+        d.duration_us = forwarded.duration.as_micros() as i64;
+        match forwarded.result {
+            Ok(response) => d.response = Some(response),
+            Err(error) => d.error = Some(error),
+        }
+        if let Some(store) = self.store.as_mut() {
+            store.insert_batch(std::slice::from_mut(&mut d))?;
+        }
+        print(&d, self.format, self.tunnel, retry.map(|(n, _)| n), ctx)?;
+        Ok(d)
+    }
+}
+
+/// Whether IllumiChat would count the answer as delivered.
+fn is_success(d: &Delivery) -> bool {
+    d.status().is_some_and(|s| (200..300).contains(&s))
 }
 
 /// The body of one delivery: the sample (fresh ids and timestamp) or the file, with `--set`.
@@ -210,7 +285,13 @@ fn payload(
     Ok(Bytes::from(serde_json::to_vec(&value)?))
 }
 
-fn print(d: &Delivery, format: Format, tunnel: bool, ctx: &Ctx) -> anyhow::Result<()> {
+fn print(
+    d: &Delivery,
+    format: Format,
+    tunnel: bool,
+    retry: Option<usize>,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = match format {
@@ -220,10 +301,19 @@ fn print(d: &Delivery, format: Format, tunnel: bool, ctx: &Ctx) -> anyhow::Resul
                 // The id is the one the receiving listen gives it; this side never learns it.
                 v["id"] = Value::Null;
             }
+            if let Some(n) = retry {
+                v["retry"] = n.into();
+            }
             use std::io::Write;
             illumitunnel::escape::write_json(&mut out, &v).and_then(|()| writeln!(out))
         }
-        Format::Lines => output::write_delivery(&mut out, d, format, &ctx.clock),
+        Format::Lines => match retry.filter(|_| tunnel) {
+            Some(n) => {
+                use std::io::Write;
+                writeln!(out, "{}  retry {n}", output::line(d, &ctx.clock))
+            }
+            None => output::write_delivery(&mut out, d, format, &ctx.clock),
+        },
     };
     ignore_broken_pipe(result)
 }

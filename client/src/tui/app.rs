@@ -8,6 +8,7 @@
 //! end asks the loop for the next page.
 
 mod effect;
+mod tested;
 mod window;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use ratatui::layout::{Position, Rect};
 use time::UtcOffset;
 
 pub use self::effect::{AppEvent, Effect, Page, Query, Rows};
+pub use self::tested::TestView;
 use super::keys::{self, Action, ConfirmAction, PromptAction};
 use super::{curl, text, view};
 use crate::status::{ConnectionState, ListenEvent, StoreHealth};
@@ -149,6 +151,9 @@ pub struct App {
     pub mode: Mode,
     /// The footer message, if fresh.
     pub message: Option<Message>,
+    /// The last `t` test's result, shown in the details of the delivery tested.
+    pub test: Option<TestView>,
+    testing: Option<tested::Pending>,
     select_seq: Option<i64>,
     max_seq_seen: i64,
     counted_through: i64,
@@ -193,6 +198,8 @@ impl App {
             filter: Filter::default(),
             mode: Mode::Normal,
             message: None,
+            test: None,
+            testing: None,
             select_seq: None,
             max_seq_seen: 0,
             counted_through: 0,
@@ -251,6 +258,7 @@ impl App {
                 }
                 None
             }
+            AppEvent::Tested { original, result } => self.on_tested(original, result),
             AppEvent::Edited {
                 original,
                 before,
@@ -521,6 +529,7 @@ impl App {
                     body: None,
                 })
             }
+            Action::Test => self.start_test(),
             Action::Edit => {
                 let d = self.selected_delivery()?;
                 if std::str::from_utf8(&d.request.body).is_err() {

@@ -33,6 +33,8 @@ pub enum Action {
     DetailsUp,
     /// Replay the selected delivery.
     Replay,
+    /// Replay the selected delivery as a test: compare the answer with the recorded one.
+    Test,
     /// Edit the selected body in `$VISUAL`/`$EDITOR`, then replay it.
     Edit,
     /// Copy the selected delivery as a curl command.
@@ -104,6 +106,7 @@ pub fn action(key: KeyEvent) -> Option<Action> {
         KeyCode::BackTab => Action::PrevTab,
         KeyCode::Char(c @ '1'..='4') => Action::Tab(c as usize - '1' as usize),
         KeyCode::Char('r') => Action::Replay,
+        KeyCode::Char('t') => Action::Test,
         KeyCode::Char('e') => Action::Edit,
         KeyCode::Char('c') => Action::Copy,
         KeyCode::Char('/') => Action::Filter,
@@ -190,6 +193,7 @@ mod tests {
                 Some(Action::DetailsDown),
             ),
             (key(KeyCode::Char('r')), Some(Action::Replay)),
+            (key(KeyCode::Char('t')), Some(Action::Test)),
             (key(KeyCode::Char('e')), Some(Action::Edit)),
             (key(KeyCode::Char('c')), Some(Action::Copy)),
             (key(KeyCode::Char('/')), Some(Action::Filter)),

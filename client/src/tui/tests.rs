@@ -176,6 +176,31 @@ fn tabs_160x40() {
 }
 
 #[test]
+fn a_test_verdict_and_diff_sit_above_the_details_160x40() {
+    let (_dir, store, mut app) = sample_app((160, 40));
+    drive(&mut app, &store, key(KeyCode::Char('k')));
+    drive(&mut app, &store, key(KeyCode::Char('k')));
+    let Some(Effect::Test { original }) = app.update(key(KeyCode::Char('t'))) else {
+        panic!("t must test");
+    };
+    let mut replay = delivery(9, "ticket.created", "tkt_8f3k2", Some(202));
+    replay.replay_of = Some(original.clone());
+    if let Some(r) = replay.response.as_mut() {
+        r.body = Bytes::from_static(br#"{"ok":false}"#);
+    }
+    drive(
+        &mut app,
+        &store,
+        AppEvent::Tested {
+            original,
+            result: Ok(Box::new(replay)),
+        },
+    );
+    drive(&mut app, &store, key(KeyCode::Char('3')));
+    insta::assert_snapshot!(draw(&app, (160, 40)).backend());
+}
+
+#[test]
 fn help_filter_and_messages_80x24() {
     let (_dir, store, mut app) = sample_app((80, 24));
     drive(&mut app, &store, key(KeyCode::Char('?')));

@@ -47,6 +47,20 @@ pub(super) async fn run(tunnels: Arc<Tunnels>, tunnel: String, wake: Arc<Notify>
             debug!(sent, "drain stopped: no session");
             return;
         };
+        if let Some(view) = &tunnels.view {
+            // On a cluster only the tunnel's authority drains; this node waits until it is
+            // one (the older session elsewhere leaves, or its node dies).
+            if !view.is_authority(&tunnel) {
+                let mut changes = view.changes();
+                // All three are cancel-safe.
+                tokio::select! {
+                    _ = tunnels.closing.cancelled() => return,
+                    _ = changes.changed() => {}
+                    _ = wake.notified() => {}
+                }
+                continue;
+            }
+        }
         let head = tokio::select! {
             _ = tunnels.closing.cancelled() => return,
             head = tunnels.queue.head(&tunnel) => head,

@@ -78,6 +78,11 @@ pub enum Effect {
         /// Replacement body.
         body: Option<Bytes>,
     },
+    /// Ask `listen` to replay a delivery as a test, answer with `AppEvent::Tested`.
+    Test {
+        /// Delivery to test.
+        original: DeliveryId,
+    },
     /// Open the body in `$VISUAL`/`$EDITOR`, answer with `AppEvent::Edited`.
     Edit {
         /// Delivery being edited.
@@ -116,6 +121,13 @@ pub enum AppEvent {
     /// A replay's answer.
     Replayed {
         /// The delivery replayed.
+        original: DeliveryId,
+        /// The committed replay, or why it failed.
+        result: Result<Box<Delivery>, String>,
+    },
+    /// A test replay's answer.
+    Tested {
+        /// The delivery tested.
         original: DeliveryId,
         /// The committed replay, or why it failed.
         result: Result<Box<Delivery>, String>,

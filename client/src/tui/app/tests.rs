@@ -491,3 +491,36 @@ fn out_of_order_and_repeated_events_count_once() {
     assert_eq!((app.total, app.counts.total), (11, 11));
     assert_eq!(app.selected_delivery().map(|d| d.seq), Some(11));
 }
+
+#[test]
+fn t_tests_the_selected_delivery_and_keeps_the_verdict_for_its_details() {
+    let (_dir, mut store) = store_with(sample());
+    let mut app = loaded_app(&store, (80, 24), NOW).unwrap();
+    drive(&mut app, &store, key(KeyCode::Char('g')));
+    let Some(Effect::Test { original }) = app.update(key(KeyCode::Char('t'))) else {
+        panic!("t must test");
+    };
+    assert_eq!(original.as_str(), "0000000000000001");
+    let mut replay = delivery(9, "ticket.created", "tkt_8f3k2", Some(500));
+    replay.replay_of = Some(original.clone());
+    let replay = commit(&mut store, replay);
+    app.update(AppEvent::Tested {
+        original: original.clone(),
+        result: Ok(Box::new(replay.clone())),
+    });
+    let message = app.message.clone().unwrap();
+    assert!(
+        message.is_error && message.text.contains("differs"),
+        "{message:?}"
+    );
+    let test = app.test.clone().unwrap();
+    assert_eq!((test.original, test.replay), (original, replay.id));
+    assert_eq!(test.report.actual_status, Some(500));
+    assert!(app.details_open);
+
+    // A delivery with no recorded answer has nothing to compare with.
+    let (_dir, store) = store_with(vec![delivery(1, "lead.captured", "lead_1", None)]);
+    let mut app = loaded_app(&store, (80, 24), NOW).unwrap();
+    assert!(app.update(key(KeyCode::Char('t'))).is_none());
+    assert!(app.message.unwrap().text.contains("no recorded answer"));
+}

@@ -11,7 +11,8 @@ use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::list::{latency, status_cell};
-use crate::tui::app::{App, Tab};
+use crate::regression;
+use crate::tui::app::{App, Tab, TestView};
 use crate::tui::text::{self, escape, escape_bytes, DISPLAY_LIMIT};
 
 const DIM: Style = Style::new().fg(Color::DarkGray);
@@ -70,14 +71,47 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(shown).wrap(Wrap { trim: false }), body);
 }
 
-/// The lines of the selected tab for `d`.
+/// The lines of the selected tab for `d`, under the result of a `t` test of it, if any.
 pub fn lines(app: &App, d: &Delivery) -> Vec<Line<'static>> {
-    match app.tab {
+    let mut lines = match &app.test {
+        Some(test) if test.original == d.id || test.replay == d.id => test_lines(test),
+        _ => Vec::new(),
+    };
+    lines.extend(match app.tab {
         Tab::Payload => payload(d),
         Tab::RequestHeaders => request(app, d),
         Tab::Response => response(d),
         Tab::Raw => raw(d),
+    });
+    lines
+}
+
+/// `t`'s verdict and, when the answer differs, the diff (already escaped by the renderer).
+fn test_lines(test: &TestView) -> Vec<Line<'static>> {
+    let (verdict, style) = if test.report.passed() {
+        ("matches", Style::new().fg(Color::Green))
+    } else {
+        ("differs from", Style::new().fg(Color::Red))
+    };
+    let mut lines = vec![Line::styled(
+        format!(
+            "test: the answer {verdict} the recorded one (replay {} of {})",
+            test.replay, test.original
+        ),
+        style.add_modifier(Modifier::BOLD),
+    )];
+    for line in regression::render(&test.report, "", false).lines() {
+        let style = if line.starts_with("- ") {
+            Style::new().fg(Color::Red)
+        } else if line.starts_with("+ ") {
+            Style::new().fg(Color::Green)
+        } else {
+            Style::new()
+        };
+        lines.push(Line::styled(line.to_string(), style));
     }
+    lines.push(Line::raw(""));
+    lines
 }
 
 fn payload(d: &Delivery) -> Vec<Line<'static>> {

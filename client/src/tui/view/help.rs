@@ -14,6 +14,7 @@ const KEYS: &[(&str, &str)] = &[
     ("tab  1-4", "next details tab / a tab by number"),
     ("J K  ⇧↑ ⇧↓", "scroll the details"),
     ("r", "replay the selected delivery"),
+    ("t", "test it: replay, compare with the recorded answer"),
     ("e", "edit the body in $VISUAL/$EDITOR, then replay"),
     ("c", "copy as curl (OSC 52 clipboard)"),
     ("/", "filter by event type or text; esc clears"),

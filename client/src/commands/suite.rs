@@ -1,0 +1,162 @@
+//! `illumitunnel suite save FILE (ID… | --event TYPE [--since D] | --last N)`: deliveries from
+//! the capture store and their recorded answers as a suite file (`illumitunnel::suite`), oldest
+//! first, for `test --suite` in a CI job. Secret header values are redacted as `export` redacts
+//! them (`Delivery::redact_secrets`) unless `--include-secrets`. Also the selection `test`
+//! shares: which stored deliveries can be tests.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use illumitunnel::delivery::Source;
+use illumitunnel::store::{CaptureStore, Filter, StoreError};
+use illumitunnel::suite::Case;
+use illumitunnel::Delivery;
+
+use super::{parse_event_type, since_ms, Ctx, UsageError};
+use crate::cli::{SuiteAction, SuiteArgs};
+
+/// Most deliveries one selection holds.
+const MAX_CASES: usize = 10_000;
+
+/// Which stored deliveries to use.
+pub struct Selection<'a> {
+    /// Ids or unique prefixes.
+    pub ids: &'a [String],
+    /// Every delivery of this event type.
+    pub event: Option<&'a str>,
+    /// With `event`: how far back, as typed.
+    pub since: Option<&'a str>,
+    /// The newest N.
+    pub last: Option<usize>,
+}
+
+/// Runs `suite save`.
+pub fn run(args: SuiteArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let SuiteAction::Save(args) = args.action;
+    let store = CaptureStore::open(&ctx.store)?;
+    let selection = Selection {
+        ids: &args.ids,
+        event: args.event.as_deref(),
+        since: args.since.as_deref(),
+        last: args.last.map(|n| n as usize),
+    };
+    let mut deliveries = select(&store, &selection)?;
+    for d in &mut deliveries {
+        // A suite keeps no response headers, so none are counted as redacted either.
+        if let Some(response) = d.response.as_mut() {
+            response.headers.clear();
+        }
+    }
+    let redacted: usize = if args.include_secrets {
+        0
+    } else {
+        deliveries.iter_mut().map(Delivery::redact_secrets).sum()
+    };
+    let mut text = String::new();
+    for case in deliveries.iter().filter_map(Case::from_delivery) {
+        text.push_str(&case.to_line());
+        text.push('\n');
+    }
+    let path = &args.file;
+    let mut file = illumitunnel::paths::create_private(path).with_context(|| {
+        format!(
+            "could not write {}; check the folder exists and is writable",
+            path.display()
+        )
+    })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .with_context(|| format!("could not write {}", path.display()))?;
+    let noun = if deliveries.len() == 1 {
+        "delivery"
+    } else {
+        "deliveries"
+    };
+    let note = match redacted {
+        0 => String::new(),
+        1 => "; 1 secret header value redacted (--include-secrets keeps it)".to_string(),
+        n => format!("; {n} secret header values redacted (--include-secrets keeps them)"),
+    };
+    eprintln!(
+        "saved {} {noun} to {}{note}; run them with illumitunnel test --suite {} --forward-to URL",
+        deliveries.len(),
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// The selected deliveries that have a recorded answer, oldest first. Replays (earlier test
+/// runs among them) and deliveries `--events` skipped are left out unless named by id; an
+/// unknown id or an empty selection is a usage error.
+pub fn select(store: &CaptureStore, selection: &Selection<'_>) -> anyhow::Result<Vec<Delivery>> {
+    let usable = |d: &Delivery| d.source != Source::Replay && !d.skipped && d.response.is_some();
+    if let Some(n) = selection.last {
+        let newest = store.list_newest(&Filter::default(), n.saturating_mul(4) + 200)?;
+        let mut found: Vec<Delivery> = newest.into_iter().filter(usable).take(n).collect();
+        if found.is_empty() {
+            return Err(UsageError(format!(
+                "no answered deliveries in {}; capture some with illumitunnel listen or trigger",
+                store.path().display()
+            ))
+            .into());
+        }
+        found.reverse();
+        return Ok(found);
+    }
+    if let Some(event) = selection.event {
+        parse_event_type(event)?;
+        let filter = Filter {
+            event: Some(event.to_string()),
+            since_ms: since_ms(selection.since)?,
+            ..Filter::default()
+        };
+        let found: Vec<Delivery> = store
+            .list_oldest(&filter, MAX_CASES + 1)?
+            .into_iter()
+            .filter(usable)
+            .collect();
+        if found.len() > MAX_CASES {
+            return Err(UsageError(format!(
+                "more than {MAX_CASES} {event} deliveries match; narrow them with --since DURATION"
+            ))
+            .into());
+        }
+        if found.is_empty() {
+            let within = selection
+                .since
+                .map(|s| format!(" within {s}"))
+                .unwrap_or_default();
+            return Err(UsageError(format!(
+                "no answered {event} deliveries{within}; list them with illumitunnel events --event {event}"
+            ))
+            .into());
+        }
+        return Ok(found);
+    }
+    selection.ids.iter().map(|id| by_id(store, id)).collect()
+}
+
+fn by_id(store: &CaptureStore, id: &str) -> anyhow::Result<Delivery> {
+    let shown = id.escape_debug();
+    let d = match store.get(id) {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return Err(UsageError(format!(
+                "no delivery with id {shown}; list ids with illumitunnel events"
+            ))
+            .into())
+        }
+        Err(e @ StoreError::Ambiguous(_)) => return Err(UsageError(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    if d.response.is_none() {
+        let why = d.error.as_deref().unwrap_or("no answer");
+        return Err(UsageError(format!(
+            "delivery {shown} has no recorded answer ({}); pick one your handler answered",
+            illumitunnel::escape::escape(why)
+        ))
+        .into());
+    }
+    Ok(d)
+}

@@ -1,0 +1,390 @@
+//! `illumitunnel test`: deliveries (from the capture store, or a suite file with no store and no
+//! relay) sent to the handler again, same method, path, headers and body, and its answers
+//! compared with the recorded ones (`crate::regression`). Prints a verdict a delivery with a diff
+//! under each change, then `N passed, M failed`; exit 0 when all pass, 1 when any fails, 2 on
+//! bad usage. Each result is recorded as a replay of its original when the original is in the
+//! capture store, so the inspector shows it.
+
+use std::io::{IsTerminal as _, Write};
+use std::path::Path;
+
+use anyhow::Context as _;
+use illumitunnel::delivery::RequestRecord;
+use illumitunnel::store::CaptureStore;
+use illumitunnel::suite;
+use illumitunnel::Delivery;
+use serde_json::{json, Value};
+
+use super::suite::{select, Selection};
+use super::{ignore_broken_pipe, Ctx, Reported, UsageError};
+use crate::cli::TestArgs;
+use crate::forward::{Forwarder, Target};
+use crate::regression::{self, junit, BodyDiff, Outcome, Pointer, Report};
+use crate::replay;
+
+/// Where results are written besides stdout.
+struct Sinks {
+    /// Record each result here as a replay (`None` in CI: nothing is created).
+    store: Option<CaptureStore>,
+    /// JSON lines instead of text.
+    json: bool,
+    /// ANSI colours in the diffs.
+    colour: bool,
+}
+
+/// Runs the deliveries and reports.
+pub fn run(args: TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let ignore = args
+        .ignore
+        .iter()
+        .map(|p| Pointer::parse(p).map_err(UsageError))
+        .collect::<Result<Vec<_>, _>>()?;
+    let forward_to = args
+        .forward_to
+        .as_deref()
+        .map(Target::parse_shorthand)
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
+    let (originals, store) = match &args.suite {
+        Some(path) => {
+            if forward_to.is_none() {
+                return Err(UsageError(
+                    "test --suite needs --forward-to URL, your handler's address such as http://localhost:3000".into(),
+                )
+                .into());
+            }
+            (read_suite(path)?, existing_store(&ctx.store))
+        }
+        None => {
+            let store = CaptureStore::open(&ctx.store)?;
+            let selection = Selection {
+                ids: &args.ids,
+                event: args.event.as_deref(),
+                since: args.since.as_deref(),
+                last: None,
+            };
+            (select(&store, &selection)?, Some(store))
+        }
+    };
+    let mut sinks = Sinks {
+        store,
+        json: args.json,
+        colour: !args.json
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?;
+    let started = illumitunnel::now_ms();
+    let cases = runtime.block_on(run_all(
+        &originals,
+        forward_to.as_ref(),
+        &ignore,
+        &mut sinks,
+    ))?;
+    if let Some(path) = &args.junit {
+        let suite_name = match &args.suite {
+            Some(p) => p.display().to_string(),
+            None => "capture store".to_string(),
+        };
+        let doc = junit::document(&suite_name, &illumitunnel::rfc3339_ms(started), &cases);
+        write_file(path, &doc)?;
+    }
+    summarize(&cases, &sinks)
+}
+
+/// The suite's deliveries; an unreadable file or line is a usage error naming it.
+fn read_suite(path: &Path) -> anyhow::Result<Vec<Delivery>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError(format!(
+            "could not read suite {}: {e}; write one with illumitunnel suite save FILE",
+            path.display()
+        ))
+    })?;
+    let cases = suite::parse(&text).map_err(|e| {
+        UsageError(format!(
+            "suite {} {e}; fix or remove that line, or save the suite again",
+            path.display()
+        ))
+    })?;
+    if cases.is_empty() {
+        return Err(UsageError(format!(
+            "suite {} holds no deliveries; add some with illumitunnel suite save FILE --last N",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(cases.into_iter().map(suite::Case::into_delivery).collect())
+}
+
+/// The capture store if one exists already: a CI run creates nothing.
+fn existing_store(path: &Path) -> Option<CaptureStore> {
+    path.is_file()
+        .then(|| CaptureStore::open(path).ok())
+        .flatten()
+}
+
+async fn run_all(
+    originals: &[Delivery],
+    forward_to: Option<&Target>,
+    ignore: &[Pointer],
+    sinks: &mut Sinks,
+) -> anyhow::Result<Vec<junit::Case>> {
+    let mut pool: Option<Forwarder> = None;
+    let mut cases = Vec::with_capacity(originals.len());
+    for original in originals {
+        let (target, request) = destination(original, forward_to).map_err(UsageError)?;
+        let forwarder = match &pool {
+            Some(f) => f.retarget(target),
+            None => pool.insert(Forwarder::new(target)).clone(),
+        };
+        let mut replayed = replay::send(original, &forwarder, request).await;
+        let report = report(original, &replayed, ignore);
+        let recorded = match sinks.store.as_mut() {
+            Some(store) if store.contains(&original.id)? => {
+                store.insert_batch(std::slice::from_mut(&mut replayed))?;
+                true
+            }
+            _ => false,
+        };
+        print_case(original, &replayed, &report, recorded, sinks)?;
+        cases.push(junit_case(original, &replayed, &report));
+    }
+    Ok(cases)
+}
+
+/// Where a delivery goes and what is sent: with `--forward-to`, its path under that URL (a path
+/// already under it is kept as is, so the URL `listen` forwarded to works too); else the origin
+/// it went to when captured.
+fn destination(
+    original: &Delivery,
+    forward_to: Option<&Target>,
+) -> Result<(Target, RequestRecord), String> {
+    let stored = &original.request;
+    let (target, path) = match forward_to {
+        Some(to) => (to.with_path("/"), path_under(to.path(), &stored.path)),
+        None => {
+            let target = Target::parse(&original.target).map_err(|_| {
+                format!(
+                    "delivery {} has no forward target to test against; pass --forward-to URL",
+                    original.id
+                )
+            })?;
+            (target.origin(), stored.path.clone())
+        }
+    };
+    let request = RequestRecord {
+        method: stored.method.clone(),
+        path,
+        query: stored.query.clone(),
+        headers: replay::resend_headers(&stored.headers),
+        body: stored.body.clone(),
+    };
+    Ok((target, request))
+}
+
+/// `recorded` placed under `base`, unless it is there already.
+fn path_under(base: &str, recorded: &str) -> String {
+    let inside = recorded == base
+        || recorded
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if base == "/" || inside {
+        recorded.to_string()
+    } else {
+        format!("{base}{recorded}")
+    }
+}
+
+fn report(original: &Delivery, replayed: &Delivery, ignore: &[Pointer]) -> Report {
+    let (status, body) = original
+        .response
+        .as_ref()
+        .map(|r| (r.status, &r.body[..]))
+        .unwrap_or((0, &[]));
+    let outcome = match (&replayed.response, &replayed.error) {
+        (Some(r), _) => Outcome::Answered {
+            status: r.status,
+            body: &r.body,
+        },
+        (None, error) => Outcome::NoAnswer(error.as_deref().unwrap_or("no answer")),
+    };
+    regression::compare(status, body, &outcome, ignore)
+}
+
+fn print_case(
+    original: &Delivery,
+    replayed: &Delivery,
+    report: &Report,
+    recorded: bool,
+    sinks: &Sinks,
+) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let text = if sinks.json {
+        let mut line =
+            illumitunnel::escape::json_string(&case_json(original, replayed, report, recorded));
+        line.push('\n');
+        line
+    } else {
+        let verdict = match (report.passed(), sinks.colour) {
+            (true, true) => "\x1b[32mPASS\x1b[0m",
+            (true, false) => "PASS",
+            (false, true) => "\x1b[31mFAIL\x1b[0m",
+            (false, false) => "FAIL",
+        };
+        let status = replayed
+            .status()
+            .map_or_else(|| "ERR".to_string(), |s| s.to_string());
+        format!(
+            "{verdict}  {:<18}  {:<12} {} {}  {status}  {:.1}ms  {}\n{}",
+            name_of(original),
+            illumitunnel::escape::escape(original.resource_id.as_deref().unwrap_or("-")),
+            illumitunnel::escape::escape(&original.request.method),
+            illumitunnel::escape::escape(&replayed.request.path),
+            replayed.duration_ms(),
+            original.id,
+            regression::render(report, "      ", sinks.colour),
+        )
+    };
+    ignore_broken_pipe(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
+}
+
+fn name_of(d: &Delivery) -> String {
+    illumitunnel::escape::escape(d.event.as_deref().unwrap_or("-")).into_owned()
+}
+
+fn case_json(original: &Delivery, replayed: &Delivery, report: &Report, recorded: bool) -> Value {
+    let changed = match &report.body {
+        Some(BodyDiff::Json { changed, .. }) => json!(changed),
+        _ => json!([]),
+    };
+    json!({
+        "id": original.id,
+        "event": original.event,
+        "resource_id": original.resource_id,
+        "method": original.request.method,
+        "path": replayed.request.path,
+        "passed": report.passed(),
+        "expected_status": report.expected_status,
+        "status": report.actual_status,
+        "duration_ms": replayed.duration_ms(),
+        "error": report.no_answer,
+        "changed": changed,
+        "diff": (!report.passed()).then(|| regression::render(report, "", false)),
+        "replay_id": recorded.then(|| replayed.id.clone()),
+    })
+}
+
+fn junit_case(original: &Delivery, replayed: &Delivery, report: &Report) -> junit::Case {
+    let name = format!(
+        "{} {} ({})",
+        original
+            .event
+            .as_deref()
+            .unwrap_or(&original.request.method),
+        original
+            .resource_id
+            .as_deref()
+            .unwrap_or(&original.request.path),
+        original.id
+    );
+    let outcome = if report.passed() {
+        junit::Outcome::Passed
+    } else if let Some(why) = &report.no_answer {
+        junit::Outcome::Error {
+            message: format!("no answer from the handler: {why}"),
+        }
+    } else {
+        junit::Outcome::Failed {
+            message: failure_message(report),
+            details: regression::render(report, "", false),
+        }
+    };
+    junit::Case {
+        name,
+        classname: original.event.clone().unwrap_or_else(|| "webhook".into()),
+        seconds: replayed.duration_us as f64 / 1_000_000.0,
+        outcome,
+    }
+}
+
+/// One line: what changed.
+fn failure_message(report: &Report) -> String {
+    let mut parts = Vec::new();
+    if let Some(actual) = report
+        .actual_status
+        .filter(|s| *s != report.expected_status)
+    {
+        parts.push(format!("status {} became {actual}", report.expected_status));
+    }
+    match &report.body {
+        Some(BodyDiff::Json { changed, .. }) => {
+            parts.push(format!("body differs at {}", changed.join(", ")))
+        }
+        Some(_) => parts.push("body differs".into()),
+        None => {}
+    }
+    parts.join("; ")
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut file = illumitunnel::paths::create_private(path).with_context(|| {
+        format!(
+            "could not write {}; check the folder exists and is writable",
+            path.display()
+        )
+    })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .with_context(|| format!("could not write {}", path.display()))
+}
+
+/// `N passed, M failed`: on stdout after the text, on stderr after JSON lines.
+fn summarize(cases: &[junit::Case], sinks: &Sinks) -> anyhow::Result<()> {
+    let failed = cases
+        .iter()
+        .filter(|c| c.outcome != junit::Outcome::Passed)
+        .count();
+    let passed = cases.len() - failed;
+    let line = format!("{passed} passed, {failed} failed");
+    if sinks.json {
+        eprintln!("{line}");
+    } else {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        ignore_broken_pipe(writeln!(out, "\n{line}").and_then(|()| out.flush()))?;
+    }
+    if failed > 0 {
+        return Err(Reported(line).into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_go_under_the_target_once() {
+        assert_eq!(
+            path_under("/", "/webhooks/illumichat"),
+            "/webhooks/illumichat"
+        );
+        assert_eq!(
+            path_under("/webhooks/illumichat", "/webhooks/illumichat"),
+            "/webhooks/illumichat"
+        );
+        assert_eq!(
+            path_under("/webhooks/illumichat", "/webhooks/illumichat/sub"),
+            "/webhooks/illumichat/sub"
+        );
+        assert_eq!(
+            path_under("/v2", "/webhooks/illumichat"),
+            "/v2/webhooks/illumichat"
+        );
+        assert_eq!(path_under("/web", "/webhooks"), "/web/webhooks");
+    }
+}

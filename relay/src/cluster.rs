@@ -1,0 +1,346 @@
+//! The relay cluster (`--cluster nats://… --node-id NAME`): any number of relay nodes behind
+//! one load balancer serve every tunnel, with their shared state in NATS JetStream instead of
+//! `relay.db`. See `docs/cluster.md` for the whole picture; in short:
+//!
+//! | state | where | module |
+//! |---|---|---|
+//! | tunnel ownership | KV `illumitunnel-tunnels`: name → owner hash | [`queue`] |
+//! | presence | KV `illumitunnel-nodes` (heartbeats) and `illumitunnel-presence` (`{tunnel}.{node}`) | [`presence`] |
+//! | offline queue | stream `ILLUMITUNNEL_QUEUE`, subject `illumitunnel.queue.{tunnel}` | [`queue`] |
+//! | dead letters | stream `ILLUMITUNNEL_DEAD`, subject `illumitunnel.dead.{tunnel}` | [`queue`] |
+//! | large bodies | object store `illumitunnel-bodies` | [`Cluster::put_body`] |
+//!
+//! Each tunnel has one **authority**: the live node holding its oldest session. Every node
+//! hands a tunnel's deliveries to its authority over NATS request/reply (subject
+//! `illumitunnel.node.{node}.deliver.{tunnel}`), so one node decides the tunnel's order exactly
+//! as a single relay does: straight to the sessions when live, into the queue behind the
+//! backlog otherwise. With no authority (no session anywhere) the receiving node queues.
+
+pub mod codec;
+pub mod forward;
+pub mod presence;
+pub mod queue;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, kv, object_store, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+
+pub use presence::View;
+
+use crate::queue::QueueLimits;
+
+/// Longest a node waits for NATS when it starts.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a node waits for JetStream to confirm a write (a sender waits that long at most
+/// before hearing 503 when NATS is away).
+pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes kept free in a NATS message for its subject, headers and the head of a delivery.
+const PAYLOAD_SLACK: usize = 64 * 1024;
+/// How long dead letters are kept.
+const DEAD_LETTER_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// KV bucket: tunnel name → owner (as `relay.db` keeps it).
+pub const OWNERS_BUCKET: &str = "illumitunnel-tunnels";
+/// KV bucket: node id → its last heartbeat.
+pub const NODES_BUCKET: &str = "illumitunnel-nodes";
+/// KV bucket: `{tunnel}.{node}` → when that node's first session of the tunnel joined.
+pub const PRESENCE_BUCKET: &str = "illumitunnel-presence";
+/// KV bucket: `{tunnel}.{seq}` → failed attempts of a queued delivery.
+pub const ATTEMPTS_BUCKET: &str = "illumitunnel-attempts";
+/// KV bucket: token hash → label, the tokens `token add --cluster` stored.
+pub const TOKENS_BUCKET: &str = "illumitunnel-tokens";
+/// Object store for bodies larger than a NATS message.
+pub const BODIES_BUCKET: &str = "illumitunnel-bodies";
+/// Stream of queued deliveries.
+pub const QUEUE_STREAM: &str = "ILLUMITUNNEL_QUEUE";
+/// Stream of dead letters.
+pub const DEAD_STREAM: &str = "ILLUMITUNNEL_DEAD";
+
+/// Where the cluster's NATS servers are and who this node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:port`).
+    pub servers: Vec<String>,
+    /// This node's id, unique in the cluster.
+    pub node_id: String,
+}
+
+/// The cluster could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS did not answer.
+    #[error("could not reach NATS at {servers}: {cause}; start nats-server with JetStream (-js) or fix --cluster")]
+    Unreachable {
+        /// The servers tried.
+        servers: String,
+        /// What failed.
+        cause: String,
+    },
+    /// JetStream refused to set up a bucket or stream.
+    #[error("could not set up JetStream {what}: {cause}; is JetStream enabled (nats-server -js)?")]
+    Setup {
+        /// The bucket or stream.
+        what: &'static str,
+        /// What failed.
+        cause: String,
+    },
+}
+
+/// A node's connection to the cluster and the buckets and streams it uses.
+pub struct Cluster {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    node: String,
+    pub(crate) owners: kv::Store,
+    pub(crate) nodes: kv::Store,
+    pub(crate) presence: kv::Store,
+    pub(crate) attempts: kv::Store,
+    pub(crate) tokens: kv::Store,
+    pub(crate) queue: stream::Stream,
+    pub(crate) dead: stream::Stream,
+    bodies: object_store::ObjectStore,
+    view: Arc<View>,
+    max_payload: usize,
+    /// The tunnels whose presence this node has published.
+    published: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
+    /// Queue sequence → object name, for heads whose body was stored aside.
+    stored_bodies: std::sync::Mutex<std::collections::HashMap<u64, String>>,
+}
+
+impl Cluster {
+    /// Connects to NATS (waiting up to [`CONNECT_TIMEOUT`]) and creates the buckets and
+    /// streams that do not exist yet; those that do keep an operator's changes (replicas).
+    pub async fn connect(
+        config: &ClusterConfig,
+        limits: QueueLimits,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let client = connect_nats(config).await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(JETSTREAM_TIMEOUT)
+            .build(client.clone());
+        let bucket = |bucket: &str, max_age: Duration| kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let owners = key_value(&js, bucket(OWNERS_BUCKET, Duration::ZERO), "KV bucket").await?;
+        let nodes = key_value(
+            &js,
+            bucket(NODES_BUCKET, presence::NODE_KEY_AGE),
+            "KV bucket",
+        )
+        .await?;
+        let presence = key_value(&js, bucket(PRESENCE_BUCKET, Duration::ZERO), "KV bucket").await?;
+        let attempts = key_value(&js, bucket(ATTEMPTS_BUCKET, limits.max_age), "KV bucket").await?;
+        let tokens = key_value(&js, bucket(TOKENS_BUCKET, Duration::ZERO), "KV bucket").await?;
+        let queue = js
+            .get_or_create_stream(stream::Config {
+                name: QUEUE_STREAM.into(),
+                subjects: vec![format!("{}.>", queue::QUEUE_SUBJECT)],
+                max_messages_per_subject: i64::try_from(limits.max_count).unwrap_or(i64::MAX),
+                max_bytes: i64::try_from(limits.max_total_bytes).unwrap_or(i64::MAX),
+                max_age: limits.max_age,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup("stream", e))?;
+        let dead = js
+            .get_or_create_stream(stream::Config {
+                name: DEAD_STREAM.into(),
+                subjects: vec![format!("{}.>", queue::DEAD_SUBJECT)],
+                max_bytes: i64::try_from(limits.max_total_bytes).unwrap_or(i64::MAX),
+                max_age: DEAD_LETTER_AGE,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup("stream", e))?;
+        let bodies = match js.get_object_store(BODIES_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: BODIES_BUCKET.into(),
+                    max_age: limits.max_age,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| setup("object store", e))?,
+        };
+        let max_payload = client.server_info().max_payload;
+        Ok(Arc::new(Cluster {
+            client,
+            js,
+            view: Arc::new(View::new(config.node_id.clone())),
+            node: config.node_id.clone(),
+            owners,
+            nodes,
+            presence,
+            attempts,
+            tokens,
+            queue,
+            dead,
+            bodies,
+            max_payload,
+            stored_bodies: Default::default(),
+            published: tokio::sync::watch::Sender::new(Default::default()),
+        }))
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Which node holds which tunnel's sessions, as this node last heard.
+    pub fn view(&self) -> &Arc<View> {
+        &self.view
+    }
+
+    /// The NATS connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Waits (up to `within`) until this node's presence for `tunnel` is in NATS, so the
+    /// other nodes route its deliveries here from the client's first moment.
+    pub async fn announced(&self, tunnel: &str, within: Duration) {
+        let mut published = self.published.subscribe();
+        let _ = tokio::time::timeout(within, published.wait_for(|p| p.contains(tunnel))).await;
+    }
+
+    /// Reads `tunnel`'s holders from NATS itself (the view may lag by a watch delivery) and
+    /// returns its authority. For deliveries about to be queued: one more read there is
+    /// cheap next to the queue write.
+    pub async fn authority_now(&self, tunnel: &str) -> Option<String> {
+        let filter = format!("{}{tunnel}.*", self.presence.prefix);
+        if let Ok(mut subjects) = self.presence.stream.info_with_subjects(filter).await {
+            while let Some(Ok((subject, _))) = subjects.next().await {
+                let Some(key) = subject.strip_prefix(&self.presence.prefix) else {
+                    continue;
+                };
+                let Some(node) = key.rsplit('.').next() else {
+                    continue;
+                };
+                if let Ok(entry) = self.presence.get(key).await {
+                    let since = entry
+                        .as_deref()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.parse().ok());
+                    self.view.set_held(tunnel, node, since);
+                }
+            }
+        }
+        self.view.authority(tunnel)
+    }
+
+    pub(crate) fn set_published(&self, published: std::collections::HashSet<String>) {
+        self.published.send_replace(published);
+    }
+
+    /// Whether NATS is reachable right now.
+    pub fn is_reachable(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Whether a message of `len` bytes fits NATS's payload limit with room to spare.
+    pub fn fits(&self, len: usize) -> bool {
+        len + PAYLOAD_SLACK <= self.max_payload
+    }
+
+    /// Stores a body too large for a message under `name`.
+    pub async fn put_body(&self, name: &str, body: &[u8]) -> Result<(), String> {
+        let mut reader = body;
+        self.bodies
+            .put(name, &mut reader)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("could not store a large body in NATS: {e}"))
+    }
+
+    /// Reads a body stored by [`put_body`](Self::put_body).
+    pub async fn get_body(&self, name: &str) -> Result<Bytes, String> {
+        let mut object = self
+            .bodies
+            .get(name)
+            .await
+            .map_err(|e| format!("could not read a large body from NATS: {e}"))?;
+        let mut body = Vec::new();
+        object
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| format!("could not read a large body from NATS: {e}"))?;
+        Ok(Bytes::from(body))
+    }
+
+    fn stored_bodies(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, String>> {
+        // Inserts and removes only.
+        self.stored_bodies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Deletes a stored body; a failure only leaves it to the bucket's age limit.
+    pub async fn drop_body(&self, name: &str) {
+        if let Err(err) = self.bodies.delete(name).await {
+            tracing::debug!(%err, name, "could not delete a stored body; it expires with the bucket's age limit");
+        }
+    }
+}
+
+async fn connect_nats(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+    let servers = config.servers.join(",");
+    let unreachable = |cause: String| ClusterError::Unreachable {
+        servers: servers.clone(),
+        cause,
+    };
+    let addrs = config
+        .servers
+        .iter()
+        .map(|s| s.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreachable(e.to_string()))?;
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("illumitunnel-relay {}", config.node_id))
+        .connection_timeout(CONNECT_TIMEOUT)
+        // Reconnects go on for ever, a few seconds apart at most.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(2_000))
+        });
+    tokio::time::timeout(CONNECT_TIMEOUT, options.connect(addrs))
+        .await
+        .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| unreachable(e.to_string()))
+}
+
+async fn key_value(
+    js: &jetstream::Context,
+    config: kv::Config,
+    what: &'static str,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(config)
+        .await
+        .map_err(|e| setup(what, e))
+}
+
+fn setup(what: &'static str, cause: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Setup {
+        what,
+        cause: cause.to_string(),
+    }
+}

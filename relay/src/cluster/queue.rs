@@ -1,0 +1,280 @@
+//! The offline queue and tunnel ownership in JetStream: the same operations as `relay.db`,
+//! so the tunnel's drain does not know which one it talks to.
+//!
+//! - A queued delivery is a message on `illumitunnel.queue.{tunnel}` in [`QUEUE_STREAM`]
+//!   (file storage), published with an acknowledgement before the sender hears 202. Its
+//!   stream sequence is its place in the queue; the head is the first message on the subject.
+//! - It leaves only when the client says `Recorded` (the drain deletes the message), so a node
+//!   that dies mid-drain leaves it for the next authority: at least once, in order.
+//! - Failed attempts are counted in `illumitunnel-attempts` under `{tunnel}.{seq}`; the third
+//!   moves the message to `illumitunnel.dead.{tunnel}` in [`DEAD_STREAM`].
+//! - Limits: `--queue-max-count` is the stream's per-subject limit, `--queue-max-total-bytes`
+//!   its byte limit (both refuse new messages), `--queue-max-age` its age limit.
+//!
+//! [`QUEUE_STREAM`]: super::QUEUE_STREAM
+//! [`DEAD_STREAM`]: super::DEAD_STREAM
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use futures_util::StreamExt;
+use tracing::debug;
+
+use super::codec::{decode_delivery, encode_delivery};
+use super::Cluster;
+use crate::auth::{decide, Claim, Owner};
+use crate::queue::{Backlog, Limit, QueueError, QueueLimits, QueuedDelivery, Row};
+
+/// Subject prefix of queued deliveries.
+pub const QUEUE_SUBJECT: &str = "illumitunnel.queue";
+/// Subject prefix of dead letters.
+pub const DEAD_SUBJECT: &str = "illumitunnel.dead";
+/// Subject prefix a node publishes on after queueing, to wake the tunnel's authority.
+pub const PUSHED_SUBJECT: &str = "illumitunnel.pushed";
+/// Header of a dead letter: why it was set aside.
+const REASON_HEADER: &str = "Illumitunnel-Reason";
+/// Most times a claim retries after losing a race for the same name.
+const CLAIM_RACES: usize = 3;
+
+fn queue_subject(tunnel: &str) -> String {
+    format!("{QUEUE_SUBJECT}.{tunnel}")
+}
+
+fn unavailable(err: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(format!("NATS: {err}"))
+}
+
+impl Cluster {
+    /// Claims `tunnel` by the one ownership rule, against the owners bucket: a free name is
+    /// created atomically, so two nodes cannot both grant it.
+    pub async fn claim(
+        &self,
+        tunnel: &str,
+        presented: Option<Owner>,
+        fresh: Owner,
+    ) -> Result<Claim, QueueError> {
+        for _ in 0..CLAIM_RACES {
+            let entry = self.owners.entry(tunnel).await.map_err(unavailable)?;
+            let current = entry.as_ref().filter(|e| !e.value.is_empty());
+            let owner = match current {
+                None => None,
+                Some(e) => match std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(Owner::parse_key)
+                {
+                    Some(owner) => Some(owner),
+                    // An owner this relay cannot read is nobody it could hand the tunnel to.
+                    None => return Ok(Claim::Taken),
+                },
+            };
+            let claim = decide(owner, presented, fresh);
+            let Claim::Claimed(new) = claim else {
+                return Ok(claim);
+            };
+            let written = match entry {
+                None => self
+                    .owners
+                    .create(tunnel, new.key().into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.kind() == CreateErrorKind::AlreadyExists),
+                Some(e) => self
+                    .owners
+                    .update(tunnel, new.key().into(), e.revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.kind() == UpdateErrorKind::WrongLastRevision),
+            };
+            match written {
+                Ok(_) => return Ok(claim),
+                // Another node wrote first: decide again against what it wrote.
+                Err(true) => continue,
+                Err(false) => return Err(unavailable("could not record the tunnel's owner")),
+            }
+        }
+        Ok(Claim::Taken)
+    }
+
+    /// Queues a delivery; returns once JetStream has stored it, then wakes the authority.
+    pub async fn push(
+        &self,
+        tunnel: &str,
+        delivery: QueuedDelivery,
+        limits: QueueLimits,
+    ) -> Result<(), QueueError> {
+        if !self.is_reachable() {
+            // A publish buffered until NATS is back would be queued after the sender heard
+            // 503; refuse before anything leaves instead.
+            return Err(unavailable("not connected"));
+        }
+        let body_ref = if self.fits(delivery.body.len()) {
+            None
+        } else {
+            let name = format!("queued-{}", delivery.id);
+            self.put_body(&name, &delivery.body)
+                .await
+                .map_err(QueueError::Storage)?;
+            Some(name)
+        };
+        let message = encode_delivery(&delivery, body_ref);
+        let jetstream = self.jetstream();
+        let acked = match jetstream.publish(queue_subject(tunnel), message).await {
+            Ok(ack) => ack.await,
+            Err(err) => return Err(unavailable(err)),
+        };
+        if let Err(err) = acked {
+            let text = err.to_string();
+            return Err(if text.contains("maximum messages per subject") {
+                QueueError::Full {
+                    tunnel: tunnel.to_owned(),
+                    limit: Limit::Count(limits.max_count),
+                }
+            } else if text.contains("maximum bytes") {
+                QueueError::Full {
+                    tunnel: tunnel.to_owned(),
+                    limit: Limit::TotalBytes(limits.max_total_bytes),
+                }
+            } else if err.kind() == PublishErrorKind::TimedOut {
+                unavailable("JetStream did not confirm in time")
+            } else {
+                unavailable(err)
+            });
+        }
+        let _ = self
+            .client()
+            .publish(format!("{PUSHED_SUBJECT}.{tunnel}"), Default::default())
+            .await;
+        Ok(())
+    }
+
+    /// What a connecting session hears: how many wait, and how many were set aside.
+    pub async fn backlog(&self, tunnel: &str) -> Result<Backlog, QueueError> {
+        Ok(Backlog {
+            queued: count(&self.queue, &queue_subject(tunnel)).await?,
+            // JetStream drops aged messages by itself and does not say how many.
+            expired: 0,
+            dead_letters: count(&self.dead, &format!("{DEAD_SUBJECT}.{tunnel}")).await?,
+        })
+    }
+
+    /// The oldest delivery in `tunnel`'s queue.
+    pub async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
+        let message = match self
+            .queue
+            .get_first_raw_message_by_subject(queue_subject(tunnel), 1)
+            .await
+        {
+            Ok(message) => message,
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(err) => return Err(unavailable(err)),
+        };
+        let seq = message.sequence;
+        let frame = decode_delivery(&message.payload)
+            .map_err(|e| QueueError::Storage(format!("queued delivery {seq}: {e}")))?;
+        let mut delivery = frame.delivery;
+        if let Some(name) = frame.body_ref {
+            delivery.body = self.get_body(&name).await.map_err(QueueError::Storage)?;
+            self.stored_bodies().insert(seq, name);
+        }
+        let attempts = match self.attempts.get(attempts_key(tunnel, seq)).await {
+            Ok(Some(v)) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            Ok(None) => 0,
+            Err(err) => return Err(unavailable(err)),
+        };
+        Ok(Some(Row {
+            seq: i64::try_from(seq).unwrap_or(i64::MAX),
+            attempts,
+            delivery,
+        }))
+    }
+
+    /// Drops the recorded delivery at `seq` (and its stored body and attempt count).
+    pub async fn remove(&self, tunnel: &str, seq: i64) -> Result<bool, QueueError> {
+        let seq = seq.max(0) as u64;
+        let body_ref = self.stored_bodies().remove(&seq);
+        let removed = self.queue.delete_message(seq).await.map_err(unavailable)?;
+        let _ = self.attempts.purge(attempts_key(tunnel, seq)).await;
+        if let Some(name) = body_ref {
+            self.drop_body(&name).await;
+        }
+        Ok(removed)
+    }
+
+    /// Counts a failed attempt of the delivery at `seq`; returns the count.
+    pub async fn attempt_failed(&self, tunnel: &str, seq: i64) -> Result<u32, QueueError> {
+        let key = attempts_key(tunnel, seq.max(0) as u64);
+        let before: u32 = match self.attempts.get(&key).await.map_err(unavailable)? {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            None => 0,
+        };
+        let after = before + 1;
+        self.attempts
+            .put(&key, after.to_string().into())
+            .await
+            .map_err(unavailable)?;
+        Ok(after)
+    }
+
+    /// Moves the delivery at `seq` to the dead letters with `reason`.
+    pub async fn dead_letter(
+        &self,
+        tunnel: &str,
+        seq: i64,
+        reason: String,
+    ) -> Result<bool, QueueError> {
+        let seq = seq.max(0) as u64;
+        let message = match self.queue.get_raw_message(seq).await {
+            Ok(message) => message,
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => return Ok(false),
+            Err(err) => return Err(unavailable(err)),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(REASON_HEADER, reason.as_str());
+        self.jetstream()
+            .publish_with_headers(format!("{DEAD_SUBJECT}.{tunnel}"), headers, message.payload)
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        // The stored body, if any, stays with the dead letter until the bucket's age limit.
+        let removed = self.queue.delete_message(seq).await.map_err(unavailable)?;
+        let _ = self.attempts.purge(attempts_key(tunnel, seq)).await;
+        Ok(removed)
+    }
+
+    fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.js
+    }
+}
+
+fn attempts_key(tunnel: &str, seq: u64) -> String {
+    format!("{tunnel}.{seq}")
+}
+
+/// Messages on `subject` in `stream`.
+async fn count(
+    stream: &async_nats::jetstream::stream::Stream,
+    subject: &str,
+) -> Result<u64, QueueError> {
+    let mut info = stream
+        .info_with_subjects(subject)
+        .await
+        .map_err(unavailable)?;
+    let mut total = 0;
+    while let Some(entry) = info.next().await {
+        match entry {
+            Ok((_, n)) => total += n as u64,
+            Err(err) => {
+                debug!(%err, subject, "could not count queued messages");
+                return Err(unavailable(err));
+            }
+        }
+    }
+    Ok(total)
+}

