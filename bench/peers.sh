@@ -14,6 +14,7 @@
 #   REPEATS=3 DURATION=5 WARMUP=1        repeats of the whole set; measured / unrecorded seconds
 #   CONCURRENCIES="1 32 1c"              senders; "1c" = one sender, a new connection per webhook
 #   ILLUMI_RELAY, ILLUMI_CLIENT          binaries (default: target/release, built if missing)
+#   ILLUMI_RELAY_B, ILLUMI_CLIENT_B      a second build, run as the entry illumitunnel-b
 #   BORE, RATHOLE, WRK, NGINX            other binaries; OUT_DIR where logs and results go
 #
 # Repeats are interleaved: each repeat runs direct and then every tool, in an order rotated by
@@ -31,6 +32,8 @@ WRK=${WRK:-$(command -v wrk || echo /usr/bin/wrk)}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 ILLUMI_RELAY=${ILLUMI_RELAY:-}
 ILLUMI_CLIENT=${ILLUMI_CLIENT:-}
+ILLUMI_RELAY_B=${ILLUMI_RELAY_B:-}
+ILLUMI_CLIENT_B=${ILLUMI_CLIENT_B:-}
 
 TUNNELS=${TUNNELS-"bore rathole illumitunnel"}
 REPEATS=${REPEATS:-3}
@@ -200,6 +203,11 @@ start_illumi() {
 }
 start_illumitunnel() { start_illumi "$1" --http http; }
 start_illumitunnel-tls() { start_illumi "$1" --self-signed https; }
+# Another build beside the current one in the same run (before/after a change):
+# ILLUMI_RELAY_B, ILLUMI_CLIENT_B name its binaries.
+start_illumitunnel-b() {
+  ILLUMI_RELAY=$ILLUMI_RELAY_B ILLUMI_CLIENT=$ILLUMI_CLIENT_B start_illumi "$1" --http http
+}
 
 # measure TOOL REP CONC URL SERVER_PID CLIENT_PID — one JSON line into results.jsonl
 measure() {
@@ -324,29 +332,29 @@ print("Mean over repeats, (min–max) in brackets. ×direct and added latency ar
 loads = [r["load"] for r in ok]
 if loads: print("Load average (1 min) at the end of each window: %.1f–%.1f." % (min(loads), max(loads)))
 print()
-me = next((t for t in tools if t.startswith("illumitunnel")), None)
-if me is None: sys.exit()
 def verdict(xs, ok_fn):
     if not xs: return "not measured"
     return "pass" if ok_fn(st.mean(xs)) else "**miss**"
-lines = []
-d50 = paired(me, "direct", "1", lambda a, b: (a["p50_us"] - b["p50_us"]) / 1e3)
-d99 = paired(me, "direct", "1", lambda a, b: (a["p99_us"] - b["p99_us"]) / 1e3)
-lines.append(("c=1 added median (direct as baseline)", span(d50, "%+.3f ms"), "≤ 0.15 ms", verdict(d50, lambda m: m <= 0.15)))
-lines.append(("c=1 added p99", span(d99, "%+.3f ms"), "≤ 0.5 ms", verdict(d99, lambda m: m <= 0.5)))
-for peer in ("bore", "rathole"):
-    x = paired(me, peer, "32", lambda a, b: a["rps"] / b["rps"])
-    lines.append(("c=32 req/s, × %s (same repeat)" % peer, span(x, "%.2f×"),
-                  "≥ 0.85× bore" if peer == "bore" else "–", verdict(x, lambda m: m >= 0.85) if peer == "bore" else "–"))
-    y = paired(me, peer, "32", lambda a, b: cpu(a) / cpu(b))
-    lines.append(("c=32 tunnel CPU per request, × %s" % peer, span(y, "%.2f×"),
-                  "≤ 1.5× bore" if peer == "bore" else "–", verdict(y, lambda m: m <= 1.5) if peer == "bore" else "–"))
-    z = paired(me, peer, "1c", lambda a, b: a["rps"] / b["rps"])
-    lines.append(("1c req/s (new connection per webhook), × %s" % peer, span(z, "%.2f×"), "> 1× (ahead)",
-                  verdict(z, lambda m: m > 1.0)))
-print("| figure (%s) | measured, mean (min–max) | SPEC target | verdict |" % me)
-print("|---|---:|---|---|")
-for l in lines: print("| %s | %s | %s | %s |" % l)
+for me in [t for t in tools if t.startswith("illumitunnel")]:
+    lines = []
+    d50 = paired(me, "direct", "1", lambda a, b: (a["p50_us"] - b["p50_us"]) / 1e3)
+    d99 = paired(me, "direct", "1", lambda a, b: (a["p99_us"] - b["p99_us"]) / 1e3)
+    lines.append(("c=1 added median (direct as baseline)", span(d50, "%+.3f ms"), "≤ 0.15 ms", verdict(d50, lambda m: m <= 0.15)))
+    lines.append(("c=1 added p99", span(d99, "%+.3f ms"), "≤ 0.5 ms", verdict(d99, lambda m: m <= 0.5)))
+    for peer in ("bore", "rathole"):
+        x = paired(me, peer, "32", lambda a, b: a["rps"] / b["rps"])
+        lines.append(("c=32 req/s, × %s (same repeat)" % peer, span(x, "%.2f×"),
+                      "≥ 0.85× bore" if peer == "bore" else "–", verdict(x, lambda m: m >= 0.85) if peer == "bore" else "–"))
+        y = paired(me, peer, "32", lambda a, b: cpu(a) / cpu(b))
+        lines.append(("c=32 tunnel CPU per request, × %s" % peer, span(y, "%.2f×"),
+                      "≤ 1.5× bore" if peer == "bore" else "–", verdict(y, lambda m: m <= 1.5) if peer == "bore" else "–"))
+        z = paired(me, peer, "1c", lambda a, b: a["rps"] / b["rps"])
+        lines.append(("1c req/s (new connection per webhook), × %s" % peer, span(z, "%.2f×"), "> 1× (ahead)",
+                      verdict(z, lambda m: m > 1.0)))
+    print("| figure (%s) | measured, mean (min–max) | SPEC target | verdict |" % me)
+    print("|---|---:|---|---|")
+    for l in lines: print("| %s | %s | %s | %s |" % l)
+    print()
 EOF
 }
 

@@ -73,8 +73,7 @@ pub fn measure(
         )
     };
     let (a, b) = (node("a")?, node("b")?);
-    let (client, on_a) =
-        stack::start_client(bins, &a, Ingress::Http, "cluster", target, dir, rt)?;
+    let (client, on_a) = stack::start_client(bins, &a, Ingress::Http, "cluster", target, dir, rt)?;
     let on_b = Endpoint::http(b.addr, "/t/cluster");
     stack::wait_until_forwarding(&on_b, rt, &mut [])?;
     let single = stack::start_tunnel(bins, Ingress::Http, "single", target, dir, &[], rt)?;
@@ -119,9 +118,17 @@ pub fn measure(
             }
             runs.single
                 .push(rt.block_on(load::run(&s.endpoint, body, 1, false, secs))?);
-            let before: u64 = s.pids.iter().map(|p| proc::cpu_ticks(*p)).sum::<Result<u64>>()?;
+            let before: u64 = s
+                .pids
+                .iter()
+                .map(|p| proc::cpu_ticks(*p))
+                .sum::<Result<u64>>()?;
             let run = rt.block_on(load::run(&s.endpoint, body, conc, false, secs))?;
-            let after: u64 = s.pids.iter().map(|p| proc::cpu_ticks(*p)).sum::<Result<u64>>()?;
+            let after: u64 = s
+                .pids
+                .iter()
+                .map(|p| proc::cpu_ticks(*p))
+                .sum::<Result<u64>>()?;
             runs.cpu_us.push(if s.pids.is_empty() {
                 f64::NAN
             } else {

@@ -108,10 +108,7 @@ async fn handshake(relay: SocketAddr, from: SocketAddr, tunnel: &str) -> Result<
     socket
         .bind(from)
         .with_context(|| format!("could not bind {from}"))?;
-    let tcp = socket
-        .connect(relay)
-        .await
-        .context("could not connect")?;
+    let tcp = socket.connect(relay).await.context("could not connect")?;
     tcp.set_nodelay(true)?;
     // small buffers: this side is not what is measured
     let config = WebSocketConfig {
