@@ -295,8 +295,14 @@ mod tests {
     #[test]
     fn data_id_is_read_in_one_pass_with_the_old_answers() {
         let id = |body: &[u8]| Envelope::parse(body).map(|e| e.resource_id);
-        assert_eq!(id(br#"{"event":"x","data":{"a":[1,{"id":2}],"\u0069d":"t1"}}"#), Some(Some("t1".into())));
-        assert_eq!(id(br#"{"event":"x","data":{"id":"a","id":"b"}}"#), Some(None));
+        assert_eq!(
+            id(br#"{"event":"x","data":{"a":[1,{"id":2}],"\u0069d":"t1"}}"#),
+            Some(Some("t1".into()))
+        );
+        assert_eq!(
+            id(br#"{"event":"x","data":{"id":"a","id":"b"}}"#),
+            Some(None)
+        );
         assert_eq!(id(br#"{"event":"x","data":["id","x"]}"#), Some(None));
         assert_eq!(id(br#"{"event":"x","data":null}"#), Some(None));
         assert_eq!(id(br#"{"event":"x","data":{"id":{"deep":1}}}"#), Some(None));

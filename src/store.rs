@@ -154,7 +154,11 @@ impl CaptureStore {
         // deliveries rewrites (index leaves, the table's last page) are copied once per
         // checkpoint, so fewer checkpoints copy far less (docs/benchmarks.md).
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BYTES / page_size.max(512))?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            CHECKPOINT_BYTES / page_size.max(512),
+        )?;
         let mut store = CaptureStore {
             conn,
             path: path.to_path_buf(),
