@@ -110,13 +110,7 @@ impl Envelope {
             event: raw.event?.into_owned(),
             timestamp: raw.timestamp.and_then(Scalar::into_string),
             workspace_id: raw.workspace_id.and_then(Scalar::into_string),
-            resource_id: raw
-                .data
-                // A derived struct also reads from an array: `"data":["x"]` has no `data.id`.
-                .filter(|d| d.get().trim_start().starts_with('{'))
-                .and_then(|d| serde_json::from_str::<RawData<'_>>(d.get()).ok())
-                .and_then(|d| d.id)
-                .and_then(Scalar::into_string),
+            resource_id: raw.data.and_then(|d| d.0).and_then(Scalar::into_string),
         })
     }
 
@@ -140,13 +134,91 @@ struct RawEnvelope<'a> {
     #[serde(borrow, rename = "workspaceId")]
     workspace_id: Option<Scalar<'a>>,
     #[serde(borrow)]
-    data: Option<&'a serde_json::value::RawValue>,
+    data: Option<DataId<'a>>,
 }
 
-#[derive(serde::Deserialize)]
-struct RawData<'a> {
-    #[serde(borrow)]
-    id: Option<Scalar<'a>>,
+/// `data.id`, read in the same pass as the rest of the envelope (`data` is most of a payload;
+/// reading it once as a raw value and again for its id scanned it twice). `None` when `data` is
+/// not an object, has no `id`, or has `id` twice.
+struct DataId<'a>(Option<Scalar<'a>>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for DataId<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DataIdVisitor(std::marker::PhantomData))
+    }
+}
+
+struct DataIdVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for DataIdVisitor<'a> {
+    type Value = DataId<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut twice) = (None, false);
+        while let Some(IsId(is_id)) = map.next_key()? {
+            if !is_id {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else if id.is_some() {
+                twice = true;
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else {
+                id = Some(map.next_value::<Scalar<'a>>()?);
+            }
+        }
+        Ok(DataId(if twice { None } else { id }))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(DataId(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(DataId(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(DataId(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(DataId(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(DataId(None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(DataId(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(DataId(None))
+    }
+}
+
+/// A key of `data`: whether it is `id` (escaped or not), without keeping it.
+struct IsId(bool);
+
+impl<'de> serde::Deserialize<'de> for IsId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = IsId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<IsId, E> {
+                Ok(IsId(key == "id"))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
 }
 
 /// A field the envelope reads as text: a string (`event` must be one), or a number for ids.
@@ -218,6 +290,24 @@ mod tests {
         assert_eq!(numeric.resource_id.as_deref(), Some("42"));
         let no_id = Envelope::parse(br#"{"event":"x","timestamp":"t"}"#).unwrap();
         assert_eq!(no_id.dedup_key(), None);
+    }
+
+    #[test]
+    fn data_id_is_read_in_one_pass_with_the_old_answers() {
+        let id = |body: &[u8]| Envelope::parse(body).map(|e| e.resource_id);
+        assert_eq!(
+            id(br#"{"event":"x","data":{"a":[1,{"id":2}],"\u0069d":"t1"}}"#),
+            Some(Some("t1".into()))
+        );
+        assert_eq!(
+            id(br#"{"event":"x","data":{"id":"a","id":"b"}}"#),
+            Some(None)
+        );
+        assert_eq!(id(br#"{"event":"x","data":["id","x"]}"#), Some(None));
+        assert_eq!(id(br#"{"event":"x","data":null}"#), Some(None));
+        assert_eq!(id(br#"{"event":"x","data":{"id":{"deep":1}}}"#), Some(None));
+        // Broken JSON inside `data` is still no envelope at all.
+        assert_eq!(id(br#"{"event":"x","data":{"id":"a",}}"#), None);
     }
 
     #[test]

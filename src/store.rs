@@ -113,6 +113,12 @@ pub struct Counts {
 
 /// `PRAGMA auto_vacuum` value for incremental vacuum.
 const AUTO_VACUUM_INCREMENTAL: i64 = 2;
+/// Page size of a new store. A delivery row is ~3 KB: with SQLite's 4 KiB pages a commit of
+/// 150 deliveries wrote ~280 WAL frames (two `pwrite`s each) and read ~70 pages back; 16 KiB
+/// pages cut both threefold for the same bytes (docs/benchmarks.md, "capture store").
+const PAGE_SIZE: i64 = 16 * 1024;
+/// WAL bytes between automatic checkpoints.
+const CHECKPOINT_BYTES: i64 = 32 * 1024 * 1024;
 
 /// An open capture store.
 pub struct CaptureStore {
@@ -136,7 +142,10 @@ impl CaptureStore {
         create_private(path).map_err(|e| open_err(e.to_string()))?;
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // Only takes effect on a file with no tables yet; older stores switch in `migrate`.
+        // Both only take effect on a file with no tables yet, page size first (setting
+        // auto_vacuum fixes it); older stores switch to incremental vacuum in `migrate` and
+        // keep their page size.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_err(e.to_string()))?;
@@ -144,7 +153,12 @@ impl CaptureStore {
         // Checkpoint every ~32 MiB of WAL instead of SQLite's 4 MiB: the pages a burst of
         // deliveries rewrites (index leaves, the table's last page) are copied once per
         // checkpoint, so fewer checkpoints copy far less (docs/benchmarks.md).
-        conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            CHECKPOINT_BYTES / page_size.max(512),
+        )?;
         let mut store = CaptureStore {
             conn,
             path: path.to_path_buf(),

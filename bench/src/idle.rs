@@ -1,15 +1,18 @@
 //! Idle clients: many websocket sessions opened the way `illumitunnel listen` opens one
 //! (upgrade at [`CONNECT_PATH`], `Hello`, wait for `Welcome`), each on a tunnel of its own,
 //! then held open and answering the relay's keepalive pings.
+//!
+//! One source address reaches one relay port from at most ~28,000 ephemeral ports, so sessions
+//! are spread over loopback source addresses (127.0.0.2, 127.0.0.3, …), [`PER_SOURCE`] each.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use illumitunnel::protocol::{ClientMessage, RelayMessage, CONNECT_PATH, PROTOCOL_VERSION};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -17,6 +20,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Longest one session may take to be welcomed.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+/// Sessions opened from one loopback source address (fewer than its ephemeral ports).
+pub const PER_SOURCE: usize = 20_000;
+
+/// The loopback source address of session `i`.
+fn source(i: usize) -> SocketAddr {
+    let host = u8::try_from(2 + i / PER_SOURCE).unwrap_or(u8::MAX);
+    SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0))
+}
 
 /// Sessions held open until this is dropped.
 pub struct IdleSessions {
@@ -48,7 +59,8 @@ pub async fn open(relay: SocketAddr, n: usize, parallel: usize, prefix: &str) ->
         let tunnel = format!("{prefix}-{i:05}");
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await;
-            let opened = tokio::time::timeout(HELLO_TIMEOUT, handshake(relay, &tunnel)).await;
+            let opened =
+                tokio::time::timeout(HELLO_TIMEOUT, handshake(relay, source(i), &tunnel)).await;
             drop(permit);
             let mut ws = match opened {
                 Ok(Ok(ws)) => {
@@ -91,10 +103,12 @@ pub async fn open(relay: SocketAddr, n: usize, parallel: usize, prefix: &str) ->
 
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
-async fn handshake(relay: SocketAddr, tunnel: &str) -> Result<Ws> {
-    let tcp = TcpStream::connect(relay)
-        .await
-        .context("could not connect")?;
+async fn handshake(relay: SocketAddr, from: SocketAddr, tunnel: &str) -> Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    socket
+        .bind(from)
+        .with_context(|| format!("could not bind {from}"))?;
+    let tcp = socket.connect(relay).await.context("could not connect")?;
     tcp.set_nodelay(true)?;
     // small buffers: this side is not what is measured
     let config = WebSocketConfig {

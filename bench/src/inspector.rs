@@ -154,8 +154,9 @@ impl Inspector {
     }
 
     /// Presses `k`/`j` alternately `n` times, each once the screen has settled, and returns the
-    /// time from the key reaching the terminal to the first output drawn after it, plus the
-    /// number of keys that drew nothing within a second.
+    /// time from the key reaching the terminal to the first output drawn after it (a key that
+    /// drew nothing within [`KEY_TIMEOUT`] counts as that long, so it weighs in the p99 instead
+    /// of dropping out of it), plus the number of such keys.
     pub fn keypress_latencies(&mut self, n: usize) -> Result<(Vec<Duration>, usize)> {
         let (Some(stdin), Some(frames)) = (self.stdin.as_mut(), self.frames.as_ref()) else {
             bail!("the inspector is not running in a terminal");
@@ -170,7 +171,10 @@ impl Inspector {
             stdin.flush()?;
             match frames.recv_timeout(KEY_TIMEOUT) {
                 Ok(at) => took.push(at.saturating_duration_since(t0)),
-                Err(RecvTimeoutError::Timeout) => missed += 1,
+                Err(RecvTimeoutError::Timeout) => {
+                    missed += 1;
+                    took.push(KEY_TIMEOUT);
+                }
                 Err(RecvTimeoutError::Disconnected) => bail!("the terminal closed"),
             }
         }

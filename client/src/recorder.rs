@@ -368,17 +368,24 @@ impl Writer {
         for ((d, outcome), waiter) in deliveries.into_iter().zip(outcomes).zip(waiters) {
             match outcome {
                 Ok(is_new) => {
-                    if is_new && !covered {
-                        self.show(ListenEvent::Delivery(Box::new(d.clone())));
-                    }
+                    let shown = is_new && !covered;
+                    // Only a replay needs the delivery back; every other one moves to the screen
+                    // instead of being copied (headers and strings are a dozen allocations).
                     match waiter {
-                        Waiter::Nobody => {}
-                        Waiter::Session(tx) => {
-                            let _ = tx.send(Ok(()));
-                        }
                         Waiter::Replay(tx) => {
+                            if shown {
+                                self.show(ListenEvent::Delivery(Box::new(d.clone())));
+                            }
                             let _ = tx.send(Ok(d));
                         }
+                        Waiter::Session(tx) => {
+                            if shown {
+                                self.show(ListenEvent::Delivery(Box::new(d)));
+                            }
+                            let _ = tx.send(Ok(()));
+                        }
+                        Waiter::Nobody if shown => self.show(ListenEvent::Delivery(Box::new(d))),
+                        Waiter::Nobody => {}
                     }
                 }
                 Err(sentence) => {

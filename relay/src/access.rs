@@ -144,33 +144,44 @@ fn hashes(tokens: &[Token]) -> Vec<[u8; 32]> {
 }
 
 /// Runs a session like [`session::run`], closing it when its token is revoked.
-pub(crate) async fn run_session<S>(
+pub(crate) fn run_session<S>(
     access: Arc<Access>,
     ctx: Arc<SessionContext>,
     ws: WebSocketStream<S>,
     auth: Result<Owner, Unauthorized>,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(owner @ Owner::Token(_)) = auth else {
-        return session::run(ctx, ws, auth).await;
-    };
-    let closing = ctx.closing.child_token();
-    let ctx = Arc::new(SessionContext {
-        closing: closing.clone(),
-        ..SessionContext::clone(&ctx)
-    });
-    let session = session::run(ctx, ws, auth);
-    tokio::pin!(session);
-    // Both branches are cancel-safe: the session is polled by reference, never dropped here.
-    tokio::select! {
-        () = &mut session => return,
-        () = access.revoked(owner) => {
-            info!("client token revoked; closing its session");
-            closing.cancel();
+    // Every idle session holds this future for hours: a plain function (an `async fn` keeps
+    // its arguments, the websocket included, beside what it moved them into) and the session
+    // boxed once (polled by reference below, instead of pinned into a second copy).
+    let (ctx, revocable) = match auth {
+        Ok(owner @ Owner::Token(_)) => {
+            let closing = ctx.closing.child_token();
+            let ctx = Arc::new(SessionContext {
+                closing: closing.clone(),
+                ..SessionContext::clone(&ctx)
+            });
+            (ctx, Some((owner, closing)))
         }
+        _ => (ctx, None),
+    };
+    let mut session = Box::pin(session::run(ctx, ws, auth));
+    async move {
+        let Some((owner, closing)) = revocable else {
+            return session.await;
+        };
+        // Both branches are cancel-safe: the session is polled by reference, never dropped here.
+        tokio::select! {
+            () = &mut session => return,
+            () = access.revoked(owner) => {
+                info!("client token revoked; closing its session");
+                closing.cancel();
+            }
+        }
+        session.await;
     }
-    session.await;
 }
 
 /// Where a relay's stored tokens are.

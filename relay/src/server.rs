@@ -623,6 +623,34 @@ fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
     response
 }
 
+/// The websocket of an upgraded connection; `None` when the upgrade failed or timed out.
+async fn open_websocket(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
+        Ok(Ok(upgraded)) => {
+            // An empty read buffer that grows with what the client sends, instead of
+            // tungstenite's 4 KiB up front: most sessions idle (docs/benchmarks.md).
+            let ws = WebSocketStream::from_partially_read(
+                TokioIo::new(upgraded),
+                Vec::new(),
+                Role::Server,
+                Some(session::ws_config()),
+            )
+            .await;
+            Some(ws)
+        }
+        Ok(Err(err)) => {
+            debug!(%err, "websocket upgrade failed");
+            None
+        }
+        Err(_) => {
+            debug!("websocket upgrade timed out");
+            None
+        }
+    }
+}
+
 /// Answers a client's websocket upgrade with 101 and runs the session on a tracked task.
 fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let headers = req.headers();
@@ -660,19 +688,11 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>>
     let sessions = dispatch.sessions.clone();
     let access = dispatch.auth.clone();
     dispatch.tracker.spawn(async move {
-        match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
-            Ok(Ok(upgraded)) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(session::ws_config()),
-                )
-                .await;
-                access::run_session(access, sessions, ws, auth).await;
-            }
-            Ok(Err(err)) => debug!(%err, "websocket upgrade failed"),
-            Err(_) => debug!("websocket upgrade timed out"),
-        }
+        // Boxed, so the upgrade's states do not stay reserved in the session's task.
+        let Some(ws) = Box::pin(open_websocket(on_upgrade)).await else {
+            return;
+        };
+        access::run_session(access, sessions, ws, auth).await;
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -39,8 +39,9 @@ use crate::tunnel::{Phase, Tunnels};
 
 /// Longest the client may take to send `Hello` after the websocket opens.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Encoded messages queued for one session's writer; senders wait when it is full, so a large
-/// body is enqueued chunk by chunk, interleaved with other deliveries.
+/// Encoded messages queued for one session's writer (each a binary frame: plain bytes, so the
+/// queue's first block of slots is small in every idle session); senders wait when it is full,
+/// so a large body is enqueued chunk by chunk, interleaved with other deliveries.
 const OUTBOUND_CAPACITY: usize = 64;
 /// Most messages written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -78,38 +79,80 @@ pub fn ws_config() -> WebSocketConfig {
 
 /// Runs a session on an opened websocket until the client leaves, falls silent, or the relay
 /// shuts down. `auth` is the verdict on the upgrade request's token.
-pub(crate) async fn run<S>(
+pub(crate) fn run<S>(
+    ctx: Arc<SessionContext>,
+    ws: WebSocketStream<S>,
+    auth: Result<Owner, Unauthorized>,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The handshake (hello, claim, refusals) lives in a box of its own, freed once it is done:
+    // a session's task then holds only what serving needs, ~1 KiB instead of ~6 KiB, and most
+    // sessions idle for hours (docs/benchmarks.md, idle fleet).
+    let handshake = Box::pin(handshake(ctx.clone(), ws, auth));
+    async move {
+        let Some(joined) = handshake.await else {
+            return;
+        };
+        let span =
+            tracing::info_span!("session", tunnel = %joined.name, session = joined.handle.id());
+        serve(ctx, joined).instrument(span).await;
+    }
+}
+
+/// A session that passed the handshake and joined its tunnel.
+struct Joined<S> {
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    stream: SplitStream<WebSocketStream<S>>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    handle: SessionHandle,
+    name: TunnelName,
+}
+
+/// Reads the hello, claims the tunnel and joins it; `None` when the session ended (refused,
+/// silent, or the client left).
+async fn handshake<S>(
     ctx: Arc<SessionContext>,
     mut ws: WebSocketStream<S>,
     auth: Result<Owner, Unauthorized>,
-) where
+) -> Option<Joined<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(hello) = read_hello(&mut ws).await else {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
-        return;
+        return None;
     };
     if hello.version != PROTOCOL_VERSION {
         let message = format!(
             "the relay speaks protocol version {PROTOCOL_VERSION} but the client speaks {}; use the same illumitunnel release on both sides",
             hello.version
         );
-        return refuse(ws, Refusal::VersionMismatch, message).await;
+        refuse(ws, Refusal::VersionMismatch, message).await;
+        return None;
     }
     let Ok(client) = auth else {
         let message = "the relay did not accept the client token; pass --token (or ILLUMITUNNEL_TOKEN) with a token from the relay's tokens file".to_string();
-        return refuse(ws, Refusal::Unauthorized, message).await;
+        refuse(ws, Refusal::Unauthorized, message).await;
+        return None;
     };
     let name = match TunnelName::parse(&hello.tunnel) {
         Ok(name) => name,
-        Err(err) => return refuse(ws, Refusal::TunnelNameInvalid, err.to_string()).await,
+        Err(err) => {
+            refuse(ws, Refusal::TunnelNameInvalid, err.to_string()).await;
+            return None;
+        }
     };
     let (owner, claim_key) = match claim(&ctx, &name, client, &hello.claim_key).await {
         Granted::Owner(owner, claim_key) => (owner, claim_key),
-        Granted::Taken => return refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await,
+        Granted::Taken => {
+            refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await;
+            return None;
+        }
         Granted::Unavailable => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
-            return;
+            return None;
         }
     };
 
@@ -136,34 +179,42 @@ pub(crate) async fn run<S>(
         dead_letters: count(backlog.dead_letters),
         claim_key,
     };
-    let _ = handle.tx.try_send(Message::Binary(welcome.encode()));
+    let _ = handle.tx.try_send(welcome.encode());
     if ctx
         .tunnels
         .join(&name, owner, handle.clone(), empty_after)
         .is_err()
     {
-        return refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await;
+        refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await;
+        return None;
     }
     if let Some(cluster) = &ctx.cluster {
         // The welcome goes out once every node can find this session.
         cluster.announced(name.as_str(), ANNOUNCE_TIMEOUT).await;
     }
-    let span = tracing::info_span!("session", tunnel = %name, session = handle.id());
-    serve(ctx, ws, rx, handle, name).instrument(span).await;
+    let (sink, stream) = ws.split();
+    Some(Joined {
+        sink,
+        stream,
+        rx,
+        handle,
+        name,
+    })
 }
 
-async fn serve<S>(
-    ctx: Arc<SessionContext>,
-    ws: WebSocketStream<S>,
-    rx: mpsc::Receiver<Message>,
-    handle: SessionHandle,
-    name: TunnelName,
-) where
+async fn serve<S>(ctx: Arc<SessionContext>, joined: Joined<S>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Joined {
+        sink,
+        stream,
+        rx,
+        handle,
+        name,
+    } = joined;
     info!("client connected");
     let token = ctx.closing.child_token();
-    let (sink, stream) = ws.split();
     let writer = tokio::spawn(write_loop(sink, rx, ctx.keepalive, token.clone()).in_current_span());
     let reason = read_loop(stream, &ctx, &handle.pending, name.as_str(), &token).await;
     token.cancel();
@@ -332,8 +383,9 @@ where
         match ClientMessage::decode(&bytes) {
             Ok(message) => {
                 if let Some(id) = on_message(message, pending, &mut partial) {
-                    // Nobody waited for it (e.g. the drain gave up on it): drop it by id.
-                    ctx.queue.ack(tunnel, id).await;
+                    // Nobody waited for it (e.g. the drain gave up on it): drop it by id. Rare,
+                    // so boxed: inline it would double the size of every idle session's task.
+                    Box::pin(ctx.queue.ack(tunnel, id)).await;
                 }
             }
             Err(err) => {
@@ -425,7 +477,7 @@ fn on_message(
 
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     keepalive: Duration,
     token: CancellationToken,
 ) where
@@ -444,7 +496,7 @@ async fn write_loop<S>(
 
 async fn pump<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    rx: &mut mpsc::Receiver<Message>,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
     keepalive: Duration,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
@@ -458,7 +510,7 @@ where
             message = rx.recv() => {
                 let Some(message) = message else { return Ok(()) };
                 let mut bytes = message.len();
-                sink.feed(message).await?;
+                sink.feed(Message::Binary(message)).await?;
                 // Flush after a batch of messages or of bytes, whichever comes first, so one
                 // session's large bodies never hold the relay's thread for long.
                 for _ in 1..WRITE_BATCH {
@@ -468,7 +520,7 @@ where
                     match rx.try_recv() {
                         Ok(message) => {
                             bytes += message.len();
-                            sink.feed(message).await?;
+                            sink.feed(Message::Binary(message)).await?;
                         }
                         Err(_) => break,
                     }

@@ -11,7 +11,6 @@ use illumitunnel::headers::Header;
 use illumitunnel::protocol::{self, RelayMessage};
 use illumitunnel::DeliveryId;
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
 use crate::queue::QueuedDelivery;
@@ -77,9 +76,9 @@ impl Pending {
         tx: oneshot::Sender<Reply>,
     ) -> Result<(), SessionGone> {
         match self.lock().as_mut() {
-            // Another delivery with this id already waits here (ids are unique per process,
-            // so only another node's could clash): never drop its waiter; this one goes to
-            // the next session or the queue.
+            // Another delivery with this id already waits here (52 random bits make that
+            // vanishingly rare, but a clash must cost one retry, not a lost waiter): never drop
+            // its waiter; this one goes to the next session or the queue.
             Some(waiters) if waiters.replies.contains_key(&id) => Err(SessionGone),
             Some(waiters) => {
                 waiters.replies.insert(id, tx);
@@ -246,13 +245,13 @@ impl OutgoingDelivery {
 #[derive(Clone)]
 pub struct SessionHandle {
     id: u64,
-    pub(super) tx: mpsc::Sender<Message>,
+    pub(super) tx: mpsc::Sender<Vec<u8>>,
     pub(super) pending: Arc<Pending>,
 }
 
 impl SessionHandle {
     /// A handle over `tx`, the session writer's queue.
-    pub fn new(id: u64, tx: mpsc::Sender<Message>) -> Self {
+    pub fn new(id: u64, tx: mpsc::Sender<Vec<u8>>) -> Self {
         SessionHandle {
             id,
             tx,
@@ -263,7 +262,7 @@ impl SessionHandle {
     /// Queues a notice for the client without waiting; dropped when the session is gone or
     /// its queue is full (notices are informational).
     pub fn notify(&self, message: Vec<u8>) {
-        if self.tx.try_send(Message::Binary(message)).is_err() {
+        if self.tx.try_send(message).is_err() {
             debug!(
                 session = self.id,
                 "notice not sent: session queue full or closed"
@@ -328,10 +327,7 @@ impl SessionHandle {
     }
 
     async fn enqueue(&self, message: Vec<u8>) -> Result<(), SessionGone> {
-        self.tx
-            .send(Message::Binary(message))
-            .await
-            .map_err(|_| SessionGone)
+        self.tx.send(message).await.map_err(|_| SessionGone)
     }
 }
 
@@ -380,7 +376,7 @@ impl Drop for PendingAnswer {
                 id: self.id.clone(),
             }
             .encode();
-            if self.session.tx.try_send(Message::Binary(cancel)).is_err() {
+            if self.session.tx.try_send(cancel).is_err() {
                 debug!(delivery = %self.id, "cancel not sent: session queue full or closed");
             }
         }
@@ -445,7 +441,7 @@ mod tests {
         ));
         let pending = handle.deliver(&outbound).await.unwrap();
         let mut received = Vec::new();
-        while let Ok(Message::Binary(b)) = rx.try_recv() {
+        while let Ok(b) = rx.try_recv() {
             received.push(RelayMessage::decode(&b).unwrap());
         }
         assert_eq!(received.len(), 4);
@@ -461,7 +457,7 @@ mod tests {
             matches!(&received[3], RelayMessage::RequestChunk { end: true, data, .. } if data.len() == 1)
         );
         drop(pending);
-        let Ok(Message::Binary(b)) = rx.try_recv() else {
+        let Ok(b) = rx.try_recv() else {
             panic!("no cancel")
         };
         assert_eq!(
@@ -470,7 +466,7 @@ mod tests {
         );
 
         handle.copy(&outbound).await.unwrap();
-        let Ok(Message::Binary(b)) = rx.try_recv() else {
+        let Ok(b) = rx.try_recv() else {
             panic!("no copy")
         };
         assert!(matches!(
