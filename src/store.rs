@@ -205,6 +205,24 @@ impl CaptureStore {
         Ok(())
     }
 
+    /// Keeps the write-ahead log small beside a store capped at `max_bytes`: a checkpoint once
+    /// it holds an eighth of the cap (never more than the usual 32 MiB), and the log file cut
+    /// back to that size after each, so the database and its log together stay near the cap.
+    pub fn limit_wal(&self, max_bytes: u64) -> Result<(), StoreError> {
+        let limit = (max_bytes / 8).min(CHECKPOINT_BYTES as u64) as i64;
+        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        self.conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            (limit / page_size.max(512)).max(1),
+        )?;
+        self.conn
+            .query_row(&format!("PRAGMA journal_size_limit = {limit}"), [], |_| {
+                Ok(())
+            })?;
+        Ok(())
+    }
+
     /// Bytes the deliveries occupy: the file's pages minus its free list.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         let pragma = |name: &str| -> Result<u64, StoreError> {

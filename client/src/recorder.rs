@@ -216,6 +216,11 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("capture-store".into())
         .spawn(move || {
+            if retention.max_bytes != u64::MAX {
+                if let Err(err) = store.limit_wal(retention.max_bytes) {
+                    tracing::warn!(%err, "could not size the capture store's log to its cap");
+                }
+            }
             Writer {
                 store,
                 screen,
