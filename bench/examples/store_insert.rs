@@ -26,16 +26,7 @@ fn main() -> Result<()> {
         let _ = std::fs::remove_file(file);
     }
     let mut store = CaptureStore::open(&path)?;
-    let headers = vec![
-        ("host".to_string(), b"127.0.0.1:3000".to_vec()),
-        ("content-type".to_string(), b"application/json".to_vec()),
-        (
-            "user-agent".to_string(),
-            b"IllumiChat-Webhooks/1.0".to_vec(),
-        ),
-        ("x-illumichat-event".to_string(), b"ticket.created".to_vec()),
-        ("content-length".to_string(), b"1433".to_vec()),
-    ];
+    let headers = payload::request_headers();
     let requests: Vec<(DeliveryId, RequestRecord)> = (0..n)
         .map(|i| {
             let id = DeliveryId::parse(&format!("dlv{i:010}")).context("id")?;

@@ -30,13 +30,9 @@ pub fn large_body(size: usize) -> Bytes {
     Bytes::from(body)
 }
 
-/// Fills the capture store at `path` with `n` forwarded deliveries of the envelope (each with
-/// its own ticket id, timestamp and delivery id), `batch` per transaction. Returns the time taken.
-pub fn fill_store(path: &Path, n: usize, batch: usize) -> Result<Duration> {
-    let started = Instant::now();
-    let mut store = CaptureStore::open(path).context("could not open the capture store")?;
-    let now = illumitunnel::now_ms();
-    let headers = vec![
+/// The headers IllumiChat sends with the envelope, as a forwarded delivery records them.
+pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+    vec![
         ("host".to_string(), b"127.0.0.1:3000".to_vec()),
         ("content-type".to_string(), b"application/json".to_vec()),
         (
@@ -48,7 +44,16 @@ pub fn fill_store(path: &Path, n: usize, batch: usize) -> Result<Duration> {
             "content-length".to_string(),
             ENVELOPE.len().to_string().into_bytes(),
         ),
-    ];
+    ]
+}
+
+/// Fills the capture store at `path` with `n` forwarded deliveries of the envelope (each with
+/// its own ticket id, timestamp and delivery id), `batch` per transaction. Returns the time taken.
+pub fn fill_store(path: &Path, n: usize, batch: usize) -> Result<Duration> {
+    let started = Instant::now();
+    let mut store = CaptureStore::open(path).context("could not open the capture store")?;
+    let now = illumitunnel::now_ms();
+    let headers = request_headers();
     let response = ResponseRecord {
         status: 200,
         headers: vec![("content-type".to_string(), b"application/json".to_vec())],

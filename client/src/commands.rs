@@ -67,6 +67,33 @@ pub fn since_ms(since: Option<&str>) -> Result<Option<i64>, UsageError> {
     )))
 }
 
+/// Writes `text` to a new file only the user can read (exports and suites hold request bodies).
+pub fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let mut file = illumitunnel::paths::create_private(path).with_context(|| {
+        format!(
+            "could not write {}; check the folder exists and is writable",
+            path.display()
+        )
+    })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .with_context(|| format!("could not write {}", path.display()))
+}
+
+/// `3 deliveries` and what redaction did (`; 1 secret header value redacted …`, or nothing), for
+/// the line that says a file was written.
+pub fn written_summary(count: usize, redacted: usize) -> (String, String) {
+    let noun = if count == 1 { "delivery" } else { "deliveries" };
+    let note = match redacted {
+        0 => String::new(),
+        1 => "; 1 secret header value redacted (--include-secrets keeps it)".to_string(),
+        n => format!("; {n} secret header values redacted (--include-secrets keeps them)"),
+    };
+    (format!("{count} {noun}"), note)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,13 +2,10 @@
 //! one `show --json` object a line (`--jsonl`), filtered by `--event` and `--since`. Secret
 //! header values are redacted unless `--include-secrets`; the file is readable by the user only.
 
-use std::io::Write;
-
-use anyhow::Context as _;
 use illumitunnel::store::{CaptureStore, Filter};
 use illumitunnel::Delivery;
 
-use super::{parse_event_type, since_ms, Ctx};
+use super::{parse_event_type, since_ms, write_private, written_summary, Ctx};
 use crate::cli::ExportArgs;
 
 /// Most deliveries one export holds.
@@ -50,29 +47,8 @@ pub fn run(args: ExportArgs, ctx: &Ctx) -> anyhow::Result<()> {
             return Err(super::UsageError("pass --har FILE or --jsonl FILE".into()).into())
         }
     };
-    let mut file = illumitunnel::paths::create_private(path).with_context(|| {
-        format!(
-            "could not write {}; check the folder exists and is writable",
-            path.display()
-        )
-    })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.flush())
-        .with_context(|| format!("could not write {}", path.display()))?;
-    let noun = if deliveries.len() == 1 {
-        "delivery"
-    } else {
-        "deliveries"
-    };
-    let note = match redacted {
-        0 => String::new(),
-        1 => "; 1 secret header value redacted (--include-secrets keeps it)".to_string(),
-        n => format!("; {n} secret header values redacted (--include-secrets keeps them)"),
-    };
-    eprintln!(
-        "exported {} {noun} to {}{note}",
-        deliveries.len(),
-        path.display()
-    );
+    write_private(path, &text)?;
+    let (summary, shown) = written_summary(deliveries.len(), redacted);
+    eprintln!("exported {summary} to {}{shown}", path.display());
     Ok(())
 }

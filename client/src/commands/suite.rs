@@ -4,15 +4,12 @@
 //! them (`Delivery::redact_secrets`) unless `--include-secrets`. Also the selection `test`
 //! shares: which stored deliveries can be tests.
 
-use std::io::Write;
-
-use anyhow::Context as _;
 use illumitunnel::delivery::Source;
 use illumitunnel::store::{CaptureStore, Filter, StoreError};
 use illumitunnel::suite::Case;
 use illumitunnel::Delivery;
 
-use super::{parse_event_type, since_ms, Ctx, UsageError};
+use super::{parse_event_type, since_ms, write_private, written_summary, Ctx, UsageError};
 use crate::cli::{SuiteAction, SuiteArgs};
 
 /// Most deliveries one selection holds.
@@ -58,28 +55,10 @@ pub fn run(args: SuiteArgs, ctx: &Ctx) -> anyhow::Result<()> {
         text.push('\n');
     }
     let path = &args.file;
-    let mut file = illumitunnel::paths::create_private(path).with_context(|| {
-        format!(
-            "could not write {}; check the folder exists and is writable",
-            path.display()
-        )
-    })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.flush())
-        .with_context(|| format!("could not write {}", path.display()))?;
-    let noun = if deliveries.len() == 1 {
-        "delivery"
-    } else {
-        "deliveries"
-    };
-    let note = match redacted {
-        0 => String::new(),
-        1 => "; 1 secret header value redacted (--include-secrets keeps it)".to_string(),
-        n => format!("; {n} secret header values redacted (--include-secrets keeps them)"),
-    };
+    write_private(path, &text)?;
+    let (summary, shown) = written_summary(deliveries.len(), redacted);
     eprintln!(
-        "saved {} {noun} to {}{note}; run them with illumitunnel test --suite {} --forward-to URL",
-        deliveries.len(),
+        "saved {summary} to {}{shown}; run them with illumitunnel test --suite {} --forward-to URL",
         path.display(),
         path.display()
     );

@@ -8,7 +8,6 @@
 use std::io::{IsTerminal as _, Write};
 use std::path::Path;
 
-use anyhow::Context as _;
 use illumitunnel::delivery::RequestRecord;
 use illumitunnel::store::CaptureStore;
 use illumitunnel::suite;
@@ -16,7 +15,7 @@ use illumitunnel::Delivery;
 use serde_json::{json, Value};
 
 use super::suite::{select, Selection};
-use super::{ignore_broken_pipe, Ctx, Reported, UsageError};
+use super::{ignore_broken_pipe, write_private, Ctx, Reported, UsageError};
 use crate::cli::TestArgs;
 use crate::forward::{Forwarder, Target};
 use crate::regression::{self, junit, BodyDiff, Outcome, Pointer, Report};
@@ -90,7 +89,7 @@ pub fn run(args: TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
             None => "capture store".to_string(),
         };
         let doc = junit::document(&suite_name, &illumitunnel::rfc3339_ms(started), &cases);
-        write_file(path, &doc)?;
+        write_private(path, &doc)?;
     }
     summarize(&cases, &sinks)
 }
@@ -328,18 +327,6 @@ fn failure_message(report: &Report) -> String {
         None => {}
     }
     parts.join("; ")
-}
-
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut file = illumitunnel::paths::create_private(path).with_context(|| {
-        format!(
-            "could not write {}; check the folder exists and is writable",
-            path.display()
-        )
-    })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.flush())
-        .with_context(|| format!("could not write {}", path.display()))
 }
 
 /// `N passed, M failed`: on stdout after the text, on stderr after JSON lines.
