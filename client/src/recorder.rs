@@ -33,6 +33,11 @@ const MAX_RETAINED_BYTES: usize = 64 * 1024 * 1024;
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// How often deliveries older than `--store-max-age` are looked for.
 const AGE_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// Nice value of the writer thread (the lowest priority). Its work can wait; the forwarding
+/// path cannot: on two cores a commit that held a core when a forwarding thread woke added
+/// ~0.5 ms to the c=1 p99 (docs/benchmarks.md, issue 14).
+#[cfg(target_os = "linux")]
+const WRITER_NICE: i32 = 19;
 
 /// A forwarded delivery on its way to the capture store.
 #[derive(Debug)]
@@ -216,6 +221,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("capture-store".into())
         .spawn(move || {
+            yield_cores_to_forwarding();
             Writer {
                 store,
                 screen,
@@ -228,6 +234,18 @@ pub fn spawn(
             .run(rx)
         })?;
     Ok((RecorderHandle { tx }, thread))
+}
+
+/// Lowers this thread's scheduling priority so that the forwarding threads get a shared core
+/// first; best effort (a refusal leaves it as it was).
+fn yield_cores_to_forwarding() {
+    // On Linux the "process" priority of a thread id is that thread's alone.
+    #[cfg(target_os = "linux")]
+    if let Err(err) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICE)
+    {
+        tracing::debug!(%err, "could not lower the capture store writer's priority");
+    }
 }
 
 struct Writer {
