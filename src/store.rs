@@ -217,9 +217,19 @@ impl CaptureStore {
         Ok(pages * pragma("page_size")?)
     }
 
+    /// Bytes the store takes on disk: the file and its WAL, which holds every commit since the
+    /// last checkpoint (with 16 KiB pages, ~8 pages of index and table a commit beside the rows).
+    pub fn disk_bytes(&self) -> u64 {
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        len(&self.path) + len(Path::new(&wal))
+    }
+
     /// Deletes deliveries received before `older_than_ms`, then the oldest until what is left
     /// fits in `max_bytes` (the newest delivery always stays), and gives the freed pages back
-    /// to the file system so the file shrinks.
+    /// to the file system so the file shrinks. When the file and its WAL together still take
+    /// more than `max_bytes`, the WAL is folded into the file and emptied.
     pub fn prune(&mut self, max_bytes: u64, older_than_ms: i64) -> Result<Pruned, StoreError> {
         let before = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         let tx = self.conn.transaction()?;
@@ -265,7 +275,11 @@ impl CaptureStore {
             while steps.next()?.is_some() {}
             drop(steps);
             drop(vacuum);
-            // In WAL mode the file is truncated when the freed pages are checkpointed.
+        }
+        // In WAL mode the file is truncated when the freed pages are checkpointed; a WAL that
+        // grew past the cap before anything was deleted (SQLite checkpoints only every 32 MiB)
+        // goes the same way.
+        if deleted > 0 || self.disk_bytes() > max_bytes {
             self.conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         }

@@ -486,11 +486,10 @@ impl Writer {
 
     /// Deletes what `--store-max-bytes` and `--store-max-age` no longer allow.
     fn prune(&mut self) {
-        let over_size = self.retention.max_bytes != u64::MAX
-            && self
-                .store
-                .used_bytes()
-                .is_ok_and(|used| used > self.retention.max_bytes);
+        let max_bytes = self.retention.max_bytes;
+        let over_size = max_bytes != u64::MAX
+            && (self.store.used_bytes().is_ok_and(|used| used > max_bytes)
+                || self.store.disk_bytes() > max_bytes);
         let age_due = self.retention.max_age != Duration::MAX
             && self
                 .last_age_check
