@@ -268,18 +268,17 @@ impl CaptureStore {
             }
         }
         tx.commit()?;
-        if deleted > 0 {
+        // A WAL that grew past the cap before anything was deleted (SQLite checkpoints only
+        // every 32 MiB) is emptied too, and free pages go with it, so that the file and WAL fit
+        // afterwards and the next commit does not land here again.
+        if deleted > 0 || self.disk_bytes() > max_bytes {
             // Each step of this pragma frees pages: run it to the end.
             let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum")?;
             let mut steps = vacuum.query([])?;
             while steps.next()?.is_some() {}
             drop(steps);
             drop(vacuum);
-        }
-        // In WAL mode the file is truncated when the freed pages are checkpointed; a WAL that
-        // grew past the cap before anything was deleted (SQLite checkpoints only every 32 MiB)
-        // goes the same way.
-        if deleted > 0 || self.disk_bytes() > max_bytes {
+            // In WAL mode the file is truncated when the freed pages are checkpointed.
             self.conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         }
@@ -808,6 +807,24 @@ mod tests {
         // Age alone: everything older than the newest goes.
         store.prune(u64::MAX, 1_019).unwrap();
         assert_eq!(store.count(&Filter::default()).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_wal_past_the_cap_is_emptied_without_deleting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+        // One commit each: every commit rewrites index and table pages into the WAL.
+        for i in 0..20 {
+            let mut d = delivery(&format!("small{i:02}"), TICKET);
+            store.insert_batch(std::slice::from_mut(&mut d)).unwrap();
+        }
+        let cap = 512 * 1024;
+        assert!(store.used_bytes().unwrap() < cap);
+        assert!(store.disk_bytes() > cap, "{} bytes", store.disk_bytes());
+        let pruned = store.prune(cap, 0).unwrap();
+        assert_eq!(pruned.deliveries, 0);
+        assert!(store.disk_bytes() <= cap, "{} bytes", store.disk_bytes());
+        assert_eq!(store.count(&Filter::default()).unwrap(), 20);
     }
 
     #[test]

@@ -34,8 +34,8 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// How often deliveries older than `--store-max-age` are looked for.
 const AGE_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// Nice value of the writer thread. Its work can wait; the forwarding path cannot: on two
-/// cores a commit that held a core when a forwarding thread woke added ~0.5 ms to the c=1 p99
-/// (docs/benchmarks.md, issue 14). 10 helped as much as 19 and still leaves the writer about a
+/// cores a commit that held a core when a forwarding thread woke added 0.3–0.6 ms to the c=1
+/// p99 (docs/benchmarks.md, issue 14). 10 helped as much as 19 and still leaves the writer about a
 /// tenth of a core beside a normal-priority job (a build) that wants all of it; 19 left ~1.5 %.
 #[cfg(target_os = "linux")]
 const WRITER_NICE: i32 = 10;
