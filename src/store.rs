@@ -235,9 +235,19 @@ impl CaptureStore {
         Ok(pages * pragma("page_size")?)
     }
 
+    /// Bytes the store takes on disk: the file and its WAL, which holds every commit since the
+    /// last checkpoint (with 16 KiB pages, ~8 pages of index and table a commit beside the rows).
+    pub fn disk_bytes(&self) -> u64 {
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        len(&self.path) + len(Path::new(&wal))
+    }
+
     /// Deletes deliveries received before `older_than_ms`, then the oldest until what is left
     /// fits in `max_bytes` (the newest delivery always stays), and gives the freed pages back
-    /// to the file system so the file shrinks.
+    /// to the file system so the file shrinks. When the file and its WAL together still take
+    /// more than `max_bytes`, the WAL is folded into the file and emptied.
     pub fn prune(&mut self, max_bytes: u64, older_than_ms: i64) -> Result<Pruned, StoreError> {
         let before = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         let tx = self.conn.transaction()?;
@@ -276,7 +286,10 @@ impl CaptureStore {
             }
         }
         tx.commit()?;
-        if deleted > 0 {
+        // A WAL that grew past the cap before anything was deleted (SQLite checkpoints only
+        // every 32 MiB) is emptied too, and free pages go with it, so that the file and WAL fit
+        // afterwards and the next commit does not land here again.
+        if deleted > 0 || self.disk_bytes() > max_bytes {
             // Each step of this pragma frees pages: run it to the end.
             let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum")?;
             let mut steps = vacuum.query([])?;
@@ -812,6 +825,24 @@ mod tests {
         // Age alone: everything older than the newest goes.
         store.prune(u64::MAX, 1_019).unwrap();
         assert_eq!(store.count(&Filter::default()).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_wal_past_the_cap_is_emptied_without_deleting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+        // One commit each: every commit rewrites index and table pages into the WAL.
+        for i in 0..20 {
+            let mut d = delivery(&format!("small{i:02}"), TICKET);
+            store.insert_batch(std::slice::from_mut(&mut d)).unwrap();
+        }
+        let cap = 512 * 1024;
+        assert!(store.used_bytes().unwrap() < cap);
+        assert!(store.disk_bytes() > cap, "{} bytes", store.disk_bytes());
+        let pruned = store.prune(cap, 0).unwrap();
+        assert_eq!(pruned.deliveries, 0);
+        assert!(store.disk_bytes() <= cap, "{} bytes", store.disk_bytes());
+        assert_eq!(store.count(&Filter::default()).unwrap(), 20);
     }
 
     #[test]
