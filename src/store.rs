@@ -846,6 +846,29 @@ mod tests {
     }
 
     #[test]
+    fn a_capped_store_keeps_its_wal_to_an_eighth_of_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = CaptureStore::open(&path).unwrap();
+        let cap: u64 = 1024 * 1024;
+        store.limit_wal(cap).unwrap();
+        let wal = || std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
+        let mut largest = 0;
+        for i in 0..40 {
+            let mut d = delivery(&format!("wal{i:02}"), TICKET);
+            d.request.body = Bytes::from(vec![b'a'; 8 * 1024]);
+            store.insert_batch(std::slice::from_mut(&mut d)).unwrap();
+            largest = largest.max(wal());
+        }
+        // A checkpoint follows the commit that passes cap / 8; one commit here is a few pages.
+        assert!(
+            largest <= cap / 8 + 192 * 1024,
+            "the WAL reached {largest} bytes"
+        );
+        assert_eq!(store.count(&Filter::default()).unwrap(), 40);
+    }
+
+    #[test]
     fn an_old_store_switches_to_incremental_vacuum() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
