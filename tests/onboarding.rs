@@ -302,7 +302,8 @@ fn rustls_pemfile_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'s
 }
 
 #[test]
-fn an_https_local_server_with_a_private_ca_works_with_forward_ca_and_says_why_without() {
+fn an_https_local_server_with_a_private_ca_works_with_forward_ca_in_listen_and_test_and_says_why_without(
+) {
     let rt = runtime();
     let pki = temp_dir();
     let ca = test_ca(pki.path());
@@ -327,9 +328,35 @@ fn an_https_local_server_with_a_private_ca_works_with_forward_ca_and_says_why_wi
     };
 
     let ca_pem = ca.ca_pem.to_str().expect("UTF-8 path");
-    let (trusted, _, _l, _h) = run("https-trusted", &["--forward-ca", ca_pem]);
+    let (trusted, line, listen, home) = run("https-trusted", &["--forward-ca", ca_pem]);
     assert_eq!(trusted.status, 200, "{}", trusted.text());
     assert_eq!(trusted.text(), "ok");
+    drop(listen);
+
+    // `test` re-sends the recorded delivery to the same https server, with the same trust.
+    let recorded: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    let id = recorded["id"].as_str().expect("delivery id");
+    let test = |extra: &[&str]| {
+        let mut cmd = command("illumitunnel", home.path());
+        cmd.args(["test", id, "--store"])
+            .arg(home.path().join("captures.db"))
+            .args(extra);
+        ChildGuard::run(cmd)
+    };
+    let passed = test(&["--forward-ca", ca_pem]);
+    assert_eq!(passed.code(), 0, "{}{}", passed.stdout, passed.stderr);
+    assert!(
+        passed.stdout.contains("1 passed, 0 failed"),
+        "{}",
+        passed.stdout
+    );
+    let refused = test(&[]);
+    assert_eq!(refused.code(), 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stdout.contains("does not trust") && refused.stdout.contains("--forward-ca"),
+        "{}",
+        refused.stdout
+    );
 
     let (untrusted, line, _l, _h) = run("https-untrusted", &[]);
     assert_eq!(untrusted.status, 502, "{}", untrusted.text());

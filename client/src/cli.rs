@@ -75,6 +75,19 @@ pub struct LoginArgs {
     pub ca: Option<PathBuf>,
 }
 
+/// How to trust an https local server: `listen` and `test`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ForwardTrustArgs {
+    /// Also trust the certificates in this PEM file for an https local server, e.g. mkcert's
+    /// rootCA.pem (in the folder `mkcert -CAROOT` prints).
+    #[arg(long, value_name = "PEM", conflicts_with = "forward_insecure")]
+    pub forward_ca: Option<PathBuf>,
+
+    /// Accept any certificate from an https local server (self-signed ones).
+    #[arg(long)]
+    pub forward_insecure: bool,
+}
+
 /// `illumitunnel listen`.
 #[derive(Debug, Args)]
 pub struct ListenArgs {
@@ -89,14 +102,8 @@ pub struct ListenArgs {
     #[arg(long, value_name = "URL")]
     pub forward_to: Option<String>,
 
-    /// Also trust the certificates in this PEM file for an https local server, e.g. mkcert's
-    /// rootCA.pem (in the folder `mkcert -CAROOT` prints).
-    #[arg(long, value_name = "PEM", conflicts_with = "forward_insecure")]
-    pub forward_ca: Option<PathBuf>,
-
-    /// Accept any certificate from an https local server (self-signed ones).
-    #[arg(long)]
-    pub forward_insecure: bool,
+    #[command(flatten)]
+    pub forward_trust: ForwardTrustArgs,
 
     /// Relay base URL, e.g. https://relay.example.com (default: relay in config.toml, else a
     /// relay embedded in this process).
@@ -283,6 +290,9 @@ pub struct TestArgs {
     /// required with --suite).
     #[arg(long, value_name = "URL")]
     pub forward_to: Option<String>,
+
+    #[command(flatten)]
+    pub forward_trust: ForwardTrustArgs,
 
     /// JSON pointer in the response body to leave out of the comparison, e.g. /data/updatedAt
     /// (repeatable; a * segment matches any key or index).

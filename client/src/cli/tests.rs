@@ -65,7 +65,10 @@ fn listen_takes_a_target_and_forward_trust_flags() {
         panic!("not listen")
     };
     assert_eq!(args.target.as_deref(), Some("3000"));
-    assert_eq!(args.forward_ca, Some(PathBuf::from("root.pem")));
+    assert_eq!(
+        args.forward_trust.forward_ca,
+        Some(PathBuf::from("root.pem"))
+    );
     let err = Cli::try_parse_from([
         "illumitunnel",
         "listen",

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, UsageError};
 use crate::cli::ListenArgs;
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, Target};
 use crate::output::{self, Banner, Format};
 use crate::recorder::{self, ScreenSink};
 use crate::replay;
@@ -239,7 +239,13 @@ async fn relay_and_trust(
 /// The client for the local server, trusting an https one as `--forward-ca` or
 /// `--forward-insecure` say.
 fn local_forwarder(config: &ListenConfig) -> anyhow::Result<Forwarder> {
-    let trust = match &config.forward_trust {
+    forwarder_trusting(config.target.clone(), &config.forward_trust)
+}
+
+/// A client for `target` that trusts an https local server as `trust` says; an unreadable
+/// `--forward-ca` file is a usage error.
+pub fn forwarder_trusting(target: Target, trust: &TrustChoice) -> anyhow::Result<Forwarder> {
+    let trust = match trust {
         TrustChoice::Default => Trust::System(Vec::new()),
         TrustChoice::Ca(path) => {
             Trust::System(tls::load_pem_certs("--forward-ca", path).map_err(UsageError)?)
@@ -247,7 +253,7 @@ fn local_forwarder(config: &ListenConfig) -> anyhow::Result<Forwarder> {
         TrustChoice::Insecure => Trust::Insecure,
     };
     let tls = tls::client_config(trust).map_err(anyhow::Error::msg)?;
-    Ok(Forwarder::with_tls(config.target.clone(), (*tls).clone())
+    Ok(Forwarder::with_tls(target, (*tls).clone())
         .with_trust_remedy(crate::forward::FORWARD_TRUST_REMEDY))
 }
 

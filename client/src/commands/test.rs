@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::suite::{select, Selection};
 use super::{ignore_broken_pipe, write_private, Ctx, Reported, UsageError};
 use crate::cli::TestArgs;
+use crate::commands::listen::{forwarder_trusting, TrustChoice};
 use crate::forward::{Forwarder, Target};
 use crate::regression::{self, junit, BodyDiff, Outcome, Pointer, Report};
 use crate::replay;
@@ -77,9 +78,10 @@ pub fn run(args: TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .build()
         .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?;
     let started = illumitunnel::now_ms();
+    let trust = TrustChoice::forwarding(&args.forward_trust)?;
     let cases = runtime.block_on(run_all(
         &originals,
-        forward_to.as_ref(),
+        (forward_to.as_ref(), &trust),
         &ignore,
         &mut sinks,
     ))?;
@@ -127,7 +129,7 @@ fn existing_store(path: &Path) -> Option<CaptureStore> {
 
 async fn run_all(
     originals: &[Delivery],
-    forward_to: Option<&Target>,
+    (forward_to, trust): (Option<&Target>, &TrustChoice),
     ignore: &[Pointer],
     sinks: &mut Sinks,
 ) -> anyhow::Result<Vec<junit::Case>> {
@@ -137,7 +139,7 @@ async fn run_all(
         let (target, request) = destination(original, forward_to).map_err(UsageError)?;
         let forwarder = match &pool {
             Some(f) => f.retarget(target),
-            None => pool.insert(Forwarder::new(target)).clone(),
+            None => pool.insert(forwarder_trusting(target, trust)?).clone(),
         };
         let mut replayed = replay::send(original, &forwarder, request).await;
         let report = report(original, &replayed, ignore);

@@ -36,6 +36,21 @@ pub enum TrustChoice {
     Insecure,
 }
 
+impl TrustChoice {
+    /// What `--forward-ca` / `--forward-insecure` ask for.
+    pub fn forwarding(args: &crate::cli::ForwardTrustArgs) -> Result<Self, UsageError> {
+        match (&args.forward_ca, args.forward_insecure) {
+            (Some(_), true) => Err(UsageError(
+                "--forward-ca and --forward-insecure contradict each other; pass one of them"
+                    .into(),
+            )),
+            (Some(path), false) => Ok(TrustChoice::Ca(path.clone())),
+            (None, true) => Ok(TrustChoice::Insecure),
+            (None, false) => Ok(TrustChoice::Default),
+        }
+    }
+}
+
 /// `listen`'s arguments, validated.
 #[derive(Debug)]
 pub struct ListenConfig {
@@ -173,16 +188,7 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
                 "--ca and --insecure only apply with --relay; the embedded relay is trusted already".into(),
             ));
         }
-        let forward_trust =
-            match (&args.forward_ca, args.forward_insecure) {
-                (Some(_), true) => return Err(UsageError(
-                    "--forward-ca and --forward-insecure contradict each other; pass one of them"
-                        .into(),
-                )),
-                (Some(path), false) => TrustChoice::Ca(path.clone()),
-                (None, true) => TrustChoice::Insecure,
-                (None, false) => TrustChoice::Default,
-            };
+        let forward_trust = TrustChoice::forwarding(&args.forward_trust)?;
         if forward_trust != TrustChoice::Default && !target.is_https() {
             return Err(UsageError(format!(
                 "--forward-ca and --forward-insecure only apply to an https:// local server, and {target} is http; drop the flag or forward to https://"
