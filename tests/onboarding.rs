@@ -302,8 +302,7 @@ fn rustls_pemfile_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'s
 }
 
 #[test]
-fn an_https_local_server_with_a_private_ca_works_with_forward_ca_in_listen_and_test_and_says_why_without(
-) {
+fn an_https_local_server_with_a_private_ca_works_with_forward_ca_in_listen_test_and_replay() {
     let rt = runtime();
     let pki = temp_dir();
     let ca = test_ca(pki.path());
@@ -350,6 +349,14 @@ fn an_https_local_server_with_a_private_ca_works_with_forward_ca_in_listen_and_t
         "{}",
         passed.stdout
     );
+    let mut cmd = command("illumitunnel", home.path());
+    cmd.args(["replay", id, "--json", "--forward-ca", ca_pem, "--store"])
+        .arg(home.path().join("captures.db"));
+    let replayed = ChildGuard::run(cmd);
+    assert_eq!(replayed.code(), 0, "{}", replayed.stderr);
+    let replay: serde_json::Value = serde_json::from_str(replayed.stdout.trim()).expect("JSON");
+    assert_eq!(replay["status"], 200, "{replay}");
+    assert_eq!(replay["error"], serde_json::Value::Null, "{replay}");
     let refused = test(&[]);
     assert_eq!(refused.code(), 1, "{}{}", refused.stdout, refused.stderr);
     assert!(

@@ -75,7 +75,7 @@ pub struct LoginArgs {
     pub ca: Option<PathBuf>,
 }
 
-/// How to trust an https local server: `listen` and `test`.
+/// How to trust an https local server: `listen`, `test` and `replay`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ForwardTrustArgs {
     /// Also trust the certificates in this PEM file for an https local server, e.g. mkcert's
@@ -377,6 +377,9 @@ pub struct ReplayArgs {
     /// Send to exactly this URL (plus the stored query) instead of where the delivery went.
     #[arg(long, value_name = "URL")]
     pub forward_to: Option<String>,
+
+    #[command(flatten)]
+    pub forward_trust: ForwardTrustArgs,
 
     /// Edit each body in $VISUAL or $EDITOR before sending it.
     #[arg(long)]

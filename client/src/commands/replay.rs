@@ -12,7 +12,8 @@ use illumitunnel::Delivery;
 
 use super::{ignore_broken_pipe, parse_event_type, since_ms, Ctx, UsageError};
 use crate::cli::ReplayArgs;
-use crate::forward::{Forwarder, Target};
+use crate::commands::listen::{forwarder_trusting, TrustChoice};
+use crate::forward::Target;
 use crate::output::{self, Format};
 use crate::replay;
 
@@ -31,6 +32,7 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .map(Target::parse)
         .transpose()
         .map_err(|e| UsageError(e.to_string()))?;
+    let trust = TrustChoice::forwarding(&args.forward_trust)?;
     let mut store = CaptureStore::open(&ctx.store)?;
     let originals = select(&args, since, &store)?;
     let runtime = tokio::runtime::Runtime::new()
@@ -48,7 +50,7 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
         };
         let (target, request) =
             replay::prepare(original, forward_to.as_ref(), body).map_err(anyhow::Error::msg)?;
-        let forwarder = Forwarder::new(target);
+        let forwarder = forwarder_trusting(target, &trust)?;
         let mut replayed = runtime.block_on(replay::send(original, &forwarder, request));
         store.insert_batch(std::slice::from_mut(&mut replayed))?;
         let stdout = std::io::stdout();
