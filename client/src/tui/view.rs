@@ -132,6 +132,7 @@ const KEY_HINTS: &[(&str, &str)] = &[
     ("⏎", "details"),
     ("tab", "tabs"),
     ("r", "replay"),
+    ("t", "test"),
     ("e", "edit"),
     ("c", "copy"),
     ("/", "filter"),
@@ -167,7 +168,8 @@ fn render_footer(app: &App, frame: &mut Frame, area: Rect) {
         _ => {
             let mut spans = Vec::new();
             for (k, what) in KEY_HINTS {
-                if *k == "tab" && area.width < 100 {
+                // 80 columns hold the rest; `?` lists these two as well.
+                if (*k == "tab" || *k == "t") && area.width < 100 {
                     continue;
                 }
                 spans.push(Span::styled(*k, key));
