@@ -105,7 +105,10 @@ pub fn parse(text: &str) -> Result<Vec<Case>, SuiteError> {
 
 fn parse_line(text: &str) -> Result<Case, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| format!("not a suite entry: {e}"))?;
-    if line.version == 0 || line.version > SUITE_VERSION {
+    if line.version == 0 {
+        return Err("version 0 is not a suite format version; save the suite again".into());
+    }
+    if line.version > SUITE_VERSION {
         return Err(format!(
             "suite format version {} is newer than this illumitunnel reads ({SUITE_VERSION}); upgrade illumitunnel",
             line.version
@@ -290,6 +293,12 @@ mod tests {
         let newer = good.replace("\"version\":1", "\"version\":2");
         let err = parse(&newer).unwrap_err().to_string();
         assert!(err.starts_with("line 1: suite format version 2"), "{err}");
+        let zero = good.replace("\"version\":1", "\"version\":0");
+        let err = parse(&zero).unwrap_err().to_string();
+        assert!(
+            err.contains("version 0 is not a suite format version"),
+            "{err}"
+        );
 
         let bad_id = good.replace("0196a3f2c4d11e2a", "../x");
         assert!(parse(&bad_id)

@@ -187,6 +187,7 @@ fn a_saved_suite_catches_a_changed_handler_until_the_field_is_ignored() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["event"], "ticket.updated");
     assert_eq!(failed[0]["changed"], serde_json::json!(["/status"]));
+    assert_eq!(failed[0]["changed_count"], 1);
     assert_eq!(out.stderr.trim(), "2 passed, 1 failed");
 }
 
@@ -420,6 +421,7 @@ fn bad_usage_exits_2_with_one_sentence() {
     std::fs::write(&broken, text).unwrap();
     let broken = broken.to_str().unwrap().to_string();
     let missing: PathBuf = home.path().join("missing.jsonl");
+    let missing_dir: PathBuf = home.path().join("no-such-dir").join("junit.xml");
     for (args, needle) in [
         (vec!["test", "zzzz"], "no delivery with id zzzz"),
         (
@@ -448,6 +450,18 @@ fn bad_usage_exits_2_with_one_sentence() {
                 "status",
             ],
             "a JSON pointer starts with /",
+        ),
+        (
+            vec![
+                "test",
+                "--suite",
+                suite_arg,
+                "--forward-to",
+                &v1.url,
+                "--junit",
+                missing_dir.to_str().unwrap(),
+            ],
+            "--junit: could not write",
         ),
         (vec!["test", "--event", "ticket.nope"], "unknown event type"),
         (

@@ -10,7 +10,7 @@ pub mod junit;
 
 use serde_json::Value;
 
-pub use diff::render;
+pub use diff::{changed_list, render, SHOWN_CHANGES};
 
 /// A `--ignore` JSON pointer: `/data/updatedAt`, where a `*` segment matches any key or index.
 #[derive(Debug, Clone, PartialEq, Eq)]

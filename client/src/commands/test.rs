@@ -79,6 +79,10 @@ pub fn run(args: TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?;
     let started = illumitunnel::now_ms();
     let trust = TrustChoice::forwarding(&args.forward_trust)?;
+    if let Some(path) = &args.junit {
+        // A report that cannot be written is bad usage, found before anything is sent.
+        write_private(path, "").map_err(|e| UsageError(format!("--junit: {e:#}")))?;
+    }
     let cases = runtime.block_on(run_all(
         &originals,
         (forward_to.as_ref(), &trust),
@@ -143,13 +147,21 @@ async fn run_all(
         };
         let mut replayed = replay::send(original, &forwarder, request).await;
         let report = report(original, &replayed, ignore);
-        let recorded = match sinks.store.as_mut() {
-            Some(store) if store.contains(&original.id)? => {
-                store.insert_batch(std::slice::from_mut(&mut replayed))?;
-                true
+        // Recording is for the inspector; a busy or full store must not end the run.
+        let recorded = sinks.store.as_mut().is_some_and(|store| {
+            let stored = store.contains(&original.id).and_then(|known| {
+                known
+                    .then(|| store.insert_batch(std::slice::from_mut(&mut replayed)))
+                    .transpose()
+            });
+            match stored {
+                Ok(stored) => stored.is_some(),
+                Err(err) => {
+                    tracing::warn!(%err, "could not record the test's replay");
+                    false
+                }
             }
-            _ => false,
-        };
+        });
         print_case(original, &replayed, &report, recorded, sinks)?;
         cases.push(junit_case(original, &replayed, &report));
     }
@@ -258,9 +270,13 @@ fn name_of(d: &Delivery) -> String {
 }
 
 fn case_json(original: &Delivery, replayed: &Delivery, report: &Report, recorded: bool) -> Value {
-    let changed = match &report.body {
-        Some(BodyDiff::Json { changed, .. }) => json!(changed),
-        _ => json!([]),
+    // The first pointers and a count: a reshaped array can change thousands of them.
+    let (changed, changed_count) = match &report.body {
+        Some(BodyDiff::Json { changed, .. }) => (
+            json!(changed[..changed.len().min(regression::SHOWN_CHANGES)]),
+            changed.len(),
+        ),
+        _ => (json!([]), 0),
     };
     json!({
         "id": original.id,
@@ -274,6 +290,7 @@ fn case_json(original: &Delivery, replayed: &Delivery, report: &Report, recorded
         "duration_ms": replayed.duration_ms(),
         "error": report.no_answer,
         "changed": changed,
+        "changed_count": changed_count,
         "diff": (!report.passed()).then(|| regression::render(report, "", false)),
         "replay_id": recorded.then(|| replayed.id.clone()),
     })
@@ -322,9 +339,10 @@ fn failure_message(report: &Report) -> String {
         parts.push(format!("status {} became {actual}", report.expected_status));
     }
     match &report.body {
-        Some(BodyDiff::Json { changed, .. }) => {
-            parts.push(format!("body differs at {}", changed.join(", ")))
-        }
+        Some(BodyDiff::Json { changed, .. }) => parts.push(format!(
+            "body differs at {}",
+            regression::changed_list(changed)
+        )),
         Some(_) => parts.push("body differs".into()),
         None => {}
     }

@@ -72,18 +72,11 @@ pub fn render(report: &Report, indent: &str, colour: bool) -> String {
                 paint(GREEN, "+ actual")
             );
             lines(&mut out, &pretty(expected), &pretty(actual), indent, &paint);
-            let shown: Vec<&str> = changed.iter().take(10).map(String::as_str).collect();
-            let more = changed.len().saturating_sub(shown.len());
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
             let _ = writeln!(
                 out,
-                "{indent}changed: {}{more}; leave a field out with --ignore {}",
-                escape::escape(&shown.join(", ")),
-                escape::escape(shown.first().copied().unwrap_or("/")),
+                "{indent}changed: {}; leave a field out with --ignore {}",
+                escape::escape(&changed_list(changed)),
+                escape::escape(changed.first().map_or("/", String::as_str)),
             );
         }
         BodyDiff::Text { expected, actual } => {
@@ -112,6 +105,18 @@ pub fn render(report: &Report, indent: &str, colour: bool) -> String {
 }
 
 /// The line diff of two texts, with context, capped at [`MAX_DIFF_LINES`].
+/// Most changed pointers named in one line; the rest are counted.
+pub const SHOWN_CHANGES: usize = 10;
+
+/// `/a, /b and 3 more`: the first [`SHOWN_CHANGES`] pointers of a change.
+pub fn changed_list(changed: &[String]) -> String {
+    let shown = changed[..changed.len().min(SHOWN_CHANGES)].join(", ");
+    match changed.len().saturating_sub(SHOWN_CHANGES) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 fn lines(
     out: &mut String,
     expected: &str,
@@ -176,6 +181,16 @@ fn sorted(value: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_long_list_of_changes_names_ten_and_counts_the_rest() {
+        let changed: Vec<String> = (0..13).map(|i| format!("/items/{i}")).collect();
+        let line = super::changed_list(&changed);
+        assert!(line.starts_with("/items/0, /items/1,"), "{line}");
+        assert!(line.ends_with("/items/9 and 3 more"), "{line}");
+        assert_eq!(super::changed_list(&changed[..2]), "/items/0, /items/1");
+    }
+
     use super::super::{compare, Outcome};
     use super::*;
 

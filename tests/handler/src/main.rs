@@ -31,8 +31,26 @@ struct Settings {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let settings = Arc::new(parse_args()?);
+async fn main() -> std::process::ExitCode {
+    let settings = match parse_args() {
+        Ok(settings) => Arc::new(settings),
+        Err(usage) => {
+            eprintln!(
+                "error: {usage}; usage: illumitunnel-test-handler [--variant 1|2] [--fail-first N]"
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match serve(settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Arc<Settings>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening on http://{}", listener.local_addr()?);
     loop {
