@@ -254,7 +254,11 @@ async fn handle_delivery(cluster: &Cluster, ctx: &IngressContext, message: Messa
                         cluster.drop_body(&name).await;
                         ingress::dispatch(ctx, &tunnel, delivery).await
                     }
-                    Err(err) => Err(IngressError::QueueUnavailable(format!("{tunnel} ({err})"))),
+                    Err(err) => {
+                        // The sender hears the usual 503; the NATS detail is for the operator.
+                        tracing::warn!(%err, %tunnel, "could not read a forwarded large body from NATS");
+                        Err(IngressError::QueueUnavailable(tunnel))
+                    }
                 },
                 None => ingress::dispatch(ctx, &tunnel, delivery).await,
             }

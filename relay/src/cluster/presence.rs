@@ -197,7 +197,10 @@ pub fn spawn(
     let (c, s) = (cluster.clone(), shutdown.clone());
     tracker.spawn(
         watch_bucket(c.clone(), c.nodes.clone(), s, move |entry| {
-            c.view.heard(&entry.key, entry.created);
+            // A node that shuts down deletes its heartbeat: that is no sign of life.
+            if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                c.view.heard(&entry.key, entry.created);
+            }
         })
         .instrument(span.clone()),
     );
@@ -298,6 +301,9 @@ async fn heartbeat(cluster: Arc<Cluster>, tunnels: Arc<Tunnels>, shutdown: Cance
                     Ok(_) if !reachable => {
                         info!("NATS reachable again");
                         reachable = true;
+                        // Other nodes may have swept this node's presence while it was away:
+                        // publish every session held here again on this heartbeat.
+                        published.clear();
                     }
                     Ok(_) => {}
                     Err(err) if reachable => {

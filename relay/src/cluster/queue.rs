@@ -116,14 +116,25 @@ impl Cluster {
                 .map_err(QueueError::Storage)?;
             Some(name)
         };
-        let message = encode_delivery(&delivery, body_ref);
+        let message = encode_delivery(&delivery, body_ref.clone());
         let jetstream = self.jetstream();
         let acked = match jetstream.publish(queue_subject(tunnel), message).await {
             Ok(ack) => ack.await,
-            Err(err) => return Err(unavailable(err)),
+            Err(err) => {
+                // Never sent: its body must not outlive the refusal.
+                self.forget_body(body_ref.as_deref()).await;
+                return Err(unavailable(err));
+            }
         };
         if let Err(err) = acked {
             let text = err.to_string();
+            let full =
+                text.contains("maximum messages per subject") || text.contains("maximum bytes");
+            if full {
+                // Refused by the stream's limits: nothing refers to the stored body.
+                self.forget_body(body_ref.as_deref()).await;
+            }
+            // A timeout may still have been stored, so its body stays for the redelivery.
             return Err(if text.contains("maximum messages per subject") {
                 QueueError::Full {
                     tunnel: tunnel.to_owned(),
@@ -221,6 +232,13 @@ impl Cluster {
         Ok(after)
     }
 
+    /// Deletes a large body a refused delivery had stored, if it had one.
+    async fn forget_body(&self, name: Option<&str>) {
+        if let Some(name) = name {
+            self.drop_body(name).await;
+        }
+    }
+
     /// Moves the delivery at `seq` to the dead letters with `reason`.
     pub async fn dead_letter(
         &self,
@@ -245,6 +263,7 @@ impl Cluster {
         // The stored body, if any, stays with the dead letter until the bucket's age limit.
         let removed = self.queue.delete_message(seq).await.map_err(unavailable)?;
         let _ = self.attempts.purge(attempts_key(tunnel, seq)).await;
+        self.stored_bodies().remove(&seq);
         Ok(removed)
     }
 
