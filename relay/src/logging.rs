@@ -37,10 +37,13 @@ pub struct Style {
 }
 
 impl Style {
-    /// For a terminal: colours unless `NO_COLOR` is set, targets shown.
+    /// For standard error: colours when it is a terminal and `NO_COLOR` is not set (a journal
+    /// or a redirected log gets plain text), targets shown.
     pub fn terminal() -> Style {
+        use std::io::IsTerminal as _;
         Style {
-            ansi: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            ansi: std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             target: true,
         }
     }
