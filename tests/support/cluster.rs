@@ -171,10 +171,20 @@ impl Node {
 
     /// Starts node `id` against the NATS servers `urls` with `--http` and `extra` flags only.
     pub fn start_with(id: &str, urls: &str, extra: &[&str]) -> Node {
-        let mut args: Vec<String> = ["--http", "--cluster", urls, "--node-id", id]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        // A 5 s response timeout keeps a node's graceful stop (in-flight answers, then
+        // sessions) well inside the test's wait for its exit.
+        let mut args: Vec<String> = [
+            "--http",
+            "--cluster",
+            urls,
+            "--node-id",
+            id,
+            "--response-timeout",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut node = Node {
             id: id.into(),
