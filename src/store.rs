@@ -92,6 +92,9 @@ pub struct Filter {
     pub before_seq: Option<i64>,
     /// Only deliveries with `seq` above this.
     pub after_seq: Option<i64>,
+    /// Only originals with an answer: no replays (nor test runs), nothing `--events` skipped,
+    /// nothing the local server left unanswered. Limits count after this, not before.
+    pub answered_originals: bool,
 }
 
 /// Deliveries counted by outcome, for the inspector header.
@@ -596,6 +599,9 @@ fn where_clause(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
         args.push(Value::Integer(after));
         conds.push(format!("seq > ?{}", args.len()));
     }
+    if filter.answered_originals {
+        conds.push("source != 'replay' AND skipped = 0 AND status IS NOT NULL".to_string());
+    }
     if let Some(text) = filter.text.as_ref().filter(|t| !t.is_empty()) {
         let escaped = text
             .replace('\\', "\\\\")
@@ -843,6 +849,33 @@ mod tests {
         assert_eq!(pruned.deliveries, 0);
         assert!(store.disk_bytes() <= cap, "{} bytes", store.disk_bytes());
         assert_eq!(store.count(&Filter::default()).unwrap(), 20);
+    }
+
+    #[test]
+    fn answered_originals_are_counted_after_replays_and_skips_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+        let mut rows = vec![delivery("orig1", TICKET)];
+        let mut unanswered = delivery("noanswer", TICKET);
+        unanswered.response = None;
+        rows.push(unanswered);
+        let mut skipped = delivery("skipped", TICKET);
+        skipped.skipped = true;
+        rows.push(skipped);
+        for i in 0..300 {
+            let mut replay = delivery(&format!("replay{i:03}"), TICKET);
+            replay.source = Source::Replay;
+            rows.push(replay);
+        }
+        store.insert_batch(&mut rows).unwrap();
+        let originals = Filter {
+            answered_originals: true,
+            ..Filter::default()
+        };
+        let newest = store.list_newest(&originals, 1).unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].id.as_str(), "orig1");
+        assert_eq!(store.count(&originals).unwrap(), 1);
     }
 
     #[test]

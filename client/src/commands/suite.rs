@@ -4,7 +4,6 @@
 //! them (`Delivery::redact_secrets`) unless `--include-secrets`. Also the selection `test`
 //! shares: which stored deliveries can be tests.
 
-use illumitunnel::delivery::Source;
 use illumitunnel::store::{CaptureStore, Filter, StoreError};
 use illumitunnel::suite::Case;
 use illumitunnel::Delivery;
@@ -69,10 +68,12 @@ pub fn run(args: SuiteArgs, ctx: &Ctx) -> anyhow::Result<()> {
 /// runs among them) and deliveries `--events` skipped are left out unless named by id; an
 /// unknown id or an empty selection is a usage error.
 pub fn select(store: &CaptureStore, selection: &Selection<'_>) -> anyhow::Result<Vec<Delivery>> {
-    let usable = |d: &Delivery| d.source != Source::Replay && !d.skipped && d.response.is_some();
+    let usable = Filter {
+        answered_originals: true,
+        ..Filter::default()
+    };
     if let Some(n) = selection.last {
-        let newest = store.list_newest(&Filter::default(), n.saturating_mul(4) + 200)?;
-        let mut found: Vec<Delivery> = newest.into_iter().filter(usable).take(n).collect();
+        let mut found = store.list_newest(&usable, n)?;
         if found.is_empty() {
             return Err(UsageError(format!(
                 "no answered deliveries in {}; capture some with illumitunnel listen or trigger",
@@ -88,13 +89,9 @@ pub fn select(store: &CaptureStore, selection: &Selection<'_>) -> anyhow::Result
         let filter = Filter {
             event: Some(event.to_string()),
             since_ms: since_ms(selection.since)?,
-            ..Filter::default()
+            ..usable
         };
-        let found: Vec<Delivery> = store
-            .list_oldest(&filter, MAX_CASES + 1)?
-            .into_iter()
-            .filter(usable)
-            .collect();
+        let found = store.list_oldest(&filter, MAX_CASES + 1)?;
         if found.len() > MAX_CASES {
             return Err(UsageError(format!(
                 "more than {MAX_CASES} {event} deliveries match; narrow them with --since DURATION"
