@@ -507,6 +507,14 @@ fn tokens_stored_in_nats_admit_and_revoke_on_every_node() {
         .collect();
     let target = Target::ok(&rt);
 
+    let empty = cluster_token(&nats, &["list"]);
+    assert_eq!(empty.code(), 0, "{empty:?}");
+    assert!(
+        empty.stderr.contains(
+            "no stored tokens; add one with `illumitunnel-relay token add NAME --cluster"
+        ),
+        "{empty:?}"
+    );
     let added = cluster_token(&nats, &["add", "laptop"]);
     assert_eq!(added.code(), 0, "{added:?}");
     let token = added.stdout.trim().to_string();

@@ -249,9 +249,13 @@ pub(crate) async fn start(
         Err(err) => warn!(%err, "could not read the stored tokens"),
     }
     if access.read(|s| access.is_closed_and_empty(s)) {
-        warn!(
-            "no client tokens yet: clients are refused until `illumitunnel-relay token add NAME`"
-        );
+        // Cluster nodes read the tokens in NATS, never a node's relay.db.
+        let add = if matches!(stored, Stored::Cluster(_)) {
+            "illumitunnel-relay token add NAME --cluster nats://…"
+        } else {
+            "illumitunnel-relay token add NAME"
+        };
+        warn!("no client tokens yet: clients are refused until `{add}`");
     }
     let poll = spawn_poll(access.clone(), stored, conn, shutdown);
     (access, Some(poll))

@@ -216,7 +216,11 @@ pub async fn run(
         }),
         TokenCommand::List => backend.list().await.map(|tokens| {
             if tokens.is_empty() {
-                let _ = writeln!(note, "no stored tokens; add one with `illumitunnel-relay token add NAME`");
+                let add = match target {
+                    TokenTarget::Dir(_) => "illumitunnel-relay token add NAME",
+                    TokenTarget::Cluster(_) => "illumitunnel-relay token add NAME --cluster nats://…",
+                };
+                let _ = writeln!(note, "no stored tokens; add one with `{add}`");
             }
             for token in tokens {
                 let _ = writeln!(out, "{}\tadded {}", token.name, format_ms(token.created_at_ms));
