@@ -175,26 +175,11 @@ fn destination(
     original: &Delivery,
     forward_to: Option<&Target>,
 ) -> Result<(Target, RequestRecord), String> {
-    let stored = &original.request;
-    let (target, path) = match forward_to {
-        Some(to) => (to.with_path("/"), path_under(to.path(), &stored.path)),
-        None => {
-            let target = Target::parse(&original.target).map_err(|_| {
-                format!(
-                    "delivery {} has no forward target to test against; pass --forward-to URL",
-                    original.id
-                )
-            })?;
-            (target.origin(), stored.path.clone())
-        }
+    let Some(to) = forward_to else {
+        return replay::prepare(original, None, None);
     };
-    let request = RequestRecord {
-        method: stored.method.clone(),
-        path,
-        query: stored.query.clone(),
-        headers: replay::resend_headers(&stored.headers),
-        body: stored.body.clone(),
-    };
+    let (target, mut request) = replay::prepare(original, Some(&to.with_path("/")), None)?;
+    request.path = path_under(to.path(), &original.request.path);
     Ok((target, request))
 }
 
