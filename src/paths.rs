@@ -1,6 +1,7 @@
 //! Where the tool keeps its files: the platform data dir (capture store, logs, relay data)
 //! and config dir (the remembered tunnel name). `ILLUMITUNNEL_HOME` puts both under one folder,
-//! which tests and containers use.
+//! which tests and containers use. Both dirs, and every file the tool writes, are readable by
+//! the user only (0700 and 0600 on Unix).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,62 @@ pub fn default_relay_data_dir() -> PathBuf {
     data_dir().join("relay")
 }
 
+/// Creates `dir` and any missing parents, each readable by the user only (0700 on Unix). A
+/// dir that exists already is left as it is: it may be the user's (a `--store` file's folder).
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates one of the tool's own dirs ([`data_dir`], [`config_dir`], or a folder inside them)
+/// like [`create_private_dir_all`], and tightens it to 0700 when it exists with looser
+/// permissions (an older release made them 0755). Never call it on a dir the user named.
+pub fn ensure_own_dir(dir: &Path) -> std::io::Result<()> {
+    create_private_dir_all(dir)?;
+    tighten(dir, 0o700)
+}
+
+/// Tightens the tool's own dirs ([`data_dir`] and [`config_dir`]) to 0700 where they exist with
+/// looser permissions; creates nothing. The client runs this on every start.
+pub fn tighten_own_dirs() -> std::io::Result<()> {
+    for dir in [data_dir(), config_dir()] {
+        if dir.is_dir() {
+            tighten(&dir, 0o700)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes group and other permissions away from an existing file of the tool's (0600), e.g. one
+/// an older release wrote 0644; a missing file is no error.
+pub fn tighten_file(path: &Path) -> std::io::Result<()> {
+    match tighten(path, 0o600) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Sets `path` to `mode` when group or others have any permission on it.
+fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let current = std::fs::metadata(path)?.permissions().mode();
+        if current & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
 /// Creates or empties `path` for writing, readable by the user only (0600 on Unix).
 pub fn create_private(path: &Path) -> std::io::Result<File> {
     open_private(
@@ -78,6 +135,34 @@ mod tests {
     fn mode(path: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn own_dirs_are_0700_new_or_old_and_a_given_dir_is_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let given = dir.path().join("given");
+        std::fs::create_dir(&given).unwrap();
+        std::fs::set_permissions(&given, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nested = given.join("a/b");
+        create_private_dir_all(&nested).unwrap();
+        assert_eq!(mode(&given), 0o755, "an existing parent is the user's");
+        assert_eq!(mode(&given.join("a")), 0o700);
+        assert_eq!(mode(&nested), 0o700);
+
+        let own = dir.path().join("own");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_own_dir(&own).unwrap();
+        assert_eq!(mode(&own), 0o700);
+
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        tighten_file(&file).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        tighten_file(&dir.path().join("missing")).unwrap();
     }
 
     #[cfg(unix)]

@@ -140,9 +140,18 @@ impl CaptureStore {
             cause,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+            crate::paths::create_private_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
         create_private(path).map_err(|e| open_err(e.to_string()))?;
+        // SQLite creates `-wal` and `-shm` with the store's own mode: a store an older release
+        // left 0644 (and any leftovers of it) becomes 0600 before they are opened.
+        for file in [
+            path.to_path_buf(),
+            sidecar(path, "-wal"),
+            sidecar(path, "-shm"),
+        ] {
+            crate::paths::tighten_file(&file).map_err(|e| open_err(e.to_string()))?;
+        }
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Both only take effect on a file with no tables yet, page size first (setting
@@ -665,6 +674,13 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
+/// `captures.db-wal` for `captures.db` and `-wal`.
+fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 #[cfg(unix)]
 fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -951,6 +967,32 @@ mod tests {
             );
         }
         assert!(CaptureStore::open(&path).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn store_wal_shm_and_a_new_folder_are_private_and_an_old_store_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/c.db");
+        let mut store = CaptureStore::open(&path).unwrap();
+        store
+            .insert_batch(std::slice::from_mut(&mut delivery("w1", "x")))
+            .unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        for file in [path.clone(), sidecar(&path, "-wal"), sidecar(&path, "-shm")] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(store);
+
+        let old = dir.path().join("old.db");
+        drop(CaptureStore::open(&old).unwrap());
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = CaptureStore::open(&old).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(mode(&sidecar(&old, "-wal")), 0o600);
+        drop(store);
     }
 
     #[test]

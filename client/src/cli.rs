@@ -73,6 +73,11 @@ pub struct LoginArgs {
     /// Also trust the certificates in this PEM file for the relay (kept in config.toml).
     #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
+
+    /// Send the token to an http:// relay that is not on this machine anyway, unencrypted
+    /// (kept in config.toml as allow_http for that relay).
+    #[arg(long)]
+    pub allow_http: bool,
 }
 
 /// How to trust an https local server: `listen`, `test` and `replay`.
@@ -131,6 +136,11 @@ pub struct ListenArgs {
     /// Accept any relay certificate (for self-signed relays you cannot get the PEM of).
     #[arg(long)]
     pub insecure: bool,
+
+    /// Send the token to an http:// relay that is not on this machine anyway, unencrypted
+    /// (default: allow_http in config.toml, for the relay remembered there).
+    #[arg(long)]
+    pub allow_http: bool,
 
     /// Print one line per delivery instead of the inspector.
     #[arg(long)]

@@ -218,7 +218,7 @@ impl fmt::Display for Target {
 /// Resolves `.` and `..` segments (also percent-encoded, `%2e`) inside a delivery path, so a
 /// sender's `/t/x/../../admin` cannot climb above the `--forward-to` path on servers that
 /// normalize paths after routing; `..` at the top is dropped, as RFC 3986 §5.2.4 does.
-fn remove_dot_segments(path: &str) -> String {
+pub(crate) fn remove_dot_segments(path: &str) -> String {
     let is_dot = |seg: &str| seg == "." || seg.eq_ignore_ascii_case("%2e");
     let is_dot_dot = |seg: &str| {
         let lower = seg.to_ascii_lowercase();

@@ -74,6 +74,10 @@ fn main() -> ExitCode {
             None
         }
     };
+    // Older releases made the config and data dirs 0755; they hold tokens and request bodies.
+    if let Err(err) = illumitunnel::paths::tighten_own_dirs() {
+        tracing::warn!(%err, "could not make the config and data dirs private (0700)");
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ctx = Ctx {
         store: cli
@@ -113,7 +117,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is::<commands::Reported>() => ExitCode::from(1),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Sentences can carry what a relay or a server sent: nothing in them may reach the
+            // terminal as a control or bidi character.
+            eprintln!(
+                "error: {}",
+                illumitunnel::escape::escape(&format!("{err:#}"))
+            );
             if err.chain().any(|e| e.is::<UsageError>()) {
                 ExitCode::from(2)
             } else {
@@ -136,7 +145,7 @@ fn init_logging() {
 /// `ILLUMITUNNEL_LOG` says otherwise); nowhere if that file cannot be opened.
 fn log_to_file() -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let dir = illumitunnel::paths::data_dir();
-    std::fs::create_dir_all(&dir).ok()?;
+    illumitunnel::paths::ensure_own_dir(&dir).ok()?;
     let file = illumitunnel::paths::append_private(&dir.join("listen.log")).ok()?;
     let (writer, guard) = tracing_appender::non_blocking(file);
     logging::init(

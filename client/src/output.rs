@@ -291,7 +291,7 @@ pub fn state_line(state: &ConnectionState) -> Option<String> {
             Some(s)
         }
         ConnectionState::Reconnecting { in_secs, cause } => {
-            Some(format!("reconnecting in {in_secs:.1} s: {cause}"))
+            Some(format!("reconnecting in {in_secs:.1} s: {}", escape(cause)))
         }
         // `main` prints the refusal once, as the error `listen` exits with.
         ConnectionState::Refused(_) => None,
@@ -318,7 +318,8 @@ pub fn store_line(health: &StoreHealth) -> String {
 
 fn banner_lines(banner: &Banner, public_url: &str) -> String {
     let row = |label: &str, value: &str| format!("{label:<15}{value}\n");
-    let mut s = row("webhook URL", public_url);
+    // The session checked the relay's URL; escaping here holds whatever reaches the banner.
+    let mut s = row("webhook URL", &escape(public_url));
     if crate::illumichat::is_local_only(public_url) {
         s += &row(
             "",
@@ -654,6 +655,27 @@ mod tests {
         );
         let public = banner_lines(&b, "https://relay.example.com/t/quiet-otter-1234");
         assert!(!public.contains("local only"), "{public}");
+    }
+
+    #[test]
+    fn what_a_relay_sends_is_escaped_in_the_banner_and_state_lines() {
+        let b = Banner {
+            forward_to: "http://localhost:3000/hooks".into(),
+            store: PathBuf::from("/tmp/c.db"),
+            embedded_relay: None,
+        };
+        let banner = banner_lines(&b, "https://relay.example.com/t/x\x1b]0;owned\x07\u{202e}");
+        assert!(
+            banner
+                .starts_with("webhook URL    https://relay.example.com/t/x^[]0;owned^G\\u{202e}\n"),
+            "{banner}"
+        );
+        let line = state_line(&ConnectionState::Reconnecting {
+            in_secs: 1.0,
+            cause: "relay said \x1b[2J\u{202e}".into(),
+        })
+        .unwrap();
+        assert_eq!(line, "reconnecting in 1.0 s: relay said ^[[2J\\u{202e}");
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct Settings {
     /// PEM file trusted for the relay, as `--ca`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// `login --allow-http` was given for `relay`: an http:// relay off this machine that
+    /// `listen` may send the token to (only that relay, never one given by flag).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -43,6 +47,7 @@ impl std::fmt::Debug for Settings {
             .field("forward_to", &self.forward_to)
             .field("tunnel", &self.tunnel)
             .field("ca", &self.ca)
+            .field("allow_http", &self.allow_http)
             .finish()
     }
 }
@@ -79,7 +84,7 @@ impl Settings {
         toml::from_str(&text).map_err(|e| {
             let why = e.message().trim().to_string();
             UsageError(format!(
-                "could not read {}: {why}; the keys are relay, token, forward_to, tunnel and ca",
+                "could not read {}: {why}; the keys are relay, token, forward_to, tunnel, ca and allow_http",
                 path.display()
             ))
         })
@@ -96,7 +101,7 @@ impl Settings {
     pub fn save_to(&self, path: &Path) -> anyhow::Result<()> {
         use std::io::Write as _;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            paths::ensure_own_dir(dir)
                 .with_context(|| format!("could not create {}", dir.display()))?;
         }
         let text = toml::to_string(self).context("could not write the settings")?;
@@ -137,13 +142,20 @@ mod tests {
             relay: Some("https://relay.example.com".into()),
             token: Some("secret-token".into()),
             ca: Some(PathBuf::from("/etc/relay-ca.pem")),
+            allow_http: true,
             ..Settings::default()
         };
         settings.save_to(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(Settings::load_from(&path).unwrap(), settings);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("allow_http = true"));
         assert!(!format!("{settings:?}").contains("secret-token"));
+        // Without it, the key is left out rather than written as false.
+        Settings::default().save_to(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "");
 
         std::fs::write(&path, "relya = \"https://x\"\n").unwrap();
         let err = Settings::load_from(&path).unwrap_err().to_string();

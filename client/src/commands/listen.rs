@@ -75,6 +75,9 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let settings = crate::settings::Settings::load()?;
     let config = ListenConfig::try_from((&args, &settings))?;
     let forwarder = local_forwarder(&config)?;
+    if let Some(warning) = &config.cleartext_warning {
+        eprintln!("{warning}");
+    }
     let store = CaptureStore::open(&ctx.store)?;
     let tunnel = match config.tunnel.clone() {
         Some(t) => t,

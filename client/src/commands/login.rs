@@ -30,8 +30,12 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
             )
         })?;
     let relay = RelayUrl::parse(&relay_text).map_err(|e| UsageError(e.to_string()))?;
-    // What is remembered for another relay (its CA, its token) says nothing about this one.
+    // What is remembered for another relay (its CA, its token, allow_http) says nothing about
+    // this one.
     let same_relay = settings.relay.as_deref() == Some(relay_text.as_str());
+    let allow_http = args.allow_http || (same_relay && settings.allow_http);
+    // Refused before the token is read or sent anywhere.
+    let cleartext_warning = relay.check_cleartext(allow_http).map_err(UsageError)?;
     let ca = match &args.ca {
         Some(path) => Some(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
         None if same_relay => settings.ca.clone(),
@@ -71,6 +75,9 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         keepalive: DEFAULT_KEEPALIVE,
         max_body: DEFAULT_MAX_BODY,
     };
+    if let Some(warning) = &cleartext_warning {
+        eprintln!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,9 +88,11 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
     settings.relay = Some(relay_text.clone());
     settings.token = Some(token);
     settings.ca = ca;
+    settings.allow_http = cleartext_warning.is_some();
     let path = settings.save()?;
     eprintln!(
-        "logged in to {relay_text} (tunnel {public_url}); saved to {}",
+        "logged in to {relay_text} (tunnel {}); saved to {}",
+        illumitunnel::escape::escape(&public_url),
         path.display()
     );
     Ok(())

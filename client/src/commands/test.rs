@@ -169,8 +169,9 @@ async fn run_all(
 }
 
 /// Where a delivery goes and what is sent: with `--forward-to`, its path under that URL (a path
-/// already under it is kept as is, so the URL `listen` forwarded to works too); else the origin
-/// it went to when captured.
+/// already under it is kept as is, so the URL `listen` forwarded to works too), by the rule
+/// `listen` forwards with (`Target::uri_for`): dot segments, encoded ones too, never climb above
+/// it; else the origin it went to when captured.
 fn destination(
     original: &Delivery,
     forward_to: Option<&Target>,
@@ -178,21 +179,21 @@ fn destination(
     let Some(to) = forward_to else {
         return replay::prepare(original, None, None);
     };
-    let (target, mut request) = replay::prepare(original, Some(&to.with_path("/")), None)?;
-    request.path = path_under(to.path(), &original.request.path);
+    let (target, mut request) = replay::prepare(original, Some(to), None)?;
+    request.path = path_below(to.path(), &original.request.path);
     Ok((target, request))
 }
 
-/// `recorded` placed under `base`, unless it is there already.
-fn path_under(base: &str, recorded: &str) -> String {
-    let inside = recorded == base
-        || recorded
-            .strip_prefix(base)
-            .is_some_and(|rest| rest.starts_with('/'));
-    if base == "/" || inside {
-        recorded.to_string()
-    } else {
-        format!("{base}{recorded}")
+/// `recorded` as a path below `base`, for `base.uri_for`: its dot segments resolved first (as
+/// `listen` resolves them), then the part under `base` when it is there already.
+fn path_below(base: &str, recorded: &str) -> String {
+    let recorded = crate::forward::remove_dot_segments(recorded);
+    if base == "/" {
+        return recorded;
+    }
+    match recorded.strip_prefix(base) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.to_string(),
+        _ => recorded,
     }
 }
 
@@ -361,22 +362,57 @@ mod tests {
 
     #[test]
     fn paths_go_under_the_target_once() {
-        assert_eq!(
-            path_under("/", "/webhooks/illumichat"),
-            "/webhooks/illumichat"
-        );
-        assert_eq!(
-            path_under("/webhooks/illumichat", "/webhooks/illumichat"),
-            "/webhooks/illumichat"
-        );
-        assert_eq!(
-            path_under("/webhooks/illumichat", "/webhooks/illumichat/sub"),
-            "/webhooks/illumichat/sub"
-        );
-        assert_eq!(
-            path_under("/v2", "/webhooks/illumichat"),
-            "/v2/webhooks/illumichat"
-        );
-        assert_eq!(path_under("/web", "/webhooks"), "/web/webhooks");
+        let uri = |to: &str, recorded: &str| {
+            let to = Target::parse(to).unwrap();
+            to.uri_for(&path_below(to.path(), recorded), "").to_string()
+        };
+        let base = "http://127.0.0.1:3000/webhooks/illumichat";
+        for (to, recorded, want) in [
+            (
+                "http://127.0.0.1:3000",
+                "/webhooks/illumichat",
+                "/webhooks/illumichat",
+            ),
+            (base, "/webhooks/illumichat", "/webhooks/illumichat"),
+            (base, "/webhooks/illumichat/sub", "/webhooks/illumichat/sub"),
+            (
+                "http://127.0.0.1:3000/v2",
+                "/webhooks/illumichat",
+                "/v2/webhooks/illumichat",
+            ),
+            ("http://127.0.0.1:3000/web", "/webhooks", "/web/webhooks"),
+            ("http://127.0.0.1:3000/web", "/", "/web"),
+        ] {
+            assert_eq!(
+                uri(to, recorded),
+                format!("http://127.0.0.1:3000{want}"),
+                "{to} {recorded}"
+            );
+        }
+    }
+
+    #[test]
+    fn suite_paths_with_dot_segments_stay_under_the_forward_path_as_in_listen() {
+        let to = Target::parse("http://127.0.0.1:3000/webhooks").unwrap();
+        for hostile in [
+            "/../../admin",
+            "/%2e%2e/%2E%2e/admin",
+            "/.%2e/admin",
+            "/webhooks/../admin",
+            "/webhooks/../../admin",
+            "/./admin",
+            "admin",
+            "/webhooks/x/../../admin",
+        ] {
+            let tested = to.uri_for(&path_below(to.path(), hostile), "");
+            assert_eq!(tested.path(), "/webhooks/admin", "{hostile}");
+            assert_eq!(tested.authority().unwrap().as_str(), "127.0.0.1:3000");
+            // `listen` with the same --forward-to sends a sender's path to the same place.
+            let listened = to.uri_for(hostile, "");
+            assert!(
+                listened.path().starts_with("/webhooks/"),
+                "{hostile}: {listened}"
+            );
+        }
     }
 }

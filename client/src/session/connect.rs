@@ -160,16 +160,23 @@ pub async fn connect(
             dead_letters,
             claim_key,
             ..
-        })) => Ok((
-            ws,
-            Welcome {
-                public_url,
-                queued,
-                expired,
-                dead_letters,
-                claim_key,
-            },
-        )),
+        })) => {
+            check_public_url(&public_url).map_err(|why| {
+                fatal(format!(
+                    "it sent a tunnel URL that {why}; check --relay, or ask the relay's operator to fix its --public-url"
+                ))
+            })?;
+            Ok((
+                ws,
+                Welcome {
+                    public_url,
+                    queued,
+                    expired,
+                    dead_letters,
+                    claim_key,
+                },
+            ))
+        }
         Some(Ok(RelayMessage::Refused { reason, message })) => Err(ConnectError::Fatal(
             refusal_sentence(reason, &message, config),
         )),
@@ -182,6 +189,37 @@ pub async fn connect(
             "the relay closed the connection before welcoming this client".into(),
         )),
     }
+}
+
+/// Longest tunnel URL taken from a relay's `Welcome`.
+const MAX_PUBLIC_URL: usize = 2048;
+
+/// A `Welcome`'s tunnel URL is printed, written to `listen.json` and registered with IllumiChat:
+/// it must be an http(s) URL with a host, short, and free of anything a terminal acts on.
+/// `Err` says what is wrong, with the URL escaped.
+fn check_public_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_PUBLIC_URL {
+        return Err(format!("is longer than {MAX_PUBLIC_URL} bytes"));
+    }
+    let shown = || illumitunnel::escape::escape(url).into_owned();
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || illumitunnel::escape::is_unsafe(c))
+    {
+        return Err(format!(
+            "holds control or invisible characters ({})",
+            shown()
+        ));
+    }
+    let parsed: Option<http::Uri> = url.parse().ok();
+    let is_web_url = parsed.as_ref().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.authority().is_some_and(|a| !a.host().is_empty())
+    });
+    if !is_web_url {
+        return Err(format!("is not an http(s) URL ({})", shown()));
+    }
+    Ok(())
 }
 
 fn describe_connect_error(err: &std::io::Error, relay: &RelayUrl) -> String {
@@ -197,10 +235,11 @@ fn describe_connect_error(err: &std::io::Error, relay: &RelayUrl) -> String {
 /// The sentence `listen` exits with when the relay refuses the session.
 pub fn refusal_sentence(reason: Refusal, message: &str, config: &SessionConfig) -> String {
     let tunnel = &config.tunnel;
+    // The relay's own words: escaped, so they cannot act on the terminal.
     let detail = if message.is_empty() {
         String::new()
     } else {
-        format!(" ({message})")
+        format!(" ({})", illumitunnel::escape::escape(message))
     };
     match reason {
         Refusal::Unauthorized => "relay refused the token; run `illumitunnel login` with a token from the relay, or check --token and ILLUMITUNNEL_TOKEN".into(),
@@ -260,5 +299,48 @@ mod tests {
             "{taken}"
         );
         assert!(refusal_sentence(Refusal::VersionMismatch, "", &tokenless).contains("upgrade"));
+        let hostile = refusal_sentence(
+            Refusal::VersionMismatch,
+            "v9\x1b]0;pwned\x07\u{202e}",
+            &tokenless,
+        );
+        assert!(hostile.contains("(v9^[]0;pwned^G\\u{202e})"), "{hostile}");
+    }
+
+    #[test]
+    fn a_welcome_url_must_be_a_plain_http_url() {
+        for good in [
+            "https://relay.example.com/t/my-app",
+            "http://127.0.0.1:8080/t/my-app",
+            "https://[::1]:8443/base/t/x",
+        ] {
+            assert_eq!(check_public_url(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            (
+                "https://relay.example.com/t/\x1b[2J\x07",
+                "control or invisible characters (https://relay.example.com/t/^[[2J^G)",
+            ),
+            (
+                "https://relay.example.com/t/\u{202e}ppa",
+                "control or invisible characters (https://relay.example.com/t/\\u{202e}ppa)",
+            ),
+            (
+                "https://relay.example.com/t/a b",
+                "control or invisible characters",
+            ),
+            (
+                "javascript:alert(1)",
+                "is not an http(s) URL (javascript:alert(1))",
+            ),
+            ("/t/my-app", "is not an http(s) URL"),
+            ("", "is not an http(s) URL"),
+        ] {
+            let err = check_public_url(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(!err.chars().any(illumitunnel::escape::is_unsafe), "{err:?}");
+        }
+        let long = format!("https://r.example/{}", "a".repeat(MAX_PUBLIC_URL));
+        assert!(check_public_url(&long).unwrap_err().contains("longer than"));
     }
 }

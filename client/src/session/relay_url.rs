@@ -73,6 +73,59 @@ impl RelayUrl {
         }
     }
 
+    /// Whether the relay is on this machine: `localhost`, 127.0.0.0/8 or ::1 (also as
+    /// `::ffff:127.x.y.z`). Nothing sent to it crosses a network.
+    pub fn is_loopback(&self) -> bool {
+        use std::net::IpAddr;
+        let host = self.host.trim_end_matches('.');
+        if host.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        match host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => v4.is_loopback(),
+            Ok(IpAddr::V6(v6)) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether a session would cross a network unencrypted: `http://` (or `ws://`) to a host
+    /// that is not this machine. The token, or an anonymous tunnel's claim key, and every
+    /// delivery would be readable by anyone on the way.
+    pub fn is_cleartext_remote(&self) -> bool {
+        !self.tls && !self.is_loopback()
+    }
+
+    /// The rule for `--allow-http`: a cleartext relay off this machine is refused with a
+    /// sentence unless `allow_http`; when allowed, the warning line to print (once, on stderr).
+    pub fn check_cleartext(&self, allow_http: bool) -> Result<Option<String>, String> {
+        if !self.is_cleartext_remote() {
+            return Ok(None);
+        }
+        let url = self.as_http();
+        if allow_http {
+            Ok(Some(format!(
+                "warning: relay {url} is http:// and not on this machine: the token and every delivery cross the network unencrypted (--allow-http)"
+            )))
+        } else {
+            Err(format!(
+                "refusing to send the token to relay {url} unencrypted: it is http:// and not on this machine, so anyone on the network could read the token and every delivery; use an https:// relay, or pass --allow-http to send it anyway"
+            ))
+        }
+    }
+
+    /// The relay as the user wrote it, with `http`/`https` for the scheme.
+    fn as_http(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!(
+            "{scheme}://{}:{}{}",
+            self.host_for_url(),
+            self.port,
+            self.prefix
+        )
+    }
+
     /// The websocket URL of the relay's connect endpoint.
     pub fn connect_url(&self) -> String {
         format!("{self}{}", CONNECT_PATH)
@@ -125,6 +178,47 @@ mod tests {
             RelayUrl::parse("https://r.example").unwrap().connect_url(),
             "wss://r.example:443/_illumitunnel/connect"
         );
+    }
+
+    #[test]
+    fn only_cleartext_relays_off_this_machine_need_allow_http() {
+        for (input, remote) in [
+            ("http://127.0.0.1:8080", false),
+            ("http://127.9.9.9", false),
+            ("ws://[::1]:80", false),
+            ("http://[::ffff:127.0.0.1]:80", false),
+            ("http://localhost:8080", false),
+            ("http://LOCALHOST.:8080", false),
+            ("https://relay.example.com", false),
+            ("wss://10.0.0.5", false),
+            ("http://relay.example.com", true),
+            ("ws://10.0.0.5:8080", true),
+            ("http://[2001:db8::1]:8080", true),
+            ("http://128.0.0.1", true),
+            ("http://localhost.example.com", true),
+        ] {
+            let url = RelayUrl::parse(input).unwrap();
+            assert_eq!(url.is_cleartext_remote(), remote, "{input}");
+            assert_eq!(url.check_cleartext(false).is_err(), remote, "{input}");
+            assert_eq!(
+                url.check_cleartext(true).unwrap().is_some(),
+                remote,
+                "{input}"
+            );
+        }
+        let url = RelayUrl::parse("http://relay.example.com:8080/base").unwrap();
+        let refused = url.check_cleartext(false).unwrap_err();
+        assert!(
+            refused.starts_with("refusing to send the token to relay http://relay.example.com:8080/base unencrypted: ")
+                && refused.ends_with("; use an https:// relay, or pass --allow-http to send it anyway"),
+            "{refused}"
+        );
+        let warning = url.check_cleartext(true).unwrap().unwrap();
+        assert!(
+            warning.starts_with("warning: relay http://relay.example.com:8080/base "),
+            "{warning}"
+        );
+        assert!(!warning.contains('\n') && !refused.contains('\n'));
     }
 
     #[test]

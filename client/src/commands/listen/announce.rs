@@ -45,14 +45,14 @@ impl Running {
     }
 
     fn write(&self, ca_pem: Option<&str>) -> std::io::Result<()> {
-        std::fs::create_dir_all(paths::data_dir())?;
+        paths::ensure_own_dir(&paths::data_dir())?;
         if let (Some(pem), Some(path)) = (ca_pem, &self.ca_pem) {
-            std::fs::write(path, pem)?;
+            write_private(path, pem.as_bytes())?;
         }
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         // Written whole, then renamed, so `trigger` never reads half a file.
         let tmp = Self::path().with_extension("json.tmp");
-        std::fs::write(&tmp, text)?;
+        write_private(&tmp, text.as_bytes())?;
         std::fs::rename(&tmp, Self::path())
     }
 
@@ -191,14 +191,16 @@ pub(crate) fn remembered_tunnel() -> TunnelName {
     let path = paths::config_dir().join("tunnel");
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(name) = TunnelName::parse(text.trim()) {
+            // An older release wrote it 0644.
+            if let Err(err) = paths::tighten_file(&path) {
+                tracing::warn!(%err, path = %path.display(), "could not make the remembered tunnel name private");
+            }
             return name;
         }
     }
     let name = TunnelName::random();
-    let saved = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&path, format!("{name}\n")));
+    let saved = paths::ensure_own_dir(&paths::config_dir())
+        .and_then(|()| write_private(&path, format!("{name}\n").as_bytes()));
     if let Err(err) = saved {
         tracing::warn!(%err, path = %path.display(), "could not remember the tunnel name; the URL will change next time");
     }
@@ -221,31 +223,16 @@ pub(crate) fn remembered_claim_key(tunnel: &TunnelName) -> String {
 /// Keeps the claim key a relay gave for `tunnel`, so the next `listen` re-joins it.
 fn remember_claim_key(tunnel: &TunnelName, key: &str) {
     let path = claim_key_path(tunnel);
-    let saved = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
+    let saved = paths::ensure_own_dir(&paths::config_dir())
+        .and_then(|()| path.parent().map_or(Ok(()), paths::ensure_own_dir))
         .and_then(|()| write_private(&path, format!("{key}\n").as_bytes()));
     if let Err(err) = saved {
         tracing::warn!(%err, path = %path.display(), "could not keep the tunnel's claim key; another machine may take the name after this listen stops");
     }
 }
 
-/// Writes `bytes` to a file only its owner can read.
+/// Writes `bytes` to a file only its owner can read (an existing one is tightened first).
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    // A file left by an older release may be readable by others: tighten it before writing.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    file.write_all(bytes)
+    paths::create_private(path)?.write_all(bytes)
 }

@@ -62,6 +62,9 @@ pub struct ListenConfig {
     pub token: Option<Token>,
     /// Tunnel name; `None` uses the remembered one.
     pub tunnel: Option<TunnelName>,
+    /// The line to print once before connecting: an http:// relay off this machine that
+    /// `--allow-http` (or `allow_http` in config.toml) lets the token go to.
+    pub cleartext_warning: Option<String>,
     /// Relay certificate trust.
     pub trust: TrustChoice,
     /// Trust in an https local server (`--forward-ca`, `--forward-insecure`).
@@ -158,12 +161,21 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
     fn try_from((args, settings): (&ListenArgs, &Settings)) -> Result<Self, UsageError> {
         let usage = |e: &dyn std::fmt::Display| UsageError(e.to_string());
         let target = forward_target(args, settings)?;
-        let relay = layer(args.relay.as_ref(), settings.relay.as_ref())
-            .filter(|s| !s.trim().is_empty())
+        let relay_text =
+            layer(args.relay.as_ref(), settings.relay.as_ref()).filter(|s| !s.trim().is_empty());
+        let relay = relay_text
             .as_deref()
             .map(RelayUrl::parse)
             .transpose()
             .map_err(|e| usage(&e))?;
+        // `allow_http` in config.toml was said for the relay remembered with it, no other.
+        let remembered = |text: &str| settings.relay.as_deref().map(str::trim) == Some(text.trim());
+        let allow_http = args.allow_http
+            || (settings.allow_http && relay_text.as_deref().is_some_and(remembered));
+        let cleartext_warning = match &relay {
+            Some(relay) => relay.check_cleartext(allow_http).map_err(UsageError)?,
+            None => None,
+        };
         let tunnel = layer(args.tunnel.as_ref(), settings.tunnel.as_ref())
             .as_deref()
             .map(TunnelName::parse)
@@ -233,6 +245,7 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
                 .filter(|t| !t.is_empty())
                 .map(Token::new),
             tunnel,
+            cleartext_warning,
             trust,
             forward_trust,
             allow_private_url: args.api.allow_private_url,
@@ -304,6 +317,7 @@ mod tests {
             forward_to: Some("4000".into()),
             tunnel: Some("file-tunnel".into()),
             ca: Some("file-ca.pem".into()),
+            allow_http: false,
         };
         let from_file = parse_with(&[], &file).unwrap();
         assert_eq!(from_file.target.to_string(), "http://localhost:4000/");
@@ -468,6 +482,39 @@ mod tests {
             let err = parse(&argv).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn an_http_relay_off_this_machine_needs_allow_http_from_flag_or_its_own_login() {
+        let remote = "http://relay.example.com:8080";
+        let refused = parse(&["3000", "--relay", remote]).unwrap_err().to_string();
+        assert!(refused.contains("pass --allow-http"), "{refused}");
+        let allowed = parse(&["3000", "--relay", remote, "--allow-http"]).unwrap();
+        let warning = allowed.cleartext_warning.unwrap();
+        assert!(
+            warning.starts_with("warning: relay http://relay.example.com:8080 "),
+            "{warning}"
+        );
+        for fine in ["http://127.0.0.1:8080", "https://relay.example.com"] {
+            let c = parse(&["3000", "--relay", fine]).unwrap();
+            assert_eq!(c.cleartext_warning, None, "{fine}");
+        }
+        assert_eq!(parse(&["3000"]).unwrap().cleartext_warning, None);
+
+        let logged_in = Settings {
+            relay: Some(remote.into()),
+            allow_http: true,
+            ..Settings::default()
+        };
+        let from_file = parse_with(&["3000"], &logged_in).unwrap();
+        assert!(from_file.cleartext_warning.is_some());
+        let same_by_flag = parse_with(&["3000", "--relay", remote], &logged_in).unwrap();
+        assert!(same_by_flag.cleartext_warning.is_some());
+        // What login allowed for one relay says nothing about another.
+        let other = parse_with(&["3000", "--relay", "http://other.example.com"], &logged_in)
+            .unwrap_err()
+            .to_string();
+        assert!(other.contains("pass --allow-http"), "{other}");
     }
 
     #[test]
