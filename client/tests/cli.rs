@@ -5,36 +5,20 @@
 // Helpers here are test code too; `allow-unwrap-in-tests` only covers `#[test]` functions.
 #![allow(clippy::unwrap_used, clippy::result_large_err)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
-use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, MAX_CHUNK, PROTOCOL_VERSION};
+use illumitunnel::protocol::{ClientMessage, Refusal, RelayMessage, MAX_CHUNK};
 use illumitunnel::store::CaptureStore;
 use illumitunnel::{Delivery, DeliveryId};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
-/// Longest any single wait in these tests may take.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn command(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_illumitunnel"));
-    cmd.env("ILLUMITUNNEL_HOME", home)
-        .env_remove("ILLUMITUNNEL_RELAY")
-        .env_remove("ILLUMITUNNEL_TOKEN")
-        .env_remove("ILLUMITUNNEL_LOG")
-        .env_remove("RUST_BACKTRACE");
-    cmd
-}
+mod common;
+use common::*;
 
 struct Output {
     code: i32,
@@ -334,118 +318,6 @@ fn show_finds_by_prefix_and_prints_request_and_response() {
 
 // ---- listen against a scripted relay -------------------------------------------------------
 
-/// A running `listen` whose output lines arrive on channels; killed on drop.
-struct Listening {
-    child: Child,
-    stdout: std_mpsc::Receiver<String>,
-    stderr: std_mpsc::Receiver<String>,
-    seen_stderr: Vec<String>,
-    _home: tempfile::TempDir,
-}
-
-impl Listening {
-    fn spawn(relay: &str, forward_to: &str, extra: &[&str]) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let mut child = command(home.path())
-            .args(["listen", "--relay", relay, "--forward-to", forward_to])
-            .args(["--tunnel", "my-app", "--no-tui"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn listen");
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
-        Listening {
-            child,
-            stdout,
-            stderr,
-            seen_stderr: Vec::new(),
-            _home: home,
-        }
-    }
-
-    fn stderr_line(&mut self, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen_stderr.push(line.clone());
-                    if matches(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no such stderr line; saw {:#?}", self.seen_stderr),
-            }
-        }
-    }
-
-    fn stdout_line(&mut self) -> String {
-        self.stdout
-            .recv_timeout(DEADLINE)
-            .unwrap_or_else(|_| panic!("no stdout line; stderr so far {:#?}", self.seen_stderr))
-    }
-
-    fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + DEADLINE;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("listen did not exit; stderr {:#?}", self.seen_stderr);
-    }
-
-    fn terminate(&mut self) -> i32 {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.wait()
-    }
-
-    /// Every stderr line, once the process has exited and its pipe is drained.
-    fn all_stderr(&mut self) -> Vec<String> {
-        let mut all = std::mem::take(&mut self.seen_stderr);
-        while let Ok(line) = self.stderr.recv_timeout(DEADLINE) {
-            all.push(line);
-        }
-        all
-    }
-}
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines(pipe: impl std::io::Read + Send + 'static) -> std_mpsc::Receiver<String> {
-    let (tx, rx) = std_mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 type Seen = tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>;
 
 /// A local server answering every request with 201 and the request body echoed back, and
@@ -506,67 +378,6 @@ async fn serve_echo(
         {
             return;
         }
-    }
-}
-
-type RelaySide = WebSocketStream<TcpStream>;
-
-/// Accepts one client and checks its hello; returns the socket, its Authorization header and
-/// the path it connected to.
-async fn accept_client(listener: &TcpListener) -> (RelaySide, Option<String>, String) {
-    let (stream, _) = tokio::time::timeout(DEADLINE, listener.accept())
-        .await
-        .expect("client connects in time")
-        .unwrap();
-    let mut auth = None;
-    let mut path = String::new();
-    let mut ws = tokio_tungstenite::accept_hdr_async(stream, |req: &http::Request<()>, resp| {
-        auth = req
-            .headers()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap().to_string());
-        path = req.uri().path().to_string();
-        Ok(resp)
-    })
-    .await
-    .unwrap();
-    match next_client_message(&mut ws).await {
-        ClientMessage::Hello {
-            version, tunnel, ..
-        } => {
-            assert_eq!(version, PROTOCOL_VERSION);
-            assert_eq!(tunnel, "my-app");
-        }
-        other => panic!("first message {other:?}"),
-    }
-    (ws, auth, path)
-}
-
-async fn next_client_message(ws: &mut RelaySide) -> ClientMessage {
-    loop {
-        let msg = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("client message in time")
-            .expect("socket open")
-            .expect("readable");
-        if let Message::Binary(buf) = msg {
-            return ClientMessage::decode(&buf).unwrap();
-        }
-    }
-}
-
-async fn send(ws: &mut RelaySide, msg: RelayMessage) {
-    ws.send(Message::Binary(msg.encode())).await.unwrap();
-}
-
-fn welcome() -> RelayMessage {
-    RelayMessage::Welcome {
-        tunnel: "my-app".into(),
-        public_url: "https://relay.test/t/my-app".into(),
-        queued: 2,
-        expired: 0,
-        dead_letters: 0,
-        claim_key: String::new(),
     }
 }
 

@@ -132,7 +132,11 @@ pub(super) async fn announce(
     let registered = match &register {
         Some(api) => match register_webhook(api, &url, events).await {
             Ok(id) => {
-                eprintln!("registered IllumiChat webhook {id} for {url}");
+                eprintln!(
+                    "registered IllumiChat webhook {} for {}",
+                    illumitunnel::escape::escape(&id),
+                    illumitunnel::escape::escape(&url)
+                );
                 Some(id)
             }
             Err(e) => {
@@ -150,7 +154,10 @@ pub(super) async fn announce(
             .update(&id, &serde_json::json!({ "active": false }))
             .await
         {
-            Ok(_) => eprintln!("disabled IllumiChat webhook {id}"),
+            Ok(_) => eprintln!(
+                "disabled IllumiChat webhook {}",
+                illumitunnel::escape::escape(&id)
+            ),
             Err(e) => {
                 outcome = Err(anyhow::anyhow!(
                     "could not disable IllumiChat webhook {id}: {e}"
