@@ -118,6 +118,11 @@ fn an_http_relay_off_this_machine_gets_the_token_only_with_allow_http() {
     let config = home.path().join("config/config.toml");
     let saved = std::fs::read_to_string(&config).expect("config.toml");
     assert!(saved.contains("allow_http = true"), "{saved}");
+    // Logging in again to the remembered relay needs neither the flag nor the token.
+    let out = ChildGuard::run(client(home.path(), &proxy, &["login"]));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stderr.lines().next(), Some(warning.as_str()), "{out:?}");
+    assert_eq!(tunnels.load(Ordering::SeqCst), 2);
 
     // `listen` with what login remembered: the same warning, then a working tunnel.
     let mut cmd = client(
@@ -133,7 +138,7 @@ fn an_http_relay_off_this_machine_gets_the_token_only_with_allow_http() {
     guard.wait_for_line(Stream::Stderr, |l| l.starts_with("connected"));
     assert_eq!(
         tunnels.load(Ordering::SeqCst),
-        2,
+        3,
         "listen did not go through the proxy"
     );
     let answer = Request::post(&url)
@@ -159,7 +164,7 @@ fn an_http_relay_off_this_machine_gets_the_token_only_with_allow_http() {
         &["listen", "--relay", &other, "--forward-to", &forward_to],
     ));
     assert_refused("listen, another relay", &out, &other);
-    assert_eq!(tunnels.load(Ordering::SeqCst), 2);
+    assert_eq!(tunnels.load(Ordering::SeqCst), 3);
 }
 
 #[test]

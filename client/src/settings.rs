@@ -1,4 +1,4 @@
-//! `config.toml` in the config dir: what `login` remembers (`relay`, `token`, `ca`) and what
+//! `config.toml` in the config dir: what `login` remembers (`relay`, `token`, `ca`, `allow_http`) and what
 //! a user may set by hand (`forward_to`, `tunnel`), so `listen` needs no flags and the token
 //! stays out of the process list and the shell history. Flags win over environment variables,
 //! which win over this file (see [`layer`]). The file is written readable by its owner only.

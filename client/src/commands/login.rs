@@ -1,7 +1,8 @@
 //! `illumitunnel login` and `logout`: check a relay and token by connecting (a websocket
 //! handshake and `Hello` with the token, the tunnel `listen` will use), then remember them in
 //! `config.toml`, so later commands need neither flags nor environment variables and the token
-//! never has to be typed on a command line again.
+//! never has to be typed on a command line again. An `http://` relay off this machine is refused
+//! before the token is read or sent, unless `--allow-http`, which is remembered for that relay.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;

@@ -491,3 +491,35 @@ fn a_loopback_webhook_url_is_marked_local_only_in_the_header() {
         "{text}"
     );
 }
+
+#[test]
+fn everything_a_relay_sends_is_escaped_in_the_inspector() {
+    const HOSTILE: &str = "\x1b]0;owned\x07\u{202e}";
+    let (_dir, _store, mut app) = sample_app((160, 40));
+    app.public_url = format!("https://relay.example.com/t/x{HOSTILE}");
+    app.update(AppEvent::Listen(ListenEvent::Connection(
+        ConnectionState::Reconnecting {
+            in_secs: 1.0,
+            cause: format!("lost{HOSTILE}"),
+        },
+    )));
+    app.update(AppEvent::Listen(ListenEvent::DeadLettered {
+        id: DeliveryId::parse("dl1").expect("id"),
+        reason: format!("why{HOSTILE}"),
+    }));
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(
+        !text
+            .chars()
+            .any(|c: char| c != '\n' && illumitunnel::escape::is_unsafe(c)),
+        "{text:?}"
+    );
+    assert!(text.contains("x^[]0;owned^G\\u{202e}"), "{text}");
+    assert!(text.contains("lost^[]0;owned^G"), "{text}");
+    assert!(text.contains("why^[]0;owned^G"), "{text}");
+    app.update(AppEvent::Listen(ListenEvent::Connection(
+        ConnectionState::Refused(format!("no{HOSTILE}")),
+    )));
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(text.contains("no^[]0;owned^G"), "{text}");
+}
