@@ -182,7 +182,9 @@ fn config_and_data_dirs_are_0700_and_every_file_0600_old_loose_ones_tightened() 
     assert_eq!(out.code(), 0, "{out:?}");
     std::fs::create_dir_all(&config).expect("config dir");
     std::fs::write(config.join("tunnel"), "old-tunnel-name\n").expect("tunnel");
+    std::fs::create_dir_all(data.join("relay")).expect("relay data dir");
     for (path, loose) in [
+        (&data.join("relay"), 0o755),
         (&config, 0o755),
         (&data, 0o755),
         (&config.join("tunnel"), 0o644),

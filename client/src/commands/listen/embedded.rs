@@ -62,12 +62,16 @@ pub(super) async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Resu
         .context("could not start the embedded relay")?
         .port();
     let token = process_token();
+    // The relay creates its data dir 0700; one an older release left 0755 is tightened here.
+    let data_dir = paths::default_relay_data_dir();
+    paths::ensure_own_dir(&data_dir)
+        .with_context(|| format!("could not create {}", data_dir.display()))?;
     let mut config = Config::embedded(
         TlsConfig::Certified {
             chain: vec![cert.cert.clone()],
             key: cert.key.clone_key(),
         },
-        paths::default_relay_data_dir(),
+        data_dir,
     );
     config.public_url = Some(format!("https://127.0.0.1:{port}"));
     config.allow_anonymous = false;
