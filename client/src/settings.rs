@@ -81,6 +81,10 @@ impl Settings {
                 )))
             }
         };
+        // It holds the token: a copy made readable by others (by hand, or a restore) is fixed.
+        if let Err(err) = paths::tighten_file(path) {
+            tracing::warn!(%err, path = %path.display(), "could not make config.toml private (0600)");
+        }
         toml::from_str(&text).map_err(|e| {
             let why = e.message().trim().to_string();
             UsageError(format!(
@@ -156,6 +160,11 @@ mod tests {
         // Without it, the key is left out rather than written as false.
         Settings::default().save_to(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Settings::load_from(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a loose config.toml is tightened when read");
 
         std::fs::write(&path, "relya = \"https://x\"\n").unwrap();
         let err = Settings::load_from(&path).unwrap_err().to_string();
