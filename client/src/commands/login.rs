@@ -37,6 +37,9 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
     let allow_http = args.allow_http || (same_relay && settings.allow_http);
     // Refused before the token is read or sent anywhere.
     let cleartext_warning = relay.check_cleartext(allow_http).map_err(UsageError)?;
+    if let Some(warning) = &cleartext_warning {
+        eprintln!("{warning}");
+    }
     let ca = match &args.ca {
         Some(path) => Some(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
         None if same_relay => settings.ca.clone(),
@@ -76,9 +79,6 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         keepalive: DEFAULT_KEEPALIVE,
         max_body: DEFAULT_MAX_BODY,
     };
-    if let Some(warning) = &cleartext_warning {
-        eprintln!("{warning}");
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
