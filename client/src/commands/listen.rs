@@ -190,7 +190,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let result = match tokio::time::timeout(ANNOUNCE_STOP_TIMEOUT, announce).await {
         Ok(Ok(Err(e))) if result.is_ok() => Err(e),
         Ok(Ok(Err(e))) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", illumitunnel::escape::escape(&format!("{e:#}")));
             result
         }
         _ => result,
