@@ -166,6 +166,12 @@ pub async fn connect(
                     "it sent a tunnel URL that {why}; check --relay, or ask the relay's operator to fix its --public-url"
                 ))
             })?;
+            // Kept in a file and sent back in `Hello`: a relay cannot make it anything else.
+            if !is_claim_key(&claim_key) {
+                return Err(fatal(format!(
+                    "it sent a claim key that is not 1 to {MAX_CLAIM_KEY} printable ASCII characters; check --relay"
+                )));
+            }
             Ok((
                 ws,
                 Welcome {
@@ -189,6 +195,15 @@ pub async fn connect(
             "the relay closed the connection before welcoming this client".into(),
         )),
     }
+}
+
+/// Longest claim key taken from a relay's `Welcome` (the relay's are 64 hex characters).
+const MAX_CLAIM_KEY: usize = 256;
+
+/// Whether a `Welcome`'s claim key is fit to keep: empty (none given), or printable ASCII
+/// without spaces, at most [`MAX_CLAIM_KEY`] long.
+fn is_claim_key(key: &str) -> bool {
+    key.len() <= MAX_CLAIM_KEY && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Longest tunnel URL taken from a relay's `Welcome`.
@@ -340,6 +355,9 @@ mod tests {
             assert!(err.contains(why), "{bad:?}: {err}");
             assert!(!err.chars().any(illumitunnel::escape::is_unsafe), "{err:?}");
         }
+        assert!(is_claim_key("") && is_claim_key(&"a1".repeat(32)));
+        assert!(!is_claim_key("key\nsecond line") && !is_claim_key("\x1b[2J"));
+        assert!(!is_claim_key(&"a".repeat(MAX_CLAIM_KEY + 1)));
         let long = format!("https://r.example/{}", "a".repeat(MAX_PUBLIC_URL));
         assert!(check_public_url(&long).unwrap_err().contains("longer than"));
     }
