@@ -374,15 +374,24 @@ mod tests {
         let b: IpAddr = "203.0.113.2".parse().unwrap();
         let _direct = limits.admit(proxy).unwrap();
         let (_p1, _p2) = (limits.admit_proxy().unwrap(), limits.admit_proxy().unwrap());
-        assert!(limits.admit_proxy().is_none(), "three in all, proxies included");
+        assert!(
+            limits.admit_proxy().is_none(),
+            "three in all, proxies included"
+        );
         assert_eq!(limits.open(), 3);
         let first = limits.admit_sender(a).unwrap();
         let _second = limits.admit_sender(a).unwrap();
         assert!(limits.admit_sender(a).is_none(), "two per real sender");
         let mapped: IpAddr = "::ffff:203.0.113.1".parse().unwrap();
         assert!(limits.admit_sender(mapped).is_none());
-        assert!(limits.admit_sender(b).is_some(), "another sender is not held back");
-        assert!(limits.admit_sender(proxy).is_some(), "the proxy's own direct connection is one");
+        assert!(
+            limits.admit_sender(b).is_some(),
+            "another sender is not held back"
+        );
+        assert!(
+            limits.admit_sender(proxy).is_some(),
+            "the proxy's own direct connection is one"
+        );
         drop(first);
         assert!(limits.admit_sender(a).is_some());
         assert_eq!(limits.open(), 3, "senders are not connections");

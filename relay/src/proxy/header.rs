@@ -152,7 +152,14 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, HeaderError> {
         (0x0, _) => ProxyHeader::Local,
         (0x1, 0x00 | 0x31 | 0x32) => ProxyHeader::Local,
         (0x1, 0x11) if body.len() >= 12 => {
-            let ip = |at: usize| IpAddr::V4(Ipv4Addr::new(body[at], body[at + 1], body[at + 2], body[at + 3]));
+            let ip = |at: usize| {
+                IpAddr::V4(Ipv4Addr::new(
+                    body[at],
+                    body[at + 1],
+                    body[at + 2],
+                    body[at + 3],
+                ))
+            };
             v2_proxied(ip(0), ip(4), &body[8..12])
         }
         (0x1, 0x21) if body.len() >= 36 => {

@@ -22,18 +22,35 @@ fn xff(values: &[&str]) -> HeaderMap {
 fn networks_parse_plain_addresses_as_single_hosts_and_refuse_the_rest() {
     let net: Cidr = "10.0.0.0/8".parse().unwrap();
     assert!(net.contains(ip("10.255.0.1")) && !net.contains(ip("11.0.0.1")));
-    assert!(net.contains(ip("::ffff:10.1.2.3")), "IPv4-mapped peers match IPv4 networks");
+    assert!(
+        net.contains(ip("::ffff:10.1.2.3")),
+        "IPv4-mapped peers match IPv4 networks"
+    );
     let host: Cidr = "127.0.0.1".parse().unwrap();
     assert!(host.contains(ip("127.0.0.1")) && !host.contains(ip("127.0.0.2")));
     let v6: Cidr = "fd00::/8".parse().unwrap();
-    assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")) && !v6.contains(ip("10.0.0.1")));
+    assert!(
+        v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")) && !v6.contains(ip("10.0.0.1"))
+    );
     let one: Cidr = "::1".parse().unwrap();
     assert!(one.contains(ip("::1")) && !one.contains(ip("::2")));
     let all: Cidr = "0.0.0.0/0".parse().unwrap();
     assert!(all.contains(ip("203.0.113.9")));
-    for bad in ["", "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0.0/+8", "example.com", "10.0.0/8", "10.0.0.0/8/8"] {
+    for bad in [
+        "",
+        "10.0.0.0/33",
+        "::/129",
+        "10.0.0.0/",
+        "10.0.0.0/+8",
+        "example.com",
+        "10.0.0/8",
+        "10.0.0.0/8/8",
+    ] {
         let err = bad.parse::<Cidr>().unwrap_err();
-        assert!(err.contains("is not an address or network; use e.g. 127.0.0.1"), "{bad}: {err}");
+        assert!(
+            err.contains("is not an address or network; use e.g. 127.0.0.1"),
+            "{bad}: {err}"
+        );
     }
 }
 
@@ -63,12 +80,19 @@ fn the_walk_takes_the_right_most_entry_that_is_not_a_trusted_proxy() {
     assert!(origin.via_trusted_proxy);
     assert_eq!(origin.forwarded_for, "198.51.100.7, 10.0.0.2, 127.0.0.1");
     // Repeated header lines are one chain, in order; ports and brackets are allowed.
-    let origin = Origin::of(&xff(&["6.6.6.6", "[2001:db8::7]:4431, 10.0.0.2:80"]), peer, &proxies);
+    let origin = Origin::of(
+        &xff(&["6.6.6.6", "[2001:db8::7]:4431, 10.0.0.2:80"]),
+        peer,
+        &proxies,
+    );
     assert_eq!(origin.sender, ip("2001:db8::7"));
     assert_eq!(origin.forwarded_for, "2001:db8::7, 10.0.0.2, 127.0.0.1");
     // No header: the proxy itself is the sender.
     let origin = Origin::of(&HeaderMap::new(), peer, &proxies);
-    assert_eq!((origin.sender, origin.forwarded_for.as_str()), (peer, "127.0.0.1"));
+    assert_eq!(
+        (origin.sender, origin.forwarded_for.as_str()),
+        (peer, "127.0.0.1")
+    );
     // Every entry trusted: the left-most is as far as the walk can see.
     let origin = Origin::of(&xff(&["10.0.0.9, 10.0.0.2"]), peer, &proxies);
     assert_eq!(origin.sender, ip("10.0.0.9"));
@@ -77,19 +101,39 @@ fn the_walk_takes_the_right_most_entry_that_is_not_a_trusted_proxy() {
     assert_eq!(origin.sender, ip("10.0.0.2"));
     assert_eq!(origin.forwarded_for, "10.0.0.2, 127.0.0.1");
     let origin = Origin::of(&xff(&["198.51.100.7, _hidden"]), peer, &proxies);
-    assert_eq!((origin.sender, origin.forwarded_for.as_str()), (peer, "127.0.0.1"));
+    assert_eq!(
+        (origin.sender, origin.forwarded_for.as_str()),
+        (peer, "127.0.0.1")
+    );
     // IPv4-mapped entries and peers count as IPv4.
-    let origin = Origin::of(&xff(&["::ffff:198.51.100.7"]), ip("::ffff:127.0.0.1"), &proxies);
+    let origin = Origin::of(
+        &xff(&["::ffff:198.51.100.7"]),
+        ip("::ffff:127.0.0.1"),
+        &proxies,
+    );
     assert_eq!(origin.sender, ip("198.51.100.7"));
     assert_eq!(origin.forwarded_for, "198.51.100.7, 127.0.0.1");
 }
 
 #[test]
 fn origin_headers_are_recognised_in_any_case() {
-    for name in ["Forwarded", "x-real-ip", "X-Forwarded-For", "x-forwarded-host", "X-FORWARDED-PROTO", "x-forwarded-port"] {
+    for name in [
+        "Forwarded",
+        "x-real-ip",
+        "X-Forwarded-For",
+        "x-forwarded-host",
+        "X-FORWARDED-PROTO",
+        "x-forwarded-port",
+    ] {
         assert!(is_origin_header(name), "{name}");
     }
-    for name in ["x-forwarded", "forwarded-for", "x-real", "content-type", "x-forwardedfor"] {
+    for name in [
+        "x-forwarded",
+        "forwarded-for",
+        "x-real",
+        "content-type",
+        "x-forwardedfor",
+    ] {
         assert!(!is_origin_header(name), "{name}");
     }
 }

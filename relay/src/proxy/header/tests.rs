@@ -52,18 +52,50 @@ fn v1_needs_more_bytes_until_its_line_ends() {
 fn malformed_and_oversized_v1_lines_are_refused() {
     let cases: [(&[u8], HeaderError); 10] = [
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", HeaderError::Missing),
-        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", HeaderError::Missing),
-        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", HeaderError::V1("the line must end with \\r\\n")),
-        (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", HeaderError::V1("unknown protocol")),
-        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", HeaderError::V1("expected 6 fields")),
-        (b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n", HeaderError::V1("bad address for the protocol")),
-        (b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n", HeaderError::V1("bad address for the protocol")),
-        (b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n", HeaderError::V1("bad port")),
-        (b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 2\r\n", HeaderError::V1("bad port")),
-        (b"PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n", HeaderError::V1("expected 6 fields")),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            HeaderError::Missing,
+        ),
+        (
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+            HeaderError::V1("the line must end with \\r\\n"),
+        ),
+        (
+            b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",
+            HeaderError::V1("unknown protocol"),
+        ),
+        (
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+            HeaderError::V1("expected 6 fields"),
+        ),
+        (
+            b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n",
+            HeaderError::V1("bad address for the protocol"),
+        ),
+        (
+            b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+            HeaderError::V1("bad address for the protocol"),
+        ),
+        (
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n",
+            HeaderError::V1("bad port"),
+        ),
+        (
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 2\r\n",
+            HeaderError::V1("bad port"),
+        ),
+        (
+            b"PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n",
+            HeaderError::V1("expected 6 fields"),
+        ),
     ];
     for (buf, want) in cases {
-        assert_eq!(parse(buf), Err(want.clone()), "{:?}", String::from_utf8_lossy(buf));
+        assert_eq!(
+            parse(buf),
+            Err(want.clone()),
+            "{:?}",
+            String::from_utf8_lossy(buf)
+        );
     }
     let mut long = b"PROXY UNKNOWN ".to_vec();
     long.resize(V1_MAX, b'x');
@@ -101,7 +133,10 @@ fn v2_tcp4_tcp6_local_and_unspec_parse_with_their_tlvs() {
     assert_eq!(complete(&v2(0x0, 0x00, &[])), (ProxyHeader::Local, 16));
     assert_eq!(complete(&v2(0x0, 0x11, &[0; 12])), (ProxyHeader::Local, 28));
     assert_eq!(complete(&v2(0x1, 0x00, &[])), (ProxyHeader::Local, 16));
-    assert_eq!(complete(&v2(0x1, 0x31, &[0; 216])), (ProxyHeader::Local, 232));
+    assert_eq!(
+        complete(&v2(0x1, 0x31, &[0; 216])),
+        (ProxyHeader::Local, 232)
+    );
 }
 
 #[test]
@@ -121,10 +156,22 @@ fn malformed_and_oversized_v2_headers_are_refused() {
     let cases = [
         (wrong_version, HeaderError::V2("version is not 2")),
         (huge, HeaderError::V2("longer than the relay accepts")),
-        (v2(0x1, 0x11, &[0; 8]), HeaderError::V2("address block too short")),
-        (v2(0x1, 0x21, &[0; 12]), HeaderError::V2("address block too short")),
-        (v2(0x1, 0x12, &[0; 12]), HeaderError::V2("UDP, not a TCP connection")),
-        (v2(0x1, 0x41, &[0; 12]), HeaderError::V2("unknown address family")),
+        (
+            v2(0x1, 0x11, &[0; 8]),
+            HeaderError::V2("address block too short"),
+        ),
+        (
+            v2(0x1, 0x21, &[0; 12]),
+            HeaderError::V2("address block too short"),
+        ),
+        (
+            v2(0x1, 0x12, &[0; 12]),
+            HeaderError::V2("UDP, not a TCP connection"),
+        ),
+        (
+            v2(0x1, 0x41, &[0; 12]),
+            HeaderError::V2("unknown address family"),
+        ),
         (v2(0x2, 0x11, &[0; 12]), HeaderError::V2("unknown command")),
     ];
     for (buf, want) in cases {
