@@ -11,12 +11,18 @@ pub mod header;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use tokio::net::TcpStream;
+use tracing::debug;
 
+use crate::conn::{ConnectionLimits, ConnectionSlot, SenderSlot};
 use crate::error::json_error;
+use header::ProxyHeader;
 
 /// One `--trusted-proxy` network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +195,60 @@ pub fn is_origin_header(name: &str) -> bool {
         || name
             .get(..12)
             .is_some_and(|prefix| prefix.eq_ignore_ascii_case("x-forwarded-"))
+}
+
+/// Admits a connection from `peer` at accept, or `None` to close it. A trusted proxy's
+/// connection carries many senders: it counts only toward the total, and its senders are counted
+/// by their real address once known (PROXY header, or each request's `X-Forwarded-For`). With
+/// `--proxy-protocol` a peer outside `--trusted-proxy` is closed.
+pub(crate) fn admit(
+    limits: &Arc<ConnectionLimits>,
+    trusted: &TrustedProxies,
+    proxy_protocol: bool,
+    peer: SocketAddr,
+) -> Option<ConnectionSlot> {
+    let slot = match (trusted.contains(peer.ip()), proxy_protocol) {
+        (true, _) => limits.admit_proxy(),
+        (false, false) => limits.admit(peer.ip()),
+        (false, true) => {
+            debug!(%peer, "not a --trusted-proxy peer with --proxy-protocol; closing");
+            return None;
+        }
+    };
+    if slot.is_none() {
+        debug!(%peer, "connection limit reached; closing at accept");
+    }
+    slot
+}
+
+/// Reads a trusted proxy's PROXY header from `stream` (within `within`, the first-request
+/// timeout) and counts the sender it names; `None` closes the connection: no valid header, or
+/// the sender is at its per-address limit. A `LOCAL`/`UNKNOWN` header keeps the proxy as `peer`.
+pub(crate) async fn read_sender(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    limits: &Arc<ConnectionLimits>,
+    within: Duration,
+) -> Option<(SocketAddr, Option<SenderSlot>)> {
+    let source = match tokio::time::timeout(within, header::read(stream)).await {
+        Ok(Ok(ProxyHeader::Proxied { source, .. })) => source,
+        Ok(Ok(ProxyHeader::Local)) => return Some((peer, None)),
+        Ok(Err(err)) => {
+            debug!(%err, "closing a connection from a trusted proxy");
+            return None;
+        }
+        Err(_) => {
+            debug!("no PROXY header within the first-request timeout; closing");
+            return None;
+        }
+    };
+    match limits.admit_sender(source.ip()) {
+        Some(slot) => Some((source, Some(slot))),
+        None => {
+            debug!(sender = %source, "per-address connection limit reached; closing");
+            None
+        }
+    }
 }
 
 /// `Retry-After` on a 429 for a sender at its per-address limit, in seconds.

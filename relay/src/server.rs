@@ -30,7 +30,7 @@ use crate::access::{self, Access};
 use crate::budget::InflightBudget;
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, Limits};
-use crate::conn::{Activity, ConnectionLimits, LingerIo, SenderSlot};
+use crate::conn::{Activity, ConnectionLimits, LingerIo};
 use crate::error::IngressError;
 use crate::ingress::{self, IngressContext, WebhookRequest};
 use crate::metrics::Metrics;
@@ -272,34 +272,25 @@ pub(crate) async fn run(
                 }
             },
         };
-        // A trusted proxy's connection carries many senders: they are counted by their real
-        // address once it is known (PROXY header, or each request's X-Forwarded-For).
-        let from_proxy = dispatch.proxies.contains(peer.ip());
-        let slot = match (from_proxy, config.proxy_protocol) {
-            (true, _) => connections.admit_proxy(),
-            (false, false) => connections.admit(peer.ip()),
-            (false, true) => {
-                debug!(%peer, "not a --trusted-proxy peer with --proxy-protocol; closing");
-                continue;
-            }
-        };
-        let Some(slot) = slot else {
-            debug!(%peer, "connection limit reached; closing at accept");
+        let proxies = &dispatch.proxies;
+        let Some(slot) = proxy::admit(&connections, proxies, config.proxy_protocol, peer) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (dispatch, builder) = (dispatch.clone(), builder.clone());
         let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
         let proxy_protocol = config.proxy_protocol;
-        let span = tracing::debug_span!("connection", %peer);
+        let span = tracing::debug_span!("connection", %peer, sender = tracing::field::Empty);
         tracker.spawn(
             async move {
                 let (mut stream, mut peer, mut sender) = (stream, peer, None);
                 if proxy_protocol {
-                    let Some((source, slot)) = proxy_header(&dispatch, &mut stream, peer).await
-                    else {
+                    let (limits, within) = (&dispatch.connections, dispatch.first_request_timeout);
+                    let read = proxy::read_sender(&mut stream, peer, limits, within);
+                    let Some((source, slot)) = read.await else {
                         return;
                     };
+                    tracing::Span::current().record("sender", tracing::field::display(source));
                     (peer, sender) = (source, slot);
                 }
                 serve_connection(dispatch, builder, acceptor, stream, peer, watcher).await;
@@ -494,36 +485,6 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(MAX_H2_STREAMS)
         .max_header_list_size(u32::try_from(hyper_head_limit).unwrap_or(u32::MAX));
     builder
-}
-
-/// Reads a trusted proxy's PROXY header (within the first-request timeout) and counts the
-/// sender it names; `None` closes the connection: no valid header, or the sender is at its
-/// per-address limit. A `LOCAL`/`UNKNOWN` header keeps the proxy as the peer.
-async fn proxy_header(
-    dispatch: &Dispatch,
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-) -> Option<(SocketAddr, Option<SenderSlot>)> {
-    let read = proxy::header::read(stream);
-    let source = match tokio::time::timeout(dispatch.first_request_timeout, read).await {
-        Ok(Ok(proxy::header::ProxyHeader::Proxied { source, .. })) => source,
-        Ok(Ok(proxy::header::ProxyHeader::Local)) => return Some((peer, None)),
-        Ok(Err(err)) => {
-            debug!(%err, "closing a connection from a trusted proxy");
-            return None;
-        }
-        Err(_) => {
-            debug!("no PROXY header within the first-request timeout; closing");
-            return None;
-        }
-    };
-    match dispatch.connections.admit_sender(source.ip()) {
-        Some(slot) => Some((source, Some(slot))),
-        None => {
-            debug!(sender = %source, "per-address connection limit reached; closing");
-            None
-        }
-    }
 }
 
 /// One accepted connection: TLS (if any), then HTTP until the sender leaves, its idle time
