@@ -207,3 +207,55 @@ async fn read_takes_exactly_the_header_and_leaves_what_follows() {
     let mut long: &[u8] = &long;
     assert_eq!(read(&mut long).await, Err(HeaderError::TooLong));
 }
+
+#[test]
+fn no_prefix_corruption_or_noise_panics_or_reads_past_its_input() {
+    let mut tcp4 = vec![198, 51, 100, 7, 10, 0, 0, 1, 0x9c, 0x40, 0x01, 0xbb];
+    tcp4.extend_from_slice(&[0x05, 0x00, 0x01, 0x00]);
+    let valid = [
+        b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 443\r\n".to_vec(),
+        b"PROXY TCP6 2001:db8::7 ::1 1 2\r\n".to_vec(),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        v2(0x1, 0x11, &tcp4),
+        v2(0x1, 0x21, &[7; 36]),
+        v2(0x0, 0x00, &[]),
+    ];
+    let check = |buf: &[u8]| match parse(buf) {
+        Ok(Parsed::Complete(_, used)) => assert!(used <= buf.len(), "{buf:?}"),
+        Ok(Parsed::Incomplete(need)) => assert!(need > buf.len() && need <= V2_MAX, "{buf:?}"),
+        Err(_) => {}
+    };
+    for header in &valid {
+        for end in 0..=header.len() {
+            check(&header[..end]);
+        }
+        for at in 0..header.len() {
+            for byte in [0x00, 0x0a, 0x0d, 0x20, 0x7f, 0xff] {
+                let mut corrupt = header.clone();
+                corrupt[at] = byte;
+                check(&corrupt);
+            }
+        }
+    }
+    // A fixed-seed generator: the same noise on every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..20_000 {
+        let len = (next() % 128) as usize;
+        let mut noise: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if next() % 2 == 0 {
+            let prefix: &[u8] = if next() % 2 == 0 {
+                b"PROXY "
+            } else {
+                &V2_SIGNATURE
+            };
+            noise.splice(0..0, prefix.iter().copied());
+        }
+        check(&noise);
+    }
+}
