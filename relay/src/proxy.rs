@@ -142,14 +142,14 @@ impl Origin {
     }
 }
 
-/// Every `X-Forwarded-For` entry in order, across repeated header lines.
+/// Every `X-Forwarded-For` entry in order, across repeated header lines; an entry that is not
+/// UTF-8 stays in place as one that is not an address (so it stops the walk where it stands).
 fn chain(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(|entry| std::str::from_utf8(entry.trim_ascii()).unwrap_or("?"))
         .filter(|entry| !entry.is_empty())
         .collect()
 }

@@ -105,6 +105,13 @@ fn the_walk_takes_the_right_most_entry_that_is_not_a_trusted_proxy() {
         (origin.sender, origin.forwarded_for.as_str()),
         (peer, "127.0.0.1")
     );
+    // Bytes that are not text are one bad entry, not a reason to skip the whole line.
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap();
+    headers.append("x-forwarded-for", value);
+    let origin = Origin::of(&headers, peer, &proxies);
+    assert_eq!(origin.sender, ip("198.51.100.7"));
+    assert_eq!(origin.forwarded_for, "198.51.100.7, 127.0.0.1");
     // IPv4-mapped entries and peers count as IPv4.
     let origin = Origin::of(
         &xff(&["::ffff:198.51.100.7"]),
