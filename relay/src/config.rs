@@ -150,7 +150,8 @@ pub struct Config {
     pub clock: Clock,
     /// What senders may make the relay hold.
     pub limits: Limits,
-    /// Where `/metrics` is served besides the ingress port (which serves it only on loopback).
+    /// Where `/metrics` is served besides the ingress port (which serves it only on loopback,
+    /// and never behind `--trusted-proxy` or `--proxy-protocol`).
     pub metrics_listen: Option<SocketAddr>,
     /// Label queue metrics with tunnel names.
     pub metrics_tunnel_labels: bool,
@@ -313,7 +314,8 @@ pub struct Args {
     /// Release a tunnel name (and its queue) whose owner has not connected for this long.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_age)]
     pub tunnel_ttl: Duration,
-    /// Serve /metrics on this address (the ingress port serves it only when it is loopback).
+    /// Serve /metrics on this address (the ingress port serves it only when it is loopback and
+    /// there is no --trusted-proxy).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Label queue metrics with tunnel names (off: names stay private).
