@@ -225,7 +225,8 @@ fn start_relay(home: &Path, data_dir: &Path, port: u16, pebble: &Pebble) -> Chil
         .arg(data_dir)
         .args(["--acme-domain", DOMAIN, "--acme-email", "ops@relay.test"])
         .args(["--acme-directory", &pebble.directory, "--acme-ca-root"])
-        .arg(&pebble.api_ca);
+        .arg(&pebble.api_ca)
+        .arg("--allow-anonymous");
     let relay = ChildGuard::spawn(cmd);
     relay.wait_for_text(Stream::Stdout, "illumitunnel-relay listening on https://");
     relay

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::proxy::connect_proxy;
+use support::connect_proxy::connect_proxy;
 use support::sender::Request;
 use support::target::Target;
 use support::{command, runtime, temp_dir, test_ca, ChildGuard, Finished, Relay, Stream};

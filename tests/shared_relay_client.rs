@@ -12,7 +12,7 @@ mod support;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use support::proxy::connect_proxy;
+use support::connect_proxy::connect_proxy;
 use support::sender::Request;
 use support::target::{Reply, Target};
 use support::{command, runtime, temp_dir, ChildGuard, Finished, Relay, Stream};

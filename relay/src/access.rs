@@ -24,8 +24,9 @@ pub const POLL_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Access {
     allow_anonymous: bool,
-    /// With no token at all, accept any client (a loopback or `--allow-anonymous` relay started
-    /// without tokens); otherwise an empty set accepts nobody.
+    /// With no token at all, accept any client (an `--allow-anonymous` relay started without
+    /// tokens, or the embedded relay, which still checks its process token); otherwise an empty
+    /// set accepts nobody, on loopback too.
     open_when_empty: bool,
     /// The embedded relay's per-process token (its SHA-256): when set, the only client accepted.
     process: Option<[u8; 32]>,

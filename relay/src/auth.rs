@@ -167,8 +167,8 @@ impl Auth {
 
     /// Checks an `Authorization` header value: `Ok(Owner::Token(_))` for a token that owns
     /// tunnels by its hash, `Ok(Owner::Anonymous)` for a client that claims by claim key. With
-    /// no tokens configured (a loopback relay) every client is accepted and a presented token
-    /// still keys ownership.
+    /// no tokens configured (an `--allow-anonymous` relay) every client is accepted and a
+    /// presented token still keys ownership.
     pub fn check(&self, authorization: Option<&[u8]>) -> Result<Owner, Unauthorized> {
         let token = authorization.and_then(bearer);
         if let Some(process) = &self.process {

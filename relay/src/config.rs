@@ -11,6 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::acme::AcmeSettings;
 use crate::cluster::ClusterConfig;
+use crate::proxy::{Cidr, TrustedProxies};
 use crate::queue::Clock;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
 
@@ -149,10 +150,16 @@ pub struct Config {
     pub clock: Clock,
     /// What senders may make the relay hold.
     pub limits: Limits,
-    /// Where `/metrics` is served besides the ingress port (which serves it only on loopback).
+    /// Where `/metrics` is served besides the ingress port (which serves it only on loopback,
+    /// and never behind `--trusted-proxy` or `--proxy-protocol`).
     pub metrics_listen: Option<SocketAddr>,
     /// Label queue metrics with tunnel names.
     pub metrics_tunnel_labels: bool,
+    /// `--trusted-proxy`: peers whose `X-Forwarded-For` (or PROXY header) names the sender.
+    pub trusted_proxies: TrustedProxies,
+    /// `--proxy-protocol`: every connection comes from a trusted proxy and starts with a PROXY
+    /// protocol header.
+    pub proxy_protocol: bool,
     /// What SIGHUP reads again.
     pub reload: Reload,
     /// Accept tokens stored by `token add` in the data dir (not for the embedded relay).
@@ -195,6 +202,8 @@ impl Config {
             limits: Limits::default(),
             metrics_listen: None,
             metrics_tunnel_labels: false,
+            trusted_proxies: TrustedProxies::default(),
+            proxy_protocol: false,
             reload: Reload::default(),
             stored_tokens: false,
             cluster: None,
@@ -305,12 +314,22 @@ pub struct Args {
     /// Release a tunnel name (and its queue) whose owner has not connected for this long.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_age)]
     pub tunnel_ttl: Duration,
-    /// Serve /metrics on this address (the ingress port serves it only when it is loopback).
+    /// Serve /metrics on this address (the ingress port serves it only when it is loopback and
+    /// there is no --trusted-proxy).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Label queue metrics with tunnel names (off: names stay private).
     #[arg(long)]
     pub metrics_tunnel_labels: bool,
+    /// Take the sender's address from X-Forwarded-For when the peer is in this network (a
+    /// reverse proxy; repeatable; a plain IP is one host): the right-most entry that is not a
+    /// trusted proxy.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Every connection starts with a PROXY protocol v1/v2 header (HAProxy, AWS NLB) naming the
+    /// sender; needs --trusted-proxy for the proxies that send it, others are closed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Join a relay cluster through these NATS servers (JetStream enabled), comma-separated:
     /// tunnels, presence and the offline queue live in NATS instead of the data dir.
     #[arg(long, value_name = "URLS", value_delimiter = ',', global = true)]
@@ -379,9 +398,12 @@ pub enum ConfigError {
     /// `--hostname` without `--self-signed`.
     #[error("--hostname only applies to --self-signed; add --self-signed or drop --hostname")]
     HostnameWithoutSelfSigned,
-    /// Public address, no tokens, no `--allow-anonymous`.
-    #[error("refusing to listen on {0} without client tokens: add one with `illumitunnel-relay token add NAME`, pass --tokens-file FILE (or set ILLUMITUNNEL_RELAY_TOKENS), or --allow-anonymous to accept any client")]
+    /// No tokens and no `--allow-anonymous`, on any address.
+    #[error("refusing to listen on {0} without client tokens: any client could open tunnels on it, also through a proxy on loopback; add one with `illumitunnel-relay token add NAME`, pass --tokens-file FILE (or set ILLUMITUNNEL_RELAY_TOKENS), or pass --allow-anonymous to accept any client")]
     OpenToAnyone(SocketAddr),
+    /// `--proxy-protocol` without `--trusted-proxy`.
+    #[error("--proxy-protocol needs --trusted-proxy CIDR naming the proxies that send the header (e.g. --trusted-proxy 10.0.0.0/8); connections from anyone else are closed")]
+    ProxyProtocolWithoutTrustedProxy,
     /// The tokens file cannot be read.
     #[error("could not read tokens file {path}: {reason}; check the path and its permissions")]
     TokensFile {
@@ -487,10 +509,12 @@ impl TryFrom<Args> for Config {
         if tokens.is_empty()
             && args.stored_tokens == 0
             && !args.allow_anonymous
-            && !args.listen.ip().is_loopback()
             && args.cluster.is_empty()
         {
             return Err(ConfigError::OpenToAnyone(args.listen));
+        }
+        if args.proxy_protocol && args.trusted_proxies.is_empty() {
+            return Err(ConfigError::ProxyProtocolWithoutTrustedProxy);
         }
         let public_url = match (args.public_url.as_deref(), &tls) {
             (Some(url), _) => Some(parse_public_url(url)?),
@@ -575,6 +599,8 @@ impl TryFrom<Args> for Config {
             },
             metrics_listen: args.metrics_listen,
             metrics_tunnel_labels: args.metrics_tunnel_labels,
+            trusted_proxies: TrustedProxies::new(args.trusted_proxies),
+            proxy_protocol: args.proxy_protocol,
             reload: Reload {
                 on_hangup: true,
                 pem: args.tls_cert.zip(args.tls_key),

@@ -29,7 +29,9 @@ pub const LINGER_BYTES: usize = 1024 * 1024;
 /// Longest a lingering close keeps reading.
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 
-/// Open connections, in all and per IP address.
+/// Open connections, in all and per sender address. A sender behind a trusted proxy is counted
+/// by its real address: at accept when a PROXY header names it, or per request in flight when
+/// only its proxy's `X-Forwarded-For` does (the proxy's own connections are many senders).
 pub struct ConnectionLimits {
     max: usize,
     max_per_ip: usize,
@@ -63,6 +65,36 @@ impl ConnectionLimits {
         self.open.fetch_add(1, Ordering::Relaxed);
         Some(ConnectionSlot {
             limits: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
+    /// A slot for a connection from a trusted proxy: counted in all, not against the proxy's
+    /// address; its senders are counted with [`admit_sender`](Self::admit_sender).
+    pub fn admit_proxy(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let _per_ip = self.lock();
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return None;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionSlot {
+            limits: self.clone(),
+            ip: None,
+        })
+    }
+
+    /// Counts the real sender `ip` behind a trusted proxy (for a connection, or for one request
+    /// in flight) against the per-address limit; `None` when it is reached.
+    pub fn admit_sender(self: &Arc<Self>, ip: IpAddr) -> Option<SenderSlot> {
+        let ip = ip.to_canonical();
+        let mut per_ip = self.lock();
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(SenderSlot {
+            limits: self.clone(),
             ip,
         })
     }
@@ -78,24 +110,43 @@ impl ConnectionLimits {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn release(&self, ip: IpAddr) {
+        let mut per_ip = self.lock();
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
 }
 
 /// One admitted connection; dropping it frees the slot.
 pub struct ConnectionSlot {
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    /// `None` for a trusted proxy's connection.
+    ip: Option<IpAddr>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut per_ip = self.limits.lock();
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
+        if let Some(ip) = self.ip {
+            self.limits.release(ip);
         }
         self.limits.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A sender behind a trusted proxy, counted against its address; dropping it frees the count.
+pub struct SenderSlot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for SenderSlot {
+    fn drop(&mut self) {
+        self.limits.release(self.ip);
     }
 }
 
@@ -313,6 +364,37 @@ mod tests {
         assert_eq!(limits.open(), 3);
         drop(first);
         assert!(limits.admit(a).is_some());
+    }
+
+    #[test]
+    fn a_proxy_counts_in_all_and_its_senders_by_their_own_address() {
+        let limits = ConnectionLimits::new(3, 2);
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let a: IpAddr = "203.0.113.1".parse().unwrap();
+        let b: IpAddr = "203.0.113.2".parse().unwrap();
+        let _direct = limits.admit(proxy).unwrap();
+        let (_p1, _p2) = (limits.admit_proxy().unwrap(), limits.admit_proxy().unwrap());
+        assert!(
+            limits.admit_proxy().is_none(),
+            "three in all, proxies included"
+        );
+        assert_eq!(limits.open(), 3);
+        let first = limits.admit_sender(a).unwrap();
+        let _second = limits.admit_sender(a).unwrap();
+        assert!(limits.admit_sender(a).is_none(), "two per real sender");
+        let mapped: IpAddr = "::ffff:203.0.113.1".parse().unwrap();
+        assert!(limits.admit_sender(mapped).is_none());
+        assert!(
+            limits.admit_sender(b).is_some(),
+            "another sender is not held back"
+        );
+        assert!(
+            limits.admit_sender(proxy).is_some(),
+            "the proxy's own direct connection is one"
+        );
+        drop(first);
+        assert!(limits.admit_sender(a).is_some());
+        assert_eq!(limits.open(), 3, "senders are not connections");
     }
 
     #[tokio::test(start_paused = true)]

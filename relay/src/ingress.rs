@@ -8,7 +8,6 @@
 //! the tunnel's next session or queued; when the relay shuts down before an answer arrives, it
 //! is queued.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use crate::cluster::{forward, Cluster};
 use crate::config::OfflinePolicy;
 use crate::error::IngressError;
 use crate::metrics::{Metrics, Outcome};
+use crate::proxy::{self, Origin};
 use crate::queue::{QueueError, QueuedDelivery};
 use crate::session::{OutgoingDelivery, Reply, SessionHandle};
 use crate::tunnel::{QueueTicket, Route, Tunnels};
@@ -54,8 +54,9 @@ pub(crate) struct WebhookRequest<'a> {
     pub tunnel: &'a str,
     /// The path below the tunnel.
     pub rest: &'a str,
-    /// The sender's address.
-    pub peer: SocketAddr,
+    /// Where the request came from, as the relay believes it: `origin.sender` is the sender's
+    /// address (behind a trusted proxy, the one its proxy names).
+    pub origin: &'a Origin,
     /// `X-Forwarded-Proto` for this connection.
     pub proto: &'static str,
 }
@@ -139,7 +140,7 @@ async fn forward(
         method: r.parts.method.as_str().to_owned(),
         path: r.rest.to_owned(),
         query: r.parts.uri.query().unwrap_or("").to_owned(),
-        headers: forward_headers(&r.parts.headers, r.peer.ip(), r.proto, host),
+        headers: forward_headers(&r.parts.headers, r.origin, r.proto, host),
         body,
     };
     if let Some(cluster) = &ctx.cluster {
@@ -359,36 +360,30 @@ async fn read_body(
     }
 }
 
-/// The sender's end-to-end headers in order, byte for byte, without hop-by-hop headers and
-/// `Host` (the client sets it to the forward target), plus `X-Forwarded-For` (appended to the
-/// sender's own), `X-Forwarded-Proto` and `X-Forwarded-Host` (replacing the sender's).
+/// The sender's end-to-end headers in order, byte for byte, without hop-by-hop headers,
+/// `Host` (the client sets it to the forward target) and every header that claims where the
+/// request came from (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`: anyone can write them), plus
+/// the relay's own `X-Forwarded-For` (the sender, then — behind a trusted proxy — each trusted
+/// hop; see [`Origin`]), `X-Forwarded-Proto` and `X-Forwarded-Host` (the `Host` it received).
 pub(crate) fn forward_headers(
     src: &HeaderMap,
-    peer: IpAddr,
+    origin: &Origin,
     proto: &str,
     host: Option<&[u8]>,
 ) -> Vec<Header> {
     let mut headers: Vec<Header> = Vec::with_capacity(src.len() + 3);
     for (name, value) in src {
         let name = name.as_str();
-        if matches!(name, "host" | "x-forwarded-proto" | "x-forwarded-host") {
+        if name == "host" || proxy::is_origin_header(name) {
             continue;
         }
         headers.push((name.to_owned(), value.as_bytes().to_vec()));
     }
     strip_hop_by_hop(&mut headers);
-    let peer = peer.to_canonical().to_string();
-    match headers
-        .iter_mut()
-        .rev()
-        .find(|(n, _)| n == "x-forwarded-for")
-    {
-        Some((_, value)) => {
-            value.extend_from_slice(b", ");
-            value.extend_from_slice(peer.as_bytes());
-        }
-        None => headers.push(("x-forwarded-for".to_owned(), peer.into_bytes())),
-    }
+    headers.push((
+        "x-forwarded-for".to_owned(),
+        origin.forwarded_for.clone().into_bytes(),
+    ));
     headers.push(("x-forwarded-proto".to_owned(), proto.as_bytes().to_vec()));
     if let Some(host) = host {
         headers.push(("x-forwarded-host".to_owned(), host.to_vec()));
@@ -441,6 +436,15 @@ mod tests {
         (n.to_string(), v.to_vec())
     }
 
+    fn origin(headers: &HeaderMap, peer: &str, trusted: &[&str]) -> Origin {
+        let trusted = trusted.iter().map(|n| n.parse().unwrap()).collect();
+        Origin::of(
+            headers,
+            peer.parse().unwrap(),
+            &proxy::TrustedProxies::new(trusted),
+        )
+    }
+
     #[test]
     fn forwarded_headers_keep_order_bytes_and_repeats() {
         let mut src = HeaderMap::new();
@@ -461,7 +465,7 @@ mod tests {
         src.append("x-forwarded-proto", HeaderValue::from_static("gopher"));
         let out = forward_headers(
             &src,
-            "203.0.113.7".parse().unwrap(),
+            &origin(&src, "203.0.113.7", &[]),
             "https",
             Some(b"relay.example.com"),
         );
@@ -479,15 +483,41 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_appended() {
+    fn a_senders_own_origin_headers_never_pass() {
         let mut src = HeaderMap::new();
-        src.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
-        let out = forward_headers(&src, "::ffff:127.0.0.1".parse().unwrap(), "http", None);
+        for (name, value) in [
+            ("x-forwarded-for", "198.51.100.1"),
+            ("X-Real-IP", "198.51.100.2"),
+            ("Forwarded", "for=198.51.100.3;proto=https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "1"),
+            ("x-keep", "yes"),
+        ] {
+            src.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static(value),
+            );
+        }
+        let untrusted = origin(&src, "::ffff:127.0.0.1", &[]);
+        let out = forward_headers(&src, &untrusted, "http", None);
         assert_eq!(
             out,
             vec![
-                h("x-forwarded-for", b"198.51.100.1, 127.0.0.1"),
+                h("x-keep", b"yes"),
+                h("x-forwarded-for", b"127.0.0.1"),
                 h("x-forwarded-proto", b"http")
+            ]
+        );
+        // From a trusted proxy only its X-Forwarded-For chain is believed, from the sender on.
+        let trusted = origin(&src, "127.0.0.1", &["127.0.0.1"]);
+        let out = forward_headers(&src, &trusted, "https", Some(b"relay.example.com"));
+        assert_eq!(
+            out,
+            vec![
+                h("x-keep", b"yes"),
+                h("x-forwarded-for", b"198.51.100.1, 127.0.0.1"),
+                h("x-forwarded-proto", b"https"),
+                h("x-forwarded-host", b"relay.example.com"),
             ]
         );
     }

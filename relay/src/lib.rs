@@ -23,6 +23,7 @@
 //! - [`acme`] — certificates from Let's Encrypt (or any ACME CA) over TLS-ALPN-01, renewed.
 //! - [`reload`] — SIGHUP reloads the PEM certificate and the tokens file.
 //! - [`metrics`] — Prometheus metrics for `GET /metrics`.
+//! - [`proxy`] — `--trusted-proxy` and `--proxy-protocol`: the sender's real address behind a proxy.
 //! - [`logging`] — log setup for both binaries: wire-dump caps and secret scrubbing.
 
 pub mod access;
@@ -36,6 +37,7 @@ pub mod error;
 pub mod ingress;
 pub mod logging;
 pub mod metrics;
+pub mod proxy;
 pub mod queue;
 pub mod reload;
 pub mod route;

@@ -34,6 +34,7 @@ use crate::conn::{Activity, ConnectionLimits, LingerIo};
 use crate::error::IngressError;
 use crate::ingress::{self, IngressContext, WebhookRequest};
 use crate::metrics::Metrics;
+use crate::proxy::{self, Origin, TrustedProxies};
 use crate::queue::{self, QueueHandle, QueueStore};
 use crate::route::{self, Route};
 use crate::session::SessionContext;
@@ -68,8 +69,12 @@ struct Dispatch {
     sessions: Arc<SessionContext>,
     auth: Arc<Access>,
     metrics: Arc<Metrics>,
-    /// Whether this listener serves `/metrics` (only on loopback).
+    /// Whether this listener serves `/metrics` (only on loopback, and not behind a proxy).
     serve_metrics: bool,
+    /// `--trusted-proxy`: peers whose `X-Forwarded-For` names the sender.
+    proxies: TrustedProxies,
+    /// Open connections, and senders behind a trusted proxy by their real address.
+    connections: Arc<ConnectionLimits>,
     max_header_bytes: usize,
     first_request_timeout: Duration,
     idle_timeout: Duration,
@@ -170,8 +175,11 @@ pub(crate) async fn run(
     for (tunnel, owner) in owners {
         tunnels.preload(tunnel, owner);
     }
+    // Without tokens only an anonymous relay (or the embedded one, with its process token) is
+    // open; any other relay with an empty set accepts nobody, on loopback too (a proxy there
+    // makes it public).
     let open_when_empty =
-        config.tokens.is_empty() && (config.allow_anonymous || local.ip().is_loopback());
+        config.tokens.is_empty() && (config.allow_anonymous || config.process_token.is_some());
     let stored = match &cluster {
         Some(cluster) => access::Stored::Cluster(Box::new(cluster.tokens.clone())),
         None if config.stored_tokens => access::Stored::Dir(config.data_dir.clone()),
@@ -210,7 +218,15 @@ pub(crate) async fn run(
         }),
         auth: auth.clone(),
         metrics: metrics.clone(),
-        serve_metrics: local.ip().is_loopback(),
+        // Behind a proxy on loopback every sender looks local: /metrics only on --metrics-listen.
+        serve_metrics: local.ip().is_loopback()
+            && config.trusted_proxies.is_empty()
+            && !config.proxy_protocol,
+        proxies: config.trusted_proxies.clone(),
+        connections: ConnectionLimits::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ),
         max_header_bytes: config.limits.max_header_bytes,
         first_request_timeout: config.limits.first_request_timeout,
         idle_timeout: config.limits.idle_timeout,
@@ -239,10 +255,7 @@ pub(crate) async fn run(
         None => None,
     };
     let builder = Arc::new(http_builder(&config.limits));
-    let connections = ConnectionLimits::new(
-        config.limits.max_connections,
-        config.limits.max_connections_per_ip,
-    );
+    let connections = dispatch.connections.clone();
     let graceful = GracefulShutdown::new();
     loop {
         // Both branches are cancel-safe: a token wait and `TcpListener::accept`.
@@ -259,24 +272,29 @@ pub(crate) async fn run(
                 }
             },
         };
-        let Some(slot) = connections.admit(peer.ip()) else {
-            debug!(%peer, "connection limit reached; closing at accept");
+        let proxies = &dispatch.proxies;
+        let Some(slot) = proxy::admit(&connections, proxies, config.proxy_protocol, peer) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = serve_connection(
-            dispatch.clone(),
-            builder.clone(),
-            acceptor.clone(),
-            stream,
-            peer,
-            graceful.watcher(),
-        );
-        let span = tracing::debug_span!("connection", %peer);
+        let (dispatch, builder) = (dispatch.clone(), builder.clone());
+        let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
+        let proxy_protocol = config.proxy_protocol;
+        let span = tracing::debug_span!("connection", %peer, sender = tracing::field::Empty);
         tracker.spawn(
             async move {
-                connection.await;
-                drop(slot);
+                let (mut stream, mut peer, mut sender) = (stream, peer, None);
+                if proxy_protocol {
+                    let (limits, within) = (&dispatch.connections, dispatch.first_request_timeout);
+                    let read = proxy::read_sender(&mut stream, peer, limits, within);
+                    let Some((source, slot)) = read.await else {
+                        return;
+                    };
+                    tracing::Span::current().record("sender", tracing::field::display(source));
+                    (peer, sender) = (source, slot);
+                }
+                serve_connection(dispatch, builder, acceptor, stream, peer, watcher).await;
+                drop((slot, sender));
             }
             .instrument(span),
         );
@@ -553,6 +571,15 @@ async fn route_request(
     if let Err(why) = route::check_path(req.uri().path()) {
         return IngressError::BadPath(why).into_response();
     }
+    let origin = Origin::of(req.headers(), peer.ip(), &dispatch.proxies);
+    // Behind a trusted proxy the sender is known only now: count it while its request lasts.
+    let _sender = match origin.via_trusted_proxy {
+        true => match dispatch.connections.admit_sender(origin.sender) {
+            Some(slot) => Some(slot),
+            None => return proxy::too_many_from(origin.sender),
+        },
+        false => None,
+    };
     let (parts, body) = req.into_parts();
     match route::parse(parts.uri.path()) {
         Route::Tunnel { tunnel, rest } => {
@@ -565,10 +592,13 @@ async fn route_request(
                 parts: &parts,
                 tunnel,
                 rest,
-                peer,
+                origin: &origin,
                 proto,
             };
-            ingress::handle(&dispatch.ingress, request, body).await
+            let span = tracing::debug_span!("request", sender = %origin.sender);
+            ingress::handle(&dispatch.ingress, request, body)
+                .instrument(span)
+                .await
         }
         Route::Healthz => healthz(dispatch.cluster.as_deref()),
         Route::Metrics if dispatch.serve_metrics => text(

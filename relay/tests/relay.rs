@@ -76,9 +76,10 @@ async fn delivery_round_trip_is_byte_exact_both_ways() {
             got.headers
         );
     }
+    // The sender's own X-Forwarded-For is not believed: the relay writes the peer alone.
     assert_eq!(
         header_values(&got.headers, "x-forwarded-for"),
-        [&b"198.51.100.1, 127.0.0.1"[..]]
+        [&b"127.0.0.1"[..]]
     );
     assert_eq!(
         header_values(&got.headers, "x-forwarded-proto"),
@@ -628,6 +629,7 @@ fn relay_bin() -> std::process::Command {
 fn binary_config_errors_exit_2_with_one_sentence() {
     for (args, want) in [
         (&["--listen", "0.0.0.0:0", "--http"][..], "error: refusing to listen on 0.0.0.0:0 without client tokens"),
+        (&["--listen", "127.0.0.1:0", "--http"][..], "error: refusing to listen on 127.0.0.1:0 without client tokens"),
         (&["--listen", "127.0.0.1:0"][..], "error: choose how to serve: pass --acme-domain NAME (a certificate from Let's Encrypt), --tls-cert FILE --tls-key FILE, --self-signed, or --http"),
         (&["--listen", "127.0.0.1:0", "--tls-cert", "c.pem"][..], "error: --tls-cert needs --tls-key"),
         (&["--acme-domain", "relay.example.com", "--self-signed"][..], "error: --acme-domain obtains its own certificate and cannot be combined with --tls-cert/--tls-key, --self-signed or --http; pick one"),
@@ -649,7 +651,7 @@ fn binary_port_in_use_exits_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = relay_bin()
-        .args(["--listen", &addr, "--http"])
+        .args(["--listen", &addr, "--http", "--allow-anonymous"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod connect_proxy;
 pub mod proxy;
 pub mod secrets;
 pub mod sender;

@@ -20,7 +20,7 @@ fn tokens_file(contents: &str) -> tempfile::NamedTempFile {
 
 #[test]
 fn validation_table() {
-    let lo = ["--listen", "127.0.0.1:0"];
+    let lo = ["--listen", "127.0.0.1:0", "--allow-anonymous"];
     let cases: &[(&[&str], Option<&str>)] = &[
         (
             &["--http"],
@@ -28,6 +28,10 @@ fn validation_table() {
         ),
         (&["--http", "--allow-anonymous"], None),
         (&[&lo[..], &["--http"]].concat(), None),
+        (
+            &["--listen", "127.0.0.1:0", "--http"],
+            Some("refusing to listen on 127.0.0.1:0 without client tokens"),
+        ),
         (&lo, Some("choose how to serve")),
         (
             &[&lo[..], &["--tls-cert", "c.pem"]].concat(),
@@ -163,6 +167,7 @@ fn defaults_and_conversions() {
     let config = Config::try_from(args(&[
         "--listen",
         "127.0.0.1:0",
+        "--allow-anonymous",
         "--http",
         "--public-url",
         "https://relay.example.com/",
@@ -184,7 +189,13 @@ fn defaults_and_conversions() {
     assert_eq!(config.max_body, DEFAULT_MAX_BODY);
     assert_eq!(config.tls.scheme(), "http");
 
-    let config = Config::try_from(args(&["--listen", "127.0.0.1:0", "--self-signed"])).unwrap();
+    let config = Config::try_from(args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-anonymous",
+        "--self-signed",
+    ]))
+    .unwrap();
     assert_eq!(config.tls.scheme(), "https");
     assert_eq!(config.offline, OfflinePolicy::Queue);
     assert_eq!(config.keepalive, DEFAULT_KEEPALIVE);
@@ -201,6 +212,7 @@ fn pem_files_load_and_garbage_is_named() {
     let config = Config::try_from(args(&[
         "--listen",
         "127.0.0.1:0",
+        "--allow-anonymous",
         "--tls-cert",
         cs,
         "--tls-key",
@@ -212,6 +224,7 @@ fn pem_files_load_and_garbage_is_named() {
     let err = Config::try_from(args(&[
         "--listen",
         "127.0.0.1:0",
+        "--allow-anonymous",
         "--tls-cert",
         ks,
         "--tls-key",
@@ -226,6 +239,7 @@ fn pem_files_load_and_garbage_is_named() {
     let err = Config::try_from(args(&[
         "--listen",
         "127.0.0.1:0",
+        "--allow-anonymous",
         "--tls-cert",
         cs,
         "--tls-key",
@@ -241,7 +255,7 @@ fn pem_files_load_and_garbage_is_named() {
 
 #[test]
 fn queue_limits() {
-    let lo = ["--listen", "127.0.0.1:0", "--http"];
+    let lo = ["--listen", "127.0.0.1:0", "--allow-anonymous", "--http"];
     let config = Config::try_from(args(&lo)).unwrap();
     assert_eq!(config.queue, QueueLimits::default());
     assert_eq!(config.queue.max_age, Duration::from_secs(72 * 3600));
@@ -285,7 +299,13 @@ fn queue_limits() {
 #[test]
 fn hostile_input_limits_have_defaults_and_refuse_nonsense() {
     let parse = |extra: &[&str]| {
-        let mut args = vec!["illumitunnel-relay", "--http", "--listen", "127.0.0.1:0"];
+        let mut args = vec![
+            "illumitunnel-relay",
+            "--http",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+        ];
         args.extend_from_slice(extra);
         Config::try_from(Args::try_parse_from(args).unwrap())
     };
@@ -546,7 +566,7 @@ fn the_systemd_unit_starts_a_valid_hardened_acme_relay() {
 
 #[test]
 fn cluster_flags_are_validated() {
-    let base = ["--http", "--listen", "127.0.0.1:0"];
+    let base = ["--http", "--listen", "127.0.0.1:0", "--allow-anonymous"];
     let ok = Config::try_from(args(
         &[
             &base[..],
@@ -599,4 +619,86 @@ fn cluster_flags_are_validated() {
         "9"
     ])
     .is_err());
+}
+
+// Behind a proxy on purpose; no relay without tokens.
+
+#[test]
+fn a_relay_without_tokens_refuses_to_start_on_loopback_too() {
+    for listen in ["127.0.0.1:8080", "[::1]:8080", "0.0.0.0:8443"] {
+        let err = Config::try_from(args(&["--http", "--listen", listen])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "refusing to listen on {} without client tokens: any client could open tunnels on it, also through a proxy on loopback; add one with `illumitunnel-relay token add NAME`, pass --tokens-file FILE (or set ILLUMITUNNEL_RELAY_TOKENS), or pass --allow-anonymous to accept any client",
+                listen.parse::<SocketAddr>().unwrap()
+            )
+        );
+    }
+    let open = ["--http", "--listen", "127.0.0.1:8080", "--allow-anonymous"];
+    assert!(Config::try_from(args(&open)).unwrap().allow_anonymous);
+    let mut stored = args(&["--http", "--listen", "127.0.0.1:8080"]);
+    stored.stored_tokens = 1;
+    assert!(Config::try_from(stored).is_ok(), "`token add` tokens count");
+    let mut env = args(&["--http", "--listen", "127.0.0.1:8080"]);
+    env.tokens_env = Some("itr_0123456789abcdefghijklmnopqrstuv".into());
+    assert!(Config::try_from(env).is_ok(), "environment tokens count");
+    // The embedded relay of `listen` is unchanged: its own process token, on loopback.
+    let embedded = Config::embedded(TlsConfig::Plain, PathBuf::from("/tmp/x"));
+    assert!(embedded.tokens.is_empty() && embedded.allow_anonymous);
+}
+
+#[test]
+fn trusted_proxies_and_the_proxy_protocol_are_validated() {
+    let base = ["--http", "--listen", "127.0.0.1:8080", "--allow-anonymous"];
+    let config = Config::try_from(args(
+        &[
+            &base[..],
+            &[
+                "--trusted-proxy",
+                "127.0.0.1",
+                "--trusted-proxy",
+                "10.0.0.0/8",
+                "--trusted-proxy",
+                "fd00::/8",
+            ],
+        ]
+        .concat(),
+    ))
+    .unwrap();
+    let trusted = &config.trusted_proxies;
+    assert!(trusted.contains("127.0.0.1".parse().unwrap()));
+    assert!(trusted.contains("::ffff:10.9.8.7".parse().unwrap()));
+    assert!(trusted.contains("fd00::1".parse().unwrap()));
+    assert!(!trusted.contains("127.0.0.2".parse().unwrap()));
+    assert!(!config.proxy_protocol);
+    assert!(Config::try_from(args(&base))
+        .unwrap()
+        .trusted_proxies
+        .is_empty());
+
+    let err = Config::try_from(args(&[&base[..], &["--proxy-protocol"]].concat())).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--proxy-protocol needs --trusted-proxy CIDR naming the proxies that send the header (e.g. --trusted-proxy 10.0.0.0/8); connections from anyone else are closed"
+    );
+    let with = [
+        &base[..],
+        &["--proxy-protocol", "--trusted-proxy", "10.0.0.0/8"],
+    ]
+    .concat();
+    assert!(Config::try_from(args(&with)).unwrap().proxy_protocol);
+
+    for bad in ["10.0.0.0/33", "proxy.example.com", "10.0.0.0/"] {
+        let err =
+            Args::try_parse_from(["illumitunnel-relay", "--http", "--trusted-proxy", bad].iter())
+                .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        assert!(
+            err.to_string().contains(
+                "is not an address or network; use e.g. 127.0.0.1, 10.0.0.0/8 or fd00::/8"
+            ),
+            "{bad}: {err}"
+        );
+    }
 }
