@@ -370,6 +370,24 @@ mod tests {
         assert!(!open.accepts(owner));
     }
 
+    #[test]
+    fn a_limited_address_is_refused_before_its_token_is_looked_at() {
+        let access = Access::new(&[Token::new("right")], false, false, None);
+        let (guesser, other) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..limit::BURST as usize {
+            let refused = access.check_from(guesser, Some(&bearer("wrong")));
+            assert_eq!(refused, Err(Refused::Unauthorized));
+        }
+        // Even the right token: otherwise a guess that hits would pass at full speed.
+        let refused = access.check_from(guesser, Some(&bearer("right")));
+        assert!(matches!(refused, Err(Refused::Limited(_))), "{refused:?}");
+        assert!(access.check_from(other, Some(&bearer("right"))).is_ok());
+        // Right tokens spend nothing: a busy team behind one address is never limited.
+        for _ in 0..100 {
+            assert!(access.check_from(other, Some(&bearer("right"))).is_ok());
+        }
+    }
+
     #[tokio::test]
     async fn revocation_wakes_the_session_watcher() {
         let access = Access::new(&[], false, false, None);

@@ -41,6 +41,9 @@ async fn main() -> ExitCode {
     // Handlers first: whoever reads the listening line may signal at once.
     let shutdown = CancellationToken::new();
     let signals = server::cancel_on_signal(shutdown.clone());
+    // SIGHUP's default action ends the process: from here on tokio holds it, so a hangup that
+    // comes before the relay's reload handler runs is ignored instead of fatal.
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let (scheme, local) = (config.tls.scheme(), listener.local_addr().unwrap_or(addr));
     println!("illumitunnel-relay listening on {scheme}://{local}");
     if let (true, TlsConfig::Certified { chain, .. }) = (self_signed, &config.tls) {
