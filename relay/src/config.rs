@@ -339,6 +339,20 @@ pub enum Command {
     /// Add, list or revoke client tokens stored (hashed) in the data dir.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage tunnel names in the data dir.
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
+}
+
+/// `tunnel release`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TunnelCommand {
+    /// Free a tunnel name for any owner (its queue goes too); --tunnel-ttl never does this by
+    /// itself. A running relay applies it within 5 s once the name's client is gone.
+    Release {
+        /// The tunnel name.
+        name: String,
+    },
 }
 
 /// `token add | list | revoke`; a running relay applies changes within 5 s.

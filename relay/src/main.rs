@@ -1,11 +1,11 @@
 //! `illumitunnel-relay`: parse, validate, bind, print the address, serve until SIGTERM or Ctrl-C;
-//! or run a `token` command on the data dir.
+//! or run a `token` or `tunnel` command on the data dir.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use illumitunnel_relay::config::{Args, Command};
-use illumitunnel_relay::{logging, server, tls, tokens, Config, TlsConfig};
+use illumitunnel_relay::{logging, server, tls, tokens, tunnel, Config, TlsConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -22,6 +22,13 @@ async fn main() -> ExitCode {
         };
         let (mut out, mut note) = (std::io::stdout(), std::io::stderr());
         return match tokens::run(command, target, &mut out, &mut note).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
+        };
+    }
+    if let Some(Command::Tunnel(command)) = &args.command {
+        let mut out = std::io::stdout();
+        return match tunnel::release::run(command, &data_dir, &args.cluster, &mut out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
         };

@@ -219,6 +219,10 @@ enum Command {
         names: Vec<String>,
         reply: oneshot::Sender<Result<Vec<String>, QueueError>>,
     },
+    ReleasedSince {
+        after: Option<i64>,
+        reply: oneshot::Sender<Result<(Vec<String>, i64), QueueError>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -422,6 +426,20 @@ impl QueueHandle {
             .await
     }
 
+    /// Names `tunnel release` freed after the `released` sequence number `after`, and the last
+    /// number read; with `None`, no names and the newest number (where a relay starts reading).
+    /// A cluster node learns releases from the owners bucket instead: always none here.
+    pub async fn released_since(
+        &self,
+        after: Option<i64>,
+    ) -> Result<(Vec<String>, i64), QueueError> {
+        if matches!(self.backend, Backend::Cluster(..)) {
+            return Ok((Vec::new(), 0));
+        }
+        self.call(|reply| Command::ReleasedSince { after, reply })
+            .await
+    }
+
     /// Commits what is waiting, checkpoints and stops the thread.
     pub async fn close(&self) {
         let Backend::Local(tx) = &self.backend else {
@@ -478,6 +496,10 @@ enum Done {
         oneshot::Sender<Result<Vec<String>, QueueError>>,
         Result<Vec<String>, QueueError>,
     ),
+    ReleasedSince(
+        oneshot::Sender<Result<(Vec<String>, i64), QueueError>>,
+        Result<(Vec<String>, i64), QueueError>,
+    ),
 }
 
 impl Done {
@@ -496,6 +518,7 @@ impl Done {
             Done::Attempts(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Expire(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Released(tx, r) => drop(tx.send(fail(failed, r))),
+            Done::ReleasedSince(tx, r) => drop(tx.send(fail(failed, r))),
         }
     }
 }
@@ -603,6 +626,13 @@ fn execute(
         }
         Command::ReleaseStale { ttl, names, reply } => {
             done.push(Done::Released(reply, store.release_stale(ttl, &names, now)))
+        }
+        Command::ReleasedSince { after, reply } => {
+            let read = match after {
+                None => store.last_released().map(|last| (Vec::new(), last)),
+                Some(after) => store.released_since(after),
+            };
+            done.push(Done::ReleasedSince(reply, read));
         }
         Command::Close { reply } => return Some(reply),
     }

@@ -170,6 +170,7 @@ pub(crate) async fn run(
     for (tunnel, owner) in owners {
         tunnels.preload(tunnel, owner);
     }
+    tunnels.spawn_release_watch();
     let open_when_empty =
         config.tokens.is_empty() && (config.allow_anonymous || local.ip().is_loopback());
     let stored = match &cluster {

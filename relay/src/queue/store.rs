@@ -23,6 +23,8 @@ pub const DB_FILE: &str = "relay.db";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most rows one expiry pass deletes, so a huge backlog never stalls the queue thread.
 pub const EXPIRE_BATCH: usize = 10_000;
+/// How long a `tunnel release` stays noted for running relays to read (they read every 2 s).
+const RELEASED_KEPT_MS: i64 = 24 * 3600 * 1000;
 
 /// Depth of one tunnel's queue.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +152,10 @@ impl QueueStore {
 
     /// Every owned tunnel, for the registry at start-up.
     pub fn owners(&self) -> Result<Vec<(String, Owner)>, QueueError> {
-        let mut stmt = self.conn.prepare("SELECT name, owner FROM tunnels")?;
+        // Dormant names (unused for --tunnel-ttl) stay unknown until their owner comes back.
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, owner FROM tunnels WHERE dormant = 0")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut owners = Vec::new();
         for row in rows {
@@ -188,12 +193,22 @@ impl QueueStore {
             },
         };
         let claim = decide(current, presented, fresh);
-        if let Claim::Claimed(owner) = claim {
-            self.conn.execute(
-                "INSERT INTO tunnels (name, owner, claimed_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT (name) DO UPDATE SET owner = ?2, claimed_at_ms = ?3, last_seen_ms = ?3",
-                params![tunnel, owner.key(), now_ms],
-            )?;
+        match claim {
+            Claim::Claimed(owner) => {
+                self.conn.execute(
+                    "INSERT INTO tunnels (name, owner, claimed_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
+                     ON CONFLICT (name) DO UPDATE SET owner = ?2, claimed_at_ms = ?3, last_seen_ms = ?3, dormant = 0",
+                    params![tunnel, owner.key(), now_ms],
+                )?;
+            }
+            // The owner of a dormant name takes it back.
+            Claim::Joined(_) => {
+                self.conn.execute(
+                    "UPDATE tunnels SET dormant = 0, last_seen_ms = ?2 WHERE name = ?1 AND dormant = 1",
+                    params![tunnel, now_ms],
+                )?;
+            }
+            Claim::Taken => {}
         }
         Ok(claim)
     }
@@ -218,21 +233,22 @@ impl QueueStore {
     ) -> Result<(), QueueError> {
         let headers = encode_blob(&delivery.headers);
         let size = (headers.len() + delivery.body.len()) as u64;
-        let fits = |d: Depth, total: u64, limits: &QueueLimits| -> Option<Limit> {
+        let fits = |store: &Self| -> Option<Limit> {
+            let (d, limits) = (store.depth(tunnel), &store.limits);
             if d.count + 1 > limits.max_count {
                 Some(Limit::Count(limits.max_count))
             } else if d.bytes + size > limits.max_bytes {
                 Some(Limit::Bytes(limits.max_bytes))
-            } else if total + size > limits.max_total_bytes {
+            } else if !fair_share_fits(d, size, store.total_bytes(), store.depths.len(), limits) {
                 Some(Limit::TotalBytes(limits.max_total_bytes))
             } else {
                 None
             }
         };
-        if fits(self.depth(tunnel), self.total_bytes(), &self.limits).is_some() {
+        if fits(self).is_some() {
             self.expire(None, now_ms)?;
         }
-        if let Some(limit) = fits(self.depth(tunnel), self.total_bytes(), &self.limits) {
+        if let Some(limit) = fits(self) {
             return Err(QueueError::Full {
                 tunnel: tunnel.to_owned(),
                 limit,
@@ -468,13 +484,14 @@ impl QueueStore {
     pub fn stale_tunnels(&self, ttl: Duration, now_ms: i64) -> Result<Vec<String>, QueueError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT name FROM tunnels WHERE last_seen_ms < ?1")?;
+            .prepare_cached("SELECT name FROM tunnels WHERE last_seen_ms < ?1 AND dormant = 0")?;
         let rows = stmt.query_map([stale_cutoff(ttl, now_ms)], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Releases those of `names` still unused for `ttl`, with their queues and dead letters;
-    /// returns the names released.
+    /// Forgets the queues and dead letters of those of `names` still unused for `ttl`, and
+    /// makes them dormant: unknown to senders, but still their owner's to take back. Returns
+    /// the names forgotten.
     pub fn release_stale(
         &mut self,
         ttl: Duration,
@@ -487,16 +504,96 @@ impl QueueStore {
             for sql in [
                 "DELETE FROM queued WHERE tunnel = ?1",
                 "DELETE FROM dead_letters WHERE tunnel = ?1",
-                "DELETE FROM tunnels WHERE name = ?1",
+                "UPDATE tunnels SET dormant = 1, expired_unreported = 0 WHERE name = ?1",
             ] {
                 self.conn.execute(sql, [&name])?;
             }
-            if let Some(depth) = self.depths.get(&name).copied() {
-                self.adjust(&name, -(depth.count as i64), -(depth.bytes as i64));
-            }
+            self.forget_depth(&name);
             released.push(name);
         }
         Ok(released)
+    }
+
+    /// `tunnel release NAME`: deletes the name's owner, queue and dead letters, and notes the
+    /// release for running relays. Returns how many queued deliveries went; `None` when no
+    /// tunnel has the name.
+    pub fn release(&mut self, name: &str, now_ms: i64) -> Result<Option<u64>, QueueError> {
+        let owned = self
+            .conn
+            .execute("DELETE FROM tunnels WHERE name = ?1", [name])?;
+        if owned == 0 {
+            return Ok(None);
+        }
+        let dropped = self
+            .conn
+            .execute("DELETE FROM queued WHERE tunnel = ?1", [name])?;
+        self.conn
+            .execute("DELETE FROM dead_letters WHERE tunnel = ?1", [name])?;
+        self.conn.execute(
+            "DELETE FROM released WHERE released_at_ms < ?1",
+            [now_ms.saturating_sub(RELEASED_KEPT_MS)],
+        )?;
+        self.conn.execute(
+            "INSERT INTO released (name, released_at_ms) VALUES (?1, ?2)",
+            params![name, now_ms],
+        )?;
+        self.forget_depth(name);
+        Ok(Some(dropped as u64))
+    }
+
+    /// Names released by `tunnel release` after `after` (a `released` sequence number), with
+    /// the last sequence number read. Rows queued for them since (a running relay still took
+    /// deliveries until it read this) are dropped unless the name was claimed again.
+    pub fn released_since(&mut self, after: i64) -> Result<(Vec<String>, i64), QueueError> {
+        let rows: Vec<(i64, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT seq, name FROM released WHERE seq > ?1 ORDER BY seq")?;
+            let rows = stmt.query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let last = rows.last().map_or(after, |(seq, _)| *seq);
+        let mut names = Vec::with_capacity(rows.len());
+        for (_, name) in rows {
+            self.conn.execute(
+                "DELETE FROM queued WHERE tunnel = ?1 AND NOT EXISTS (SELECT 1 FROM tunnels WHERE name = ?1)",
+                [&name],
+            )?;
+            self.reload_depth(&name)?;
+            names.push(name);
+        }
+        Ok((names, last))
+    }
+
+    /// The newest `released` sequence number (0 when none).
+    pub fn last_released(&self) -> Result<i64, QueueError> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM released", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    fn forget_depth(&mut self, name: &str) {
+        if let Some(depth) = self.depths.get(name).copied() {
+            self.adjust(name, -(depth.count as i64), -(depth.bytes as i64));
+        }
+    }
+
+    /// Reads one tunnel's depth from disk again (another process changed its rows).
+    fn reload_depth(&mut self, name: &str) -> Result<(), QueueError> {
+        let (count, bytes): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM queued WHERE tunnel = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let before = self.depth(name);
+        self.adjust(
+            name,
+            count - before.count as i64,
+            bytes - before.bytes as i64,
+        );
+        Ok(())
     }
 
     /// Writes the WAL back into the database file (on a clean shutdown).
@@ -529,6 +626,21 @@ impl QueueStore {
         let count = self.depths.values().map(|d| d.count).sum();
         self.gauges.totals(count, self.total_bytes());
     }
+}
+
+/// Whether `size` more bytes for a tunnel at depth `d` fit `--queue-max-total-bytes` with
+/// `total` bytes queued across `queues` tunnels with a queue: under the cap anything fits;
+/// at the cap only a tunnel under its fair share (the cap divided by the tunnels with a queue,
+/// this one included) still queues, so a few tunnels cannot fill it for everyone. Those late
+/// pushes may take the total past the cap, never past twice it.
+fn fair_share_fits(d: Depth, size: u64, total: u64, queues: usize, limits: &QueueLimits) -> bool {
+    let cap = limits.max_total_bytes;
+    if total + size <= cap {
+        return true;
+    }
+    let queues = queues as u64 + u64::from(d.count == 0);
+    let share = cap / queues.max(1);
+    d.bytes + size <= share && total + size <= cap.saturating_mul(2)
 }
 
 /// Last-seen times before this are stale.
