@@ -10,6 +10,7 @@
 //! groups whatever is waiting into one transaction, so a burst costs one fsync. Connected
 //! tunnels never touch it: a live delivery reads and writes no disk.
 
+mod clock;
 mod schema;
 pub mod store;
 
@@ -23,6 +24,7 @@ use illumitunnel::headers::Header;
 use illumitunnel::DeliveryId;
 use tokio::sync::{mpsc, oneshot};
 
+pub use clock::Clock;
 pub use store::{Depth, QueueStore};
 
 use crate::auth::{Claim, Owner};
@@ -239,40 +241,6 @@ pub struct QueueHandle {
 enum Backend {
     Local(mpsc::Sender<Command>),
     Cluster(Arc<Cluster>, QueueLimits),
-}
-
-/// Where the queue reads the time: the system clock, or a test's hand-set one.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
-
-impl Clock {
-    /// Unix milliseconds from the system clock.
-    pub fn system() -> Self {
-        Clock(Arc::new(illumitunnel::now_ms))
-    }
-
-    /// A clock that reads `now` (Unix milliseconds), for tests that move time by hand.
-    pub fn manual(now: Arc<std::sync::atomic::AtomicI64>) -> Self {
-        Clock(Arc::new(move || {
-            now.load(std::sync::atomic::Ordering::SeqCst)
-        }))
-    }
-
-    fn now_ms(&self) -> i64 {
-        (self.0)()
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::system()
-    }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Clock")
-    }
 }
 
 impl QueueHandle {
