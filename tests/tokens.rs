@@ -260,3 +260,130 @@ fn sighup_with_a_deleted_or_weak_tokens_file_keeps_the_last_good_tokens_and_logs
         "the token was logged"
     );
 }
+
+/// A second right token.
+const OTHER_TOKEN: &str = "itr_p0q9r8s7t6u5v4w3x2y1z0a9b8c7";
+
+/// `illumitunnel listen` with `token` on `tunnel`, forwarding to `target`, its home in `home`.
+fn listen(relay: &Relay, tunnel: &str, token: &str, target: &str, home: &Path) -> ChildGuard {
+    let mut cmd = command("illumitunnel", home);
+    cmd.args(["listen", "--relay", &relay.url, "--tunnel", tunnel])
+        .args(["--token", token, "--forward-to", target])
+        .args(["--no-tui", "--json", "--store"])
+        .arg(home.join("captures.db"));
+    ChildGuard::spawn(cmd)
+}
+
+fn wait_connected(client: &ChildGuard) {
+    client.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+}
+
+/// Waits for a refused client to exit and returns its stderr.
+fn refused(mut client: ChildGuard) -> String {
+    let status = client.wait_for_exit();
+    assert!(!status.success(), "{}", client.stderr());
+    client.stderr()
+}
+
+/// Posts to `tunnel` until the relay answers `status` (within `within`).
+fn wait_for_status(
+    rt: &tokio::runtime::Runtime,
+    relay: &Relay,
+    tunnel: &str,
+    status: u16,
+    within: std::time::Duration,
+) {
+    support::poll_until(&format!("{status} from {tunnel}"), within, || {
+        let answer = support::sender::Request::post(&relay.tunnel_url(tunnel))
+            .body("{}")
+            .send(rt);
+        if answer.status == status {
+            Ok(())
+        } else {
+            Err(format!("{} {}", answer.status, answer.text()))
+        }
+    });
+}
+
+#[test]
+fn after_the_tunnel_ttl_only_the_owner_takes_the_name_back_until_the_operator_releases_it() {
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let dir = temp_dir();
+    let file = dir.path().join("tokens");
+    write_tokens(&file, &[TOKEN, OTHER_TOKEN]);
+    let data_dir = dir.path().join("relay");
+    let relay = Relay::start_at(
+        &data_dir,
+        "127.0.0.1:0",
+        &[
+            "--http",
+            "--tunnel-ttl",
+            "2s",
+            "--tokens-file",
+            file.to_str().expect("UTF-8"),
+        ],
+    );
+    let hook = target.url("/hook");
+    let (home_a, home_b) = (temp_dir(), temp_dir());
+    let mut owner = listen(&relay, "team-app", TOKEN, &hook, home_a.path());
+    wait_connected(&owner);
+    owner.kill_now();
+    wait_for_status(&rt, &relay, "team-app", 202, DEADLINE);
+    // Unused for the TTL: senders get 404, nothing is queued any more.
+    wait_for_status(&rt, &relay, "team-app", 404, DEADLINE);
+
+    // A stranger is refused the name; its owner takes it back.
+    let stranger = listen(&relay, "team-app", OTHER_TOKEN, &hook, home_b.path());
+    let stderr = refused(stranger);
+    assert!(stderr.contains("team-app"), "{stderr}");
+    let mut owner = listen(&relay, "team-app", TOKEN, &hook, home_a.path());
+    wait_connected(&owner);
+    owner.kill_now();
+    wait_for_status(&rt, &relay, "team-app", 202, DEADLINE);
+
+    // The operator releases it while the relay runs: applied within 5 s, the stranger claims.
+    let release = |name: &str| {
+        let home = temp_dir();
+        let mut cmd = command("illumitunnel-relay", home.path());
+        cmd.args(["tunnel", "release", name, "--data-dir"])
+            .arg(&data_dir);
+        ChildGuard::run(cmd)
+    };
+    let started = Instant::now();
+    let done = release("team-app");
+    assert_eq!(done.code(), 0, "{done:?}");
+    assert_eq!(done.stdout.lines().count(), 1, "{done:?}");
+    assert!(
+        done.stdout
+            .starts_with("tunnel team-app released (1 queued deliveries dropped)"),
+        "{done:?}"
+    );
+    wait_for_status(
+        &rt,
+        &relay,
+        "team-app",
+        404,
+        std::time::Duration::from_secs(5),
+    );
+    assert!(started.elapsed() <= std::time::Duration::from_secs(5));
+    let new_owner = listen(&relay, "team-app", OTHER_TOKEN, &hook, home_b.path());
+    wait_connected(&new_owner);
+
+    // Unknown and invalid names are usage errors, with a sentence.
+    let unknown = release("no-such-app");
+    assert_eq!(unknown.code(), 2, "{unknown:?}");
+    assert_eq!(
+        unknown.stderr.trim(),
+        format!(
+            "error: no tunnel named no-such-app in {}; check the name and --data-dir",
+            data_dir.display()
+        )
+    );
+    let invalid = release("No_Such");
+    assert_eq!(invalid.code(), 2, "{invalid:?}");
+    assert!(
+        invalid.stderr.starts_with("error: invalid tunnel name"),
+        "{invalid:?}"
+    );
+}
