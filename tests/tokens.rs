@@ -387,3 +387,58 @@ fn after_the_tunnel_ttl_only_the_owner_takes_the_name_back_until_the_operator_re
         "{invalid:?}"
     );
 }
+
+#[test]
+fn on_a_cluster_tunnel_release_frees_a_name_for_another_token() {
+    use support::cluster::{Nats, Node};
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let nats = Nats::start();
+    let dir = temp_dir();
+    let file = dir.path().join("tokens");
+    write_tokens(&file, &[TOKEN, OTHER_TOKEN]);
+    let node = Node::start_with(
+        "alpha",
+        &nats.url,
+        &["--tokens-file", file.to_str().expect("UTF-8")],
+    );
+    let relay = node.relay();
+    let hook = target.url("/hook");
+    let (home_a, home_b) = (temp_dir(), temp_dir());
+    let mut owner = listen(relay, "shared-app", TOKEN, &hook, home_a.path());
+    wait_connected(&owner);
+    owner.kill_now();
+    wait_for_status(&rt, relay, "shared-app", 202, DEADLINE);
+    let stderr = refused(listen(
+        relay,
+        "shared-app",
+        OTHER_TOKEN,
+        &hook,
+        home_b.path(),
+    ));
+    assert!(stderr.contains("shared-app"), "{stderr}");
+
+    let release = |name: &str| {
+        let home = temp_dir();
+        let mut cmd = command("illumitunnel-relay", home.path());
+        cmd.args(["tunnel", "release", name, "--cluster", &nats.url]);
+        ChildGuard::run(cmd)
+    };
+    let done = release("shared-app");
+    assert_eq!(done.code(), 0, "{done:?}");
+    assert!(
+        done.stdout
+            .starts_with("tunnel shared-app released (1 queued deliveries dropped)"),
+        "{done:?}"
+    );
+    let new_owner = listen(relay, "shared-app", OTHER_TOKEN, &hook, home_b.path());
+    wait_connected(&new_owner);
+    let unknown = release("no-such-app");
+    assert_eq!(unknown.code(), 2, "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .starts_with("error: no tunnel named no-such-app in the cluster at"),
+        "{unknown:?}"
+    );
+}

@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
     }
     if let Some(Command::Tunnel(command)) = &args.command {
         let mut out = std::io::stdout();
-        return match tunnel::release::run(command, &data_dir, &args.cluster, &mut out) {
+        return match tunnel::release::run(command, &data_dir, &args.cluster, &mut out).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
         };

@@ -23,15 +23,17 @@ pub enum ReleaseError {
     )]
     Name(String),
     /// No tunnel has this name.
-    #[error("no tunnel named {name} in {dir}; check the name and --data-dir")]
+    #[error("no tunnel named {name} in {place}; check the name and {flag}")]
     Unknown {
         /// The name.
         name: String,
-        /// The data dir.
-        dir: String,
+        /// The data dir, or the cluster's NATS servers.
+        place: String,
+        /// `--data-dir` or `--cluster`.
+        flag: &'static str,
     },
-    /// A cluster node's names live in NATS.
-    #[error("tunnel release does not reach a cluster's NATS yet; on a cluster, delete the key {0} from the illumitunnel-tunnels bucket with `nats kv del illumitunnel-tunnels {0}`")]
+    /// The cluster's NATS could not be reached.
+    #[error("could not reach the cluster's tunnels in NATS: {0}; check --cluster and that nats-server runs with JetStream (-js)")]
     Cluster(String),
     /// The database could not be opened or written.
     #[error(
@@ -48,16 +50,13 @@ pub enum ReleaseError {
 impl ReleaseError {
     /// Whether the command line was at fault (exit 2) rather than the machine (exit 1).
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            ReleaseError::Name(_) | ReleaseError::Unknown { .. } | ReleaseError::Cluster(_)
-        )
+        matches!(self, ReleaseError::Name(_) | ReleaseError::Unknown { .. })
     }
 }
 
-/// Runs `illumitunnel-relay tunnel …` on the data dir `dir` (or says what to do on a cluster
-/// when `cluster` lists NATS servers); its one line goes to `out`.
-pub fn run(
+/// Runs `illumitunnel-relay tunnel …` on the data dir `dir`, or on the cluster when `cluster`
+/// lists NATS servers; its one line goes to `out`.
+pub async fn run(
     command: &TunnelCommand,
     dir: &Path,
     cluster: &[String],
@@ -67,38 +66,45 @@ pub fn run(
     let name = TunnelName::parse(name)
         .map_err(|_| ReleaseError::Name(name.clone()))?
         .to_string();
-    if !cluster.is_empty() {
-        return Err(ReleaseError::Cluster(name));
-    }
-    let storage = |cause: String| ReleaseError::Storage {
-        dir: dir.display().to_string(),
-        cause,
+    let released = if cluster.is_empty() {
+        release_in(dir, &name)?
+    } else {
+        crate::cluster::queue::release(cluster, &name)
+            .await
+            .map_err(ReleaseError::Cluster)?
     };
-    if !dir.join(crate::queue::store::DB_FILE).exists() {
-        return Err(ReleaseError::Unknown {
-            name,
-            dir: dir.display().to_string(),
-        });
-    }
-    let gauges = Metrics::new().queue.clone();
-    let mut store = QueueStore::open(dir, QueueLimits::default(), gauges)
-        .map_err(|e| storage(e.to_string()))?;
-    store.begin().map_err(|e| storage(e.to_string()))?;
-    let released = store
-        .release(&name, illumitunnel::now_ms())
-        .map_err(|e| storage(e.to_string()))?;
-    store.commit().map_err(|e| storage(e.to_string()))?;
-    drop(store);
-    crate::tokens::match_owner(dir);
     let Some(dropped) = released else {
-        return Err(ReleaseError::Unknown {
-            name,
-            dir: dir.display().to_string(),
-        });
+        let (place, flag) = match cluster {
+            [] => (dir.display().to_string(), "--data-dir"),
+            servers => (format!("the cluster at {}", servers.join(",")), "--cluster"),
+        };
+        return Err(ReleaseError::Unknown { name, place, flag });
     };
     let _ = writeln!(
         out,
         "tunnel {name} released ({dropped} queued deliveries dropped): the next client to claim it owns it; a running relay forgets it within 5 s once its client is gone"
     );
     Ok(())
+}
+
+/// Releases `name` in `{dir}/relay.db`.
+fn release_in(dir: &Path, name: &str) -> Result<Option<u64>, ReleaseError> {
+    let storage = |cause: String| ReleaseError::Storage {
+        dir: dir.display().to_string(),
+        cause,
+    };
+    if !dir.join(crate::queue::store::DB_FILE).exists() {
+        return Ok(None);
+    }
+    let gauges = Metrics::new().queue.clone();
+    let mut store = QueueStore::open(dir, QueueLimits::default(), gauges)
+        .map_err(|e| storage(e.to_string()))?;
+    store.begin().map_err(|e| storage(e.to_string()))?;
+    let released = store
+        .release(name, illumitunnel::now_ms())
+        .map_err(|e| storage(e.to_string()))?;
+    store.commit().map_err(|e| storage(e.to_string()))?;
+    drop(store);
+    crate::tokens::match_owner(dir);
+    Ok(released)
 }
