@@ -35,7 +35,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Default `--idle-timeout`: an HTTP connection with no request in flight is closed after it.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `--tunnel-ttl`: a tunnel whose owner has not connected for this long is released.
+/// Default `--tunnel-ttl`: a tunnel whose owner has not connected for this long loses its queue.
 pub const DEFAULT_TUNNEL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Environment variable holding client tokens, separated by commas or newlines.
 pub const TOKENS_ENV: &str = "ILLUMITUNNEL_RELAY_TOKENS";
@@ -105,7 +105,7 @@ pub struct Limits {
     /// Longest from accept to a connection's first request head (TLS and HTTP/2 preface
     /// included); 10 s, shorter only in tests.
     pub first_request_timeout: Duration,
-    /// A tunnel whose owner has not connected for this long is released with its queue.
+    /// A tunnel whose owner has not connected for this long loses its queue (not its owner).
     pub tunnel_ttl: Duration,
 }
 
@@ -290,7 +290,8 @@ pub struct Args {
     /// How long a queued delivery is kept: 30s, 15m, 72h, 7d.
     #[arg(long, value_name = "DURATION", default_value = "72h", value_parser = parse_age)]
     pub queue_max_age: Duration,
-    /// Most bytes queued across all tunnels.
+    /// Most bytes queued across all tunnels; once reached, only tunnels over their fair share
+    /// (this ÷ tunnels with a queue) are refused.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_TOTAL_BYTES)]
     pub queue_max_total_bytes: u64,
     /// Largest request line plus headers, in bytes (431 beyond).
@@ -308,7 +309,8 @@ pub struct Args {
     /// Seconds an HTTP connection may stay open with no request in flight.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
-    /// Release a tunnel name (and its queue) whose owner has not connected for this long.
+    /// Forget the queue of a tunnel whose owner has not connected for this long (the name then
+    /// answers 404 but stays its owner's; `tunnel release NAME` frees it).
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_age)]
     pub tunnel_ttl: Duration,
     /// Serve /metrics on this address (the ingress port serves it only when it is loopback).
