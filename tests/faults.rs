@@ -299,10 +299,10 @@ fn fan_out_then_failover_when_the_first_listener_leaves() {
     // never do): the same token here.
     let dir = temp_dir();
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "token-pair-33\n").expect("write tokens");
+    std::fs::write(&tokens, "token-pair-33-b5e0c4a9f1d7\n").expect("write tokens");
     let tokens = tokens.to_str().expect("UTF-8 path");
     let relay = Relay::start(&["--http", "--tokens-file", tokens]);
-    let token = ["--token", "token-pair-33"];
+    let token = ["--token", "token-pair-33-b5e0c4a9f1d7"];
     let mut first = Listen::start(Some(&relay.url), &first_target.url(HOOK), "pair", &token);
     let second = Listen::start(Some(&relay.url), &second_target.url(HOOK), "pair", &token);
 
@@ -325,7 +325,11 @@ fn another_token_cannot_claim_an_owned_name_after_a_relay_restart() {
     let target = Target::ok(&rt);
     let dir = temp_dir();
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "token-alpha-11\ntoken-bravo-22\n").expect("write tokens");
+    std::fs::write(
+        &tokens,
+        "token-alpha-11-c3f8a2e6d9b0\ntoken-bravo-22-e7a1d5c0b4f9\n",
+    )
+    .expect("write tokens");
     let tokens = tokens.to_str().expect("UTF-8 path").to_string();
     let data = dir.path().join("relay-data");
     let listen_addr = fixed_listen();
@@ -340,13 +344,13 @@ fn another_token_cannot_claim_an_owned_name_after_a_relay_restart() {
             .arg(home.path().join("captures.db"));
         (ChildGuard::spawn(cmd), home)
     };
-    let (owner, _owner_home) = listen(&relay, "token-alpha-11");
+    let (owner, _owner_home) = listen(&relay, "token-alpha-11-c3f8a2e6d9b0");
     owner.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
     drop(owner);
     relay.guard.kill_now();
 
     let relay = Relay::start_at(&data, &listen_addr, &args);
-    let (mut other, _other_home) = listen(&relay, "token-bravo-22");
+    let (mut other, _other_home) = listen(&relay, "token-bravo-22-e7a1d5c0b4f9");
     assert_eq!(other.wait_for_exit().code(), Some(1), "{}", other.stderr());
     let stderr = other.stderr();
     assert!(
@@ -358,7 +362,7 @@ fn another_token_cannot_claim_an_owned_name_after_a_relay_restart() {
         .body(body(0))
         .send(&rt);
     queued_id(&response);
-    let (owner, _owner_home) = listen(&relay, "token-alpha-11");
+    let (owner, _owner_home) = listen(&relay, "token-alpha-11-c3f8a2e6d9b0");
     let connected =
         owner.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
     assert!(

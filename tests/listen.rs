@@ -342,7 +342,7 @@ fn a_wrong_token_is_refused_with_one_sentence_and_never_printed() {
     let rt = runtime();
     let target = Target::ok(&rt);
     let dir = temp_dir();
-    let tokens = tokens_file(dir.path(), &["good-token-7f3a9c"]);
+    let tokens = tokens_file(dir.path(), &["good-token-7f3a9c-2d8e5b1c"]);
     let relay = Relay::start(&["--http", "--tokens-file", &tokens]);
 
     let mut wrong = listen_with_token(
@@ -362,7 +362,7 @@ fn a_wrong_token_is_refused_with_one_sentence_and_never_printed() {
     let good = listen_with_token(
         &relay,
         "token-check",
-        "good-token-7f3a9c",
+        "good-token-7f3a9c-2d8e5b1c",
         &target.url(FORWARD_PATH),
     );
     good.guard
@@ -373,7 +373,7 @@ fn a_wrong_token_is_refused_with_one_sentence_and_never_printed() {
     assert_eq!(response.status, 200, "{}", response.text());
 
     let relay_log = relay.guard.stderr() + &relay.guard.stdout();
-    for secret in ["good-token-7f3a9c", "wrong-token-b41d"] {
+    for secret in ["good-token-7f3a9c-2d8e5b1c", "wrong-token-b41d"] {
         assert!(
             !relay_log.contains(secret),
             "the relay printed a token: {relay_log}"
@@ -390,13 +390,16 @@ fn a_tunnel_name_owned_by_one_token_is_refused_to_another() {
     let rt = runtime();
     let target = Target::ok(&rt);
     let dir = temp_dir();
-    let tokens = tokens_file(dir.path(), &["token-alpha-11", "token-bravo-22"]);
+    let tokens = tokens_file(
+        dir.path(),
+        &["token-alpha-11-c3f8a2e6d9b0", "token-bravo-22-e7a1d5c0b4f9"],
+    );
     let relay = Relay::start(&["--http", "--tokens-file", &tokens]);
 
     let owner = listen_with_token(
         &relay,
         "shared-name",
-        "token-alpha-11",
+        "token-alpha-11-c3f8a2e6d9b0",
         &target.url(FORWARD_PATH),
     );
     owner
@@ -406,7 +409,7 @@ fn a_tunnel_name_owned_by_one_token_is_refused_to_another() {
     let mut other = listen_with_token(
         &relay,
         "shared-name",
-        "token-bravo-22",
+        "token-bravo-22-e7a1d5c0b4f9",
         &target.url(FORWARD_PATH),
     );
     assert_eq!(
@@ -440,13 +443,13 @@ fn two_listeners_with_one_token_both_see_a_delivery_and_the_first_answers() {
     let first_target = Target::start(&rt, |_| Reply::ok().header("x-listener", "first"));
     let second_target = Target::start(&rt, |_| Reply::ok().header("x-listener", "second"));
     let dir = temp_dir();
-    let tokens = tokens_file(dir.path(), &["token-fan-out-33"]);
+    let tokens = tokens_file(dir.path(), &["token-fan-out-33-a9c2e6f0"]);
     let relay = Relay::start(&["--http", "--tokens-file", &tokens]);
 
     let first = listen_with_token(
         &relay,
         "fan-out",
-        "token-fan-out-33",
+        "token-fan-out-33-a9c2e6f0",
         &first_target.url(FORWARD_PATH),
     );
     first
@@ -455,7 +458,7 @@ fn two_listeners_with_one_token_both_see_a_delivery_and_the_first_answers() {
     let second = listen_with_token(
         &relay,
         "fan-out",
-        "token-fan-out-33",
+        "token-fan-out-33-a9c2e6f0",
         &second_target.url(FORWARD_PATH),
     );
     second

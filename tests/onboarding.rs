@@ -16,7 +16,7 @@ use support::sender::Request;
 use support::target::Target;
 use support::{command, runtime, temp_dir, test_ca, ChildGuard, Finished, Relay, Stream};
 
-const TOKEN: &str = "login-token-5e1f0a";
+const TOKEN: &str = "login-token-5e1f0a-7b3d9c2e";
 
 fn tokens_file(dir: &Path) -> String {
     let path = dir.join("tokens");

@@ -103,7 +103,13 @@ fn sighup_reloads_certificate_and_tokens_while_sessions_stay_open() {
     );
     std::fs::copy(&old.cert_pem, &cert).expect("install the first certificate");
     std::fs::copy(&old.key_pem, &key).expect("install the first key");
-    write_tokens(&tokens, &["token-kept-5e1", "token-dropped-9a2"]);
+    write_tokens(
+        &tokens,
+        &[
+            "token-kept-5e1-a0c7f3b9d2e6",
+            "token-dropped-9a2-f4b8e1c6a3d0",
+        ],
+    );
     let path = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
     let relay = Relay::start(&[
         "--tls-cert",
@@ -123,7 +129,7 @@ fn sighup_reloads_certificate_and_tokens_while_sessions_stay_open() {
     let session = listen(
         &relay,
         "reloaded",
-        "token-kept-5e1",
+        "token-kept-5e1-a0c7f3b9d2e6",
         &target.url("/hook"),
         &["--ca", &path(&ca_both)],
     );
@@ -131,7 +137,7 @@ fn sighup_reloads_certificate_and_tokens_while_sessions_stay_open() {
 
     std::fs::copy(&new.cert_pem, &cert).expect("swap the certificate");
     std::fs::copy(&new.key_pem, &key).expect("swap the key");
-    write_tokens(&tokens, &["token-kept-5e1"]);
+    write_tokens(&tokens, &["token-kept-5e1-a0c7f3b9d2e6"]);
     relay.guard.signal("HUP");
     relay.guard.wait_for_text(Stream::Stderr, "tokens reloaded");
     relay
@@ -165,7 +171,7 @@ fn sighup_reloads_certificate_and_tokens_while_sessions_stay_open() {
     let mut dropped = listen(
         &relay,
         "dropped",
-        "token-dropped-9a2",
+        "token-dropped-9a2-f4b8e1c6a3d0",
         &target.url("/hook"),
         &["--ca", &path(&ca_both)],
     );

@@ -725,7 +725,7 @@ fn listen_register_enables_on_start_and_disables_on_sigterm() {
 }
 
 /// The client token of the register test's relay.
-const RELAY_TOKEN: &str = "token-register-44";
+const RELAY_TOKEN: &str = "token-register-44-d6b2f8a1c5e9";
 
 /// SIGTERM to the listen this test started (by PID), then waits for it to say it disabled the webhook.
 fn stop(mut listen: Listen) {

@@ -1,9 +1,14 @@
 //! Which client tokens the relay accepts right now: those from `--tokens-file` and the
 //! environment (replaced on SIGHUP) and those stored by `token add` (read again every
 //! [`POLL_EVERY`]). A token that leaves both sets loses its sessions, not only new ones.
+//! Failed checks are limited per sender address ([`limit`]), so tokens cannot be guessed
+//! at speed.
 
+pub mod limit;
+
+use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use illumitunnel::Token;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -12,6 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use self::limit::{FailureLimit, Limited};
 use crate::auth::{Auth, Owner, Unauthorized};
 use crate::cluster;
 use crate::session::{self, SessionContext};
@@ -33,6 +39,17 @@ pub struct Access {
     state: RwLock<State>,
     /// Bumped whenever the set changes, so sessions can check whether they still belong.
     changed: watch::Sender<u64>,
+    /// Failed checks per sender address.
+    failures: FailureLimit,
+}
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The token is missing or wrong (401).
+    Unauthorized,
+    /// The address failed too many checks lately; its token was not looked at (429).
+    Limited(Limited),
 }
 
 #[derive(Debug)]
@@ -60,6 +77,7 @@ impl Access {
                 auth: Arc::new(Auth::from_hashes(Vec::new(), allow_anonymous)),
             }),
             changed: watch::Sender::new(0),
+            failures: FailureLimit::default(),
         };
         access.update(|state| state.configured = hashes(tokens));
         Arc::new(access)
@@ -111,6 +129,24 @@ impl Access {
             };
         }
         auth.check(authorization)
+    }
+
+    /// [`check`](Self::check) for an upgrade from `addr`, unless the address failed more
+    /// checks lately than [`limit`] allows: then it is refused before its token is looked at.
+    pub fn check_from(&self, addr: IpAddr, authorization: Option<&[u8]>) -> Result<Owner, Refused> {
+        self.failures
+            .reserve(addr, Instant::now())
+            .map_err(Refused::Limited)?;
+        match self.check(authorization) {
+            Ok(owner) => {
+                self.failures.passed(addr);
+                Ok(owner)
+            }
+            Err(Unauthorized) => {
+                tracing::debug!(address = %addr, "client token refused");
+                Err(Refused::Unauthorized)
+            }
+        }
     }
 
     /// Whether sessions of `owner` may go on.
@@ -333,6 +369,24 @@ mod tests {
         open.set_stored(vec![tokens::hash("stored")]);
         assert!(open.check(Some(&bearer("anything"))).is_err());
         assert!(!open.accepts(owner));
+    }
+
+    #[test]
+    fn a_limited_address_is_refused_before_its_token_is_looked_at() {
+        let access = Access::new(&[Token::new("right")], false, false, None);
+        let (guesser, other) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..limit::BURST as usize {
+            let refused = access.check_from(guesser, Some(&bearer("wrong")));
+            assert_eq!(refused, Err(Refused::Unauthorized));
+        }
+        // Even the right token: otherwise a guess that hits would pass at full speed.
+        let refused = access.check_from(guesser, Some(&bearer("right")));
+        assert!(matches!(refused, Err(Refused::Limited(_))), "{refused:?}");
+        assert!(access.check_from(other, Some(&bearer("right"))).is_ok());
+        // Right tokens spend nothing: a busy team behind one address is never limited.
+        for _ in 0..100 {
+            assert!(access.check_from(other, Some(&bearer("right"))).is_ok());
+        }
     }
 
     #[tokio::test]

@@ -36,10 +36,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Default `--idle-timeout`: an HTTP connection with no request in flight is closed after it.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `--tunnel-ttl`: a tunnel whose owner has not connected for this long is released.
+/// Default `--tunnel-ttl`: a tunnel whose owner has not connected for this long loses its queue.
 pub const DEFAULT_TUNNEL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Environment variable holding client tokens, separated by commas or newlines.
 pub const TOKENS_ENV: &str = "ILLUMITUNNEL_RELAY_TOKENS";
+/// Shortest client token in a tokens file or the environment: 22 base64url characters carry
+/// 128 bits, so a token cannot be guessed through the per-address limit on failed checks.
+pub const MIN_TOKEN_CHARS: usize = 22;
 
 /// What the relay does with a delivery for a known tunnel with no client connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,7 +106,7 @@ pub struct Limits {
     /// Longest from accept to a connection's first request head (TLS and HTTP/2 preface
     /// included); 10 s, shorter only in tests.
     pub first_request_timeout: Duration,
-    /// A tunnel whose owner has not connected for this long is released with its queue.
+    /// A tunnel whose owner has not connected for this long loses its queue (not its owner).
     pub tunnel_ttl: Duration,
 }
 
@@ -218,7 +221,9 @@ impl Config {
     version,
     about = "Public relay for illumitunnel: accepts webhooks on /t/{tunnel}/… and carries them to connected clients",
     after_help = "Client tokens can also come from ILLUMITUNNEL_RELAY_TOKENS (comma or newline separated), \
-                  or be added with `illumitunnel-relay token add NAME`. SIGHUP reloads --tls-cert/--tls-key and --tokens-file."
+                  or be added with `illumitunnel-relay token add NAME`; tokens from a file or the environment need 22+ characters. \
+                  SIGHUP reloads --tls-cert/--tls-key and --tokens-file. More than 10 failed token checks a second from one \
+                  address get 429."
 )]
 pub struct Args {
     /// Manage client tokens instead of serving.
@@ -260,7 +265,8 @@ pub struct Args {
     /// Base URL printed to clients (default from the listen address).
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
-    /// File with one client token a line.
+    /// File with one client token a line, each at least 22 characters (128 bits); SIGHUP
+    /// reads it again (empty: no file tokens; missing or with a short token: kept as it was).
     #[arg(long, value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
     /// Tokens from the environment; read once at parse time, never shown in `--help`.
@@ -293,7 +299,8 @@ pub struct Args {
     /// How long a queued delivery is kept: 30s, 15m, 72h, 7d.
     #[arg(long, value_name = "DURATION", default_value = "72h", value_parser = parse_age)]
     pub queue_max_age: Duration,
-    /// Most bytes queued across all tunnels.
+    /// Most bytes queued across all tunnels; once reached, only tunnels over their fair share
+    /// (this ÷ tunnels with a queue) are refused.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_TOTAL_BYTES)]
     pub queue_max_total_bytes: u64,
     /// Largest request line plus headers, in bytes (431 beyond).
@@ -311,7 +318,8 @@ pub struct Args {
     /// Seconds an HTTP connection may stay open with no request in flight.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
-    /// Release a tunnel name (and its queue) whose owner has not connected for this long.
+    /// Forget the queue of a tunnel whose owner has not connected for this long (the name then
+    /// answers 404 but stays its owner's; `tunnel release NAME` frees it).
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_age)]
     pub tunnel_ttl: Duration,
     /// Serve /metrics on this address (the ingress port serves it only when it is loopback and
@@ -352,6 +360,20 @@ pub enum Command {
     /// Add, list or revoke client tokens stored (hashed) in the data dir.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage tunnel names in the data dir.
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
+}
+
+/// `tunnel release`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TunnelCommand {
+    /// Free a tunnel name for any owner (its queue goes too); --tunnel-ttl never does this by
+    /// itself. A running relay applies it within 5 s once the name's client is gone.
+    Release {
+        /// The tunnel name.
+        name: String,
+    },
 }
 
 /// `token add | list | revoke`; a running relay applies changes within 5 s.
@@ -415,6 +437,17 @@ pub enum ConfigError {
     /// The tokens file holds no token.
     #[error("tokens file {0} has no tokens; put one token a line, or pass --allow-anonymous")]
     EmptyTokensFile(PathBuf),
+    /// A token in the tokens file is too short to resist guessing.
+    #[error("tokens file {path} line {line} holds a token shorter than {MIN_TOKEN_CHARS} characters (128 bits); replace it with a long random one, e.g. from `illumitunnel-relay token add NAME` or `openssl rand -hex 16`")]
+    WeakFileToken {
+        /// The file.
+        path: PathBuf,
+        /// Its line, from 1.
+        line: usize,
+    },
+    /// A token in the environment is too short to resist guessing.
+    #[error("{TOKENS_ENV} entry {0} is a token shorter than {MIN_TOKEN_CHARS} characters (128 bits); replace it with a long random one, e.g. from `openssl rand -hex 16`")]
+    WeakEnvToken(usize),
     /// A PEM file cannot be used.
     #[error("could not load {path}: {reason}; pass a PEM certificate chain with --tls-cert and its private key with --tls-key")]
     Pem {
@@ -492,19 +525,18 @@ impl TryFrom<Args> for Config {
                 path: path.clone(),
                 reason,
             })?;
-            let before = tokens.len();
-            tokens.extend(parse_tokens(&text));
-            if tokens.len() == before {
+            tokens = parse_tokens(&text).map_err(|weak| ConfigError::WeakFileToken {
+                path: path.clone(),
+                line: weak.line,
+            })?;
+            if tokens.is_empty() {
                 return Err(ConfigError::EmptyTokensFile(path.clone()));
             }
         }
-        let env_tokens: Vec<Token> = args
-            .tokens_env
-            .as_deref()
-            .map(parse_tokens)
-            .into_iter()
-            .flatten()
-            .collect();
+        let env_tokens = match args.tokens_env.as_deref().map(parse_tokens) {
+            None => Vec::new(),
+            Some(parsed) => parsed.map_err(|weak| ConfigError::WeakEnvToken(weak.entry))?,
+        };
         tokens.extend(env_tokens.iter().cloned());
         if tokens.is_empty()
             && args.stored_tokens == 0
@@ -673,13 +705,33 @@ fn load_pem(cert: &Path, key: &Path) -> Result<TlsConfig, ConfigError> {
 }
 
 /// Tokens separated by newlines or commas; blank entries and `#` comment lines are skipped.
-pub(crate) fn parse_tokens(text: &str) -> impl Iterator<Item = Token> + '_ {
-    text.lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .flat_map(|line| line.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(Token::new)
+/// Every token must have at least [`MIN_TOKEN_CHARS`] characters.
+pub(crate) fn parse_tokens(text: &str) -> Result<Vec<Token>, WeakToken> {
+    let mut tokens = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        for token in line.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(WeakToken {
+                    line: index + 1,
+                    entry: tokens.len() + 1,
+                });
+            }
+            tokens.push(Token::new(token));
+        }
+    }
+    Ok(tokens)
+}
+
+/// Where [`parse_tokens`] found a token shorter than [`MIN_TOKEN_CHARS`]; never the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WeakToken {
+    /// Its line, from 1.
+    pub line: usize,
+    /// Its place among the tokens, from 1.
+    pub entry: usize,
 }
 
 fn parse_public_url(url: &str) -> Result<String, ConfigError> {

@@ -86,6 +86,17 @@ pub enum IngressError {
     /// A client websocket upgrade without a valid token.
     #[error("the relay did not accept the client token; pass --token (or ILLUMITUNNEL_TOKEN) with a token from the relay's tokens file")]
     Unauthorized,
+    /// A client websocket upgrade from an address that failed too many token checks lately.
+    #[error("too many failed client token checks from this address; wait {} s, and check the client's --token (or ILLUMITUNNEL_TOKEN)", retry_secs(*retry_after))]
+    TooManyTokenFailures {
+        /// When the address may try again.
+        retry_after: Duration,
+    },
+}
+
+/// Whole seconds for `Retry-After`, at least 1.
+fn retry_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl IngressError {
@@ -101,6 +112,7 @@ impl IngressError {
             IngressError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             IngressError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
+            IngressError::TooManyTokenFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Offline(_)
             | IngressError::QueueFull(_)
@@ -112,7 +124,7 @@ impl IngressError {
         }
     }
 
-    /// The JSON error response, with `Allow` on 405 and `Retry-After` on a busy 503.
+    /// The JSON error response, with `Allow` on 405 and `Retry-After` on a busy 503 and a 429.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut response = json_error(self.status(), &self.to_string());
         let headers = response.headers_mut();
@@ -124,6 +136,12 @@ impl IngressError {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+            }
+            IngressError::TooManyTokenFailures { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_secs(retry_after)),
                 );
             }
             _ => {}
@@ -173,6 +191,7 @@ mod tests {
             (IngressError::BadPath("encoded slash"), 400, "path refused: encoded slash; send the webhook to a plain /t/{tunnel}/… path"),
             (IngressError::HeadTooLarge { limit: 65536 }, 431, "request line and headers are larger than this relay's limit of 65536 bytes"),
             (IngressError::Busy { limit: 100 }, 503, "the relay is busy with other requests (100 bytes of bodies in flight, --max-inflight-bytes); send again in a few seconds"),
+            (IngressError::TooManyTokenFailures { retry_after: Duration::from_millis(1500) }, 429, "too many failed client token checks from this address; wait 2 s, and check the client's --token (or ILLUMITUNNEL_TOKEN)"),
         ];
         for (err, status, sentence) in cases {
             let response = err.into_response();
@@ -191,6 +210,11 @@ mod tests {
         assert_eq!(response.headers()[header::ALLOW], ALLOWED_METHODS);
         let response = IngressError::Busy { limit: 1 }.into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        let response = IngressError::TooManyTokenFailures {
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
     #[tokio::test]

@@ -90,7 +90,8 @@ pub(crate) fn outcome_of(err: &IngressError) -> Outcome {
         | IngressError::MethodNotAllowed(_)
         | IngressError::BadPath(_)
         | IngressError::HeadTooLarge { .. }
-        | IngressError::Unauthorized => Outcome::bad_request,
+        | IngressError::Unauthorized
+        | IngressError::TooManyTokenFailures { .. } => Outcome::bad_request,
         IngressError::Busy { .. } => Outcome::rejected,
         IngressError::Offline(_) => Outcome::offline,
         IngressError::QueueFull(_) | IngressError::QueueUnavailable(_) => Outcome::rejected,

@@ -1,11 +1,11 @@
 //! `illumitunnel-relay`: parse, validate, bind, print the address, serve until SIGTERM or Ctrl-C;
-//! or run a `token` command on the data dir.
+//! or run a `token` or `tunnel` command on the data dir.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use illumitunnel_relay::config::{Args, Command};
-use illumitunnel_relay::{logging, server, tls, tokens, Config, TlsConfig};
+use illumitunnel_relay::{logging, server, tls, tokens, tunnel, Config, TlsConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +26,13 @@ async fn main() -> ExitCode {
             Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
         };
     }
+    if let Some(Command::Tunnel(command)) = &args.command {
+        let mut out = std::io::stdout();
+        return match tunnel::release::run(command, &data_dir, &args.cluster, &mut out).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
+        };
+    }
     args.stored_tokens = tokens::stored_count(&data_dir);
     let (addr, self_signed) = (args.listen, args.self_signed);
     let config = match Config::try_from(args) {
@@ -41,6 +48,9 @@ async fn main() -> ExitCode {
     // Handlers first: whoever reads the listening line may signal at once.
     let shutdown = CancellationToken::new();
     let signals = server::cancel_on_signal(shutdown.clone());
+    // SIGHUP's default action ends the process: from here on tokio holds it, so a hangup that
+    // comes before the relay's reload handler runs is ignored instead of fatal.
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let (scheme, local) = (config.tls.scheme(), listener.local_addr().unwrap_or(addr));
     println!("illumitunnel-relay listening on {scheme}://{local}");
     if let (true, TlsConfig::Certified { chain, .. }) = (self_signed, &config.tls) {

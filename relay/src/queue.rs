@@ -10,6 +10,7 @@
 //! groups whatever is waiting into one transaction, so a burst costs one fsync. Connected
 //! tunnels never touch it: a live delivery reads and writes no disk.
 
+mod clock;
 mod schema;
 pub mod store;
 
@@ -23,6 +24,7 @@ use illumitunnel::headers::Header;
 use illumitunnel::DeliveryId;
 use tokio::sync::{mpsc, oneshot};
 
+pub use clock::Clock;
 pub use store::{Depth, QueueStore};
 
 use crate::auth::{Claim, Owner};
@@ -219,6 +221,10 @@ enum Command {
         names: Vec<String>,
         reply: oneshot::Sender<Result<Vec<String>, QueueError>>,
     },
+    ReleasedSince {
+        after: Option<i64>,
+        reply: oneshot::Sender<Result<(Vec<String>, i64), QueueError>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -235,40 +241,6 @@ pub struct QueueHandle {
 enum Backend {
     Local(mpsc::Sender<Command>),
     Cluster(Arc<Cluster>, QueueLimits),
-}
-
-/// Where the queue reads the time: the system clock, or a test's hand-set one.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
-
-impl Clock {
-    /// Unix milliseconds from the system clock.
-    pub fn system() -> Self {
-        Clock(Arc::new(illumitunnel::now_ms))
-    }
-
-    /// A clock that reads `now` (Unix milliseconds), for tests that move time by hand.
-    pub fn manual(now: Arc<std::sync::atomic::AtomicI64>) -> Self {
-        Clock(Arc::new(move || {
-            now.load(std::sync::atomic::Ordering::SeqCst)
-        }))
-    }
-
-    fn now_ms(&self) -> i64 {
-        (self.0)()
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::system()
-    }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Clock")
-    }
 }
 
 impl QueueHandle {
@@ -422,6 +394,20 @@ impl QueueHandle {
             .await
     }
 
+    /// Names `tunnel release` freed after the `released` sequence number `after`, and the last
+    /// number read; with `None`, no names and the newest number (where a relay starts reading).
+    /// A cluster node learns releases from the owners bucket instead: always none here.
+    pub async fn released_since(
+        &self,
+        after: Option<i64>,
+    ) -> Result<(Vec<String>, i64), QueueError> {
+        if matches!(self.backend, Backend::Cluster(..)) {
+            return Ok((Vec::new(), 0));
+        }
+        self.call(|reply| Command::ReleasedSince { after, reply })
+            .await
+    }
+
     /// Commits what is waiting, checkpoints and stops the thread.
     pub async fn close(&self) {
         let Backend::Local(tx) = &self.backend else {
@@ -478,6 +464,10 @@ enum Done {
         oneshot::Sender<Result<Vec<String>, QueueError>>,
         Result<Vec<String>, QueueError>,
     ),
+    ReleasedSince(
+        oneshot::Sender<Result<(Vec<String>, i64), QueueError>>,
+        Result<(Vec<String>, i64), QueueError>,
+    ),
 }
 
 impl Done {
@@ -496,6 +486,7 @@ impl Done {
             Done::Attempts(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Expire(tx, r) => drop(tx.send(fail(failed, r))),
             Done::Released(tx, r) => drop(tx.send(fail(failed, r))),
+            Done::ReleasedSince(tx, r) => drop(tx.send(fail(failed, r))),
         }
     }
 }
@@ -603,6 +594,13 @@ fn execute(
         }
         Command::ReleaseStale { ttl, names, reply } => {
             done.push(Done::Released(reply, store.release_stale(ttl, &names, now)))
+        }
+        Command::ReleasedSince { after, reply } => {
+            let read = match after {
+                None => store.last_released().map(|last| (Vec::new(), last)),
+                Some(after) => store.released_since(after),
+            };
+            done.push(Done::ReleasedSince(reply, read));
         }
         Command::Close { reply } => return Some(reply),
     }

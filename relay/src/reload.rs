@@ -1,15 +1,20 @@
 //! SIGHUP: read `--tls-cert/--tls-key` and `--tokens-file` again. New connections get the new
 //! certificate and tokens; open connections and sessions keep going (a session whose token left
-//! the file is closed like a revoked one). A file that cannot be used keeps the old setting.
+//! the file is closed like a revoked one). The tokens file is the truth: an empty one means no
+//! file tokens. A file that cannot be used — missing, unreadable, or holding a token shorter
+//! than 128 bits — keeps the last good setting, with an ERROR that says why.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use illumitunnel::Token;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::access::Access;
-use crate::config::{parse_tokens, Reload};
+use crate::config::{parse_tokens, Reload, MIN_TOKEN_CHARS};
 use crate::tls::{self, CertSlot};
 
 /// Listens for SIGHUP (installed before this returns) until `shutdown`, when
@@ -50,22 +55,34 @@ pub(crate) fn spawn(
                 }
             }
             if let Some(path) = &reload.tokens_file {
-                match std::fs::read_to_string(path) {
-                    Ok(text) => {
-                        let mut tokens: Vec<_> = parse_tokens(&text).collect();
-                        if tokens.is_empty() {
-                            warn!(file = %path.display(), "tokens file has no tokens; kept the previous ones (revoke stored tokens with `token revoke`)");
-                            continue;
-                        }
-                        tokens.extend(reload.env_tokens.iter().cloned());
-                        access.set_configured(&tokens);
-                        info!(file = %path.display(), tokens = tokens.len(), "tokens reloaded");
-                    }
-                    Err(err) => {
-                        warn!(%err, file = %path.display(), "could not read the tokens file; kept the previous tokens")
-                    }
-                }
+                reload_tokens(path, &reload.env_tokens, &access);
             }
         }
     })))
+}
+
+/// Replaces the file's tokens with what `path` holds now, or keeps them and logs an ERROR.
+fn reload_tokens(path: &Path, env_tokens: &[Token], access: &Access) {
+    let file = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            error!(%err, %file, "could not read the tokens file; kept the last good tokens");
+            return;
+        }
+    };
+    let mut tokens = match parse_tokens(&text) {
+        Ok(tokens) => tokens,
+        Err(weak) => {
+            error!(%file, line = weak.line, "the tokens file holds a token shorter than {MIN_TOKEN_CHARS} characters (128 bits) on line {}; kept the last good tokens", weak.line);
+            return;
+        }
+    };
+    let count = tokens.len();
+    if count == 0 {
+        warn!(%file, "the tokens file is empty: no client token from it is accepted any more");
+    }
+    tokens.extend(env_tokens.iter().cloned());
+    access.set_configured(&tokens);
+    info!(%file, tokens = count, "tokens reloaded");
 }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::access::{self, Access};
+use crate::access::{self, Access, Refused};
 use crate::budget::InflightBudget;
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, Limits};
@@ -175,6 +175,7 @@ pub(crate) async fn run(
     for (tunnel, owner) in owners {
         tunnels.preload(tunnel, owner);
     }
+    tunnels.spawn_release_watch();
     // Without tokens only an anonymous relay (or the embedded one, with its process token) is
     // open; any other relay with an empty set accepts nobody, on loopback too (a proxy there
     // makes it public).
@@ -606,7 +607,7 @@ async fn route_request(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Bytes::from(dispatch.metrics.encode()),
         ),
-        Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body)),
+        Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body), peer),
         Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
     }
 }
@@ -682,7 +683,7 @@ async fn open_websocket(
 }
 
 /// Answers a client's websocket upgrade with 101 and runs the session on a tracked task.
-fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn upgrade(dispatch: &Dispatch, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let headers = req.headers();
     let has = |name: header::HeaderName, want: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -706,14 +707,18 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>) -> Response<Full<Bytes>>
         return IngressError::NotWebsocket.into_response();
     };
     // The token is checked before anything is upgraded: a wrong one never sees a 101.
-    let auth = dispatch.auth.check(
-        headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    );
-    if auth.is_err() {
-        return IngressError::Unauthorized.into_response();
-    }
+    let authorization = headers.get(header::AUTHORIZATION);
+    let auth = match dispatch
+        .auth
+        .check_from(peer.ip(), authorization.map(HeaderValue::as_bytes))
+    {
+        Ok(owner) => Ok(owner),
+        Err(Refused::Unauthorized) => return IngressError::Unauthorized.into_response(),
+        Err(Refused::Limited(limited)) => {
+            let retry_after = limited.retry_after;
+            return IngressError::TooManyTokenFailures { retry_after }.into_response();
+        }
+    };
     let on_upgrade = hyper::upgrade::on(req);
     let sessions = dispatch.sessions.clone();
     let access = dispatch.auth.clone();

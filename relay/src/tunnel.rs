@@ -24,6 +24,7 @@
 //! never across an `.await`.
 
 mod drain;
+pub mod release;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,9 @@ use crate::cluster::View;
 use crate::metrics::Metrics;
 use crate::queue::QueueHandle;
 use crate::session::SessionHandle;
+
+/// How often a running relay reads the names `tunnel release` freed (applied within 5 s).
+pub const RELEASE_POLL: Duration = Duration::from_secs(2);
 
 /// A tunnel's part in the delivery order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +256,43 @@ impl Tunnels {
         released
     }
 
+    /// Reads the names `tunnel release` frees every [`RELEASE_POLL`] until `closing`, and
+    /// forgets each once it is idle (a connected client keeps serving until it leaves), so it
+    /// answers 404 until the next claim.
+    pub fn spawn_release_watch(self: &Arc<Self>) {
+        let tunnels = self.clone();
+        self.tracker.spawn(async move {
+            let Ok((_, mut cursor)) = tunnels.queue.released_since(None).await else {
+                return;
+            };
+            let mut pending: Vec<String> = Vec::new();
+            let mut tick = tokio::time::interval(RELEASE_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                // Both branches are cancel-safe: a token wait and `Interval::tick`.
+                tokio::select! {
+                    _ = tunnels.closing.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match tunnels.queue.released_since(Some(cursor)).await {
+                    Ok((names, last)) => {
+                        cursor = last;
+                        pending.extend(names);
+                    }
+                    Err(err) => tracing::warn!(%err, "could not read released tunnel names"),
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                let forgotten = tunnels.release(&pending);
+                pending.retain(|name| !forgotten.contains(name));
+                for name in forgotten {
+                    tracing::info!(tunnel = %name, "tunnel name released by the operator");
+                }
+            }
+        });
+    }
+
     /// Where a new delivery for `tunnel` goes.
     pub fn route(self: &Arc<Self>, tunnel: &str) -> Route {
         let mut map = self.lock();
@@ -292,10 +333,11 @@ impl Tunnels {
             .entry(tunnel.as_str().to_owned())
             .or_insert_with(|| Tunnel::new(owner));
         // The database already granted the claim; this keeps the map in step with it (a
-        // tunnel preloaded as anonymous from before claim keys changes hands here).
+        // tunnel preloaded as anonymous from before claim keys changes hands here, and a
+        // tunnel an operator released and another owner claimed changes hands here too).
         match decide(Some(t.owner), Some(owner), owner) {
             Claim::Joined(_) => {}
-            Claim::Claimed(new) if t.sessions.is_empty() => t.owner = new,
+            _ if t.sessions.is_empty() => t.owner = owner,
             Claim::Claimed(_) | Claim::Taken => return Err(Taken),
         }
         if t.sessions.is_empty() {

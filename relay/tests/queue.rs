@@ -487,8 +487,18 @@ async fn a_sibling_listener_takes_over_the_backlog_in_order_when_the_first_dies_
     relay.stop().await;
 }
 
+fn is_taken(reply: &RelayMessage) -> bool {
+    matches!(
+        reply,
+        RelayMessage::Refused {
+            reason: Refusal::TunnelTaken,
+            ..
+        }
+    )
+}
+
 #[tokio::test]
-async fn a_name_unused_for_the_tunnel_ttl_is_released_with_its_queue() {
+async fn a_name_unused_for_the_tunnel_ttl_forgets_its_queue_but_never_its_owner() {
     let now = Arc::new(AtomicI64::new(illumitunnel::now_ms()));
     let relay = Relay::start(false, |c| {
         c.tokens = vec![
@@ -511,32 +521,120 @@ async fn a_name_unused_for_the_tunnel_ttl_is_released_with_its_queue() {
         if answer.status == StatusCode::NOT_FOUND {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never released");
+        assert!(std::time::Instant::now() < deadline, "never forgotten");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Another token may claim it once its rows are gone (right after it answers 404); the
-    // connected tunnel stays its owner's.
-    let reply = loop {
-        let (_ws, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "stale").await;
-        if matches!(reply, RelayMessage::Welcome { .. }) || std::time::Instant::now() > deadline {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(
-        matches!(reply, RelayMessage::Welcome { queued: 0, .. }),
-        "{reply:?}"
-    );
+    // Another token never gets the name IllumiChat may still post to; its owner takes it back,
+    // with an empty queue.
+    let (_ws, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "stale").await;
+    assert!(is_taken(&reply), "{reply:?}");
+    let (ws, queued, _) = welcome(&relay, Some("alpha"), "stale").await;
+    assert_eq!(queued, 0);
+    drop(ws);
     let (_ws, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "fresh").await;
+    assert!(is_taken(&reply), "{reply:?}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_dormant_name_keeps_its_owner_across_a_restart_until_the_operator_releases_it() {
+    let now = Arc::new(AtomicI64::new(illumitunnel::now_ms()));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("relay");
+    let tune = |c: &mut illumitunnel_relay::Config| {
+        c.tokens = vec![
+            illumitunnel::Token::new("alpha"),
+            illumitunnel::Token::new("beta"),
+        ];
+        c.clock = Clock::manual(now.clone());
+        c.limits.tunnel_ttl = Duration::from_secs(3600);
+        c.queue.max_age = Duration::from_secs(2);
+    };
+    let relay = Relay::start_in(false, data_dir.clone(), tune).await;
+    claim_and_leave_with(&relay, "kept", "alpha").await;
+    now.fetch_add(2 * 3600 * 1000, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + WAIT;
+    while relay.post("/t/kept/x", "x").await.status != StatusCode::NOT_FOUND {
+        assert!(std::time::Instant::now() < deadline, "never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.stop().await;
+
+    // After a restart the dormant name is still unknown to senders and still alpha's.
+    let relay = Relay::start_in(false, data_dir.clone(), tune).await;
+    assert_eq!(
+        relay.post("/t/kept/x", "x").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let (_ws, reply) = hello(&relay, Some("beta"), PROTOCOL_VERSION, "kept").await;
+    assert!(is_taken(&reply), "{reply:?}");
+
+    // `tunnel release` (another process on the same relay.db) frees it; the running relay
+    // forgets the idle name within 5 s and beta may claim it.
+    claim_and_leave_with(&relay, "kept", "alpha").await;
+    let mut store =
+        QueueStore::open(&data_dir, QueueLimits::default(), QueueGauges::default()).unwrap();
+    store.begin().unwrap();
+    let released = store.release("kept", illumitunnel::now_ms()).unwrap();
+    store.commit().unwrap();
+    assert_eq!(released, Some(1), "the probe was queued");
+    assert_eq!(store.release("nope", 0).unwrap(), None);
+    drop(store);
+    let started = std::time::Instant::now();
+    while relay.post("/t/kept/x", "x").await.status != StatusCode::NOT_FOUND {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the running relay did not apply the release"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ws, queued, _) = welcome(&relay, Some("beta"), "kept").await;
+    assert_eq!(queued, 0, "nothing of alpha's reaches beta");
+    drop(ws);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_total_cap_a_tunnel_over_its_fair_share_is_refused_and_one_under_it_queues() {
+    let relay = Relay::start(false, |c| c.queue.max_total_bytes = 20_000).await;
+    for name in ["hog", "small"] {
+        claim_and_leave(&relay, name).await;
+    }
+    let mut hogged = 0;
+    loop {
+        let answer = relay.post("/t/hog/fill", vec![b'h'; 2_000]).await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(
+                answer.error().contains("--queue-max-total-bytes"),
+                "{}",
+                answer.error()
+            );
+            break;
+        }
+        queued_id(&answer);
+        hogged += 1;
+        assert!(hogged < 20, "the cap never applied");
+    }
+    // The hog filled the cap; a tunnel under its share (half of it) still queues...
+    for _ in 0..3 {
+        queued_id(&relay.post("/t/small/hook", vec![b's'; 2_000]).await);
+    }
+    // ...while the hog, over its share, stays refused.
+    let answer = relay.post("/t/hog/more", vec![b'h'; 100]).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        answer.error(),
+        "the relay's offline queues are full (20000 bytes across all tunnels, --queue-max-total-bytes); send again later"
+    );
+    // Past its share the small tunnel is refused too.
+    let mut small = 3;
+    while relay.post("/t/small/hook", vec![b's'; 2_000]).await.status == StatusCode::ACCEPTED {
+        small += 1;
+        assert!(small < 10, "the small tunnel passed its share");
+    }
     assert!(
-        matches!(
-            reply,
-            RelayMessage::Refused {
-                reason: Refusal::TunnelTaken,
-                ..
-            }
-        ),
-        "{reply:?}"
+        small <= 5,
+        "{small} deliveries of 2,000 bytes fit a 10,000-byte share"
     );
     relay.stop().await;
 }

@@ -693,7 +693,7 @@ fn binary_prints_address_and_fingerprint_and_exits_0_on_sigterm() {
         ])
         .arg("--data-dir")
         .arg(data.path())
-        .env("ILLUMITUNNEL_RELAY_TOKENS", "s3cret-token-value")
+        .env("ILLUMITUNNEL_RELAY_TOKENS", "s3cret-token-value-9f2c7e1a")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -748,7 +748,7 @@ fn binary_prints_address_and_fingerprint_and_exits_0_on_sigterm() {
         "stderr: {stderr}"
     );
     assert!(
-        !stderr.contains("s3cret-token-value"),
+        !stderr.contains("s3cret-token-value-9f2c7e1a"),
         "token logged: {stderr}"
     );
 }

@@ -4,7 +4,7 @@
 use super::sender::Request;
 
 /// A client token the relay accepts (put it in a tokens file).
-pub const TOKEN: &str = "relay-token-planted-7c1e9";
+pub const TOKEN: &str = "relay-token-planted-7c1e9-4a8f";
 
 /// Secret headers a sender plants: (name, value).
 pub const SENDER_HEADERS: &[(&str, &str)] = &[

@@ -224,6 +224,8 @@ pub fn spawn(
     tracker.spawn(
         watch_bucket(c.clone(), c.owners.clone(), s, move |entry| {
             if entry.operation != kv::Operation::Put {
+                // `tunnel release`: forgotten here once no client of it is connected.
+                t.release(std::slice::from_ref(&entry.key));
                 return;
             }
             let owner = std::str::from_utf8(&entry.value)

@@ -31,21 +31,26 @@ fn key(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Connects to `servers` and opens (creating when needed) the tokens bucket.
-pub async fn open(servers: &[String]) -> Result<kv::Store, TokenError> {
+/// Connects to `servers` for a one-off command (`token …`, `tunnel release`).
+pub async fn connect(servers: &[String]) -> Result<jetstream::Context, String> {
     let addrs = servers
         .iter()
         .map(|s| s.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(unreachable)?;
+        .map_err(|e| e.to_string())?;
     let connect = async_nats::ConnectOptions::new()
         .connection_timeout(TIMEOUT)
         .connect(addrs);
     let client = tokio::time::timeout(TIMEOUT, connect)
         .await
-        .map_err(|_| unreachable("no answer"))?
-        .map_err(unreachable)?;
-    let js = jetstream::new(client);
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(jetstream::new(client))
+}
+
+/// Connects to `servers` and opens (creating when needed) the tokens bucket.
+pub async fn open(servers: &[String]) -> Result<kv::Store, TokenError> {
+    let js = connect(servers).await.map_err(unreachable)?;
     if let Ok(store) = js.get_key_value(TOKENS_BUCKET).await {
         return Ok(store);
     }

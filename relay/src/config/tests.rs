@@ -134,12 +134,22 @@ fn validation_table() {
 
 #[test]
 fn tokens_from_file_and_env() {
-    let file = tokens_file("# relay tokens\n alpha \n\nbeta,gamma\n");
+    let long = |name: &str| format!("{name}-0123456789abcdef0123");
+    let file = tokens_file(&format!(
+        "# relay tokens\n {} \n\n{},{}\n",
+        long("alpha"),
+        long("beta"),
+        long("gamma")
+    ));
     let mut a = args(&["--http", "--tokens-file", file.path().to_str().unwrap()]);
-    a.tokens_env = Some("delta,\nepsilon".into());
+    a.tokens_env = Some(format!("{},\n{}", long("delta"), long("epsilon")));
     let config = Config::try_from(a).unwrap();
     let tokens: Vec<&str> = config.tokens.iter().map(Token::expose).collect();
-    assert_eq!(tokens, ["alpha", "beta", "gamma", "delta", "epsilon"]);
+    let want: Vec<String> = ["alpha", "beta", "gamma", "delta", "epsilon"]
+        .iter()
+        .map(|n| long(n))
+        .collect();
+    assert_eq!(tokens, want);
     assert!(
         !format!("{config:?}").contains("alpha"),
         "tokens leak through Debug"
@@ -155,7 +165,7 @@ fn tokens_from_file_and_env() {
     assert!(err.to_string().contains("has no tokens"), "{err}");
 
     let mut a = args(&["--http"]);
-    a.tokens_env = Some("zeta".into());
+    a.tokens_env = Some(long("zeta"));
     assert!(
         Config::try_from(a).is_ok(),
         "env tokens allow a public listen address"
@@ -701,4 +711,35 @@ fn trusted_proxies_and_the_proxy_protocol_are_validated() {
             "{bad}: {err}"
         );
     }
+}
+
+// Token strength: tokens in a tokens file or the environment carry at least 128 bits.
+
+#[test]
+fn short_tokens_are_refused_naming_their_line_never_the_token() {
+    let file = tokens_file("# team\nitr_0123456789abcdef0123456789\n\nabc\n");
+    let path = file.path().to_str().unwrap().to_string();
+    let err = Config::try_from(args(&["--http", "--tokens-file", &path])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("tokens file {path} line 4 holds a token shorter than 22 characters (128 bits); replace it with a long random one, e.g. from `illumitunnel-relay token add NAME` or `openssl rand -hex 16`")
+    );
+    assert!(!err.to_string().contains("abc"), "{err}");
+
+    // 21 characters are one too few; 22 are enough.
+    let mut a = args(&["--http"]);
+    a.tokens_env = Some(format!("{},{}", "a".repeat(22), "b".repeat(21)));
+    let err = Config::try_from(a).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "ILLUMITUNNEL_RELAY_TOKENS entry 2 is a token shorter than 22 characters (128 bits); replace it with a long random one, e.g. from `openssl rand -hex 16`"
+    );
+    assert_eq!(
+        parse_tokens(&format!("{}, {}", "a".repeat(22), "b".repeat(22))).map(|t| t.len()),
+        Ok(2)
+    );
+    assert_eq!(
+        parse_tokens("# short comment\nshort"),
+        Err(WeakToken { line: 2, entry: 1 })
+    );
 }

@@ -56,4 +56,13 @@ pub const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL UNIQUE,
         created_at_ms INTEGER NOT NULL
     );",
+    // 5: --tunnel-ttl forgets a tunnel's queue but keeps its owner (`dormant`), so only the
+    // same token or claim key takes the name back; `tunnel release NAME` deletes the owner
+    // and notes the name in `released`, which a running relay reads to forget it too.
+    "ALTER TABLE tunnels ADD COLUMN dormant INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE released (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        released_at_ms INTEGER NOT NULL
+    );",
 ];

@@ -13,8 +13,9 @@ use illumitunnel::DeliveryId;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{schema, Backlog, Limit, QueueError, QueueLimits, QueuedDelivery, Row};
-use crate::auth::{decide, Claim, Owner};
 use crate::metrics::QueueGauges;
+
+mod owners;
 
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "relay.db";
@@ -148,56 +149,6 @@ impl QueueStore {
         Ok(())
     }
 
-    /// Every owned tunnel, for the registry at start-up.
-    pub fn owners(&self) -> Result<Vec<(String, Owner)>, QueueError> {
-        let mut stmt = self.conn.prepare("SELECT name, owner FROM tunnels")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut owners = Vec::new();
-        for row in rows {
-            let (name, key) = row?;
-            match Owner::parse_key(&key) {
-                Some(owner) => owners.push((name, owner)),
-                None => tracing::warn!(tunnel = %name, "ignoring an unreadable tunnel owner"),
-            }
-        }
-        Ok(owners)
-    }
-
-    /// Claims `tunnel` by [`auth::decide`](crate::auth::decide): `presented` is what the
-    /// client proves (token hash or kept claim key hash), `fresh` what it owns on a new claim.
-    /// A new owner is recorded; a tunnel an older relay kept as anonymous changes hands here.
-    pub fn claim(
-        &mut self,
-        tunnel: &str,
-        presented: Option<Owner>,
-        fresh: Owner,
-        now_ms: i64,
-    ) -> Result<Claim, QueueError> {
-        let existing: Option<String> = self
-            .conn
-            .query_row("SELECT owner FROM tunnels WHERE name = ?1", [tunnel], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let current = match existing {
-            None => None,
-            // An owner this relay cannot read is nobody it could hand the tunnel to.
-            Some(key) => match Owner::parse_key(&key) {
-                Some(owner) => Some(owner),
-                None => return Ok(Claim::Taken),
-            },
-        };
-        let claim = decide(current, presented, fresh);
-        if let Claim::Claimed(owner) = claim {
-            self.conn.execute(
-                "INSERT INTO tunnels (name, owner, claimed_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT (name) DO UPDATE SET owner = ?2, claimed_at_ms = ?3, last_seen_ms = ?3",
-                params![tunnel, owner.key(), now_ms],
-            )?;
-        }
-        Ok(claim)
-    }
-
     /// Bytes queued across every tunnel.
     pub fn total_bytes(&self) -> u64 {
         self.depths.values().map(|d| d.bytes).sum()
@@ -218,21 +169,22 @@ impl QueueStore {
     ) -> Result<(), QueueError> {
         let headers = encode_blob(&delivery.headers);
         let size = (headers.len() + delivery.body.len()) as u64;
-        let fits = |d: Depth, total: u64, limits: &QueueLimits| -> Option<Limit> {
+        let fits = |store: &Self| -> Option<Limit> {
+            let (d, limits) = (store.depth(tunnel), &store.limits);
             if d.count + 1 > limits.max_count {
                 Some(Limit::Count(limits.max_count))
             } else if d.bytes + size > limits.max_bytes {
                 Some(Limit::Bytes(limits.max_bytes))
-            } else if total + size > limits.max_total_bytes {
+            } else if !fair_share_fits(d, size, store.total_bytes(), store.depths.len(), limits) {
                 Some(Limit::TotalBytes(limits.max_total_bytes))
             } else {
                 None
             }
         };
-        if fits(self.depth(tunnel), self.total_bytes(), &self.limits).is_some() {
+        if fits(self).is_some() {
             self.expire(None, now_ms)?;
         }
-        if let Some(limit) = fits(self.depth(tunnel), self.total_bytes(), &self.limits) {
+        if let Some(limit) = fits(self) {
             return Err(QueueError::Full {
                 tunnel: tunnel.to_owned(),
                 limit,
@@ -464,41 +416,6 @@ impl QueueStore {
         })
     }
 
-    /// Tunnels whose owner has not connected for `ttl`.
-    pub fn stale_tunnels(&self, ttl: Duration, now_ms: i64) -> Result<Vec<String>, QueueError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name FROM tunnels WHERE last_seen_ms < ?1")?;
-        let rows = stmt.query_map([stale_cutoff(ttl, now_ms)], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-
-    /// Releases those of `names` still unused for `ttl`, with their queues and dead letters;
-    /// returns the names released.
-    pub fn release_stale(
-        &mut self,
-        ttl: Duration,
-        names: &[String],
-        now_ms: i64,
-    ) -> Result<Vec<String>, QueueError> {
-        let stale = self.stale_tunnels(ttl, now_ms)?;
-        let mut released = Vec::new();
-        for name in stale.into_iter().filter(|n| names.contains(n)) {
-            for sql in [
-                "DELETE FROM queued WHERE tunnel = ?1",
-                "DELETE FROM dead_letters WHERE tunnel = ?1",
-                "DELETE FROM tunnels WHERE name = ?1",
-            ] {
-                self.conn.execute(sql, [&name])?;
-            }
-            if let Some(depth) = self.depths.get(&name).copied() {
-                self.adjust(&name, -(depth.count as i64), -(depth.bytes as i64));
-            }
-            released.push(name);
-        }
-        Ok(released)
-    }
-
     /// Writes the WAL back into the database file (on a clean shutdown).
     pub fn checkpoint(&self) -> Result<(), QueueError> {
         self.conn
@@ -531,9 +448,19 @@ impl QueueStore {
     }
 }
 
-/// Last-seen times before this are stale.
-fn stale_cutoff(ttl: Duration, now_ms: i64) -> i64 {
-    now_ms.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+/// Whether `size` more bytes for a tunnel at depth `d` fit `--queue-max-total-bytes` with
+/// `total` bytes queued across `queues` tunnels with a queue: under the cap anything fits;
+/// at the cap only a tunnel under its fair share (the cap divided by the tunnels with a queue,
+/// this one included) still queues, so a few tunnels cannot fill it for everyone. Those late
+/// pushes may take the total past the cap, never past twice it.
+fn fair_share_fits(d: Depth, size: u64, total: u64, queues: usize, limits: &QueueLimits) -> bool {
+    let cap = limits.max_total_bytes;
+    if total + size <= cap {
+        return true;
+    }
+    let queues = queues as u64 + u64::from(d.count == 0);
+    let share = cap / queues.max(1);
+    d.bytes + size <= share && total + size <= cap.saturating_mul(2)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
