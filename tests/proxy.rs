@@ -7,7 +7,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -165,23 +164,26 @@ fn behind_the_proxy_one_senders_held_requests_leave_anothers_deliveries_answered
     );
 }
 
-/// Opens `count` connections to `proxy` that never send a byte; counts those the relay closes.
+/// Opens `count` connections to `proxy` that never send a byte; records, for each one the relay
+/// closes, how long after its connect that came.
 fn silent_sockets(
     rt: &tokio::runtime::Runtime,
     proxy: &TcpProxy,
     count: usize,
-) -> Arc<AtomicUsize> {
-    let closed = Arc::new(AtomicUsize::new(0));
+) -> Arc<Mutex<Vec<Duration>>> {
+    let closed = Arc::new(Mutex::new(Vec::new()));
     for _ in 0..count {
         let (closed, to) = (closed.clone(), proxy.addr);
         rt.spawn(async move {
+            let started = std::time::Instant::now();
             let Ok(mut socket) = tokio::net::TcpStream::connect(to).await else {
                 return;
             };
             let mut byte = [0u8; 1];
             // Ends only when the relay (through the proxy) closes the connection.
             let _ = socket.read(&mut byte).await;
-            closed.fetch_add(1, Ordering::SeqCst);
+            let mut closed = closed.lock().unwrap_or_else(|e| e.into_inner());
+            closed.push(started.elapsed());
         });
     }
     closed
@@ -212,17 +214,17 @@ fn behind_a_proxy_protocol_proxy_one_senders_silent_sockets_leave_anothers_deliv
 
     let closed = silent_sockets(&rt, &a, FLOOD);
     let refused = FLOOD - PER_IP;
-    poll_until(
-        "A's sockets over its limit to be closed",
-        DEADLINE,
-        || match closed.load(Ordering::SeqCst) {
-            n if n >= refused => Ok(()),
-            n => Err(format!("{n} closed")),
-        },
-    );
-    // The others are held until the first-request timeout (10 s), far beyond this point.
-    assert_eq!(closed.load(Ordering::SeqCst), refused);
-
+    poll_until("A's sockets over its limit to be closed", DEADLINE, || {
+        let closed = closed.lock().unwrap();
+        match closed.len() >= refused {
+            true => Ok(()),
+            false => Err(format!("{} closed", closed.len())),
+        }
+    });
+    {
+        let closed = closed.lock().unwrap();
+        assert_eq!(closed.len(), refused, "{closed:?}");
+    }
     for i in 0..DELIVERIES {
         let response = Request::post(&b.url("/t/silent"))
             .body(format!("b{i}"))

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -101,14 +101,26 @@ pub enum BindError {
     },
 }
 
+/// Connections the kernel queues for the accept loop (capped by `net.core.somaxconn`): the
+/// default of 128 drops SYNs when a few hundred connections arrive at once (a burst through a
+/// proxy), and each dropped one waits a second or more before its retry.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Binds `addr` with a message that says what to do when it fails.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AddrInUse => BindError::InUse(addr),
-            _ => BindError::Other { addr, source },
-        })
+    let fail = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::AddrInUse => BindError::InUse(addr),
+        _ => BindError::Other { addr, source },
+    };
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(fail)?;
+    // As std and tokio do: a restarted relay rebinds at once despite old TIME_WAIT sockets.
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
 
 pub(crate) async fn run(

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -81,8 +81,14 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Starts a proxy on `rt` that opens each connection to `upstream` with `header`.
     pub fn start(rt: &Runtime, upstream: SocketAddr, header: Header) -> TcpProxy {
+        // A backlog above the default 128, so a burst of a few hundred connections is queued,
+        // not dropped and retried a second later.
         let listener = rt
-            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .block_on(async {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind("127.0.0.1:0".parse().expect("an address"))?;
+                socket.listen(1024)
+            })
             .expect("bind the proxy on 127.0.0.1:0");
         let addr = listener.local_addr().expect("proxy address");
         let task = rt.spawn(async move {
