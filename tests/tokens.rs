@@ -129,6 +129,7 @@ fn a_thousand_wrong_tokens_from_one_address_end_in_429s_while_another_address_co
         }
         (unauthorized, limited, start.elapsed().as_secs_f64())
     });
+    eprintln!("{unauthorized} answered 401 and {limited} 429 in {elapsed:.2} s");
     assert_eq!(unauthorized + limited, 1000);
     let allowed = BURST + RATE * elapsed;
     assert!(
