@@ -221,6 +221,9 @@ enum Command {
         names: Vec<String>,
         reply: oneshot::Sender<Result<Vec<String>, QueueError>>,
     },
+    DropUnowned {
+        names: Vec<String>,
+    },
     ReleasedSince {
         after: Option<i64>,
         reply: oneshot::Sender<Result<(Vec<String>, i64), QueueError>>,
@@ -406,6 +409,13 @@ impl QueueHandle {
         }
         self.call(|reply| Command::ReleasedSince { after, reply })
             .await
+    }
+
+    /// Drops what was queued for these released names while they had no owner.
+    pub async fn drop_unowned(&self, names: Vec<String>) {
+        if let Backend::Local(tx) = &self.backend {
+            let _ = tx.send(Command::DropUnowned { names }).await;
+        }
     }
 
     /// Commits what is waiting, checkpoints and stops the thread.
@@ -594,6 +604,13 @@ fn execute(
         }
         Command::ReleaseStale { ttl, names, reply } => {
             done.push(Done::Released(reply, store.release_stale(ttl, &names, now)))
+        }
+        Command::DropUnowned { names } => {
+            for name in names {
+                if let Err(err) = store.drop_unowned(&name) {
+                    tracing::warn!(%err, tunnel = %name, "could not drop deliveries queued for a released name");
+                }
+            }
         }
         Command::ReleasedSince { after, reply } => {
             let read = match after {
