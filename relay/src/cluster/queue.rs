@@ -299,38 +299,6 @@ impl Cluster {
     }
 }
 
-/// `tunnel release NAME --cluster …`: deletes the name's owner from the owners bucket and
-/// purges its queue and dead letters; nodes forget the name once no client of it is
-/// connected. Returns how many queued deliveries went; `None` when no tunnel has the name.
-pub async fn release(servers: &[String], name: &str) -> Result<Option<u64>, String> {
-    let js = super::tokens::connect(servers).await?;
-    let Ok(owners) = js.get_key_value(super::OWNERS_BUCKET).await else {
-        return Ok(None);
-    };
-    match owners.entry(name).await.map_err(|e| e.to_string())? {
-        Some(entry) if !entry.value.is_empty() => {}
-        _ => return Ok(None),
-    }
-    owners.purge(name).await.map_err(|e| e.to_string())?;
-    let mut dropped = 0;
-    for (stream, subject) in [
-        (super::QUEUE_STREAM, queue_subject(name)),
-        (super::DEAD_STREAM, format!("{DEAD_SUBJECT}.{name}")),
-    ] {
-        if let Ok(stream) = js.get_stream(stream).await {
-            let purged = stream
-                .purge()
-                .filter(subject)
-                .await
-                .map_err(|e| e.to_string())?;
-            if stream.cached_info().config.name == super::QUEUE_STREAM {
-                dropped = purged.purged;
-            }
-        }
-    }
-    Ok(Some(dropped))
-}
-
 fn attempts_key(tunnel: &str, seq: u64) -> String {
     format!("{tunnel}.{seq}")
 }
