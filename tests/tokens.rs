@@ -1,7 +1,9 @@
-//! Client tokens on a shared relay, against real relay processes: failed token checks are
-//! limited per address (429 with `Retry-After`, one WARN a minute) while other addresses
-//! connect; tokens shorter than 128 bits stop the relay at start; on SIGHUP the tokens file is
-//! the truth (empty: no file tokens; missing or weak: the last good set and an ERROR).
+//! A relay a team can share, against real relay processes: failed token checks are limited
+//! per address (429 with `Retry-After`, one WARN a minute) while other addresses connect;
+//! tokens shorter than 128 bits stop the relay at start; on SIGHUP the tokens file is the truth
+//! (empty: no file tokens; missing or weak: the last good set and an ERROR); a name outlives
+//! `--tunnel-ttl` as its owner's until `tunnel release`; a cluster shares the total queue cap
+//! fairly.
 
 mod support;
 
@@ -127,6 +129,7 @@ fn a_thousand_wrong_tokens_from_one_address_end_in_429s_while_another_address_co
         }
         (unauthorized, limited, start.elapsed().as_secs_f64())
     });
+    eprintln!("{unauthorized} answered 401 and {limited} 429 in {elapsed:.2} s");
     assert_eq!(unauthorized + limited, 1000);
     let allowed = BURST + RATE * elapsed;
     assert!(
@@ -441,4 +444,54 @@ fn on_a_cluster_tunnel_release_frees_a_name_for_another_token() {
             .starts_with("error: no tunnel named no-such-app in the cluster at"),
         "{unknown:?}"
     );
+}
+
+#[test]
+fn on_a_cluster_a_tunnel_under_its_fair_share_still_queues_at_the_total_cap() {
+    use support::cluster::{Nats, Node};
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let nats = Nats::start();
+    let dir = temp_dir();
+    let file = dir.path().join("tokens");
+    write_tokens(&file, &[TOKEN]);
+    let file = file.to_str().expect("UTF-8");
+    let node = Node::start_with(
+        "alpha",
+        &nats.url,
+        &["--tokens-file", file, "--queue-max-total-bytes", "20000"],
+    );
+    let relay = node.relay();
+    let home = temp_dir();
+    for name in ["hog", "small"] {
+        let mut client = listen(relay, name, TOKEN, &target.url("/hook"), home.path());
+        wait_connected(&client);
+        client.kill_now();
+        wait_for_status(&rt, relay, name, 202, DEADLINE);
+    }
+    let post = |name: &str, size: usize| {
+        support::sender::Request::post(&relay.tunnel_url(name))
+            .body(vec![b'x'; size])
+            .send(&rt)
+    };
+    let mut hogged = 0;
+    loop {
+        let answer = post("hog", 2_000);
+        if answer.status == 503 {
+            assert!(
+                answer.text().contains("--queue-max-total-bytes"),
+                "{}",
+                answer.text()
+            );
+            break;
+        }
+        assert_eq!(answer.status, 202, "{}", answer.text());
+        hogged += 1;
+        assert!(hogged < 20, "the cap never applied");
+    }
+    for _ in 0..3 {
+        let answer = post("small", 2_000);
+        assert_eq!(answer.status, 202, "under its share: {}", answer.text());
+    }
+    assert_eq!(post("hog", 100).status, 503, "over its share");
 }

@@ -303,7 +303,9 @@ impl Shared {
             name: QUEUE_STREAM.into(),
             subjects: vec![format!("{}.>", queue::QUEUE_SUBJECT)],
             max_messages_per_subject: i64::try_from(limits.max_count).unwrap_or(i64::MAX),
-            max_bytes: i64::try_from(limits.max_total_bytes).unwrap_or(i64::MAX),
+            // Tunnels under their fair share may queue past --queue-max-total-bytes (see
+            // `queue::over_fair_share`); twice it is the ceiling.
+            max_bytes: i64::try_from(limits.max_total_bytes.saturating_mul(2)).unwrap_or(i64::MAX),
             max_age: limits.max_age,
             discard: stream::DiscardPolicy::New,
             discard_new_per_subject: true,

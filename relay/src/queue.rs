@@ -11,10 +11,10 @@
 //! tunnels never touch it: a live delivery reads and writes no disk.
 
 mod clock;
+mod error;
 mod schema;
 pub mod store;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use illumitunnel::DeliveryId;
 use tokio::sync::{mpsc, oneshot};
 
 pub use clock::Clock;
+pub use error::{Limit, QueueError};
 pub use store::{Depth, QueueStore};
 
 use crate::auth::{Claim, Owner};
@@ -108,67 +109,6 @@ pub struct Backlog {
     pub dead_letters: u64,
 }
 
-/// Which limit a full queue reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    /// `--queue-max-count`.
-    Count(u64),
-    /// `--queue-max-bytes`.
-    Bytes(u64),
-    /// `--queue-max-total-bytes`, across every tunnel.
-    TotalBytes(u64),
-}
-
-/// Why the queue could not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The data dir or database could not be opened.
-    #[error(
-        "could not open the relay database {path}: {cause}; check --data-dir and its permissions"
-    )]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// What failed.
-        cause: String,
-    },
-    /// A limit is reached; the delivery was not queued.
-    #[error("{}", full_sentence(tunnel, *limit))]
-    Full {
-        /// The tunnel.
-        tunnel: String,
-        /// The limit reached.
-        limit: Limit,
-    },
-    /// SQLite failed.
-    #[error("the relay could not write its offline queue: {0}")]
-    Storage(String),
-    /// The queue thread has stopped (the relay is shutting down).
-    #[error("the relay's offline queue is closed")]
-    Stopped,
-}
-
-impl From<rusqlite::Error> for QueueError {
-    fn from(err: rusqlite::Error) -> Self {
-        QueueError::Storage(err.to_string())
-    }
-}
-
-fn full_sentence(tunnel: &str, limit: Limit) -> String {
-    let (what, flag) = match limit {
-        Limit::Count(n) => (format!("{n} deliveries"), "--queue-max-count"),
-        Limit::Bytes(n) => (format!("{n} bytes"), "--queue-max-bytes"),
-        Limit::TotalBytes(n) => {
-            return format!(
-                "the relay's offline queues are full ({n} bytes across all tunnels, --queue-max-total-bytes); send again later"
-            )
-        }
-    };
-    format!(
-        "the offline queue for tunnel {tunnel} is full ({what}); start `illumitunnel listen --tunnel {tunnel}` to drain it, or raise the relay's {flag}"
-    )
-}
-
 enum Command {
     Claim {
         tunnel: String,
@@ -220,6 +160,9 @@ enum Command {
         ttl: Duration,
         names: Vec<String>,
         reply: oneshot::Sender<Result<Vec<String>, QueueError>>,
+    },
+    DropUnowned {
+        names: Vec<String>,
     },
     ReleasedSince {
         after: Option<i64>,
@@ -408,6 +351,13 @@ impl QueueHandle {
             .await
     }
 
+    /// Drops what was queued for these released names while they had no owner.
+    pub async fn drop_unowned(&self, names: Vec<String>) {
+        if let Backend::Local(tx) = &self.backend {
+            let _ = tx.send(Command::DropUnowned { names }).await;
+        }
+    }
+
     /// Commits what is waiting, checkpoints and stops the thread.
     pub async fn close(&self) {
         let Backend::Local(tx) = &self.backend else {
@@ -594,6 +544,13 @@ fn execute(
         }
         Command::ReleaseStale { ttl, names, reply } => {
             done.push(Done::Released(reply, store.release_stale(ttl, &names, now)))
+        }
+        Command::DropUnowned { names } => {
+            for name in names {
+                if let Err(err) = store.drop_unowned(&name) {
+                    tracing::warn!(%err, tunnel = %name, "could not drop deliveries queued for a released name");
+                }
+            }
         }
         Command::ReleasedSince { after, reply } => {
             let read = match after {

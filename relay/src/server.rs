@@ -346,7 +346,7 @@ pub(crate) async fn run(
 }
 
 /// Now and then drops aged deliveries from every tunnel's queue, one bounded pass at a time,
-/// and releases tunnel names unused for `--tunnel-ttl`.
+/// and forgets the queues of tunnel names unused for `--tunnel-ttl` (their owners stay).
 async fn expire_periodically(
     queue: QueueHandle,
     tunnels: Arc<Tunnels>,
@@ -386,7 +386,7 @@ async fn expire_periodically(
         match queue.release_stale(ttl, forgotten).await {
             Ok(names) => info!(
                 count = names.len(),
-                "released tunnel names unused for --tunnel-ttl"
+                "forgot the queues of tunnel names unused for --tunnel-ttl; their owners keep the names"
             ),
             Err(err) => warn!(%err, "could not release unused tunnel names"),
         }

@@ -105,6 +105,9 @@ struct Tunnel {
     pushed: u64,
     /// Wakes the drain when a push completes or the sessions change.
     wake: Arc<Notify>,
+    /// `tunnel release` freed the name while a client was connected: forgotten once idle,
+    /// unless a client claims it again first.
+    released: bool,
 }
 
 impl Tunnel {
@@ -118,7 +121,12 @@ impl Tunnel {
             pushing: 0,
             pushed: 0,
             wake: Arc::new(Notify::new()),
+            released: false,
         }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.sessions.is_empty() && !self.draining && self.pushing == 0
     }
 }
 
@@ -245,10 +253,7 @@ impl Tunnels {
         let mut map = self.lock();
         let mut released = Vec::new();
         for name in names {
-            if map
-                .get(name)
-                .is_some_and(|t| t.sessions.is_empty() && !t.draining && t.pushing == 0)
-            {
+            if map.get(name).is_some_and(Tunnel::is_idle) {
                 map.remove(name);
                 released.push(name.clone());
             }
@@ -277,20 +282,46 @@ impl Tunnels {
                 match tunnels.queue.released_since(Some(cursor)).await {
                     Ok((names, last)) => {
                         cursor = last;
+                        tunnels.mark_released(&names);
                         pending.extend(names);
                     }
                     Err(err) => tracing::warn!(%err, "could not read released tunnel names"),
                 }
-                if pending.is_empty() {
-                    continue;
-                }
-                let forgotten = tunnels.release(&pending);
-                pending.retain(|name| !forgotten.contains(name));
-                for name in forgotten {
-                    tracing::info!(tunnel = %name, "tunnel name released by the operator");
+                if !pending.is_empty() {
+                    let forgotten = tunnels.forget_released(&mut pending);
+                    if !forgotten.is_empty() {
+                        tunnels.queue.drop_unowned(forgotten).await;
+                    }
                 }
             }
         });
+    }
+
+    fn mark_released(&self, names: &[String]) {
+        let mut map = self.lock();
+        for name in names {
+            if let Some(t) = map.get_mut(name) {
+                t.released = true;
+            }
+        }
+    }
+
+    /// Forgets the released names of `pending` that are idle, and returns them; drops from
+    /// `pending` those gone or claimed again since (a claim clears the mark).
+    fn forget_released(&self, pending: &mut Vec<String>) -> Vec<String> {
+        let mut map = self.lock();
+        let mut forgotten = Vec::new();
+        pending.retain(|name| match map.get(name) {
+            Some(t) if t.released && t.is_idle() => {
+                map.remove(name);
+                tracing::info!(tunnel = %name, "tunnel name released by the operator");
+                forgotten.push(name.clone());
+                false
+            }
+            Some(t) => t.released,
+            None => false,
+        });
+        forgotten
     }
 
     /// Where a new delivery for `tunnel` goes.
@@ -340,6 +371,7 @@ impl Tunnels {
             _ if t.sessions.is_empty() => t.owner = owner,
             Claim::Claimed(_) | Claim::Taken => return Err(Taken),
         }
+        t.released = false;
         if t.sessions.is_empty() {
             self.metrics.tunnels_connected.inc();
             t.since_ms = illumitunnel::now_ms().max(0) as u64;

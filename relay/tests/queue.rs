@@ -595,6 +595,49 @@ async fn a_dormant_name_keeps_its_owner_across_a_restart_until_the_operator_rele
 }
 
 #[tokio::test]
+async fn a_name_released_while_its_client_is_connected_is_forgotten_once_the_client_leaves() {
+    let relay = Relay::start(false, |c| {
+        c.tokens = vec![
+            illumitunnel::Token::new("alpha"),
+            illumitunnel::Token::new("beta"),
+        ];
+    })
+    .await;
+    let ws = open_session(&relay, "busy", "alpha").await;
+    let mut store = QueueStore::open(
+        &relay.data_dir,
+        QueueLimits::default(),
+        QueueGauges::default(),
+    )
+    .unwrap();
+    store.begin().unwrap();
+    assert_eq!(
+        store.release("busy", illumitunnel::now_ms()).unwrap(),
+        Some(0)
+    );
+    store.commit().unwrap();
+    drop(store);
+    // The connected client keeps being served; once it leaves, the name goes within 5 s.
+    let mut events = spawn_client(ws, Behavior::Echo);
+    let answer = relay.post("/t/busy/live", "still served").await;
+    assert!(answer.status.is_success(), "{:?}", answer.body);
+    assert_eq!(next_request(&mut events).await.body, b"still served");
+    drop(events);
+    let started = std::time::Instant::now();
+    while relay.post("/t/busy/x", "x").await.status != StatusCode::NOT_FOUND {
+        assert!(
+            started.elapsed() < Duration::from_secs(7),
+            "the released name was never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ws, queued, _) = welcome(&relay, Some("beta"), "busy").await;
+    assert_eq!(queued, 0, "nothing of alpha's reaches beta");
+    drop(ws);
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn at_the_total_cap_a_tunnel_over_its_fair_share_is_refused_and_one_under_it_queues() {
     let relay = Relay::start(false, |c| c.queue.max_total_bytes = 20_000).await;
     for name in ["hog", "small"] {

@@ -8,8 +8,9 @@
 //!   that dies mid-drain leaves it for the next authority: at least once, in order.
 //! - Failed attempts are counted in `illumitunnel-attempts` under `{tunnel}.{seq}`; the third
 //!   moves the message to `illumitunnel.dead.{tunnel}` in [`DEAD_STREAM`].
-//! - Limits: `--queue-max-count` is the stream's per-subject limit, `--queue-max-total-bytes`
-//!   its byte limit (both refuse new messages), `--queue-max-age` its age limit.
+//! - Limits: `--queue-max-count` is the stream's per-subject limit, `--queue-max-age` its age
+//!   limit. `--queue-max-total-bytes` is shared fairly before a message is published (see
+//!   `over_fair_share`); the stream's byte limit, twice it, is the hard ceiling.
 //!
 //! [`QUEUE_STREAM`]: super::QUEUE_STREAM
 //! [`DEAD_STREAM`]: super::DEAD_STREAM
@@ -107,6 +108,16 @@ impl Cluster {
             // 503; refuse before anything leaves instead.
             return Err(unavailable("not connected"));
         }
+        let size = delivery.body.len() as u64;
+        if self
+            .over_fair_share(tunnel, size, limits.max_total_bytes)
+            .await?
+        {
+            return Err(QueueError::Full {
+                tunnel: tunnel.to_owned(),
+                limit: Limit::TotalBytes(limits.max_total_bytes),
+            });
+        }
         let body_ref = if self.fits(delivery.body.len()) {
             None
         } else {
@@ -156,6 +167,22 @@ impl Cluster {
             .publish(format!("{PUSHED_SUBJECT}.{tunnel}"), Default::default())
             .await;
         Ok(())
+    }
+
+    /// Whether `size` more bytes for `tunnel` must be refused at `cap`
+    /// (`--queue-max-total-bytes`): under the cap nothing is; at the cap a tunnel over its fair
+    /// share (the cap ÷ tunnels with a queue, itself included) is. JetStream tells bytes per
+    /// stream and messages per subject, so a tunnel's bytes are its messages times the stream's
+    /// average message size. The stream's own byte limit, twice the cap, is the hard ceiling.
+    async fn over_fair_share(&self, tunnel: &str, size: u64, cap: u64) -> Result<bool, QueueError> {
+        let state = self.queue.get_info().await.map_err(unavailable)?.state;
+        if state.bytes.saturating_add(size) <= cap {
+            return Ok(false);
+        }
+        let mine = count(&self.queue, &queue_subject(tunnel)).await?;
+        let queues = state.subjects_count + u64::from(mine == 0);
+        let average = state.bytes / state.messages.max(1);
+        Ok(mine.saturating_mul(average).saturating_add(size) > cap / queues.max(1))
     }
 
     /// What a connecting session hears: how many wait, and how many were set aside.
@@ -270,38 +297,6 @@ impl Cluster {
     fn jetstream(&self) -> &async_nats::jetstream::Context {
         &self.js
     }
-}
-
-/// `tunnel release NAME --cluster …`: deletes the name's owner from the owners bucket and
-/// purges its queue and dead letters; nodes forget the name once no client of it is
-/// connected. Returns how many queued deliveries went; `None` when no tunnel has the name.
-pub async fn release(servers: &[String], name: &str) -> Result<Option<u64>, String> {
-    let js = super::tokens::connect(servers).await?;
-    let Ok(owners) = js.get_key_value(super::OWNERS_BUCKET).await else {
-        return Ok(None);
-    };
-    match owners.entry(name).await.map_err(|e| e.to_string())? {
-        Some(entry) if !entry.value.is_empty() => {}
-        _ => return Ok(None),
-    }
-    owners.purge(name).await.map_err(|e| e.to_string())?;
-    let mut dropped = 0;
-    for (stream, subject) in [
-        (super::QUEUE_STREAM, queue_subject(name)),
-        (super::DEAD_STREAM, format!("{DEAD_SUBJECT}.{name}")),
-    ] {
-        if let Ok(stream) = js.get_stream(stream).await {
-            let purged = stream
-                .purge()
-                .filter(subject)
-                .await
-                .map_err(|e| e.to_string())?;
-            if stream.cached_info().config.name == super::QUEUE_STREAM {
-                dropped = purged.purged;
-            }
-        }
-    }
-    Ok(Some(dropped))
 }
 
 fn attempts_key(tunnel: &str, seq: u64) -> String {

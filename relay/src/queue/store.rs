@@ -483,3 +483,34 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
         .open(path)
         .map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn depth(bytes: u64) -> Depth {
+        Depth {
+            count: u64::from(bytes > 0),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn at_the_cap_only_tunnels_under_their_share_queue_and_never_past_twice_it() {
+        let limits = QueueLimits {
+            max_total_bytes: 1000,
+            ..QueueLimits::default()
+        };
+        // Under the cap anything fits, even a tunnel far over its share.
+        assert!(fair_share_fits(depth(900), 50, 950, 2, &limits));
+        // At the cap: four queues, shares of 250.
+        assert!(!fair_share_fits(depth(700), 10, 1000, 4, &limits));
+        assert!(fair_share_fits(depth(100), 150, 1000, 4, &limits));
+        assert!(!fair_share_fits(depth(100), 151, 1000, 4, &limits));
+        // A tunnel with no queue yet counts itself: five queues, shares of 200.
+        assert!(fair_share_fits(depth(0), 200, 1000, 4, &limits));
+        assert!(!fair_share_fits(depth(0), 201, 1000, 4, &limits));
+        // Twice the cap is the ceiling, whatever the share.
+        assert!(!fair_share_fits(depth(0), 10, 1995, 1, &limits));
+    }
+}

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use illumitunnel::TunnelName;
 
+use crate::cluster::queue::{DEAD_SUBJECT, QUEUE_SUBJECT};
 use crate::config::TunnelCommand;
 use crate::metrics::Metrics;
 use crate::queue::{QueueLimits, QueueStore};
@@ -69,7 +70,7 @@ pub async fn run(
     let released = if cluster.is_empty() {
         release_in(dir, &name)?
     } else {
-        crate::cluster::queue::release(cluster, &name)
+        release_in_cluster(cluster, &name)
             .await
             .map_err(ReleaseError::Cluster)?
     };
@@ -107,4 +108,42 @@ fn release_in(dir: &Path, name: &str) -> Result<Option<u64>, ReleaseError> {
     drop(store);
     crate::tokens::match_owner(dir);
     Ok(released)
+}
+
+/// `tunnel release NAME --cluster …`: deletes the name's owner from the owners bucket and
+/// purges its queue and dead letters; nodes forget the name once no client of it is
+/// connected. Returns how many queued deliveries went; `None` when no tunnel has the name.
+async fn release_in_cluster(servers: &[String], name: &str) -> Result<Option<u64>, String> {
+    let js = crate::cluster::tokens::connect(servers).await?;
+    let Ok(owners) = js.get_key_value(crate::cluster::OWNERS_BUCKET).await else {
+        return Ok(None);
+    };
+    match owners.entry(name).await.map_err(|e| e.to_string())? {
+        Some(entry) if !entry.value.is_empty() => {}
+        _ => return Ok(None),
+    }
+    owners.purge(name).await.map_err(|e| e.to_string())?;
+    let mut dropped = 0;
+    for (stream, subject) in [
+        (
+            crate::cluster::QUEUE_STREAM,
+            format!("{QUEUE_SUBJECT}.{name}"),
+        ),
+        (
+            crate::cluster::DEAD_STREAM,
+            format!("{DEAD_SUBJECT}.{name}"),
+        ),
+    ] {
+        if let Ok(stream) = js.get_stream(stream).await {
+            let purged = stream
+                .purge()
+                .filter(subject)
+                .await
+                .map_err(|e| e.to_string())?;
+            if stream.cached_info().config.name == crate::cluster::QUEUE_STREAM {
+                dropped = purged.purged;
+            }
+        }
+    }
+    Ok(Some(dropped))
 }

@@ -58,6 +58,11 @@ impl QueueStore {
         let claim = decide(current, presented, fresh);
         match claim {
             Claim::Claimed(owner) => {
+                if current.is_none() {
+                    // A new owner starts empty: nothing queued while the name was released
+                    // and not yet forgotten by a relay reaches it.
+                    self.drop_unowned(tunnel)?;
+                }
                 self.conn.execute(
                     "INSERT INTO tunnels (name, owner, claimed_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
                      ON CONFLICT (name) DO UPDATE SET owner = ?2, claimed_at_ms = ?3, last_seen_ms = ?3, dormant = 0",
@@ -151,14 +156,20 @@ impl QueueStore {
         let last = rows.last().map_or(after, |(seq, _)| *seq);
         let mut names = Vec::with_capacity(rows.len());
         for (_, name) in rows {
-            self.conn.execute(
-                "DELETE FROM queued WHERE tunnel = ?1 AND NOT EXISTS (SELECT 1 FROM tunnels WHERE name = ?1)",
-                [&name],
-            )?;
-            self.reload_depth(&name)?;
+            self.drop_unowned(&name)?;
             names.push(name);
         }
         Ok((names, last))
+    }
+
+    /// Drops what was queued for `name` while it had no owner (a relay took deliveries for a
+    /// released name until it forgot it), unless someone claimed it since.
+    pub fn drop_unowned(&mut self, name: &str) -> Result<(), QueueError> {
+        self.conn.execute(
+            "DELETE FROM queued WHERE tunnel = ?1 AND NOT EXISTS (SELECT 1 FROM tunnels WHERE name = ?1)",
+            [name],
+        )?;
+        self.reload_depth(name)
     }
 
     /// The newest `released` sequence number (0 when none).
