@@ -37,6 +37,11 @@ struct Upgrade {
 
 /// Sends one websocket upgrade with `token` to `relay` from the loopback address `from`.
 async fn upgrade(relay: SocketAddr, from: IpAddr, token: &str) -> Upgrade {
+    upgrade_via(relay, from, token, "").await
+}
+
+/// [`upgrade`] with extra header lines (`forwarded` ends in `\r\n`), as a proxy would send them.
+async fn upgrade_via(relay: SocketAddr, from: IpAddr, token: &str, forwarded: &str) -> Upgrade {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket
         .bind(SocketAddr::new(from, 0))
@@ -46,7 +51,7 @@ async fn upgrade(relay: SocketAddr, from: IpAddr, token: &str) -> Upgrade {
         let request = format!(
             "GET {CONNECT_PATH} HTTP/1.1\r\nHost: {relay}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Authorization: Bearer {token}\r\n\r\n"
+             Authorization: Bearer {token}\r\n{forwarded}\r\n"
         );
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut raw = Vec::new();
@@ -158,6 +163,40 @@ fn a_thousand_wrong_tokens_from_one_address_end_in_429s_while_another_address_co
         !stderr.contains("wrong-guess"),
         "a guessed token was logged"
     );
+}
+
+#[test]
+fn behind_a_trusted_proxy_failed_checks_count_against_the_real_sender_not_the_proxy() {
+    let rt = runtime();
+    let dir = temp_dir();
+    let file = dir.path().join("tokens");
+    write_tokens(&file, &[TOKEN]);
+    let relay = Relay::start(&[
+        "--http",
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--tokens-file",
+        file.to_str().expect("UTF-8"),
+    ]);
+    let addr: SocketAddr = relay.authority().parse().expect("a socket address");
+    // Every connection comes from the proxy's address; only X-Forwarded-For tells senders apart.
+    let guesser = "x-forwarded-for: 198.51.100.7\r\n";
+    let colleague = "x-forwarded-for: 203.0.113.9\r\n";
+    let limited = rt.block_on(async {
+        let mut limited = 0;
+        for i in 0..100 {
+            let guess = format!("itr_wrong-guess-{i:06}-0123456789");
+            if upgrade_via(addr, FIRST, &guess, guesser).await.status == 429 {
+                limited += 1;
+            }
+        }
+        limited
+    });
+    assert!(limited >= 50, "only {limited} of 100 guesses got 429");
+    let colleague = rt.block_on(upgrade_via(addr, FIRST, TOKEN, colleague));
+    assert_eq!(colleague.status, 101, "{colleague:?}");
+    let line = relay.guard.wait_for_text(Stream::Stderr, LIMIT_WARN);
+    assert!(line.contains("198.51.100.7"), "{line}");
 }
 
 #[test]

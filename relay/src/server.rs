@@ -4,7 +4,7 @@
 //! does not come) before sessions close and the offline queue is flushed.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -619,7 +619,7 @@ async fn route_request(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Bytes::from(dispatch.metrics.encode()),
         ),
-        Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body), peer),
+        Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body), origin.sender),
         Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
     }
 }
@@ -695,7 +695,9 @@ async fn open_websocket(
 }
 
 /// Answers a client's websocket upgrade with 101 and runs the session on a tracked task.
-fn upgrade(dispatch: &Dispatch, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+/// Failed token checks count against `sender`: behind a trusted proxy the real client, so one
+/// guesser cannot keep out everyone who comes through the same proxy.
+fn upgrade(dispatch: &Dispatch, req: Request<Incoming>, sender: IpAddr) -> Response<Full<Bytes>> {
     let headers = req.headers();
     let has = |name: header::HeaderName, want: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -722,7 +724,7 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>, peer: SocketAddr) -> Res
     let authorization = headers.get(header::AUTHORIZATION);
     let auth = match dispatch
         .auth
-        .check_from(peer.ip(), authorization.map(HeaderValue::as_bytes))
+        .check_from(sender, authorization.map(HeaderValue::as_bytes))
     {
         Ok(owner) => Ok(owner),
         Err(Refused::Unauthorized) => return IngressError::Unauthorized.into_response(),
