@@ -559,6 +559,47 @@ fn listen_retries_an_unreachable_relay_and_says_so() {
 }
 
 #[test]
+fn listen_retries_when_the_relay_limits_failed_token_checks_and_says_why() {
+    let rt = runtime();
+    let relay = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let relay_url = format!("http://{}", relay.local_addr().unwrap());
+    // Answers every upgrade as a relay over its failed-check limit does.
+    let server = rt.spawn(async move {
+        for _ in 0..2 {
+            let Ok((mut stream, _)) = relay.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = r#"{"error":"too many failed client token checks from this address; wait 2 s"}"#;
+            let answer = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await;
+        }
+    });
+    let mut listen = Listening::spawn(
+        &relay_url,
+        "http://127.0.0.1:9/hooks",
+        &["--token", "itr_0123456789abcdefghijklmnop"],
+    );
+    let line = listen.stderr_line(|l| l.starts_with("reconnecting in "));
+    assert!(
+        line.ends_with("the relay is refusing this address for a moment after too many failed token checks (429); if it repeats, check --token and ILLUMITUNNEL_TOKEN"),
+        "{line}"
+    );
+    assert_eq!(listen.terminate(), 0);
+    server.abort();
+}
+
+#[test]
 fn listen_drops_a_silent_relay_and_reconnects() {
     let rt = runtime();
     let relay = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();

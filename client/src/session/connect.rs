@@ -120,6 +120,11 @@ pub async fn connect(
         tungstenite::Error::Http(resp) if matches!(resp.status().as_u16(), 401 | 403) => {
             ConnectError::Fatal(refusal_sentence(Refusal::Unauthorized, "", config))
         }
+        // The relay limits failed token checks per address; the right token is refused too
+        // while the address is over the limit, so this is worth another try, not fatal.
+        tungstenite::Error::Http(resp) if resp.status().as_u16() == 429 => retry(
+            "the relay is refusing this address for a moment after too many failed token checks (429); if it repeats, check --token and ILLUMITUNNEL_TOKEN".into(),
+        ),
         tungstenite::Error::Http(resp) => retry(format!(
             "it answered {} to the websocket upgrade; check that --relay is an illumitunnel relay",
             resp.status()
