@@ -10,7 +10,8 @@ use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::acme::AcmeSettings;
-use crate::cluster::ClusterConfig;
+use crate::cluster::connect::{is_loopback, split_url, Login, NatsTls, Secret};
+use crate::cluster::{ClusterConfig, NatsLink};
 use crate::queue::Clock;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
 
@@ -322,6 +323,31 @@ pub struct Args {
     /// NATS cluster, so losing one NATS server loses nothing.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "cluster", value_parser = clap::value_parser!(u8).range(1..=5))]
     pub cluster_replicas: u8,
+    /// NATS credentials file (a user JWT and its NKey seed, `nsc` makes them) for --cluster.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cluster",
+        conflicts_with = "cluster_nkey",
+        global = true
+    )]
+    pub cluster_creds: Option<PathBuf>,
+    /// File holding the NKey seed (SU…) of this node's NATS user, for --cluster.
+    #[arg(long, value_name = "FILE", requires = "cluster", global = true)]
+    pub cluster_nkey: Option<PathBuf>,
+    /// PEM CA certificate that signed the NATS servers' certificates; implies TLS to NATS.
+    #[arg(long, value_name = "PEM", requires = "cluster", global = true)]
+    pub cluster_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with NATS (with --cluster-key).
+    #[arg(long, value_name = "PEM", requires = "cluster", global = true)]
+    pub cluster_cert: Option<PathBuf>,
+    /// PEM private key for --cluster-cert.
+    #[arg(long, value_name = "PEM", requires = "cluster", global = true)]
+    pub cluster_key: Option<PathBuf>,
+    /// Join a NATS that is not on loopback without credentials (a test network only: anyone
+    /// who reaches it reads deliveries and adds tokens).
+    #[arg(long, requires = "cluster", global = true)]
+    pub cluster_insecure: bool,
     /// Websocket ping interval in milliseconds (tests shorten it).
     #[arg(long, hide = true, value_name = "MS")]
     pub keepalive_ms: Option<u64>,
@@ -361,6 +387,33 @@ pub enum ConfigError {
     /// `--node-id` is not a usable id.
     #[error("--node-id {0:?} is not a node id; use 1 to 40 lowercase letters, digits or '-', unique per node")]
     NodeId(String),
+    /// A NATS URL off loopback and no credential.
+    #[error("refusing to join NATS at {0} without credentials: anyone who reaches it could read deliveries, add client tokens and forge deliveries; log in with nats://user:pass@host, --cluster-creds FILE, --cluster-nkey FILE or --cluster-cert/--cluster-key (docs/cluster.md), or pass --cluster-insecure on a test network")]
+    ClusterWithoutCredentials(String),
+    /// A `--cluster` value is not a NATS URL (shown without its user info).
+    #[error("invalid --cluster URL {0:?}: use nats://[user:pass@]host:4222 or tls://host:4222, comma-separated")]
+    ClusterUrl(String),
+    /// The URLs carry different logins.
+    #[error("the --cluster URLs carry different logins; give every URL the same user:pass, or none and pass --cluster-creds or --cluster-nkey")]
+    ClusterLogins,
+    /// A login in the URL and a credentials or NKey file.
+    #[error("--cluster carries a login in its URL and {0} gives another; pick one way to log in to NATS")]
+    ClusterLoginTwice(&'static str),
+    /// `--cluster-cert` without `--cluster-key` or the other way round.
+    #[error("--cluster-cert and --cluster-key go together: pass the client certificate and its private key")]
+    ClusterCertPair,
+    /// A NATS credential or certificate file cannot be used.
+    #[error("could not load {flag} {path}: {reason}; pass {expected}")]
+    ClusterFile {
+        /// The flag.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (never its contents).
+        reason: String,
+        /// What the flag takes.
+        expected: &'static str,
+    },
     /// None of `--http`, `--tls-cert/--tls-key`, `--self-signed`.
     #[error("choose how to serve: pass --acme-domain NAME (a certificate from Let's Encrypt), --tls-cert FILE --tls-key FILE, --self-signed, or --http (plain HTTP behind a TLS proxy)")]
     NoServeMode,
@@ -529,10 +582,10 @@ impl TryFrom<Args> for Config {
         if args.max_inflight_bytes < args.max_body {
             return Err(ConfigError::InflightBelowBody);
         }
-        let cluster = match (args.cluster.as_slice(), args.node_id) {
+        let cluster = match (args.cluster.as_slice(), args.node_id.clone()) {
             ([], _) => None,
-            (servers, Some(node_id)) if valid_node_id(&node_id) => Some(ClusterConfig {
-                servers: servers.to_vec(),
+            (_, Some(node_id)) if valid_node_id(&node_id) => Some(ClusterConfig {
+                nats: nats_link(&args)?,
                 node_id,
                 replicas: usize::from(args.cluster_replicas),
             }),
@@ -584,6 +637,151 @@ impl TryFrom<Args> for Config {
             stored_tokens: true,
             cluster,
         })
+    }
+}
+
+/// How to reach NATS from `--cluster` and its login and TLS flags: one login for every URL,
+/// files read and checked now, and no NATS off loopback without a credential unless
+/// `--cluster-insecure`. Also used by `token … --cluster`.
+pub fn nats_link(args: &Args) -> Result<NatsLink, ConfigError> {
+    let mut servers = Vec::with_capacity(args.cluster.len());
+    let mut logins = Vec::new();
+    let mut tls_url = false;
+    let mut off_loopback = None;
+    for url in &args.cluster {
+        let split = split_url(url).ok_or_else(|| ConfigError::ClusterUrl(without_userinfo(url)))?;
+        tls_url |= split.address.starts_with("tls://");
+        if !is_loopback(&split.host) && off_loopback.is_none() {
+            off_loopback = Some(split.address.clone());
+        }
+        match (split.user, split.password) {
+            (Some(user), Some(password)) => logins.push(Login::Password { user, password }),
+            (Some(token), None) => logins.push(Login::Token(Secret::new(token))),
+            _ => {}
+        }
+        servers.push(split.address);
+    }
+    let url_login = match logins.split_first() {
+        None => None,
+        Some((first, rest)) if rest.iter().all(|l| l == first) => Some(first.clone()),
+        Some(_) => return Err(ConfigError::ClusterLogins),
+    };
+    let file_login = match (&args.cluster_creds, &args.cluster_nkey) {
+        (Some(path), _) => Some(("--cluster-creds", Login::Creds(read_creds(path)?))),
+        (None, Some(path)) => Some(("--cluster-nkey", Login::Nkey(read_nkey(path)?))),
+        (None, None) => None,
+    };
+    let login = match (url_login, file_login) {
+        (Some(_), Some((flag, _))) => return Err(ConfigError::ClusterLoginTwice(flag)),
+        (Some(login), None) | (None, Some((_, login))) => login,
+        (None, None) => Login::Anonymous,
+    };
+    let pem = |flag: &'static str, path: &Path, expected: &'static str| {
+        let error = |reason: String| ConfigError::ClusterFile {
+            flag,
+            path: path.to_path_buf(),
+            reason,
+            expected,
+        };
+        match flag {
+            "--cluster-key" => crate::tls::load_key(path).map(drop).map_err(error),
+            _ => crate::tls::load_certs(path).map(drop).map_err(error),
+        }
+    };
+    if let Some(ca) = &args.cluster_ca {
+        pem(
+            "--cluster-ca",
+            ca,
+            "the PEM certificate of the CA that signed the NATS servers' certificates",
+        )?;
+    }
+    let client = match (&args.cluster_cert, &args.cluster_key) {
+        (Some(cert), Some(key)) => {
+            pem(
+                "--cluster-cert",
+                cert,
+                "a PEM client certificate the NATS server trusts",
+            )?;
+            pem(
+                "--cluster-key",
+                key,
+                "the PEM private key of --cluster-cert",
+            )?;
+            Some((cert.clone(), key.clone()))
+        }
+        (None, None) => None,
+        _ => return Err(ConfigError::ClusterCertPair),
+    };
+    let link = NatsLink {
+        servers,
+        login,
+        tls: NatsTls {
+            required: tls_url || args.cluster_ca.is_some() || client.is_some(),
+            ca: args.cluster_ca.clone(),
+            client,
+        },
+    };
+    match off_loopback {
+        Some(address) if !link.has_credential() && !args.cluster_insecure => {
+            Err(ConfigError::ClusterWithoutCredentials(address))
+        }
+        _ => Ok(link),
+    }
+}
+
+fn read_secret_file(
+    flag: &'static str,
+    path: &Path,
+    expected: &'static str,
+) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::ClusterFile {
+        flag,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+        expected,
+    })
+}
+
+fn read_nkey(path: &Path) -> Result<Secret, ConfigError> {
+    const EXPECTED: &str = "a file holding the NATS user's NKey seed (one line starting with SU)";
+    let text = read_secret_file("--cluster-nkey", path, EXPECTED)?;
+    let seed = text.trim();
+    if seed.starts_with("SU") && seed.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(Secret::new(seed))
+    } else {
+        Err(ConfigError::ClusterFile {
+            flag: "--cluster-nkey",
+            path: path.to_path_buf(),
+            reason: "not a user NKey seed".into(),
+            expected: EXPECTED,
+        })
+    }
+}
+
+fn read_creds(path: &Path) -> Result<Secret, ConfigError> {
+    const EXPECTED: &str = "a NATS .creds file (a user JWT and its NKey seed, as nsc writes it)";
+    let text = read_secret_file("--cluster-creds", path, EXPECTED)?;
+    match async_nats::ConnectOptions::new().credentials(&text) {
+        Ok(_) => Ok(Secret::new(text)),
+        Err(_) => Err(ConfigError::ClusterFile {
+            flag: "--cluster-creds",
+            path: path.to_path_buf(),
+            reason: "not a credentials file".into(),
+            expected: EXPECTED,
+        }),
+    }
+}
+
+/// `url` with anything before an `@` in its authority replaced by `…`, for messages.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((_, host)) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}…@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
     }
 }
 

@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::TOKENS_BUCKET;
+use super::{NatsLink, TOKENS_BUCKET};
 use crate::tokens::{StoredToken, TokenError};
 
 /// Longest `token …` waits for NATS.
@@ -31,20 +31,18 @@ fn key(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Connects to `servers` and opens (creating when needed) the tokens bucket.
-pub async fn open(servers: &[String]) -> Result<kv::Store, TokenError> {
-    let addrs = servers
-        .iter()
-        .map(|s| s.parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(unreachable)?;
-    let connect = async_nats::ConnectOptions::new()
-        .connection_timeout(TIMEOUT)
-        .connect(addrs);
-    let client = tokio::time::timeout(TIMEOUT, connect)
-        .await
-        .map_err(|_| unreachable("no answer"))?
-        .map_err(unreachable)?;
+/// Replies to `token …` arrive on `_INBOX.ADMIN.…`: node ids are lowercase, so no node reads them.
+pub const ADMIN_INBOX: &str = "_INBOX.ADMIN";
+
+/// Connects to NATS through `link` and opens (creating when needed) the tokens bucket.
+pub async fn open(link: &NatsLink) -> Result<kv::Store, TokenError> {
+    let name = "illumitunnel-relay token".to_owned();
+    let (client, _) = tokio::time::timeout(
+        TIMEOUT,
+        super::connect::connect(link, name, Some(ADMIN_INBOX.into())),
+    )
+    .await
+    .map_err(|_| unreachable("no answer"))??;
     let js = jetstream::new(client);
     if let Ok(store) = js.get_key_value(TOKENS_BUCKET).await {
         return Ok(store);
