@@ -276,17 +276,42 @@ pub async fn connect(
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
                 ClusterError::Refused {
                     servers,
-                    cause: err.to_string(),
+                    // The kind says it all; its source repeats it with a prefix.
+                    cause: err.kind().to_string(),
                     flag: link.login.flag(),
                 }
             }
-            ConnectErrorKind::Tls => ClusterError::Tls {
+            _ if is_tls(&err) => ClusterError::Tls {
                 servers,
                 cause: err.to_string(),
             },
             _ => unreachable(err.to_string()),
         }),
     }
+}
+
+/// Whether a failure came from TLS (the client reports an untrusted certificate as I/O).
+fn is_tls(err: &async_nats::ConnectError) -> bool {
+    if err.kind() == ConnectErrorKind::Tls {
+        return true;
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    // Bounded by the chain's length.
+    while let Some(cause) = next {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            let inner = io
+                .get_ref()
+                .map(|e| e as &(dyn std::error::Error + 'static));
+            if inner.is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some()) {
+                return true;
+            }
+        }
+        next = cause.source();
+    }
+    false
 }
 
 fn login(

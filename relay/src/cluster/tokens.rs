@@ -34,27 +34,39 @@ fn key(name: &str) -> String {
 /// Replies to `token …` arrive on `_INBOX.ADMIN.…`: node ids are lowercase, so no node reads them.
 pub const ADMIN_INBOX: &str = "_INBOX.ADMIN";
 
-/// Connects to NATS through `link` and opens (creating when needed) the tokens bucket.
+/// Connects to NATS through `link` and opens (creating when needed) the tokens bucket, all
+/// within [`TIMEOUT`]; a refusal by NATS (a permission this user lacks) is named.
 pub async fn open(link: &NatsLink) -> Result<kv::Store, TokenError> {
     let name = "illumitunnel-relay token".to_owned();
-    let (client, _) = tokio::time::timeout(
+    let (client, refusal) = tokio::time::timeout(
         TIMEOUT,
         super::connect::connect(link, name, Some(ADMIN_INBOX.into())),
     )
     .await
     .map_err(|_| unreachable("no answer"))??;
-    let js = jetstream::new(client);
-    if let Ok(store) = js.get_key_value(TOKENS_BUCKET).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: TOKENS_BUCKET.into(),
-        history: 1,
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
+    let js = jetstream::ContextBuilder::new()
+        .timeout(super::JETSTREAM_TIMEOUT)
+        .build(client);
+    let bucket = async {
+        if let Ok(store) = js.get_key_value(TOKENS_BUCKET).await {
+            return Ok(store);
+        }
+        js.create_key_value(kv::Config {
+            bucket: TOKENS_BUCKET.into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())
+    };
+    let opened = tokio::time::timeout(TIMEOUT, bucket)
+        .await
+        .unwrap_or_else(|_| Err("no answer".into()));
+    opened.map_err(|cause| match refusal.get() {
+        Some(refused) => unreachable(format!("{cause} ({refused}; the NATS user needs the permissions of the admin user in docs/cluster.md)")),
+        None => unreachable(cause),
     })
-    .await
-    .map_err(unreachable)
 }
 
 /// Stores `hash` under `name`; a name in use is refused.
