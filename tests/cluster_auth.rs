@@ -333,9 +333,7 @@ fn nats_refuses_a_connection_without_a_login_and_a_node_with_a_bad_one_exits_1()
             .require_tls(true)
             .connect(secure.tls_url()),
     );
-    let err = anonymous
-        .err()
-        .expect("NATS let a connection without a login in");
+    let err = anonymous.expect_err("NATS let a connection without a login in");
     assert_eq!(
         err.kind(),
         async_nats::ConnectErrorKind::AuthorizationViolation,

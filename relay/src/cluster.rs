@@ -19,6 +19,7 @@
 pub mod codec;
 pub mod connect;
 pub mod forward;
+pub mod link;
 pub mod presence;
 pub mod queue;
 pub mod tokens;
@@ -32,7 +33,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 
-pub use connect::{NatsLink, CONNECT_TIMEOUT};
+pub use connect::{ClusterError, NatsLink, CONNECT_TIMEOUT};
 pub use presence::View;
 
 use crate::queue::QueueLimits;
@@ -74,45 +75,6 @@ pub struct ClusterConfig {
     /// Replicas of the buckets and streams this node creates (3 with a three-server NATS
     /// cluster); existing ones keep theirs.
     pub replicas: usize,
-}
-
-/// The cluster could not be joined.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    /// NATS did not answer.
-    #[error("could not reach NATS at {servers}: {cause}; start nats-server with JetStream (-js) or fix --cluster")]
-    Unreachable {
-        /// The servers tried.
-        servers: String,
-        /// What failed.
-        cause: String,
-    },
-    /// NATS refused the login.
-    #[error("NATS at {servers} refused the credentials: {cause}; check {flag}")]
-    Refused {
-        /// The servers tried (without credentials).
-        servers: String,
-        /// What NATS said.
-        cause: String,
-        /// Where the credentials came from.
-        flag: &'static str,
-    },
-    /// TLS to NATS failed (an untrusted certificate, or a server without TLS).
-    #[error("could not set up TLS to NATS at {servers}: {cause}; check that --cluster-ca is the CA that signed the NATS server's certificate (for the host in the URL), that the server has TLS on, and --cluster-cert/--cluster-key if it asks for a client certificate")]
-    Tls {
-        /// The servers tried (without credentials).
-        servers: String,
-        /// What failed.
-        cause: String,
-    },
-    /// JetStream refused to set up a bucket or stream.
-    #[error("could not set up JetStream {what}: {cause}; is JetStream enabled (nats-server -js), and may this NATS user use the relay's buckets and streams (permissions in docs/cluster.md)?")]
-    Setup {
-        /// The bucket or stream.
-        what: &'static str,
-        /// What failed.
-        cause: String,
-    },
 }
 
 /// A node's connection to the cluster and the buckets and streams it uses.

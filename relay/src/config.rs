@@ -10,7 +10,7 @@ use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::acme::AcmeSettings;
-use crate::cluster::connect::{is_loopback, split_url, Login, NatsTls, Secret};
+use crate::cluster::link::{self, LinkError, LinkFlags};
 use crate::cluster::{ClusterConfig, NatsLink};
 use crate::queue::Clock;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
@@ -387,29 +387,20 @@ pub enum ConfigError {
     /// `--node-id` is not a usable id.
     #[error("--node-id {0:?} is not a node id; use 1 to 40 lowercase letters, digits or '-', unique per node")]
     NodeId(String),
-    /// A NATS URL off loopback and no credential.
-    #[error("refusing to join NATS at {0} without credentials: anyone who reaches it could read deliveries, add client tokens and forge deliveries; log in with nats://user:pass@host, --cluster-creds FILE, --cluster-nkey FILE or --cluster-cert/--cluster-key (docs/cluster.md), or pass --cluster-insecure on a test network")]
-    ClusterWithoutCredentials(String),
-    /// A `--cluster` value is not a NATS URL (shown without its user info).
-    #[error("invalid --cluster URL {0:?}: use nats://[user:pass@]host:4222 or tls://host:4222, comma-separated")]
-    ClusterUrl(String),
-    /// The URLs carry different logins.
-    #[error("the --cluster URLs carry different logins; give every URL the same user:pass, or none and pass --cluster-creds or --cluster-nkey")]
-    ClusterLogins,
-    /// A login in the URL and a credentials or NKey file.
-    #[error("--cluster carries a login in its URL and {0} gives another; pick one way to log in to NATS")]
-    ClusterLoginTwice(&'static str),
+    /// `--cluster` and its login flags do not make one safe way to reach NATS.
+    #[error("{0}")]
+    Nats(#[from] LinkError),
     /// `--cluster-cert` without `--cluster-key` or the other way round.
     #[error("--cluster-cert and --cluster-key go together: pass the client certificate and its private key")]
     ClusterCertPair,
-    /// A NATS credential or certificate file cannot be used.
+    /// A PEM file for TLS to NATS cannot be used.
     #[error("could not load {flag} {path}: {reason}; pass {expected}")]
-    ClusterFile {
+    ClusterPem {
         /// The flag.
         flag: &'static str,
         /// The file.
         path: PathBuf,
-        /// What is wrong with it (never its contents).
+        /// What is wrong with it.
         reason: String,
         /// What the flag takes.
         expected: &'static str,
@@ -640,44 +631,26 @@ impl TryFrom<Args> for Config {
     }
 }
 
-/// How to reach NATS from `--cluster` and its login and TLS flags: one login for every URL,
-/// files read and checked now, and no NATS off loopback without a credential unless
-/// `--cluster-insecure`. Also used by `token … --cluster`.
+/// How to reach NATS from `--cluster` and its login and TLS flags (see [`link::parse`]), with
+/// the PEM files checked now. Also used by `token … --cluster`.
 pub fn nats_link(args: &Args) -> Result<NatsLink, ConfigError> {
-    let mut servers = Vec::with_capacity(args.cluster.len());
-    let mut logins = Vec::new();
-    let mut tls_url = false;
-    let mut off_loopback = None;
-    for url in &args.cluster {
-        let split = split_url(url).ok_or_else(|| ConfigError::ClusterUrl(without_userinfo(url)))?;
-        tls_url |= split.address.starts_with("tls://");
-        if !is_loopback(&split.host) && off_loopback.is_none() {
-            off_loopback = Some(split.address.clone());
-        }
-        match (split.user, split.password) {
-            (Some(user), Some(password)) => logins.push(Login::Password { user, password }),
-            (Some(token), None) => logins.push(Login::Token(Secret::new(token))),
-            _ => {}
-        }
-        servers.push(split.address);
+    let client = args
+        .cluster_cert
+        .as_deref()
+        .zip(args.cluster_key.as_deref());
+    if client.is_none() && (args.cluster_cert.is_some() || args.cluster_key.is_some()) {
+        return Err(ConfigError::ClusterCertPair);
     }
-    let url_login = match logins.split_first() {
-        None => None,
-        Some((first, rest)) if rest.iter().all(|l| l == first) => Some(first.clone()),
-        Some(_) => return Err(ConfigError::ClusterLogins),
-    };
-    let file_login = match (&args.cluster_creds, &args.cluster_nkey) {
-        (Some(path), _) => Some(("--cluster-creds", Login::Creds(read_creds(path)?))),
-        (None, Some(path)) => Some(("--cluster-nkey", Login::Nkey(read_nkey(path)?))),
-        (None, None) => None,
-    };
-    let login = match (url_login, file_login) {
-        (Some(_), Some((flag, _))) => return Err(ConfigError::ClusterLoginTwice(flag)),
-        (Some(login), None) | (None, Some((_, login))) => login,
-        (None, None) => Login::Anonymous,
-    };
+    let link = link::parse(&LinkFlags {
+        urls: &args.cluster,
+        creds: args.cluster_creds.as_deref(),
+        nkey: args.cluster_nkey.as_deref(),
+        ca: args.cluster_ca.as_deref(),
+        client,
+        insecure: args.cluster_insecure,
+    })?;
     let pem = |flag: &'static str, path: &Path, expected: &'static str| {
-        let error = |reason: String| ConfigError::ClusterFile {
+        let error = |reason: String| ConfigError::ClusterPem {
             flag,
             path: path.to_path_buf(),
             reason,
@@ -688,101 +661,26 @@ pub fn nats_link(args: &Args) -> Result<NatsLink, ConfigError> {
             _ => crate::tls::load_certs(path).map(drop).map_err(error),
         }
     };
-    if let Some(ca) = &args.cluster_ca {
+    if let Some(ca) = &link.tls.ca {
         pem(
             "--cluster-ca",
             ca,
             "the PEM certificate of the CA that signed the NATS servers' certificates",
         )?;
     }
-    let client = match (&args.cluster_cert, &args.cluster_key) {
-        (Some(cert), Some(key)) => {
-            pem(
-                "--cluster-cert",
-                cert,
-                "a PEM client certificate the NATS server trusts",
-            )?;
-            pem(
-                "--cluster-key",
-                key,
-                "the PEM private key of --cluster-cert",
-            )?;
-            Some((cert.clone(), key.clone()))
-        }
-        (None, None) => None,
-        _ => return Err(ConfigError::ClusterCertPair),
-    };
-    let link = NatsLink {
-        servers,
-        login,
-        tls: NatsTls {
-            required: tls_url || args.cluster_ca.is_some() || client.is_some(),
-            ca: args.cluster_ca.clone(),
-            client,
-        },
-    };
-    match off_loopback {
-        Some(address) if !link.has_credential() && !args.cluster_insecure => {
-            Err(ConfigError::ClusterWithoutCredentials(address))
-        }
-        _ => Ok(link),
+    if let Some((cert, key)) = &link.tls.client {
+        pem(
+            "--cluster-cert",
+            cert,
+            "a PEM client certificate the NATS server trusts",
+        )?;
+        pem(
+            "--cluster-key",
+            key,
+            "the PEM private key of --cluster-cert",
+        )?;
     }
-}
-
-fn read_secret_file(
-    flag: &'static str,
-    path: &Path,
-    expected: &'static str,
-) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::ClusterFile {
-        flag,
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-        expected,
-    })
-}
-
-fn read_nkey(path: &Path) -> Result<Secret, ConfigError> {
-    const EXPECTED: &str = "a file holding the NATS user's NKey seed (one line starting with SU)";
-    let text = read_secret_file("--cluster-nkey", path, EXPECTED)?;
-    let seed = text.trim();
-    if seed.starts_with("SU") && seed.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(Secret::new(seed))
-    } else {
-        Err(ConfigError::ClusterFile {
-            flag: "--cluster-nkey",
-            path: path.to_path_buf(),
-            reason: "not a user NKey seed".into(),
-            expected: EXPECTED,
-        })
-    }
-}
-
-fn read_creds(path: &Path) -> Result<Secret, ConfigError> {
-    const EXPECTED: &str = "a NATS .creds file (a user JWT and its NKey seed, as nsc writes it)";
-    let text = read_secret_file("--cluster-creds", path, EXPECTED)?;
-    match async_nats::ConnectOptions::new().credentials(&text) {
-        Ok(_) => Ok(Secret::new(text)),
-        Err(_) => Err(ConfigError::ClusterFile {
-            flag: "--cluster-creds",
-            path: path.to_path_buf(),
-            reason: "not a credentials file".into(),
-            expected: EXPECTED,
-        }),
-    }
-}
-
-/// `url` with anything before an `@` in its authority replaced by `…`, for messages.
-fn without_userinfo(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((_, host)) => {
-            let sep = if scheme.is_empty() { "" } else { "://" };
-            format!("{scheme}{sep}…@{host}{}", &rest[authority_end..])
-        }
-        None => url.to_owned(),
-    }
+    Ok(link)
 }
 
 fn valid_node_id(id: &str) -> bool {

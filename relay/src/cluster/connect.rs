@@ -11,10 +11,47 @@ use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, Event};
 
-use super::ClusterError;
-
 /// Longest a node waits for NATS when it starts.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cluster could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS did not answer.
+    #[error("could not reach NATS at {servers}: {cause}; start nats-server with JetStream (-js) or fix --cluster")]
+    Unreachable {
+        /// The servers tried.
+        servers: String,
+        /// What failed.
+        cause: String,
+    },
+    /// NATS refused the login.
+    #[error("NATS at {servers} refused the credentials: {cause}; check {flag}")]
+    Refused {
+        /// The servers tried (without credentials).
+        servers: String,
+        /// What NATS said.
+        cause: String,
+        /// Where the credentials came from.
+        flag: &'static str,
+    },
+    /// TLS to NATS failed (an untrusted certificate, or a server without TLS).
+    #[error("could not set up TLS to NATS at {servers}: {cause}; check that --cluster-ca is the CA that signed the NATS server's certificate (for the host in the URL), that the server has TLS on, and --cluster-cert/--cluster-key if it asks for a client certificate")]
+    Tls {
+        /// The servers tried (without credentials).
+        servers: String,
+        /// What failed.
+        cause: String,
+    },
+    /// JetStream refused to set up a bucket or stream.
+    #[error("could not set up JetStream {what}: {cause}; is JetStream enabled (nats-server -js), and may this NATS user use the relay's buckets and streams (permissions in docs/cluster.md)?")]
+    Setup {
+        /// The bucket or stream.
+        what: &'static str,
+        /// What failed.
+        cause: String,
+    },
+}
 
 /// A password, token, NKey seed or credentials file's text: Debug prints `MASKED`.
 #[derive(Clone, PartialEq, Eq)]
@@ -116,87 +153,6 @@ impl NatsLink {
     pub fn has_credential(&self) -> bool {
         self.login != Login::Anonymous || self.tls.client.is_some()
     }
-}
-
-/// One `--cluster` URL split into the address NATS is dialled at and the user info it carried.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SplitUrl {
-    /// `scheme://host:port`, without user info.
-    pub address: String,
-    /// Its host (brackets of an IPv6 address removed).
-    pub host: String,
-    /// The URL's user (percent-decoded), or a token given alone.
-    pub user: Option<String>,
-    /// The URL's password (percent-decoded).
-    pub password: Option<Secret>,
-}
-
-/// Splits `url` (`nats://user:pass@host:4222`, `tls://host`, `host:4222`); `None` when it has
-/// no host or a scheme NATS does not speak.
-pub fn split_url(url: &str) -> Option<SplitUrl> {
-    let url = url.trim();
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
-        None => ("nats".to_owned(), url),
-    };
-    if !matches!(scheme.as_str(), "nats" | "tls") {
-        return None;
-    }
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((info, hostport)) => (Some(info), hostport),
-        None => (None, authority),
-    };
-    let host = match hostport.strip_prefix('[') {
-        Some(v6) => v6.split_once(']')?.0,
-        None => hostport.split(':').next().unwrap_or_default(),
-    };
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return None;
-    }
-    let (user, password) = match userinfo.map(|info| info.split_once(':').unwrap_or((info, ""))) {
-        None => (None, None),
-        Some((user, password)) => (
-            Some(percent_decode(user)?).filter(|u| !u.is_empty()),
-            Some(percent_decode(password)?)
-                .filter(|p| !p.is_empty())
-                .map(Secret),
-        ),
-    };
-    Some(SplitUrl {
-        address: format!("{scheme}://{hostport}{path}"),
-        host: host.to_owned(),
-        user,
-        password,
-    })
-}
-
-/// Whether `host` names this machine: `localhost`, 127.0.0.0/8 or `::1`.
-pub fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// What NATS last refused (a permissions violation), for the sentence when set-up fails.
@@ -350,59 +306,6 @@ async fn on_event(refusal: LastRefusal, event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_split_and_secrets_kept_out_of_the_address() {
-        let split = split_url("nats://relay-a:p%40ss:word@nats.example.com:4222").unwrap();
-        assert_eq!(split.address, "nats://nats.example.com:4222");
-        assert_eq!(split.host, "nats.example.com");
-        assert_eq!(split.user.as_deref(), Some("relay-a"));
-        assert_eq!(
-            split.password.as_ref().map(Secret::expose),
-            Some("p@ss:word")
-        );
-        assert_eq!(format!("{split:?}").matches("p@ss").count(), 0);
-
-        let tls = split_url("tls://[::1]:4222").unwrap();
-        assert_eq!(
-            (tls.address.as_str(), tls.host.as_str()),
-            ("tls://[::1]:4222", "::1")
-        );
-        assert_eq!(tls.user, None);
-        let bare = split_url("10.0.0.1:4222").unwrap();
-        assert_eq!(bare.address, "nats://10.0.0.1:4222");
-        let token = split_url("nats://s3cr3t@h:4222").unwrap();
-        assert_eq!(
-            (token.user.as_deref(), token.password),
-            (Some("s3cr3t"), None)
-        );
-
-        for bad in [
-            "http://h:4222",
-            "nats://",
-            "nats://:4222",
-            "nats://u:%zz@h",
-            "nats://[::1",
-        ] {
-            assert_eq!(split_url(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        for host in ["127.0.0.1", "127.8.9.1", "::1", "localhost", "LOCALHOST"] {
-            assert!(is_loopback(host), "{host}");
-        }
-        for host in [
-            "10.0.0.1",
-            "0.0.0.0",
-            "nats.example.com",
-            "::",
-            "192.168.1.2",
-        ] {
-            assert!(!is_loopback(host), "{host}");
-        }
-    }
 
     #[test]
     fn debug_output_masks_every_secret() {

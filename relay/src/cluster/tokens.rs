@@ -10,7 +10,8 @@ use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{NatsLink, TOKENS_BUCKET};
+use super::connect::{ClusterError, NatsLink};
+use super::TOKENS_BUCKET;
 use crate::tokens::{StoredToken, TokenError};
 
 /// Longest `token …` waits for NATS.
@@ -43,7 +44,11 @@ pub async fn open(link: &NatsLink) -> Result<kv::Store, TokenError> {
         super::connect::connect(link, name, Some(ADMIN_INBOX.into())),
     )
     .await
-    .map_err(|_| unreachable("no answer"))??;
+    .map_err(|_| unreachable("no answer"))?
+    .map_err(|err| match err {
+        ClusterError::Unreachable { servers, cause } => unreachable(format!("{servers}: {cause}")),
+        refused => TokenError::Nats(refused),
+    })?;
     let js = jetstream::ContextBuilder::new()
         .timeout(super::JETSTREAM_TIMEOUT)
         .build(client);

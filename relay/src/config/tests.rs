@@ -1,6 +1,7 @@
 //! `Config` validation: every refusal is one sentence; defaults and conversions.
 
 use super::*;
+use crate::cluster::connect::{Login, NatsTls, Secret};
 use clap::Parser;
 use std::io::Write;
 
@@ -726,13 +727,13 @@ fn nats_off_loopback_needs_a_credential() {
             Some("could not load --cluster-creds"),
         ),
         (
-            vec!["--cluster", "tls://h:4222", "--cluster-ca", seed],
+            vec!["--cluster", "tls://u:p@h:4222", "--cluster-ca", seed],
             Some("could not load --cluster-ca"),
         ),
         (
             vec![
                 "--cluster",
-                "tls://h:4222",
+                "tls://u:p@h:4222",
                 "--cluster-ca",
                 &cert,
                 "--cluster-cert",
@@ -845,6 +846,6 @@ fn token_commands_take_the_same_nats_flags() {
     .unwrap();
     assert!(matches!(
         nats_link(&bare),
-        Err(ConfigError::ClusterWithoutCredentials(_))
+        Err(ConfigError::Nats(LinkError::WithoutCredentials(_)))
     ));
 }
