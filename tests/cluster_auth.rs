@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -16,214 +15,15 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use support::cluster::{Nats, Node};
+use support::cluster::secure::{assert_clean, secret, SecureNats, KEEPALIVE_MS};
+use support::cluster::Node;
 use support::sender::Request;
 use support::target::{Reply, Target};
-use support::{
-    command, poll_until, runtime, temp_dir, test_ca, ChildGuard, Listen, Stream, TestCa,
-};
-use tempfile::TempDir;
+use support::{command, poll_until, runtime, temp_dir, ChildGuard, Listen, Stream};
 
 const HOOK: &str = "/webhooks/illumichat";
-const KEEPALIVE_MS: &str = "300";
-/// The shipped configuration, as an operator would start from it.
-const SHIPPED: &str = include_str!("../deploy/nats-server.conf");
 /// A sender's secret that a NATS stranger must never see.
 const SECRET_AUTH: &str = "Bearer sender-secret-7f3a91c2";
-
-/// 32 random base64url characters after `prefix`.
-fn secret(prefix: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut rng = rand::thread_rng();
-    let tail: String = (0..32)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("{prefix}{tail}")
-}
-
-/// A NATS server from the shipped configuration with TLS and logins, plus the test's own
-/// users: `stranger` (relay account, no relay permissions), `outsider` (another account) and
-/// `auditor` (relay account, reads everything and may publish deliveries: what anyone on the
-/// NATS network could do before logins, kept as the control that the attacks are real).
-struct SecureNats {
-    nats: Nats,
-    ca: TestCa,
-    _dir: TempDir,
-    passwords: Vec<(&'static str, String)>,
-    /// relay-2's NKey seed file.
-    nkey_file: PathBuf,
-    /// The node token file, shared by both nodes.
-    tokens_file: PathBuf,
-    /// The client token in it.
-    token: String,
-}
-
-impl SecureNats {
-    fn start() -> SecureNats {
-        let dir = temp_dir();
-        let ca = test_ca(dir.path());
-        let key_pair = nkeys::KeyPair::new_user();
-        let seed = key_pair.seed().expect("an NKey seed");
-        let nkey_file = dir.path().join("relay-2.nk");
-        std::fs::write(&nkey_file, format!("{seed}\n")).expect("write the seed");
-        let token = secret("itr_");
-        let tokens_file = dir.path().join("tokens");
-        std::fs::write(&tokens_file, format!("{token}\n")).expect("write the tokens file");
-        let passwords: Vec<(&'static str, String)> = [
-            "RELAY_1_PASSWORD",
-            "RELAY_3_PASSWORD",
-            "ILLUMITUNNEL_ADMIN_PASSWORD",
-            "STRANGER_PASSWORD",
-            "OUTSIDER_PASSWORD",
-            "AUDITOR_PASSWORD",
-        ]
-        .into_iter()
-        .map(|name| (name, secret("pw-")))
-        .collect();
-        let text = configure(&ca, &key_pair.public_key());
-        let env: Vec<(&str, &str)> = passwords.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let nats = Nats::start_config(&text, &env);
-        SecureNats {
-            nats,
-            ca,
-            _dir: dir,
-            passwords,
-            nkey_file,
-            tokens_file,
-            token,
-        }
-    }
-
-    fn password(&self, name: &str) -> &str {
-        let (_, value) = self
-            .passwords
-            .iter()
-            .find(|(k, _)| *k == name)
-            .expect("a password");
-        value
-    }
-
-    /// `tls://USER:PASSWORD@127.0.0.1:PORT`.
-    fn url_as(&self, user: &str, password_var: &str) -> String {
-        format!(
-            "tls://{user}:{}@127.0.0.1:{}",
-            self.password(password_var),
-            self.nats.port()
-        )
-    }
-
-    fn tls_url(&self) -> String {
-        format!("tls://127.0.0.1:{}", self.nats.port())
-    }
-
-    fn ca(&self) -> &str {
-        self.ca.ca_pem.to_str().expect("a UTF-8 path")
-    }
-
-    /// relay-1 logs in with user and password, relay-2 with its NKey; both over TLS.
-    fn two_nodes(&self) -> Vec<Node> {
-        let tokens = self.tokens_file.to_str().expect("a UTF-8 path");
-        let common = ["--cluster-ca", self.ca(), "--tokens-file", tokens];
-        let one = Node::start_with(
-            "relay-1",
-            &self.url_as("relay-1", "RELAY_1_PASSWORD"),
-            &[&common[..], &["--keepalive-ms", KEEPALIVE_MS]].concat(),
-        );
-        let nkey = self.nkey_file.to_str().expect("a UTF-8 path");
-        let two = Node::start_with(
-            "relay-2",
-            &self.tls_url(),
-            &[
-                &common[..],
-                &["--cluster-nkey", nkey, "--keepalive-ms", KEEPALIVE_MS],
-            ]
-            .concat(),
-        );
-        vec![one, two]
-    }
-
-    /// An async-nats client logged in as `user`, trusting the test CA.
-    async fn client_as(&self, user: &str, password_var: &str) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
-            .user_and_password(user.into(), self.password(password_var).into())
-            .add_root_certificates(self.ca.ca_pem.clone())
-            .require_tls(true)
-            .connect(self.tls_url())
-            .await
-            .unwrap_or_else(|e| panic!("{user} could not log in: {e}"))
-    }
-}
-
-/// The shipped configuration with the test's certificate, relay-2 as an NKey user and the
-/// test's extra users.
-fn configure(ca: &TestCa, relay_2_public_key: &str) -> String {
-    let replace = |text: String, from: &str, to: &str| {
-        assert!(
-            text.contains(from),
-            "the shipped configuration lost {from:?}"
-        );
-        text.replace(from, to)
-    };
-    let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
-    let mut text = SHIPPED.to_owned();
-    text = replace(text, "/etc/nats/nats-cert.pem", &path(&ca.cert_pem));
-    text = replace(text, "/etc/nats/nats-key.pem", &path(&ca.key_pem));
-    text = replace(text, "/var/lib/nats", "{STORE}");
-    text = replace(
-        text,
-        "{ user: relay-2, password: $RELAY_2_PASSWORD,",
-        &format!("{{ nkey: {relay_2_public_key},"),
-    );
-    text = replace(
-        text,
-        "    users: [\n",
-        "    users: [\n      { user: stranger, password: $STRANGER_PASSWORD, permissions: { publish: [\"app.>\"], subscribe: [\"app.>\"] } }\n      { user: auditor, password: $AUDITOR_PASSWORD, permissions: { publish: [\"illumitunnel.node.*.deliver.*\"], subscribe: [\">\"] } }\n",
-    );
-    replace(
-        text,
-        "accounts {\n",
-        "accounts {\n  OTHER { users: [ { user: outsider, password: $OUTSIDER_PASSWORD } ] }\n",
-    )
-}
-
-/// Asserts that no node hit a permission NATS refuses and no secret reached its output.
-fn assert_clean(nodes: &[Node], secure: &SecureNats) {
-    for node in nodes {
-        let stderr = node.relay().guard.stderr();
-        assert!(
-            !stderr.contains("NATS refused an operation"),
-            "{} was refused a NATS permission:\n{stderr}",
-            node.id
-        );
-        for (_, password) in &secure.passwords {
-            assert!(
-                !stderr.contains(password.as_str()),
-                "a password in {}'s output",
-                node.id
-            );
-        }
-        let seed = std::fs::read_to_string(&secure.nkey_file).expect("the seed");
-        assert!(
-            !stderr.contains(seed.trim()),
-            "the NKey seed in {}'s output",
-            node.id
-        );
-    }
-    let server = secure.nats.stderr();
-    let refused: Vec<&str> = server
-        .lines()
-        .filter(|l| l.contains("Violation"))
-        .filter(|l| {
-            l.contains("RELAYS/user:relay-")
-                || l.contains("RELAYS/nkey:")
-                || l.contains("illumitunnel-admin")
-        })
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "the shipped permissions refused a relay:\n{refused:#?}"
-    );
-}
 
 /// A JSON body with a marker the test looks for.
 fn body(marker: &str) -> Vec<u8> {
@@ -329,7 +129,7 @@ fn nats_refuses_a_connection_without_a_login_and_a_node_with_a_bad_one_exits_1()
     let secure = SecureNats::start();
     let anonymous = rt.block_on(
         async_nats::ConnectOptions::new()
-            .add_root_certificates(secure.ca.ca_pem.clone())
+            .add_root_certificates(secure.pki.ca_pem.clone())
             .require_tls(true)
             .connect(secure.tls_url()),
     );
@@ -661,4 +461,72 @@ fn forged(captured: &[u8], marker: &str) -> Bytes {
     out.extend_from_slice(&head);
     out.extend_from_slice(&body(marker));
     Bytes::from(out)
+}
+
+#[test]
+fn mutual_tls_admits_a_node_with_a_client_certificate_and_refuses_one_without() {
+    let rt = runtime();
+    let secure = SecureNats::start_with(true);
+    let pem = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_owned();
+    let (cert, key) = (
+        pem(&secure.pki.client_cert_pem),
+        pem(&secure.pki.client_key_pem),
+    );
+    let tokens = pem(&secure.tokens_file);
+    let url = secure.url_as("relay-1", "RELAY_1_PASSWORD");
+    let with_cert = [
+        "--cluster-ca",
+        secure.ca(),
+        "--cluster-cert",
+        &cert,
+        "--cluster-key",
+        &key,
+        "--tokens-file",
+        &tokens,
+    ];
+    let node = Node::start_with("relay-1", &url, &with_cert);
+    let target = Target::start(&rt, |req| Reply::status(200).body(req.body.clone()));
+    let token = [
+        "--token",
+        secure.token.as_str(),
+        "--keepalive-ms",
+        KEEPALIVE_MS,
+    ];
+    let _listen = Listen::start(Some(&node.url()), &target.url(HOOK), "mtls", &token);
+    let response = Request::post(&node.tunnel_url("mtls"))
+        .body(body("mtls"))
+        .send(&rt);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.body, body("mtls"));
+    assert_clean(std::slice::from_ref(&node), &secure);
+
+    // The same login without the client certificate: the server ends the handshake.
+    let dir = temp_dir();
+    let mut cmd = command("illumitunnel-relay", dir.path());
+    cmd.args([
+        "--http",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-anonymous",
+        "--data-dir",
+    ])
+    .arg(dir.path().join("relay"))
+    .args([
+        "--cluster",
+        &url,
+        "--node-id",
+        "relay-1",
+        "--cluster-ca",
+        secure.ca(),
+    ]);
+    let finished = ChildGuard::run(cmd);
+    assert_eq!(finished.code(), 1, "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains("could not set up TLS to NATS at tls://127.0.0.1:")
+            && finished.stderr.contains("CertificateRequired")
+            && finished.stderr.contains("--cluster-cert/--cluster-key"),
+        "{finished:?}"
+    );
 }

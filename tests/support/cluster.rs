@@ -3,6 +3,8 @@
 //! `--cluster`, and a TCP load balancer that sends each connection to the next node that
 //! accepts it, as a plain TCP balancer with health checks would.
 
+pub mod secure;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
