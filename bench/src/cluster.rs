@@ -2,7 +2,11 @@
 //! `--cluster` and a client on node A, measured through A (the session is on the ingress node:
 //! no hop) and through B (A holds the session: B hands each delivery to A over NATS
 //! request/reply), beside a single-node relay (SQLite, no NATS) and the direct baseline, in
-//! interleaved repeats so the noise of this machine lands on every path alike.
+//! interleaved repeats so the noise of this machine lands on every path alike. The same hop
+//! through a nats-server with TLS and logins (the shipped configuration, [`secure`]) shows
+//! what they add.
+
+pub mod secure;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -42,7 +46,7 @@ fn nats_bin() -> String {
     std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
 }
 
-/// Measures the four paths `repeats` times each, interleaved.
+/// Measures the five paths `repeats` times each, interleaved.
 #[allow(clippy::too_many_arguments)]
 pub fn measure(
     bins: &Binaries,
@@ -77,8 +81,38 @@ pub fn measure(
     let on_b = Endpoint::http(b.addr, "/t/cluster");
     stack::wait_until_forwarding(&on_b, rt, &mut [])?;
     let single = stack::start_tunnel(bins, Ingress::Http, "single", target, dir, &[], rt)?;
+    // The same two nodes through the shipped configuration: TLS, passwords, permissions.
+    let secure = secure::SecureNats::start(&nats_bin(), dir, stack::free_port()?)?;
+    let ca = secure.ca.to_string_lossy().into_owned();
+    let secure_node = |n: usize| {
+        stack::start_relay(
+            bins,
+            Ingress::Http,
+            &format!("secure-{n}"),
+            dir,
+            &[
+                "--cluster",
+                &secure.node_url(n),
+                "--cluster-ca",
+                &ca,
+                "--node-id",
+                &format!("relay-{n}"),
+            ],
+        )
+    };
+    let (s1, s2) = (secure_node(1)?, secure_node(2)?);
+    let (secure_client, _) =
+        stack::start_client(bins, &s1, Ingress::Http, "secure", target, dir, rt)?;
+    let on_s2 = Endpoint::http(s2.addr, "/t/secure");
+    stack::wait_until_forwarding(&on_s2, rt, &mut [])?;
 
     let cluster_pids = vec![a.proc.pid(), b.proc.pid(), client.pid(), nats.pid()];
+    let secure_pids = vec![
+        s1.proc.pid(),
+        s2.proc.pid(),
+        secure_client.pid(),
+        secure.proc.pid(),
+    ];
     let subjects = [
         Subject {
             name: "direct",
@@ -99,6 +133,11 @@ pub fn measure(
             name: "cluster, session on another node",
             endpoint: on_b,
             pids: cluster_pids,
+        },
+        Subject {
+            name: "cluster, session on another node, NATS with TLS and logins",
+            endpoint: on_s2,
+            pids: secure_pids,
         },
     ];
     let mut out: Vec<PathRuns> = subjects
@@ -138,6 +177,7 @@ pub fn measure(
         }
     }
     drop((single, client, a, b, nats));
+    drop((secure_client, s1, s2, secure));
     Ok(out)
 }
 

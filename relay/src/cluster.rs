@@ -17,7 +17,9 @@
 //! backlog otherwise. With no authority (no session anywhere) the receiving node queues.
 
 pub mod codec;
+pub mod connect;
 pub mod forward;
+pub mod link;
 pub mod presence;
 pub mod queue;
 pub mod tokens;
@@ -31,12 +33,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 
+pub use connect::{ClusterError, NatsLink, CONNECT_TIMEOUT};
 pub use presence::View;
 
 use crate::queue::QueueLimits;
 
-/// Longest a node waits for NATS when it starts.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a node waits for JetStream to confirm a write (a sender waits that long at most
 /// before hearing 503 when NATS is away).
 pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -64,37 +65,16 @@ pub const QUEUE_STREAM: &str = "ILLUMITUNNEL_QUEUE";
 /// Stream of dead letters.
 pub const DEAD_STREAM: &str = "ILLUMITUNNEL_DEAD";
 
-/// Where the cluster's NATS servers are and who this node is.
+/// Where the cluster's NATS servers are, how to log in, and who this node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// NATS server URLs (`nats://host:port`).
-    pub servers: Vec<String>,
+    /// NATS servers, login and TLS.
+    pub nats: NatsLink,
     /// This node's id, unique in the cluster.
     pub node_id: String,
     /// Replicas of the buckets and streams this node creates (3 with a three-server NATS
     /// cluster); existing ones keep theirs.
     pub replicas: usize,
-}
-
-/// The cluster could not be joined.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    /// NATS did not answer.
-    #[error("could not reach NATS at {servers}: {cause}; start nats-server with JetStream (-js) or fix --cluster")]
-    Unreachable {
-        /// The servers tried.
-        servers: String,
-        /// What failed.
-        cause: String,
-    },
-    /// JetStream refused to set up a bucket or stream.
-    #[error("could not set up JetStream {what}: {cause}; is JetStream enabled (nats-server -js)?")]
-    Setup {
-        /// The bucket or stream.
-        what: &'static str,
-        /// What failed.
-        cause: String,
-    },
 }
 
 /// A node's connection to the cluster and the buckets and streams it uses.
@@ -125,7 +105,12 @@ impl Cluster {
         config: &ClusterConfig,
         limits: QueueLimits,
     ) -> Result<Arc<Cluster>, ClusterError> {
-        let client = connect_nats(config).await?;
+        let (client, refusal) = connect::connect(
+            &config.nats,
+            format!("illumitunnel-relay {}", config.node_id),
+            Some(inbox_prefix(&config.node_id)),
+        )
+        .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(JETSTREAM_TIMEOUT)
             .build(client.clone());
@@ -134,7 +119,17 @@ impl Cluster {
         let state = loop {
             match Shared::set_up(&js, limits, config.replicas).await {
                 Ok(state) => break state,
-                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+                Err(err) if tokio::time::Instant::now() >= deadline => {
+                    return Err(match (err, refusal.get()) {
+                        (ClusterError::Setup { what, cause }, Some(refused)) => {
+                            ClusterError::Setup {
+                                what,
+                                cause: format!("{cause} ({refused})"),
+                            }
+                        }
+                        (err, _) => err,
+                    })
+                }
                 Err(err) => {
                     tracing::debug!(%err, "JetStream not ready; trying again");
                     tokio::time::sleep(SETUP_RETRY).await;
@@ -355,29 +350,10 @@ impl Shared {
     }
 }
 
-async fn connect_nats(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
-    let servers = config.servers.join(",");
-    let unreachable = |cause: String| ClusterError::Unreachable {
-        servers: servers.clone(),
-        cause,
-    };
-    let addrs = config
-        .servers
-        .iter()
-        .map(|s| s.parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| unreachable(e.to_string()))?;
-    let options = async_nats::ConnectOptions::new()
-        .name(format!("illumitunnel-relay {}", config.node_id))
-        .connection_timeout(CONNECT_TIMEOUT)
-        // Reconnects go on for ever, a few seconds apart at most.
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((100 * attempts as u64).min(2_000))
-        });
-    tokio::time::timeout(CONNECT_TIMEOUT, options.connect(addrs))
-        .await
-        .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-        .map_err(|e| unreachable(e.to_string()))
+/// Where a node's replies arrive: `_INBOX.{node}.…`, so a node's NATS user may be allowed to
+/// read its own replies and no other node's.
+pub fn inbox_prefix(node: &str) -> String {
+    format!("_INBOX.{node}")
 }
 
 async fn key_value(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {

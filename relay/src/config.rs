@@ -10,7 +10,8 @@ use illumitunnel::Token;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::acme::AcmeSettings;
-use crate::cluster::ClusterConfig;
+use crate::cluster::link::{self, LinkError, LinkFlags};
+use crate::cluster::{ClusterConfig, NatsLink};
 use crate::proxy::{Cidr, TrustedProxies};
 use crate::queue::Clock;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
@@ -349,6 +350,31 @@ pub struct Args {
     /// NATS cluster, so losing one NATS server loses nothing.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "cluster", value_parser = clap::value_parser!(u8).range(1..=5))]
     pub cluster_replicas: u8,
+    /// NATS credentials file (a user JWT and its NKey seed, `nsc` makes them) for --cluster.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cluster",
+        conflicts_with = "cluster_nkey",
+        global = true
+    )]
+    pub cluster_creds: Option<PathBuf>,
+    /// File holding the NKey seed (SU…) of this node's NATS user, for --cluster.
+    #[arg(long, value_name = "FILE", requires = "cluster", global = true)]
+    pub cluster_nkey: Option<PathBuf>,
+    /// PEM CA certificate that signed the NATS servers' certificates; implies TLS to NATS.
+    #[arg(long, value_name = "PEM", requires = "cluster", global = true)]
+    pub cluster_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with NATS (with --cluster-key).
+    #[arg(long, value_name = "PEM", requires = "cluster", global = true)]
+    pub cluster_cert: Option<PathBuf>,
+    /// PEM private key for --cluster-cert.
+    #[arg(long, value_name = "PEM", requires = "cluster", global = true)]
+    pub cluster_key: Option<PathBuf>,
+    /// Join a NATS that is not on loopback without credentials (a test network only: anyone
+    /// who reaches it reads deliveries and adds tokens).
+    #[arg(long, requires = "cluster", global = true)]
+    pub cluster_insecure: bool,
     /// Websocket ping interval in milliseconds (tests shorten it).
     #[arg(long, hide = true, value_name = "MS")]
     pub keepalive_ms: Option<u64>,
@@ -402,6 +428,24 @@ pub enum ConfigError {
     /// `--node-id` is not a usable id.
     #[error("--node-id {0:?} is not a node id; use 1 to 40 lowercase letters, digits or '-', unique per node")]
     NodeId(String),
+    /// `--cluster` and its login flags do not make one safe way to reach NATS.
+    #[error("{0}")]
+    Nats(#[from] LinkError),
+    /// `--cluster-cert` without `--cluster-key` or the other way round.
+    #[error("--cluster-cert and --cluster-key go together: pass the client certificate and its private key")]
+    ClusterCertPair,
+    /// A PEM file for TLS to NATS cannot be used.
+    #[error("could not load {flag} {path}: {reason}; pass {expected}")]
+    ClusterPem {
+        /// The flag.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// What the flag takes.
+        expected: &'static str,
+    },
     /// None of `--http`, `--tls-cert/--tls-key`, `--self-signed`.
     #[error("choose how to serve: pass --acme-domain NAME (a certificate from Let's Encrypt), --tls-cert FILE --tls-key FILE, --self-signed, or --http (plain HTTP behind a TLS proxy)")]
     NoServeMode,
@@ -585,10 +629,10 @@ impl TryFrom<Args> for Config {
         if args.max_inflight_bytes < args.max_body {
             return Err(ConfigError::InflightBelowBody);
         }
-        let cluster = match (args.cluster.as_slice(), args.node_id) {
+        let cluster = match (args.cluster.as_slice(), args.node_id.clone()) {
             ([], _) => None,
-            (servers, Some(node_id)) if valid_node_id(&node_id) => Some(ClusterConfig {
-                servers: servers.to_vec(),
+            (_, Some(node_id)) if valid_node_id(&node_id) => Some(ClusterConfig {
+                nats: nats_link(&args)?,
                 node_id,
                 replicas: usize::from(args.cluster_replicas),
             }),
@@ -643,6 +687,58 @@ impl TryFrom<Args> for Config {
             cluster,
         })
     }
+}
+
+/// How to reach NATS from `--cluster` and its login and TLS flags (see [`link::parse`]), with
+/// the PEM files checked now. Also used by `token … --cluster`.
+pub fn nats_link(args: &Args) -> Result<NatsLink, ConfigError> {
+    let client = args
+        .cluster_cert
+        .as_deref()
+        .zip(args.cluster_key.as_deref());
+    if client.is_none() && (args.cluster_cert.is_some() || args.cluster_key.is_some()) {
+        return Err(ConfigError::ClusterCertPair);
+    }
+    let link = link::parse(&LinkFlags {
+        urls: &args.cluster,
+        creds: args.cluster_creds.as_deref(),
+        nkey: args.cluster_nkey.as_deref(),
+        ca: args.cluster_ca.as_deref(),
+        client,
+        insecure: args.cluster_insecure,
+    })?;
+    let pem = |flag: &'static str, path: &Path, expected: &'static str| {
+        let error = |reason: String| ConfigError::ClusterPem {
+            flag,
+            path: path.to_path_buf(),
+            reason,
+            expected,
+        };
+        match flag {
+            "--cluster-key" => crate::tls::load_key(path).map(drop).map_err(error),
+            _ => crate::tls::load_certs(path).map(drop).map_err(error),
+        }
+    };
+    if let Some(ca) = &link.tls.ca {
+        pem(
+            "--cluster-ca",
+            ca,
+            "the PEM certificate of the CA that signed the NATS servers' certificates",
+        )?;
+    }
+    if let Some((cert, key)) = &link.tls.client {
+        pem(
+            "--cluster-cert",
+            cert,
+            "a PEM client certificate the NATS server trusts",
+        )?;
+        pem(
+            "--cluster-key",
+            key,
+            "the PEM private key of --cluster-cert",
+        )?;
+    }
+    Ok(link)
 }
 
 fn valid_node_id(id: &str) -> bool {

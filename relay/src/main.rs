@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use illumitunnel_relay::config::{Args, Command};
+use illumitunnel_relay::config::{self, Args, Command};
 use illumitunnel_relay::{logging, server, tls, tokens, tunnel, Config, TlsConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -16,9 +16,16 @@ async fn main() -> ExitCode {
     let data_dir =
         (args.data_dir.clone()).unwrap_or_else(illumitunnel::paths::default_relay_data_dir);
     if let Some(Command::Token(command)) = &args.command {
-        let target = match args.cluster.as_slice() {
-            [] => tokens::TokenTarget::Dir(&data_dir),
-            servers => tokens::TokenTarget::Cluster(servers),
+        let link = match args.cluster.is_empty() {
+            true => None,
+            false => match config::nats_link(&args) {
+                Ok(link) => Some(link),
+                Err(err) => return fail(&err, 2),
+            },
+        };
+        let target = match &link {
+            None => tokens::TokenTarget::Dir(&data_dir),
+            Some(link) => tokens::TokenTarget::Cluster(link),
         };
         let (mut out, mut note) = (std::io::stdout(), std::io::stderr());
         return match tokens::run(command, target, &mut out, &mut note).await {
@@ -27,8 +34,15 @@ async fn main() -> ExitCode {
         };
     }
     if let Some(Command::Tunnel(command)) = &args.command {
+        let link = match args.cluster.is_empty() {
+            true => None,
+            false => match config::nats_link(&args) {
+                Ok(link) => Some(link),
+                Err(err) => return fail(&err, 2),
+            },
+        };
         let mut out = std::io::stdout();
-        return match tunnel::release::run(command, &data_dir, &args.cluster, &mut out).await {
+        return match tunnel::release::run(command, &data_dir, link.as_ref(), &mut out).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
         };

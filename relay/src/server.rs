@@ -165,7 +165,7 @@ pub(crate) async fn run(
             let cluster = Cluster::connect(settings, config.queue)
                 .await
                 .map_err(|e| RelayError::Cluster(e.to_string()))?;
-            info!(node = %settings.node_id, nats = %settings.servers.join(","), "joined the relay cluster");
+            info!(node = %settings.node_id, nats = %settings.nats.servers_text(), login = %settings.nats.login.describe(), "joined the relay cluster");
             let queue = QueueHandle::cluster(cluster.clone(), config.queue);
             (queue, None, Some(cluster), Vec::new())
         }

@@ -38,6 +38,9 @@ pub enum TokenError {
     /// The cluster's tokens bucket could not be reached.
     #[error("could not reach the cluster's tokens in NATS: {0}; check --cluster and that nats-server runs with JetStream (-js)")]
     Cluster(String),
+    /// NATS refused the login or TLS, or could not be reached.
+    #[error("{0}")]
+    Nats(#[from] cluster::ClusterError),
     /// The database could not be opened or written.
     #[error(
         "could not use the relay database in {dir}: {cause}; check --data-dir and its permissions"
@@ -156,8 +159,8 @@ impl TokenStore {
 pub enum TokenTarget<'a> {
     /// `{dir}/relay.db`.
     Dir(&'a Path),
-    /// The tokens bucket reached through these NATS servers (`--cluster`).
-    Cluster(&'a [String]),
+    /// The tokens bucket reached through NATS (`--cluster` and its login and TLS flags).
+    Cluster(&'a cluster::NatsLink),
 }
 
 enum Backend<'a> {
@@ -202,8 +205,8 @@ pub async fn run(
 ) -> Result<(), TokenError> {
     let backend = match target {
         TokenTarget::Dir(dir) => Backend::Dir(TokenStore::open(dir)?, dir),
-        TokenTarget::Cluster(servers) => {
-            Backend::Cluster(Box::new(cluster::tokens::open(servers).await?))
+        TokenTarget::Cluster(link) => {
+            Backend::Cluster(Box::new(cluster::tokens::open(link).await?))
         }
     };
     let result = match command {

@@ -3,6 +3,8 @@
 //! `--cluster`, and a TCP load balancer that sends each connection to the next node that
 //! accepts it, as a plain TCP balancer with health checks would.
 
+pub mod secure;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -48,6 +50,8 @@ pub struct Nats {
     guard: Option<ChildGuard>,
     /// `--name`, `--cluster_name`, `--cluster`, `--routes` when one of a cluster.
     cluster_args: Vec<String>,
+    /// `-c FILE` and its environment, when started from a configuration file.
+    config: Option<(std::path::PathBuf, Vec<(String, String)>)>,
 }
 
 /// Three nats-servers routed into one JetStream cluster.
@@ -74,6 +78,7 @@ impl NatsCluster {
                     port,
                     dir: temp_dir(),
                     guard: None,
+                    config: None,
                     cluster_args: vec![
                         "--name".into(),
                         format!("n{i}"),
@@ -110,9 +115,49 @@ impl Nats {
             dir,
             guard: None,
             cluster_args: Vec::new(),
+            config: None,
         };
         nats.resume();
         nats
+    }
+
+    /// Starts nats-server from the configuration `text` (variables it does not define come
+    /// from `env`; `{STORE}` is replaced by a temp dir for its JetStream store), on a loopback
+    /// port whatever the file says.
+    pub fn start_config(text: &str, env: &[(&str, &str)]) -> Nats {
+        let dir = temp_dir();
+        let port = closed_port();
+        let file = dir.path().join("nats-server.conf");
+        let store = dir.path().join("js");
+        let text = text.replace("{STORE}", store.to_str().expect("a UTF-8 path"));
+        std::fs::write(&file, text).expect("write the NATS configuration");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut nats = Nats {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir,
+            guard: None,
+            cluster_args: Vec::new(),
+            config: Some((file, env)),
+        };
+        nats.resume();
+        nats
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Everything the server printed so far.
+    pub fn stderr(&self) -> String {
+        self.guard
+            .as_ref()
+            .map(ChildGuard::stderr)
+            .unwrap_or_default()
     }
 
     /// SIGKILLs the server.
@@ -133,6 +178,16 @@ impl Nats {
     /// Starts the server again on the same port and store.
     pub fn resume(&mut self) {
         let mut cmd = Command::new(nats_server_bin());
+        if let Some((file, env)) = &self.config {
+            cmd.arg("-c")
+                .arg(file)
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+            let guard = ChildGuard::spawn(cmd);
+            guard.wait_for_text(Stream::Stderr, "Server is ready");
+            self.guard = Some(guard);
+            return;
+        }
         cmd.args([
             "-js",
             "-a",

@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::connect::{ClusterError, NatsLink};
 use super::TOKENS_BUCKET;
 use crate::tokens::{StoredToken, TokenError};
 
@@ -31,37 +32,62 @@ fn key(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Connects to `servers` for a one-off command (`token …`, `tunnel release`).
-pub async fn connect(servers: &[String]) -> Result<jetstream::Context, String> {
-    let addrs = servers
-        .iter()
-        .map(|s| s.parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let connect = async_nats::ConnectOptions::new()
-        .connection_timeout(TIMEOUT)
-        .connect(addrs);
-    let client = tokio::time::timeout(TIMEOUT, connect)
-        .await
-        .map_err(|_| "no answer".to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok(jetstream::new(client))
+/// Connects to NATS through `link` for a one-off command (`tunnel release`), as the admin user
+/// of docs/cluster.md does for `token …`.
+pub async fn connect(link: &NatsLink) -> Result<jetstream::Context, String> {
+    let name = "illumitunnel-relay tunnel".to_owned();
+    let (client, _) = tokio::time::timeout(
+        TIMEOUT,
+        super::connect::connect(link, name, Some(ADMIN_INBOX.into())),
+    )
+    .await
+    .map_err(|_| "no answer".to_string())?
+    .map_err(|err| err.to_string())?;
+    Ok(jetstream::ContextBuilder::new()
+        .timeout(super::JETSTREAM_TIMEOUT)
+        .build(client))
 }
 
-/// Connects to `servers` and opens (creating when needed) the tokens bucket.
-pub async fn open(servers: &[String]) -> Result<kv::Store, TokenError> {
-    let js = connect(servers).await.map_err(unreachable)?;
-    if let Ok(store) = js.get_key_value(TOKENS_BUCKET).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: TOKENS_BUCKET.into(),
-        history: 1,
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
+/// Replies to `token …` arrive on `_INBOX.ADMIN.…`: node ids are lowercase, so no node reads them.
+pub const ADMIN_INBOX: &str = "_INBOX.ADMIN";
+
+/// Connects to NATS through `link` and opens (creating when needed) the tokens bucket, all
+/// within [`TIMEOUT`]; a refusal by NATS (a permission this user lacks) is named.
+pub async fn open(link: &NatsLink) -> Result<kv::Store, TokenError> {
+    let name = "illumitunnel-relay token".to_owned();
+    let (client, refusal) = tokio::time::timeout(
+        TIMEOUT,
+        super::connect::connect(link, name, Some(ADMIN_INBOX.into())),
+    )
     .await
-    .map_err(unreachable)
+    .map_err(|_| unreachable("no answer"))?
+    .map_err(|err| match err {
+        ClusterError::Unreachable { servers, cause } => unreachable(format!("{servers}: {cause}")),
+        refused => TokenError::Nats(refused),
+    })?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(super::JETSTREAM_TIMEOUT)
+        .build(client);
+    let bucket = async {
+        if let Ok(store) = js.get_key_value(TOKENS_BUCKET).await {
+            return Ok(store);
+        }
+        js.create_key_value(kv::Config {
+            bucket: TOKENS_BUCKET.into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())
+    };
+    let opened = tokio::time::timeout(TIMEOUT, bucket)
+        .await
+        .unwrap_or_else(|_| Err("no answer".into()));
+    opened.map_err(|cause| match refusal.get() {
+        Some(refused) => unreachable(format!("{cause} ({refused}; the NATS user needs the permissions of the admin user in docs/cluster.md)")),
+        None => unreachable(cause),
+    })
 }
 
 /// Stores `hash` under `name`; a name in use is refused.

@@ -11,6 +11,7 @@ use std::path::Path;
 use illumitunnel::TunnelName;
 
 use crate::cluster::queue::{DEAD_SUBJECT, QUEUE_SUBJECT};
+use crate::cluster::NatsLink;
 use crate::config::TunnelCommand;
 use crate::metrics::Metrics;
 use crate::queue::{QueueLimits, QueueStore};
@@ -55,29 +56,31 @@ impl ReleaseError {
     }
 }
 
-/// Runs `illumitunnel-relay tunnel …` on the data dir `dir`, or on the cluster when `cluster`
-/// lists NATS servers; its one line goes to `out`.
+/// Runs `illumitunnel-relay tunnel …` on the data dir `dir`, or on the cluster `cluster` reaches
+/// (`--cluster` and its login flags); its one line goes to `out`.
 pub async fn run(
     command: &TunnelCommand,
     dir: &Path,
-    cluster: &[String],
+    cluster: Option<&NatsLink>,
     out: &mut dyn Write,
 ) -> Result<(), ReleaseError> {
     let TunnelCommand::Release { name } = command;
     let name = TunnelName::parse(name)
         .map_err(|_| ReleaseError::Name(name.clone()))?
         .to_string();
-    let released = if cluster.is_empty() {
-        release_in(dir, &name)?
-    } else {
-        release_in_cluster(cluster, &name)
+    let released = match cluster {
+        None => release_in(dir, &name)?,
+        Some(link) => release_in_cluster(link, &name)
             .await
-            .map_err(ReleaseError::Cluster)?
+            .map_err(ReleaseError::Cluster)?,
     };
     let Some(dropped) = released else {
         let (place, flag) = match cluster {
-            [] => (dir.display().to_string(), "--data-dir"),
-            servers => (format!("the cluster at {}", servers.join(",")), "--cluster"),
+            None => (dir.display().to_string(), "--data-dir"),
+            Some(link) => (
+                format!("the cluster at {}", link.servers_text()),
+                "--cluster",
+            ),
         };
         return Err(ReleaseError::Unknown { name, place, flag });
     };
@@ -113,8 +116,8 @@ fn release_in(dir: &Path, name: &str) -> Result<Option<u64>, ReleaseError> {
 /// `tunnel release NAME --cluster …`: deletes the name's owner from the owners bucket and
 /// purges its queue and dead letters; nodes forget the name once no client of it is
 /// connected. Returns how many queued deliveries went; `None` when no tunnel has the name.
-async fn release_in_cluster(servers: &[String], name: &str) -> Result<Option<u64>, String> {
-    let js = crate::cluster::tokens::connect(servers).await?;
+async fn release_in_cluster(link: &NatsLink, name: &str) -> Result<Option<u64>, String> {
+    let js = crate::cluster::tokens::connect(link).await?;
     let Ok(owners) = js.get_key_value(crate::cluster::OWNERS_BUCKET).await else {
         return Ok(None);
     };
