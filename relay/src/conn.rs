@@ -1,14 +1,16 @@
 //! What the relay allows one connection before any request handler runs: how many connections
 //! it holds at once (in all and from one IP address), how long a connection may take to send
 //! its first request (TLS and the HTTP/2 preface included), how long it may stay open with no
-//! request in flight, and the lingering close that lets a sender which writes its whole body
-//! before reading still see an early error answer.
+//! request in flight, how long a write may make no progress (a sender that does not read its
+//! answer), and the lingering close that lets a sender which writes its whole body before
+//! reading still see an early error answer.
 //!
 //! hyper's own timers start only after its protocol detection has read the first bytes, and
 //! HTTP/2 has no idle timeout at all, so [`Activity::expired`] watches every connection from
 //! accept to close instead.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -19,15 +21,19 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Longest a connection may take from accept to its first complete request head (TCP idle,
 /// TLS handshake, HTTP/2 preface and request headers alike).
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most bytes a lingering close reads and discards after an early error answer.
-pub const LINGER_BYTES: usize = 1024 * 1024;
-/// Longest a lingering close keeps reading.
-pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Longest a lingering close keeps reading (it reads at most `--max-body` bytes, or
+/// [`MIN_LINGER_BYTES`] when `--max-body` is smaller).
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
+/// Fewest bytes a lingering close is ready to read, however small `--max-body` is.
+pub const MIN_LINGER_BYTES: usize = 1024 * 1024;
+/// Longest a write to a connection may make no progress before the connection is dropped:
+/// an answer the sender does not read is not held longer than this.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Open connections, in all and per IP address.
 pub struct ConnectionLimits {
@@ -189,20 +195,51 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A connection's stream that, when dropped after an early error answer, keeps reading and
-/// discarding what the sender still writes (up to [`LINGER_BYTES`] or [`LINGER_TIME`]) before
+/// A connection's stream. A write that makes no progress for [`WRITE_TIMEOUT`] fails, which
+/// drops the connection. When dropped after an early error answer, it keeps reading and
+/// discarding what the sender still writes (up to `linger_bytes` or [`LINGER_TIME`]) before
 /// closing, so the sender sees the answer instead of a reset.
 pub struct LingerIo<T: AsyncRead + Unpin + Send + 'static> {
     inner: Option<T>,
     activity: Arc<Activity>,
+    linger_bytes: usize,
+    /// Set while a write is blocked: when it fires, the write fails.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T: AsyncRead + Unpin + Send + 'static> LingerIo<T> {
-    /// Wraps `inner`; the lingering is asked for through `activity`.
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+    /// Wraps `inner`; the lingering (of at most `linger_bytes`, `--max-body`) is asked for
+    /// through `activity`.
+    pub fn new(inner: T, activity: Arc<Activity>, linger_bytes: usize) -> Self {
         LingerIo {
             inner: Some(inner),
             activity,
+            linger_bytes,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's progress on, or fails it once it has been blocked for
+    /// [`WRITE_TIMEOUT`]. The timer registers the waker, so a blocked write is polled again
+    /// when it fires even if the socket never becomes writable.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer read nothing we wrote for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -223,11 +260,12 @@ impl<T: AsyncRead + Unpin + Send + 'static> Drop for LingerIo<T> {
         else {
             return;
         };
+        let most = self.linger_bytes.max(MIN_LINGER_BYTES);
         runtime.spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             let mut read = 0;
             let _ = tokio::time::timeout(LINGER_TIME, async {
-                while read < LINGER_BYTES {
+                while read < most {
                     match inner.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => read += n,
@@ -258,17 +296,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for LingerIo
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.inner() {
+        let polled = match self.inner() {
             Ok(inner) => Pin::new(inner).poll_write(cx, buf),
             Err(err) => Poll::Ready(Err(err)),
-        }
+        };
+        self.watch_write(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner() {
+        let polled = match self.inner() {
             Ok(inner) => Pin::new(inner).poll_flush(cx),
             Err(err) => Poll::Ready(Err(err)),
-        }
+        };
+        self.watch_write(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -283,10 +323,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for LingerIo
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.inner() {
+        let polled = match self.inner() {
             Ok(inner) => Pin::new(inner).poll_write_vectored(cx, bufs),
             Err(err) => Poll::Ready(Err(err)),
-        }
+        };
+        self.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -335,5 +376,33 @@ mod tests {
         drop(guard);
         watch.await.unwrap();
         assert_eq!(released.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_nobody_reads_fails_after_the_write_timeout_and_progress_resets_it() {
+        use tokio::io::AsyncWriteExt;
+        let (near, far) = tokio::io::duplex(8);
+        let mut io = LingerIo::new(near, Activity::new(), 0);
+        let started = Instant::now();
+        let err = io.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), WRITE_TIMEOUT);
+        drop(far);
+
+        // A reader that takes 8 bytes every 9 s keeps the write alive to the end.
+        let (near, mut far) = tokio::io::duplex(8);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8];
+            while got.len() < 64 {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                let n = far.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len()
+        });
+        let mut io = LingerIo::new(near, Activity::new(), 0);
+        io.write_all(&[1u8; 64]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 64);
     }
 }

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::{self, Access};
-use crate::budget::InflightBudget;
+use crate::budget::{AnswerBody, InflightBudget};
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, Limits};
 use crate::conn::{Activity, ConnectionLimits, LingerIo};
@@ -78,6 +79,8 @@ struct Dispatch {
     tracker: TaskTracker,
     /// On a cluster node: `/healthz` says whether NATS is reachable.
     cluster: Option<Arc<Cluster>>,
+    /// The next connection's id, for the budget's per-connection share.
+    next_connection: AtomicU64,
 }
 
 /// Binding the listener failed.
@@ -197,6 +200,8 @@ pub(crate) async fn run(
             offline: config.offline,
             shutdown: shutdown.clone(),
             budget: InflightBudget::new(config.limits.max_inflight_bytes),
+            min_body_rate: config.limits.min_body_rate,
+            min_body_grace: config.limits.min_body_grace,
             cluster: cluster.clone(),
         }),
         sessions: Arc::new(SessionContext {
@@ -217,6 +222,7 @@ pub(crate) async fn run(
         plain_proto,
         tracker: tracker.clone(),
         cluster: cluster.clone(),
+        next_connection: AtomicU64::new(0),
     });
     if let Some(cluster) = &cluster {
         // Presence lasts as long as sessions do; other nodes' deliveries stop coming at once.
@@ -480,8 +486,9 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let activity = Activity::new();
+    let linger_bytes = dispatch.ingress.max_body;
     let Some(acceptor) = acceptor else {
-        let io = LingerIo::new(stream, activity.clone());
+        let io = LingerIo::new(stream, activity.clone(), linger_bytes);
         return serve_http(dispatch, &builder, io, peer, false, activity, watcher).await;
     };
     // The TLS handshake counts against the first-request time, like every other silence.
@@ -492,7 +499,7 @@ async fn serve_connection(
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
         }
         Ok(Ok(stream)) => {
-            let io = LingerIo::new(stream, activity.clone());
+            let io = LingerIo::new(stream, activity.clone(), linger_bytes);
             serve_http(dispatch, &builder, io, peer, true, activity, watcher).await
         }
         Ok(Err(err)) => debug!(%err, "TLS handshake failed"),
@@ -513,13 +520,23 @@ async fn serve_http<I>(
 {
     let (first, idle) = (dispatch.first_request_timeout, dispatch.idle_timeout);
     let watched = activity.clone();
+    let connection = dispatch.next_connection.fetch_add(1, Ordering::Relaxed);
     let service = service_fn(move |req| {
         let (dispatch, activity) = (dispatch.clone(), activity.clone());
         async move {
             let _busy = activity.begin();
-            let response = route_request(dispatch, req, peer, is_tls).await;
-            if response.status().is_client_error() {
-                // The sender may still be writing a body nobody will read.
+            let origin = Origin {
+                peer,
+                connection,
+                is_tls,
+            };
+            let response = route_request(dispatch, req, origin).await;
+            let status = response.status();
+            // The sender may still be writing a body nobody will read; one too slow for
+            // --min-body-rate is closed at once instead.
+            if (status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT)
+                || status == StatusCode::SERVICE_UNAVAILABLE
+            {
                 activity.linger();
             }
             Ok::<_, Infallible>(response)
@@ -537,21 +554,39 @@ async fn serve_http<I>(
     }
 }
 
+/// Where a request came from.
+#[derive(Clone, Copy)]
+struct Origin {
+    peer: SocketAddr,
+    /// The connection's id (all streams of an HTTP/2 connection share it).
+    connection: u64,
+    is_tls: bool,
+}
+
 async fn route_request(
     dispatch: Arc<Dispatch>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    is_tls: bool,
-) -> Response<Full<Bytes>> {
+    from: Origin,
+) -> Response<AnswerBody> {
+    let Origin {
+        peer,
+        connection,
+        is_tls,
+    } = from;
     if !route::check_method(req.method()) {
-        return IngressError::MethodNotAllowed(req.method().to_string()).into_response();
+        let err = IngressError::MethodNotAllowed(req.method().to_string());
+        return err.into_response().map(AnswerBody::from);
     }
     let limit = dispatch.max_header_bytes;
     if head_size(&req) > limit {
-        return IngressError::HeadTooLarge { limit }.into_response();
+        return IngressError::HeadTooLarge { limit }
+            .into_response()
+            .map(AnswerBody::from);
     }
     if let Err(why) = route::check_path(req.uri().path()) {
-        return IngressError::BadPath(why).into_response();
+        return IngressError::BadPath(why)
+            .into_response()
+            .map(AnswerBody::from);
     }
     let (parts, body) = req.into_parts();
     match route::parse(parts.uri.path()) {
@@ -566,9 +601,10 @@ async fn route_request(
                 tunnel,
                 rest,
                 peer,
+                connection,
                 proto,
             };
-            ingress::handle(&dispatch.ingress, request, body).await
+            return ingress::handle(&dispatch.ingress, request, body).await;
         }
         Route::Healthz => healthz(dispatch.cluster.as_deref()),
         Route::Metrics if dispatch.serve_metrics => text(
@@ -579,6 +615,7 @@ async fn route_request(
         Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body)),
         Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
     }
+    .map(AnswerBody::from)
 }
 
 /// `ok`; on a cluster node, also whether NATS is reachable (503 when it is not, so a load
