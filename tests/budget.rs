@@ -341,6 +341,27 @@ fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_t
 
     let authority = relay.authority().to_string();
     let started = Instant::now();
+    // First an HTTP/2 sender that takes the answer's head and never reads its body: its
+    // stream's flow-control window stops the relay, no write ever blocks.
+    let h2_body = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&authority)
+            .await
+            .expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        let request = http::Request::post(format!("http://{authority}/t/big-answers/h2"))
+            .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+            .expect("request");
+        let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        assert_eq!(response.status(), 200);
+        (sender, response.into_body())
+    });
     let mut attackers = rt.block_on(async {
         let mut sockets = Vec::new();
         for _ in 0..30 {
@@ -377,13 +398,13 @@ fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_t
         NEVER_READ_BUDGET >> 20
     );
     assert!(other.iter().all(|s| *s == 200), "tunnel B got {other:?}");
-    poll_until("all 30 requests at the handler", DEADLINE, || {
+    poll_until("all 31 requests at the handler", DEADLINE, || {
         let big = target
             .requests()
             .iter()
             .filter(|r| r.path.starts_with("/big"))
             .count();
-        (big == 30).then_some(()).ok_or(format!("{big} of 30"))
+        (big == 31).then_some(()).ok_or(format!("{big} of 31"))
     });
     eprintln!(
         "relay RSS: idle {} MiB, peak {} MiB under 30 unread 9 MiB answers, budget {} MiB",
@@ -431,6 +452,15 @@ fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_t
     );
     // Dropped by the 10 s write timeout, not by the 60 s idle timeout.
     assert!(after < Duration::from_secs(40), "closed after {after:?}");
+    // The HTTP/2 sender's connection went too: its body ends in an error, short.
+    let (_h2_sender, h2_body) = h2_body;
+    let h2_read = rt.block_on(async {
+        tokio::time::timeout(DEADLINE, http_body_util::BodyExt::collect(h2_body)).await
+    });
+    assert!(
+        matches!(h2_read, Ok(Err(_))),
+        "the unread HTTP/2 answer was not dropped"
+    );
     // What a dropped one had received is a 200 cut short.
     rt.block_on(async {
         for stream in &mut attackers {

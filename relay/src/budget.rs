@@ -26,6 +26,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::conn::AnswerGuard;
+
 /// The part of the budget one key may hold while others want bytes: `limit / SHARE_DIVISOR`.
 pub const SHARE_DIVISOR: usize = 8;
 
@@ -201,6 +203,8 @@ pub enum AnswerBody {
         rest: Bytes,
         /// Its bytes in the budget.
         reservation: Option<Reservation>,
+        /// Tells the connection each piece was taken, so an answer nobody takes is noticed.
+        watch: Option<AnswerGuard>,
     },
 }
 
@@ -210,7 +214,16 @@ impl AnswerBody {
         AnswerBody::Held {
             rest: body,
             reservation: Some(reservation),
+            watch: None,
         }
+    }
+
+    /// Reports the pieces a held answer hands out to `watch` (a plain body needs no watch).
+    pub fn watched(mut self, guard: impl FnOnce() -> AnswerGuard) -> Self {
+        if let AnswerBody::Held { watch, .. } = &mut self {
+            *watch = Some(guard());
+        }
+        self
     }
 }
 
@@ -230,16 +243,25 @@ impl Body for AnswerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             AnswerBody::Plain(body) => Pin::new(body).poll_frame(cx),
-            AnswerBody::Held { rest, reservation } => {
+            AnswerBody::Held {
+                rest,
+                reservation,
+                watch,
+            } => {
                 if rest.is_empty() {
                     *reservation = None;
+                    *watch = None;
                     return Poll::Ready(None);
+                }
+                if let Some(watch) = watch {
+                    watch.progress();
                 }
                 let piece = Bytes::copy_from_slice(&rest[..rest.len().min(ANSWER_PIECE)]);
                 if piece.len() == rest.len() {
                     // The last piece: free the answer and its bytes in the budget now.
                     *rest = Bytes::new();
                     *reservation = None;
+                    *watch = None;
                 } else {
                     let _ = rest.split_to(piece.len());
                 }

@@ -113,6 +113,10 @@ pub struct Activity {
     since: Mutex<Instant>,
     changed: Notify,
     linger: AtomicBool,
+    /// Answers being handed to the connection, and when one last took a piece.
+    answering: AtomicUsize,
+    answer_progress: Mutex<Instant>,
+    answers_changed: Notify,
 }
 
 impl Activity {
@@ -124,7 +128,43 @@ impl Activity {
             since: Mutex::new(Instant::now()),
             changed: Notify::new(),
             linger: AtomicBool::new(false),
+            answering: AtomicUsize::new(0),
+            answer_progress: Mutex::new(Instant::now()),
+            answers_changed: Notify::new(),
         })
+    }
+
+    /// An answer is being handed to the connection until the guard drops; it reports each
+    /// piece it hands over through [`AnswerGuard::progress`].
+    pub fn answering(self: &Arc<Self>) -> AnswerGuard {
+        *lock(&self.answer_progress) = Instant::now();
+        self.answering.fetch_add(1, Ordering::SeqCst);
+        self.answers_changed.notify_one();
+        AnswerGuard {
+            activity: self.clone(),
+        }
+    }
+
+    /// Resolves when an answer has been waiting for `limit` for the connection to take its
+    /// next piece: over HTTP/2 a sender that reads nothing stops the stream's flow-control
+    /// window, so no write ever blocks for [`LingerIo`] to see. Cancel-safe.
+    pub async fn answer_stalled(&self, limit: Duration) {
+        loop {
+            if self.answering.load(Ordering::SeqCst) == 0 {
+                self.answers_changed.notified().await;
+                continue;
+            }
+            let deadline = *lock(&self.answer_progress) + limit;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    let stalled = *lock(&self.answer_progress) + limit <= Instant::now();
+                    if stalled && self.answering.load(Ordering::SeqCst) > 0 {
+                        return;
+                    }
+                }
+                _ = self.answers_changed.notified() => {}
+            }
+        }
     }
 
     /// A request head arrived; the connection is busy until the guard drops.
@@ -180,6 +220,32 @@ impl Activity {
             }
         }
     }
+}
+
+/// An answer being handed to its connection.
+pub struct AnswerGuard {
+    activity: Arc<Activity>,
+}
+
+impl AnswerGuard {
+    /// The connection took another piece of the answer.
+    pub fn progress(&self) {
+        *lock(&self.activity.answer_progress) = Instant::now();
+    }
+}
+
+impl Drop for AnswerGuard {
+    fn drop(&mut self) {
+        self.activity.answering.fetch_sub(1, Ordering::SeqCst);
+        self.activity.answers_changed.notify_one();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only an `Instant` is stored under these locks; a panic cannot leave it torn.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A request in flight on its connection.
@@ -404,5 +470,26 @@ mod tests {
         let mut io = LingerIo::new(near, Activity::new(), 0);
         io.write_all(&[1u8; 64]).await.unwrap();
         assert_eq!(reader.await.unwrap(), 64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_takes_no_piece_for_the_write_timeout_stalls_its_connection() {
+        let activity = Activity::new();
+        let watch = {
+            let activity = activity.clone();
+            tokio::spawn(async move { activity.answer_stalled(WRITE_TIMEOUT).await })
+        };
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!watch.is_finished(), "no answer, no stall");
+        let answer = activity.answering();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            answer.progress();
+        }
+        assert!(!watch.is_finished(), "a piece every 9 s keeps it going");
+        let stalled_from = Instant::now();
+        watch.await.unwrap();
+        assert_eq!(stalled_from.elapsed(), WRITE_TIMEOUT);
+        drop(answer);
     }
 }

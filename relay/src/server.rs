@@ -31,7 +31,7 @@ use crate::access::{self, Access};
 use crate::budget::{AnswerBody, InflightBudget};
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, Limits};
-use crate::conn::{Activity, ConnectionLimits, LingerIo};
+use crate::conn::{Activity, ConnectionLimits, LingerIo, WRITE_TIMEOUT};
 use crate::error::IngressError;
 use crate::ingress::{self, IngressContext, WebhookRequest};
 use crate::metrics::Metrics;
@@ -530,7 +530,9 @@ async fn serve_http<I>(
                 connection,
                 is_tls,
             };
-            let response = route_request(dispatch, req, origin).await;
+            let response = route_request(dispatch, req, origin)
+                .await
+                .map(|body| body.watched(|| activity.answering()));
             let status = response.status();
             // The sender may still be writing a body nobody will read; one too slow for
             // --min-body-rate is closed at once instead.
@@ -551,6 +553,9 @@ async fn serve_http<I>(
             }
         }
         _ = watched.expired(first, idle) => debug!("closed an idle connection"),
+        _ = watched.answer_stalled(WRITE_TIMEOUT) => {
+            debug!("dropped a connection whose sender took none of its answer for {WRITE_TIMEOUT:?}");
+        }
     }
 }
 
