@@ -485,3 +485,32 @@ fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_t
         (status == 200).then_some(()).ok_or(format!("{status}"))
     });
 }
+
+#[test]
+fn an_idle_keep_alive_connection_closes_at_idle_timeout_not_at_10_s() {
+    let relay = Relay::http(&["--idle-timeout", "12"]);
+    let mut socket = StdTcpStream::connect(relay.authority()).expect("connect");
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .expect("request");
+    socket
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut answered = None;
+    while let Ok(n) = socket.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        answered.get_or_insert_with(Instant::now);
+    }
+    let answered = answered.expect("an answer");
+    assert!(answer.starts_with(b"HTTP/1.1 200 "));
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_secs(11) && idle < Duration::from_secs(15),
+        "closed after {idle:?} idle"
+    );
+}

@@ -465,7 +465,10 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's timer also runs while a keep-alive connection waits for its next request, so
+        // it must not close one before `--idle-timeout` does; the first request's head is
+        // bounded by the 10 s first-request watch.
+        .header_read_timeout(HEADER_READ_TIMEOUT.max(limits.idle_timeout))
         .max_buf_size(hyper_head_limit.max(MIN_HYPER_BUF));
     builder
         .http2()
