@@ -91,6 +91,43 @@ impl Drop for Trickler {
     }
 }
 
+/// Waits until the relay has read every byte sent on the connections from our local `ports`
+/// (nothing in flight on either side), so the attack is in place before anything is measured.
+fn wait_until_relay_read_all(authority: &str, ports: &[u16]) {
+    let relay_port: u16 = authority
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("relay port");
+    poll_until(
+        "the relay to read every attacking request",
+        DEADLINE,
+        || {
+            let table = std::fs::read_to_string("/proc/net/tcp").map_err(|e| e.to_string())?;
+            let queued = |local: u16, remote: u16| {
+                let (l, r) = (format!(":{local:04X}"), format!(":{remote:04X}"));
+                table.lines().skip(1).find_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    (f.get(1)?.ends_with(&l) && f.get(2)?.ends_with(&r))
+                        .then(|| f.get(4).map(|q| q.to_string()))?
+                })
+            };
+            for port in ports {
+                let ours = queued(*port, relay_port);
+                let theirs = queued(relay_port, *port);
+                if ours.as_deref() != Some("00000000:00000000")
+                    || theirs.as_deref() != Some("00000000:00000000")
+                {
+                    return Err(format!(
+                        "port {port}: ours {ours:?}, the relay's {theirs:?}"
+                    ));
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
 /// Whether the relay has said nothing yet on `socket` (no answer, no close).
 fn still_waiting(socket: &mut StdTcpStream) -> bool {
     socket.set_nonblocking(true).expect("non-blocking");
@@ -119,6 +156,11 @@ fn thirty_two_slow_http1_senders_declaring_8_mib_leave_another_tunnel_all_its_de
             s
         })
         .collect();
+    let ports: Vec<u16> = sockets
+        .iter()
+        .map(|s| s.local_addr().expect("local address").port())
+        .collect();
+    wait_until_relay_read_all(relay.authority(), &ports);
     let trickler = Trickler::start(sockets);
 
     let statuses = deliver_all(&rt, &b.url);
@@ -137,7 +179,7 @@ fn thirty_two_slow_http1_senders_declaring_8_mib_leave_another_tunnel_all_its_de
 }
 
 /// An HTTP/2 request body fed from a channel: the test sends its bytes when it likes.
-struct Fed(mpsc::UnboundedReceiver<Bytes>);
+struct Fed(mpsc::Receiver<Bytes>);
 
 impl Body for Fed {
     type Data = Bytes;
@@ -161,10 +203,11 @@ fn one_http2_connection_with_32_slow_streams_declaring_8_mib_leaves_another_tunn
     let b = Listen::start(Some(&relay.url), &target.url("/b"), "other-b", &[]);
 
     let authority = relay.authority().to_string();
-    let (feeds, pending) = rt.block_on(async {
+    let (feeds, pending, port) = rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(&authority)
             .await
             .expect("connect");
+        let port = tcp.local_addr().expect("local address").port();
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
                 .await
@@ -173,8 +216,8 @@ fn one_http2_connection_with_32_slow_streams_declaring_8_mib_leaves_another_tunn
         let mut feeds = Vec::new();
         let mut pending = Vec::new();
         for _ in 0..32 {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tx.send(Bytes::from_static(b"{")).expect("first byte");
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(Bytes::from_static(b"{")).await.expect("first byte");
             let request = http::Request::post(format!("http://{authority}/t/attacked-a/hook"))
                 .header("content-length", DECLARED.to_string())
                 .body(Fed(rx))
@@ -186,8 +229,17 @@ fn one_http2_connection_with_32_slow_streams_declaring_8_mib_leaves_another_tunn
             }));
             feeds.push(tx);
         }
-        (feeds, pending)
+        // A stream's first byte is taken once its HEADERS are out: then room for a second.
+        for tx in &feeds {
+            let permit = tokio::time::timeout(DEADLINE, tx.reserve())
+                .await
+                .expect("every stream started")
+                .expect("stream open");
+            drop(permit);
+        }
+        (feeds, pending, port)
     });
+    wait_until_relay_read_all(relay.authority(), &[port]);
 
     let statuses = deliver_all(&rt, &b.url);
     let answered = statuses.iter().filter(|s| **s == 200).count();
@@ -276,7 +328,13 @@ fn a_9_mib_body_written_whole_before_reading_reads_the_413_from_an_8_mib_relay()
             .set_read_timeout(Some(DEADLINE))
             .expect("read timeout");
         let mut answer = Vec::new();
-        let _ = socket.read_to_end(&mut answer);
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"}") {
+            match socket.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
         assert!(
@@ -315,11 +373,23 @@ fn tcp_state(port: u16, peer: u16) -> Option<u8> {
     })
 }
 
+/// A socket from 127.0.0.2 (the attacker's own address; tunnel B's sender is 127.0.0.1) with a
+/// small receive window, so the kernel does not take the answers off the relay's hands.
+fn attacker_socket() -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
+    socket
+}
+
 /// Budget for the never-read test, and how far above it (plus the idle relay) memory may go:
 /// a few answers being received or refused at once, and the pieces each connection buffers.
-const NEVER_READ_BUDGET: usize = 64 * 1024 * 1024;
-const NEVER_READ_MARGIN: usize = 96 * 1024 * 1024;
-const ANSWER: usize = 9 * 1024 * 1024;
+const NEVER_READ_BUDGET: usize = 24 * 1024 * 1024;
+const NEVER_READ_MARGIN: usize = 48 * 1024 * 1024;
+/// Each answer: over a connection's eighth of the budget, so at most three are held at once.
+const ANSWER: usize = 4 * 1024 * 1024;
 
 #[test]
 fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_timeout() {
@@ -344,7 +414,8 @@ fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_t
     // First an HTTP/2 sender that takes the answer's head and never reads its body: its
     // stream's flow-control window stops the relay, no write ever blocks.
     let h2_body = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(&authority)
+        let tcp = attacker_socket()
+            .connect(authority.parse().expect("address"))
             .await
             .expect("connect");
         let (mut sender, conn) =
@@ -365,10 +436,7 @@ fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_t
     let mut attackers = rt.block_on(async {
         let mut sockets = Vec::new();
         for _ in 0..30 {
-            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-            // A small window so the kernel does not take the answers off the relay's hands.
-            socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-            let mut stream = socket
+            let mut stream = attacker_socket()
                 .connect(authority.parse().expect("address"))
                 .await
                 .expect("connect");
@@ -407,7 +475,7 @@ fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_t
         (big == 31).then_some(()).ok_or(format!("{big} of 31"))
     });
     eprintln!(
-        "relay RSS: idle {} MiB, peak {} MiB under 30 unread 9 MiB answers, budget {} MiB",
+        "relay RSS: idle {} MiB, peak {} MiB under 30 unread 4 MiB answers, budget {} MiB",
         idle >> 20,
         peak >> 20,
         NEVER_READ_BUDGET >> 20
@@ -425,7 +493,7 @@ fn answers_nobody_reads_stay_within_the_budget_and_are_dropped_after_the_write_t
         .iter()
         .map(|s| s.local_addr().expect("local address").port())
         .collect();
-    let (cut, busy) = poll_until("unread answers dropped", DEADLINE, || {
+    let (cut, busy) = poll_until("unread answers dropped", 2 * DEADLINE, || {
         let mut peek = vec![0u8; 4096];
         let (mut cut, mut busy) = (0, 0);
         for (stream, port) in attackers.iter().zip(&ports) {

@@ -26,8 +26,8 @@ use tokio::time::{Instant, Sleep};
 /// Longest a connection may take from accept to its first complete request head (TCP idle,
 /// TLS handshake, HTTP/2 preface and request headers alike).
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a lingering close keeps reading (it reads at most `--max-body` bytes, or
-/// [`MIN_LINGER_BYTES`] when `--max-body` is smaller).
+/// Longest a lingering close keeps reading (it reads at most twice `--max-body`, and at least
+/// [`MIN_LINGER_BYTES`]).
 pub const LINGER_TIME: Duration = Duration::from_secs(10);
 /// Fewest bytes a lingering close is ready to read, however small `--max-body` is.
 pub const MIN_LINGER_BYTES: usize = 1024 * 1024;
@@ -263,8 +263,10 @@ impl Drop for RequestGuard {
 
 /// A connection's stream. A write that makes no progress for [`WRITE_TIMEOUT`] fails, which
 /// drops the connection. When dropped after an early error answer, it keeps reading and
-/// discarding what the sender still writes (up to `linger_bytes` or [`LINGER_TIME`]) before
-/// closing, so the sender sees the answer instead of a reset.
+/// discarding what the sender still writes (up to twice `--max-body` or [`LINGER_TIME`])
+/// before closing, so the sender sees the answer instead of a reset. Twice, because what hyper
+/// had read before the answer is not counted and what is left when the drain stops must fit the
+/// kernel's buffers: a body just over the limit is read to its end.
 pub struct LingerIo<T: AsyncRead + Unpin + Send + 'static> {
     inner: Option<T>,
     activity: Arc<Activity>,
@@ -274,13 +276,12 @@ pub struct LingerIo<T: AsyncRead + Unpin + Send + 'static> {
 }
 
 impl<T: AsyncRead + Unpin + Send + 'static> LingerIo<T> {
-    /// Wraps `inner`; the lingering (of at most `linger_bytes`, `--max-body`) is asked for
-    /// through `activity`.
-    pub fn new(inner: T, activity: Arc<Activity>, linger_bytes: usize) -> Self {
+    /// Wraps `inner`; the lingering (sized from `max_body`) is asked for through `activity`.
+    pub fn new(inner: T, activity: Arc<Activity>, max_body: usize) -> Self {
         LingerIo {
             inner: Some(inner),
             activity,
-            linger_bytes,
+            linger_bytes: max_body.saturating_mul(2).max(MIN_LINGER_BYTES),
             stalled: None,
         }
     }
@@ -326,7 +327,7 @@ impl<T: AsyncRead + Unpin + Send + 'static> Drop for LingerIo<T> {
         else {
             return;
         };
-        let most = self.linger_bytes.max(MIN_LINGER_BYTES);
+        let most = self.linger_bytes;
         runtime.spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             let mut read = 0;

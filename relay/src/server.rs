@@ -489,9 +489,9 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let activity = Activity::new();
-    let linger_bytes = dispatch.ingress.max_body;
+    let max_body = dispatch.ingress.max_body;
     let Some(acceptor) = acceptor else {
-        let io = LingerIo::new(stream, activity.clone(), linger_bytes);
+        let io = LingerIo::new(stream, activity.clone(), max_body);
         return serve_http(dispatch, &builder, io, peer, false, activity, watcher).await;
     };
     // The TLS handshake counts against the first-request time, like every other silence.
@@ -502,7 +502,7 @@ async fn serve_connection(
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
         }
         Ok(Ok(stream)) => {
-            let io = LingerIo::new(stream, activity.clone(), linger_bytes);
+            let io = LingerIo::new(stream, activity.clone(), max_body);
             serve_http(dispatch, &builder, io, peer, true, activity, watcher).await
         }
         Ok(Err(err)) => debug!(%err, "TLS handshake failed"),
