@@ -1,6 +1,6 @@
 //! Webhook ingress: a request to `/t/{tunnel}/{rest}?{query}` becomes a delivery. The relay
 //! checks the tunnel and the body size, reads the body within the in-flight budget and
-//! `--min-body-rate` ([`body`]), rewrites the headers (hop-by-hop out, `X-Forwarded-*`
+//! `--min-body-rate` (`ingress::body`), rewrites the headers (hop-by-hop out, `X-Forwarded-*`
 //! in), sends the delivery to the tunnel's first session (copies to the others) and answers the
 //! sender with the local server's response, or with an [`IngressError`].
 //!
