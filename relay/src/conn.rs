@@ -493,4 +493,30 @@ mod tests {
         assert_eq!(stalled_from.elapsed(), WRITE_TIMEOUT);
         drop(answer);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_close_reads_twice_max_body_for_at_most_ten_seconds() {
+        use tokio::io::AsyncWriteExt;
+        let max_body = 2 * MIN_LINGER_BYTES;
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let activity = Activity::new();
+        activity.linger();
+        drop(LingerIo::new(near, activity, max_body));
+        far.write_all(&vec![b'x'; 2 * max_body]).await.unwrap();
+        let mut more = 0;
+        while far.write_all(&[b'y'; 1024]).await.is_ok() {
+            more += 1024;
+            assert!(more <= 64 * 1024 + 1024, "read past twice --max-body");
+        }
+
+        // A sender that writes nothing more is closed after 10 s.
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let activity = Activity::new();
+        activity.linger();
+        let started = Instant::now();
+        drop(LingerIo::new(near, activity, max_body));
+        let mut buf = [0u8; 16];
+        assert_eq!(far.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(started.elapsed(), LINGER_TIME);
+    }
 }
