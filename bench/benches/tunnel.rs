@@ -4,11 +4,11 @@
 //! 32 concurrent senders, a new connection per webhook, memory while a 10 MiB body passes,
 //! the relay with 10,000 idle clients, and `listen` with 100,000 stored deliveries; then, each
 //! beside its own no-load baseline, `/healthz` and a tunnel with 2,000 idle or slow sockets held
-//! against the relay (plain and TLS), and one tunnel while four senders stream 10 MiB bodies to
-//! another.
+//! against the relay (plain and TLS), one tunnel while four senders stream 10 MiB bodies to
+//! another, and one tunnel while a slow-body attacker declares 8 MiB bodies to another.
 //!
 //! Parts: `core` (latency, throughput, new connection per webhook; with `tls` and `bore`
-//! unless skipped), `big`, `idle`, `store`, `slow`, `slow-tls`, `fairness`, and `cluster` (only
+//! unless skipped), `big`, `idle`, `store`, `slow`, `slow-tls`, `fairness`, `slow-body`, and `cluster` (only
 //! when named: it starts a nats-server, `$NATS_SERVER` or on the PATH). Name some after
 //! `--` to run only those (`cargo bench -p illumitunnel-bench -- slow fairness`); `BENCH_SKIP`
 //! leaves some out.
@@ -324,6 +324,16 @@ fn run() -> Result<()> {
             window,
             bench.settings.big_mib * 1024 * 1024,
             FAIRNESS_SENDERS,
+            &mut report,
+        )?);
+    }
+    if bench.settings.runs("slow-body") {
+        compared.extend(illumitunnel_bench::slow_body::measure(
+            &bins,
+            &target,
+            &dir,
+            &bench.rt,
+            window,
             &mut report,
         )?);
     }

@@ -14,6 +14,7 @@
 //! - [`slow`]: idle and slow ingress sockets (silent, partial request line or preface, TLS then silence)
 //! - [`payload`]: the 1.5 KB IllumiChat envelope, a large body, a filled capture store
 //! - [`hostile`]: slow sockets and a heavy tunnel beside measured ones, with and without
+//! - [`slow_body`]: the declared-size / slow-body attacker beside another tunnel, with and without
 //! - [`report`]: the result table
 
 pub mod cluster;
@@ -25,5 +26,6 @@ pub mod payload;
 pub mod proc;
 pub mod report;
 pub mod slow;
+pub mod slow_body;
 pub mod stack;
 pub mod target;

@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MAX_MAX_HEADER_BYTES: usize = 96 * 1024;
 /// Default `--max-inflight-bytes`: request bodies held in memory across all requests.
 pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 256 * 1024 * 1024;
+/// Default `--min-body-rate`: 8 KiB a second.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 8 * 1024;
+/// Time a body has before `--min-body-rate` applies to it.
+pub const MIN_BODY_GRACE: Duration = Duration::from_secs(5);
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default `--max-connections-per-ip`.
@@ -98,6 +102,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Request bodies in memory across all requests (503 beyond).
     pub max_inflight_bytes: usize,
+    /// Bytes a second a body must keep up after [`Limits::min_body_grace`] (408 below); 0: off.
+    pub min_body_rate: u64,
+    /// Time a body has before the minimum rate applies: 5 s, shorter only in tests.
+    pub min_body_grace: Duration,
     /// Open connections (further ones are closed at accept).
     pub max_connections: usize,
     /// Open connections from one IP address.
@@ -116,6 +124,8 @@ impl Default for Limits {
         Limits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            min_body_rate: DEFAULT_MIN_BODY_RATE,
+            min_body_grace: MIN_BODY_GRACE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -310,6 +320,13 @@ pub struct Args {
     /// Request bodies held in memory across all requests, in bytes (503 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
     pub max_inflight_bytes: usize,
+    /// Slowest a request body may arrive after a 5 s grace, in bytes a second (408 and a close
+    /// below); 0 turns the check off.
+    #[arg(long, value_name = "BYTES/S", default_value_t = DEFAULT_MIN_BODY_RATE)]
+    pub min_body_rate: u64,
+    /// The grace before --min-body-rate applies, in milliseconds (tests shorten it).
+    #[arg(long, hide = true, value_name = "MS")]
+    pub min_body_grace_ms: Option<u64>,
     /// Most open connections; further ones are closed at accept.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -667,6 +684,10 @@ impl TryFrom<Args> for Config {
             limits: Limits {
                 max_header_bytes: args.max_header_bytes,
                 max_inflight_bytes: args.max_inflight_bytes,
+                min_body_rate: args.min_body_rate,
+                min_body_grace: args
+                    .min_body_grace_ms
+                    .map_or(MIN_BODY_GRACE, Duration::from_millis),
                 max_connections: args.max_connections,
                 max_connections_per_ip: args.max_connections_per_ip,
                 idle_timeout: Duration::from_secs(args.idle_timeout),

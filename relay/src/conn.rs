@@ -1,14 +1,16 @@
 //! What the relay allows one connection before any request handler runs: how many connections
 //! it holds at once (in all and from one IP address), how long a connection may take to send
 //! its first request (TLS and the HTTP/2 preface included), how long it may stay open with no
-//! request in flight, and the lingering close that lets a sender which writes its whole body
-//! before reading still see an early error answer.
+//! request in flight, how long a write may make no progress (a sender that does not read its
+//! answer), and the lingering close that lets a sender which writes its whole body before
+//! reading still see an early error answer.
 //!
 //! hyper's own timers start only after its protocol detection has read the first bytes, and
 //! HTTP/2 has no idle timeout at all, so [`Activity::expired`] watches every connection from
 //! accept to close instead.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -19,15 +21,19 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Longest a connection may take from accept to its first complete request head (TCP idle,
 /// TLS handshake, HTTP/2 preface and request headers alike).
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most bytes a lingering close reads and discards after an early error answer.
-pub const LINGER_BYTES: usize = 1024 * 1024;
-/// Longest a lingering close keeps reading.
-pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Longest a lingering close keeps reading (it reads at most twice `--max-body`, and at least
+/// [`MIN_LINGER_BYTES`]).
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
+/// Fewest bytes a lingering close is ready to read, however small `--max-body` is.
+pub const MIN_LINGER_BYTES: usize = 1024 * 1024;
+/// Longest a write to a connection may make no progress before the connection is dropped:
+/// an answer the sender does not read is not held longer than this.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Open connections, in all and per sender address. A sender behind a trusted proxy is counted
 /// by its real address: at accept when a PROXY header names it, or per request in flight when
@@ -158,6 +164,10 @@ pub struct Activity {
     since: Mutex<Instant>,
     changed: Notify,
     linger: AtomicBool,
+    /// Answers being handed to the connection, and when one last took a piece.
+    answering: AtomicUsize,
+    answer_progress: Mutex<Instant>,
+    answers_changed: Notify,
 }
 
 impl Activity {
@@ -169,7 +179,43 @@ impl Activity {
             since: Mutex::new(Instant::now()),
             changed: Notify::new(),
             linger: AtomicBool::new(false),
+            answering: AtomicUsize::new(0),
+            answer_progress: Mutex::new(Instant::now()),
+            answers_changed: Notify::new(),
         })
+    }
+
+    /// An answer is being handed to the connection until the guard drops; it reports each
+    /// piece it hands over through [`AnswerGuard::progress`].
+    pub fn answering(self: &Arc<Self>) -> AnswerGuard {
+        *lock(&self.answer_progress) = Instant::now();
+        self.answering.fetch_add(1, Ordering::SeqCst);
+        self.answers_changed.notify_one();
+        AnswerGuard {
+            activity: self.clone(),
+        }
+    }
+
+    /// Resolves when an answer has been waiting for `limit` for the connection to take its
+    /// next piece: over HTTP/2 a sender that reads nothing stops the stream's flow-control
+    /// window, so no write ever blocks for [`LingerIo`] to see. Cancel-safe.
+    pub async fn answer_stalled(&self, limit: Duration) {
+        loop {
+            if self.answering.load(Ordering::SeqCst) == 0 {
+                self.answers_changed.notified().await;
+                continue;
+            }
+            let deadline = *lock(&self.answer_progress) + limit;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    let stalled = *lock(&self.answer_progress) + limit <= Instant::now();
+                    if stalled && self.answering.load(Ordering::SeqCst) > 0 {
+                        return;
+                    }
+                }
+                _ = self.answers_changed.notified() => {}
+            }
+        }
     }
 
     /// A request head arrived; the connection is busy until the guard drops.
@@ -227,6 +273,32 @@ impl Activity {
     }
 }
 
+/// An answer being handed to its connection.
+pub struct AnswerGuard {
+    activity: Arc<Activity>,
+}
+
+impl AnswerGuard {
+    /// The connection took another piece of the answer.
+    pub fn progress(&self) {
+        *lock(&self.activity.answer_progress) = Instant::now();
+    }
+}
+
+impl Drop for AnswerGuard {
+    fn drop(&mut self) {
+        self.activity.answering.fetch_sub(1, Ordering::SeqCst);
+        self.activity.answers_changed.notify_one();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only an `Instant` is stored under these locks; a panic cannot leave it torn.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A request in flight on its connection.
 pub struct RequestGuard {
     activity: Arc<Activity>,
@@ -240,20 +312,52 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A connection's stream that, when dropped after an early error answer, keeps reading and
-/// discarding what the sender still writes (up to [`LINGER_BYTES`] or [`LINGER_TIME`]) before
-/// closing, so the sender sees the answer instead of a reset.
+/// A connection's stream. A write that makes no progress for [`WRITE_TIMEOUT`] fails, which
+/// drops the connection. When dropped after an early error answer, it keeps reading and
+/// discarding what the sender still writes (up to twice `--max-body` or [`LINGER_TIME`])
+/// before closing, so the sender sees the answer instead of a reset. Twice, because what hyper
+/// had read before the answer is not counted and what is left when the drain stops must fit the
+/// kernel's buffers: a body just over the limit is read to its end.
 pub struct LingerIo<T: AsyncRead + Unpin + Send + 'static> {
     inner: Option<T>,
     activity: Arc<Activity>,
+    linger_bytes: usize,
+    /// Set while a write is blocked: when it fires, the write fails.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T: AsyncRead + Unpin + Send + 'static> LingerIo<T> {
-    /// Wraps `inner`; the lingering is asked for through `activity`.
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+    /// Wraps `inner`; the lingering (sized from `max_body`) is asked for through `activity`.
+    pub fn new(inner: T, activity: Arc<Activity>, max_body: usize) -> Self {
         LingerIo {
             inner: Some(inner),
             activity,
+            linger_bytes: max_body.saturating_mul(2).max(MIN_LINGER_BYTES),
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's progress on, or fails it once it has been blocked for
+    /// [`WRITE_TIMEOUT`]. The timer registers the waker, so a blocked write is polled again
+    /// when it fires even if the socket never becomes writable.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer read nothing we wrote for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -274,11 +378,12 @@ impl<T: AsyncRead + Unpin + Send + 'static> Drop for LingerIo<T> {
         else {
             return;
         };
+        let most = self.linger_bytes;
         runtime.spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             let mut read = 0;
             let _ = tokio::time::timeout(LINGER_TIME, async {
-                while read < LINGER_BYTES {
+                while read < most {
                     match inner.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => read += n,
@@ -309,17 +414,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for LingerIo
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.inner() {
+        let polled = match self.inner() {
             Ok(inner) => Pin::new(inner).poll_write(cx, buf),
             Err(err) => Poll::Ready(Err(err)),
-        }
+        };
+        self.watch_write(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner() {
+        let polled = match self.inner() {
             Ok(inner) => Pin::new(inner).poll_flush(cx),
             Err(err) => Poll::Ready(Err(err)),
-        }
+        };
+        self.watch_write(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -334,10 +441,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for LingerIo
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.inner() {
+        let polled = match self.inner() {
             Ok(inner) => Pin::new(inner).poll_write_vectored(cx, bufs),
             Err(err) => Poll::Ready(Err(err)),
-        }
+        };
+        self.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -417,5 +525,80 @@ mod tests {
         drop(guard);
         watch.await.unwrap();
         assert_eq!(released.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_nobody_reads_fails_after_the_write_timeout_and_progress_resets_it() {
+        use tokio::io::AsyncWriteExt;
+        let (near, far) = tokio::io::duplex(8);
+        let mut io = LingerIo::new(near, Activity::new(), 0);
+        let started = Instant::now();
+        let err = io.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), WRITE_TIMEOUT);
+        drop(far);
+
+        // A reader that takes 8 bytes every 9 s keeps the write alive to the end.
+        let (near, mut far) = tokio::io::duplex(8);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8];
+            while got.len() < 64 {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                let n = far.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len()
+        });
+        let mut io = LingerIo::new(near, Activity::new(), 0);
+        io.write_all(&[1u8; 64]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_takes_no_piece_for_the_write_timeout_stalls_its_connection() {
+        let activity = Activity::new();
+        let watch = {
+            let activity = activity.clone();
+            tokio::spawn(async move { activity.answer_stalled(WRITE_TIMEOUT).await })
+        };
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!watch.is_finished(), "no answer, no stall");
+        let answer = activity.answering();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            answer.progress();
+        }
+        assert!(!watch.is_finished(), "a piece every 9 s keeps it going");
+        let stalled_from = Instant::now();
+        watch.await.unwrap();
+        assert_eq!(stalled_from.elapsed(), WRITE_TIMEOUT);
+        drop(answer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_close_reads_twice_max_body_for_at_most_ten_seconds() {
+        use tokio::io::AsyncWriteExt;
+        let max_body = 2 * MIN_LINGER_BYTES;
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let activity = Activity::new();
+        activity.linger();
+        drop(LingerIo::new(near, activity, max_body));
+        far.write_all(&vec![b'x'; 2 * max_body]).await.unwrap();
+        let mut more = 0;
+        while far.write_all(&[b'y'; 1024]).await.is_ok() {
+            more += 1024;
+            assert!(more <= 64 * 1024 + 1024, "read past twice --max-body");
+        }
+
+        // A sender that writes nothing more is closed after 10 s.
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let activity = Activity::new();
+        activity.linger();
+        let started = Instant::now();
+        drop(LingerIo::new(near, activity, max_body));
+        let mut buf = [0u8; 16];
+        assert_eq!(far.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(started.elapsed(), LINGER_TIME);
     }
 }

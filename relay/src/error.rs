@@ -29,6 +29,12 @@ pub enum IngressError {
     /// The body did not arrive in time.
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
+    /// The body arrived slower than `--min-body-rate` after its grace.
+    #[error("the request body arrived slower than this relay's minimum of {rate} bytes a second (--min-body-rate); send the whole body right after the headers")]
+    BodyTooSlow {
+        /// `--min-body-rate`, bytes a second.
+        rate: u64,
+    },
     /// The tunnel is known but no client is connected.
     #[error("the client for tunnel {0} is offline; start `illumitunnel listen --tunnel {0}` and send again")]
     Offline(String),
@@ -77,8 +83,9 @@ pub enum IngressError {
         /// The limit in bytes.
         limit: usize,
     },
-    /// The relay holds as many request bodies as its memory budget allows.
-    #[error("the relay is busy with other requests ({limit} bytes of bodies in flight, --max-inflight-bytes); send again in a few seconds")]
+    /// The relay holds as many bodies and answers as its memory budget allows, or this
+    /// sender's share of it while the budget is past half full.
+    #[error("the relay is busy with other requests ({limit} bytes of bodies and answers in flight, --max-inflight-bytes); send again in a few seconds")]
     Busy {
         /// `--max-inflight-bytes`.
         limit: usize,
@@ -113,7 +120,9 @@ impl IngressError {
             IngressError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::TooManyTokenFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
-            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IngressError::BodyTimeout(_) | IngressError::BodyTooSlow { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             IngressError::Offline(_)
             | IngressError::QueueFull(_)
             | IngressError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -190,7 +199,8 @@ mod tests {
             (IngressError::MethodNotAllowed("CONNECT".into()), 405, "method CONNECT is not accepted; webhooks use POST, PUT, PATCH, DELETE, GET, HEAD or OPTIONS"),
             (IngressError::BadPath("encoded slash"), 400, "path refused: encoded slash; send the webhook to a plain /t/{tunnel}/… path"),
             (IngressError::HeadTooLarge { limit: 65536 }, 431, "request line and headers are larger than this relay's limit of 65536 bytes"),
-            (IngressError::Busy { limit: 100 }, 503, "the relay is busy with other requests (100 bytes of bodies in flight, --max-inflight-bytes); send again in a few seconds"),
+            (IngressError::BodyTooSlow { rate: 8192 }, 408, "the request body arrived slower than this relay's minimum of 8192 bytes a second (--min-body-rate); send the whole body right after the headers"),
+            (IngressError::Busy { limit: 100 }, 503, "the relay is busy with other requests (100 bytes of bodies and answers in flight, --max-inflight-bytes); send again in a few seconds"),
             (IngressError::TooManyTokenFailures { retry_after: Duration::from_millis(1500) }, 429, "too many failed client token checks from this address; wait 2 s, and check the client's --token (or ILLUMITUNNEL_TOKEN)"),
         ];
         for (err, status, sentence) in cases {

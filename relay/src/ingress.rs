@@ -1,5 +1,6 @@
 //! Webhook ingress: a request to `/t/{tunnel}/{rest}?{query}` becomes a delivery. The relay
-//! checks the tunnel and the body size, rewrites the headers (hop-by-hop out, `X-Forwarded-*`
+//! checks the tunnel and the body size, reads the body within the in-flight budget and
+//! `--min-body-rate` (`ingress::body`), rewrites the headers (hop-by-hop out, `X-Forwarded-*`
 //! in), sends the delivery to the tunnel's first session (copies to the others) and answers the
 //! sender with the local server's response, or with an [`IngressError`].
 //!
@@ -14,14 +15,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use illumitunnel::headers::{strip_hop_by_hop, Header};
 use illumitunnel::DeliveryId;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
-use crate::budget::InflightBudget;
+use crate::budget::{AnswerBody, Holder, InflightBudget};
 use crate::cluster::{forward, Cluster};
 use crate::config::OfflinePolicy;
 use crate::error::IngressError;
@@ -30,6 +31,9 @@ use crate::proxy::{self, Origin};
 use crate::queue::{QueueError, QueuedDelivery};
 use crate::session::{OutgoingDelivery, Reply, SessionHandle};
 use crate::tunnel::{QueueTicket, Route, Tunnels};
+
+mod body;
+use body::BodyRules;
 
 /// What webhook ingress works with.
 pub(crate) struct IngressContext {
@@ -40,8 +44,12 @@ pub(crate) struct IngressContext {
     pub offline: OfflinePolicy,
     /// Cancelled when the relay starts shutting down.
     pub shutdown: CancellationToken,
-    /// Request bodies in memory across all requests.
+    /// Request bodies and answers in memory across all requests.
     pub budget: Arc<InflightBudget>,
+    /// `--min-body-rate` in bytes a second; 0: off.
+    pub min_body_rate: u64,
+    /// Time a body has before the minimum rate applies.
+    pub min_body_grace: Duration,
     /// On a cluster node: NATS, and who holds which tunnel.
     pub cluster: Option<Arc<Cluster>>,
 }
@@ -57,27 +65,67 @@ pub(crate) struct WebhookRequest<'a> {
     /// Where the request came from, as the relay believes it: `origin.sender` is the sender's
     /// address (behind a trusted proxy, the one its proxy names).
     pub origin: &'a Origin,
+    /// The connection it came on (all streams of an HTTP/2 connection share it).
+    pub connection: u64,
     /// `X-Forwarded-Proto` for this connection.
     pub proto: &'static str,
 }
 
-/// Answers one webhook request and counts its outcome.
-pub(crate) async fn handle(
+/// Answers one webhook request and counts its outcome. The answer's body is counted in the
+/// in-flight budget until it has been handed to the connection; one that does not fit is
+/// dropped and the sender gets 503.
+pub(crate) async fn handle<B>(
     ctx: &IngressContext,
     request: WebhookRequest<'_>,
-    body: Incoming,
-) -> Response<Full<Bytes>> {
+    body: B,
+) -> Response<AnswerBody>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
     let span = tracing::debug_span!("delivery", tunnel = request.tunnel);
-    let (outcome, response) = match forward(ctx, &request, body).instrument(span).await {
-        Ok(answered) => answered,
-        Err(err) => {
-            debug!(tunnel = request.tunnel, %err, "delivery not answered by a local server");
-            (outcome_of(&err), err.into_response())
-        }
+    let holder = Holder {
+        sender: request.origin.sender,
+        connection: request.connection,
     };
+    let answered = match forward(ctx, &request, holder, body).instrument(span).await {
+        Ok((outcome, response)) => hold_answer(ctx, holder, response)
+            .await
+            .map(|response| (outcome, response)),
+        Err(err) => Err(err),
+    };
+    let (outcome, response) = answered.unwrap_or_else(|err| {
+        debug!(tunnel = request.tunnel, %err, "delivery not answered by a local server");
+        (outcome_of(&err), err.into_response().map(AnswerBody::from))
+    });
     ctx.metrics.delivery(outcome, started.elapsed());
     response
+}
+
+/// Reserves an answer's body in the budget for as long as it is being written.
+async fn hold_answer(
+    ctx: &IngressContext,
+    holder: Holder,
+    response: Response<Full<Bytes>>,
+) -> Result<Response<AnswerBody>, IngressError> {
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await;
+    let body = collected.to_bytes();
+    let mut reservation = ctx.budget.reserve(holder);
+    if reservation.grow(body.len()).is_err() {
+        warn!(
+            bytes = body.len(),
+            "answer dropped: the in-flight budget cannot hold it now"
+        );
+        return Err(IngressError::Busy {
+            limit: ctx.budget.limit(),
+        });
+    }
+    Ok(Response::from_parts(
+        parts,
+        AnswerBody::held(body, reservation),
+    ))
 }
 
 pub(crate) fn outcome_of(err: &IngressError) -> Outcome {
@@ -86,6 +134,7 @@ pub(crate) fn outcome_of(err: &IngressError) -> Outcome {
         IngressError::BodyTooLarge { .. } => Outcome::too_large,
         IngressError::BodyRead(_)
         | IngressError::BodyTimeout(_)
+        | IngressError::BodyTooSlow { .. }
         | IngressError::NotWebsocket
         | IngressError::MethodNotAllowed(_)
         | IngressError::BadPath(_)
@@ -106,11 +155,16 @@ const MAX_RESENDS: usize = 3;
 
 pub(crate) type Answered = (Outcome, Response<Full<Bytes>>);
 
-async fn forward(
+async fn forward<B>(
     ctx: &IngressContext,
     r: &WebhookRequest<'_>,
-    body: Incoming,
-) -> Result<Answered, IngressError> {
+    holder: Holder,
+    body: B,
+) -> Result<Answered, IngressError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if !ctx.tunnels.is_known(r.tunnel) {
         return Err(IngressError::UnknownTunnel);
     }
@@ -119,15 +173,10 @@ async fn forward(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(IngressError::BodyTooLarge { limit });
     }
-    // Held until the sender is answered: the body stays in memory that long.
-    let mut reservation = ctx
-        .budget
-        .reserve(declared.map_or(limit, |len| len as usize))
-        .map_err(|_| IngressError::Busy {
-            limit: ctx.budget.limit(),
-        })?;
-    let body = read_body(body, declared, ctx).await?;
-    reservation.shrink_to(body.len());
+    // Grows as the body arrives and is held until the sender is answered: the body stays in
+    // memory that long.
+    let mut reservation = ctx.budget.reserve(holder);
+    let body = body::read(body, declared, body_rules(ctx), &mut reservation).await?;
     let received_at_ms = illumitunnel::now_ms().max(0) as u64;
     let host = r
         .parts
@@ -332,32 +381,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads the body frame by frame into one buffer sized from `declared` (never past the limit),
-/// so a large body is copied a frame at a time as it arrives, not in one long copy at the end
-/// that would hold the relay's thread from every other tunnel.
-async fn read_body(
-    body: Incoming,
-    declared: Option<u64>,
-    ctx: &IngressContext,
-) -> Result<Bytes, IngressError> {
-    let limit = ctx.max_body;
-    let within = ctx.response_timeout;
-    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit).min(limit));
-    let read = async move {
-        let mut body = Limited::new(body, limit);
-        let mut buf = bytes::BytesMut::with_capacity(capacity);
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                buf.extend_from_slice(&data);
-            }
-        }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(buf.freeze())
-    };
-    match tokio::time::timeout(within, read).await {
-        Err(_) => Err(IngressError::BodyTimeout(within)),
-        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(IngressError::BodyTooLarge { limit }),
-        Ok(Err(err)) => Err(IngressError::BodyRead(err.to_string())),
-        Ok(Ok(body)) => Ok(body),
+/// The body rules of this relay.
+fn body_rules(ctx: &IngressContext) -> BodyRules {
+    BodyRules {
+        limit: ctx.max_body,
+        within: ctx.response_timeout,
+        rate: ctx.min_body_rate,
+        grace: ctx.min_body_grace,
+        budget_limit: ctx.budget.limit(),
     }
 }
 

@@ -6,7 +6,7 @@
 //! - [`config`] — `Args` (the CLI), validated [`Config`], [`ConfigError`].
 //! - [`server`] — accept loop, HTTP/1.1 + HTTP/2, graceful shutdown, websocket upgrade.
 //! - [`conn`] — connection limits, first-request and idle timeouts, lingering close.
-//! - [`budget`] — the in-flight budget for request bodies.
+//! - [`budget`] — the in-flight budget for bodies and answers, shared by address and connection.
 //! - [`tls`] — PEM loading, self-signed certificates, the rustls acceptor.
 //! - [`ingress`] — `/t/{tunnel}/…` → delivery → the local server's answer.
 //! - [`route`] — pure path routing.

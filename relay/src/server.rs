@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +28,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::{self, Access, Refused};
-use crate::budget::InflightBudget;
+use crate::budget::{AnswerBody, InflightBudget};
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, Limits};
-use crate::conn::{Activity, ConnectionLimits, LingerIo};
+use crate::conn::{Activity, ConnectionLimits, LingerIo, WRITE_TIMEOUT};
 use crate::error::IngressError;
 use crate::ingress::{self, IngressContext, WebhookRequest};
 use crate::metrics::Metrics;
@@ -83,6 +84,8 @@ struct Dispatch {
     tracker: TaskTracker,
     /// On a cluster node: `/healthz` says whether NATS is reachable.
     cluster: Option<Arc<Cluster>>,
+    /// The next connection's id, for the budget's per-connection share.
+    next_connection: AtomicU64,
 }
 
 /// Binding the listener failed.
@@ -218,6 +221,8 @@ pub(crate) async fn run(
             offline: config.offline,
             shutdown: shutdown.clone(),
             budget: InflightBudget::new(config.limits.max_inflight_bytes),
+            min_body_rate: config.limits.min_body_rate,
+            min_body_grace: config.limits.min_body_grace,
             cluster: cluster.clone(),
         }),
         sessions: Arc::new(SessionContext {
@@ -246,6 +251,7 @@ pub(crate) async fn run(
         plain_proto,
         tracker: tracker.clone(),
         cluster: cluster.clone(),
+        next_connection: AtomicU64::new(0),
     });
     if let Some(cluster) = &cluster {
         // Presence lasts as long as sessions do; other nodes' deliveries stop coming at once.
@@ -490,7 +496,10 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's timer also runs while a keep-alive connection waits for its next request, so
+        // it must not close one before `--idle-timeout` does; the first request's head is
+        // bounded by the 10 s first-request watch.
+        .header_read_timeout(HEADER_READ_TIMEOUT.max(limits.idle_timeout))
         .max_buf_size(hyper_head_limit.max(MIN_HYPER_BUF));
     builder
         .http2()
@@ -511,8 +520,9 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let activity = Activity::new();
+    let max_body = dispatch.ingress.max_body;
     let Some(acceptor) = acceptor else {
-        let io = LingerIo::new(stream, activity.clone());
+        let io = LingerIo::new(stream, activity.clone(), max_body);
         return serve_http(dispatch, &builder, io, peer, false, activity, watcher).await;
     };
     // The TLS handshake counts against the first-request time, like every other silence.
@@ -523,7 +533,7 @@ async fn serve_connection(
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
         }
         Ok(Ok(stream)) => {
-            let io = LingerIo::new(stream, activity.clone());
+            let io = LingerIo::new(stream, activity.clone(), max_body);
             serve_http(dispatch, &builder, io, peer, true, activity, watcher).await
         }
         Ok(Err(err)) => debug!(%err, "TLS handshake failed"),
@@ -544,13 +554,25 @@ async fn serve_http<I>(
 {
     let (first, idle) = (dispatch.first_request_timeout, dispatch.idle_timeout);
     let watched = activity.clone();
+    let connection = dispatch.next_connection.fetch_add(1, Ordering::Relaxed);
     let service = service_fn(move |req| {
         let (dispatch, activity) = (dispatch.clone(), activity.clone());
         async move {
             let _busy = activity.begin();
-            let response = route_request(dispatch, req, peer, is_tls).await;
-            if response.status().is_client_error() {
-                // The sender may still be writing a body nobody will read.
+            let link = Link {
+                peer,
+                connection,
+                is_tls,
+            };
+            let response = route_request(dispatch, req, link)
+                .await
+                .map(|body| body.watched(|| activity.answering()));
+            let status = response.status();
+            // The sender may still be writing a body nobody will read; one too slow for
+            // --min-body-rate is closed at once instead.
+            if (status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT)
+                || status == StatusCode::SERVICE_UNAVAILABLE
+            {
                 activity.linger();
             }
             Ok::<_, Infallible>(response)
@@ -565,31 +587,52 @@ async fn serve_http<I>(
             }
         }
         _ = watched.expired(first, idle) => debug!("closed an idle connection"),
+        _ = watched.answer_stalled(WRITE_TIMEOUT) => {
+            debug!("dropped a connection whose sender took none of its answer for {WRITE_TIMEOUT:?}");
+        }
     }
+}
+
+/// The connection a request came on.
+#[derive(Clone, Copy)]
+struct Link {
+    peer: SocketAddr,
+    /// The connection's id (all streams of an HTTP/2 connection share it).
+    connection: u64,
+    is_tls: bool,
 }
 
 async fn route_request(
     dispatch: Arc<Dispatch>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    is_tls: bool,
-) -> Response<Full<Bytes>> {
+    from: Link,
+) -> Response<AnswerBody> {
+    let Link {
+        peer,
+        connection,
+        is_tls,
+    } = from;
     if !route::check_method(req.method()) {
-        return IngressError::MethodNotAllowed(req.method().to_string()).into_response();
+        let err = IngressError::MethodNotAllowed(req.method().to_string());
+        return err.into_response().map(AnswerBody::from);
     }
     let limit = dispatch.max_header_bytes;
     if head_size(&req) > limit {
-        return IngressError::HeadTooLarge { limit }.into_response();
+        return IngressError::HeadTooLarge { limit }
+            .into_response()
+            .map(AnswerBody::from);
     }
     if let Err(why) = route::check_path(req.uri().path()) {
-        return IngressError::BadPath(why).into_response();
+        return IngressError::BadPath(why)
+            .into_response()
+            .map(AnswerBody::from);
     }
     let origin = Origin::of(req.headers(), peer.ip(), &dispatch.proxies);
     // Behind a trusted proxy the sender is known only now: count it while its request lasts.
     let _sender = match origin.via_trusted_proxy {
         true => match dispatch.connections.admit_sender(origin.sender) {
             Some(slot) => Some(slot),
-            None => return proxy::too_many_from(origin.sender),
+            None => return proxy::too_many_from(origin.sender).map(AnswerBody::from),
         },
         false => None,
     };
@@ -606,12 +649,13 @@ async fn route_request(
                 tunnel,
                 rest,
                 origin: &origin,
+                connection,
                 proto,
             };
             let span = tracing::debug_span!("request", sender = %origin.sender);
-            ingress::handle(&dispatch.ingress, request, body)
+            return ingress::handle(&dispatch.ingress, request, body)
                 .instrument(span)
-                .await
+                .await;
         }
         Route::Healthz => healthz(dispatch.cluster.as_deref()),
         Route::Metrics if dispatch.serve_metrics => text(
@@ -622,6 +666,7 @@ async fn route_request(
         Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body), origin.sender),
         Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
     }
+    .map(AnswerBody::from)
 }
 
 /// `ok`; on a cluster node, also whether NATS is reachable (503 when it is not, so a load

@@ -309,7 +309,8 @@ async fn m1_bodies_beyond_the_inflight_budget_get_503_with_retry_after() {
     })
     .await;
     let _events = spawn_client(connect(&relay, "budget").await, Behavior::Echo);
-    // A slow sender holds 1000 bytes of the budget while its body trickles in.
+    // A slow sender's request is in flight (4 of its 1000 bytes arrived); an 800-byte body
+    // from the same address would take it past its eighth of a budget more than half full.
     let mut slow = TcpStream::connect(relay.addr).await.unwrap();
     slow.write_all(b"POST /t/budget/slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nhalf")
         .await

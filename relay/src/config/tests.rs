@@ -992,3 +992,27 @@ fn token_commands_take_the_same_nats_flags() {
         Err(ConfigError::Nats(LinkError::WithoutCredentials(_)))
     ));
 }
+
+// Budget: the minimum body rate.
+#[test]
+fn min_body_rate_defaults_to_8_kib_a_second_after_5_s_and_0_turns_it_off() {
+    let base = ["--http", "--allow-anonymous", "--listen", "127.0.0.1:0"];
+    let config = Config::try_from(args(&base)).unwrap();
+    assert_eq!(config.limits.min_body_rate, 8 * 1024);
+    assert_eq!(config.limits.min_body_grace, Duration::from_secs(5));
+    let off = Config::try_from(args(&[&base[..], &["--min-body-rate", "0"]].concat())).unwrap();
+    assert_eq!(off.limits.min_body_rate, 0);
+    let tuned = Config::try_from(args(
+        &[
+            &base[..],
+            &["--min-body-rate", "1000", "--min-body-grace-ms", "300"],
+        ]
+        .concat(),
+    ))
+    .unwrap();
+    assert_eq!(
+        (tuned.limits.min_body_rate, tuned.limits.min_body_grace),
+        (1000, Duration::from_millis(300))
+    );
+    assert!(Args::try_parse_from(["illumitunnel-relay", "--min-body-rate", "8KiB/s"]).is_err());
+}
