@@ -176,11 +176,12 @@ fn nats_refuses_a_connection_without_a_login_and_a_node_with_a_bad_one_exits_1()
             Vec::new(),
             "could not set up TLS to NATS at tls://127.0.0.1:",
         ),
-        // A user without the relays' permissions gets in, but JetStream is closed to it.
+        // A user without the relays' permissions gets in, but JetStream is closed to it: the
+        // set-up sentence ("could not set up JetStream …") names what NATS refused.
         (
             secure.url_as("stranger", "STRANGER_PASSWORD"),
             ca.to_vec(),
-            "could not set up JetStream",
+            "(nats: Permissions Violation for ",
         ),
     ];
     for (url, extra, expected) in cases {
