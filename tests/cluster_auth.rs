@@ -405,7 +405,8 @@ fn nats_users_without_the_relays_permissions_cannot_read_add_tokens_or_forge_del
 
 #[test]
 fn a_node_refuses_a_nats_off_loopback_without_credentials_before_connecting() {
-    // 192.0.2.1 (TEST-NET-1): never dialled, the refusal comes first.
+    // A name under .invalid (RFC 6761) never resolves, so even a relay that failed to refuse
+    // would reach no host: the refusal must come first, and it names the URL.
     let dir = temp_dir();
     let mut cmd = command("illumitunnel-relay", dir.path());
     cmd.args([
@@ -416,25 +417,25 @@ fn a_node_refuses_a_nats_off_loopback_without_credentials_before_connecting() {
         "--data-dir",
     ])
     .arg(dir.path().join("relay"))
-    .args(["--cluster", "nats://192.0.2.1:4222", "--node-id", "a"]);
+    .args(["--cluster", "nats://nats.invalid:4222", "--node-id", "a"]);
     let finished = ChildGuard::run(cmd);
     assert_eq!(finished.code(), 2, "{finished:?}");
     assert_eq!(
         finished.stderr.trim(),
-        "error: refusing to join NATS at nats://192.0.2.1:4222 without credentials: anyone who \
+        "error: refusing to join NATS at nats://nats.invalid:4222 without credentials: anyone who \
          reaches it could read deliveries, add client tokens and forge deliveries; log in with \
          nats://user:pass@host, --cluster-creds FILE, --cluster-nkey FILE or \
          --cluster-cert/--cluster-key (docs/cluster.md), or pass --cluster-insecure on a test network"
     );
     // The token command takes the same flags and the same rule.
     let mut cmd = command("illumitunnel-relay", dir.path());
-    cmd.args(["token", "list", "--cluster", "nats://192.0.2.1:4222"]);
+    cmd.args(["token", "list", "--cluster", "nats://nats.invalid:4222"]);
     let finished = ChildGuard::run(cmd);
     assert_eq!(finished.code(), 2, "{finished:?}");
     assert!(
         finished
             .stderr
-            .contains("refusing to join NATS at nats://192.0.2.1:4222"),
+            .contains("refusing to join NATS at nats://nats.invalid:4222"),
         "{finished:?}"
     );
 }
