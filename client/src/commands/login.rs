@@ -52,8 +52,11 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         .filter(|t| !t.is_empty())
     {
         Some(token) => token.to_string(),
+        // A token piped in replaces the saved one: that is how a token is rotated. On a
+        // terminal, the saved token of this relay is checked again without a prompt.
         None => match settings.token.clone().filter(|_| same_relay) {
-            Some(remembered) => remembered,
+            Some(remembered) if std::io::stdin().is_terminal() => remembered,
+            Some(remembered) => read_piped_token()?.unwrap_or(remembered),
             None => read_token()?,
         },
     };
@@ -92,11 +95,32 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
     settings.allow_http = cleartext_warning.is_some();
     let path = settings.save()?;
     eprintln!(
-        "logged in to {relay_text} (tunnel {}); saved to {}",
+        "logged in to {relay_text} as {} (tunnel {}); saved to {}",
+        token_hint(settings.token.as_deref().unwrap_or_default()),
         illumitunnel::escape::escape(&public_url),
         path.display()
     );
     Ok(())
+}
+
+/// Which token was saved, without showing it: its first 6 characters and its length.
+fn token_hint(token: &str) -> String {
+    let prefix: String = token.chars().take(6).collect();
+    format!(
+        "{}… ({} characters)",
+        illumitunnel::escape::escape(&prefix),
+        token.chars().count()
+    )
+}
+
+/// A token piped in on standard input (one line), or `None` when nothing was piped.
+fn read_piped_token() -> anyhow::Result<Option<String>> {
+    let mut line = String::new();
+    std::io::Read::take(std::io::stdin().lock(), MAX_TOKEN_LINE)
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("could not read the token from standard input: {e}"))?;
+    let token = line.trim().to_string();
+    Ok((!token.is_empty()).then_some(token))
 }
 
 /// The token from standard input: one line, prompted for on a terminal. Read this way it
