@@ -228,3 +228,27 @@ fn every_command_exits_by_the_rule() {
         .collect();
     assert_eq!(sources.len(), 6, "{}", replays.stdout);
 }
+
+#[test]
+fn help_and_man_carry_the_exit_code_table() {
+    let home = temp_dir();
+    for args in [&["--help"][..], &["man"][..]] {
+        let mut cmd = command("illumitunnel", home.path());
+        cmd.args(args);
+        let out = ChildGuard::run(cmd);
+        assert_eq!(out.code(), 0, "{args:?}: {out:?}");
+        // The man page escapes `-` as `\-`.
+        let text = out.stdout.replace("\\-", "-");
+        assert!(
+            text.contains("Exit codes (every command):"),
+            "{args:?}: {text}"
+        );
+        for code in [
+            "0  everything asked for succeeded",
+            "1  something sent failed or differed",
+            "2  bad usage: an unknown flag or value, an unknown or ambiguous delivery id",
+        ] {
+            assert!(text.contains(code), "{args:?} lacks {code:?}: {text}");
+        }
+    }
+}
