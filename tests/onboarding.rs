@@ -544,3 +544,57 @@ fn login_with_a_new_piped_token_replaces_the_saved_one_and_names_it_by_prefix() 
         saved()
     );
 }
+
+// login --insecure.
+
+#[test]
+fn login_insecure_trusts_a_self_signed_relay_and_listen_then_connects_without_flags() {
+    const TOKEN_22: &str = "itr_Self5igned7Relay9Token1Abc2Def3";
+    let dir = temp_dir();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN_22}\n")).expect("write tokens file");
+    let relay = Relay::start(&[
+        "--self-signed",
+        "--tokens-file",
+        tokens.to_str().expect("UTF-8"),
+    ]);
+    assert!(relay.url.starts_with("https://"), "{}", relay.url);
+    let home = temp_dir();
+
+    // Without --insecure (or --ca) the certificate is refused and nothing is written.
+    let out = login(
+        home.path(),
+        &["--relay", &relay.url],
+        &format!("{TOKEN_22}\n"),
+        &[],
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(!config_toml(home.path()).exists(), "{out:?}");
+
+    let out = login(
+        home.path(),
+        &["--relay", &relay.url, "--insecure"],
+        &format!("{TOKEN_22}\n"),
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("logged in to"), "{out:?}");
+    let text = std::fs::read_to_string(config_toml(home.path())).expect("read config.toml");
+    assert!(text.contains("insecure = true"), "{text}");
+
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let mut cmd = command("illumitunnel", home.path());
+    cmd.args([
+        "listen",
+        &target.url("/hooks"),
+        "--no-tui",
+        "--json",
+        "--store",
+    ])
+    .arg(home.path().join("captures.db"));
+    let listen = ChildGuard::spawn(cmd);
+    let line = listen.wait_for_text(Stream::Stderr, "webhook URL");
+    let url = support::after(&line, "webhook URL").to_string();
+    assert!(url.starts_with(&relay.url), "{url} is not on {}", relay.url);
+}

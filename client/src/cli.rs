@@ -80,8 +80,13 @@ pub struct LoginArgs {
     pub token: Option<String>,
 
     /// Also trust the certificates in this PEM file for the relay (kept in config.toml).
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
     pub ca: Option<PathBuf>,
+
+    /// Accept any certificate the relay presents, e.g. a `--self-signed` one (kept in
+    /// config.toml as insecure for that relay, so later commands accept it too).
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Send the token to an http:// relay that is not on this machine anyway, unencrypted
     /// (kept in config.toml as allow_http for that relay).

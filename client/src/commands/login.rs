@@ -69,7 +69,10 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         }
         None => remembered_tunnel(),
     };
+    // `--ca` replaces a remembered `insecure`; without either flag, this relay's is kept.
+    let insecure = args.insecure || (args.ca.is_none() && same_relay && settings.insecure);
     let trust = match &ca {
+        _ if insecure => Trust::Insecure,
         Some(path) => Trust::System(tls::load_ca(path).map_err(UsageError)?),
         None => Trust::System(Vec::new()),
     };
@@ -91,7 +94,8 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     settings.relay = Some(relay_text.clone());
     settings.token = Some(token);
-    settings.ca = ca;
+    settings.ca = if insecure { None } else { ca };
+    settings.insecure = insecure;
     settings.allow_http = cleartext_warning.is_some();
     let path = settings.save()?;
     eprintln!(

@@ -191,6 +191,12 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
             (None, true) => TrustChoice::Insecure,
             // The remembered CA belongs to the remembered relay: without one it means nothing.
             (None, false) => match (&settings.ca, &relay) {
+                // `login --insecure` was said for the relay remembered with it, no other.
+                (_, Some(_))
+                    if settings.insecure && relay_text.as_deref().is_some_and(remembered) =>
+                {
+                    TrustChoice::Insecure
+                }
                 (Some(path), Some(_)) => TrustChoice::Ca(path.clone()),
                 _ => TrustChoice::Default,
             },
