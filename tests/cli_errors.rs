@@ -301,7 +301,7 @@ fn a_store_that_cannot_be_written_exits_1() {
 }
 
 #[test]
-fn showing_an_unknown_delivery_exits_1() {
+fn showing_an_unknown_delivery_exits_2() {
     let home = temp_dir();
     let store = home.path().join("captures.db");
     let store = store.to_str().expect("UTF-8 path");
@@ -319,7 +319,7 @@ fn showing_an_unknown_delivery_exits_1() {
         home.path(),
         &["show", id.as_str(), "--store", store],
     );
-    assert_eq!(out.code(), 1, "{out:?}");
+    assert_eq!(out.code(), 2, "an unknown id is bad usage: {out:?}");
     assert_one_sentence("show an unknown id", &out);
 }
 

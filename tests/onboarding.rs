@@ -445,3 +445,156 @@ fn the_relay_connection_goes_through_https_proxy_unless_no_proxy() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("proxy"), "{out:?}");
 }
+
+// Login replaces the token it is given.
+
+/// A relay whose tokens file holds both tokens refuses the second one the tunnel the first one
+/// claimed; login says so in one sentence and keeps the first token saved.
+#[test]
+fn login_with_a_new_token_for_a_tunnel_the_old_one_claimed_keeps_the_old_one() {
+    const FIRST: &str = "itr_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6";
+    const SECOND: &str = "itr_Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp";
+    let dir = temp_dir();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{FIRST}\n{SECOND}\n")).expect("write tokens file");
+    let relay = Relay::start(&["--http", "--tokens-file", tokens.to_str().expect("UTF-8")]);
+    let home = temp_dir();
+    let out = login(
+        home.path(),
+        &["--relay", &relay.url],
+        &format!("{FIRST}\n"),
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let out = login(
+        home.path(),
+        &["--relay", &relay.url],
+        &format!("{SECOND}\n"),
+        &[],
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("belongs to another token"), "{out:?}");
+    let text = std::fs::read_to_string(config_toml(home.path())).expect("read config.toml");
+    assert!(text.contains(&format!("token = \"{FIRST}\"")), "{text}");
+}
+
+#[test]
+fn login_with_a_new_piped_token_replaces_the_saved_one_and_names_it_by_prefix() {
+    const FIRST: &str = "itr_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6";
+    const SECOND: &str = "itr_Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp";
+    // A tunnel belongs to the token that claimed it, so a relay with a tokens file refuses the
+    // new token the old token's tunnel; an anonymous relay checks only the connection.
+    let relay = Relay::start(&["--http", "--allow-anonymous"]);
+    let home = temp_dir();
+    let path = config_toml(home.path());
+    let saved = || std::fs::read_to_string(&path).expect("read config.toml");
+
+    let out = login(
+        home.path(),
+        &["--relay", &relay.url],
+        &format!("{FIRST}\n"),
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains("as itr_A1… (36 characters)"),
+        "login says which token it saved: {out:?}"
+    );
+    assert!(
+        !out.stderr.contains(FIRST),
+        "login printed the token: {out:?}"
+    );
+    assert!(
+        saved().contains(&format!("token = \"{FIRST}\"")),
+        "{}",
+        saved()
+    );
+
+    // The documented way to rotate: pipe the new token to login for the same relay. The old
+    // token's tunnel stays its own on the relay, so the new token gets a tunnel name of its own.
+    let mut text = saved();
+    text.push_str("tunnel = \"rotated-token-tunnel\"\n");
+    std::fs::write(&path, text).expect("write config.toml");
+    let out = login(
+        home.path(),
+        &["--relay", &relay.url],
+        &format!("{SECOND}\n"),
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("as itr_Zz… (36 characters)"), "{out:?}");
+    assert!(
+        !out.stderr.contains(SECOND),
+        "login printed the token: {out:?}"
+    );
+    let text = saved();
+    assert!(text.contains(&format!("token = \"{SECOND}\"")), "{text}");
+    assert!(
+        !text.contains(FIRST),
+        "the old token is still saved: {text}"
+    );
+
+    // Nothing piped: the saved token is checked again and kept.
+    let out = login(home.path(), &["--relay", &relay.url], "", &[]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("as itr_Zz…"), "{out:?}");
+    assert!(
+        saved().contains(&format!("token = \"{SECOND}\"")),
+        "{}",
+        saved()
+    );
+}
+
+// login --insecure.
+
+#[test]
+fn login_insecure_trusts_a_self_signed_relay_and_listen_then_connects_without_flags() {
+    const TOKEN_22: &str = "itr_Self5igned7Relay9Token1Abc2Def3";
+    let dir = temp_dir();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN_22}\n")).expect("write tokens file");
+    let relay = Relay::start(&[
+        "--self-signed",
+        "--tokens-file",
+        tokens.to_str().expect("UTF-8"),
+    ]);
+    assert!(relay.url.starts_with("https://"), "{}", relay.url);
+    let home = temp_dir();
+
+    // Without --insecure (or --ca) the certificate is refused and nothing is written.
+    let out = login(
+        home.path(),
+        &["--relay", &relay.url],
+        &format!("{TOKEN_22}\n"),
+        &[],
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(!config_toml(home.path()).exists(), "{out:?}");
+
+    let out = login(
+        home.path(),
+        &["--relay", &relay.url, "--insecure"],
+        &format!("{TOKEN_22}\n"),
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("logged in to"), "{out:?}");
+    let text = std::fs::read_to_string(config_toml(home.path())).expect("read config.toml");
+    assert!(text.contains("insecure = true"), "{text}");
+
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let mut cmd = command("illumitunnel", home.path());
+    cmd.args([
+        "listen",
+        &target.url("/hooks"),
+        "--no-tui",
+        "--json",
+        "--store",
+    ])
+    .arg(home.path().join("captures.db"));
+    let listen = ChildGuard::spawn(cmd);
+    let line = listen.wait_for_text(Stream::Stderr, "webhook URL");
+    let url = support::after(&line, "webhook URL").to_string();
+    assert!(url.starts_with(&relay.url), "{url} is not on {}", relay.url);
+}

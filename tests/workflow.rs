@@ -386,8 +386,9 @@ fn replay_by_id_last_event_and_edit() {
     assert_eq!(target.requests().len(), 6);
 
     fails(
+        // An unknown id is bad usage (exit 2), as for show and test.
         &client(home.path(), &["replay", "ffffffffffff"]),
-        1,
+        2,
         "no delivery with id ffffffffffff; list ids with illumitunnel events",
     );
     fails(

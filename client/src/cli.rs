@@ -6,8 +6,17 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 /// illumitunnel: forward IllumiChat webhooks to your local server and inspect every delivery.
+/// The exit-code table, shown by `--help` and carried into the man page.
+pub const EXIT_CODES: &str = "\
+Exit codes (every command):
+  0  everything asked for succeeded
+  1  something sent failed or differed: a non-2xx answer or connection error from trigger or
+     replay (after sending all), a test that differs, a relay that refused login
+  2  bad usage: an unknown flag or value, an unknown or ambiguous delivery id, a missing file,
+     a refused setting";
+
 #[derive(Debug, Parser)]
-#[command(name = "illumitunnel", version, about)]
+#[command(name = "illumitunnel", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Capture store file (default: captures.db in the data dir).
     #[arg(long, global = true, value_name = "PATH")]
@@ -71,8 +80,13 @@ pub struct LoginArgs {
     pub token: Option<String>,
 
     /// Also trust the certificates in this PEM file for the relay (kept in config.toml).
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
     pub ca: Option<PathBuf>,
+
+    /// Accept any certificate the relay presents, e.g. a `--self-signed` one (kept in
+    /// config.toml as insecure for that relay, so later commands accept it too).
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Send the token to an http:// relay that is not on this machine anyway, unencrypted
     /// (kept in config.toml as allow_http for that relay).

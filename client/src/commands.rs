@@ -35,6 +35,25 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct Reported(pub String);
 
+/// The delivery whose id is, or uniquely starts with, `id`; an unknown or ambiguous id is a
+/// usage error (exit 2) that says how to find the right one.
+pub fn delivery_by_id(
+    store: &illumitunnel::store::CaptureStore,
+    id: &str,
+) -> anyhow::Result<illumitunnel::Delivery> {
+    use illumitunnel::store::StoreError;
+    match store.get(id) {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err(UsageError(format!(
+            "no delivery with id {}; list ids with illumitunnel events",
+            id.escape_debug()
+        ))
+        .into()),
+        Err(e @ StoreError::Ambiguous(_)) => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Treats a closed stdout (`illumitunnel events | head`) as a normal end.
 pub fn ignore_broken_pipe(result: std::io::Result<()>) -> anyhow::Result<()> {
     match result {

@@ -1,4 +1,4 @@
-//! `config.toml` in the config dir: what `login` remembers (`relay`, `token`, `ca`, `allow_http`) and what
+//! `config.toml` in the config dir: what `login` remembers (`relay`, `token`, `ca`, `insecure`, `allow_http`) and what
 //! a user may set by hand (`forward_to`, `tunnel`), so `listen` needs no flags and the token
 //! stays out of the process list and the shell history. Flags win over environment variables,
 //! which win over this file (see [`layer`]). The file is written readable by its owner only.
@@ -37,6 +37,10 @@ pub struct Settings {
     /// `listen` may send the token to (only that relay, never one given by flag).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_http: bool,
+    /// `login --insecure` was given for `relay`: any certificate it presents is accepted (only
+    /// that relay, never one given by flag), as `listen --insecure`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -48,6 +52,7 @@ impl std::fmt::Debug for Settings {
             .field("tunnel", &self.tunnel)
             .field("ca", &self.ca)
             .field("allow_http", &self.allow_http)
+            .field("insecure", &self.insecure)
             .finish()
     }
 }

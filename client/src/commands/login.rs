@@ -52,8 +52,11 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         .filter(|t| !t.is_empty())
     {
         Some(token) => token.to_string(),
+        // A token piped in replaces the saved one: that is how a token is rotated. On a
+        // terminal, the saved token of this relay is checked again without a prompt.
         None => match settings.token.clone().filter(|_| same_relay) {
-            Some(remembered) => remembered,
+            Some(remembered) if std::io::stdin().is_terminal() => remembered,
+            Some(remembered) => read_piped_token()?.unwrap_or(remembered),
             None => read_token()?,
         },
     };
@@ -66,7 +69,10 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         }
         None => remembered_tunnel(),
     };
+    // `--ca` replaces a remembered `insecure`; without either flag, this relay's is kept.
+    let insecure = args.insecure || (args.ca.is_none() && same_relay && settings.insecure);
     let trust = match &ca {
+        _ if insecure => Trust::Insecure,
         Some(path) => Trust::System(tls::load_ca(path).map_err(UsageError)?),
         None => Trust::System(Vec::new()),
     };
@@ -88,15 +94,37 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     settings.relay = Some(relay_text.clone());
     settings.token = Some(token);
-    settings.ca = ca;
+    settings.ca = if insecure { None } else { ca };
+    settings.insecure = insecure;
     settings.allow_http = cleartext_warning.is_some();
     let path = settings.save()?;
     eprintln!(
-        "logged in to {relay_text} (tunnel {}); saved to {}",
+        "logged in to {relay_text} as {} (tunnel {}); saved to {}",
+        token_hint(settings.token.as_deref().unwrap_or_default()),
         illumitunnel::escape::escape(&public_url),
         path.display()
     );
     Ok(())
+}
+
+/// Which token was saved, without showing it: its first 6 characters and its length.
+fn token_hint(token: &str) -> String {
+    let prefix: String = token.chars().take(6).collect();
+    format!(
+        "{}… ({} characters)",
+        illumitunnel::escape::escape(&prefix),
+        token.chars().count()
+    )
+}
+
+/// A token piped in on standard input (one line), or `None` when nothing was piped.
+fn read_piped_token() -> anyhow::Result<Option<String>> {
+    let mut line = String::new();
+    std::io::Read::take(std::io::stdin().lock(), MAX_TOKEN_LINE)
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("could not read the token from standard input: {e}"))?;
+    let token = line.trim().to_string();
+    Ok((!token.is_empty()).then_some(token))
 }
 
 /// The token from standard input: one line, prompted for on a terminal. Read this way it

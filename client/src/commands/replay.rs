@@ -10,7 +10,7 @@ use illumitunnel::delivery::Source;
 use illumitunnel::store::{CaptureStore, Filter};
 use illumitunnel::Delivery;
 
-use super::{ignore_broken_pipe, parse_event_type, since_ms, Ctx, UsageError};
+use super::{delivery_by_id, ignore_broken_pipe, parse_event_type, since_ms, Ctx, UsageError};
 use crate::cli::ReplayArgs;
 use crate::commands::listen::{forwarder_trusting, TrustChoice};
 use crate::forward::Target;
@@ -42,6 +42,7 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         Format::Lines
     };
+    let mut failed = 0usize;
     for original in &originals {
         let body = if args.edit {
             Some(edit_body(original)?)
@@ -52,6 +53,9 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
             replay::prepare(original, forward_to.as_ref(), body).map_err(anyhow::Error::msg)?;
         let forwarder = forwarder_trusting(target, &trust)?;
         let mut replayed = runtime.block_on(replay::send(original, &forwarder, request));
+        if !replayed.status().is_some_and(|s| (200..300).contains(&s)) {
+            failed += 1;
+        }
         store.insert_batch(std::slice::from_mut(&mut replayed))?;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
@@ -59,6 +63,12 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
             output::write_delivery(&mut out, &replayed, format, &ctx.clock)
                 .and_then(|()| out.flush()),
         )?;
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} replays got no 2xx answer; see the lines above and your handler's log",
+            originals.len()
+        );
     }
     Ok(())
 }
@@ -111,14 +121,7 @@ fn select(
     }
     args.ids
         .iter()
-        .map(|id| {
-            store.get(id)?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no delivery with id {}; list ids with illumitunnel events",
-                    id.escape_debug()
-                )
-            })
-        })
+        .map(|id| delivery_by_id(store, id))
         .collect()
 }
 

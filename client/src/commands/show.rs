@@ -2,19 +2,14 @@
 
 use illumitunnel::store::CaptureStore;
 
-use super::{ignore_broken_pipe, Ctx};
+use super::{delivery_by_id, ignore_broken_pipe, Ctx};
 use crate::cli::ShowArgs;
 use crate::output;
 
 /// Prints the delivery whose id is, or uniquely starts with, `args.id`.
 pub fn run(args: ShowArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let store = CaptureStore::open(&ctx.store)?;
-    let Some(delivery) = store.get(&args.id)? else {
-        anyhow::bail!(
-            "no delivery with id {}; list ids with illumitunnel events",
-            args.id.escape_debug()
-        );
-    };
+    let delivery = delivery_by_id(&store, &args.id)?;
     let stdout = std::io::stdout();
     ignore_broken_pipe(output::write_detail(
         &mut stdout.lock(),

@@ -4,7 +4,7 @@
 //! them (`Delivery::redact_secrets`) unless `--include-secrets`. Also the selection `test`
 //! shares: which stored deliveries can be tests.
 
-use illumitunnel::store::{CaptureStore, Filter, StoreError};
+use illumitunnel::store::{CaptureStore, Filter};
 use illumitunnel::suite::Case;
 use illumitunnel::Delivery;
 
@@ -115,17 +115,7 @@ pub fn select(store: &CaptureStore, selection: &Selection<'_>) -> anyhow::Result
 
 fn by_id(store: &CaptureStore, id: &str) -> anyhow::Result<Delivery> {
     let shown = id.escape_debug();
-    let d = match store.get(id) {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            return Err(UsageError(format!(
-                "no delivery with id {shown}; list ids with illumitunnel events"
-            ))
-            .into())
-        }
-        Err(e @ StoreError::Ambiguous(_)) => return Err(UsageError(e.to_string()).into()),
-        Err(e) => return Err(e.into()),
-    };
+    let d = super::delivery_by_id(store, id)?;
     if d.response.is_none() {
         let why = d.error.as_deref().unwrap_or("no answer");
         return Err(UsageError(format!(

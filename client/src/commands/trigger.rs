@@ -57,10 +57,10 @@ pub fn run(args: TriggerArgs, ctx: &Ctx) -> anyhow::Result<()> {
 /// The file's bytes, checked to be JSON.
 fn read_payload(path: &Path) -> anyhow::Result<(Bytes, Value)> {
     let bytes = std::fs::read(path).map_err(|e| {
-        anyhow::anyhow!(
+        UsageError(format!(
             "could not read --file {}: {e}; check the path, or leave --file out to send a sample",
             path.display()
-        )
+        ))
     })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         UsageError(format!(
@@ -142,6 +142,9 @@ async fn send_all(
     if args.retries.is_some() {
         sender.forwarder = sender.forwarder.with_timeout(SENDER_TIMEOUT);
     }
+    // Deliveries the handler (or relay) answered with a non-2xx: all are sent, then exit 1.
+    let mut refused = 0u32;
+    let mut sent = 0u32;
     for _ in 0..args.count {
         let body = payload(args, event, file.as_ref())?;
         if args.retries.is_some() {
@@ -159,7 +162,19 @@ async fn send_all(
                 };
                 anyhow::bail!("could not deliver the {event} sample: {error}; {check}");
             }
+            sent += 1;
+            if !is_success(&d) {
+                refused += 1;
+            }
         }
+    }
+    if refused > 0 {
+        let who = if tunnel {
+            "check the relay's answer above and the handler's log"
+        } else {
+            "check the handler's log"
+        };
+        anyhow::bail!("{refused} of {sent} {event} deliveries got no 2xx answer; {who}");
     }
     Ok(())
 }

@@ -191,6 +191,12 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
             (None, true) => TrustChoice::Insecure,
             // The remembered CA belongs to the remembered relay: without one it means nothing.
             (None, false) => match (&settings.ca, &relay) {
+                // `login --insecure` was said for the relay remembered with it, no other.
+                (_, Some(_))
+                    if settings.insecure && relay_text.as_deref().is_some_and(remembered) =>
+                {
+                    TrustChoice::Insecure
+                }
                 (Some(path), Some(_)) => TrustChoice::Ca(path.clone()),
                 _ => TrustChoice::Default,
             },
@@ -318,6 +324,7 @@ mod tests {
             tunnel: Some("file-tunnel".into()),
             ca: Some("file-ca.pem".into()),
             allow_http: false,
+            insecure: false,
         };
         let from_file = parse_with(&[], &file).unwrap();
         assert_eq!(from_file.target.to_string(), "http://localhost:4000/");
@@ -521,5 +528,18 @@ mod tests {
     fn empty_token_means_none() {
         let c = parse(&["--forward-to", "http://x", "--token", ""]).unwrap();
         assert!(c.token.is_none());
+    }
+
+    #[test]
+    fn a_remembered_insecure_applies_to_its_relay_only() {
+        let file = Settings {
+            relay: Some("https://self-signed.example.com".into()),
+            insecure: true,
+            ..Settings::default()
+        };
+        let remembered = parse_with(&["3000"], &file).unwrap();
+        assert_eq!(remembered.trust, TrustChoice::Insecure);
+        let other = parse_with(&["3000", "--relay", "https://other.example.com"], &file).unwrap();
+        assert_eq!(other.trust, TrustChoice::Default);
     }
 }
