@@ -541,4 +541,22 @@ mod tests {
         let c = parse(&["--forward-to", "http://x", "--token", ""]).unwrap();
         assert!(c.token.is_none());
     }
+
+    #[test]
+    fn relay_port_defaults_to_8443_and_fan_out_needs_a_shared_relay() {
+        let c = parse(&["3000"]).unwrap();
+        assert_eq!((c.relay_port, c.fan_out), (DEFAULT_RELAY_PORT, false));
+        assert_eq!(
+            parse(&["3000", "--relay-port", "9443"]).unwrap().relay_port,
+            9443
+        );
+        let zero = parse(&["3000", "--relay-port", "0"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(zero, "--relay-port must be 1-65535");
+        let alone = parse(&["3000", "--fan-out"]).unwrap_err().to_string();
+        assert!(alone.ends_with("; pass --relay URL"), "{alone}");
+        let shared = parse(&["3000", "--fan-out", "--relay", "https://relay.example.com"]).unwrap();
+        assert!(shared.fan_out);
+    }
 }
