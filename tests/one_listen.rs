@@ -195,3 +195,33 @@ fn illumitunnel_port_sets_the_embedded_relays_port() {
     let relay = guard.wait_for_text(Stream::Stderr, "relay");
     assert!(!relay.contains("instead"), "{relay}");
 }
+
+#[test]
+fn a_second_embedded_listen_of_a_tunnel_names_the_first_rather_than_the_port() {
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let port = support::closed_port().to_string();
+    let forward_to = target.url(FORWARD_PATH);
+    let first = Listen::start(None, &forward_to, "embedded-one", &["--relay-port", &port]);
+    let mut cmd = command("illumitunnel", first.home());
+    cmd.args([
+        "listen",
+        "--forward-to",
+        &forward_to,
+        "--tunnel",
+        "embedded-one",
+    ])
+    .args(["--no-tui", "--relay-port", &port]);
+    let finished = ChildGuard::run(cmd);
+    assert_eq!(finished.code(), 2, "{}", finished.stderr);
+    let pid = first.guard.pid();
+    assert!(
+        finished.stderr.contains(&format!(
+            "already taken on this machine by listen PID {pid} forwarding to {forward_to}; "
+        )),
+        "{}",
+        finished.stderr
+    );
+    assert_eq!(post(&rt, &first.url, 0), 200);
+    assert_eq!(target.wait_for_requests(1).len(), 1);
+}
