@@ -237,7 +237,14 @@ fn a_repeated_delivery_is_marked_duplicate_and_still_forwarded() {
 fn listen_without_relay_embeds_one_reachable_over_https() {
     let rt = runtime();
     let target = Target::ok(&rt);
-    let listen = Listen::start(None, &target.url(FORWARD_PATH), "embedded-relay", &[]);
+    // An ephemeral port: 8443 may be taken, and a taken port is an error.
+    let port = support::closed_port().to_string();
+    let listen = Listen::start(
+        None,
+        &target.url(FORWARD_PATH),
+        "embedded-relay",
+        &["--relay-port", &port],
+    );
     let embedded = listen
         .guard
         .wait_for_text(Stream::Stderr, "embedded at https://127.0.0.1:");
@@ -487,7 +494,13 @@ fn trigger_right_after_the_banner_finds_the_running_listen() {
     let rt = runtime();
     let target = Target::ok(&rt);
     for round in 0..4 {
-        let listen = Listen::spawn(None, &target.url(FORWARD_PATH), "ready-race", &["--json"]);
+        let port = support::closed_port().to_string();
+        let listen = Listen::spawn(
+            None,
+            &target.url(FORWARD_PATH),
+            "ready-race",
+            &["--json", "--relay-port", &port],
+        );
         let running: Value = serde_json::from_str(
             &std::fs::read_to_string(listen_json(&listen)).unwrap_or_else(|e| {
                 panic!("round {round}: no listen record when the banner printed: {e}")

@@ -201,6 +201,8 @@ fn config_and_data_dirs_are_0700_and_every_file_0600_old_loose_ones_tightened() 
         &target.url("/webhooks"),
         "--no-tui",
         "--json",
+        "--relay-port",
+        &support::closed_port().to_string(),
     ]);
     let guard = ChildGuard::spawn(cmd);
     let url_line = guard.wait_for_text(Stream::Stderr, "webhook URL");
