@@ -20,9 +20,11 @@ const SECRET: &str = "planted-secret-7c1e";
 fn listen(home: &Path, relay: Option<&str>, tunnel: Option<&str>, forward_to: &str) -> ChildGuard {
     let mut cmd = command("illumitunnel", home);
     cmd.arg("listen");
-    if let Some(relay) = relay {
-        cmd.args(["--relay", relay]);
-    }
+    match relay {
+        Some(relay) => cmd.args(["--relay", relay]),
+        // An ephemeral port: 8443 may be taken, and a taken port is an error.
+        None => cmd.args(["--relay-port", &support::closed_port().to_string()]),
+    };
     if let Some(tunnel) = tunnel {
         cmd.args(["--tunnel", tunnel]);
     }

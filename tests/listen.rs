@@ -237,7 +237,14 @@ fn a_repeated_delivery_is_marked_duplicate_and_still_forwarded() {
 fn listen_without_relay_embeds_one_reachable_over_https() {
     let rt = runtime();
     let target = Target::ok(&rt);
-    let listen = Listen::start(None, &target.url(FORWARD_PATH), "embedded-relay", &[]);
+    // An ephemeral port: 8443 may be taken, and a taken port is an error.
+    let port = support::closed_port().to_string();
+    let listen = Listen::start(
+        None,
+        &target.url(FORWARD_PATH),
+        "embedded-relay",
+        &["--relay-port", &port],
+    );
     let embedded = listen
         .guard
         .wait_for_text(Stream::Stderr, "embedded at https://127.0.0.1:");
@@ -482,18 +489,24 @@ fn two_listeners_with_one_token_both_see_a_delivery_and_the_first_answers() {
 
 #[test]
 fn trigger_right_after_the_banner_finds_the_running_listen() {
-    // listen.json is written before the banner, so a script that runs `trigger` as soon as the
+    // The listen record is written before the banner, so a script that runs `trigger` as soon as the
     // URL is printed never hits "no illumitunnel listen is running". Repeated: it was a race.
     let rt = runtime();
     let target = Target::ok(&rt);
     for round in 0..4 {
-        let listen = Listen::spawn(None, &target.url(FORWARD_PATH), "ready-race", &["--json"]);
+        let port = support::closed_port().to_string();
+        let listen = Listen::spawn(
+            None,
+            &target.url(FORWARD_PATH),
+            "ready-race",
+            &["--json", "--relay-port", &port],
+        );
         let running: Value = serde_json::from_str(
             &std::fs::read_to_string(listen_json(&listen)).unwrap_or_else(|e| {
-                panic!("round {round}: no listen.json when the banner printed: {e}")
+                panic!("round {round}: no listen record when the banner printed: {e}")
             }),
         )
-        .expect("listen.json is JSON");
+        .expect("the listen record is JSON");
         assert_eq!(running["public_url"].as_str(), Some(listen.url.as_str()));
         let out = listen.client(&["trigger", "ticket.created"]);
         assert_eq!(out.code(), 0, "round {round}: {}", out.stderr);
@@ -505,10 +518,10 @@ fn trigger_right_after_the_banner_finds_the_running_listen() {
     }
 }
 
-/// `listen.json` in the data dir of a home from `support::command` (`ILLUMITUNNEL_HOME/data`).
+/// The `ready-race` tunnel's record in the data dir of a home from `support::command`
+/// (`ILLUMITUNNEL_HOME/data/listen/{tunnel}.json`).
 fn listen_json(listen: &Listen) -> std::path::PathBuf {
-    let home = listen.store.parent().expect("the store lives in the home");
-    home.join("data").join("listen.json")
+    listen.home().join("data/listen/ready-race.json")
 }
 
 #[test]

@@ -201,6 +201,8 @@ fn config_and_data_dirs_are_0700_and_every_file_0600_old_loose_ones_tightened() 
         &target.url("/webhooks"),
         "--no-tui",
         "--json",
+        "--relay-port",
+        &support::closed_port().to_string(),
     ]);
     let guard = ChildGuard::spawn(cmd);
     let url_line = guard.wait_for_text(Stream::Stderr, "webhook URL");
@@ -225,8 +227,8 @@ fn config_and_data_dirs_are_0700_and_every_file_0600_old_loose_ones_tightened() 
     for file in [
         config.join("tunnel"),
         claims[0].clone(),
-        data.join("listen.json"),
-        data.join("listen-ca.pem"),
+        data.join("listen").join("old-tunnel-name.json"),
+        data.join("listen").join("old-tunnel-name-ca.pem"),
         data.join("captures.db"),
         data.join("captures.db-wal"),
         data.join("captures.db-shm"),

@@ -184,8 +184,14 @@ fn trigger_straight_to_the_local_server_records_one_row_each() {
 fn trigger_goes_through_the_running_listen_and_is_recorded_once() {
     let rt = runtime();
     let target = Target::ok(&rt);
-    // The embedded relay: trigger finds the URL and the certificate from listen.json.
-    let listen = Listen::start(None, &target.url("/hooks"), "trigger-embedded", &[]);
+    // The embedded relay: trigger finds the URL and the certificate from the listen record.
+    let port = support::closed_port().to_string();
+    let listen = Listen::start(
+        None,
+        &target.url("/hooks"),
+        "trigger-embedded",
+        &["--relay-port", &port],
+    );
     let out = listen.client(&["trigger", "chat.message.created"]);
     ok(&out);
     assert!(

@@ -129,6 +129,16 @@ pub struct ListenArgs {
     #[arg(long, value_name = "URL", env = "ILLUMITUNNEL_RELAY")]
     pub relay: Option<String>,
 
+    /// Port of the relay embedded in this process when no --relay is given (default 8443); a
+    /// taken port is an error, so the tunnel URL never changes silently.
+    #[arg(long, value_name = "PORT", env = "ILLUMITUNNEL_PORT")]
+    pub relay_port: Option<u16>,
+
+    /// Join a tunnel another listen on this machine forwards: record and show its deliveries,
+    /// never forward them (needs --relay).
+    #[arg(long)]
+    pub fan_out: bool,
+
     /// Client token the relay accepts.
     #[arg(
         long,

@@ -303,6 +303,8 @@ pub struct Forwarder {
     max_body: usize,
     /// What a certificate error tells the user to pass, after "; ".
     trust_remedy: &'static str,
+    /// `listen --fan-out`: nothing is sent; every delivery is recorded as skipped.
+    observe_only: bool,
 }
 
 /// The remedy for an untrusted https local server, for `listen`'s forwarder.
@@ -379,7 +381,15 @@ impl Forwarder {
             timeout: FORWARD_TIMEOUT,
             max_body: DEFAULT_MAX_RESPONSE,
             trust_remedy: "",
+            observe_only: false,
         }
+    }
+
+    /// The same client that sends nothing (`listen --fan-out`): every delivery is answered
+    /// here as skipped, so another `listen` on this machine is the only one that forwards.
+    pub fn observer(mut self) -> Self {
+        self.observe_only = true;
+        self
     }
 
     /// The same client with `--events` and `--route` applied; route paths stay on the target's
@@ -432,16 +442,19 @@ impl Forwarder {
             .map_or(&*self.target, |(_, t)| t);
         let uri = target.uri_for(&request.path, &request.query);
         // A body with no readable event is forwarded: only a known, unlisted type is skipped.
-        if let (Some(only), Some(event)) = (&self.only, &event) {
-            if !only.iter().any(|o| o == event) {
-                return Forwarded {
-                    uri,
-                    result: Ok(skipped_answer()),
-                    duration: Duration::ZERO,
-                    skipped: true,
-                    source,
-                };
-            }
+        let unlisted = |event: &String| {
+            self.only
+                .as_ref()
+                .is_some_and(|only| !only.iter().any(|o| o == event))
+        };
+        if self.observe_only || event.as_ref().is_some_and(unlisted) {
+            return Forwarded {
+                uri,
+                result: Ok(skipped_answer()),
+                duration: Duration::ZERO,
+                skipped: true,
+                source,
+            };
         }
         let started = Instant::now();
         let result = match self.build(target, request, uri.clone()) {

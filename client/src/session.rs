@@ -66,7 +66,7 @@ pub struct Welcomed<'a> {
 }
 
 /// Called on each `Welcome`, before the screen hears of the connection, so whatever another
-/// command needs (`listen.json`) exists before the banner, and the claim key is kept.
+/// command needs (the `listen` record) exists before the banner, and the claim key is kept.
 pub type OnWelcome = Box<dyn FnMut(&Welcomed<'_>) + Send>;
 
 /// Everything a running session works with.

@@ -524,8 +524,13 @@ impl Listen {
         self.url = after(&line, "webhook URL").to_string();
     }
 
-    /// Starts a second `listen --json` with this listener's home (so its claim key) and its own
-    /// capture store: another listener of the same tunnel, as on a second terminal.
+    /// This listener's `ILLUMITUNNEL_HOME`.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Starts a second `listen --json` as on a second machine: its own home holding a copy of
+    /// this listener's config dir (so its claim key) and its own capture store.
     pub fn sibling(
         &self,
         relay: &str,
@@ -533,7 +538,10 @@ impl Listen {
         tunnel: &str,
         extra: &[&str],
     ) -> ChildGuard {
-        let mut cmd = command("illumitunnel", self.home.path());
+        // One `listen` per tunnel per machine: a second machine has its own data dir.
+        let other = self.home.path().join("second-machine");
+        copy_dir(&self.home.path().join("config"), &other.join("config"));
+        let mut cmd = command("illumitunnel", &other);
         cmd.args([
             "listen",
             "--relay",
@@ -565,6 +573,23 @@ impl Listen {
         let mut cmd = command("illumitunnel", self.home.path());
         cmd.args(args).arg("--store").arg(&self.store);
         ChildGuard::run(cmd)
+    }
+}
+
+/// Copies the files of `from` (and its subfolders) into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name()))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", path.display()));
+        }
     }
 }
 

@@ -1,16 +1,18 @@
 //! `illumitunnel listen`: connect to a relay (or start one in-process), forward every delivery
 //! to `--forward-to` (or its `--route`, or nowhere when `--events` leaves it out), record it,
-//! and show it. While it runs, `listen.json` in the data dir tells `trigger` the tunnel URL;
+//! and show it. While it runs, its record in `{data dir}/listen/` tells `trigger` the tunnel URL;
 //! with `--register` it keeps an IllumiChat webhook pointed at the tunnel while it runs.
 //!
 //! # Layout
 //! - `config` — arguments checked into `ListenConfig`, with the defaults.
 //! - `embedded` — the in-process relay used without `--relay`.
-//! - `announce` — `listen.json`, the remembered tunnel name and claim key, `--register`.
+//! - `announce` — the remembered tunnel name and claim key, `--register`.
+//! - `record` — one `listen` per tunnel per machine: the lock and the record `trigger` reads.
 
 mod announce;
 mod config;
 mod embedded;
+mod record;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -34,17 +36,17 @@ use crate::session::tls::{self, Trust};
 use crate::session::{self, RelayUrl, Session, SessionConfig};
 use crate::status::ListenEvent;
 
-pub use announce::Running;
 use announce::{announce, on_welcome};
 pub(crate) use announce::{remembered_claim_key, remembered_tunnel};
 pub use config::{ListenConfig, TrustChoice, DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY};
 use embedded::{start_embedded, Embedded};
+pub use record::Running;
 
 /// Events waiting for the screen.
 const SCREEN_QUEUE: usize = 1024;
 /// How long shutdown waits for the capture store writer and the embedded relay.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits to disable the IllumiChat webhook and remove `listen.json`.
+/// How long shutdown waits to disable the IllumiChat webhook.
 const ANNOUNCE_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `listen`'s screen.
@@ -83,6 +85,24 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Some(t) => t,
         None => remembered_tunnel(),
     };
+    // One `listen` per tunnel per machine, checked before the embedded relay takes its port so
+    // a second `listen` learns which one runs; `--fan-out` observes and holds nothing.
+    let claim = if config.fan_out {
+        None
+    } else {
+        Some(record::claim(
+            &tunnel,
+            &config.target.to_string(),
+            ctx.store.clone(),
+        )?)
+    };
+    let record = claim.as_ref().map(|c| c.record.clone());
+    // An observer says so wherever the target is shown.
+    let shown_target = if config.fan_out {
+        "nowhere (--fan-out: record and show only)".to_string()
+    } else {
+        config.target.to_string()
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(illumitunnel_relay::server::cancel_on_signal(
         shutdown.clone(),
@@ -112,7 +132,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     )
     .context("could not start the capture store writer")?;
     let banner = Banner {
-        forward_to: config.target.to_string(),
+        forward_to: shown_target.clone(),
         store: ctx.store.clone(),
         embedded_relay: embedded
             .as_ref()
@@ -134,7 +154,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }),
         Screen::Inspector => tokio::spawn(run_inspector(
             InspectorStart {
-                forward_to: config.target.to_string(),
+                forward_to: shown_target,
                 store_path: ctx.store.clone(),
                 replays: replays.clone(),
                 utc_offset: clock.offset(),
@@ -152,7 +172,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let claim_key = remembered_claim_key(&tunnel);
-    let on_welcome = on_welcome(tunnel.clone(), claim_key.clone(), ctx.store.clone(), ca_pem);
+    let on_welcome = on_welcome(tunnel.clone(), claim_key.clone(), record, ca_pem);
     let session = Session {
         config: Arc::new(SessionConfig {
             relay,
@@ -163,9 +183,16 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
             max_body: config.max_body,
             claim_key,
         }),
-        forwarder: forwarder
-            .with_rules(&config.rules)
-            .with_max_body(config.max_body),
+        forwarder: {
+            let forwarder = forwarder
+                .with_rules(&config.rules)
+                .with_max_body(config.max_body);
+            if config.fan_out {
+                forwarder.observer()
+            } else {
+                forwarder
+            }
+        },
         recorder,
         screen: screen_tx,
         public_url: public_url_tx,
@@ -214,6 +241,8 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Ok(joined) => joined.map_err(std::io::Error::other).and_then(|r| r),
         Err(_) => Ok(()),
     };
+    // The record goes only now, after the last thing this `listen` did.
+    drop(claim);
     result.and(screen_outcome(inspector, screen_result))
 }
 
@@ -224,7 +253,7 @@ async fn relay_and_trust(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(RelayUrl, Trust, Option<Embedded>)> {
     let Some(url) = &config.relay else {
-        let embedded = start_embedded(shutdown).await?;
+        let embedded = start_embedded(config.relay_port, shutdown).await?;
         return Ok((
             RelayUrl::loopback(true, embedded.port),
             Trust::Only(vec![embedded.cert.clone()]),

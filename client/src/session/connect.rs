@@ -214,7 +214,7 @@ fn is_claim_key(key: &str) -> bool {
 /// Longest tunnel URL taken from a relay's `Welcome`.
 const MAX_PUBLIC_URL: usize = 2048;
 
-/// A `Welcome`'s tunnel URL is printed, written to `listen.json` and registered with IllumiChat:
+/// A `Welcome`'s tunnel URL is printed, written to the `listen` record and registered with IllumiChat:
 /// it must be an http(s) URL with a host, short, and free of anything a terminal acts on.
 /// `Err` says what is wrong, with the URL escaped.
 fn check_public_url(url: &str) -> Result<(), String> {

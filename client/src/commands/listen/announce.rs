@@ -1,5 +1,5 @@
-//! What `listen` leaves for other commands and later runs: `listen.json` in the data dir (the
-//! running tunnel's URL, for `trigger`), the remembered tunnel name and the claim key a relay
+//! What `listen` leaves for other commands and later runs: the tunnel URL in its record (see
+//! `record`, for `trigger`), the remembered tunnel name and the claim key a relay
 //! gave for it (config dir), and, with `--register`, an IllumiChat webhook pointed at the
 //! tunnel while `listen` runs.
 
@@ -9,73 +9,17 @@ use illumitunnel::{paths, TunnelName};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::record::{write_private, Running};
 use crate::illumichat::Api;
 use crate::session::{OnWelcome, Welcomed};
 
-/// What `listen.json` in the data dir says about the `listen` running on this machine, so
-/// `trigger` can send through its tunnel without being told the URL.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Running {
-    /// The tunnel's public URL.
-    pub public_url: String,
-    /// The `listen` process.
-    pub pid: u32,
-    /// Its capture store.
-    pub store: PathBuf,
-    /// The embedded relay's self-signed certificate (`listen-ca.pem`), when it runs one.
-    #[serde(default)]
-    pub ca_pem: Option<PathBuf>,
-}
-
-impl Running {
-    /// `listen.json` in the data dir.
-    pub fn path() -> PathBuf {
-        paths::data_dir().join("listen.json")
-    }
-
-    fn ca_path() -> PathBuf {
-        paths::data_dir().join("listen-ca.pem")
-    }
-
-    /// The running `listen`, if its record exists and its process is alive.
-    pub fn find() -> Option<Running> {
-        let text = std::fs::read_to_string(Self::path()).ok()?;
-        let running: Running = serde_json::from_str(&text).ok()?;
-        is_alive(running.pid).then_some(running)
-    }
-
-    fn write(&self, ca_pem: Option<&str>) -> std::io::Result<()> {
-        paths::ensure_own_dir(&paths::data_dir())?;
-        if let (Some(pem), Some(path)) = (ca_pem, &self.ca_pem) {
-            write_private(path, pem.as_bytes())?;
-        }
-        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        // Written whole, then renamed, so `trigger` never reads half a file.
-        let tmp = Self::path().with_extension("json.tmp");
-        write_private(&tmp, text.as_bytes())?;
-        std::fs::rename(&tmp, Self::path())
-    }
-
-    /// Removes the record if it is still this process's (a newer `listen` may have replaced it).
-    fn remove_if_mine() {
-        let mine = std::fs::read_to_string(Self::path())
-            .ok()
-            .and_then(|t| serde_json::from_str::<Running>(&t).ok())
-            .is_some_and(|r| r.pid == std::process::id());
-        if mine {
-            let _ = std::fs::remove_file(Self::path());
-            let _ = std::fs::remove_file(Self::ca_path());
-        }
-    }
-}
-
 /// What the session runs on each `Welcome`, before the banner: keeps a new claim key for
-/// `tunnel` (`kept` is the one sent in `Hello`) and writes `listen.json`, so `trigger` right
+/// `tunnel` (`kept` is the one sent in `Hello`) and writes its record, so `trigger` right
 /// after the banner finds this `listen`.
 pub(super) fn on_welcome(
     tunnel: TunnelName,
     mut kept: String,
-    store: PathBuf,
+    record: Option<Running>,
     ca_pem: Option<String>,
 ) -> OnWelcome {
     Box::new(move |welcomed: &Welcomed<'_>| {
@@ -83,26 +27,21 @@ pub(super) fn on_welcome(
             kept = welcomed.claim_key.to_string();
             remember_claim_key(&tunnel, &kept);
         }
+        // A `--fan-out` listen holds no record: `trigger` goes to the one that forwards.
+        let Some(record) = &record else { return };
         let running = Running {
             public_url: welcomed.public_url.to_string(),
-            pid: std::process::id(),
-            store: store.clone(),
-            ca_pem: ca_pem.as_ref().map(|_| Running::ca_path()),
+            ca_pem: ca_pem.as_ref().map(|_| Running::ca_path(tunnel.as_str())),
+            ..record.clone()
         };
         if let Err(err) = running.write(ca_pem.as_deref()) {
-            tracing::warn!(%err, "could not write listen.json; trigger will need --url");
+            tracing::warn!(%err, "could not write the listen record; trigger will need --url");
         }
     })
 }
 
-/// Whether process `pid` exists; where `/proc` is missing the record is trusted.
-fn is_alive(pid: u32) -> bool {
-    let proc = std::path::Path::new("/proc");
-    !proc.is_dir() || proc.join(pid.to_string()).exists()
-}
-
-/// After the first `Welcome` (the session wrote `listen.json`): with `--register`, points an
-/// IllumiChat webhook at the tunnel. At shutdown: disables that webhook and removes the record.
+/// After the first `Welcome` (the session wrote the record): with `--register`, points an
+/// IllumiChat webhook at the tunnel. At shutdown: disables that webhook.
 pub(super) async fn announce(
     mut public_url: watch::Receiver<Option<String>>,
     register: Option<Api>,
@@ -116,7 +55,6 @@ pub(super) async fn announce(
             Err(_) => return Ok(()),
         },
         _ = shutdown.cancelled() => {
-            Running::remove_if_mine();
             return Ok(());
         }
     };
@@ -125,7 +63,6 @@ pub(super) async fn announce(
         None => Ok(()),
     };
     if let Err(refused) = checked {
-        Running::remove_if_mine();
         shutdown.cancel();
         return Err(refused.into());
     }
@@ -140,7 +77,6 @@ pub(super) async fn announce(
                 Some(id)
             }
             Err(e) => {
-                Running::remove_if_mine();
                 shutdown.cancel();
                 return Err(e.into());
             }
@@ -165,7 +101,6 @@ pub(super) async fn announce(
             }
         }
     }
-    Running::remove_if_mine();
     outcome
 }
 
@@ -236,10 +171,4 @@ fn remember_claim_key(tunnel: &TunnelName, key: &str) {
     if let Err(err) = saved {
         tracing::warn!(%err, path = %path.display(), "could not keep the tunnel's claim key; another machine may take the name after this listen stops");
     }
-}
-
-/// Writes `bytes` to a file only its owner can read (an existing one is tightened first).
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    paths::create_private(path)?.write_all(bytes)
 }

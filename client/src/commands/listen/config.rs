@@ -85,7 +85,14 @@ pub struct ListenConfig {
     pub max_body: usize,
     /// `--store-max-bytes` and `--store-max-age`.
     pub retention: Retention,
+    /// `--fan-out`: record and show the tunnel's deliveries, never forward them.
+    pub fan_out: bool,
+    /// `--relay-port` / `ILLUMITUNNEL_PORT`: the embedded relay's port.
+    pub relay_port: u16,
 }
+
+/// The embedded relay's port when neither `--relay-port` nor `ILLUMITUNNEL_PORT` names one.
+pub const DEFAULT_RELAY_PORT: u16 = 8443;
 
 /// `--events` and `--route` checked: known event types, routes to absolute paths.
 fn parse_rules(args: &ListenArgs) -> Result<Rules, UsageError> {
@@ -206,6 +213,16 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
                 "--ca and --insecure only apply with --relay; the embedded relay is trusted already".into(),
             ));
         }
+        if args.fan_out && relay.is_none() {
+            return Err(UsageError(
+                "--fan-out joins a tunnel on a shared relay, and the embedded relay admits only the listen that started it; pass --relay URL".into(),
+            ));
+        }
+        let relay_port = match args.relay_port {
+            None => DEFAULT_RELAY_PORT,
+            Some(0) => return Err(UsageError("--relay-port must be 1-65535".into())),
+            Some(port) => port,
+        };
         let forward_trust = TrustChoice::forwarding(&args.forward_trust)?;
         if forward_trust != TrustChoice::Default && !target.is_https() {
             return Err(UsageError(format!(
@@ -270,6 +287,8 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
             },
             max_body,
             retention: Retention { max_bytes, max_age },
+            fan_out: args.fan_out,
+            relay_port,
         })
     }
 }
@@ -541,5 +560,23 @@ mod tests {
         assert_eq!(remembered.trust, TrustChoice::Insecure);
         let other = parse_with(&["3000", "--relay", "https://other.example.com"], &file).unwrap();
         assert_eq!(other.trust, TrustChoice::Default);
+    }
+
+    #[test]
+    fn relay_port_defaults_to_8443_and_fan_out_needs_a_shared_relay() {
+        let c = parse(&["3000"]).unwrap();
+        assert_eq!((c.relay_port, c.fan_out), (DEFAULT_RELAY_PORT, false));
+        assert_eq!(
+            parse(&["3000", "--relay-port", "9443"]).unwrap().relay_port,
+            9443
+        );
+        let zero = parse(&["3000", "--relay-port", "0"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(zero, "--relay-port must be 1-65535");
+        let alone = parse(&["3000", "--fan-out"]).unwrap_err().to_string();
+        assert!(alone.ends_with("; pass --relay URL"), "{alone}");
+        let shared = parse(&["3000", "--fan-out", "--relay", "https://relay.example.com"]).unwrap();
+        assert!(shared.fan_out);
     }
 }

@@ -1,5 +1,5 @@
 //! The relay `listen` embeds when no `--relay` is given: the relay library on 127.0.0.1:8443
-//! (or a free port when that one is taken), with a fresh self-signed certificate that only this
+//! (or `--relay-port`; a taken port is an error, never another port), with a fresh self-signed certificate that only this
 //! process trusts and a fresh random token that only this process knows. Any other local
 //! process that connects to the port is refused (401); this process's own session presents the
 //! token and, since the token changes with every start, owns its tunnel by the claim key it
@@ -9,14 +9,14 @@ use anyhow::Context as _;
 use illumitunnel::{paths, Token};
 use illumitunnel_relay::tls::SelfSigned;
 use illumitunnel_relay::{Config, RelayError, TlsConfig};
+
+use crate::commands::UsageError;
 use rand::RngCore;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Where the embedded relay listens when the port is free.
-pub const EMBEDDED_ADDR: &str = "127.0.0.1:8443";
 /// Random bytes in the per-process token (256 bits).
 const TOKEN_BYTES: usize = 32;
 
@@ -34,27 +34,26 @@ pub(super) struct Embedded {
     pub task: JoinHandle<Result<(), RelayError>>,
 }
 
-/// Starts the relay library in this process on 127.0.0.1:8443 (or a free port) with a fresh
-/// self-signed certificate that only this client trusts.
-pub(super) async fn start_embedded(shutdown: &CancellationToken) -> anyhow::Result<Embedded> {
+/// Starts the relay library in this process on 127.0.0.1:`port` with a fresh self-signed
+/// certificate that only this client trusts; a taken port is a usage error naming `--relay-port`.
+pub(super) async fn start_embedded(
+    port: u16,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Embedded> {
     let cert = SelfSigned::generate(&["127.0.0.1".to_string(), "localhost".to_string()])
         .map_err(|e| anyhow::anyhow!("could not create the embedded relay's certificate: {e}"))?;
-    let listener = match TcpListener::bind(EMBEDDED_ADDR).await {
+    let addr = format!("127.0.0.1:{port}");
+    let listener = match TcpListener::bind(&addr).await {
         Ok(listener) => listener,
+        // Another port would change the tunnel URL silently: the user picks one instead.
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("could not start the embedded relay on 127.0.0.1")?;
-            let port = listener
-                .local_addr()
-                .context("could not start the embedded relay")?
-                .port();
-            eprintln!("port 8443 is in use; the embedded relay uses port {port} instead");
-            listener
+            return Err(UsageError(format!(
+                "port {port} is taken (by another program, or another listen on this machine); pass --relay-port PORT or set ILLUMITUNNEL_PORT"
+            ))
+            .into())
         }
         Err(e) => {
-            return Err(e)
-                .with_context(|| format!("could not start the embedded relay on {EMBEDDED_ADDR}"))
+            return Err(e).with_context(|| format!("could not start the embedded relay on {addr}"))
         }
     };
     let port = listener
