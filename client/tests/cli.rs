@@ -141,7 +141,7 @@ fn clap_usage_errors_exit_2() {
 }
 
 #[test]
-fn unreadable_trigger_file_exits_1_saying_what_to_do() {
+fn a_missing_trigger_file_exits_2_saying_what_to_do() {
     let home = tempfile::tempdir().unwrap();
     let missing = home.path().join("missing.json");
     let missing = missing.to_str().unwrap();
@@ -156,7 +156,7 @@ fn unreadable_trigger_file_exits_1_saying_what_to_do() {
             "http://127.0.0.1:9/h",
         ],
     );
-    assert_one_error_line("trigger --file", &out, 1);
+    assert_one_error_line("trigger --file", &out, 2);
     assert!(out.stderr.contains(missing), "{}", out.stderr);
     assert!(out.stderr.contains("check the path"), "{}", out.stderr);
 }
@@ -305,11 +305,11 @@ fn show_finds_by_prefix_and_prints_request_and_response() {
     assert!(out.stdout.contains("x-local: yes"), "{}", out.stdout);
 
     let out = run(home.path(), &["show", "aaaa", "--store", store]);
-    assert_one_error_line("ambiguous", &out, 1);
+    assert_one_error_line("ambiguous", &out, 2);
     assert!(out.stderr.contains("ambiguous"), "{}", out.stderr);
 
     let out = run(home.path(), &["show", "ffff", "--store", store]);
-    assert_one_error_line("unknown", &out, 1);
+    assert_one_error_line("unknown", &out, 2);
     assert_eq!(
         out.stderr.trim(),
         "error: no delivery with id ffff; list ids with illumitunnel events"
