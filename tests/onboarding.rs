@@ -114,18 +114,7 @@ fn login_writes_a_private_config_that_listen_then_uses() {
     assert!(text.contains(&format!("token = \"{TOKEN}\"")), "{text}");
 
     // No --relay, no --token: both come from config.toml.
-    let mut cmd = command("illumitunnel", home.path());
-    cmd.args([
-        "listen",
-        &target.url("/hooks"),
-        "--no-tui",
-        "--json",
-        "--store",
-    ])
-    .arg(home.path().join("captures.db"));
-    let listen = ChildGuard::spawn(cmd);
-    let line = listen.wait_for_text(Stream::Stderr, "webhook URL");
-    let url = support::after(&line, "webhook URL").to_string();
+    let (_listen, url) = listen_from_config(home.path(), &target);
     assert!(url.starts_with(&relay.url), "{url} is not on {}", relay.url);
     let response = Request::post(&url).body("{}").send(&rt);
     assert_eq!(response.status, 200, "{}", response.text());
@@ -584,7 +573,14 @@ fn login_insecure_trusts_a_self_signed_relay_and_listen_then_connects_without_fl
 
     let rt = runtime();
     let target = Target::ok(&rt);
-    let mut cmd = command("illumitunnel", home.path());
+    let (_listen, url) = listen_from_config(home.path(), &target);
+    assert!(url.starts_with(&relay.url), "{url} is not on {}", relay.url);
+}
+
+/// `listen` with no `--relay` or `--token`, so both come from `config.toml` under `home`; returns
+/// the process and the webhook URL its banner printed.
+fn listen_from_config(home: &std::path::Path, target: &Target) -> (ChildGuard, String) {
+    let mut cmd = command("illumitunnel", home);
     cmd.args([
         "listen",
         &target.url("/hooks"),
@@ -592,9 +588,9 @@ fn login_insecure_trusts_a_self_signed_relay_and_listen_then_connects_without_fl
         "--json",
         "--store",
     ])
-    .arg(home.path().join("captures.db"));
+    .arg(home.join("captures.db"));
     let listen = ChildGuard::spawn(cmd);
     let line = listen.wait_for_text(Stream::Stderr, "webhook URL");
     let url = support::after(&line, "webhook URL").to_string();
-    assert!(url.starts_with(&relay.url), "{url} is not on {}", relay.url);
+    (listen, url)
 }
