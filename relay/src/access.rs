@@ -7,7 +7,7 @@
 pub mod limit;
 
 use std::net::IpAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use illumitunnel::Token;
@@ -19,7 +19,6 @@ use tracing::{info, warn};
 
 use self::limit::{FailureLimit, Limited};
 use crate::auth::{Auth, Owner, Unauthorized};
-use crate::cluster;
 use crate::session::{self, SessionContext};
 use crate::tokens;
 
@@ -226,45 +225,57 @@ where
     }
 }
 
-/// Where a relay's stored tokens are.
-pub(crate) enum Stored {
-    /// None: only configured tokens (the embedded relay).
-    Nowhere,
-    /// `{dir}/relay.db`, written by `token add`.
-    Dir(std::path::PathBuf),
-    /// The cluster's tokens bucket, written by `token add --cluster`.
-    Cluster(Box<async_nats::jetstream::kv::Store>),
+/// Where a running relay reads its stored tokens: `relay.db` ([`DirTokens`]) or, on a
+/// cluster, NATS.
+#[async_trait::async_trait]
+pub trait StoredTokens: Send + Sync {
+    /// Every stored token's hash; `Ok(None)` when nothing has been stored yet.
+    async fn hashes(&self) -> Result<Option<Vec<[u8; 32]>>, String>;
+    /// The command that adds a token there, for the warning when there is none.
+    fn add_command(&self) -> &'static str;
 }
 
-impl Stored {
-    /// Every stored token's hash; `Ok(None)` when there is no database yet.
-    async fn load(
-        &self,
-        conn: &mut Option<rusqlite::Connection>,
-    ) -> Result<Option<Vec<[u8; 32]>>, String> {
-        match self {
-            Stored::Nowhere => Ok(None),
-            Stored::Cluster(store) => cluster::tokens::load_hashes(store).await.map(Some),
-            Stored::Dir(dir) => {
-                let (dir, kept) = (dir.clone(), conn.take());
-                let read = tokio::task::spawn_blocking(move || {
-                    let conn = kept.or_else(|| tokens::open_existing(&dir));
-                    let hashes = conn.as_ref().map(tokens::load_hashes);
-                    (conn, hashes)
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-                match read {
-                    (kept, Some(Ok(hashes))) => {
-                        *conn = kept;
-                        Ok(Some(hashes))
-                    }
-                    // Open again next time: a busy database must not stick.
-                    (_, Some(Err(err))) => Err(err.to_string()),
-                    (_, None) => Ok(None),
-                }
-            }
+/// `{dir}/relay.db`, written by `token add`; the connection is kept between reads.
+pub struct DirTokens {
+    dir: std::path::PathBuf,
+    conn: Mutex<Option<rusqlite::Connection>>,
+}
+
+impl DirTokens {
+    /// The tokens stored in `dir`.
+    pub fn new(dir: std::path::PathBuf) -> Self {
+        DirTokens {
+            dir,
+            conn: Mutex::new(None),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl StoredTokens for DirTokens {
+    async fn hashes(&self) -> Result<Option<Vec<[u8; 32]>>, String> {
+        let kept = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let dir = self.dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let conn = kept.or_else(|| tokens::open_existing(&dir));
+            let hashes = conn.as_ref().map(tokens::load_hashes);
+            (conn, hashes)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match read {
+            (kept, Some(Ok(hashes))) => {
+                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = kept;
+                Ok(Some(hashes))
+            }
+            // Open again next time: a busy database must not stick.
+            (_, Some(Err(err))) => Err(err.to_string()),
+            (_, None) => Ok(None),
+        }
+    }
+
+    fn add_command(&self) -> &'static str {
+        "illumitunnel-relay token add NAME"
     }
 }
 
@@ -275,15 +286,14 @@ pub(crate) async fn start(
     allow_anonymous: bool,
     open_when_empty: bool,
     process: Option<&Token>,
-    stored: Stored,
+    stored: Option<Arc<dyn StoredTokens>>,
     shutdown: CancellationToken,
 ) -> (Arc<Access>, Option<tokio::task::JoinHandle<()>>) {
     let access = Access::new(tokens, allow_anonymous, open_when_empty, process);
-    if matches!(stored, Stored::Nowhere) {
+    let Some(stored) = stored else {
         return (access, None);
-    }
-    let mut conn = None;
-    match stored.load(&mut conn).await {
+    };
+    match stored.hashes().await {
         Ok(Some(hashes)) => {
             access.set_stored(hashes);
         }
@@ -292,22 +302,17 @@ pub(crate) async fn start(
     }
     if access.read(|s| access.is_closed_and_empty(s)) {
         // Cluster nodes read the tokens in NATS, never a node's relay.db.
-        let add = if matches!(stored, Stored::Cluster(_)) {
-            "illumitunnel-relay token add NAME --cluster nats://…"
-        } else {
-            "illumitunnel-relay token add NAME"
-        };
+        let add = stored.add_command();
         warn!("no client tokens yet: clients are refused until `{add}`");
     }
-    let poll = spawn_poll(access.clone(), stored, conn, shutdown);
+    let poll = spawn_poll(access.clone(), stored, shutdown);
     (access, Some(poll))
 }
 
 /// Reads the stored tokens every [`POLL_EVERY`] until `shutdown`, and applies changes.
 fn spawn_poll(
     access: Arc<Access>,
-    stored: Stored,
-    mut conn: Option<rusqlite::Connection>,
+    stored: Arc<dyn StoredTokens>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -319,7 +324,7 @@ fn spawn_poll(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match stored.load(&mut conn).await {
+            match stored.hashes().await {
                 Ok(Some(hashes)) => {
                     let count = hashes.len();
                     if access.set_stored(hashes) {

@@ -19,9 +19,9 @@
 pub mod codec;
 pub mod connect;
 pub mod forward;
-pub mod link;
 pub mod presence;
 pub mod queue;
+pub mod release;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -33,9 +33,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 
-pub use connect::{ClusterError, NatsLink, CONNECT_TIMEOUT};
+pub use crate::config::{ClusterConfig, NatsLink};
+pub use connect::{ClusterError, CONNECT_TIMEOUT};
 pub use presence::View;
 
+use crate::placement::{Authority, Health, Placement};
 use crate::queue::QueueLimits;
 
 /// Longest a node waits for JetStream to confirm a write (a sender waits that long at most
@@ -64,18 +66,6 @@ pub const BODIES_BUCKET: &str = "illumitunnel-bodies";
 pub const QUEUE_STREAM: &str = "ILLUMITUNNEL_QUEUE";
 /// Stream of dead letters.
 pub const DEAD_STREAM: &str = "ILLUMITUNNEL_DEAD";
-
-/// Where the cluster's NATS servers are, how to log in, and who this node is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// NATS servers, login and TLS.
-    pub nats: NatsLink,
-    /// This node's id, unique in the cluster.
-    pub node_id: String,
-    /// Replicas of the buckets and streams this node creates (3 with a three-server NATS
-    /// cluster); existing ones keep theirs.
-    pub replicas: usize,
-}
 
 /// A node's connection to the cluster and the buckets and streams it uses.
 pub struct Cluster {
@@ -263,6 +253,48 @@ impl Cluster {
     pub async fn drop_body(&self, name: &str) {
         if let Err(err) = self.bodies.delete(name).await {
             tracing::debug!(%err, name, "could not delete a stored body; it expires with the bucket's age limit");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Placement for Cluster {
+    fn node(&self) -> Option<&str> {
+        Some(&self.node)
+    }
+
+    fn authority(&self, tunnel: &str) -> Authority {
+        self.place(self.view.authority(tunnel))
+    }
+
+    async fn authority_now(&self, tunnel: &str) -> Authority {
+        let authority = Cluster::authority_now(self, tunnel).await;
+        self.place(authority)
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.view.changes()
+    }
+
+    async fn announced(&self, tunnel: &str, within: Duration) {
+        Cluster::announced(self, tunnel, within).await
+    }
+
+    fn health(&self) -> Health {
+        if self.is_reachable() {
+            Health::Ready
+        } else {
+            Health::Unreachable
+        }
+    }
+}
+
+impl Cluster {
+    fn place(&self, authority: Option<String>) -> Authority {
+        match authority {
+            None => Authority::Nobody,
+            Some(node) if node == self.node => Authority::Here,
+            Some(node) => Authority::Elsewhere(node),
         }
     }
 }

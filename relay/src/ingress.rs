@@ -23,13 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use crate::budget::{AnswerBody, Holder, InflightBudget};
-use crate::cluster::{forward, Cluster};
 use crate::config::OfflinePolicy;
 use crate::error::IngressError;
 use crate::metrics::{Metrics, Outcome};
+use crate::placement::{Authority, Placement};
 use crate::proxy::{self, Origin};
 use crate::queue::{QueueError, QueuedDelivery};
-use crate::session::{OutgoingDelivery, Reply, SessionHandle};
+use crate::session::handle::{OutgoingDelivery, Reply, SessionHandle};
 use crate::tunnel::{QueueTicket, Route, Tunnels};
 
 mod body;
@@ -50,8 +50,28 @@ pub(crate) struct IngressContext {
     pub min_body_rate: u64,
     /// Time a body has before the minimum rate applies.
     pub min_body_grace: Duration,
-    /// On a cluster node: NATS, and who holds which tunnel.
-    pub cluster: Option<Arc<Cluster>>,
+    /// Which node decides which tunnel (always this one on a single relay).
+    pub placement: Arc<dyn Placement>,
+    /// On a cluster node: the other nodes.
+    pub peers: Option<Arc<dyn Peers>>,
+}
+
+/// The other nodes of a cluster, as ingress reaches them; the NATS adapter implements it, a
+/// single relay has none.
+#[async_trait::async_trait]
+pub(crate) trait Peers: Send + Sync {
+    /// Hands `delivery` to `node`, which decides `tunnel`'s order, and returns its answer (or
+    /// decides here through [`decide`] when it never left this node).
+    async fn hand_to(
+        &self,
+        ctx: &IngressContext,
+        node: &str,
+        tunnel: &str,
+        delivery: QueuedDelivery,
+    ) -> Result<Answered, IngressError>;
+
+    /// Sends fan-out copies to the other nodes holding sessions of `tunnel`.
+    async fn copy_to_others(&self, tunnel: &str, delivery: &QueuedDelivery);
 }
 
 /// A webhook request for `tunnel` with `rest` below it, as it arrived.
@@ -193,24 +213,20 @@ where
         headers: forward_headers(&r.parts.headers, r.origin, r.proto, host),
         body,
     };
-    if let Some(cluster) = &ctx.cluster {
-        // On a cluster the tunnel's authority decides its order; it may be another node.
-        let mut authority = cluster.view().authority(r.tunnel);
-        if authority.is_none() && ctx.tunnels.sessions(r.tunnel).is_empty() {
-            // About to be queued: make sure no session joined elsewhere a moment ago.
-            authority = cluster.authority_now(r.tunnel).await;
-        }
-        if let Some(node) = authority {
-            if node != cluster.node() {
-                return forward::to_node(ctx, cluster, &node, r.tunnel, delivery).await;
-            }
-        }
+    // On a cluster the tunnel's authority decides its order; it may be another node.
+    let mut authority = ctx.placement.authority(r.tunnel);
+    if authority == Authority::Nobody && ctx.tunnels.sessions(r.tunnel).is_empty() {
+        // About to be queued: make sure no session joined elsewhere a moment ago.
+        authority = ctx.placement.authority_now(r.tunnel).await;
     }
-    dispatch(ctx, r.tunnel, delivery).await
+    if let (Authority::Elsewhere(node), Some(peers)) = (&authority, &ctx.peers) {
+        return peers.hand_to(ctx, node, r.tunnel, delivery).await;
+    }
+    decide(ctx, r.tunnel, delivery).await
 }
 
-/// Sends a delivery this relay decides for to its tunnel's sessions, or queues it.
-pub(crate) async fn dispatch(
+/// Sends a delivery this node decides for to its tunnel's sessions, or queues it.
+pub(crate) async fn decide(
     ctx: &IngressContext,
     tunnel: &str,
     delivery: QueuedDelivery,
@@ -221,8 +237,8 @@ pub(crate) async fn dispatch(
         Route::Queue(ticket) => return offline(ctx, ticket, delivery).await,
         Route::Live(sessions) => sessions,
     };
-    if let Some(cluster) = &ctx.cluster {
-        forward::copy_to_others(cluster, tunnel, &delivery).await;
+    if let Some(peers) = &ctx.peers {
+        peers.copy_to_others(tunnel, &delivery).await;
     }
 
     let timeout = ctx.response_timeout;

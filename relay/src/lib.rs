@@ -14,9 +14,13 @@
 //! - [`session`] — a client's websocket session actor and its `SessionHandle`.
 //! - [`tunnel`] — tunnel → owner and sessions, and each tunnel's delivery order (idle,
 //!   draining its backlog one delivery at a time, live).
-//! - [`cluster`] — `--cluster`: tunnels, presence and the queue in NATS JetStream; deliveries
-//!   handed between nodes.
-//! - [`queue`] — the offline queue and tunnel ownership in `{data_dir}/relay.db`.
+//! - [`placement`] — which node decides a tunnel's order (always this one on a single relay).
+//! - [`queue`] — the offline queue and tunnel ownership: the `Queue` port and its local
+//!   backend in `{data_dir}/relay.db`.
+//! - [`node`] — the composition root: a node's TLS and backend from its `Config`; `token` and
+//!   `tunnel` commands on the store they name.
+//! - `cluster` (feature `cluster`) — the NATS adapter: tunnels, presence and the queue in NATS
+//!   JetStream; deliveries handed between nodes. Only [`node`] names it.
 //! - [`auth`] — token check, claim keys and the one tunnel ownership rule.
 //! - [`access`] — the tokens accepted now (file, environment, stored), revoked sessions closed.
 //! - [`tokens`] — `token add | list | revoke`: tokens stored hashed in `relay.db`.
@@ -30,6 +34,7 @@ pub mod access;
 pub mod acme;
 pub mod auth;
 pub mod budget;
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod config;
 pub mod conn;
@@ -37,6 +42,8 @@ pub mod error;
 pub mod ingress;
 pub mod logging;
 pub mod metrics;
+pub mod node;
+pub mod placement;
 pub mod proxy;
 pub mod queue;
 pub mod reload;

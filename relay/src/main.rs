@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use illumitunnel_relay::config::{self, Args, Command};
-use illumitunnel_relay::{logging, server, tls, tokens, tunnel, Config, TlsConfig};
+use illumitunnel_relay::config::Args;
+use illumitunnel_relay::{logging, node, server, tls, tokens, Config, TlsConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -15,37 +15,10 @@ async fn main() -> ExitCode {
     let mut args = Args::parse();
     let data_dir =
         (args.data_dir.clone()).unwrap_or_else(illumitunnel::paths::default_relay_data_dir);
-    if let Some(Command::Token(command)) = &args.command {
-        let link = match args.cluster.is_empty() {
-            true => None,
-            false => match config::nats_link(&args) {
-                Ok(link) => Some(link),
-                Err(err) => return fail(&err, 2),
-            },
-        };
-        let target = match &link {
-            None => tokens::TokenTarget::Dir(&data_dir),
-            Some(link) => tokens::TokenTarget::Cluster(link),
-        };
-        let (mut out, mut note) = (std::io::stdout(), std::io::stderr());
-        return match tokens::run(command, target, &mut out, &mut note).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
-        };
-    }
-    if let Some(Command::Tunnel(command)) = &args.command {
-        let link = match args.cluster.is_empty() {
-            true => None,
-            false => match config::nats_link(&args) {
-                Ok(link) => Some(link),
-                Err(err) => return fail(&err, 2),
-            },
-        };
-        let mut out = std::io::stdout();
-        return match tunnel::release::run(command, &data_dir, link.as_ref(), &mut out).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => fail(&err, if err.is_usage() { 2 } else { 1 }),
-        };
+    match node::run_command(&args, &data_dir).await {
+        Ok(false) => {}
+        Ok(true) => return ExitCode::SUCCESS,
+        Err(err) => return fail(&err, err.exit_code()),
     }
     args.stored_tokens = tokens::stored_count(&data_dir);
     let (addr, self_signed) = (args.listen, args.self_signed);

@@ -4,14 +4,13 @@
 //! does not come) before sessions close and the offline queue is flushed.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,27 +19,26 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::access::{self, Access, Refused};
-use crate::budget::{AnswerBody, InflightBudget};
-use crate::cluster::{self, Cluster};
+use crate::access::{self, Access};
+use crate::budget::InflightBudget;
 use crate::config::{Config, Limits};
 use crate::conn::{Activity, ConnectionLimits, LingerIo, WRITE_TIMEOUT};
 use crate::error::IngressError;
-use crate::ingress::{self, IngressContext, WebhookRequest};
+use crate::ingress::IngressContext;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Origin, TrustedProxies};
-use crate::queue::{self, QueueHandle, QueueStore};
-use crate::route::{self, Route};
+use crate::proxy;
 use crate::session::SessionContext;
 use crate::tunnel::{DrainPolicy, Tunnels};
-use crate::{session, tls, RelayError};
+use crate::{node, tls, RelayError};
+
+mod dispatch;
+mod housekeeping;
+
+use dispatch::{route_request, text, Dispatch, Link};
 
 /// Longest a sender may take to send its request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,8 +48,6 @@ pub const MAX_H2_STREAMS: u32 = 32;
 const HYPER_HEAD_SLACK: usize = 16 * 1024;
 /// hyper's smallest read buffer.
 const MIN_HYPER_BUF: usize = 8192;
-/// Longest between answering 101 and the websocket being usable.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time, beyond the response timeout, a shutdown waits for requests in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Longest a shutdown waits for sessions to close after requests drained.
@@ -61,32 +57,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Beyond the response timeout, how long a drain waits for the client to record a queued
 /// delivery (it forwards it to the local server first).
 const BACKLOG_ACK_GRACE: Duration = Duration::from_secs(30);
-/// Longest pause between two expiry passes over the offline queue.
-const EXPIRE_EVERY: Duration = Duration::from_secs(60);
-
-/// What the HTTP layer dispatches to: each role gets its own narrow view.
-struct Dispatch {
-    ingress: Arc<IngressContext>,
-    sessions: Arc<SessionContext>,
-    auth: Arc<Access>,
-    metrics: Arc<Metrics>,
-    /// Whether this listener serves `/metrics` (only on loopback, and not behind a proxy).
-    serve_metrics: bool,
-    /// `--trusted-proxy`: peers whose `X-Forwarded-For` names the sender.
-    proxies: TrustedProxies,
-    /// Open connections, and senders behind a trusted proxy by their real address.
-    connections: Arc<ConnectionLimits>,
-    max_header_bytes: usize,
-    first_request_timeout: Duration,
-    idle_timeout: Duration,
-    /// `X-Forwarded-Proto` on plain connections (the public URL's scheme behind a TLS proxy).
-    plain_proto: &'static str,
-    tracker: TaskTracker,
-    /// On a cluster node: `/healthz` says whether NATS is reachable.
-    cluster: Option<Arc<Cluster>>,
-    /// The next connection's id, for the budget's per-connection share.
-    next_connection: AtomicU64,
-}
 
 /// Binding the listener failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,58 +96,33 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
 
+/// Serves `listener` with the node `config` describes until `shutdown`, then drains requests
+/// in flight, closes sessions and the queue.
 pub(crate) async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let local = listener.local_addr()?;
-    let served = tls::serve(config.tls, &config.data_dir, &shutdown).map_err(RelayError::Tls)?;
-    let acceptor = served.acceptor;
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
-    let public_base = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| default_public_base(scheme, local));
-    let plain_proto = if public_base.starts_with("https://") {
+    let tls = std::mem::replace(&mut config.tls, crate::TlsConfig::Plain);
+    let served = node::serve_tls(tls, &config.data_dir, &shutdown).map_err(RelayError::Tls)?;
+    let scheme = if served.acceptor.is_some() {
         "https"
     } else {
         "http"
     };
+    let public_base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| default_public_base(scheme, local));
     let metrics = Arc::new(Metrics::new());
     metrics.queue.label_tunnels(config.metrics_tunnel_labels);
-    let (queue, queue_thread, cluster, owners) = match &config.cluster {
-        None => {
-            let data_dir = config.data_dir.clone();
-            let limits = config.queue;
-            let gauges = metrics.queue.clone();
-            let store =
-                tokio::task::spawn_blocking(move || QueueStore::open(&data_dir, limits, gauges))
-                    .await
-                    .map_err(|e| {
-                        RelayError::DataDir(format!("could not open the relay database: {e}"))
-                    })?
-                    .map_err(|e| RelayError::DataDir(e.to_string()))?;
-            let owners = store
-                .owners()
-                .map_err(|e| RelayError::DataDir(e.to_string()))?;
-            let (queue, thread) = queue::spawn(store, config.clock.clone())?;
-            (queue, Some(thread), None, owners)
-        }
-        Some(settings) => {
-            let cluster = Cluster::connect(settings, config.queue)
-                .await
-                .map_err(|e| RelayError::Cluster(e.to_string()))?;
-            info!(node = %settings.node_id, nats = %settings.nats.servers_text(), login = %settings.nats.login.describe(), "joined the relay cluster");
-            let queue = QueueHandle::cluster(cluster.clone(), config.queue);
-            (queue, None, Some(cluster), Vec::new())
-        }
-    };
+    let mut backend = node::open_backend(&config, &metrics).await?;
     let tracker = TaskTracker::new();
     // Cancelled after HTTP requests drained: ends every session and drain.
     let closing = CancellationToken::new();
     let tunnels = Tunnels::new(
-        queue.clone(),
+        backend.queue.clone(),
         metrics.clone(),
         DrainPolicy {
             ack_timeout: config.response_timeout + BACKLOG_ACK_GRACE,
@@ -185,23 +130,73 @@ pub(crate) async fn run(
         },
         tracker.clone(),
         closing.clone(),
-        cluster.as_ref().map(|c| c.view().clone()),
+        backend.placement.clone(),
     );
-    for (tunnel, owner) in owners {
+    for (tunnel, owner) in std::mem::take(&mut backend.owners) {
         tunnels.preload(tunnel, owner);
     }
     tunnels.spawn_release_watch();
-    // Without tokens only an anonymous relay (or the embedded one, with its process token) is
-    // open; any other relay with an empty set accepts nobody, on loopback too (a proxy there
-    // makes it public).
+    let (auth, token_poll) = start_access(&config, backend.stored_tokens.clone(), &shutdown).await;
+    let reload = std::mem::take(&mut config.reload);
+    let reloader = crate::reload::spawn(reload, served.slot, auth.clone(), shutdown.clone())?;
+    let roles = Roles {
+        tunnels,
+        auth,
+        metrics,
+        public_base,
+        tracker,
+        closing,
+        shutdown: shutdown.clone(),
+    };
+    let dispatch = Arc::new(dispatch_for(&config, local, &backend, roles));
+    let (tunnels, ingress) = (&dispatch.ingress.tunnels, dispatch.ingress.clone());
+    let (tracker, closing) = (&dispatch.tracker, &dispatch.sessions.closing);
+    backend.start(tunnels, ingress, tracker, closing, &shutdown);
+    info!(%local, public_url = %dispatch.sessions.public_base, "relay serving");
+    let expiry = tokio::spawn(housekeeping::expire_periodically(
+        backend.queue.clone(),
+        dispatch.ingress.tunnels.clone(),
+        config.queue.max_age,
+        config.limits.tunnel_ttl,
+        shutdown.clone(),
+    ));
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => Some(tokio::spawn(
+            serve_metrics(
+                bind(addr).await?,
+                dispatch.metrics.clone(),
+                shutdown.clone(),
+            )
+            .in_current_span(),
+        )),
+        None => None,
+    };
+    let graceful = accept(&config, listener, &dispatch, served.acceptor, &shutdown).await;
+    close(&config, graceful, &dispatch).await;
+    let _ = expiry.await;
+    for task in [token_poll, reloader, metrics_task].into_iter().flatten() {
+        let _ = task.await;
+    }
+    backend.queue.close().await;
+    if let Some(thread) = backend.queue_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    info!("relay stopped");
+    Ok(())
+}
+
+/// Starts checking client tokens: the configured ones, and the stored ones read again now and
+/// then. Without tokens only an anonymous relay (or the embedded one, with its process token)
+/// is open; any other relay with an empty set accepts nobody, on loopback too (a proxy there
+/// makes it public).
+async fn start_access(
+    config: &Config,
+    stored: Option<Arc<dyn access::StoredTokens>>,
+    shutdown: &CancellationToken,
+) -> (Arc<Access>, Option<tokio::task::JoinHandle<()>>) {
     let open_when_empty =
         config.tokens.is_empty() && (config.allow_anonymous || config.process_token.is_some());
-    let stored = match &cluster {
-        Some(cluster) => access::Stored::Cluster(Box::new(cluster.tokens.clone())),
-        None if config.stored_tokens => access::Stored::Dir(config.data_dir.clone()),
-        None => access::Stored::Nowhere,
-    };
-    let (auth, token_poll) = access::start(
+    access::start(
         &config.tokens,
         config.allow_anonymous,
         open_when_empty,
@@ -209,33 +204,52 @@ pub(crate) async fn run(
         stored,
         shutdown.clone(),
     )
-    .await;
-    let reloader =
-        crate::reload::spawn(config.reload, served.slot, auth.clone(), shutdown.clone())?;
-    let dispatch = Arc::new(Dispatch {
+    .await
+}
+
+/// What the HTTP layer's roles share, built before [`dispatch_for`].
+struct Roles {
+    tunnels: Arc<Tunnels>,
+    auth: Arc<Access>,
+    metrics: Arc<Metrics>,
+    public_base: String,
+    tracker: TaskTracker,
+    closing: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+/// Each role's narrow view of the node.
+fn dispatch_for(config: &Config, local: SocketAddr, backend: &node::Backend, r: Roles) -> Dispatch {
+    let plain_proto = if r.public_base.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    Dispatch {
         ingress: Arc::new(IngressContext {
-            tunnels: tunnels.clone(),
-            metrics: metrics.clone(),
+            tunnels: r.tunnels.clone(),
+            metrics: r.metrics.clone(),
             max_body: config.max_body,
             response_timeout: config.response_timeout,
             offline: config.offline,
-            shutdown: shutdown.clone(),
+            shutdown: r.shutdown.clone(),
             budget: InflightBudget::new(config.limits.max_inflight_bytes),
             min_body_rate: config.limits.min_body_rate,
             min_body_grace: config.limits.min_body_grace,
-            cluster: cluster.clone(),
+            placement: backend.placement.clone(),
+            peers: backend.peers.clone(),
         }),
         sessions: Arc::new(SessionContext {
-            tunnels: tunnels.clone(),
-            queue: queue.clone(),
-            public_base: public_base.clone(),
+            tunnels: r.tunnels,
+            queue: backend.queue.clone(),
+            public_base: r.public_base,
             keepalive: config.keepalive,
             max_body: config.max_body,
-            closing: closing.clone(),
-            cluster: cluster.clone(),
+            closing: r.closing,
+            placement: backend.placement.clone(),
         }),
-        auth: auth.clone(),
-        metrics: metrics.clone(),
+        auth: r.auth,
+        metrics: r.metrics,
         // Behind a proxy on loopback every sender looks local: /metrics only on --metrics-listen.
         serve_metrics: local.ip().is_loopback()
             && config.trusted_proxies.is_empty()
@@ -249,33 +263,23 @@ pub(crate) async fn run(
         first_request_timeout: config.limits.first_request_timeout,
         idle_timeout: config.limits.idle_timeout,
         plain_proto,
-        tracker: tracker.clone(),
-        cluster: cluster.clone(),
+        tracker: r.tracker,
+        placement: backend.placement.clone(),
         next_connection: AtomicU64::new(0),
-    });
-    if let Some(cluster) = &cluster {
-        // Presence lasts as long as sessions do; other nodes' deliveries stop coming at once.
-        cluster::presence::spawn(cluster, &tunnels, &tracker, &closing);
-        cluster::forward::spawn(cluster, dispatch.ingress.clone(), &tracker, &shutdown);
     }
-    info!(%local, public_url = %public_base, "relay serving");
-    let expiry = tokio::spawn(expire_periodically(
-        queue.clone(),
-        tunnels.clone(),
-        config.queue.max_age,
-        config.limits.tunnel_ttl,
-        shutdown.clone(),
-    ));
+}
 
-    let metrics_task = match config.metrics_listen {
-        Some(addr) => Some(tokio::spawn(
-            serve_metrics(bind(addr).await?, metrics.clone(), shutdown.clone()).in_current_span(),
-        )),
-        None => None,
-    };
+/// Accepts connections until `shutdown`; returns what watches the connections still open.
+async fn accept(
+    config: &Config,
+    listener: TcpListener,
+    dispatch: &Arc<Dispatch>,
+    acceptor: Option<TlsAcceptor>,
+    shutdown: &CancellationToken,
+) -> GracefulShutdown {
     let builder = Arc::new(http_builder(&config.limits));
-    let connections = dispatch.connections.clone();
     let graceful = GracefulShutdown::new();
+    let proxy_protocol = config.proxy_protocol;
     loop {
         // Both branches are cancel-safe: a token wait and `TcpListener::accept`.
         let (stream, peer) = tokio::select! {
@@ -291,15 +295,15 @@ pub(crate) async fn run(
                 }
             },
         };
-        let proxies = &dispatch.proxies;
-        let Some(slot) = proxy::admit(&connections, proxies, config.proxy_protocol, peer) else {
+        let (connections, proxies) = (&dispatch.connections, &dispatch.proxies);
+        let Some(slot) = proxy::admit(connections, proxies, proxy_protocol, peer) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (dispatch, builder) = (dispatch.clone(), builder.clone());
         let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
-        let proxy_protocol = config.proxy_protocol;
         let span = tracing::debug_span!("connection", %peer, sender = tracing::field::Empty);
+        let tracker = dispatch.tracker.clone();
         tracker.spawn(
             async move {
                 let (mut stream, mut peer, mut sender) = (stream, peer, None);
@@ -319,7 +323,11 @@ pub(crate) async fn run(
         );
     }
     drop(listener);
+    graceful
+}
 
+/// Shuts down in order: requests in flight first (up to the response timeout), then sessions.
+async fn close(config: &Config, graceful: GracefulShutdown, dispatch: &Dispatch) {
     info!("shutting down: draining requests in flight");
     let drain = config.response_timeout + DRAIN_GRACE;
     if tokio::time::timeout(drain, graceful.shutdown())
@@ -328,74 +336,13 @@ pub(crate) async fn run(
     {
         warn!("requests still in flight after {drain:?}; closing anyway");
     }
-    closing.cancel();
-    tracker.close();
-    if tokio::time::timeout(SESSION_CLOSE_GRACE, tracker.wait())
+    dispatch.sessions.closing.cancel();
+    dispatch.tracker.close();
+    if tokio::time::timeout(SESSION_CLOSE_GRACE, dispatch.tracker.wait())
         .await
         .is_err()
     {
         warn!("sessions did not close within {SESSION_CLOSE_GRACE:?}");
-    }
-    let _ = expiry.await;
-    for task in [token_poll, reloader].into_iter().flatten() {
-        let _ = task.await;
-    }
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    queue.close().await;
-    if let Some(thread) = queue_thread {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
-    info!("relay stopped");
-    Ok(())
-}
-
-/// Now and then drops aged deliveries from every tunnel's queue, one bounded pass at a time,
-/// and forgets the queues of tunnel names unused for `--tunnel-ttl` (their owners stay).
-async fn expire_periodically(
-    queue: QueueHandle,
-    tunnels: Arc<Tunnels>,
-    max_age: Duration,
-    ttl: Duration,
-    shutdown: CancellationToken,
-) {
-    let every = (max_age.min(ttl) / 2).clamp(Duration::from_secs(1), EXPIRE_EVERY);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // Both branches are cancel-safe: a token wait and `Interval::tick`.
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match queue.expire().await {
-            Ok(0) => {}
-            Ok(expired) => info!(
-                expired,
-                "dropped queued deliveries older than the queue's age limit"
-            ),
-            Err(err) => warn!(%err, "could not expire the offline queue"),
-        }
-        // Memory first: once forgotten there, a name takes no new delivery while its rows go.
-        let stale = match queue.stale(ttl).await {
-            Ok(stale) => stale,
-            Err(err) => {
-                warn!(%err, "could not look for unused tunnel names");
-                continue;
-            }
-        };
-        let forgotten = tunnels.release(&stale);
-        if forgotten.is_empty() {
-            continue;
-        }
-        match queue.release_stale(ttl, forgotten).await {
-            Ok(names) => info!(
-                count = names.len(),
-                "forgot the queues of tunnel names unused for --tunnel-ttl; their owners keep the names"
-            ),
-            Err(err) => warn!(%err, "could not release unused tunnel names"),
-        }
     }
 }
 
@@ -591,208 +538,4 @@ async fn serve_http<I>(
             debug!("dropped a connection whose sender took none of its answer for {WRITE_TIMEOUT:?}");
         }
     }
-}
-
-/// The connection a request came on.
-#[derive(Clone, Copy)]
-struct Link {
-    peer: SocketAddr,
-    /// The connection's id (all streams of an HTTP/2 connection share it).
-    connection: u64,
-    is_tls: bool,
-}
-
-async fn route_request(
-    dispatch: Arc<Dispatch>,
-    req: Request<Incoming>,
-    from: Link,
-) -> Response<AnswerBody> {
-    let Link {
-        peer,
-        connection,
-        is_tls,
-    } = from;
-    if !route::check_method(req.method()) {
-        let err = IngressError::MethodNotAllowed(req.method().to_string());
-        return err.into_response().map(AnswerBody::from);
-    }
-    let limit = dispatch.max_header_bytes;
-    if head_size(&req) > limit {
-        return IngressError::HeadTooLarge { limit }
-            .into_response()
-            .map(AnswerBody::from);
-    }
-    if let Err(why) = route::check_path(req.uri().path()) {
-        return IngressError::BadPath(why)
-            .into_response()
-            .map(AnswerBody::from);
-    }
-    let origin = Origin::of(req.headers(), peer.ip(), &dispatch.proxies);
-    // Behind a trusted proxy the sender is known only now: count it while its request lasts.
-    let _sender = match origin.via_trusted_proxy {
-        true => match dispatch.connections.admit_sender(origin.sender) {
-            Some(slot) => Some(slot),
-            None => return proxy::too_many_from(origin.sender).map(AnswerBody::from),
-        },
-        false => None,
-    };
-    let (parts, body) = req.into_parts();
-    match route::parse(parts.uri.path()) {
-        Route::Tunnel { tunnel, rest } => {
-            let proto = if is_tls {
-                "https"
-            } else {
-                dispatch.plain_proto
-            };
-            let request = WebhookRequest {
-                parts: &parts,
-                tunnel,
-                rest,
-                origin: &origin,
-                connection,
-                proto,
-            };
-            let span = tracing::debug_span!("request", sender = %origin.sender);
-            return ingress::handle(&dispatch.ingress, request, body)
-                .instrument(span)
-                .await;
-        }
-        Route::Healthz => healthz(dispatch.cluster.as_deref()),
-        Route::Metrics if dispatch.serve_metrics => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Bytes::from(dispatch.metrics.encode()),
-        ),
-        Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body), origin.sender),
-        Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
-    }
-    .map(AnswerBody::from)
-}
-
-/// `ok`; on a cluster node, also whether NATS is reachable (503 when it is not, so a load
-/// balancer sends new webhooks to nodes that can queue them).
-fn healthz(cluster: Option<&Cluster>) -> Response<Full<Bytes>> {
-    let plain = "text/plain; charset=utf-8";
-    match cluster {
-        None => text(StatusCode::OK, plain, Bytes::from_static(b"ok")),
-        Some(c) if c.is_reachable() => text(
-            StatusCode::OK,
-            plain,
-            Bytes::from(format!("ok\nnode {}: nats reachable\n", c.node())),
-        ),
-        Some(c) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            plain,
-            Bytes::from(format!(
-                "degraded\nnode {}: nats unreachable; sessions held here keep working, deliveries that must be queued get 503\n",
-                c.node()
-            )),
-        ),
-    }
-}
-
-/// The size of a request's line and headers as a sender wrote them (HTTP/1), or the same
-/// measure for an HTTP/2 request.
-fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
-    req.headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>()
-        + line
-}
-
-fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// The websocket of an upgraded connection; `None` when the upgrade failed or timed out.
-async fn open_websocket(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
-    match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
-        Ok(Ok(upgraded)) => {
-            // An empty read buffer that grows with what the client sends, instead of
-            // tungstenite's 4 KiB up front: most sessions idle (docs/benchmarks.md).
-            let ws = WebSocketStream::from_partially_read(
-                TokioIo::new(upgraded),
-                Vec::new(),
-                Role::Server,
-                Some(session::ws_config()),
-            )
-            .await;
-            Some(ws)
-        }
-        Ok(Err(err)) => {
-            debug!(%err, "websocket upgrade failed");
-            None
-        }
-        Err(_) => {
-            debug!("websocket upgrade timed out");
-            None
-        }
-    }
-}
-
-/// Answers a client's websocket upgrade with 101 and runs the session on a tracked task.
-/// Failed token checks count against `sender`: behind a trusted proxy the real client, so one
-/// guesser cannot keep out everyone who comes through the same proxy.
-fn upgrade(dispatch: &Dispatch, req: Request<Incoming>, sender: IpAddr) -> Response<Full<Bytes>> {
-    let headers = req.headers();
-    let has = |name: header::HeaderName, want: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(want.as_bytes()))
-        })
-    };
-    // Websocket upgrades exist on HTTP/1.1 only; clients negotiate http/1.1 for this path.
-    let is_upgrade = req.version() == http::Version::HTTP_11
-        && req.method() == http::Method::GET
-        && has(header::UPGRADE, "websocket")
-        && has(header::SEC_WEBSOCKET_VERSION, "13");
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|_| is_upgrade)
-    else {
-        return IngressError::NotWebsocket.into_response();
-    };
-    let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
-        return IngressError::NotWebsocket.into_response();
-    };
-    // The token is checked before anything is upgraded: a wrong one never sees a 101.
-    let authorization = headers.get(header::AUTHORIZATION);
-    let auth = match dispatch
-        .auth
-        .check_from(sender, authorization.map(HeaderValue::as_bytes))
-    {
-        Ok(owner) => Ok(owner),
-        Err(Refused::Unauthorized) => return IngressError::Unauthorized.into_response(),
-        Err(Refused::Limited(limited)) => {
-            let retry_after = limited.retry_after;
-            return IngressError::TooManyTokenFailures { retry_after }.into_response();
-        }
-    };
-    let on_upgrade = hyper::upgrade::on(req);
-    let sessions = dispatch.sessions.clone();
-    let access = dispatch.auth.clone();
-    dispatch.tracker.spawn(async move {
-        // Boxed, so the upgrade's states do not stay reserved in the session's task.
-        let Some(ws) = Box::pin(open_websocket(on_upgrade)).await else {
-            return;
-        };
-        access::run_session(access, sessions, ws, auth).await;
-    });
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    response
 }

@@ -25,7 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-mod handle;
+pub mod handle;
 
 use handle::Pending;
 pub use handle::{
@@ -33,7 +33,7 @@ pub use handle::{
 };
 
 use crate::auth::{fresh_claim_key, Claim, Owner, Unauthorized};
-use crate::cluster::Cluster;
+use crate::placement::Placement;
 use crate::queue::QueueHandle;
 use crate::tunnel::{Phase, Tunnels};
 
@@ -64,8 +64,8 @@ pub(crate) struct SessionContext {
     pub max_body: usize,
     /// Cancelled after HTTP requests drained; ends every session.
     pub closing: CancellationToken,
-    /// On a cluster node: presence to announce before the welcome.
-    pub cluster: Option<Arc<Cluster>>,
+    /// Where tunnels are decided: on a cluster, presence to announce before the welcome.
+    pub placement: Arc<dyn Placement>,
 }
 
 /// Websocket limits for client sessions: one protocol message at most; no compression.
@@ -188,10 +188,10 @@ where
         refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await;
         return None;
     }
-    if let Some(cluster) = &ctx.cluster {
-        // The welcome goes out once every node can find this session.
-        cluster.announced(name.as_str(), ANNOUNCE_TIMEOUT).await;
-    }
+    // On a cluster the welcome goes out once every node can find this session.
+    ctx.placement
+        .announced(name.as_str(), ANNOUNCE_TIMEOUT)
+        .await;
     let (sink, stream) = ws.split();
     Some(Joined {
         sink,

@@ -137,42 +137,6 @@ pub fn is_acme_validation(connection: &ServerConnection) -> bool {
     connection.alpn_protocol() == Some(ACME_TLS_ALPN)
 }
 
-/// What the accept loop serves TLS with; `slot` is there to reload PEM files on SIGHUP.
-pub(crate) struct Served {
-    /// `None`: plain HTTP.
-    pub acceptor: Option<TlsAcceptor>,
-    /// The PEM (or self-signed) certificate's slot.
-    pub slot: Option<Arc<CertSlot>>,
-}
-
-/// Sets up TLS as configured; with ACME this starts obtaining the certificate.
-pub(crate) fn serve(
-    tls: crate::TlsConfig,
-    data_dir: &Path,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<Served, String> {
-    match tls {
-        crate::TlsConfig::Plain => Ok(Served {
-            acceptor: None,
-            slot: None,
-        }),
-        crate::TlsConfig::Certified { chain, key } => {
-            let slot = CertSlot::new(chain, key)?;
-            Ok(Served {
-                acceptor: Some(acceptor_with(slot.clone(), false)?),
-                slot: Some(slot),
-            })
-        }
-        crate::TlsConfig::Acme(settings) => {
-            let resolver = crate::acme::spawn(&settings, data_dir, shutdown.child_token())?;
-            Ok(Served {
-                acceptor: Some(acceptor_with(resolver, true)?),
-                slot: None,
-            })
-        }
-    }
-}
-
 /// Builds the acceptor for a fixed certificate: see [`acceptor_with`].
 pub fn acceptor(
     chain: Vec<CertificateDer<'static>>,

@@ -10,7 +10,6 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::cluster;
 use crate::config::TokenCommand;
 use crate::metrics::Metrics;
 use crate::queue::store::DB_FILE;
@@ -38,9 +37,9 @@ pub enum TokenError {
     /// The cluster's tokens bucket could not be reached.
     #[error("could not reach the cluster's tokens in NATS: {0}; check --cluster and that nats-server runs with JetStream (-js)")]
     Cluster(String),
-    /// NATS refused the login or TLS, or could not be reached.
+    /// NATS refused the login or TLS.
     #[error("{0}")]
-    Nats(#[from] cluster::ClusterError),
+    Nats(String),
     /// The database could not be opened or written.
     #[error(
         "could not use the relay database in {dir}: {cause}; check --data-dir and its permissions"
@@ -107,22 +106,20 @@ impl TokenStore {
         }
     }
 
-    /// Creates a token named `name` and returns it; only its hash is stored.
-    pub fn add(&self, name: &str, now_ms: i64) -> Result<String, TokenError> {
-        check_name(name)?;
-        let token = new_token();
+    /// Stores `hash` under `name`; a name in use is refused.
+    fn insert(&self, name: &str, hash: &str, now_ms: i64) -> Result<(), TokenError> {
         let added = self
             .conn
             .execute(
                 "INSERT INTO tokens (name, hash, created_at_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT(name) DO NOTHING",
-                params![name, hex(&hash(&token)), now_ms],
+                params![name, hash, now_ms],
             )
             .map_err(|e| self.storage(e))?;
         if added == 0 {
             return Err(TokenError::Exists(name.to_string()));
         }
-        Ok(token)
+        Ok(())
     }
 
     /// Every stored token's name, oldest first.
@@ -155,62 +152,48 @@ impl TokenStore {
     }
 }
 
-/// Where `token …` keeps tokens: a data dir's `relay.db`, or a cluster's NATS.
-pub enum TokenTarget<'a> {
-    /// `{dir}/relay.db`.
-    Dir(&'a Path),
-    /// The tokens bucket reached through NATS (`--cluster` and its login and TLS flags).
-    Cluster(&'a cluster::NatsLink),
+/// Where `token …` keeps tokens: a data dir's `relay.db` ([`TokenStore`]) or a cluster's NATS.
+// Run by the one-off `token` command on its own thread: no `Send` needed.
+#[async_trait::async_trait(?Send)]
+pub trait TokenAdmin {
+    /// Stores `hash` (hex SHA-256 of a new token) under `name`; a name in use is refused.
+    async fn add(&self, name: &str, hash: &str, now_ms: i64) -> Result<(), TokenError>;
+    /// Every stored token's name, oldest first.
+    async fn list(&self) -> Result<Vec<StoredToken>, TokenError>;
+    /// Deletes the token named `name`.
+    async fn revoke(&self, name: &str) -> Result<(), TokenError>;
+    /// The command that adds a token here, for the sentence when there is none.
+    fn add_command(&self) -> &'static str;
 }
 
-enum Backend<'a> {
-    Dir(TokenStore, &'a Path),
-    Cluster(Box<async_nats::jetstream::kv::Store>),
-}
-
-impl Backend<'_> {
-    async fn add(&self, name: &str) -> Result<String, TokenError> {
-        match self {
-            Backend::Dir(store, _) => store.add(name, now_ms()),
-            Backend::Cluster(kv) => {
-                check_name(name)?;
-                let token = new_token();
-                cluster::tokens::add(kv, name, &hex(&hash(&token)), now_ms()).await?;
-                Ok(token)
-            }
-        }
+#[async_trait::async_trait(?Send)]
+impl TokenAdmin for TokenStore {
+    async fn add(&self, name: &str, hash: &str, now_ms: i64) -> Result<(), TokenError> {
+        self.insert(name, hash, now_ms)
     }
 
     async fn list(&self) -> Result<Vec<StoredToken>, TokenError> {
-        match self {
-            Backend::Dir(store, _) => store.list(),
-            Backend::Cluster(kv) => cluster::tokens::list(kv).await,
-        }
+        TokenStore::list(self)
     }
 
     async fn revoke(&self, name: &str) -> Result<(), TokenError> {
-        match self {
-            Backend::Dir(store, _) => store.revoke(name),
-            Backend::Cluster(kv) => cluster::tokens::revoke(kv, name).await,
-        }
+        TokenStore::revoke(self, name)
+    }
+
+    fn add_command(&self) -> &'static str {
+        "illumitunnel-relay token add NAME"
     }
 }
 
 /// Runs `illumitunnel-relay token …` on `target`: results on `out`, explanations on `note`.
 pub async fn run(
     command: &TokenCommand,
-    target: TokenTarget<'_>,
+    backend: &dyn TokenAdmin,
     out: &mut dyn Write,
     note: &mut dyn Write,
 ) -> Result<(), TokenError> {
-    let backend = match target {
-        TokenTarget::Dir(dir) => Backend::Dir(TokenStore::open(dir)?, dir),
-        TokenTarget::Cluster(link) => {
-            Backend::Cluster(Box::new(cluster::tokens::open(link).await?))
-        }
-    };
-    let result = match command {
-        TokenCommand::Add { name } => backend.add(name).await.map(|token| {
+    match command {
+        TokenCommand::Add { name } => add(backend, name).await.map(|token| {
             let _ = writeln!(out, "{token}");
             let _ = writeln!(
                 note,
@@ -219,10 +202,7 @@ pub async fn run(
         }),
         TokenCommand::List => backend.list().await.map(|tokens| {
             if tokens.is_empty() {
-                let add = match target {
-                    TokenTarget::Dir(_) => "illumitunnel-relay token add NAME",
-                    TokenTarget::Cluster(_) => "illumitunnel-relay token add NAME --cluster nats://…",
-                };
+                let add = backend.add_command();
                 let _ = writeln!(note, "no stored tokens; add one with `{add}`");
             }
             for token in tokens {
@@ -235,12 +215,15 @@ pub async fn run(
                 "token {name} revoked; a running relay refuses it and closes its sessions within 5 s"
             );
         }),
-    };
-    if let Backend::Dir(store, dir) = backend {
-        drop(store);
-        match_owner(dir);
     }
-    result
+}
+
+/// Creates a token named `name` and returns it; only its hash is stored.
+async fn add(backend: &dyn TokenAdmin, name: &str) -> Result<String, TokenError> {
+    check_name(name)?;
+    let token = new_token();
+    backend.add(name, &hex(&hash(&token)), now_ms()).await?;
+    Ok(token)
 }
 
 /// A fresh token: `itr_` and 256 random bits in hex.
@@ -360,21 +343,26 @@ pub(crate) fn parse_hex(text: &str) -> Option<[u8; 32]> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn add_list_revoke() {
+    #[tokio::test]
+    async fn add_list_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let store = TokenStore::open(dir.path()).unwrap();
-        let token = store.add("laptop", 1_000).unwrap();
+        let token = add(&store, "laptop").await.unwrap();
         assert!(token.starts_with(TOKEN_PREFIX));
         assert_eq!(token.len(), TOKEN_PREFIX.len() + 2 * TOKEN_BYTES);
-        let other = store.add("ci-runner_2", 2_000).unwrap();
+        let other = add(&store, "ci-runner_2").await.unwrap();
         assert_ne!(token, other);
         assert!(matches!(
-            store.add("laptop", 3_000),
+            add(&store, "laptop").await,
             Err(TokenError::Exists(_))
         ));
-        let names: Vec<_> = store.list().unwrap().into_iter().map(|t| t.name).collect();
-        assert_eq!(names, ["laptop", "ci-runner_2"]);
+        let mut names: Vec<_> = TokenStore::list(&store)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ci-runner_2", "laptop"]);
 
         // Only hashes are on disk, and the relay reads exactly those.
         let conn = open_existing(dir.path()).unwrap();
@@ -386,23 +374,23 @@ mod tests {
         let raw = std::fs::read(dir.path().join(DB_FILE)).unwrap();
         assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
 
-        store.revoke("laptop").unwrap();
+        TokenStore::revoke(&store, "laptop").unwrap();
         assert!(matches!(
-            store.revoke("laptop"),
+            TokenStore::revoke(&store, "laptop"),
             Err(TokenError::Unknown(_))
         ));
         assert_eq!(load_hashes(&conn).unwrap(), vec![hash(&other)]);
         assert_eq!(stored_count(dir.path()), 1);
     }
 
-    #[test]
-    fn names_and_missing_databases() {
+    #[tokio::test]
+    async fn names_and_missing_databases() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(stored_count(dir.path()), 0);
         assert!(!dir.path().join(DB_FILE).exists());
         let store = TokenStore::open(dir.path()).unwrap();
         for bad in ["", "has space", "-flag", "a/b", &"x".repeat(65), "é"] {
-            let err = store.add(bad, 0).unwrap_err();
+            let err = add(&store, bad).await.unwrap_err();
             assert!(matches!(err, TokenError::Name(_)), "{bad}");
             assert!(err.is_usage());
         }

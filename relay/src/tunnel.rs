@@ -38,10 +38,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{decide, Claim, Owner};
-use crate::cluster::View;
 use crate::metrics::Metrics;
+use crate::placement::Placement;
 use crate::queue::QueueHandle;
-use crate::session::SessionHandle;
+use crate::session::handle::SessionHandle;
 
 /// How often a running relay reads the names `tunnel release` freed (applied within 5 s).
 pub const RELEASE_POLL: Duration = Duration::from_secs(2);
@@ -140,8 +140,8 @@ pub struct Tunnels {
     tracker: TaskTracker,
     /// Cancelled when sessions close; ends every drain.
     closing: CancellationToken,
-    /// On a cluster node: who holds which tunnel; a drain runs only on the tunnel's authority.
-    view: Option<Arc<View>>,
+    /// Who decides which tunnel: a drain runs only where the tunnel is decided.
+    placement: Arc<dyn Placement>,
     /// Wakes the cluster's presence when a tunnel gains its first session or loses its last.
     held_changed: Arc<Notify>,
 }
@@ -154,7 +154,7 @@ impl Tunnels {
         policy: DrainPolicy,
         tracker: TaskTracker,
         closing: CancellationToken,
-        view: Option<Arc<View>>,
+        placement: Arc<dyn Placement>,
     ) -> Arc<Self> {
         Arc::new(Tunnels {
             map: Mutex::new(HashMap::new()),
@@ -164,7 +164,7 @@ impl Tunnels {
             next_session: AtomicU64::new(1),
             tracker,
             closing,
-            view,
+            placement,
             held_changed: Arc::new(Notify::new()),
         })
     }

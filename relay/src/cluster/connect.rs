@@ -5,11 +5,12 @@
 //! URLs carried, so whatever prints a [`NatsLink`] prints no password. A refusal by NATS at
 //! start becomes one sentence naming the flag to check.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, Event};
+
+use crate::config::{Login, NatsLink};
 
 /// Longest a node waits for NATS when it starts.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,108 +52,6 @@ pub enum ClusterError {
         /// What failed.
         cause: String,
     },
-}
-
-/// A password, token, NKey seed or credentials file's text: Debug prints `MASKED`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps `value`.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the NATS client only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MASKED")
-    }
-}
-
-/// How a node proves who it is to NATS.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Login {
-    /// No login (a NATS server without authorization; loopback or `--cluster-insecure` only,
-    /// unless a client certificate identifies the node).
-    #[default]
-    Anonymous,
-    /// `nats://user:pass@host`.
-    Password {
-        /// The NATS user.
-        user: String,
-        /// Its password.
-        password: Secret,
-    },
-    /// `nats://TOKEN@host`.
-    Token(Secret),
-    /// `--cluster-creds FILE`: a user JWT and its NKey seed.
-    Creds(Secret),
-    /// `--cluster-nkey FILE`: an NKey seed.
-    Nkey(Secret),
-}
-
-impl Login {
-    /// The flag an operator checks when NATS refuses this login.
-    pub fn flag(&self) -> &'static str {
-        match self {
-            Login::Anonymous => "--cluster (NATS wants a login: nats://user:pass@host, --cluster-creds FILE or --cluster-nkey FILE)",
-            Login::Password { .. } => "the user and password in --cluster",
-            Login::Token(_) => "the token in --cluster",
-            Login::Creds(_) => "--cluster-creds",
-            Login::Nkey(_) => "--cluster-nkey",
-        }
-    }
-
-    /// What kind of login it is, for the log line (never the secret).
-    pub fn describe(&self) -> String {
-        match self {
-            Login::Anonymous => "none".into(),
-            Login::Password { user, .. } => format!("user {user}"),
-            Login::Token(_) => "token".into(),
-            Login::Creds(_) => "credentials file".into(),
-            Login::Nkey(_) => "nkey".into(),
-        }
-    }
-}
-
-/// TLS to NATS.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NatsTls {
-    /// Refuse a connection without TLS: a `tls://` URL, `--cluster-ca` or `--cluster-cert`.
-    pub required: bool,
-    /// `--cluster-ca`: the CA that signed the NATS servers' certificates (else the system's).
-    pub ca: Option<PathBuf>,
-    /// `--cluster-cert` and `--cluster-key`: this node's client certificate (mutual TLS).
-    pub client: Option<(PathBuf, PathBuf)>,
-}
-
-/// Everything `--cluster…` says about reaching NATS.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NatsLink {
-    /// Server URLs without the credentials they carried (`nats://host:4222`, `tls://…`).
-    pub servers: Vec<String>,
-    /// The login.
-    pub login: Login,
-    /// TLS settings.
-    pub tls: NatsTls,
-}
-
-impl NatsLink {
-    /// The servers, comma-separated: safe to print.
-    pub fn servers_text(&self) -> String {
-        self.servers.join(",")
-    }
-
-    /// Whether the node proves who it is (login or client certificate).
-    pub fn has_credential(&self) -> bool {
-        self.login != Login::Anonymous || self.tls.client.is_some()
-    }
 }
 
 /// What NATS last refused (a permissions violation), for the sentence when set-up fails.
@@ -306,6 +205,7 @@ async fn on_event(refusal: LastRefusal, event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{NatsTls, Secret};
 
     #[test]
     fn debug_output_masks_every_secret() {

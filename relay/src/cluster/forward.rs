@@ -29,10 +29,10 @@ use super::codec::{self, AnswerHead};
 use super::queue::PUSHED_SUBJECT;
 use super::Cluster;
 use crate::error::IngressError;
-use crate::ingress::{self, Answered, IngressContext};
+use crate::ingress::{self, Answered, IngressContext, Peers};
 use crate::metrics::Outcome;
 use crate::queue::QueuedDelivery;
-use crate::session::OutgoingDelivery;
+use crate::session::handle::OutgoingDelivery;
 
 /// Beyond the response timeout, how long the ingress node waits for the authority (which
 /// answers 504 itself at the response timeout).
@@ -46,8 +46,25 @@ fn copy_subject(node: &str, tunnel: &str) -> String {
     format!("illumitunnel.node.{node}.copy.{tunnel}")
 }
 
+#[async_trait::async_trait]
+impl Peers for Cluster {
+    async fn hand_to(
+        &self,
+        ctx: &IngressContext,
+        node: &str,
+        tunnel: &str,
+        delivery: QueuedDelivery,
+    ) -> Result<Answered, IngressError> {
+        to_node(ctx, self, node, tunnel, delivery).await
+    }
+
+    async fn copy_to_others(&self, tunnel: &str, delivery: &QueuedDelivery) {
+        copy_to_others(self, tunnel, delivery).await
+    }
+}
+
 /// Hands `delivery` to `node`, the tunnel's authority, and returns its answer.
-pub(crate) async fn to_node(
+async fn to_node(
     ctx: &IngressContext,
     cluster: &Cluster,
     node: &str,
@@ -65,7 +82,7 @@ pub(crate) async fn to_node(
         let name = format!("request-{}", delivery.id);
         if let Err(err) = cluster.put_body(&name, &delivery.body).await {
             warn!(%err, "could not hand a large delivery to another node; deciding here");
-            return ingress::dispatch(ctx, tunnel, delivery).await;
+            return ingress::decide(ctx, tunnel, delivery).await;
         }
         Some(name)
     };
@@ -104,7 +121,7 @@ pub(crate) async fn to_node(
             if let Some(name) = body_ref {
                 cluster.drop_body(&name).await;
             }
-            ingress::dispatch(ctx, tunnel, delivery).await
+            ingress::decide(ctx, tunnel, delivery).await
         }
         Err(err) if err.kind() == RequestErrorKind::TimedOut => {
             debug!(
@@ -147,7 +164,7 @@ async fn answer_from(
 }
 
 /// Sends a copy of a live delivery to every other node holding sessions of `tunnel`.
-pub(crate) async fn copy_to_others(cluster: &Cluster, tunnel: &str, delivery: &QueuedDelivery) {
+async fn copy_to_others(cluster: &Cluster, tunnel: &str, delivery: &QueuedDelivery) {
     let others = cluster.view().others_holding(tunnel);
     if others.is_empty() {
         return;
@@ -252,7 +269,7 @@ async fn handle_delivery(cluster: &Cluster, ctx: &IngressContext, message: Messa
                     Ok(body) => {
                         delivery.body = body;
                         cluster.drop_body(&name).await;
-                        ingress::dispatch(ctx, &tunnel, delivery).await
+                        ingress::decide(ctx, &tunnel, delivery).await
                     }
                     Err(err) => {
                         // The sender hears the usual 503; the NATS detail is for the operator.
@@ -260,7 +277,7 @@ async fn handle_delivery(cluster: &Cluster, ctx: &IngressContext, message: Messa
                         Err(IngressError::QueueUnavailable(tunnel))
                     }
                 },
-                None => ingress::dispatch(ctx, &tunnel, delivery).await,
+                None => ingress::decide(ctx, &tunnel, delivery).await,
             }
         }
         Err(err) => {

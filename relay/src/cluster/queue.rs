@@ -18,13 +18,15 @@
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::stream::RawMessageErrorKind;
+use std::sync::Arc;
+
 use futures_util::StreamExt;
 use tracing::debug;
 
 use super::codec::{decode_delivery, encode_delivery};
 use super::Cluster;
 use crate::auth::{decide, Claim, Owner};
-use crate::queue::{Backlog, Limit, QueueError, QueueLimits, QueuedDelivery, Row};
+use crate::queue::{Backlog, Limit, Queue, QueueError, QueueLimits, QueuedDelivery, Row};
 
 /// Subject prefix of queued deliveries.
 pub const QUEUE_SUBJECT: &str = "illumitunnel.queue";
@@ -323,4 +325,56 @@ async fn count(
         }
     }
     Ok(total)
+}
+
+/// The cluster's queue as the core's [`Queue`]: JetStream, with `limits` for its refusals.
+pub struct NatsQueue {
+    /// The node's connection and buckets.
+    pub cluster: Arc<Cluster>,
+    /// The limits pushes are checked against.
+    pub limits: QueueLimits,
+}
+
+#[async_trait::async_trait]
+impl Queue for NatsQueue {
+    async fn claim(
+        &self,
+        tunnel: &str,
+        presented: Option<Owner>,
+        fresh: Owner,
+    ) -> Result<Claim, QueueError> {
+        self.cluster.claim(tunnel, presented, fresh).await
+    }
+
+    async fn push(&self, tunnel: &str, delivery: QueuedDelivery) -> Result<(), QueueError> {
+        self.cluster.push(tunnel, delivery, self.limits).await
+    }
+
+    async fn connect(&self, tunnel: &str) -> Result<Backlog, QueueError> {
+        self.cluster.backlog(tunnel).await
+    }
+
+    async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
+        self.cluster.head(tunnel).await
+    }
+
+    async fn remove(&self, tunnel: &str, seq: i64) -> Result<bool, QueueError> {
+        self.cluster.remove(tunnel, seq).await
+    }
+
+    async fn attempt_failed(&self, tunnel: &str, seq: i64) -> Result<u32, QueueError> {
+        self.cluster.attempt_failed(tunnel, seq).await
+    }
+
+    async fn dead_letter(
+        &self,
+        tunnel: &str,
+        seq: i64,
+        reason: String,
+    ) -> Result<bool, QueueError> {
+        self.cluster.dead_letter(tunnel, seq, reason).await
+    }
+
+    // The catch-up removes what was recorded; a stray ack means a redelivery.
+    async fn ack(&self, _tunnel: &str, _id: illumitunnel::DeliveryId) {}
 }

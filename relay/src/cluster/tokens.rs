@@ -10,9 +10,11 @@ use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::connect::{ClusterError, NatsLink};
+use super::connect::ClusterError;
 use super::TOKENS_BUCKET;
-use crate::tokens::{StoredToken, TokenError};
+use crate::access::StoredTokens;
+use crate::config::NatsLink;
+use crate::tokens::{StoredToken, TokenAdmin, TokenError};
 
 /// Longest `token …` waits for NATS.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,7 +65,7 @@ pub async fn open(link: &NatsLink) -> Result<kv::Store, TokenError> {
     .map_err(|_| unreachable("no answer"))?
     .map_err(|err| match err {
         ClusterError::Unreachable { servers, cause } => unreachable(format!("{servers}: {cause}")),
-        refused => TokenError::Nats(refused),
+        refused => TokenError::Nats(refused.to_string()),
     })?;
     let js = jetstream::ContextBuilder::new()
         .timeout(super::JETSTREAM_TIMEOUT)
@@ -155,4 +157,40 @@ async fn records(store: &kv::Store) -> Result<Vec<Record>, String> {
         }
     }
     Ok(records)
+}
+
+/// The cluster's tokens bucket, as `token … --cluster` manages it and as nodes read it.
+pub struct NatsTokens(pub kv::Store);
+
+/// The command that adds a token to the cluster.
+const ADD_COMMAND: &str = "illumitunnel-relay token add NAME --cluster nats://…";
+
+#[async_trait::async_trait(?Send)]
+impl TokenAdmin for NatsTokens {
+    async fn add(&self, name: &str, hash: &str, now_ms: i64) -> Result<(), TokenError> {
+        add(&self.0, name, hash, now_ms).await
+    }
+
+    async fn list(&self) -> Result<Vec<StoredToken>, TokenError> {
+        list(&self.0).await
+    }
+
+    async fn revoke(&self, name: &str) -> Result<(), TokenError> {
+        revoke(&self.0, name).await
+    }
+
+    fn add_command(&self) -> &'static str {
+        ADD_COMMAND
+    }
+}
+
+#[async_trait::async_trait]
+impl StoredTokens for NatsTokens {
+    async fn hashes(&self) -> Result<Option<Vec<[u8; 32]>>, String> {
+        load_hashes(&self.0).await.map(Some)
+    }
+
+    fn add_command(&self) -> &'static str {
+        ADD_COMMAND
+    }
 }

@@ -1,7 +1,7 @@
 //! `Config` validation: every refusal is one sentence; defaults and conversions.
 
 use super::*;
-use crate::cluster::connect::{Login, NatsTls, Secret};
+use crate::config::{Login, NatsTls, Secret};
 use clap::Parser;
 use std::io::Write;
 
@@ -499,7 +499,7 @@ fn acme_flags() {
         config.public_url.as_deref(),
         Some("https://relay.example.com:8443")
     );
-    assert_eq!(settings.directory, crate::acme::LETS_ENCRYPT_STAGING);
+    assert_eq!(settings.directory, crate::config::LETS_ENCRYPT_STAGING);
 }
 
 #[test]

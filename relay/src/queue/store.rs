@@ -12,7 +12,9 @@ use illumitunnel::headers::{decode_blob, encode_blob};
 use illumitunnel::DeliveryId;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{schema, Backlog, Limit, QueueError, QueueLimits, QueuedDelivery, Row};
+use super::delivery::{Backlog, QueueLimits, QueuedDelivery, Row};
+use super::error::{Limit, QueueError};
+use super::schema;
 use crate::metrics::QueueGauges;
 
 mod owners;

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::Tunnels;
 use crate::metrics::Outcome;
 use crate::queue::Row;
-use crate::session::{Ack, OutgoingDelivery, SessionGone, SessionHandle};
+use crate::session::handle::{Ack, OutgoingDelivery, SessionGone, SessionHandle};
 
 /// Failed attempts in a row after which a queued delivery becomes a dead letter.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -47,11 +47,11 @@ pub(super) async fn run(tunnels: Arc<Tunnels>, tunnel: String, wake: Arc<Notify>
             debug!(sent, "drain stopped: no session");
             return;
         };
-        if let Some(view) = &tunnels.view {
+        {
             // On a cluster only the tunnel's authority drains; this node waits until it is
             // one (the older session elsewhere leaves, or its node dies).
-            if !view.is_authority(&tunnel) {
-                let mut changes = view.changes();
+            if !tunnels.placement.is_authority(&tunnel) {
+                let mut changes = tunnels.placement.changes();
                 // All three are cancel-safe.
                 tokio::select! {
                     _ = tunnels.closing.cancelled() => return,

@@ -10,8 +10,6 @@ use std::path::Path;
 
 use illumitunnel::TunnelName;
 
-use crate::cluster::queue::{DEAD_SUBJECT, QUEUE_SUBJECT};
-use crate::cluster::NatsLink;
 use crate::config::TunnelCommand;
 use crate::metrics::Metrics;
 use crate::queue::{QueueLimits, QueueStore};
@@ -56,32 +54,42 @@ impl ReleaseError {
     }
 }
 
-/// Runs `illumitunnel-relay tunnel …` on the data dir `dir`, or on the cluster `cluster` reaches
-/// (`--cluster` and its login flags); its one line goes to `out`.
+/// Where tunnel names are kept: a data dir's `relay.db` ([`DataDir`]) or a cluster's NATS.
+#[async_trait::async_trait]
+pub trait Names: Send + Sync {
+    /// Frees `name` and drops its queue; how many queued deliveries went, `None` when no
+    /// tunnel has the name.
+    async fn release(&self, name: &str) -> Result<Option<u64>, ReleaseError>;
+    /// Where the names are, and the flag that picks that place.
+    fn place(&self) -> (String, &'static str);
+}
+
+/// The names in `{dir}/relay.db`.
+pub struct DataDir<'a>(pub &'a Path);
+
+#[async_trait::async_trait]
+impl Names for DataDir<'_> {
+    async fn release(&self, name: &str) -> Result<Option<u64>, ReleaseError> {
+        release_in(self.0, name)
+    }
+
+    fn place(&self) -> (String, &'static str) {
+        (self.0.display().to_string(), "--data-dir")
+    }
+}
+
+/// Runs `illumitunnel-relay tunnel …` on `names`; its one line goes to `out`.
 pub async fn run(
     command: &TunnelCommand,
-    dir: &Path,
-    cluster: Option<&NatsLink>,
+    names: &dyn Names,
     out: &mut dyn Write,
 ) -> Result<(), ReleaseError> {
     let TunnelCommand::Release { name } = command;
     let name = TunnelName::parse(name)
         .map_err(|_| ReleaseError::Name(name.clone()))?
         .to_string();
-    let released = match cluster {
-        None => release_in(dir, &name)?,
-        Some(link) => release_in_cluster(link, &name)
-            .await
-            .map_err(ReleaseError::Cluster)?,
-    };
-    let Some(dropped) = released else {
-        let (place, flag) = match cluster {
-            None => (dir.display().to_string(), "--data-dir"),
-            Some(link) => (
-                format!("the cluster at {}", link.servers_text()),
-                "--cluster",
-            ),
-        };
+    let Some(dropped) = names.release(&name).await? else {
+        let (place, flag) = names.place();
         return Err(ReleaseError::Unknown { name, place, flag });
     };
     let _ = writeln!(
@@ -111,42 +119,4 @@ fn release_in(dir: &Path, name: &str) -> Result<Option<u64>, ReleaseError> {
     drop(store);
     crate::tokens::match_owner(dir);
     Ok(released)
-}
-
-/// `tunnel release NAME --cluster …`: deletes the name's owner from the owners bucket and
-/// purges its queue and dead letters; nodes forget the name once no client of it is
-/// connected. Returns how many queued deliveries went; `None` when no tunnel has the name.
-async fn release_in_cluster(link: &NatsLink, name: &str) -> Result<Option<u64>, String> {
-    let js = crate::cluster::tokens::connect(link).await?;
-    let Ok(owners) = js.get_key_value(crate::cluster::OWNERS_BUCKET).await else {
-        return Ok(None);
-    };
-    match owners.entry(name).await.map_err(|e| e.to_string())? {
-        Some(entry) if !entry.value.is_empty() => {}
-        _ => return Ok(None),
-    }
-    owners.purge(name).await.map_err(|e| e.to_string())?;
-    let mut dropped = 0;
-    for (stream, subject) in [
-        (
-            crate::cluster::QUEUE_STREAM,
-            format!("{QUEUE_SUBJECT}.{name}"),
-        ),
-        (
-            crate::cluster::DEAD_STREAM,
-            format!("{DEAD_SUBJECT}.{name}"),
-        ),
-    ] {
-        if let Ok(stream) = js.get_stream(stream).await {
-            let purged = stream
-                .purge()
-                .filter(subject)
-                .await
-                .map_err(|e| e.to_string())?;
-            if stream.cached_info().config.name == crate::cluster::QUEUE_STREAM {
-                dropped = purged.purged;
-            }
-        }
-    }
-    Ok(Some(dropped))
 }

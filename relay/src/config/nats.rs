@@ -6,7 +6,119 @@
 
 use std::path::{Path, PathBuf};
 
-use super::connect::{Login, NatsLink, NatsTls, Secret};
+/// A password, token, NKey seed or credentials file's text: Debug prints `MASKED`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the NATS client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// How a node proves who it is to NATS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Login {
+    /// No login (a NATS server without authorization; loopback or `--cluster-insecure` only,
+    /// unless a client certificate identifies the node).
+    #[default]
+    Anonymous,
+    /// `nats://user:pass@host`.
+    Password {
+        /// The NATS user.
+        user: String,
+        /// Its password.
+        password: Secret,
+    },
+    /// `nats://TOKEN@host`.
+    Token(Secret),
+    /// `--cluster-creds FILE`: a user JWT and its NKey seed.
+    Creds(Secret),
+    /// `--cluster-nkey FILE`: an NKey seed.
+    Nkey(Secret),
+}
+
+impl Login {
+    /// The flag an operator checks when NATS refuses this login.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Login::Anonymous => "--cluster (NATS wants a login: nats://user:pass@host, --cluster-creds FILE or --cluster-nkey FILE)",
+            Login::Password { .. } => "the user and password in --cluster",
+            Login::Token(_) => "the token in --cluster",
+            Login::Creds(_) => "--cluster-creds",
+            Login::Nkey(_) => "--cluster-nkey",
+        }
+    }
+
+    /// What kind of login it is, for the log line (never the secret).
+    pub fn describe(&self) -> String {
+        match self {
+            Login::Anonymous => "none".into(),
+            Login::Password { user, .. } => format!("user {user}"),
+            Login::Token(_) => "token".into(),
+            Login::Creds(_) => "credentials file".into(),
+            Login::Nkey(_) => "nkey".into(),
+        }
+    }
+}
+
+/// TLS to NATS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// Refuse a connection without TLS: a `tls://` URL, `--cluster-ca` or `--cluster-cert`.
+    pub required: bool,
+    /// `--cluster-ca`: the CA that signed the NATS servers' certificates (else the system's).
+    pub ca: Option<PathBuf>,
+    /// `--cluster-cert` and `--cluster-key`: this node's client certificate (mutual TLS).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Everything `--cluster…` says about reaching NATS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsLink {
+    /// Server URLs without the credentials they carried (`nats://host:4222`, `tls://…`).
+    pub servers: Vec<String>,
+    /// The login.
+    pub login: Login,
+    /// TLS settings.
+    pub tls: NatsTls,
+}
+
+impl NatsLink {
+    /// The servers, comma-separated: safe to print.
+    pub fn servers_text(&self) -> String {
+        self.servers.join(",")
+    }
+
+    /// Whether the node proves who it is (login or client certificate).
+    pub fn has_credential(&self) -> bool {
+        self.login != Login::Anonymous || self.tls.client.is_some()
+    }
+}
+
+/// Where the cluster's NATS servers are, how to log in, and who this node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS servers, login and TLS.
+    pub nats: NatsLink,
+    /// This node's id, unique in the cluster.
+    pub node_id: String,
+    /// Replicas of the buckets and streams this node creates (3 with a three-server NATS
+    /// cluster); existing ones keep theirs.
+    pub replicas: usize,
+}
 
 /// The flags [`parse`] reads.
 #[derive(Debug, Default)]
@@ -140,9 +252,11 @@ fn read_nkey(path: &Path) -> Result<Secret, LinkError> {
 fn read_creds(path: &Path) -> Result<Secret, LinkError> {
     const EXPECTED: &str = "a NATS .creds file (a user JWT and its NKey seed, as nsc writes it)";
     let text = read_secret_file("--cluster-creds", path, EXPECTED)?;
-    match async_nats::ConnectOptions::new().credentials(&text) {
-        Ok(_) => Ok(Secret::new(text)),
-        Err(_) => Err(LinkError::File {
+    // A user JWT and its seed, each between the markers nsc writes (what NATS clients parse).
+    let has = |what: &str| text.contains(&format!("-----BEGIN {what}-----"));
+    match has("NATS USER JWT") && has("USER NKEY SEED") {
+        true => Ok(Secret::new(text)),
+        false => Err(LinkError::File {
             flag: "--cluster-creds",
             path: path.to_path_buf(),
             reason: "not a credentials file".into(),
