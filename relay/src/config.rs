@@ -206,25 +206,7 @@ impl TryFrom<Args> for Config {
             Some(acme) => TlsConfig::Acme(acme),
             None => tls_from(&args)?,
         };
-        let mut tokens = Vec::new();
-        if let Some(path) = &args.tokens_file {
-            let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::TokensFile {
-                path: path.clone(),
-                reason,
-            })?;
-            tokens = parse_tokens(&text).map_err(|weak| ConfigError::WeakFileToken {
-                path: path.clone(),
-                line: weak.line,
-            })?;
-            if tokens.is_empty() {
-                return Err(ConfigError::EmptyTokensFile(path.clone()));
-            }
-        }
-        let env_tokens = match args.tokens_env.as_deref().map(parse_tokens) {
-            None => Vec::new(),
-            Some(parsed) => parsed.map_err(|weak| ConfigError::WeakEnvToken(weak.entry))?,
-        };
-        tokens.extend(env_tokens.iter().cloned());
+        let (tokens, env_tokens) = tokens_from(&args)?;
         if tokens.is_empty()
             && args.stored_tokens == 0
             && !args.allow_anonymous
@@ -246,42 +228,9 @@ impl TryFrom<Args> for Config {
             }
             (None, _) => None,
         };
-        if args.max_body == 0 {
-            return Err(ConfigError::ZeroMaxBody);
-        }
-        if args.response_timeout == 0 {
-            return Err(ConfigError::ZeroResponseTimeout);
-        }
-        if args.queue_max_count == 0 || args.queue_max_bytes == 0 {
-            return Err(ConfigError::ZeroQueueLimit);
-        }
-        if !(1024..=MAX_MAX_HEADER_BYTES).contains(&args.max_header_bytes) {
-            return Err(ConfigError::HeaderLimit);
-        }
-        for (value, flag) in [
-            (args.max_inflight_bytes as u64, "max-inflight-bytes"),
-            (args.max_connections as u64, "max-connections"),
-            (args.max_connections_per_ip as u64, "max-connections-per-ip"),
-            (args.idle_timeout, "idle-timeout"),
-            (args.queue_max_total_bytes, "queue-max-total-bytes"),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::ZeroLimit(flag));
-            }
-        }
-        if args.max_inflight_bytes < args.max_body {
-            return Err(ConfigError::InflightBelowBody);
-        }
-        let cluster = match (args.cluster.as_slice(), args.node_id.clone()) {
-            ([], _) => None,
-            (_, Some(node_id)) if valid_node_id(&node_id) => Some(ClusterConfig {
-                nats: nats_link(&args)?,
-                node_id,
-                replicas: usize::from(args.cluster_replicas),
-            }),
-            (_, None) => return Err(ConfigError::NoNodeId),
-            (_, Some(node_id)) => return Err(ConfigError::NodeId(node_id)),
-        };
+        check_limits(&args)?;
+        let cluster = cluster_from(&args)?;
+        let limits = limits_from(&args);
         let keepalive = match args.keepalive_ms {
             Some(0) => return Err(ConfigError::ZeroKeepalive),
             Some(ms) => Duration::from_millis(ms),
@@ -307,19 +256,7 @@ impl TryFrom<Args> for Config {
                 max_total_bytes: args.queue_max_total_bytes,
             },
             clock: Clock::system(),
-            limits: Limits {
-                max_header_bytes: args.max_header_bytes,
-                max_inflight_bytes: args.max_inflight_bytes,
-                min_body_rate: args.min_body_rate,
-                min_body_grace: args
-                    .min_body_grace_ms
-                    .map_or(MIN_BODY_GRACE, Duration::from_millis),
-                max_connections: args.max_connections,
-                max_connections_per_ip: args.max_connections_per_ip,
-                idle_timeout: Duration::from_secs(args.idle_timeout),
-                first_request_timeout: crate::conn::FIRST_REQUEST_TIMEOUT,
-                tunnel_ttl: args.tunnel_ttl,
-            },
+            limits,
             metrics_listen: args.metrics_listen,
             metrics_tunnel_labels: args.metrics_tunnel_labels,
             trusted_proxies: TrustedProxies::new(args.trusted_proxies),
@@ -333,6 +270,92 @@ impl TryFrom<Args> for Config {
             stored_tokens: true,
             cluster,
         })
+    }
+}
+
+/// The tokens of `--tokens-file` and the environment (all of them), and the environment's alone.
+fn tokens_from(args: &Args) -> Result<(Vec<Token>, Vec<Token>), ConfigError> {
+    let mut tokens = Vec::new();
+    if let Some(path) = &args.tokens_file {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::TokensFile {
+            path: path.clone(),
+            reason,
+        })?;
+        tokens = parse_tokens(&text).map_err(|weak| ConfigError::WeakFileToken {
+            path: path.clone(),
+            line: weak.line,
+        })?;
+        if tokens.is_empty() {
+            return Err(ConfigError::EmptyTokensFile(path.clone()));
+        }
+    }
+    let env_tokens = match args.tokens_env.as_deref().map(parse_tokens) {
+        None => Vec::new(),
+        Some(parsed) => parsed.map_err(|weak| ConfigError::WeakEnvToken(weak.entry))?,
+    };
+    tokens.extend(env_tokens.iter().cloned());
+    Ok((tokens, env_tokens))
+}
+
+/// Refuses limits of zero and limits that contradict each other.
+fn check_limits(args: &Args) -> Result<(), ConfigError> {
+    if args.max_body == 0 {
+        return Err(ConfigError::ZeroMaxBody);
+    }
+    if args.response_timeout == 0 {
+        return Err(ConfigError::ZeroResponseTimeout);
+    }
+    if args.queue_max_count == 0 || args.queue_max_bytes == 0 {
+        return Err(ConfigError::ZeroQueueLimit);
+    }
+    if !(1024..=MAX_MAX_HEADER_BYTES).contains(&args.max_header_bytes) {
+        return Err(ConfigError::HeaderLimit);
+    }
+    for (value, flag) in [
+        (args.max_inflight_bytes as u64, "max-inflight-bytes"),
+        (args.max_connections as u64, "max-connections"),
+        (args.max_connections_per_ip as u64, "max-connections-per-ip"),
+        (args.idle_timeout, "idle-timeout"),
+        (args.queue_max_total_bytes, "queue-max-total-bytes"),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::ZeroLimit(flag));
+        }
+    }
+    if args.max_inflight_bytes < args.max_body {
+        return Err(ConfigError::InflightBelowBody);
+    }
+    Ok(())
+}
+
+/// The connection and body limits.
+fn limits_from(args: &Args) -> Limits {
+    Limits {
+        max_header_bytes: args.max_header_bytes,
+        max_inflight_bytes: args.max_inflight_bytes,
+        min_body_rate: args.min_body_rate,
+        min_body_grace: args
+            .min_body_grace_ms
+            .map_or(MIN_BODY_GRACE, Duration::from_millis),
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        first_request_timeout: crate::conn::FIRST_REQUEST_TIMEOUT,
+        tunnel_ttl: args.tunnel_ttl,
+    }
+}
+
+/// `--cluster`, `--node-id` and `--cluster-replicas`; `None` without `--cluster`.
+fn cluster_from(args: &Args) -> Result<Option<ClusterConfig>, ConfigError> {
+    match (args.cluster.as_slice(), args.node_id.clone()) {
+        ([], _) => Ok(None),
+        (_, Some(node_id)) if valid_node_id(&node_id) => Ok(Some(ClusterConfig {
+            nats: nats_link(args)?,
+            node_id,
+            replicas: usize::from(args.cluster_replicas),
+        })),
+        (_, None) => Err(ConfigError::NoNodeId),
+        (_, Some(node_id)) => Err(ConfigError::NodeId(node_id)),
     }
 }
 

@@ -153,28 +153,11 @@ pub(crate) async fn run(
     let (tracker, closing) = (&dispatch.tracker, &dispatch.sessions.closing);
     backend.start(tunnels, ingress, tracker, closing, &shutdown);
     info!(%local, public_url = %dispatch.sessions.public_base, "relay serving");
-    let expiry = tokio::spawn(housekeeping::expire_periodically(
-        backend.queue.clone(),
-        dispatch.ingress.tunnels.clone(),
-        config.queue.max_age,
-        config.limits.tunnel_ttl,
-        shutdown.clone(),
-    ));
-    let metrics_task = match config.metrics_listen {
-        Some(addr) => Some(tokio::spawn(
-            serve_metrics(
-                bind(addr).await?,
-                dispatch.metrics.clone(),
-                shutdown.clone(),
-            )
-            .in_current_span(),
-        )),
-        None => None,
-    };
+    let mut tasks = side_tasks(&config, &dispatch, &backend, &shutdown).await?;
+    tasks.extend([token_poll, reloader].into_iter().flatten());
     let graceful = accept(&config, listener, &dispatch, served.acceptor, &shutdown).await;
     close(&config, graceful, &dispatch).await;
-    let _ = expiry.await;
-    for task in [token_poll, reloader, metrics_task].into_iter().flatten() {
+    for task in tasks {
         let _ = task.await;
     }
     backend.queue.close().await;
@@ -183,6 +166,32 @@ pub(crate) async fn run(
     }
     info!("relay stopped");
     Ok(())
+}
+
+/// The queue's housekeeping and, with `--metrics-listen`, the metrics listener; both end at
+/// `shutdown`.
+async fn side_tasks(
+    config: &Config,
+    dispatch: &Dispatch,
+    backend: &node::Backend,
+    shutdown: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RelayError> {
+    let mut tasks = vec![tokio::spawn(housekeeping::expire_periodically(
+        backend.queue.clone(),
+        dispatch.ingress.tunnels.clone(),
+        config.queue.max_age,
+        config.limits.tunnel_ttl,
+        shutdown.clone(),
+    ))];
+    if let Some(addr) = config.metrics_listen {
+        let metrics = serve_metrics(
+            bind(addr).await?,
+            dispatch.metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(metrics.in_current_span()));
+    }
+    Ok(tasks)
 }
 
 /// Starts checking client tokens: the configured ones, and the stored ones read again now and
