@@ -529,3 +529,6 @@ impl Drop for QueueTicket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
