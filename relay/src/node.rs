@@ -72,7 +72,8 @@ type Start = Box<
             &TaskTracker,
             &CancellationToken,
             &CancellationToken,
-        ) + Send,
+        ) + Send
+        + Sync,
 >;
 
 /// A backend's parts, plugged into the core's ports.
