@@ -44,6 +44,12 @@ pub enum TlsConfig {
     },
     /// Certificates obtained and renewed over ACME (`--acme-domain`).
     Acme(AcmeSettings),
+    /// `--self-signed`: the certificate kept in the data dir for these names (made on first
+    /// start, or when the names change), see [`crate::tls::self_signed_in`].
+    SelfSigned {
+        /// DNS names and IP addresses on the certificate.
+        names: Vec<String>,
+    },
 }
 
 impl TlsConfig {
@@ -51,7 +57,9 @@ impl TlsConfig {
     pub fn scheme(&self) -> &'static str {
         match self {
             TlsConfig::Plain => "http",
-            TlsConfig::Certified { .. } | TlsConfig::Acme(_) => "https",
+            TlsConfig::Certified { .. } | TlsConfig::Acme(_) | TlsConfig::SelfSigned { .. } => {
+                "https"
+            }
         }
     }
 }
@@ -64,6 +72,7 @@ impl std::fmt::Debug for TlsConfig {
                 write!(f, "Certified({} certificates, key MASKED)", chain.len())
             }
             TlsConfig::Acme(settings) => write!(f, "Acme({:?})", settings.domains),
+            TlsConfig::SelfSigned { names } => write!(f, "SelfSigned({names:?})"),
         }
     }
 }
@@ -115,6 +124,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Base URL printed to clients; `None`: derived from the listener's address and scheme.
     pub public_url: Option<String>,
+    /// The host in that derived URL instead of the listener's address (a self-signed relay's
+    /// first `--hostname`, the name its certificate is for).
+    pub public_host: Option<String>,
     /// Accepted client tokens.
     pub tokens: Vec<Token>,
     /// Accept clients without a token.
@@ -176,6 +188,7 @@ impl Config {
         Config {
             tls,
             public_url: None,
+            public_host: None,
             tokens: Vec::new(),
             allow_anonymous: true,
             process_token: None,
@@ -220,12 +233,7 @@ impl TryFrom<Args> for Config {
         let public_url = match (args.public_url.as_deref(), &tls) {
             (Some(url), _) => Some(parse_public_url(url)?),
             // The certificate's name is the one senders can reach and verify.
-            (None, TlsConfig::Acme(acme)) => {
-                acme.domains.first().map(|domain| match args.listen.port() {
-                    443 => format!("https://{domain}"),
-                    port => format!("https://{domain}:{port}"),
-                })
-            }
+            (None, TlsConfig::Acme(acme)) => acme.domains.first().map(|d| https_url(d, &args)),
             (None, _) => None,
         };
         check_limits(&args)?;
@@ -239,6 +247,8 @@ impl TryFrom<Args> for Config {
         Ok(Config {
             tls,
             public_url,
+            // Senders reach a self-signed relay by the name given for its certificate.
+            public_host: args.hostnames.first().cloned(),
             tokens,
             allow_anonymous: args.allow_anonymous,
             process_token: None,
@@ -440,11 +450,9 @@ fn tls_from(args: &Args) -> Result<TlsConfig, ConfigError> {
                 "::1".to_string(),
             ];
             names.extend(args.hostnames.iter().cloned());
-            let cert = crate::tls::SelfSigned::generate(&names).map_err(ConfigError::SelfSigned)?;
-            Ok(TlsConfig::Certified {
-                chain: vec![cert.cert],
-                key: cert.key,
-            })
+            // Refuse names no certificate can carry now (exit 2), not at the first start.
+            crate::tls::SelfSigned::generate(&names).map_err(ConfigError::SelfSigned)?;
+            Ok(TlsConfig::SelfSigned { names })
         }
         (None, None) if args.http => Ok(TlsConfig::Plain),
         (None, None) => Err(ConfigError::NoServeMode),
@@ -459,6 +467,14 @@ fn load_pem(cert: &Path, key: &Path) -> Result<TlsConfig, ConfigError> {
     let chain = crate::tls::load_certs(cert).map_err(pem_error(cert))?;
     let key = crate::tls::load_key(key).map_err(pem_error(key))?;
     Ok(TlsConfig::Certified { chain, key })
+}
+
+/// `https://{host}` on the listening port (443 left out).
+fn https_url(host: &str, args: &Args) -> String {
+    match args.listen.port() {
+        443 => format!("https://{host}"),
+        port => format!("https://{host}:{port}"),
+    }
 }
 
 /// Tokens separated by newlines or commas; blank entries and `#` comment lines are skipped.

@@ -21,13 +21,20 @@ async fn main() -> ExitCode {
         Err(err) => return fail(&err, err.exit_code()),
     }
     args.stored_tokens = tokens::stored_count(&data_dir);
-    let (addr, self_signed) = (args.listen, args.self_signed);
-    let config = match Config::try_from(args) {
+    let addr = args.listen;
+    let mut config = match Config::try_from(args) {
         Ok(config) => config,
         Err(err) => return fail(&err, 2),
     };
     let filter = logging::env_filter(EnvFilter::DEFAULT_ENV, "info");
     logging::init(filter, std::io::stderr, logging::Style::terminal());
+    let kept = match &config.tls {
+        TlsConfig::SelfSigned { names } => match tls::self_signed_in(&config.data_dir, names) {
+            Ok(kept) => Some(kept),
+            Err(reason) => return fail(&std::io::Error::other(reason), 1),
+        },
+        _ => None,
+    };
     let listener = match server::bind(addr).await {
         Ok(listener) => listener,
         Err(err) => return fail(&err, 1),
@@ -40,9 +47,14 @@ async fn main() -> ExitCode {
     let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let (scheme, local) = (config.tls.scheme(), listener.local_addr().unwrap_or(addr));
     println!("illumitunnel-relay listening on {scheme}://{local}");
-    if let (true, TlsConfig::Certified { chain, .. }) = (self_signed, &config.tls) {
-        let fingerprint = chain.first().map(tls::fingerprint).unwrap_or_default();
-        println!("certificate sha256 fingerprint {fingerprint}");
+    if let Some(kept) = kept {
+        println!("certificate sha256 fingerprint {}", kept.fingerprint);
+        let (ca, how) = (
+            kept.path.display(),
+            if kept.fresh { "made now" } else { "kept" },
+        );
+        println!("certificate {ca} ({how}); on clients: illumitunnel login --relay URL --ca {ca}");
+        config.tls = kept.config();
     }
     tokio::spawn(signals);
     match illumitunnel_relay::run(config, listener, shutdown).await {

@@ -52,6 +52,10 @@ pub(crate) fn serve_tls(
                 slot: Some(slot),
             })
         }
+        TlsConfig::SelfSigned { names } => {
+            let kept = tls::self_signed_in(data_dir, &names)?;
+            serve_tls(kept.config(), data_dir, shutdown)
+        }
         TlsConfig::Acme(settings) => {
             let resolver = crate::acme::spawn(&settings, data_dir, shutdown.child_token())?;
             Ok(Served {

@@ -114,7 +114,7 @@ pub(crate) async fn run(
     let public_base = config
         .public_url
         .clone()
-        .unwrap_or_else(|| default_public_base(scheme, local));
+        .unwrap_or_else(|| default_public_base(scheme, local, config.public_host.as_deref()));
     let metrics = Arc::new(Metrics::new());
     metrics.queue.label_tunnels(config.metrics_tunnel_labels);
     let mut backend = node::open_backend(&config, &metrics).await?;
@@ -435,7 +435,14 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdown: C
     tracker.wait().await;
 }
 
-fn default_public_base(scheme: &str, local: SocketAddr) -> String {
+fn default_public_base(scheme: &str, local: SocketAddr, host: Option<&str>) -> String {
+    if let Some(host) = host {
+        let host = match host.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{host}]"),
+            Err(_) => host.to_owned(),
+        };
+        return format!("{scheme}://{host}:{}", local.port());
+    }
     if local.ip().is_unspecified() {
         format!("{scheme}://localhost:{}", local.port())
     } else {

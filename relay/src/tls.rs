@@ -29,6 +29,8 @@ pub struct SelfSigned {
     pub key: PrivateKeyDer<'static>,
     /// PEM certificate, to write for `--ca`.
     pub cert_pem: String,
+    /// PEM private key (PKCS#8).
+    pub key_pem: String,
     /// SHA-256 fingerprint, colon-separated upper-case hex.
     pub fingerprint: String,
 }
@@ -44,10 +46,99 @@ impl SelfSigned {
         Ok(SelfSigned {
             fingerprint: fingerprint(&cert),
             cert_pem: certified.cert.pem(),
+            key_pem: certified.key_pair.serialize_pem(),
             cert,
             key,
         })
     }
+}
+
+/// The self-signed certificate's file in the data dir: what clients trust with `--ca`.
+pub const SELF_SIGNED_CERT: &str = "relay-ca.pem";
+/// Its private key's file in the data dir (0600).
+const SELF_SIGNED_KEY: &str = "relay-key.pem";
+/// The first line of [`SELF_SIGNED_CERT`]: the names the certificate was made for.
+const NAMES_LINE: &str = "# illumitunnel-relay self-signed certificate for: ";
+
+/// The self-signed certificate kept in the data dir.
+pub struct KeptSelfSigned {
+    /// Leaf only.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub key: PrivateKeyDer<'static>,
+    /// `{data_dir}/relay-ca.pem`.
+    pub path: std::path::PathBuf,
+    /// SHA-256 fingerprint, colon-separated upper-case hex.
+    pub fingerprint: String,
+    /// Made now (first start, or the names changed) rather than read back.
+    pub fresh: bool,
+}
+
+impl KeptSelfSigned {
+    /// As a TLS configuration to serve with.
+    pub fn config(self) -> crate::TlsConfig {
+        crate::TlsConfig::Certified {
+            chain: self.chain,
+            key: self.key,
+        }
+    }
+}
+
+/// The self-signed certificate for `names` kept in `dir`: read back when it was made for the
+/// same names, else made now and written (`relay-ca.pem`, and `relay-key.pem` at 0600), so a
+/// restart keeps the fingerprint clients trust.
+pub fn self_signed_in(dir: &Path, names: &[String]) -> Result<KeptSelfSigned, String> {
+    let path = dir.join(SELF_SIGNED_CERT);
+    let key_path = dir.join(SELF_SIGNED_KEY);
+    let wanted = format!("{NAMES_LINE}{}", names.join(", "));
+    let same_names = std::fs::read_to_string(&path)
+        .is_ok_and(|text| text.lines().next() == Some(wanted.as_str()));
+    if same_names {
+        if let (Ok(chain), Ok(key)) = (load_certs(&path), load_key(&key_path)) {
+            let fingerprint = chain.first().map(fingerprint).unwrap_or_default();
+            return Ok(KeptSelfSigned {
+                chain,
+                key,
+                path,
+                fingerprint,
+                fresh: false,
+            });
+        }
+    }
+    let made = SelfSigned::generate(names)?;
+    let failed = |what: &Path, e: std::io::Error| {
+        format!(
+            "could not keep the self-signed certificate in {}: {e}; check --data-dir and its permissions",
+            what.display()
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
+    write_file(&key_path, made.key_pem.as_bytes(), 0o600).map_err(|e| failed(&key_path, e))?;
+    let text = format!("{wanted}\n{}", made.cert_pem);
+    write_file(&path, text.as_bytes(), 0o644).map_err(|e| failed(&path, e))?;
+    Ok(KeptSelfSigned {
+        chain: vec![made.cert],
+        key: made.key,
+        path,
+        fingerprint: made.fingerprint,
+        fresh: true,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed into place, with `mode`.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// SHA-256 of a DER certificate as colon-separated upper-case hex (`AB:CD:…`).
