@@ -250,6 +250,17 @@ fn stored_tokens_are_added_and_revoked_on_a_running_relay() {
         .collect();
     assert_eq!(names, ["laptop", "ci"], "{list:?}");
     assert!(!list.stdout.contains(&laptop) && !list.stdout.contains(&ci));
+    let json = token_cmd(&data_dir, &["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&json.stdout).expect("one JSON array");
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|t| t["name"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["laptop", "ci"], "{json:?}");
+    assert!(listed[0]["created_at_ms"].as_i64().is_some_and(|ms| ms > 0));
+    assert!(!json.stdout.contains(&laptop) && !json.stdout.contains(&ci));
 
     // Revoking closes the token's session within 5 s and refuses it afterwards.
     let started = Instant::now();
@@ -274,4 +285,42 @@ fn stored_tokens_are_added_and_revoked_on_a_running_relay() {
         .send(&rt);
     assert_eq!(response.status, 200, "{}", response.text());
     drop(first);
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_flags() {
+    let home = temp_dir();
+    let mut cmd = command("illumitunnel-relay", home.path());
+    cmd.args(["completions", "bash"]);
+    let bash = ChildGuard::run(cmd);
+    assert_eq!(bash.code(), 0, "{bash:?}");
+    for flag in [
+        "--self-signed",
+        "--trusted-proxy",
+        "--cluster-creds",
+        "token",
+        "release",
+    ] {
+        assert!(bash.stdout.contains(flag), "completions lack {flag}");
+    }
+    let mut cmd = command("illumitunnel-relay", home.path());
+    cmd.arg("man");
+    let man = ChildGuard::run(cmd);
+    assert_eq!(man.code(), 0, "{man:?}");
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH"),
+        "roff: {}",
+        &man.stdout[..80.min(man.stdout.len())]
+    );
+    assert!(
+        man.stdout.contains("illumitunnel\\-relay") && man.stdout.contains("min\\-body\\-rate")
+    );
+    let mut cmd = command("illumitunnel-relay", home.path());
+    cmd.args(["completions", "tcsh"]);
+    let unknown = ChildGuard::run(cmd);
+    assert_eq!(
+        unknown.code(),
+        2,
+        "an unknown shell is a usage error: {unknown:?}"
+    );
 }

@@ -469,6 +469,24 @@ fn load_pem(cert: &Path, key: &Path) -> Result<TlsConfig, ConfigError> {
     Ok(TlsConfig::Certified { chain, key })
 }
 
+/// What `completions SHELL` and `man` print, generated from the clap definition so they always
+/// match the flags; `None` for the other commands.
+pub fn docs(command: &Command) -> Option<Vec<u8>> {
+    use clap::CommandFactory as _;
+    let mut printed = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            let mut cli = Args::command();
+            clap_complete::generate(*shell, &mut cli, "illumitunnel-relay", &mut printed);
+        }
+        Command::Man => clap_mangen::Man::new(Args::command())
+            .render(&mut printed)
+            .ok()?,
+        Command::Token(_) | Command::Tunnel(_) => return None,
+    }
+    Some(printed)
+}
+
 /// `https://{host}` on the listening port (443 left out).
 fn https_url(host: &str, args: &Args) -> String {
     match args.listen.port() {

@@ -228,6 +228,10 @@ pub async fn run_command(args: &Args, data_dir: &Path) -> Result<bool, CommandEr
     let Some(command) = &args.command else {
         return Ok(false);
     };
+    if let Some(printed) = crate::config::docs(command) {
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &printed);
+        return Ok(true);
+    }
     let link = match args.cluster.is_empty() {
         true => None,
         false => Some(crate::config::nats_link(args)?),
@@ -244,6 +248,7 @@ pub async fn run_command(args: &Args, data_dir: &Path) -> Result<bool, CommandEr
         (Command::Tunnel(command), None) => {
             release::run(command, &DataDir(data_dir), &mut out).await?;
         }
+        (Command::Completions { .. } | Command::Man, _) => {}
         (command, Some(link)) => run_in_cluster(command, &link, &mut out, &mut note).await?,
     }
     Ok(true)
@@ -263,6 +268,7 @@ async fn run_in_cluster(
             crate::tokens::run(command, &store, out, note).await?;
         }
         Command::Tunnel(command) => release::run(command, &NatsNames(link), out).await?,
+        Command::Completions { .. } | Command::Man => {}
     }
     Ok(())
 }

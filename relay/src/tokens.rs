@@ -197,10 +197,23 @@ pub async fn run(
             let _ = writeln!(out, "{token}");
             let _ = writeln!(
                 note,
-                "token {name} added and shown only this once; on the client run `illumitunnel login --relay https://RELAY --token TOKEN`"
+                "token {name} added and shown only this once; on the client paste it into `illumitunnel login --relay https://RELAY`, or pipe it: `illumitunnel login --relay https://RELAY < token-file`"
             );
         }),
-        TokenCommand::List => backend.list().await.map(|tokens| {
+        TokenCommand::List { json: true } => backend.list().await.map(|tokens| {
+            let listed: Vec<_> = tokens
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "name": t.name,
+                        "created_at_ms": t.created_at_ms,
+                        "created_at": format_ms(t.created_at_ms),
+                    })
+                })
+                .collect();
+            let _ = writeln!(out, "{}", serde_json::Value::Array(listed));
+        }),
+        TokenCommand::List { json: false } => backend.list().await.map(|tokens| {
             if tokens.is_empty() {
                 let add = backend.add_command();
                 let _ = writeln!(note, "no stored tokens; add one with `{add}`");

@@ -199,6 +199,14 @@ pub enum Command {
     /// Manage tunnel names in the data dir.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+    /// Print a shell completion script, e.g. illumitunnel-relay completions bash > ~/.local/share/bash-completion/completions/illumitunnel-relay.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. illumitunnel-relay man | man -l -
+    Man,
 }
 
 /// `tunnel release`.
@@ -221,7 +229,11 @@ pub enum TokenCommand {
         name: String,
     },
     /// Show the stored tokens' names (never the tokens).
-    List,
+    List {
+        /// One JSON array: `[{"name", "created_at_ms", "created_at"}]`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a token; a running relay closes its sessions.
     Revoke {
         /// The name given to `token add`.

@@ -423,7 +423,7 @@ fn token_subcommands_parse_with_a_data_dir_anywhere() {
     ));
     assert!(matches!(
         args(&["token", "list"]).command,
-        Some(Command::Token(TokenCommand::List))
+        Some(Command::Token(TokenCommand::List { json: false }))
     ));
 }
 
