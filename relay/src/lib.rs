@@ -24,13 +24,15 @@
 //! - [`auth`] — token check, claim keys and the one tunnel ownership rule.
 //! - [`access`] — the tokens accepted now (file, environment, stored), revoked sessions closed.
 //! - [`tokens`] — `token add | list | revoke`: tokens stored hashed in `relay.db`.
-//! - [`acme`] — certificates from Let's Encrypt (or any ACME CA) over TLS-ALPN-01, renewed.
+//! - `acme` (feature `acme`) — certificates from Let's Encrypt (or any ACME CA) over
+//!   TLS-ALPN-01, renewed.
 //! - [`reload`] — SIGHUP reloads the PEM certificate and the tokens file.
 //! - [`metrics`] — Prometheus metrics for `GET /metrics`.
 //! - [`proxy`] — `--trusted-proxy` and `--proxy-protocol`: the sender's real address behind a proxy.
 //! - [`logging`] — log setup for both binaries: wire-dump caps and secret scrubbing.
 
 pub mod access;
+#[cfg(feature = "acme")]
 pub mod acme;
 pub mod auth;
 pub mod budget;

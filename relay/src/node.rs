@@ -38,24 +38,19 @@ pub(crate) struct Served {
 pub(crate) fn serve_tls(
     config: TlsConfig,
     data_dir: &Path,
-    shutdown: &CancellationToken,
+    #[cfg_attr(not(feature = "acme"), allow(unused_variables))] shutdown: &CancellationToken,
 ) -> Result<Served, String> {
     match config {
         TlsConfig::Plain => Ok(Served {
             acceptor: None,
             slot: None,
         }),
-        TlsConfig::Certified { chain, key } => {
-            let slot = CertSlot::new(chain, key)?;
-            Ok(Served {
-                acceptor: Some(tls::acceptor_with(slot.clone(), false)?),
-                slot: Some(slot),
-            })
-        }
+        TlsConfig::Certified { chain, key } => certified(chain, key),
         TlsConfig::SelfSigned { names } => {
             let kept = tls::self_signed_in(data_dir, &names)?;
-            serve_tls(kept.config(), data_dir, shutdown)
+            certified(kept.chain, kept.key)
         }
+        #[cfg(feature = "acme")]
         TlsConfig::Acme(settings) => {
             let resolver = crate::acme::spawn(&settings, data_dir, shutdown.child_token())?;
             Ok(Served {
@@ -63,7 +58,24 @@ pub(crate) fn serve_tls(
                 slot: None,
             })
         }
+        #[cfg(not(feature = "acme"))]
+        TlsConfig::Acme(_) => Err(
+            "this build has no ACME support; use the illumitunnel-relay binary (built with the `acme` feature)"
+                .into(),
+        ),
     }
+}
+
+/// Serves a fixed certificate from a slot SIGHUP can refill.
+fn certified(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Served, String> {
+    let slot = CertSlot::new(chain, key)?;
+    Ok(Served {
+        acceptor: Some(tls::acceptor_with(slot.clone(), false)?),
+        slot: Some(slot),
+    })
 }
 
 /// Starts a backend's own tasks once the core exists: a cluster's presence and the deliveries
