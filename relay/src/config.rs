@@ -14,6 +14,7 @@ use crate::cluster::link::{self, LinkError, LinkFlags};
 use crate::cluster::{ClusterConfig, NatsLink};
 use crate::proxy::{Cidr, TrustedProxies};
 use crate::queue::Clock;
+use crate::tunnel::DEFAULT_WINDOW;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
 
 /// Default `--listen` address.
@@ -152,6 +153,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Queued deliveries in flight to a client at once while its tunnel's backlog drains.
+    pub drain_window: usize,
     /// How long a sender waits for the local server's answer.
     pub response_timeout: Duration,
     /// Offline behaviour.
@@ -208,6 +211,7 @@ impl Config {
             process_token: None,
             data_dir,
             max_body: DEFAULT_MAX_BODY,
+            drain_window: DEFAULT_WINDOW,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             offline: OfflinePolicy::Queue,
             keepalive: DEFAULT_KEEPALIVE,
@@ -295,6 +299,10 @@ pub struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body: usize,
+    /// Queued deliveries sent to a reconnected client before it has recorded the first of them
+    /// (it forwards them one at a time, in order); 1 waits for each.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW)]
+    pub drain_window: usize,
     /// Seconds a sender waits for the local server's answer.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RESPONSE_TIMEOUT.as_secs())]
     pub response_timeout: u64,
@@ -538,7 +546,8 @@ pub enum ConfigError {
     /// `--max-header-bytes` outside what one protocol message can carry.
     #[error("--max-header-bytes must be between 1024 and {MAX_MAX_HEADER_BYTES} bytes, so every request head fits the relay-client link")]
     HeaderLimit,
-    /// A connection limit, the in-flight budget, the total queue size or the idle timeout is 0.
+    /// A connection limit, the in-flight budget, the total queue size, the idle timeout or the
+    /// drain window is 0.
     #[error("--{0} must be at least 1")]
     ZeroLimit(&'static str),
     /// The in-flight budget cannot hold one body.
@@ -638,6 +647,7 @@ impl TryFrom<Args> for Config {
             (args.max_connections_per_ip as u64, "max-connections-per-ip"),
             (args.idle_timeout, "idle-timeout"),
             (args.queue_max_total_bytes, "queue-max-total-bytes"),
+            (args.drain_window as u64, "drain-window"),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(flag));
@@ -671,6 +681,7 @@ impl TryFrom<Args> for Config {
                 .data_dir
                 .unwrap_or_else(illumitunnel::paths::default_relay_data_dir),
             max_body: args.max_body,
+            drain_window: args.drain_window,
             response_timeout: Duration::from_secs(args.response_timeout),
             offline: args.offline,
             keepalive,

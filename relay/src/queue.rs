@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(72 * 3600);
 const COMMANDS: usize = 1024;
 /// Most commands grouped into one transaction.
 const MAX_BATCH: usize = 512;
+/// Bytes of queued deliveries [`QueueHandle::rows_after`] reads at once (at least one row).
+const PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Per-tunnel limits of the offline queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,12 @@ enum Command {
     Head {
         tunnel: String,
         reply: oneshot::Sender<Result<Option<Row>, QueueError>>,
+    },
+    Page {
+        tunnel: String,
+        after: i64,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<Row>, QueueError>>,
     },
     Remove {
         tunnel: String,
@@ -257,6 +265,27 @@ impl QueueHandle {
         }
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Head { tunnel, reply }).await
+    }
+
+    /// Up to `max` rows of `tunnel`'s queue after `seq`, oldest first; fewer once 8 MiB are
+    /// read, but at least one when any is left.
+    pub async fn rows_after(
+        &self,
+        tunnel: &str,
+        seq: i64,
+        max: usize,
+    ) -> Result<Vec<Row>, QueueError> {
+        if let Backend::Cluster(cluster, _) = &self.backend {
+            return cluster.rows_after(tunnel, seq, max, PAGE_BYTES).await;
+        }
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::Page {
+            tunnel,
+            after: seq,
+            max,
+            reply,
+        })
+        .await
     }
 
     /// Drops the recorded delivery at `seq`; returns once that is committed.
@@ -512,6 +541,14 @@ fn execute(
         Command::Head { tunnel, reply } => {
             // Reads need no commit: answer at once.
             let _ = reply.send(store.head(&tunnel));
+        }
+        Command::Page {
+            tunnel,
+            after,
+            max,
+            reply,
+        } => {
+            let _ = reply.send(store.page(&tunnel, after, max, PAGE_BYTES));
         }
         Command::Remove { tunnel, seq, reply } => {
             done.push(Done::Changed(reply, store.remove(&tunnel, seq)))

@@ -197,9 +197,37 @@ impl Cluster {
 
     /// The oldest delivery in `tunnel`'s queue.
     pub async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
+        self.first_from(tunnel, 1).await
+    }
+
+    /// Up to `max` deliveries of `tunnel`'s queue after `seq`, oldest first, stopping once
+    /// `max_bytes` of bodies are read (at least one when any is left).
+    pub async fn rows_after(
+        &self,
+        tunnel: &str,
+        seq: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Row>, QueueError> {
+        let mut rows = Vec::new();
+        let mut after = seq.max(0) as u64;
+        let mut bytes = 0;
+        while rows.len() < max && bytes < max_bytes {
+            let Some(row) = self.first_from(tunnel, after + 1).await? else {
+                break;
+            };
+            after = row.seq.max(0) as u64;
+            bytes += row.delivery.body.len();
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// The first delivery in `tunnel`'s queue at stream sequence `from` or later.
+    async fn first_from(&self, tunnel: &str, from: u64) -> Result<Option<Row>, QueueError> {
         let message = match self
             .queue
-            .get_first_raw_message_by_subject(queue_subject(tunnel), 1)
+            .get_first_raw_message_by_subject(queue_subject(tunnel), from)
             .await
         {
             Ok(message) => message,
