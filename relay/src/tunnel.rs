@@ -4,7 +4,7 @@
 //! where each delivery goes.
 //!
 //! ```text
-//!            first session joins                 queue empty, no push in flight
+//!            first session joins                 queue sent, no push in flight
 //!   Idle ─────────────────────────▶ Draining ─────────────────────────────────▶ Live
 //!    ▲   (a drain task starts)         │  ▲                                        │
 //!    └──── last session leaves ────────┘  └──── a delivery had to be queued ───────┘
@@ -13,8 +13,11 @@
 //! - **Draining**: the tunnel's drain task sends the offline queue to a session, a window of
 //!   deliveries in flight, each row leaving on the client's `Recorded`; new deliveries are
 //!   queued behind the backlog, so the local server sees them in arrival order.
-//! - **Live**: the queue is empty; deliveries go straight to the sessions (the first answers,
-//!   the others get copies) and may be forwarded concurrently.
+//! - **Live**: everything queued was sent; deliveries go straight to the sessions (the first
+//!   answers, the others get copies). The client forwards a live delivery that arrives behind
+//!   queued ones after them, and concurrently once none is waiting. The drain keeps running
+//!   until the client recorded what it sent, and queues again (Draining) if it must send it
+//!   again.
 //!
 //! A delivery that must be queued takes a [`QueueTicket`] first; the drain goes live only when
 //! no ticket is out and no push completed since it last looked at the queue, so a delivery can
@@ -419,15 +422,14 @@ impl Tunnels {
     }
 
     /// The session the drain sends the backlog to (the first not in `skip`, or the first when
-    /// every one is), with the push count it saw; `None` stops the drain (no session left, or
-    /// the relay is closing).
-    fn drain_target(&self, tunnel: &str, skip: &[u64]) -> Option<(SessionHandle, u64)> {
+    /// every one is); `None` stops the drain (no session left, or the relay is closing).
+    fn drain_target(&self, tunnel: &str, skip: &[u64]) -> Option<SessionHandle> {
         let mut map = self.lock();
         let t = map.get_mut(tunnel)?;
         let next = t.sessions.iter().find(|s| !skip.contains(&s.id()));
         match next.or(t.sessions.first()) {
             Some(session) if t.phase == Phase::Draining && !self.closing.is_cancelled() => {
-                Some((session.clone(), t.pushed))
+                Some(session.clone())
             }
             _ => {
                 t.draining = false;
@@ -436,8 +438,9 @@ impl Tunnels {
         }
     }
 
-    /// The drain found the queue empty: goes live unless a push is in flight or completed
-    /// since `seen` (then the drain looks again).
+    /// The drain has sent everything queued: goes live unless a push is in flight or
+    /// completed since `seen` (then the drain looks again). The drain keeps running until the
+    /// client has recorded what it sent ([`retire_drain`](Self::retire_drain)).
     fn finish_drain(&self, tunnel: &str, seen: u64) -> bool {
         let mut map = self.lock();
         let Some(t) = map.get_mut(tunnel) else {
@@ -447,8 +450,30 @@ impl Tunnels {
             return false;
         }
         t.phase = Phase::Live;
+        true
+    }
+
+    /// The drain has nothing out any more: it ends unless the tunnel is draining again.
+    fn retire_drain(&self, tunnel: &str) -> bool {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(tunnel) else {
+            return true;
+        };
+        if t.phase == Phase::Draining {
+            return false;
+        }
         t.draining = false;
         true
+    }
+
+    /// The drain must send what it had out again: a live tunnel queues new deliveries again,
+    /// behind it.
+    fn reopen_drain(&self, tunnel: &str) {
+        if let Some(t) = self.lock().get_mut(tunnel) {
+            if t.phase == Phase::Live {
+                t.phase = Phase::Draining;
+            }
+        }
     }
 
     /// A queue ticket is done; `pushed` when its delivery is now in the queue.

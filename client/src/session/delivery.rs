@@ -1,7 +1,9 @@
 //! What happens to a delivery once its body is complete: it is forwarded to the local server,
 //! the relay is answered, and the capture store records it.
 //!
-//! Live deliveries are forwarded concurrently (bounded by a semaphore). Redeliveries (the
+//! Live deliveries are forwarded concurrently (bounded by a semaphore), except one that arrives
+//! while redeliveries wait for the worker below: it goes through the worker behind them, so the
+//! local server sees deliveries in the order the relay sent them. Redeliveries (the
 //! relay's offline backlog, or a failover) go through one worker for the whole session, in the
 //! order they arrived, one at a time: the next is forwarded once the previous one is answered
 //! and handed to the capture store. Its commit is waited for beside the worker, and the relay
@@ -14,6 +16,7 @@
 //! order. Redeliveries still waiting when their connection ends are left to the relay.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +87,8 @@ pub struct Deliveries {
     tracker: TaskTracker,
     /// The in-order worker's queue.
     redeliveries: mpsc::Sender<Queued>,
+    /// Deliveries handed to the in-order worker and not forwarded yet.
+    in_order: AtomicUsize,
     /// Redeliveries forwarded whose commit is not done yet: a copy the relay sends again
     /// waits for that commit instead of being forwarded twice.
     uncommitted: Mutex<HashMap<DeliveryId, watch::Receiver<Option<Committed>>>>,
@@ -93,15 +98,16 @@ pub struct Deliveries {
     stop: CancellationToken,
 }
 
-/// A redelivery waiting for the in-order worker.
+/// A delivery waiting for the in-order worker: a redelivery, or a live one behind them.
 struct Queued {
     arrived: Arrived,
     generation: u64,
     /// Fires when its connection ended: then it is left to the relay.
     ended: CancellationToken,
-    /// What the capture store knew of its id, asked for when it arrived so the answer is
-    /// there by its turn (the store's writer may be busy committing the ones before it).
-    known: oneshot::Receiver<Option<Known>>,
+    /// For a redelivery, what the capture store knew of its id, asked for when it arrived so
+    /// the answer is there by its turn (the store's writer may be busy committing the ones
+    /// before it).
+    known: Option<oneshot::Receiver<Option<Known>>>,
 }
 
 /// Ids recently committed, oldest first, bounded.
@@ -156,6 +162,7 @@ impl Deliveries {
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tracker: TaskTracker::new(),
             redeliveries: tx,
+            in_order: AtomicUsize::new(0),
             uncommitted: Mutex::new(HashMap::new()),
             recent: Mutex::default(),
             stop: CancellationToken::new(),
@@ -213,7 +220,10 @@ impl Deliveries {
         let known = match (ours, arrived.answer) {
             (true, false) => return Acknowledge::Now(ClientMessage::Recorded { id }),
             (true, true) => self.recorder.answer(id.clone()).await,
-            (false, _) => known.await.ok().flatten(),
+            (false, _) => match known {
+                Some(known) => known.await.ok().flatten(),
+                None => self.recorder.answer(id.clone()).await,
+            },
         };
         if let Some(known) = known {
             // Already recorded: neither forwarded nor shown again. A sender may still wait for
@@ -323,18 +333,26 @@ impl Connection {
             .await;
     }
 
-    /// Hands a complete delivery on: redeliveries to the in-order worker, live ones to a task
-    /// of their own. Waiting here slows reading, which is the backpressure the relay should see.
+    /// Hands a complete delivery on: redeliveries, and live ones behind redeliveries not yet
+    /// forwarded, to the in-order worker; other live ones to a task of their own. Waiting here
+    /// slows reading, which is the backpressure the relay should see.
     pub async fn dispatch(&self, arrived: Arrived) {
-        if arrived.redelivery {
-            let known = self.deliveries.recorder.answer_later(arrived.id.clone()).await;
+        let deliveries = &self.deliveries;
+        if arrived.redelivery || deliveries.in_order.load(Ordering::SeqCst) > 0 {
+            let known = match arrived.redelivery {
+                true => Some(deliveries.recorder.answer_later(arrived.id.clone()).await),
+                false => None,
+            };
             let queued = Queued {
                 arrived,
                 generation: self.generation,
                 ended: self.ended.clone(),
                 known,
             };
-            let _ = self.deliveries.redeliveries.send(queued).await;
+            deliveries.in_order.fetch_add(1, Ordering::SeqCst);
+            if deliveries.redeliveries.send(queued).await.is_err() {
+                deliveries.in_order.fetch_sub(1, Ordering::SeqCst);
+            }
             return;
         }
         let Ok(slot) = self.deliveries.slots.clone().acquire_owned().await else {
@@ -369,13 +387,23 @@ async fn redeliver_in_order(
             next = rx.recv() => next,
         };
         let Some(queued) = next else { break };
-        if queued.ended.is_cancelled() {
-            continue;
-        }
-        let span = tracing::debug_span!("redelivery", id = %queued.arrived.id);
-        let ack = deliveries.redeliver(queued).instrument(span).await;
-        if acks.send(ack).await.is_err() {
-            break;
+        let ack = if queued.ended.is_cancelled() {
+            None
+        } else if queued.arrived.redelivery {
+            let span = tracing::debug_span!("redelivery", id = %queued.arrived.id);
+            Some(deliveries.redeliver(queued).instrument(span).await)
+        } else {
+            let span = tracing::debug_span!("delivery", id = %queued.arrived.id);
+            let handled = deliveries.handle(queued.arrived, queued.generation);
+            handled.instrument(span).await;
+            None
+        };
+        // Forwarded (or left to the relay): live deliveries behind it may go concurrently.
+        deliveries.in_order.fetch_sub(1, Ordering::SeqCst);
+        if let Some(ack) = ack {
+            if acks.send(ack).await.is_err() {
+                break;
+            }
         }
     }
 }

@@ -90,12 +90,20 @@ pub trait Host: Send + Sync {
     /// Cancelled when the relay closes: the drain stops.
     fn closing(&self) -> &CancellationToken;
     /// The session to send to, in connect order, skipping those in `skip` unless every one is
-    /// in it, with the push count seen; waits while another node drains the tunnel. `None`
-    /// stops the drain (no session left, the tunnel is not draining, or the relay is closing).
-    fn target(&self, skip: &[u64]) -> impl Future<Output = Option<(Self::Link, u64)>> + Send;
-    /// The queue was found empty after `seen` pushes: the tunnel goes live unless a push is in
-    /// flight or landed since (then `false`, and the drain looks again once woken).
-    fn finish(&self, seen: u64) -> bool;
+    /// in it; waits while another node drains the tunnel. `None` stops the drain (no session
+    /// left, the tunnel is not draining, or the relay is closing).
+    fn target(&self, skip: &[u64]) -> impl Future<Output = Option<Self::Link>> + Send;
+    /// Deliveries pushed to the tunnel's queue so far; read before looking at the queue.
+    fn pushes(&self) -> u64;
+    /// Everything queued after `seen` pushes is sent: the tunnel goes live (new deliveries go
+    /// straight to the sessions, behind what the drain sent) unless a push is in flight or
+    /// landed since (then `false`).
+    fn go_live(&self, seen: u64) -> bool;
+    /// Nothing is out any more: the drain ends (`true`) unless the tunnel went back to
+    /// draining meanwhile.
+    fn retire(&self) -> bool;
+    /// What was sent is to be sent again: a live tunnel queues new deliveries again.
+    fn reopen(&self);
     /// Waits until a push lands or the sessions change.
     fn woken(&self) -> impl Future<Output = ()> + Send;
     /// Up to `max` rows of the queue after `seq`, oldest first.
@@ -134,8 +142,8 @@ pub trait Link: Clone + Send + Sync {
 
 /// How one pass over one session ended.
 enum Pass {
-    /// Nothing is left after what was sent, and all of it was recorded and dropped.
-    Empty,
+    /// The tunnel is live and everything sent was recorded and dropped.
+    Done,
     /// Start again from the front, after this pause if any.
     Again(Option<Duration>),
     /// The session stayed silent: try the next one.
@@ -154,7 +162,8 @@ struct State {
     counted: HashSet<(u64, i64)>,
 }
 
-/// Runs the drain until the tunnel goes live, loses its last session, or the relay closes.
+/// Runs the drain until the tunnel is live with nothing out, loses its last session, or the
+/// relay closes.
 pub async fn run<H: Host>(host: H) {
     let mut state = State {
         retry: host.policy().retry,
@@ -163,23 +172,21 @@ pub async fn run<H: Host>(host: H) {
         counted: HashSet::new(),
     };
     loop {
-        let Some((link, seen)) = host.target(&state.skip).await else {
+        let Some(link) = host.target(&state.skip).await else {
             debug!(sent = state.sent, "drain stopped: no session");
             return;
         };
-        match pass(&host, &link, &mut state).await {
-            Pass::Empty => {
-                if host.finish(seen) {
-                    if state.sent > 0 {
-                        info!(sent = state.sent, "backlog sent; the tunnel is live");
-                    }
-                    return;
+        let end = pass(&host, &link, &mut state).await;
+        if !matches!(end, Pass::Done | Pass::Closing) {
+            // Rows still out go again from the front: nothing may overtake them meanwhile.
+            host.reopen();
+        }
+        match end {
+            Pass::Done => {
+                if state.sent > 0 {
+                    info!(sent = state.sent, "backlog sent; the tunnel is live");
                 }
-                // A push is in flight, or landed since: its wake-up brings us back.
-                tokio::select! {
-                    _ = host.closing().cancelled() => return,
-                    _ = host.woken() => {}
-                }
+                return;
             }
             Pass::Again(None) => {}
             Pass::Again(Some(delay)) => {
@@ -196,9 +203,12 @@ pub async fn run<H: Host>(host: H) {
 /// A row sent and the wait for the client's word on it.
 type Out<H> = (Row, <<H as Host>::Link as Link>::Pending);
 
-/// Sends the queue to `link` from its oldest row, keeping up to the window in flight, until
-/// the queue is empty or the session stops taking it. Returns once every removal it started
-/// is done, so the next pass reads the queue as it is.
+/// Sends the queue to `link` from its oldest row, keeping up to the window in flight. Once
+/// everything queued is sent (not yet recorded), the tunnel goes live: deliveries that arrive
+/// from then on go straight to the session, behind what the drain sent, and the client keeps
+/// them in that order. The pass ends when nothing is out any more, or the session stops
+/// taking the queue; it returns once every removal it started is done, so the next pass reads
+/// the queue as it is.
 async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
     let window = host.policy().window.max(1);
     let ack_timeout = host.policy().ack_timeout;
@@ -207,17 +217,27 @@ async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
     // Rows up to this one were sent (or set aside) in this pass.
     let mut cursor = 0i64;
     let mut deadline = Instant::now() + ack_timeout;
+    let mut live = false;
     let end = loop {
         let room = window - out.len();
         // Refill once half the window is free, so reads come in pages rather than one a row.
         if room > 0 && (out.is_empty() || room * 2 >= window) {
             let was_empty = out.is_empty();
+            let seen = host.pushes();
             let read = tokio::select! {
                 _ = host.closing().cancelled() => break Pass::Closing,
                 read = host.rows_after(cursor, room) => read,
             };
             match read {
+                Ok(rows) if rows.is_empty() => {
+                    // Everything queued is sent: unless a push is on its way, go live.
+                    if !live && host.go_live(seen) {
+                        live = true;
+                    }
+                }
                 Ok(rows) => {
+                    // A live tunnel that had to queue again drains again.
+                    live = false;
                     if let Some(end) = send_rows(host, link, rows, &mut out, &mut cursor).await {
                         break end;
                     }
@@ -235,7 +255,22 @@ async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
             }
         }
         let Some((front, pending)) = out.front_mut() else {
-            break Pass::Empty;
+            if live {
+                while let Some(removed) = removing.next().await {
+                    log_removal(removed);
+                }
+                if host.retire() {
+                    break Pass::Done;
+                }
+                // The tunnel queued again since it went live: read again.
+                live = false;
+                continue;
+            }
+            // A push is on its way: its wake-up brings us back.
+            tokio::select! {
+                _ = host.closing().cancelled() => break Pass::Closing,
+                _ = host.woken() => continue,
+            }
         };
         // All three are cancel-safe: a token wait, `FuturesUnordered::next`, and the ack wait
         // (`Link::ack`), whose timeout is a fixed deadline.

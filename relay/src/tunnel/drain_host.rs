@@ -24,7 +24,7 @@ impl Host for Scope<Arc<Tunnels>> {
         &self.tunnels.closing
     }
 
-    async fn target(&self, skip: &[u64]) -> Option<(SessionHandle, u64)> {
+    async fn target(&self, skip: &[u64]) -> Option<SessionHandle> {
         let tunnels = &self.tunnels;
         loop {
             let target = tunnels.drain_target(&self.tunnel, skip)?;
@@ -46,8 +46,20 @@ impl Host for Scope<Arc<Tunnels>> {
         }
     }
 
-    fn finish(&self, seen: u64) -> bool {
+    fn pushes(&self) -> u64 {
+        self.tunnels.pushes(&self.tunnel)
+    }
+
+    fn go_live(&self, seen: u64) -> bool {
         self.tunnels.finish_drain(&self.tunnel, seen)
+    }
+
+    fn retire(&self) -> bool {
+        self.tunnels.retire_drain(&self.tunnel)
+    }
+
+    fn reopen(&self) {
+        self.tunnels.reopen_drain(&self.tunnel);
     }
 
     async fn woken(&self) {

@@ -82,15 +82,25 @@ impl Host for Arc<Fake> {
         &self.closing
     }
 
-    async fn target(&self, skip: &[u64]) -> Option<(FakeLink, u64)> {
+    async fn target(&self, skip: &[u64]) -> Option<FakeLink> {
         let sessions = self.sessions.lock().unwrap();
         let next = sessions.iter().find(|s| !skip.contains(&s.id));
-        next.or(sessions.first()).map(|s| (s.clone(), 0))
+        next.or(sessions.first()).cloned()
     }
 
-    fn finish(&self, _seen: u64) -> bool {
+    fn pushes(&self) -> u64 {
+        0
+    }
+
+    fn go_live(&self, _seen: u64) -> bool {
         true
     }
+
+    fn retire(&self) -> bool {
+        true
+    }
+
+    fn reopen(&self) {}
 
     async fn woken(&self) {
         self.wake.notified().await;
