@@ -561,3 +561,22 @@ async fn redeliveries_are_forwarded_without_waiting_for_each_commit_and_acknowle
     assert_eq!(seen.most.load(Ordering::SeqCst), 1, "one at a time");
     deliveries.drain().await;
 }
+
+#[tokio::test]
+async fn a_live_delivery_behind_waiting_redeliveries_is_forwarded_after_them() {
+    let (addr, seen) = local_server().await;
+    let (deliveries, _outbound, _dir) = deliveries_to(addr);
+    let connection = deliveries.connection(1);
+    connection.dispatch(redelivery("q1", "slow-q1")).await;
+    let mut live = redelivery("l1", "l1");
+    live.redelivery = false;
+    connection.dispatch(live).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.bodies.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not forwarded");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(seen.bodies.lock().unwrap().clone(), ["slow-q1", "l1"]);
+    assert_eq!(seen.most.load(Ordering::SeqCst), 1);
+    deliveries.drain().await;
+}
