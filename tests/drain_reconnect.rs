@@ -195,12 +195,16 @@ fn a_tunnel_answers_from_the_handler_again_within_2_s_of_a_reconnect_under_a_ste
     let sender = rt.spawn(stream(listen.url.clone(), stop.clone()));
     let count = |seen: &Mutex<Vec<u64>>| seen.lock().unwrap().len();
     // Live for a while: the handler answers.
-    wait("300 live webhooks", Duration::from_secs(30), || count(&seen) >= 300);
+    wait("300 live webhooks", Duration::from_secs(30), || {
+        count(&seen) >= 300
+    });
 
     proxy.cut();
     let cut_at = Instant::now();
     // The client reconnects through the proxy (its backoff waits up to a second).
-    wait("the reconnect", Duration::from_secs(10), || proxy.accepted().len() >= 2);
+    wait("the reconnect", Duration::from_secs(10), || {
+        proxy.accepted().len() >= 2
+    });
     let reconnected = proxy.accepted()[1];
     // Keep streaming for 5 s after the reconnect, then stop.
     wait("5 s after the reconnect", Duration::from_secs(20), || {
@@ -242,9 +246,11 @@ fn a_tunnel_answers_from_the_handler_again_within_2_s_of_a_reconnect_under_a_ste
 
     // Every webhook reaches the handler once, in the order sent.
     let total = sent.len();
-    wait("every webhook at the handler", Duration::from_secs(30), || {
-        count(&seen) >= total
-    });
+    wait(
+        "every webhook at the handler",
+        Duration::from_secs(30),
+        || count(&seen) >= total,
+    );
     let seen = seen.lock().unwrap().clone();
     let expected: Vec<u64> = (0..total as u64).collect();
     assert_eq!(seen.len(), total, "lost or duplicated webhooks");

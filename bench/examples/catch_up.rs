@@ -39,7 +39,9 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (target, seen) = handler(&rt)?;
     println!("catch-up of {n} queued deliveries, {repeats} repeats per window");
-    println!("| `--drain-window` | deliveries/s (min–max) | seconds (min–max) | in order, once each |");
+    println!(
+        "| `--drain-window` | deliveries/s (min–max) | seconds (min–max) | in order, once each |"
+    );
     println!("|---|---|---|---|");
     for window in [32u32, 1] {
         let mut rates = Vec::new();
@@ -49,7 +51,10 @@ fn main() -> Result<()> {
             let took = catch_up(&bins, &rt, dir.path(), &name, window, n, target, &seen)?;
             rates.push(f64::from(n) / took.as_secs_f64());
             secs.push(took.as_secs_f64());
-            eprintln!("window {window}, repeat {repeat}: {:.2} s", took.as_secs_f64());
+            eprintln!(
+                "window {window}, repeat {repeat}: {:.2} s",
+                took.as_secs_f64()
+            );
         }
         println!(
             "| {window} | {:.0}–{:.0} | {:.2}–{:.2} | yes |",
@@ -174,8 +179,8 @@ fn handler(rt: &tokio::runtime::Runtime) -> Result<(SocketAddr, Arc<Mutex<Vec<u3
         while let Ok((stream, _)) = listener.accept().await {
             let seen = shared.clone();
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
                         let seen = seen.clone();
                         async move {
                             let body = req.into_body().collect().await.map(|b| b.to_bytes());
@@ -189,7 +194,8 @@ fn handler(rt: &tokio::runtime::Runtime) -> Result<(SocketAddr, Arc<Mutex<Vec<u3
                                 Bytes::from_static(illumitunnel_bench::target::ANSWER),
                             )))
                         }
-                    });
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;

@@ -184,7 +184,10 @@ impl RecorderHandle {
     #[cfg(test)]
     pub async fn record_committed(&self, capture: Capture) -> Committed {
         let stopped = || "the capture store writer stopped".to_string();
-        self.record_later(capture).await.await.map_err(|_| stopped())?
+        self.record_later(capture)
+            .await
+            .await
+            .map_err(|_| stopped())?
     }
 
     /// Queues a delivery for the next commit and returns the wait for it, so the caller can go

@@ -14,8 +14,8 @@ use crate::cluster::link::{self, LinkError, LinkFlags};
 use crate::cluster::{ClusterConfig, NatsLink};
 use crate::proxy::{Cidr, TrustedProxies};
 use crate::queue::Clock;
-use crate::tunnel::DEFAULT_WINDOW;
 use crate::queue::{QueueLimits, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
+use crate::tunnel::DEFAULT_WINDOW;
 
 /// Default `--listen` address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";

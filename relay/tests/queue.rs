@@ -733,7 +733,10 @@ async fn aged_deliveries_expire_and_the_next_session_is_told() {
     let after_a = illumitunnel::now_ms();
     let deadline = std::time::Instant::now() + WAIT;
     while illumitunnel::now_ms() <= after_a {
-        assert!(std::time::Instant::now() < deadline, "the wall clock stands still");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wall clock stands still"
+        );
         tokio::task::yield_now().await;
     }
     now.store(illumitunnel::now_ms() + 1000, Ordering::SeqCst);

@@ -500,7 +500,10 @@ async fn a_redelivery_sent_again_on_a_new_connection_mid_forward_reaches_the_ser
     first.dispatch(redelivery("x1", "slow-x1")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.now.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "x1 never reached the server");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "x1 never reached the server"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // The link breaks while x1 is at the local server; the relay sends it again, then y1.
@@ -543,7 +546,10 @@ async fn redeliveries_are_forwarded_without_waiting_for_each_commit_and_acknowle
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert!(outbound.try_recv().is_err(), "acknowledged before its commit");
+    assert!(
+        outbound.try_recv().is_err(),
+        "acknowledged before its commit"
+    );
     blocker.execute_batch("ROLLBACK").unwrap();
     let mut acks = Vec::new();
     while acks.len() < ids.len() {
@@ -557,7 +563,11 @@ async fn redeliveries_are_forwarded_without_waiting_for_each_commit_and_acknowle
         acks.push(id.to_string());
     }
     assert_eq!(acks, ids, "acknowledged in order");
-    assert_eq!(seen.bodies.lock().unwrap().clone(), ids, "forwarded in order");
+    assert_eq!(
+        seen.bodies.lock().unwrap().clone(),
+        ids,
+        "forwarded in order"
+    );
     assert_eq!(seen.most.load(Ordering::SeqCst), 1, "one at a time");
     deliveries.drain().await;
 }

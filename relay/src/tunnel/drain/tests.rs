@@ -158,7 +158,10 @@ fn fake(n: i64, window: usize) -> Arc<Fake> {
         window,
         ..Fake::default()
     };
-    fake.rows.lock().unwrap().extend((1..=n).map(|s| (s, row(s))));
+    fake.rows
+        .lock()
+        .unwrap()
+        .extend((1..=n).map(|s| (s, row(s))));
     Arc::new(fake)
 }
 
@@ -195,7 +198,11 @@ fn seqs(got: &[Got]) -> Vec<i64> {
 }
 
 fn attempts(fake: &Fake, seq: i64) -> u32 {
-    fake.rows.lock().unwrap().get(&seq).map_or(0, |r| r.attempts)
+    fake.rows
+        .lock()
+        .unwrap()
+        .get(&seq)
+        .map_or(0, |r| r.attempts)
 }
 
 #[tokio::test(start_paused = true)]
@@ -212,10 +219,18 @@ async fn the_window_fills_and_rows_leave_in_order_as_they_are_recorded() {
         order.push(g.seq);
         g.ack.send(Ack::Recorded).unwrap();
         got.extend(settle(&mut rx).await);
-        assert!(got.len() <= 4, "never more than the window out: {}", got.len());
+        assert!(
+            got.len() <= 4,
+            "never more than the window out: {}",
+            got.len()
+        );
     }
     assert_eq!(order, (1..=20).collect::<Vec<_>>());
-    assert_eq!(*fake.removed.lock().unwrap(), order, "removed in queue order");
+    assert_eq!(
+        *fake.removed.lock().unwrap(),
+        order,
+        "removed in queue order"
+    );
     tokio::time::timeout(Duration::from_secs(1), drain)
         .await
         .expect("the drain ends once the queue is empty")
@@ -257,7 +272,11 @@ async fn a_break_mid_window_sends_again_from_the_first_unrecorded_row() {
     // After the pause, from row 3 on: the fourth again too (the client answers it from its store).
     let again = settle(&mut rx).await;
     assert_eq!(seqs(&again)[..2], [3, 4]);
-    assert_eq!(attempts(&fake, 3), 0, "the store's failure is not the delivery's");
+    assert_eq!(
+        attempts(&fake, 3),
+        0,
+        "the store's failure is not the delivery's"
+    );
     assert_eq!(*fake.removed.lock().unwrap(), [1, 2]);
     for g in again {
         g.ack.send(Ack::Recorded).unwrap();
@@ -360,7 +379,11 @@ async fn a_delivery_rejected_three_times_becomes_a_dead_letter_and_the_rest_flow
     assert_eq!(*fake.dead.lock().unwrap(), [1]);
     let notices = notices.lock().unwrap().clone();
     assert_eq!(notices.len(), 1);
-    assert!(notices[0].1.contains("3 times in a row"), "{}", notices[0].1);
+    assert!(
+        notices[0].1.contains("3 times in a row"),
+        "{}",
+        notices[0].1
+    );
     for g in got {
         g.ack.send(Ack::Recorded).unwrap();
     }
