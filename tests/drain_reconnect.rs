@@ -48,7 +48,7 @@ fn handler(rt: &Runtime) -> (SocketAddr, Arc<Mutex<Vec<u64>>>) {
                             .ok()
                             .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok());
                         if let Some(n) = n {
-                            seen.lock().unwrap().push(n);
+                            seen.lock().unwrap_or_else(|e| e.into_inner()).push(n);
                         }
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
                             b"handled",
@@ -96,7 +96,7 @@ impl CutProxy {
                     }
                     accepted = listener.accept() => {
                         let Ok((mut client, _)) = accepted else { return };
-                        times.lock().unwrap().push(Instant::now());
+                        times.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());
                         pipes.spawn(async move {
                             let Ok(mut relay) = TcpStream::connect(upstream).await else {
                                 return;
@@ -122,7 +122,10 @@ impl CutProxy {
     }
 
     fn accepted(&self) -> Vec<Instant> {
-        self.accepted.lock().unwrap().clone()
+        self.accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -193,7 +196,7 @@ fn a_tunnel_answers_from_the_handler_again_within_2_s_of_a_reconnect_under_a_ste
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = rt.spawn(stream(listen.url.clone(), stop.clone()));
-    let count = |seen: &Mutex<Vec<u64>>| seen.lock().unwrap().len();
+    let count = |seen: &Mutex<Vec<u64>>| seen.lock().unwrap_or_else(|e| e.into_inner()).len();
     // Live for a while: the handler answers.
     wait("300 live webhooks", Duration::from_secs(30), || {
         count(&seen) >= 300
@@ -251,7 +254,7 @@ fn a_tunnel_answers_from_the_handler_again_within_2_s_of_a_reconnect_under_a_ste
         Duration::from_secs(30),
         || count(&seen) >= total,
     );
-    let seen = seen.lock().unwrap().clone();
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let expected: Vec<u64> = (0..total as u64).collect();
     assert_eq!(seen.len(), total, "lost or duplicated webhooks");
     assert_eq!(seen, expected, "out of order or duplicated at the handler");

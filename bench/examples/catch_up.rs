@@ -8,6 +8,8 @@
 //! `cargo run --release -p illumitunnel-bench --example catch_up -- 5000 3`
 //! (deliveries, repeats; `ILLUMI_RELAY` / `ILLUMI_CLIENT` pick other binaries).
 
+#![allow(clippy::print_stdout)] // the figures are this example's output
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
