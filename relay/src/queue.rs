@@ -43,7 +43,7 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(72 * 3600);
 const COMMANDS: usize = 1024;
 /// Most commands grouped into one transaction.
 const MAX_BATCH: usize = 512;
-/// Bytes of queued deliveries [`QueueHandle::rows_after`] reads at once (at least one row).
+/// Bytes [`QueueHandle::rows_after`] reads at once (at least one row when any is left).
 const PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Per-tunnel limits of the offline queue.
@@ -133,7 +133,7 @@ enum Command {
     },
     Page {
         tunnel: String,
-        after: i64,
+        seq: i64,
         max: usize,
         reply: oneshot::Sender<Result<Vec<Row>, QueueError>>,
     },
@@ -267,8 +267,7 @@ impl QueueHandle {
         self.call(|reply| Command::Head { tunnel, reply }).await
     }
 
-    /// Up to `max` rows of `tunnel`'s queue after `seq`, oldest first; fewer once 8 MiB are
-    /// read, but at least one when any is left.
+    /// Up to `max` rows of `tunnel`'s queue after `seq`, oldest first (see [`PAGE_BYTES`]).
     pub async fn rows_after(
         &self,
         tunnel: &str,
@@ -281,7 +280,7 @@ impl QueueHandle {
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Page {
             tunnel,
-            after: seq,
+            seq,
             max,
             reply,
         })
@@ -544,11 +543,11 @@ fn execute(
         }
         Command::Page {
             tunnel,
-            after,
+            seq,
             max,
             reply,
         } => {
-            let _ = reply.send(store.page(&tunnel, after, max, PAGE_BYTES));
+            let _ = reply.send(store.page(&tunnel, seq, max, PAGE_BYTES));
         }
         Command::Remove { tunnel, seq, reply } => {
             done.push(Done::Changed(reply, store.remove(&tunnel, seq)))

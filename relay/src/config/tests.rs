@@ -1028,6 +1028,9 @@ fn the_drain_window_defaults_to_32_and_must_be_at_least_1() {
     assert_eq!(one.drain_window, 1);
     let zero = Config::try_from(args(&[&base[..], &["--drain-window", "0"]].concat()));
     let err = zero.unwrap_err();
-    assert!(matches!(err, ConfigError::ZeroLimit("drain-window")), "{err}");
+    assert!(
+        matches!(err, ConfigError::ZeroLimit("drain-window")),
+        "{err}"
+    );
     assert_eq!(err.to_string(), "--drain-window must be at least 1");
 }
