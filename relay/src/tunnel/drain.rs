@@ -218,10 +218,13 @@ async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
     let mut cursor = 0i64;
     let mut deadline = Instant::now() + ack_timeout;
     let mut live = false;
+    // Whether the last read found the end of the queue.
+    let mut caught_up = false;
     let end = loop {
         let room = window - out.len();
-        // Refill once half the window is free, so reads come in pages rather than one a row.
-        if room > 0 && (out.is_empty() || room * 2 >= window) {
+        // Refill once half the window is free, so reads come in pages rather than one a row;
+        // at the end of the queue, look again at once, to go live as soon as all is sent.
+        if room > 0 && (out.is_empty() || room * 2 >= window || (caught_up && !live)) {
             let was_empty = out.is_empty();
             let seen = host.pushes();
             let read = tokio::select! {
@@ -230,16 +233,24 @@ async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
             };
             match read {
                 Ok(rows) if rows.is_empty() => {
+                    caught_up = true;
                     // Everything queued is sent: unless a push is on its way, go live.
                     if !live && host.go_live(seen) {
                         live = true;
                     }
                 }
                 Ok(rows) => {
+                    caught_up = rows.len() < room;
                     // A live tunnel that had to queue again drains again.
                     live = false;
                     if let Some(end) = send_rows(host, link, rows, &mut out, &mut cursor).await {
                         break end;
+                    }
+                    if was_empty {
+                        deadline = Instant::now() + ack_timeout;
+                    }
+                    if caught_up {
+                        continue;
                     }
                 }
                 Err(err) if out.is_empty() => {

@@ -65,6 +65,9 @@ struct Fake {
     closing: CancellationToken,
     wake: Notify,
     window: usize,
+    /// Whether the tunnel is live, and how often the drain made it queue again.
+    live: AtomicBool,
+    reopened: std::sync::atomic::AtomicUsize,
 }
 
 impl Host for Arc<Fake> {
@@ -93,14 +96,19 @@ impl Host for Arc<Fake> {
     }
 
     fn go_live(&self, _seen: u64) -> bool {
+        self.live.store(true, Ordering::SeqCst);
         true
     }
 
     fn retire(&self) -> bool {
-        true
+        self.live.load(Ordering::SeqCst)
     }
 
-    fn reopen(&self) {}
+    fn reopen(&self) {
+        if self.live.swap(false, Ordering::SeqCst) {
+            self.reopened.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 
     async fn woken(&self) {
         self.wake.notified().await;
@@ -405,4 +413,46 @@ async fn a_row_that_already_failed_too_often_is_set_aside_before_it_is_sent() {
         g.ack.send(Ack::Recorded).unwrap();
     }
     drain.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tunnel_goes_live_once_everything_is_sent_and_the_drain_ends_once_it_is_recorded() {
+    let fake = fake(3, 4);
+    let (mut rx, _) = connect(&fake, 1);
+    let drain = start(&fake);
+    let got = settle(&mut rx).await;
+    assert_eq!(seqs(&got), [1, 2, 3]);
+    assert!(
+        fake.live.load(Ordering::SeqCst),
+        "live before anything is recorded"
+    );
+    assert!(!drain.is_finished(), "the drain waits for what it sent");
+    for g in got {
+        g.ack.send(Ack::Recorded).unwrap();
+    }
+    drain.await.unwrap();
+    assert_eq!(*fake.removed.lock().unwrap(), [1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_break_after_going_live_queues_again_and_sends_from_the_front() {
+    let fake = fake(3, 4);
+    let (mut rx, _) = connect(&fake, 1);
+    let drain = start(&fake);
+    let mut got = settle(&mut rx).await.into_iter();
+    got.next().unwrap().ack.send(Ack::Recorded).unwrap();
+    got.next()
+        .unwrap()
+        .ack
+        .send(Ack::NotRecorded("disk full".into()))
+        .unwrap();
+    let again = settle(&mut rx).await;
+    assert_eq!(seqs(&again), [2, 3]);
+    assert_eq!(fake.reopened.load(Ordering::SeqCst), 1, "queued again");
+    for g in again {
+        g.ack.send(Ack::Recorded).unwrap();
+    }
+    drain.await.unwrap();
+    assert!(fake.rows.lock().unwrap().is_empty());
+    drop(got);
 }
