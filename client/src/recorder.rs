@@ -181,14 +181,25 @@ impl RecorderHandle {
     }
 
     /// Records a delivery and waits until it is committed, or the commit failed.
+    #[cfg(test)]
     pub async fn record_committed(&self, capture: Capture) -> Committed {
         let stopped = || "the capture store writer stopped".to_string();
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Record(Box::new(capture), Some(tx)))
+        self.record_later(capture)
             .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            .await
+            .map_err(|_| stopped())?
+    }
+
+    /// Queues a delivery for the next commit and returns the wait for it, so the caller can go
+    /// on meanwhile; the wait ends in an error when the writer stopped.
+    pub async fn record_later(&self, capture: Capture) -> oneshot::Receiver<Committed> {
+        let (tx, rx) = oneshot::channel();
+        // A writer that stopped drops `tx` with the command: the wait then ends at once.
+        let _ = self
+            .tx
+            .send(Command::Record(Box::new(capture), Some(tx)))
+            .await;
+        rx
     }
 
     /// Commits a finished delivery (a replay) and returns it as stored (`seq` set), after it
@@ -206,9 +217,16 @@ impl RecorderHandle {
     /// The recorded answer to a delivery with this id, if it is stored (or about to be), after
     /// everything queued before; a redelivery is answered with it instead of forwarding again.
     pub async fn answer(&self, id: DeliveryId) -> Option<Known> {
+        self.answer_later(id).await.await.ok().flatten()
+    }
+
+    /// Asks for [`answer`](Self::answer) now and returns the wait for it, so a redelivery's
+    /// lookup is done by its turn; the wait ends in an error when the writer stopped.
+    pub async fn answer_later(&self, id: DeliveryId) -> oneshot::Receiver<Option<Known>> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Answer(id, tx)).await.ok()?;
-        rx.await.ok().flatten()
+        // A writer that stopped drops `tx` with the command: the wait then ends at once.
+        let _ = self.tx.send(Command::Answer(id, tx)).await;
+        rx
     }
 }
 

@@ -31,6 +31,9 @@ pub use store::{Depth, QueueStore};
 
 use crate::auth::{Claim, Owner};
 
+/// Bytes of bodies [`Queue::rows_after`] reads at once.
+pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
+
 /// The queue as the core uses it; cloneable.
 pub type QueueHandle = Arc<dyn Queue>;
 
@@ -56,6 +59,10 @@ pub trait Queue: Send + Sync {
 
     /// The oldest delivery in `tunnel`'s queue.
     async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError>;
+
+    /// Up to `max` rows of `tunnel`'s queue after `seq`, oldest first, stopping after
+    /// [`PAGE_BYTES`] of bodies (at least one row when any is left).
+    async fn rows_after(&self, tunnel: &str, seq: i64, max: usize) -> Result<Vec<Row>, QueueError>;
 
     /// Drops the recorded delivery at `seq`; returns once that is committed.
     async fn remove(&self, tunnel: &str, seq: i64) -> Result<bool, QueueError>;

@@ -126,6 +126,7 @@ pub(crate) async fn run(
         metrics.clone(),
         DrainPolicy {
             ack_timeout: config.response_timeout + BACKLOG_ACK_GRACE,
+            window: config.drain_window,
             ..DrainPolicy::default()
         },
         tracker.clone(),

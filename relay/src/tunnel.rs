@@ -4,17 +4,20 @@
 //! where each delivery goes.
 //!
 //! ```text
-//!            first session joins                 queue empty, no push in flight
+//!            first session joins                 queue sent, no push in flight
 //!   Idle ─────────────────────────▶ Draining ─────────────────────────────────▶ Live
 //!    ▲   (a drain task starts)         │  ▲                                        │
 //!    └──── last session leaves ────────┘  └──── a delivery had to be queued ───────┘
 //! ```
 //! - **Idle**: no session. Deliveries are queued (202).
-//! - **Draining**: the tunnel's drain task sends the offline queue to the first session, one
-//!   delivery at a time, waiting for the client's `Recorded` before the next; new deliveries
-//!   are queued behind the backlog, so the local server sees them in arrival order.
-//! - **Live**: the queue is empty; deliveries go straight to the sessions (the first answers,
-//!   the others get copies) and may be forwarded concurrently.
+//! - **Draining**: the tunnel's drain task sends the offline queue to a session, a window of
+//!   deliveries in flight, each row leaving on the client's `Recorded`; new deliveries are
+//!   queued behind the backlog, so the local server sees them in arrival order.
+//! - **Live**: everything queued was sent; deliveries go straight to the sessions (the first
+//!   answers, the others get copies). The client forwards a live delivery that arrives behind
+//!   queued ones after them, and concurrently once none is waiting. The drain keeps running
+//!   until the client recorded what it sent, and queues again (Draining) if it must send it
+//!   again.
 //!
 //! A delivery that must be queued takes a [`QueueTicket`] first; the drain goes live only when
 //! no ticket is out and no push completed since it last looked at the queue, so a delivery can
@@ -24,7 +27,10 @@
 //! never across an `.await`.
 
 mod drain;
+mod drain_host;
 pub mod release;
+
+pub use drain::{DrainPolicy, DEFAULT_WINDOW};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,25 +76,6 @@ pub enum Route {
 /// Another owner holds the tunnel name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken;
-
-/// How a tunnel's drain treats its queued deliveries.
-#[derive(Debug, Clone, Copy)]
-pub struct DrainPolicy {
-    /// Longest the drain waits for the client to record one queued delivery.
-    pub ack_timeout: Duration,
-    /// First pause before sending again a delivery the client could not record (doubles up to
-    /// 30 s), and after a queue error.
-    pub retry: Duration,
-}
-
-impl Default for DrainPolicy {
-    fn default() -> Self {
-        DrainPolicy {
-            ack_timeout: Duration::from_secs(60),
-            retry: Duration::from_secs(1),
-        }
-    }
-}
 
 struct Tunnel {
     owner: Owner,
@@ -426,18 +413,23 @@ impl Tunnels {
         }
         t.draining = true;
         let span = tracing::info_span!("drain", tunnel = %name);
-        self.tracker
-            .spawn(drain::run(self.clone(), name.to_owned(), t.wake.clone()).instrument(span));
+        let scope = drain::Scope {
+            tunnels: self.clone(),
+            tunnel: name.to_owned(),
+            wake: t.wake.clone(),
+        };
+        self.tracker.spawn(drain::run(scope).instrument(span));
     }
 
-    /// The session the drain sends the backlog to, with the push count it saw; `None` stops
-    /// the drain (no session left, or the relay is closing).
-    fn drain_target(&self, tunnel: &str) -> Option<(SessionHandle, u64)> {
+    /// The session the drain sends the backlog to (the first not in `skip`, or the first when
+    /// every one is); `None` stops the drain (no session left, or the relay is closing).
+    fn drain_target(&self, tunnel: &str, skip: &[u64]) -> Option<SessionHandle> {
         let mut map = self.lock();
         let t = map.get_mut(tunnel)?;
-        match t.sessions.first() {
-            Some(first) if t.phase == Phase::Draining && !self.closing.is_cancelled() => {
-                Some((first.clone(), t.pushed))
+        let next = t.sessions.iter().find(|s| !skip.contains(&s.id()));
+        match next.or(t.sessions.first()) {
+            Some(session) if t.phase == Phase::Draining && !self.closing.is_cancelled() => {
+                Some(session.clone())
             }
             _ => {
                 t.draining = false;
@@ -446,8 +438,9 @@ impl Tunnels {
         }
     }
 
-    /// The drain found the queue empty: goes live unless a push is in flight or completed
-    /// since `seen` (then the drain looks again).
+    /// The drain has sent everything queued: goes live unless a push is in flight or
+    /// completed since `seen` (then the drain looks again). The drain keeps running until the
+    /// client has recorded what it sent ([`retire_drain`](Self::retire_drain)).
     fn finish_drain(&self, tunnel: &str, seen: u64) -> bool {
         let mut map = self.lock();
         let Some(t) = map.get_mut(tunnel) else {
@@ -457,8 +450,30 @@ impl Tunnels {
             return false;
         }
         t.phase = Phase::Live;
+        true
+    }
+
+    /// The drain has nothing out any more: it ends unless the tunnel is draining again.
+    fn retire_drain(&self, tunnel: &str) -> bool {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(tunnel) else {
+            return true;
+        };
+        if t.phase == Phase::Draining {
+            return false;
+        }
         t.draining = false;
         true
+    }
+
+    /// The drain must send what it had out again: a live tunnel queues new deliveries again,
+    /// behind it.
+    fn reopen_drain(&self, tunnel: &str) {
+        if let Some(t) = self.lock().get_mut(tunnel) {
+            if t.phase == Phase::Live {
+                t.phase = Phase::Draining;
+            }
+        }
     }
 
     /// A queue ticket is done; `pushed` when its delivery is now in the queue.

@@ -61,7 +61,12 @@ async fn claim_and_leave(relay: &Relay, tunnel: &str) {
 
 #[tokio::test]
 async fn offline_deliveries_go_one_at_a_time_in_order_and_leave_once_recorded() {
-    let relay = Relay::start(false, |c| c.keepalive = Duration::from_millis(50)).await;
+    // `--drain-window 1`: each queued delivery waits for the client's word on the previous.
+    let relay = Relay::start(false, |c| {
+        c.keepalive = Duration::from_millis(50);
+        c.drain_window = 1;
+    })
+    .await;
     claim_and_leave(&relay, "my-app").await;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -246,8 +251,32 @@ async fn wait_for_offline(relay: &Relay, tunnel: &str) {
 }
 
 #[tokio::test]
+async fn a_client_gets_a_window_of_queued_deliveries_before_it_records_any() {
+    let relay = Relay::start(false, |c| c.drain_window = 3).await;
+    claim_and_leave(&relay, "windowed").await;
+    for i in 0..5 {
+        queued_id(&relay.post("/t/windowed/hook", format!("body {i}")).await);
+    }
+    let (ws, queued, _) = welcome(&relay, None, "windowed").await;
+    assert_eq!(queued, 6, "the probe and five deliveries");
+    // A client that never says `Recorded` gets the oldest three, in order, and no more.
+    let mut events = spawn_client(ws, Behavior::Echo);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(String::from_utf8(next_request(&mut events).await.body).unwrap());
+    }
+    assert_eq!(got, ["probe", "body 0", "body 1"]);
+    queued_id(&relay.post("/t/windowed/behind", "behind").await);
+    assert!(events.try_recv().is_err(), "nothing beyond the window");
+    drop(events);
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn rejected_deliveries_become_dead_letters_and_not_recorded_ones_are_sent_again() {
-    let relay = Relay::start(false, |_| {}).await;
+    // One at a time, so each word is on the delivery it names (the window's breaks are the
+    // drain's unit tests).
+    let relay = Relay::start(false, |c| c.drain_window = 1).await;
     claim_and_leave(&relay, "picky").await;
     let refused = queued_id(&relay.post("/t/picky/x", "refused").await);
     queued_id(&relay.post("/t/picky/y", "unrecorded").await);
@@ -690,11 +719,27 @@ async fn open_session(relay: &Relay, tunnel: &str, token: &str) -> Ws {
 
 #[tokio::test]
 async fn aged_deliveries_expire_and_the_next_session_is_told() {
-    let relay = Relay::start(false, |c| c.queue.max_age = Duration::from_secs(1)).await;
+    let now = Arc::new(AtomicI64::new(illumitunnel::now_ms()));
+    let relay = Relay::start(false, |c| {
+        c.queue.max_age = Duration::from_secs(1);
+        c.clock = Clock::manual(now.clone());
+    })
+    .await;
     claim_and_leave(&relay, "slow-app").await;
     queued_id(&relay.post("/t/slow-app/a", "a").await);
-    // Deliberate: the deliveries must outlive the one-second age limit.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Deliveries carry the wall-clock millisecond they arrived in: once the wall clock is past
+    // the one `a` arrived in, the queue's clock jumps a second past it, so what is queued so far
+    // is over the one-second age limit and what arrives from now on is not.
+    let after_a = illumitunnel::now_ms();
+    let deadline = std::time::Instant::now() + WAIT;
+    while illumitunnel::now_ms() <= after_a {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wall clock stands still"
+        );
+        tokio::task::yield_now().await;
+    }
+    now.store(illumitunnel::now_ms() + 1000, Ordering::SeqCst);
     queued_id(&relay.post("/t/slow-app/b", "fresh").await);
     let (ws, queued, expired) = welcome(&relay, None, "slow-app").await;
     assert_eq!((queued, expired), (1, 2), "probe and a expired");

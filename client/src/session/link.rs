@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::connect::Ws;
-use super::delivery::{Arrived, Connection};
+use super::delivery::{Arrived, Connection, Outbound};
 
 /// Messages written before one flush.
 const MAX_WRITE_BATCH: usize = 256;
@@ -27,25 +27,6 @@ const MAX_WRITE_BATCH: usize = 256;
 /// `Rejected` for the extra ones. With `--max-body` this bounds what a relay can make the
 /// client hold in partial bodies.
 pub const MAX_PARTIALS: usize = 64;
-
-/// A message for the relay, tagged with the connection it belongs to.
-#[derive(Debug)]
-pub struct Outbound {
-    /// Connection generation the message answers; `0` fits any connection.
-    pub generation: u64,
-    /// The message.
-    pub message: ClientMessage,
-}
-
-impl Outbound {
-    /// A message valid on whichever connection is up (e.g. `Recorded`).
-    pub fn any(message: ClientMessage) -> Self {
-        Outbound {
-            generation: 0,
-            message,
-        }
-    }
-}
 
 /// Serves one connection until it drops or `shutdown`; returns the cause as a phrase.
 pub async fn serve(

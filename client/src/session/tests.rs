@@ -34,8 +34,9 @@ struct Seen {
     most: AtomicUsize,
 }
 
-/// A local server answering 200; the request with body `slow` takes 100 ms, so requests
-/// forwarded concurrently would overtake it.
+/// A local server answering 200; a request with a body starting `slow` takes 100 ms, so
+/// requests forwarded concurrently would overtake it; one starting `gate` waits (up to 10 s)
+/// until another request was answered, which only concurrent forwarding allows.
 async fn local_server() -> (std::net::SocketAddr, Arc<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -60,6 +61,15 @@ async fn local_server() -> (std::net::SocketAddr, Arc<Seen>) {
                             let body = String::from_utf8_lossy(&body).to_string();
                             if body.starts_with("slow") {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            if body.starts_with("gate") {
+                                let deadline =
+                                    tokio::time::Instant::now() + Duration::from_secs(10);
+                                while seen.bodies.lock().unwrap().is_empty()
+                                    && tokio::time::Instant::now() < deadline
+                                {
+                                    tokio::time::sleep(Duration::from_millis(1)).await;
+                                }
                             }
                             seen.bodies.lock().unwrap().push(body);
                             seen.now.fetch_sub(1, Ordering::SeqCst);
@@ -239,14 +249,15 @@ async fn redeliveries_reach_the_local_server_in_order_one_at_a_time() {
 async fn live_deliveries_are_still_forwarded_concurrently() {
     let (addr, seen) = local_server().await;
     let mut link = link(addr, 1024).await;
-    link.send(request("l0", false, b"slow-live", true)).await;
+    // The first is held until the second was answered: only concurrent forwarding passes.
+    link.send(request("l0", false, b"gate-live", true)).await;
     link.send(request("l1", false, b"fast", true)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.bodies.lock().unwrap().len() < 2 {
         assert!(tokio::time::Instant::now() < deadline, "not forwarded");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(seen.bodies.lock().unwrap().clone(), ["fast", "slow-live"]);
+    assert_eq!(seen.bodies.lock().unwrap().clone(), ["fast", "gate-live"]);
 }
 
 #[tokio::test]
@@ -438,4 +449,144 @@ async fn a_full_store_gets_not_recorded_never_recorded() {
     assert_eq!(not, id("full1"));
     assert!(message.contains("database or disk is full"), "{message}");
     assert_eq!(seen.bodies.lock().unwrap().len(), 2);
+}
+
+/// Deliveries forwarding to `addr`, recording in a fresh store; what they send the relay.
+fn deliveries_to(
+    addr: std::net::SocketAddr,
+) -> (
+    Arc<Deliveries>,
+    mpsc::Receiver<super::delivery::Outbound>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (screen_tx, _screen_rx) = mpsc::channel(1024);
+    let (recorder, _thread) = recorder::spawn(
+        CaptureStore::open(&dir.path().join("c.db")).unwrap(),
+        ScreenSink {
+            events: screen_tx.clone(),
+            lossless: false,
+        },
+        Retention::UNLIMITED,
+    )
+    .unwrap();
+    let forwarder = Forwarder::new(Target::parse(&format!("http://{addr}/hooks")).unwrap());
+    let (outbound_tx, outbound_rx) = mpsc::channel(1024);
+    let deliveries = Deliveries::new(forwarder, recorder, "my-app".into(), outbound_tx, screen_tx);
+    (deliveries, outbound_rx, dir)
+}
+
+fn redelivery(id_: &str, body: &str) -> super::delivery::Arrived {
+    super::delivery::Arrived {
+        id: id(id_),
+        received_at_ms: 1,
+        answer: false,
+        redelivery: true,
+        request: illumitunnel::delivery::RequestRecord {
+            method: "POST".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![],
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_redelivery_sent_again_on_a_new_connection_mid_forward_reaches_the_server_once() {
+    let (addr, seen) = local_server().await;
+    let (deliveries, mut outbound, _dir) = deliveries_to(addr);
+    let first = deliveries.connection(1);
+    first.dispatch(redelivery("x1", "slow-x1")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.now.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "x1 never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The link breaks while x1 is at the local server; the relay sends it again, then y1.
+    first.ended().cancel();
+    let second = deliveries.connection(2);
+    second.dispatch(redelivery("x1", "slow-x1")).await;
+    second.dispatch(redelivery("y1", "y1")).await;
+    let mut acks = Vec::new();
+    while acks.last() != Some(&ClientMessage::Recorded { id: id("y1") }) {
+        let out = tokio::time::timeout(Duration::from_secs(10), outbound.recv())
+            .await
+            .expect("no acknowledgement within 10 s")
+            .unwrap();
+        acks.push(out.message);
+    }
+    let recorded = |s: &str| ClientMessage::Recorded { id: id(s) };
+    assert_eq!(acks, [recorded("x1"), recorded("x1"), recorded("y1")]);
+    assert_eq!(seen.bodies.lock().unwrap().clone(), ["slow-x1", "y1"]);
+    deliveries.drain().await;
+}
+
+#[tokio::test]
+async fn redeliveries_are_forwarded_without_waiting_for_each_commit_and_acknowledged_in_order() {
+    let (addr, seen) = local_server().await;
+    let (deliveries, mut outbound, dir) = deliveries_to(addr);
+    // Another writer holds the capture store: no commit can happen until it lets go.
+    let blocker = rusqlite::Connection::open(dir.path().join("c.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let connection = deliveries.connection(1);
+    let ids: Vec<String> = (0..10).map(|i| format!("p{i:03}")).collect();
+    for id_ in &ids {
+        connection.dispatch(redelivery(id_, id_)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while seen.bodies.lock().unwrap().len() < ids.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the next redelivery waited for the previous commit: {:?}",
+            seen.bodies.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        outbound.try_recv().is_err(),
+        "acknowledged before its commit"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let mut acks = Vec::new();
+    while acks.len() < ids.len() {
+        let out = tokio::time::timeout(Duration::from_secs(10), outbound.recv())
+            .await
+            .expect("no acknowledgement within 10 s")
+            .unwrap();
+        let ClientMessage::Recorded { id } = out.message else {
+            panic!("unexpected {:?}", out.message)
+        };
+        acks.push(id.to_string());
+    }
+    assert_eq!(acks, ids, "acknowledged in order");
+    assert_eq!(
+        seen.bodies.lock().unwrap().clone(),
+        ids,
+        "forwarded in order"
+    );
+    assert_eq!(seen.most.load(Ordering::SeqCst), 1, "one at a time");
+    deliveries.drain().await;
+}
+
+#[tokio::test]
+async fn a_live_delivery_behind_waiting_redeliveries_is_forwarded_after_them() {
+    let (addr, seen) = local_server().await;
+    let (deliveries, _outbound, _dir) = deliveries_to(addr);
+    let connection = deliveries.connection(1);
+    connection.dispatch(redelivery("q1", "slow-q1")).await;
+    let mut live = redelivery("l1", "l1");
+    live.redelivery = false;
+    connection.dispatch(live).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.bodies.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not forwarded");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(seen.bodies.lock().unwrap().clone(), ["slow-q1", "l1"]);
+    assert_eq!(seen.most.load(Ordering::SeqCst), 1);
+    deliveries.drain().await;
 }

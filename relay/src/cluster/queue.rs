@@ -26,7 +26,9 @@ use tracing::debug;
 use super::codec::{decode_delivery, encode_delivery};
 use super::Cluster;
 use crate::auth::{decide, Claim, Owner};
-use crate::queue::{Backlog, Limit, Queue, QueueError, QueueLimits, QueuedDelivery, Row};
+use crate::queue::{
+    Backlog, Limit, Queue, QueueError, QueueLimits, QueuedDelivery, Row, PAGE_BYTES,
+};
 
 /// Subject prefix of queued deliveries.
 pub const QUEUE_SUBJECT: &str = "illumitunnel.queue";
@@ -199,9 +201,37 @@ impl Cluster {
 
     /// The oldest delivery in `tunnel`'s queue.
     pub async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
+        self.first_from(tunnel, 1).await
+    }
+
+    /// Up to `max` deliveries of `tunnel`'s queue after `seq`, oldest first, stopping once
+    /// `max_bytes` of bodies are read (at least one when any is left).
+    pub async fn rows_after(
+        &self,
+        tunnel: &str,
+        seq: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Row>, QueueError> {
+        let mut rows = Vec::new();
+        let mut after = seq.max(0) as u64;
+        let mut bytes = 0;
+        while rows.len() < max && bytes < max_bytes {
+            let Some(row) = self.first_from(tunnel, after + 1).await? else {
+                break;
+            };
+            after = row.seq.max(0) as u64;
+            bytes += row.delivery.body.len();
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// The first delivery in `tunnel`'s queue at stream sequence `from` or later.
+    async fn first_from(&self, tunnel: &str, from: u64) -> Result<Option<Row>, QueueError> {
         let message = match self
             .queue
-            .get_first_raw_message_by_subject(queue_subject(tunnel), 1)
+            .get_first_raw_message_by_subject(queue_subject(tunnel), from)
             .await
         {
             Ok(message) => message,
@@ -356,6 +386,10 @@ impl Queue for NatsQueue {
 
     async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
         self.cluster.head(tunnel).await
+    }
+
+    async fn rows_after(&self, tunnel: &str, seq: i64, max: usize) -> Result<Vec<Row>, QueueError> {
+        self.cluster.rows_after(tunnel, seq, max, PAGE_BYTES).await
     }
 
     async fn remove(&self, tunnel: &str, seq: i64) -> Result<bool, QueueError> {

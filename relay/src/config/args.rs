@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::defaults::*;
 use crate::proxy::Cidr;
 use crate::queue::{DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES};
+use crate::tunnel::DEFAULT_WINDOW;
 
 /// What the relay does with a delivery for a known tunnel with no client connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +89,10 @@ pub struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body: usize,
+    /// Queued deliveries sent to a reconnected client before it has recorded the first of them
+    /// (it forwards them one at a time, in order); 1 waits for each.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW)]
+    pub drain_window: usize,
     /// Seconds a sender waits for the local server's answer.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RESPONSE_TIMEOUT.as_secs())]
     pub response_timeout: u64,

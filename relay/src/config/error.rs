@@ -109,7 +109,8 @@ pub enum ConfigError {
     /// `--max-header-bytes` outside what one protocol message can carry.
     #[error("--max-header-bytes must be between 1024 and {MAX_MAX_HEADER_BYTES} bytes, so every request head fits the relay-client link")]
     HeaderLimit,
-    /// A connection limit, the in-flight budget, the total queue size or the idle timeout is 0.
+    /// A connection limit, the in-flight budget, the total queue size, the idle timeout or the
+    /// drain window is 0.
     #[error("--{0} must be at least 1")]
     ZeroLimit(&'static str),
     /// The in-flight budget cannot hold one body.

@@ -493,3 +493,21 @@ fn min_body_rate_defaults_to_8_kib_a_second_after_5_s_and_0_turns_it_off() {
 mod access;
 mod acme;
 mod cluster;
+
+// The drain window.
+
+#[test]
+fn the_drain_window_defaults_to_32_and_must_be_at_least_1() {
+    let base = ["--http", "--allow-anonymous", "--listen", "127.0.0.1:0"];
+    let config = Config::try_from(args(&base)).unwrap();
+    assert_eq!(config.drain_window, 32);
+    let one = Config::try_from(args(&[&base[..], &["--drain-window", "1"]].concat())).unwrap();
+    assert_eq!(one.drain_window, 1);
+    let zero = Config::try_from(args(&[&base[..], &["--drain-window", "0"]].concat()));
+    let err = zero.unwrap_err();
+    assert!(
+        matches!(err, ConfigError::ZeroLimit("drain-window")),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "--drain-window must be at least 1");
+}

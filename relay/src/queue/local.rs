@@ -15,7 +15,7 @@ use super::clock::Clock;
 use super::delivery::{Backlog, QueuedDelivery, Row};
 use super::error::QueueError;
 use super::store::QueueStore;
-use super::{Queue, QueueHandle};
+use super::{Queue, QueueHandle, PAGE_BYTES};
 use crate::auth::{Claim, Owner};
 
 /// Commands waiting for the queue thread before callers wait for it.
@@ -42,6 +42,12 @@ enum Command {
     Head {
         tunnel: String,
         reply: oneshot::Sender<Result<Option<Row>, QueueError>>,
+    },
+    Page {
+        tunnel: String,
+        seq: i64,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<Row>, QueueError>>,
     },
     Remove {
         tunnel: String,
@@ -143,6 +149,17 @@ impl Queue for LocalQueue {
     async fn head(&self, tunnel: &str) -> Result<Option<Row>, QueueError> {
         let tunnel = tunnel.to_owned();
         self.call(|reply| Command::Head { tunnel, reply }).await
+    }
+
+    async fn rows_after(&self, tunnel: &str, seq: i64, max: usize) -> Result<Vec<Row>, QueueError> {
+        let tunnel = tunnel.to_owned();
+        self.call(|reply| Command::Page {
+            tunnel,
+            seq,
+            max,
+            reply,
+        })
+        .await
     }
 
     async fn remove(&self, tunnel: &str, seq: i64) -> Result<bool, QueueError> {
@@ -349,6 +366,14 @@ fn execute(
         Command::Head { tunnel, reply } => {
             // Reads need no commit: answer at once.
             let _ = reply.send(store.head(&tunnel));
+        }
+        Command::Page {
+            tunnel,
+            seq,
+            max,
+            reply,
+        } => {
+            let _ = reply.send(store.page(&tunnel, seq, max, PAGE_BYTES));
         }
         Command::Remove { tunnel, seq, reply } => {
             done.push(Done::Changed(reply, store.remove(&tunnel, seq)))

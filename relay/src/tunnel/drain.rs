@@ -1,176 +1,406 @@
 //! A tunnel's drain: while the tunnel is [`Draining`](super::Phase::Draining), it sends the
-//! oldest queued delivery to the tunnel's first session, waits for the client's word, and only
-//! then moves on, so the local server sees the backlog one delivery at a time in arrival order.
+//! offline queue to one of the tunnel's sessions, oldest first, keeping up to a window of
+//! deliveries in flight (`--drain-window`, default 32; 1 waits for each before the next). The
+//! client forwards them to its local server one at a time in that order and says `Recorded` for
+//! each after its capture store committed it; the row leaves the queue as that word arrives.
 //!
-//! - `Recorded`: the row leaves the queue.
-//! - `NotRecorded` (the client's capture store fails): the same row is sent again after a
-//!   pause that doubles up to 30 s; it does not count against the delivery.
-//! - The client closes its session cleanly (a close frame) while the row is out: the next
-//!   session gets it; nobody's fault.
-//! - `Rejected`, or the session breaks (or stays silent past the ack timeout) while the row is
-//!   out: one failed attempt, kept in the database. The third in a row sets the delivery aside
-//!   as a dead letter, tells the client, and the rows behind it keep flowing.
+//! The drain waits for the client's word on the oldest delivery still out (the *front*):
+//! - `Recorded`: the row leaves the queue and the next one becomes the front.
+//! - `NotRecorded` (the client's capture store fails): the window is given up and sent again
+//!   from the front after a pause that doubles up to 30 s; it does not count against the
+//!   delivery.
+//! - The client closes its session cleanly (a close frame) while rows are out: the next session
+//!   gets them from the front; nobody's fault.
+//! - `Rejected`, or the session breaks while rows are out: one failed attempt for the front,
+//!   kept in the database, then the window is sent again from the front. The third in a row
+//!   sets the delivery aside as a dead letter, tells the client, and the rows behind it keep
+//!   flowing.
+//! - The session stays silent past the ack timeout: the drain moves on to the tunnel's next
+//!   session (back to the first once every one was tried). The silence counts one failed
+//!   attempt for the front, at most once per session, so a wedged client cannot dead-letter
+//!   the backlog.
+//!
+//! Whatever was sent after the front is sent again on the next pass; the client knows the ids
+//! it already recorded and answers those from its store, so its local server sees each queued
+//! delivery once, in queue order.
+//!
+//! The drain talks to its tunnel through [`Host`] and to a session through [`Link`], so its
+//! unit tests run it against fakes with paused time.
 
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use illumitunnel::protocol::RelayMessage;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use illumitunnel::DeliveryId;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Tunnels;
-use crate::metrics::Outcome;
-use crate::queue::Row;
-use crate::session::handle::{Ack, OutgoingDelivery, SessionGone, SessionHandle};
+use crate::queue::{QueueError, Row};
+use crate::session::handle::{Ack, SessionGone};
 
 /// Failed attempts in a row after which a queued delivery becomes a dead letter.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Default `--drain-window`: queued deliveries in flight to the client at once.
+pub const DEFAULT_WINDOW: usize = 32;
 /// Longest pause before re-sending a delivery the client could not record.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// How one queued delivery fared on one session.
-enum Sent {
-    Recorded,
-    NotRecorded(String),
-    Failed(String),
-    /// The relay is closing: nobody's fault.
-    Closing,
-    /// The client closed its session cleanly: nobody's fault; the next session gets it.
-    Left,
+/// How a tunnel's drain treats its queued deliveries.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainPolicy {
+    /// Longest the drain waits for the client to record the oldest delivery it has out.
+    pub ack_timeout: Duration,
+    /// First pause before sending again a delivery the client could not record (doubles up to
+    /// 30 s), and after a queue error.
+    pub retry: Duration,
+    /// Queued deliveries in flight to the client at once (`--drain-window`; 0 counts as 1).
+    pub window: usize,
 }
 
-pub(super) async fn run(tunnels: Arc<Tunnels>, tunnel: String, wake: Arc<Notify>) {
-    let mut retry = tunnels.policy.retry;
-    let mut sent = 0u64;
-    loop {
-        let Some((session, seen)) = tunnels.drain_target(&tunnel) else {
-            debug!(sent, "drain stopped: no session");
-            return;
-        };
-        {
-            // On a cluster only the tunnel's authority drains; this node waits until it is
-            // one (the older session elsewhere leaves, or its node dies).
-            if !tunnels.placement.is_authority(&tunnel) {
-                let mut changes = tunnels.placement.changes();
-                // All three are cancel-safe.
-                tokio::select! {
-                    _ = tunnels.closing.cancelled() => return,
-                    _ = changes.changed() => {}
-                    _ = wake.notified() => {}
-                }
-                continue;
-            }
-        }
-        let head = tokio::select! {
-            _ = tunnels.closing.cancelled() => return,
-            head = tunnels.queue.head(&tunnel) => head,
-        };
-        let row = match head {
-            Ok(Some(row)) => row,
-            Ok(None) => {
-                if tunnels.finish_drain(&tunnel, seen) {
-                    if sent > 0 {
-                        info!(sent, "backlog sent; the tunnel is live");
-                    }
-                    return;
-                }
-                // A push is in flight: its ticket wakes us when it lands.
-                tokio::select! {
-                    _ = tunnels.closing.cancelled() => return,
-                    _ = wake.notified() => continue,
-                }
-            }
-            Err(err) => {
-                warn!(%err, "could not read the offline queue; trying again");
-                if !pause(&tunnels, retry).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if row.attempts >= MAX_ATTEMPTS {
-            let reason = format!("it failed {} times in a row on the client", row.attempts);
-            set_aside(&tunnels, &tunnel, &session, &row, reason).await;
-            continue;
-        }
-        match send(&tunnels, &session, &row).await {
-            Sent::Recorded => {
-                retry = tunnels.policy.retry;
-                sent += 1;
-                if let Err(err) = tunnels.queue.remove(&tunnel, row.seq).await {
-                    warn!(%err, delivery = %row.delivery.id, "could not drop a recorded delivery; it will be sent again");
-                    if !pause(&tunnels, retry).await {
-                        return;
-                    }
-                }
-            }
-            Sent::NotRecorded(why) => {
-                warn!(delivery = %row.delivery.id, %why, ?retry, "the client could not record a queued delivery; sending it again later");
-                if !pause(&tunnels, retry).await {
-                    return;
-                }
-                retry = (retry * 2).min(MAX_RETRY);
-            }
-            Sent::Failed(why) => attempt_failed(&tunnels, &tunnel, &session, &row, why).await,
-            Sent::Left => {
-                debug!(delivery = %row.delivery.id, "the client left before recording a queued delivery")
-            }
-            Sent::Closing => return,
+impl Default for DrainPolicy {
+    fn default() -> Self {
+        DrainPolicy {
+            ack_timeout: Duration::from_secs(60),
+            retry: Duration::from_secs(1),
+            window: DEFAULT_WINDOW,
         }
     }
 }
 
-/// Sends `row` to `session` and waits for the client's word on it.
-async fn send(tunnels: &Tunnels, session: &SessionHandle, row: &Row) -> Sent {
-    let outgoing = OutgoingDelivery::new(row.delivery.clone(), true);
-    let gone = |tunnels: &Tunnels| {
-        if tunnels.closing.is_cancelled() {
-            Sent::Closing
-        } else {
-            Sent::Failed("it ended the client's session".into())
+/// One tunnel's drain: the tunnels it belongs to, its name, and what wakes it.
+pub struct Scope<T> {
+    /// Whatever the [`Host`] implementation needs (the relay's tunnels).
+    pub tunnels: T,
+    /// The tunnel's name.
+    pub tunnel: String,
+    /// Notified when a push lands or the sessions change.
+    pub wake: Arc<Notify>,
+}
+
+/// What the drain needs from its tunnel and the queue.
+pub trait Host: Send + Sync {
+    /// A session of the tunnel.
+    type Link: Link;
+    /// The drain's settings.
+    fn policy(&self) -> DrainPolicy;
+    /// Cancelled when the relay closes: the drain stops.
+    fn closing(&self) -> &CancellationToken;
+    /// The session to send to, in connect order, skipping those in `skip` unless every one is
+    /// in it; waits while another node drains the tunnel. `None` stops the drain (no session
+    /// left, the tunnel is not draining, or the relay is closing).
+    fn target(&self, skip: &[u64]) -> impl Future<Output = Option<Self::Link>> + Send;
+    /// Deliveries pushed to the tunnel's queue so far; read before looking at the queue.
+    fn pushes(&self) -> u64;
+    /// Everything queued after `seen` pushes is sent: the tunnel goes live (new deliveries go
+    /// straight to the sessions, behind what the drain sent) unless a push is in flight or
+    /// landed since (then `false`).
+    fn go_live(&self, seen: u64) -> bool;
+    /// Nothing is out any more: the drain ends (`true`) unless the tunnel went back to
+    /// draining meanwhile.
+    fn retire(&self) -> bool;
+    /// What was sent is to be sent again: a live tunnel queues new deliveries again.
+    fn reopen(&self);
+    /// Waits until a push lands or the sessions change.
+    fn woken(&self) -> impl Future<Output = ()> + Send;
+    /// Up to `max` rows of the queue after `seq`, oldest first.
+    fn rows_after(
+        &self,
+        seq: i64,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Row>, QueueError>> + Send;
+    /// Drops the recorded row at `seq`.
+    fn remove(&self, seq: i64) -> impl Future<Output = Result<bool, QueueError>> + Send;
+    /// Counts a failed attempt of the row at `seq`; returns the count.
+    fn attempt_failed(&self, seq: i64) -> impl Future<Output = Result<u32, QueueError>> + Send;
+    /// Sets the row at `seq` aside as a dead letter.
+    fn dead_letter(
+        &self,
+        seq: i64,
+        reason: String,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+    /// Counts one queued delivery sent to a client.
+    fn sent_one(&self);
+}
+
+/// What the drain needs from a session.
+pub trait Link: Clone + Send + Sync {
+    /// The wait for the client's word on one delivery; dropping it stops waiting.
+    type Pending: Send;
+    /// The session's id, unique within the relay.
+    fn id(&self) -> u64;
+    /// Sends a queued delivery; returns the wait for the client's word on it.
+    fn send(&self, row: &Row) -> impl Future<Output = Result<Self::Pending, SessionGone>> + Send;
+    /// The client's word on a delivery sent. Cancel-safe: dropping the future keeps the wait.
+    fn ack(pending: &mut Self::Pending) -> impl Future<Output = Result<Ack, SessionGone>> + Send;
+    /// Tells the client a queued delivery was set aside (best effort).
+    fn dead_lettered(&self, id: DeliveryId, reason: String);
+}
+
+/// How one pass over one session ended.
+enum Pass {
+    /// The tunnel is live and everything sent was recorded and dropped.
+    Done,
+    /// Start again from the front, after this pause if any.
+    Again(Option<Duration>),
+    /// The session stayed silent: try the next one.
+    Skip(u64),
+    /// The relay is closing.
+    Closing,
+}
+
+/// What the drain carries from one pass to the next.
+struct State {
+    retry: Duration,
+    sent: u64,
+    /// Sessions that stayed silent since the last delivery recorded.
+    skip: Vec<u64>,
+    /// (session, row) pairs whose silence was already counted against the row.
+    counted: HashSet<(u64, i64)>,
+}
+
+/// Runs the drain until the tunnel is live with nothing out, loses its last session, or the
+/// relay closes.
+pub async fn run<H: Host>(host: H) {
+    let mut state = State {
+        retry: host.policy().retry,
+        sent: 0,
+        skip: Vec::new(),
+        counted: HashSet::new(),
+    };
+    loop {
+        let Some(link) = host.target(&state.skip).await else {
+            debug!(sent = state.sent, "drain stopped: no session");
+            return;
+        };
+        let end = pass(&host, &link, &mut state).await;
+        if !matches!(end, Pass::Done | Pass::Closing) {
+            // Rows still out go again from the front: nothing may overtake them meanwhile.
+            host.reopen();
+        }
+        match end {
+            Pass::Done => {
+                if state.sent > 0 {
+                    info!(sent = state.sent, "backlog sent; the tunnel is live");
+                }
+                return;
+            }
+            Pass::Again(None) => {}
+            Pass::Again(Some(delay)) => {
+                if !pause(&host, delay).await {
+                    return;
+                }
+            }
+            Pass::Skip(session) => state.skip.push(session),
+            Pass::Closing => return,
+        }
+    }
+}
+
+/// A row sent and the wait for the client's word on it.
+type Out<H> = (Row, <<H as Host>::Link as Link>::Pending);
+
+/// Sends the queue to `link` from its oldest row, keeping up to the window in flight. Once
+/// everything queued is sent (not yet recorded), the tunnel goes live: deliveries that arrive
+/// from then on go straight to the session, behind what the drain sent, and the client keeps
+/// them in that order. The pass ends when nothing is out any more, or the session stops
+/// taking the queue; it returns once every removal it started is done, so the next pass reads
+/// the queue as it is.
+async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
+    let window = host.policy().window.max(1);
+    let ack_timeout = host.policy().ack_timeout;
+    let mut removing = FuturesUnordered::new();
+    let mut out: VecDeque<Out<H>> = VecDeque::new();
+    // Rows up to this one were sent (or set aside) in this pass.
+    let mut cursor = 0i64;
+    let mut deadline = Instant::now() + ack_timeout;
+    let mut live = false;
+    // Whether the last read found the end of the queue.
+    let mut caught_up = false;
+    let end = loop {
+        let room = window - out.len();
+        // Refill once half the window is free, so reads come in pages rather than one a row;
+        // at the end of the queue, look again at once, to go live as soon as all is sent.
+        if room > 0 && (out.is_empty() || room * 2 >= window || (caught_up && !live)) {
+            let was_empty = out.is_empty();
+            let seen = host.pushes();
+            let read = tokio::select! {
+                _ = host.closing().cancelled() => break Pass::Closing,
+                read = host.rows_after(cursor, room) => read,
+            };
+            match read {
+                Ok(rows) if rows.is_empty() => {
+                    caught_up = true;
+                    // Everything queued is sent: unless a push is on its way, go live.
+                    if !live && host.go_live(seen) {
+                        live = true;
+                    }
+                }
+                Ok(rows) => {
+                    caught_up = rows.len() < room;
+                    // A live tunnel that had to queue again drains again.
+                    live = false;
+                    if let Some(end) = send_rows(host, link, rows, &mut out, &mut cursor).await {
+                        break end;
+                    }
+                    if was_empty {
+                        deadline = Instant::now() + ack_timeout;
+                    }
+                    if caught_up {
+                        continue;
+                    }
+                }
+                Err(err) if out.is_empty() => {
+                    warn!(%err, "could not read the offline queue; trying again");
+                    break Pass::Again(Some(host.policy().retry));
+                }
+                // What is out is still waited for; the next refill reads again.
+                Err(err) => warn!(%err, "could not read the offline queue"),
+            }
+            if was_empty {
+                // The first row out: its wait starts now.
+                deadline = Instant::now() + ack_timeout;
+            }
+        }
+        let Some((front, pending)) = out.front_mut() else {
+            if live {
+                while let Some(removed) = removing.next().await {
+                    log_removal(removed);
+                }
+                if host.retire() {
+                    break Pass::Done;
+                }
+                // The tunnel queued again since it went live: read again.
+                live = false;
+                continue;
+            }
+            // A push is on its way: its wake-up brings us back.
+            tokio::select! {
+                _ = host.closing().cancelled() => break Pass::Closing,
+                _ = host.woken() => continue,
+            }
+        };
+        // All three are cancel-safe: a token wait, `FuturesUnordered::next`, and the ack wait
+        // (`Link::ack`), whose timeout is a fixed deadline.
+        let ack = tokio::select! {
+            _ = host.closing().cancelled() => break Pass::Closing,
+            Some(removed) = removing.next(), if !removing.is_empty() => {
+                log_removal(removed);
+                continue;
+            }
+            ack = tokio::time::timeout_at(deadline, H::Link::ack(pending)) => ack,
+        };
+        let seq = front.seq;
+        match ack {
+            Ok(Ok(Ack::Recorded)) => {
+                let Some((row, _)) = out.pop_front() else {
+                    break Pass::Again(None);
+                };
+                state.sent += 1;
+                state.retry = host.policy().retry;
+                state.skip.clear();
+                let id = row.delivery.id;
+                removing.push(async move { (id, host.remove(seq).await) });
+                deadline = Instant::now() + ack_timeout;
+            }
+            Ok(Ok(Ack::NotRecorded(why))) => {
+                let delay = state.retry;
+                warn!(delivery = %front.delivery.id, %why, ?delay, "the client could not record a queued delivery; sending it again later");
+                state.retry = (state.retry * 2).min(MAX_RETRY);
+                break Pass::Again(Some(delay));
+            }
+            Ok(Ok(Ack::Rejected(why))) => {
+                let why = format!("the client rejected it: {why}");
+                attempt_failed(host, link, front, why).await;
+                break Pass::Again(None);
+            }
+            Ok(Ok(Ack::Left)) => {
+                debug!(delivery = %front.delivery.id, "the client left before recording a queued delivery");
+                break Pass::Again(None);
+            }
+            Ok(Err(SessionGone)) => break gone(host, link, front).await,
+            Err(_) => {
+                let why = format!(
+                    "the client did not record it within {} s",
+                    ack_timeout.as_secs()
+                );
+                // Counted once per session: a wedged client moves the drain on, and does not
+                // turn the backlog into dead letters.
+                if state.counted.insert((link.id(), seq)) {
+                    attempt_failed(host, link, front, why).await;
+                } else {
+                    warn!(delivery = %front.delivery.id, %why, "a queued delivery is still not recorded; trying the next session");
+                }
+                break Pass::Skip(link.id());
+            }
         }
     };
-    let mut pending = tokio::select! {
-        _ = tunnels.closing.cancelled() => return Sent::Closing,
-        pending = session.send_queued(&outgoing) => match pending {
-            Ok(pending) => pending,
-            Err(SessionGone) => return gone(tunnels),
-        },
-    };
-    tunnels
-        .metrics
-        .delivery(Outcome::redelivered, Duration::ZERO);
-    let timeout = tunnels.policy.ack_timeout;
-    // `PendingAck::ack` is cancel-safe; so is a token wait.
-    let ack = tokio::select! {
-        _ = tunnels.closing.cancelled() => return Sent::Closing,
-        ack = tokio::time::timeout(timeout, pending.ack()) => ack,
-    };
-    match ack {
-        Ok(Ok(Ack::Recorded)) => Sent::Recorded,
-        Ok(Ok(Ack::NotRecorded(why))) => Sent::NotRecorded(why),
-        Ok(Ok(Ack::Rejected(why))) => Sent::Failed(format!("the client rejected it: {why}")),
-        Ok(Ok(Ack::Left)) => Sent::Left,
-        Ok(Err(SessionGone)) => gone(tunnels),
-        Err(_) => Sent::Failed(format!(
-            "the client did not record it within {} s",
-            timeout.as_secs()
-        )),
+    // What is still out is sent again on the next pass; recorded rows must be gone by then.
+    drop(out);
+    while let Some(removed) = removing.next().await {
+        log_removal(removed);
+    }
+    end
+}
+
+/// Sends `rows` to `link` in order, setting aside those that failed too often; `Some` ends the
+/// pass (the session is gone or the relay closing).
+async fn send_rows<H: Host>(
+    host: &H,
+    link: &H::Link,
+    rows: Vec<Row>,
+    out: &mut VecDeque<Out<H>>,
+    cursor: &mut i64,
+) -> Option<Pass> {
+    for row in rows {
+        *cursor = row.seq;
+        if row.attempts >= MAX_ATTEMPTS {
+            let reason = format!("it failed {} times in a row on the client", row.attempts);
+            set_aside(host, link, &row, reason).await;
+            continue;
+        }
+        let sent = tokio::select! {
+            _ = host.closing().cancelled() => return Some(Pass::Closing),
+            sent = link.send(&row) => sent,
+        };
+        match sent {
+            Ok(pending) => {
+                host.sent_one();
+                out.push_back((row, pending));
+            }
+            Err(SessionGone) => {
+                let front = out.front().map_or(&row, |(front, _)| front);
+                return Some(gone(host, link, front).await);
+            }
+        }
+    }
+    None
+}
+
+/// The session ended while `front` was out: one failed attempt, unless the relay is closing.
+async fn gone<H: Host>(host: &H, link: &H::Link, front: &Row) -> Pass {
+    if host.closing().is_cancelled() {
+        return Pass::Closing;
+    }
+    attempt_failed(host, link, front, "it ended the client's session".into()).await;
+    Pass::Again(None)
+}
+
+fn log_removal((id, removed): (DeliveryId, Result<bool, QueueError>)) {
+    if let Err(err) = removed {
+        warn!(%err, delivery = %id, "could not drop a recorded delivery; it will be sent again");
     }
 }
 
 /// Counts a failed attempt; the third in a row makes the delivery a dead letter.
-async fn attempt_failed(
-    tunnels: &Tunnels,
-    tunnel: &str,
-    session: &SessionHandle,
-    row: &Row,
-    why: String,
-) {
-    match tunnels.queue.attempt_failed(tunnel, row.seq).await {
+async fn attempt_failed<H: Host>(host: &H, link: &H::Link, row: &Row, why: String) {
+    match host.attempt_failed(row.seq).await {
         Ok(attempts) if attempts >= MAX_ATTEMPTS => {
             let reason = format!("{why} ({attempts} times in a row)");
-            set_aside(tunnels, tunnel, session, row, reason).await;
+            set_aside(host, link, row, reason).await;
         }
         Ok(attempts) => {
             warn!(delivery = %row.delivery.id, attempts, %why, "a queued delivery failed on the client; it will be sent again");
@@ -180,36 +410,28 @@ async fn attempt_failed(
 }
 
 /// Moves `row` to the dead letters and tells the client, if it is still there.
-async fn set_aside(
-    tunnels: &Tunnels,
-    tunnel: &str,
-    session: &SessionHandle,
-    row: &Row,
-    reason: String,
-) {
+async fn set_aside<H: Host>(host: &H, link: &H::Link, row: &Row, reason: String) {
     let id = row.delivery.id.clone();
-    match tunnels
-        .queue
-        .dead_letter(tunnel, row.seq, reason.clone())
-        .await
-    {
+    match host.dead_letter(row.seq, reason.clone()).await {
         Ok(true) => {
             warn!(delivery = %id, %reason, "set a queued delivery aside as a dead letter; the deliveries behind it keep flowing");
-            let notice = RelayMessage::DeadLettered { id, reason };
-            session.notify(notice.encode());
+            link.dead_lettered(id, reason);
         }
         Ok(false) => {}
         Err(err) => {
             warn!(%err, delivery = %id, "could not set a queued delivery aside");
-            pause(tunnels, tunnels.policy.retry).await;
+            pause(host, host.policy().retry).await;
         }
     }
 }
 
 /// Waits `delay`; `false` when the relay started closing first.
-async fn pause(tunnels: &Tunnels, delay: Duration) -> bool {
+async fn pause<H: Host>(host: &H, delay: Duration) -> bool {
     tokio::select! {
-        _ = tunnels.closing.cancelled() => false,
+        _ = host.closing().cancelled() => false,
         _ = tokio::time::sleep(delay) => true,
     }
 }
+
+#[cfg(test)]
+mod tests;
