@@ -22,7 +22,9 @@ pub mod forward;
 pub mod link;
 pub mod presence;
 pub mod queue;
+pub mod ready;
 pub mod tokens;
+pub mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +47,10 @@ pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const SETUP_RETRY: Duration = Duration::from_millis(500);
 /// Bytes kept free in a NATS message for its subject, headers and the head of a delivery.
 const PAYLOAD_SLACK: usize = 64 * 1024;
+/// How long the queue stream remembers a delivery id, so a second copy of a delivery (a node
+/// that wakes from a pause and queues what another node already queued for it) is dropped.
+/// JetStream's own default; a paused node's buffered messages are dropped by NATS long before.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// How long dead letters are kept.
 const DEAD_LETTER_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -90,12 +96,17 @@ pub struct Cluster {
     pub(crate) queue: stream::Stream,
     pub(crate) dead: stream::Stream,
     bodies: object_store::ObjectStore,
+    /// The stream under `bodies`, for its size and to purge a deleted body's last trace.
+    bodies_stream: stream::Stream,
     view: Arc<View>,
+    readiness: ready::Readiness,
     max_payload: usize,
     /// The tunnels whose presence this node has published.
     published: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
     /// Queue sequence → object name, for heads whose body was stored aside.
     stored_bodies: std::sync::Mutex<std::collections::HashMap<u64, String>>,
+    /// Queue sequences with a failed attempt on record (an entry in the attempts bucket).
+    attempted: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Cluster {
@@ -145,6 +156,7 @@ impl Cluster {
             queue,
             dead,
             bodies,
+            bodies_stream,
         } = state;
         let max_payload = client.server_info().max_payload;
         Ok(Arc::new(Cluster {
@@ -160,8 +172,11 @@ impl Cluster {
             queue,
             dead,
             bodies,
+            bodies_stream,
+            readiness: Default::default(),
             max_payload,
             stored_bodies: Default::default(),
+            attempted: Default::default(),
             published: tokio::sync::watch::Sender::new(Default::default()),
         }))
     }
@@ -217,6 +232,17 @@ impl Cluster {
         self.published.send_replace(published);
     }
 
+    /// What this node has read of the cluster; it answers only once [`is_ready`](Self::is_ready).
+    pub fn readiness(&self) -> &ready::Readiness {
+        &self.readiness
+    }
+
+    /// Whether this node has read owners, presence and heartbeats, and so may answer
+    /// deliveries and client upgrades (before that: 503 with `Retry-After`).
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
+    }
+
     /// Whether NATS is reachable right now.
     pub fn is_reachable(&self) -> bool {
         self.client.connection_state() == State::Connected
@@ -259,12 +285,98 @@ impl Cluster {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Deletes a stored body; a failure only leaves it to the bucket's age limit.
+    /// Deletes a stored body, and the "deleted" record the object store leaves in its place;
+    /// a failure only leaves it to the bucket's age limit.
     pub async fn drop_body(&self, name: &str) {
-        if let Err(err) = self.bodies.delete(name).await {
-            tracing::debug!(%err, name, "could not delete a stored body; it expires with the bucket's age limit");
+        drop_stored(&self.bodies, &self.bodies_stream, name).await;
+    }
+
+    /// A guard that deletes the stored body `name` when dropped, whichever way the holder
+    /// gives up on it (an answer, an error, a timeout, a cancelled request).
+    pub(crate) fn body_guard(&self, name: String) -> StoredBody {
+        StoredBody {
+            store: self.bodies.clone(),
+            stream: self.bodies_stream.clone(),
+            name,
         }
     }
+
+    /// Deletes the stored body `name` after `grace` (sooner, after a second, once `shutdown`):
+    /// for an answer body whose reader may have given up, so nobody is left to delete it.
+    pub(crate) fn drop_body_later(
+        &self,
+        name: String,
+        grace: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let (store, stream) = (self.bodies.clone(), self.bodies_stream.clone());
+        tokio::spawn(async move {
+            // Both cancel-safe: a token wait and a sleep.
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = shutdown.cancelled() => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+            drop_stored(&store, &stream, &name).await;
+        });
+    }
+
+    /// Bytes the large-body object store holds now.
+    pub(crate) async fn stored_bytes(&self) -> Result<u64, async_nats::Error> {
+        Ok(self.bodies_stream.get_info().await?.state.bytes)
+    }
+
+    /// Notes that the queued delivery at `seq` has a failed attempt on record.
+    pub(crate) fn note_attempted(&self, seq: u64) {
+        self.attempted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(seq);
+    }
+
+    /// Whether the delivery at `seq` had a failed attempt on record (forgetting it).
+    pub(crate) fn take_attempted(&self, seq: u64) -> bool {
+        self.attempted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&seq)
+    }
+}
+
+/// A stored body deleted when this is dropped; see [`Cluster::body_guard`].
+pub(crate) struct StoredBody {
+    store: object_store::ObjectStore,
+    stream: stream::Stream,
+    name: String,
+}
+
+impl Drop for StoredBody {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, stream) = (self.store.clone(), self.stream.clone());
+        let name = std::mem::take(&mut self.name);
+        runtime.spawn(async move { drop_stored(&store, &stream, &name).await });
+    }
+}
+
+/// Deletes `name` from the object store, then purges the metadata record the delete leaves
+/// (a "deleted" marker kept until the bucket's age limit otherwise).
+async fn drop_stored(store: &object_store::ObjectStore, stream: &stream::Stream, name: &str) {
+    if let Err(err) = store.delete(name).await {
+        tracing::debug!(%err, name, "could not delete a stored body; it expires with the bucket's age limit");
+        return;
+    }
+    let meta = format!("$O.{BODIES_BUCKET}.M.{}", object_meta_token(name));
+    if let Err(err) = stream.purge().filter(&meta).await {
+        tracing::debug!(%err, name, "could not purge a deleted body's record; it expires with the bucket's age limit");
+    }
+}
+
+/// The subject token the object store names an object's metadata by (URL-safe base64).
+fn object_meta_token(name: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE.encode(name)
 }
 
 /// The buckets and streams a node uses.
@@ -277,6 +389,7 @@ struct Shared {
     queue: stream::Stream,
     dead: stream::Stream,
     bodies: object_store::ObjectStore,
+    bodies_stream: stream::Stream,
 }
 
 impl Shared {
@@ -304,6 +417,7 @@ impl Shared {
             max_age: limits.max_age,
             discard: stream::DiscardPolicy::New,
             discard_new_per_subject: true,
+            duplicate_window: queue::dedupe_window(limits.max_age),
             storage: stream::StorageType::File,
             allow_direct: true,
             num_replicas: replicas,
@@ -321,10 +435,23 @@ impl Shared {
         let bodies = object_store::Config {
             bucket: BODIES_BUCKET.into(),
             max_age: limits.max_age,
+            // Queued bodies count in --queue-max-total-bytes; bodies between nodes pass through.
+            max_bytes: i64::try_from(limits.max_total_bytes.saturating_mul(2)).unwrap_or(i64::MAX),
             storage: stream::StorageType::File,
             num_replicas: replicas,
             ..Default::default()
         };
+        let bodies = match js.get_object_store(BODIES_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(bodies)
+                .await
+                .map_err(|e| setup("object store", e))?,
+        };
+        let bodies_stream = js
+            .get_stream(format!("OBJ_{BODIES_BUCKET}"))
+            .await
+            .map_err(|e| setup("object store", e))?;
         Ok(Shared {
             owners: key_value(js, bucket(OWNERS_BUCKET, Duration::ZERO)).await?,
             nodes: key_value(js, bucket(NODES_BUCKET, presence::NODE_KEY_AGE)).await?,
@@ -339,13 +466,8 @@ impl Shared {
                 .get_or_create_stream(dead)
                 .await
                 .map_err(|e| setup("stream", e))?,
-            bodies: match js.get_object_store(BODIES_BUCKET).await {
-                Ok(store) => store,
-                Err(_) => js
-                    .create_object_store(bodies)
-                    .await
-                    .map_err(|e| setup("object store", e))?,
-            },
+            bodies,
+            bodies_stream,
         })
     }
 }

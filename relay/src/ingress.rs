@@ -143,7 +143,9 @@ pub(crate) fn outcome_of(err: &IngressError) -> Outcome {
         | IngressError::TooManyTokenFailures { .. } => Outcome::bad_request,
         IngressError::Busy { .. } => Outcome::rejected,
         IngressError::Offline(_) => Outcome::offline,
-        IngressError::QueueFull(_) | IngressError::QueueUnavailable(_) => Outcome::rejected,
+        IngressError::QueueFull(_) | IngressError::QueueUnavailable(_) | IngressError::Starting => {
+            Outcome::rejected
+        }
         IngressError::Timeout { .. } => Outcome::timeout,
         IngressError::Failed(_) | IngressError::BadAnswer { .. } => Outcome::failed,
         IngressError::ClientGone(_) => Outcome::client_gone,
@@ -165,6 +167,10 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if ctx.cluster.as_ref().is_some_and(|c| !c.is_ready()) {
+        // It would not know tunnels claimed elsewhere yet: 503, never a final 404.
+        return Err(IngressError::Starting);
+    }
     if !ctx.tunnels.is_known(r.tunnel) {
         return Err(IngressError::UnknownTunnel);
     }

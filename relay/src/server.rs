@@ -663,18 +663,29 @@ async fn route_request(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Bytes::from(dispatch.metrics.encode()),
         ),
+        Route::Connect if dispatch.cluster.as_ref().is_some_and(|c| !c.is_ready()) => {
+            IngressError::Starting.into_response()
+        }
         Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body), origin.sender),
         Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
     }
     .map(AnswerBody::from)
 }
 
-/// `ok`; on a cluster node, also whether NATS is reachable (503 when it is not, so a load
-/// balancer sends new webhooks to nodes that can queue them).
+/// `ok`; on a cluster node, also whether it has read the cluster and NATS is reachable (503
+/// when not, so a load balancer sends new webhooks to nodes that can answer and queue them).
 fn healthz(cluster: Option<&Cluster>) -> Response<Full<Bytes>> {
     let plain = "text/plain; charset=utf-8";
     match cluster {
         None => text(StatusCode::OK, plain, Bytes::from_static(b"ok")),
+        Some(c) if !c.is_ready() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
+            Bytes::from(format!(
+                "starting\nnode {}: reading the cluster's tunnels, presence and heartbeats; deliveries get 503\n",
+                c.node()
+            )),
+        ),
         Some(c) if c.is_reachable() => text(
             StatusCode::OK,
             plain,

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use super::ready::{replay_over, Catalog};
 use super::Cluster;
 use crate::auth::Owner;
 use crate::tunnel::Tunnels;
@@ -196,55 +197,75 @@ pub fn spawn(
     );
     let (c, s) = (cluster.clone(), shutdown.clone());
     tracker.spawn(
-        watch_bucket(c.clone(), c.nodes.clone(), s, move |entry| {
-            // A node that shuts down deletes its heartbeat: that is no sign of life.
-            if entry.operation == async_nats::jetstream::kv::Operation::Put {
-                c.view.heard(&entry.key, entry.created);
-            }
-        })
+        watch_bucket(
+            c.clone(),
+            c.nodes.clone(),
+            Catalog::Nodes,
+            s,
+            move |entry| {
+                // A node that shuts down deletes its heartbeat: that is no sign of life.
+                if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                    c.view.heard(&entry.key, entry.created);
+                }
+            },
+        )
         .instrument(span.clone()),
     );
     let (c, s) = (cluster.clone(), shutdown.clone());
     tracker.spawn(
-        watch_bucket(c.clone(), c.presence.clone(), s, move |entry| {
-            let Some((tunnel, node)) = entry.key.split_once('.') else {
-                return;
-            };
-            let since = match entry.operation {
-                kv::Operation::Put => std::str::from_utf8(&entry.value)
-                    .ok()
-                    .and_then(|v| v.parse().ok()),
-                kv::Operation::Delete | kv::Operation::Purge => None,
-            };
-            c.view.set_held(tunnel, node, since);
-        })
+        watch_bucket(
+            c.clone(),
+            c.presence.clone(),
+            Catalog::Presence,
+            s,
+            move |entry| {
+                let Some((tunnel, node)) = entry.key.split_once('.') else {
+                    return;
+                };
+                let since = match entry.operation {
+                    kv::Operation::Put => std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.parse().ok()),
+                    kv::Operation::Delete | kv::Operation::Purge => None,
+                };
+                c.view.set_held(tunnel, node, since);
+            },
+        )
         .instrument(span.clone()),
     );
     let (c, s, t) = (cluster.clone(), shutdown.clone(), tunnels.clone());
     tracker.spawn(
-        watch_bucket(c.clone(), c.owners.clone(), s, move |entry| {
-            if entry.operation != kv::Operation::Put {
-                // `tunnel release`: forgotten here once no client of it is connected.
-                t.release(std::slice::from_ref(&entry.key));
-                return;
-            }
-            let owner = std::str::from_utf8(&entry.value)
-                .ok()
-                .and_then(Owner::parse_key);
-            match owner {
-                Some(owner) => t.learn(&entry.key, owner),
-                None => warn!(tunnel = %entry.key, "unreadable owner in the tunnels bucket"),
-            }
-        })
+        watch_bucket(
+            c.clone(),
+            c.owners.clone(),
+            Catalog::Owners,
+            s,
+            move |entry| {
+                if entry.operation != kv::Operation::Put {
+                    // `tunnel release`: forgotten here once no client of it is connected.
+                    t.release(std::slice::from_ref(&entry.key));
+                    return;
+                }
+                let owner = std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(Owner::parse_key);
+                match owner {
+                    Some(owner) => t.learn(&entry.key, owner),
+                    None => warn!(tunnel = %entry.key, "unreadable owner in the tunnels bucket"),
+                }
+            },
+        )
         .instrument(span),
     );
 }
 
 /// Watches every key of `store` (its current values first, then changes), again and again
-/// if the watch ends while NATS comes and goes.
+/// if the watch ends while NATS comes and goes; notes `catalog` read once the first replay is
+/// over (see [`super::ready`]).
 async fn watch_bucket(
     cluster: Arc<Cluster>,
     store: kv::Store,
+    catalog: Catalog,
     shutdown: CancellationToken,
     mut apply: impl FnMut(kv::Entry) + Send,
 ) {
@@ -256,6 +277,14 @@ async fn watch_bucket(
                     // The replay brings back what is true now; what it omits was deleted.
                     cluster.view.clear_held();
                 }
+                // Asked after the watch began: a bucket empty now has nothing to replay.
+                let empty = match store.stream.get_info().await {
+                    Ok(info) => info.state.messages == 0,
+                    Err(_) => false,
+                };
+                if replay_over(empty, None) {
+                    cluster.readiness().read(catalog);
+                }
                 loop {
                     // Both branches are cancel-safe: a token wait and `StreamExt::next`.
                     let entry = tokio::select! {
@@ -263,7 +292,13 @@ async fn watch_bucket(
                         entry = entries.next() => entry,
                     };
                     match entry {
-                        Some(Ok(entry)) => apply(entry),
+                        Some(Ok(entry)) => {
+                            let over = replay_over(false, Some(entry.delta));
+                            apply(entry);
+                            if over {
+                                cluster.readiness().read(catalog);
+                            }
+                        }
                         Some(Err(err)) => {
                             debug!(%err, bucket = %store.name, "watch interrupted");
                             break;
