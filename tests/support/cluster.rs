@@ -431,11 +431,12 @@ impl QueueAudit {
     }
 }
 
-/// What the large-body object store still holds: (objects not deleted, chunk messages).
-pub async fn stored_objects(client: &async_nats::Client) -> (usize, usize) {
+/// What the large-body object store still holds: the names of objects not deleted, and the
+/// number of chunk messages.
+pub async fn stored_objects(client: &async_nats::Client) -> (Vec<String>, usize) {
     let js = async_nats::jetstream::new(client.clone());
     let Ok(stream) = js.get_stream("OBJ_illumitunnel-bodies").await else {
-        return (0, 0);
+        return (Vec::new(), 0);
     };
     let count = |filter: &'static str| {
         let stream = stream.clone();
@@ -452,13 +453,13 @@ pub async fn stored_objects(client: &async_nats::Client) -> (usize, usize) {
         }
     };
     let (metas, _) = count("$O.illumitunnel-bodies.M.>").await;
-    let mut live = 0;
+    let mut live = Vec::new();
     for subject in metas {
         if let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await {
             let meta: serde_json::Value =
                 serde_json::from_slice(&message.payload).unwrap_or_default();
             if meta["deleted"].as_bool() != Some(true) {
-                live += 1;
+                live.push(meta["name"].as_str().unwrap_or("?").to_owned());
             }
         }
     }
