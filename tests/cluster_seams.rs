@@ -395,6 +395,113 @@ fn large_bodies_of_refused_timed_out_and_abandoned_deliveries_leave_no_object() 
         std::thread::sleep(Duration::from_millis(100));
         left = rt.block_on(stored_objects(&client));
     }
-    assert_eq!(left, (Vec::new(), 0), "stored bodies left behind (names, chunks)");
+    assert_eq!(
+        left,
+        (Vec::new(), 0),
+        "stored bodies left behind (names, chunks)"
+    );
     drop((slow_listen, held));
+}
+
+/// A measurement more than a check (hence `#[ignore]`): how long a cluster refuses to queue
+/// while JetStream elects a new leader for the queue stream. Run it with
+/// `cargo test --test cluster_seams leader -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement: cargo test --test cluster_seams leader -- --ignored --nocapture"]
+fn killing_the_queue_streams_leader_refuses_for_seconds_and_loses_nothing() {
+    let rt = runtime();
+    let mut nats = support::cluster::NatsCluster::start(3);
+    let extra = [
+        "--allow-anonymous",
+        "--keepalive-ms",
+        KEEPALIVE_MS,
+        "--cluster-replicas",
+        "3",
+    ];
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|id| Node::start_with(id, &nats.urls, &extra))
+        .collect();
+    let target = Target::ok(&rt);
+    let listen_extra = ["--keepalive-ms", KEEPALIVE_MS];
+    let mut listen = Listen::start(
+        Some(&nodes[0].url()),
+        &target.url(HOOK),
+        "elect",
+        &listen_extra,
+    );
+    listen.guard.kill_now();
+    eventually(Duration::from_secs(10), "the session to end", || {
+        metric(&rt, &nodes[0].url(), "illumitunnel_sessions") == Some(0.0)
+    });
+    let leader = rt.block_on(async {
+        let client = async_nats::connect(&nats.servers[0].url)
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js
+            .get_stream("ILLUMITUNNEL_QUEUE")
+            .await
+            .expect("queue stream");
+        let info = stream.info().await.expect("stream info");
+        info.cluster
+            .clone()
+            .and_then(|c| c.leader)
+            .expect("a leader")
+    });
+    let index: usize = leader.trim_start_matches('n').parse().expect("server n{i}");
+    // Sent one after another to both nodes, each until accepted.
+    let mut accepted = Vec::new();
+    let send = |n: usize, refusals: &mut Vec<Instant>| {
+        for attempt in 0..600 {
+            let node = &nodes[(n + attempt) % 2];
+            let sent = Instant::now();
+            let response = rt.block_on(
+                Request::post(&node.tunnel_url("elect"))
+                    .body(body(n))
+                    .try_send(),
+            );
+            match response.map(|r| r.status) {
+                Ok(202) => return Instant::now(),
+                Ok(503) | Err(_) => {
+                    refusals.push(sent);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(other) => panic!("delivery {n}: {other}"),
+            }
+        }
+        panic!("delivery {n} was never accepted");
+    };
+    let mut refusals = Vec::new();
+    for n in 0..20 {
+        send(n, &mut refusals);
+        accepted.push(body(n));
+    }
+    let killed = Instant::now();
+    nats.servers[index].kill();
+    let mut first_after = None;
+    for n in 20..60 {
+        let at = send(n, &mut refusals);
+        first_after.get_or_insert(at);
+        accepted.push(body(n));
+    }
+    let refused_for = refusals
+        .iter()
+        .filter(|at| **at >= killed)
+        .map(|at| at.duration_since(killed))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "queue stream leader {leader} killed: {} refusals (503 or no answer), the last sent {refused_for:?} after the kill; first 202 answered {:?} after it",
+        refusals.iter().filter(|at| **at >= killed).count(),
+        first_after.map(|at| at.duration_since(killed)).unwrap_or_default()
+    );
+    let mut args = vec!["--json"];
+    args.extend_from_slice(&listen_extra);
+    listen.respawn(Some(&nodes[1].url()), &target.url(HOOK), "elect", &args);
+    eventually(DRAIN, "every accepted delivery to arrive", || {
+        let got: std::collections::HashSet<Vec<u8>> =
+            target.requests().into_iter().map(|r| r.body).collect();
+        accepted.iter().all(|b| got.contains(b))
+    });
 }

@@ -493,3 +493,15 @@ fn setup(what: &'static str, cause: impl std::fmt::Display) -> ClusterError {
         cause: cause.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_bodys_record_is_found_under_the_object_stores_own_name() {
+        // async-nats names an object's metadata subject by URL-safe base64 of its name.
+        assert_eq!(object_meta_token("queued-a-b"), "cXVldWVkLWEtYg==");
+        assert_eq!(object_meta_token("answer-1a?"), "YW5zd2VyLTFhPw==");
+    }
+}
