@@ -452,7 +452,7 @@ fn killing_the_queue_streams_leader_refuses_for_seconds_and_loses_nothing() {
     let index: usize = leader.trim_start_matches('n').parse().expect("server n{i}");
     // Sent one after another to both nodes, each until accepted.
     let mut accepted = Vec::new();
-    let send = |n: usize, refusals: &mut Vec<Instant>| {
+    let send = |n: usize, attempts: &mut Vec<(Instant, Duration, Option<u16>)>| {
         for attempt in 0..600 {
             let node = &nodes[(n + attempt) % 2];
             let sent = Instant::now();
@@ -461,10 +461,11 @@ fn killing_the_queue_streams_leader_refuses_for_seconds_and_loses_nothing() {
                     .body(body(n))
                     .try_send(),
             );
-            match response.map(|r| r.status) {
+            let status = response.map(|r| r.status);
+            attempts.push((sent, sent.elapsed(), status.clone().ok()));
+            match status {
                 Ok(202) => return Instant::now(),
                 Ok(503) | Err(_) => {
-                    refusals.push(sent);
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Ok(other) => panic!("delivery {n}: {other}"),
@@ -472,28 +473,30 @@ fn killing_the_queue_streams_leader_refuses_for_seconds_and_loses_nothing() {
         }
         panic!("delivery {n} was never accepted");
     };
-    let mut refusals = Vec::new();
+    let mut attempts = Vec::new();
     for n in 0..20 {
-        send(n, &mut refusals);
+        send(n, &mut attempts);
         accepted.push(body(n));
     }
     let killed = Instant::now();
     nats.servers[index].kill();
     let mut first_after = None;
     for n in 20..60 {
-        let at = send(n, &mut refusals);
+        let at = send(n, &mut attempts);
         first_after.get_or_insert(at);
         accepted.push(body(n));
     }
-    let refused_for = refusals
+    // Each attempt after the kill until the first 202: sent when, answered after, with what.
+    let window: Vec<String> = attempts
         .iter()
-        .filter(|at| **at >= killed)
-        .map(|at| at.duration_since(killed))
-        .max()
-        .unwrap_or_default();
+        .filter(|(sent, _, _)| *sent >= killed)
+        .take_while(|(_, _, status)| *status != Some(202))
+        .map(|(sent, took, status)| {
+            format!("+{:?} {status:?} in {took:?}", sent.duration_since(killed))
+        })
+        .collect();
     eprintln!(
-        "queue stream leader {leader} killed: {} refusals (503 or no answer), the last sent {refused_for:?} after the kill; first 202 answered {:?} after it",
-        refusals.iter().filter(|at| **at >= killed).count(),
+        "queue stream leader {leader} killed: first 202 answered {:?} after it; refused before: {window:?}",
         first_after.map(|at| at.duration_since(killed)).unwrap_or_default()
     );
     let mut args = vec!["--json"];

@@ -194,8 +194,9 @@ impl Cluster {
     /// (`--queue-max-total-bytes`), counting the queue stream and the large-body object store;
     /// see [`over_fair_share`].
     async fn over_cap(&self, tunnel: &str, size: u64, cap: u64) -> Result<bool, QueueError> {
-        let state = self.queue.get_info().await.map_err(unavailable)?.state;
-        let stored = self.stored_bytes().await.map_err(unavailable)?;
+        let (info, stored) = tokio::join!(self.queue.get_info(), self.stored_bytes());
+        let state = info.map_err(unavailable)?.state;
+        let stored = stored.map_err(unavailable)?;
         let mut usage = Usage {
             bytes: state.bytes.saturating_add(stored),
             messages: state.messages,
