@@ -47,10 +47,7 @@ pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const SETUP_RETRY: Duration = Duration::from_millis(500);
 /// Bytes kept free in a NATS message for its subject, headers and the head of a delivery.
 const PAYLOAD_SLACK: usize = 64 * 1024;
-/// How long the queue stream remembers a delivery id, so a second copy of a delivery (a node
-/// that wakes from a pause and queues what another node already queued for it) is dropped.
-/// JetStream's own default; a paused node's buffered messages are dropped by NATS long before.
-pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+
 /// How long dead letters are kept.
 const DEAD_LETTER_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 

@@ -19,7 +19,6 @@
 //!
 //! [`QUEUE_STREAM`]: super::QUEUE_STREAM
 //! [`DEAD_STREAM`]: super::DEAD_STREAM
-//! [`DEDUPE_WINDOW`]: super::DEDUPE_WINDOW
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
@@ -44,6 +43,10 @@ pub const PUSHED_SUBJECT: &str = "illumitunnel.pushed";
 const REASON_HEADER: &str = "Illumitunnel-Reason";
 /// Most times a claim retries after losing a race for the same name.
 const CLAIM_RACES: usize = 3;
+/// How long the queue stream remembers a delivery id, so a second copy of a delivery (a node
+/// that wakes from a pause and queues what another node already queued for it) is dropped.
+/// JetStream's own default; NATS drops a paused node's buffered messages long before.
+pub const DEDUPE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn queue_subject(tunnel: &str) -> String {
     format!("{QUEUE_SUBJECT}.{tunnel}")
@@ -342,18 +345,18 @@ fn attempts_key(tunnel: &str, seq: u64) -> String {
 }
 
 /// The `Nats-Msg-Id` a queued delivery is published with: its delivery id, so the stream
-/// stores one copy of it within [`super::DEDUPE_WINDOW`].
+/// stores one copy of it within [`DEDUPE_WINDOW`].
 pub fn dedupe_id(id: &DeliveryId) -> String {
     id.as_str().to_owned()
 }
 
-/// The queue stream's duplicate window: [`super::DEDUPE_WINDOW`], or the queue's age limit
+/// The queue stream's duplicate window: [`DEDUPE_WINDOW`], or the queue's age limit
 /// when that is shorter (JetStream refuses a window longer than the age limit).
 pub fn dedupe_window(max_age: std::time::Duration) -> std::time::Duration {
     if max_age.is_zero() {
-        super::DEDUPE_WINDOW
+        DEDUPE_WINDOW
     } else {
-        super::DEDUPE_WINDOW.min(max_age)
+        DEDUPE_WINDOW.min(max_age)
     }
 }
 
@@ -491,10 +494,10 @@ mod tests {
         let id = DeliveryId::parse("1a2526d6e09e163d001c00cb").expect("an id");
         assert_eq!(dedupe_id(&id), "1a2526d6e09e163d001c00cb");
         assert_eq!(dedupe_id(&id), dedupe_id(&id.clone()));
-        assert_eq!(dedupe_window(Duration::ZERO), super::super::DEDUPE_WINDOW);
+        assert_eq!(dedupe_window(Duration::ZERO), super::DEDUPE_WINDOW);
         assert_eq!(
             dedupe_window(Duration::from_secs(72 * 3600)),
-            super::super::DEDUPE_WINDOW
+            super::DEDUPE_WINDOW
         );
         // JetStream refuses a window longer than the age limit.
         assert_eq!(
