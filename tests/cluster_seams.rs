@@ -403,6 +403,54 @@ fn large_bodies_of_refused_timed_out_and_abandoned_deliveries_leave_no_object() 
     drop((slow_listen, held));
 }
 
+#[test]
+fn a_clean_drain_leaves_no_marker_in_the_attempts_bucket() {
+    let rt = runtime();
+    let nats = Nats::start();
+    let nodes = three_nodes(&nats, &[]);
+    let client = rt
+        .block_on(async_nats::connect(&nats.url))
+        .expect("connect to NATS");
+    let sink = Sink::start(&rt);
+    let extra = ["--keepalive-ms", KEEPALIVE_MS];
+    let mut listen = Listen::start(Some(&nodes[0].url()), &sink.url(HOOK), "clean", &extra);
+    listen.guard.kill_now();
+    eventually(Duration::from_secs(10), "the session to end", || {
+        metric(&rt, &nodes[0].url(), "illumitunnel_sessions") == Some(0.0)
+    });
+    let queued: Vec<Vec<u8>> = (0..30).map(body).collect();
+    for (n, body) in queued.iter().enumerate() {
+        let response = Request::post(&nodes[n % 3].tunnel_url("clean"))
+            .body(body.clone())
+            .send(&rt);
+        assert_eq!(response.status, 202, "{}", response.text());
+    }
+    let mut args = vec!["--json"];
+    args.extend_from_slice(&extra);
+    listen.respawn(Some(&nodes[1].url()), &sink.url(HOOK), "clean", &args);
+    let missing = sink.received.wait_for_all(&queued, DRAIN);
+    assert!(
+        missing.is_empty(),
+        "{} queued deliveries lost",
+        missing.len()
+    );
+    eventually(Duration::from_secs(10), "the queue to empty", || {
+        rt.block_on(support::cluster::stream_messages(
+            &client,
+            "ILLUMITUNNEL_QUEUE",
+        )) == 0
+    });
+    // Every delivery was recorded at the first attempt: nothing to purge, so no marker.
+    let markers = rt.block_on(support::cluster::stream_messages(
+        &client,
+        "KV_illumitunnel-attempts",
+    ));
+    assert_eq!(
+        markers, 0,
+        "a clean drain left purge markers in the attempts bucket"
+    );
+}
+
 /// A measurement more than a check (hence `#[ignore]`): how long a cluster refuses to queue
 /// while JetStream elects a new leader for the queue stream. Run it with
 /// `cargo test --test cluster_seams leader -- --ignored --nocapture`.

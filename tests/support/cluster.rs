@@ -466,3 +466,12 @@ pub async fn stored_objects(client: &async_nats::Client) -> (Vec<String>, usize)
     let (_, chunks) = count("$O.illumitunnel-bodies.C.>").await;
     (live, chunks)
 }
+
+/// Messages the stream `name` holds now (0 when it does not exist).
+pub async fn stream_messages(client: &async_nats::Client, name: &str) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    match js.get_stream(name).await {
+        Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.messages),
+        Err(_) => 0,
+    }
+}
