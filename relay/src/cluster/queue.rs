@@ -160,28 +160,23 @@ impl Cluster {
             Err(err) => Some(err),
         };
         if let Some(err) = err {
-            let text = err.to_string();
-            let full =
-                text.contains("maximum messages per subject") || text.contains("maximum bytes");
-            if full {
+            let refusal = Refusal::of(&err.to_string(), err.kind() == PublishErrorKind::TimedOut);
+            if refusal.never_stored() {
                 // Refused by the stream's limits: nothing refers to the stored body.
                 self.forget_body(body_ref.as_deref()).await;
             }
             // A timeout may still have been stored, so its body stays for the redelivery.
-            return Err(if text.contains("maximum messages per subject") {
-                QueueError::Full {
+            return Err(match refusal {
+                Refusal::FullCount => QueueError::Full {
                     tunnel: tunnel.to_owned(),
                     limit: Limit::Count(limits.max_count),
-                }
-            } else if text.contains("maximum bytes") {
-                QueueError::Full {
+                },
+                Refusal::FullBytes => QueueError::Full {
                     tunnel: tunnel.to_owned(),
                     limit: Limit::TotalBytes(limits.max_total_bytes),
-                }
-            } else if err.kind() == PublishErrorKind::TimedOut {
-                unavailable("JetStream did not confirm in time")
-            } else {
-                unavailable(err)
+                },
+                Refusal::TimedOut => unavailable("JetStream did not confirm in time"),
+                Refusal::Other => unavailable(err),
             });
         }
         // Fire and forget: a lost notice is made good by the authority's periodic look at
@@ -366,6 +361,39 @@ pub fn queued_body_name(id: &DeliveryId, nonce: &DeliveryId) -> String {
     format!("queued-{id}-{nonce}")
 }
 
+/// Why JetStream did not store a queued delivery, as the sender and the stored body see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The tunnel's queue is at `--queue-max-count` (the stream's per-subject limit).
+    FullCount,
+    /// The stream is at its byte limit.
+    FullBytes,
+    /// No acknowledgement in time: the message may have been stored all the same.
+    TimedOut,
+    /// Anything else (NATS away, a permission refused).
+    Other,
+}
+
+impl Refusal {
+    /// Reads a failed publish: its error `text`, and whether it timed out.
+    pub fn of(text: &str, timed_out: bool) -> Refusal {
+        if text.contains("maximum messages per subject") {
+            Refusal::FullCount
+        } else if text.contains("maximum bytes") {
+            Refusal::FullBytes
+        } else if timed_out {
+            Refusal::TimedOut
+        } else {
+            Refusal::Other
+        }
+    }
+
+    /// Whether the message was certainly not stored, so its large body is nobody's.
+    pub fn never_stored(self) -> bool {
+        matches!(self, Refusal::FullCount | Refusal::FullBytes)
+    }
+}
+
 /// What JetStream says about the queue when a delivery is about to be queued.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -504,6 +532,21 @@ mod tests {
             dedupe_window(Duration::from_secs(30)),
             Duration::from_secs(30)
         );
+    }
+
+    #[test]
+    fn only_a_refusal_by_the_streams_limits_frees_the_stored_body() {
+        let count = Refusal::of("nats: maximum messages per subject exceeded", false);
+        let bytes = Refusal::of("nats: maximum bytes exceeded", false);
+        assert_eq!((count, bytes), (Refusal::FullCount, Refusal::FullBytes));
+        assert!(count.never_stored() && bytes.never_stored());
+        let late = Refusal::of("timed out: didn't receive ack in time", true);
+        assert_eq!(late, Refusal::TimedOut);
+        assert!(
+            !late.never_stored(),
+            "a late ack may still have been stored"
+        );
+        assert!(!Refusal::of("no responders", false).never_stored());
     }
 
     #[test]
