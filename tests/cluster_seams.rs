@@ -313,20 +313,43 @@ fn large_bodies_of_refused_timed_out_and_abandoned_deliveries_leave_no_object() 
         .block_on(async_nats::connect(&nats.url))
         .expect("connect to NATS");
     let sink = Sink::start(&rt);
-    let extra = ["--keepalive-ms", KEEPALIVE_MS];
+    let refused = refuse_large_bodies_at_the_cap(&rt, &nodes, &sink, cap);
+    let abandoned = abandon_a_large_answer(&rt, &nodes);
+    let timed_out = time_out_a_large_delivery(&rt, &mut nodes, &sink);
+    let start = Instant::now();
+    let mut left = rt.block_on(stored_objects(&client));
+    while left != (Vec::new(), 0) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+        left = rt.block_on(stored_objects(&client));
+    }
+    assert_eq!(
+        left,
+        (Vec::new(), 0),
+        "stored bodies left behind (names, chunks)"
+    );
+    drop((refused, abandoned, timed_out));
+}
 
-    // Refused: the tunnel's client is away; large bodies queue until the cap refuses them.
+/// Refused: the tunnel's client is away; large bodies queue until the cap refuses them, then
+/// the client comes back and drains them. Returns the client.
+fn refuse_large_bodies_at_the_cap(
+    rt: &tokio::runtime::Runtime,
+    nodes: &[Node],
+    sink: &Sink,
+    cap: usize,
+) -> Listen {
+    let extra = ["--keepalive-ms", KEEPALIVE_MS];
     let mut listen = Listen::start(Some(&nodes[0].url()), &sink.url(HOOK), "big", &extra);
     listen.guard.kill_now();
     eventually(Duration::from_secs(10), "the session to end", || {
-        metric(&rt, &nodes[0].url(), "illumitunnel_sessions") == Some(0.0)
+        metric(rt, &nodes[0].url(), "illumitunnel_sessions") == Some(0.0)
     });
     let mut queued = Vec::new();
     let mut refused = 0;
     for n in 0..12 {
         let response = Request::post(&nodes[1].tunnel_url("big"))
             .body(large_body(n))
-            .send(&rt);
+            .send(rt);
         match response.status {
             202 => queued.push(large_body(n)),
             503 => refused += 1,
@@ -344,8 +367,7 @@ fn large_bodies_of_refused_timed_out_and_abandoned_deliveries_leave_no_object() 
         cap / LARGE
     );
     assert!(refused > 0 && !queued.is_empty());
-    let mut args = vec!["--json"];
-    args.extend_from_slice(&extra);
+    let args = ["--json", "--keepalive-ms", KEEPALIVE_MS];
     listen.respawn(Some(&nodes[0].url()), &sink.url(HOOK), "big", &args);
     let missing = sink.received.wait_for_all(&queued, DRAIN);
     assert!(
@@ -353,15 +375,19 @@ fn large_bodies_of_refused_timed_out_and_abandoned_deliveries_leave_no_object() 
         "{} queued large bodies lost",
         missing.len()
     );
+    listen
+}
 
-    // Abandoned: the sender hangs up while the local server takes its time with a large
-    // answer; the answer's body must not stay behind.
-    let slow = Target::start(&rt, |_| {
+/// Abandoned: the sender hangs up while the local server takes its time with a large answer.
+/// Returns the local server and its client.
+fn abandon_a_large_answer(rt: &tokio::runtime::Runtime, nodes: &[Node]) -> (Target, Listen) {
+    let slow = Target::start(rt, |_| {
         Reply::status(200)
             .body(vec![b'a'; LARGE])
             .delay(Duration::from_millis(1500))
     });
-    let slow_listen = Listen::start(Some(&nodes[0].url()), &slow.url(HOOK), "slow", &extra);
+    let extra = ["--keepalive-ms", KEEPALIVE_MS];
+    let listen = Listen::start(Some(&nodes[0].url()), &slow.url(HOOK), "slow", &extra);
     let gave_up = rt.block_on(async {
         let send = Request::post(&nodes[1].tunnel_url("slow"))
             .body(large_body(100))
@@ -370,37 +396,34 @@ fn large_bodies_of_refused_timed_out_and_abandoned_deliveries_leave_no_object() 
     });
     assert!(gave_up.is_err(), "the slow answer came early");
     slow.wait_for_requests(1);
+    (slow, listen)
+}
 
-    // Timed out: the node holding the session stops answering with a large delivery out; the
-    // ingress node queues it as a redelivery and the paused node is killed before it reads it.
+/// Timed out: the node holding the session stops answering with a large delivery out; the
+/// ingress node queues it as a redelivery and the paused node (node c) is killed before it
+/// reads it. The client comes back through node a, which drains it. Returns the client.
+fn time_out_a_large_delivery(
+    rt: &tokio::runtime::Runtime,
+    nodes: &mut [Node],
+    sink: &Sink,
+) -> Listen {
+    let extra = ["--keepalive-ms", KEEPALIVE_MS];
     let mut held = Listen::start(Some(&nodes[2].url()), &sink.url(HOOK), "held", &extra);
     let ok = Request::post(&nodes[1].tunnel_url("held"))
         .body(body(7))
-        .send(&rt);
+        .send(rt);
     assert_eq!(ok.status, 200, "{}", ok.text());
     nodes[2].relay().guard.signal("STOP");
     let redelivered = Request::post(&nodes[1].tunnel_url("held"))
         .body(large_body(200))
-        .send(&rt);
+        .send(rt);
     assert_eq!(redelivered.status, 202, "{}", redelivered.text());
     nodes[2].kill();
-    // The client comes back through another node, which drains the redelivery.
+    let args = ["--json", "--keepalive-ms", KEEPALIVE_MS];
     held.respawn(Some(&nodes[0].url()), &sink.url(HOOK), "held", &args);
     let missing = sink.received.wait_for_all(&[large_body(200)], DRAIN);
     assert!(missing.is_empty(), "the redelivered large body was lost");
-
-    let start = Instant::now();
-    let mut left = rt.block_on(stored_objects(&client));
-    while left != (Vec::new(), 0) && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-        left = rt.block_on(stored_objects(&client));
-    }
-    assert_eq!(
-        left,
-        (Vec::new(), 0),
-        "stored bodies left behind (names, chunks)"
-    );
-    drop((slow_listen, held));
+    held
 }
 
 #[test]
@@ -482,45 +505,11 @@ fn killing_the_queue_streams_leader_refuses_for_seconds_and_loses_nothing() {
     eventually(Duration::from_secs(10), "the session to end", || {
         metric(&rt, &nodes[0].url(), "illumitunnel_sessions") == Some(0.0)
     });
-    let leader = rt.block_on(async {
-        let client = async_nats::connect(&nats.servers[0].url)
-            .await
-            .expect("connect");
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js
-            .get_stream("ILLUMITUNNEL_QUEUE")
-            .await
-            .expect("queue stream");
-        let info = stream.info().await.expect("stream info");
-        info.cluster
-            .clone()
-            .and_then(|c| c.leader)
-            .expect("a leader")
-    });
+    let leader = rt.block_on(queue_leader(&nats.servers[0].url));
     let index: usize = leader.trim_start_matches('n').parse().expect("server n{i}");
-    // Sent one after another to both nodes, each until accepted.
     let mut accepted = Vec::new();
-    let send = |n: usize, attempts: &mut Vec<(Instant, Duration, Option<u16>)>| {
-        for attempt in 0..600 {
-            let node = &nodes[(n + attempt) % 2];
-            let sent = Instant::now();
-            let response = rt.block_on(
-                Request::post(&node.tunnel_url("elect"))
-                    .body(body(n))
-                    .try_send(),
-            );
-            let status = response.map(|r| r.status);
-            attempts.push((sent, sent.elapsed(), status.clone().ok()));
-            match status {
-                Ok(202) => return Instant::now(),
-                Ok(503) | Err(_) => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(other) => panic!("delivery {n}: {other}"),
-            }
-        }
-        panic!("delivery {n} was never accepted");
-    };
+    let send =
+        |n: usize, attempts: &mut Vec<Attempt>| send_until_accepted(&rt, &nodes, n, attempts);
     let mut attempts = Vec::new();
     for n in 0..20 {
         send(n, &mut attempts);
@@ -555,4 +544,49 @@ fn killing_the_queue_streams_leader_refuses_for_seconds_and_loses_nothing() {
             target.requests().into_iter().map(|r| r.body).collect();
         accepted.iter().all(|b| got.contains(b))
     });
+}
+
+/// The server name of the queue stream's leader, asked of the NATS server at `url`.
+async fn queue_leader(url: &str) -> String {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream("ILLUMITUNNEL_QUEUE")
+        .await
+        .expect("queue stream");
+    let info = stream.info().await.expect("stream info");
+    info.cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("a leader")
+}
+
+/// One sending: when it left, how long its answer took, and the status (`None`: no answer).
+type Attempt = (Instant, Duration, Option<u16>);
+
+/// Sends `body(n)` to the two nodes in turn until one answers 202; returns when. Every
+/// attempt is added to `attempts`.
+fn send_until_accepted(
+    rt: &tokio::runtime::Runtime,
+    nodes: &[Node],
+    n: usize,
+    attempts: &mut Vec<Attempt>,
+) -> Instant {
+    for attempt in 0..600 {
+        let node = &nodes[(n + attempt) % 2];
+        let sent = Instant::now();
+        let response = rt.block_on(
+            Request::post(&node.tunnel_url("elect"))
+                .body(body(n))
+                .try_send(),
+        );
+        let status = response.ok().map(|r| r.status);
+        attempts.push((sent, sent.elapsed(), status));
+        match status {
+            Some(202) => return Instant::now(),
+            Some(503) | None => std::thread::sleep(Duration::from_millis(20)),
+            Some(other) => panic!("delivery {n}: {other}"),
+        }
+    }
+    panic!("delivery {n} was never accepted");
 }
