@@ -197,79 +197,76 @@ pub fn spawn(
     );
     let (c, s) = (cluster.clone(), shutdown.clone());
     tracker.spawn(
-        watch_bucket(
-            c.clone(),
-            c.nodes.clone(),
-            Catalog::Nodes,
-            s,
-            move |entry| {
-                // A node that shuts down deletes its heartbeat: that is no sign of life.
-                if entry.operation == async_nats::jetstream::kv::Operation::Put {
-                    c.view.heard(&entry.key, entry.created);
-                }
-            },
-        )
+        watch_bucket(c.clone(), c.nodes.clone(), s, move |entry| {
+            // A node that shuts down deletes its heartbeat: that is no sign of life.
+            if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                c.view.heard(&entry.key, entry.created);
+            }
+        })
         .instrument(span.clone()),
     );
     let (c, s) = (cluster.clone(), shutdown.clone());
     tracker.spawn(
-        watch_bucket(
-            c.clone(),
-            c.presence.clone(),
-            Catalog::Presence,
-            s,
-            move |entry| {
-                let Some((tunnel, node)) = entry.key.split_once('.') else {
-                    return;
-                };
-                let since = match entry.operation {
-                    kv::Operation::Put => std::str::from_utf8(&entry.value)
-                        .ok()
-                        .and_then(|v| v.parse().ok()),
-                    kv::Operation::Delete | kv::Operation::Purge => None,
-                };
-                c.view.set_held(tunnel, node, since);
-            },
-        )
+        watch_bucket(c.clone(), c.presence.clone(), s, move |entry| {
+            let Some((tunnel, node)) = entry.key.split_once('.') else {
+                return;
+            };
+            let since = match entry.operation {
+                kv::Operation::Put => std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|v| v.parse().ok()),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            c.view.set_held(tunnel, node, since);
+        })
         .instrument(span.clone()),
     );
     let (c, s, t) = (cluster.clone(), shutdown.clone(), tunnels.clone());
     tracker.spawn(
-        watch_bucket(
-            c.clone(),
-            c.owners.clone(),
-            Catalog::Owners,
-            s,
-            move |entry| {
-                if entry.operation != kv::Operation::Put {
-                    // `tunnel release`: forgotten here once no client of it is connected.
-                    t.release(std::slice::from_ref(&entry.key));
-                    return;
-                }
-                let owner = std::str::from_utf8(&entry.value)
-                    .ok()
-                    .and_then(Owner::parse_key);
-                match owner {
-                    Some(owner) => t.learn(&entry.key, owner),
-                    None => warn!(tunnel = %entry.key, "unreadable owner in the tunnels bucket"),
-                }
-            },
-        )
+        watch_bucket(c.clone(), c.owners.clone(), s, move |entry| {
+            if entry.operation != kv::Operation::Put {
+                // `tunnel release`: forgotten here once no client of it is connected.
+                t.release(std::slice::from_ref(&entry.key));
+                return;
+            }
+            let owner = std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(Owner::parse_key);
+            match owner {
+                Some(owner) => t.learn(&entry.key, owner),
+                None => warn!(tunnel = %entry.key, "unreadable owner in the tunnels bucket"),
+            }
+        })
         .instrument(span),
     );
 }
 
+/// The catalog a node must have read before it answers, for the buckets it watches.
+fn catalog_of(bucket: &str) -> Option<Catalog> {
+    match bucket {
+        super::OWNERS_BUCKET => Some(Catalog::Owners),
+        super::PRESENCE_BUCKET => Some(Catalog::Presence),
+        super::NODES_BUCKET => Some(Catalog::Nodes),
+        _ => None,
+    }
+}
+
 /// Watches every key of `store` (its current values first, then changes), again and again
-/// if the watch ends while NATS comes and goes; notes `catalog` read once the first replay is
+/// if the watch ends while NATS comes and goes; notes the bucket read once its first replay is
 /// over (see [`super::ready`]).
 async fn watch_bucket(
     cluster: Arc<Cluster>,
     store: kv::Store,
-    catalog: Catalog,
     shutdown: CancellationToken,
     mut apply: impl FnMut(kv::Entry) + Send,
 ) {
     let presence = store.name == super::PRESENCE_BUCKET;
+    let catalog = catalog_of(&store.name);
+    let read = |over: bool| {
+        if let (true, Some(catalog)) = (over, catalog) {
+            cluster.readiness().read(catalog);
+        }
+    };
     loop {
         match store.watch_with_history(">").await {
             Ok(mut entries) => {
@@ -282,9 +279,7 @@ async fn watch_bucket(
                     Ok(info) => info.state.messages == 0,
                     Err(_) => false,
                 };
-                if replay_over(empty, None) {
-                    cluster.readiness().read(catalog);
-                }
+                read(replay_over(empty, None));
                 loop {
                     // Both branches are cancel-safe: a token wait and `StreamExt::next`.
                     let entry = tokio::select! {
@@ -295,9 +290,7 @@ async fn watch_bucket(
                         Some(Ok(entry)) => {
                             let over = replay_over(false, Some(entry.delta));
                             apply(entry);
-                            if over {
-                                cluster.readiness().read(catalog);
-                            }
+                            read(over);
                         }
                         Some(Err(err)) => {
                             debug!(%err, bucket = %store.name, "watch interrupted");
