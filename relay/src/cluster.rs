@@ -21,8 +21,10 @@ pub mod connect;
 pub mod forward;
 pub mod presence;
 pub mod queue;
+pub mod ready;
 pub mod release;
 pub mod tokens;
+pub mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,7 @@ pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const SETUP_RETRY: Duration = Duration::from_millis(500);
 /// Bytes kept free in a NATS message for its subject, headers and the head of a delivery.
 const PAYLOAD_SLACK: usize = 64 * 1024;
+
 /// How long dead letters are kept.
 const DEAD_LETTER_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -80,12 +83,17 @@ pub struct Cluster {
     pub(crate) queue: stream::Stream,
     pub(crate) dead: stream::Stream,
     bodies: object_store::ObjectStore,
+    /// The stream under `bodies`, for its size and to purge a deleted body's last trace.
+    bodies_stream: stream::Stream,
     view: Arc<View>,
+    readiness: ready::Readiness,
     max_payload: usize,
     /// The tunnels whose presence this node has published.
     published: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
     /// Queue sequence → object name, for heads whose body was stored aside.
     stored_bodies: std::sync::Mutex<std::collections::HashMap<u64, String>>,
+    /// Queue sequences with a failed attempt on record (an entry in the attempts bucket).
+    attempted: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Cluster {
@@ -135,6 +143,7 @@ impl Cluster {
             queue,
             dead,
             bodies,
+            bodies_stream,
         } = state;
         let max_payload = client.server_info().max_payload;
         Ok(Arc::new(Cluster {
@@ -150,8 +159,11 @@ impl Cluster {
             queue,
             dead,
             bodies,
+            bodies_stream,
+            readiness: Default::default(),
             max_payload,
             stored_bodies: Default::default(),
+            attempted: Default::default(),
             published: tokio::sync::watch::Sender::new(Default::default()),
         }))
     }
@@ -207,6 +219,17 @@ impl Cluster {
         self.published.send_replace(published);
     }
 
+    /// What this node has read of the cluster; it answers only once [`is_ready`](Self::is_ready).
+    pub fn readiness(&self) -> &ready::Readiness {
+        &self.readiness
+    }
+
+    /// Whether this node has read owners, presence and heartbeats, and so may answer
+    /// deliveries and client upgrades (before that: 503 with `Retry-After`).
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
+    }
+
     /// Whether NATS is reachable right now.
     pub fn is_reachable(&self) -> bool {
         self.client.connection_state() == State::Connected
@@ -249,12 +272,98 @@ impl Cluster {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Deletes a stored body; a failure only leaves it to the bucket's age limit.
+    /// Deletes a stored body, and the "deleted" record the object store leaves in its place;
+    /// a failure only leaves it to the bucket's age limit.
     pub async fn drop_body(&self, name: &str) {
-        if let Err(err) = self.bodies.delete(name).await {
-            tracing::debug!(%err, name, "could not delete a stored body; it expires with the bucket's age limit");
+        drop_stored(&self.bodies, &self.bodies_stream, name).await;
+    }
+
+    /// A guard that deletes the stored body `name` when dropped, whichever way the holder
+    /// gives up on it (an answer, an error, a timeout, a cancelled request).
+    pub(crate) fn body_guard(&self, name: String) -> StoredBody {
+        StoredBody {
+            store: self.bodies.clone(),
+            stream: self.bodies_stream.clone(),
+            name,
         }
     }
+
+    /// Deletes the stored body `name` after `grace` (sooner, after a second, once `shutdown`):
+    /// for an answer body whose reader may have given up, so nobody is left to delete it.
+    pub(crate) fn drop_body_later(
+        &self,
+        name: String,
+        grace: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let (store, stream) = (self.bodies.clone(), self.bodies_stream.clone());
+        tokio::spawn(async move {
+            // Both cancel-safe: a token wait and a sleep.
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = shutdown.cancelled() => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+            drop_stored(&store, &stream, &name).await;
+        });
+    }
+
+    /// Bytes the large-body object store holds now.
+    pub(crate) async fn stored_bytes(&self) -> Result<u64, async_nats::Error> {
+        Ok(self.bodies_stream.get_info().await?.state.bytes)
+    }
+
+    /// Notes that the queued delivery at `seq` has a failed attempt on record.
+    pub(crate) fn note_attempted(&self, seq: u64) {
+        self.attempted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(seq);
+    }
+
+    /// Whether the delivery at `seq` had a failed attempt on record (forgetting it).
+    pub(crate) fn take_attempted(&self, seq: u64) -> bool {
+        self.attempted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&seq)
+    }
+}
+
+/// A stored body deleted when this is dropped; see [`Cluster::body_guard`].
+pub(crate) struct StoredBody {
+    store: object_store::ObjectStore,
+    stream: stream::Stream,
+    name: String,
+}
+
+impl Drop for StoredBody {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, stream) = (self.store.clone(), self.stream.clone());
+        let name = std::mem::take(&mut self.name);
+        runtime.spawn(async move { drop_stored(&store, &stream, &name).await });
+    }
+}
+
+/// Deletes `name` from the object store, then purges the metadata record the delete leaves
+/// (a "deleted" marker kept until the bucket's age limit otherwise).
+async fn drop_stored(store: &object_store::ObjectStore, stream: &stream::Stream, name: &str) {
+    if let Err(err) = store.delete(name).await {
+        tracing::debug!(%err, name, "could not delete a stored body; it expires with the bucket's age limit");
+        return;
+    }
+    let meta = format!("$O.{BODIES_BUCKET}.M.{}", object_meta_token(name));
+    if let Err(err) = stream.purge().filter(&meta).await {
+        tracing::debug!(%err, name, "could not purge a deleted body's record; it expires with the bucket's age limit");
+    }
+}
+
+/// The subject token the object store names an object's metadata by (URL-safe base64).
+fn object_meta_token(name: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE.encode(name)
 }
 
 #[async_trait::async_trait]
@@ -281,7 +390,9 @@ impl Placement for Cluster {
     }
 
     fn health(&self) -> Health {
-        if self.is_reachable() {
+        if !self.is_ready() {
+            Health::Starting
+        } else if self.is_reachable() {
             Health::Ready
         } else {
             Health::Unreachable
@@ -309,6 +420,7 @@ struct Shared {
     queue: stream::Stream,
     dead: stream::Stream,
     bodies: object_store::ObjectStore,
+    bodies_stream: stream::Stream,
 }
 
 impl Shared {
@@ -336,6 +448,7 @@ impl Shared {
             max_age: limits.max_age,
             discard: stream::DiscardPolicy::New,
             discard_new_per_subject: true,
+            duplicate_window: queue::dedupe_window(limits.max_age),
             storage: stream::StorageType::File,
             allow_direct: true,
             num_replicas: replicas,
@@ -353,10 +466,23 @@ impl Shared {
         let bodies = object_store::Config {
             bucket: BODIES_BUCKET.into(),
             max_age: limits.max_age,
+            // Queued bodies count in --queue-max-total-bytes; bodies between nodes pass through.
+            max_bytes: i64::try_from(limits.max_total_bytes.saturating_mul(2)).unwrap_or(i64::MAX),
             storage: stream::StorageType::File,
             num_replicas: replicas,
             ..Default::default()
         };
+        let bodies = match js.get_object_store(BODIES_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(bodies)
+                .await
+                .map_err(|e| setup("object store", e))?,
+        };
+        let bodies_stream = js
+            .get_stream(format!("OBJ_{BODIES_BUCKET}"))
+            .await
+            .map_err(|e| setup("object store", e))?;
         Ok(Shared {
             owners: key_value(js, bucket(OWNERS_BUCKET, Duration::ZERO)).await?,
             nodes: key_value(js, bucket(NODES_BUCKET, presence::NODE_KEY_AGE)).await?,
@@ -371,13 +497,8 @@ impl Shared {
                 .get_or_create_stream(dead)
                 .await
                 .map_err(|e| setup("stream", e))?,
-            bodies: match js.get_object_store(BODIES_BUCKET).await {
-                Ok(store) => store,
-                Err(_) => js
-                    .create_object_store(bodies)
-                    .await
-                    .map_err(|e| setup("object store", e))?,
-            },
+            bodies,
+            bodies_stream,
         })
     }
 }
@@ -401,5 +522,17 @@ fn setup(what: &'static str, cause: impl std::fmt::Display) -> ClusterError {
     ClusterError::Setup {
         what,
         cause: cause.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_bodys_record_is_found_under_the_object_stores_own_name() {
+        // async-nats names an object's metadata subject by URL-safe base64 of its name.
+        assert_eq!(object_meta_token("queued-a-b"), "cXVldWVkLWEtYg==");
+        assert_eq!(object_meta_token("answer-1a?"), "YW5zd2VyLTFhPw==");
     }
 }

@@ -44,6 +44,9 @@ pub enum IngressError {
     /// The offline queue could not be written.
     #[error("the relay could not queue this delivery for tunnel {0} while its client is offline; send again later")]
     QueueUnavailable(String),
+    /// A cluster node that has not yet read the cluster's tunnels, presence and heartbeats.
+    #[error("this relay node is starting and has not yet read the cluster's tunnels; send again in a second")]
+    Starting,
     /// The client did not answer within `--response-timeout`.
     #[error("the client for tunnel {tunnel} did not answer within {timeout:?}")]
     Timeout {
@@ -125,7 +128,8 @@ impl IngressError {
             }
             IngressError::Offline(_)
             | IngressError::QueueFull(_)
-            | IngressError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | IngressError::QueueUnavailable(_)
+            | IngressError::Starting => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             IngressError::Failed(_)
             | IngressError::ClientGone(_)
@@ -147,6 +151,12 @@ impl IngressError {
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
             }
+            IngressError::Starting => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(STARTING_RETRY_AFTER_SECS),
+                );
+            }
             IngressError::TooManyTokenFailures { retry_after } => {
                 headers.insert(
                     header::RETRY_AFTER,
@@ -163,6 +173,8 @@ impl IngressError {
 pub const ALLOWED_METHODS: &str = "POST, PUT, PATCH, DELETE, GET, HEAD, OPTIONS";
 /// `Retry-After` on a 503 from the in-flight budget, in seconds.
 const RETRY_AFTER_SECS: &str = "5";
+/// `Retry-After` on a 503 from a cluster node still reading the cluster, in seconds.
+const STARTING_RETRY_AFTER_SECS: &str = "1";
 
 /// `{"error": message}` with `status`: the relay's only JSON error writer.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
@@ -224,6 +236,9 @@ mod tests {
             retry_after: Duration::from_secs(1),
         }
         .into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = IngressError::Starting.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 

@@ -26,7 +26,7 @@ use crate::budget::{AnswerBody, Holder, InflightBudget};
 use crate::config::OfflinePolicy;
 use crate::error::IngressError;
 use crate::metrics::{Metrics, Outcome};
-use crate::placement::{Authority, Placement};
+use crate::placement::{Authority, Health, Placement};
 use crate::proxy::{self, Origin};
 use crate::queue::{QueueError, QueuedDelivery};
 use crate::session::handle::{OutgoingDelivery, Reply, SessionHandle};
@@ -163,7 +163,9 @@ pub(crate) fn outcome_of(err: &IngressError) -> Outcome {
         | IngressError::TooManyTokenFailures { .. } => Outcome::bad_request,
         IngressError::Busy { .. } => Outcome::rejected,
         IngressError::Offline(_) => Outcome::offline,
-        IngressError::QueueFull(_) | IngressError::QueueUnavailable(_) => Outcome::rejected,
+        IngressError::QueueFull(_) | IngressError::QueueUnavailable(_) | IngressError::Starting => {
+            Outcome::rejected
+        }
         IngressError::Timeout { .. } => Outcome::timeout,
         IngressError::Failed(_) | IngressError::BadAnswer { .. } => Outcome::failed,
         IngressError::ClientGone(_) => Outcome::client_gone,
@@ -185,6 +187,10 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if ctx.placement.health() == Health::Starting {
+        // It would not know tunnels claimed elsewhere yet: 503, never a final 404.
+        return Err(IngressError::Starting);
+    }
     if !ctx.tunnels.is_known(r.tunnel) {
         return Err(IngressError::UnknownTunnel);
     }

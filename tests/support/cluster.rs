@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -351,4 +352,126 @@ pub fn metric(rt: &Runtime, base: &str, name: &str) -> Option<f64> {
         .lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| after(l, name).parse().ok())
+}
+
+/// Reads a queued delivery's id from a queue message (`u32` head length, JSON head, body), as
+/// `relay/src/cluster/codec.rs` writes it.
+fn queued_id(payload: &[u8]) -> Option<String> {
+    let len = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+    let head: serde_json::Value = serde_json::from_slice(payload.get(4..4 + len)?).ok()?;
+    head["id"].as_str().map(str::to_owned)
+}
+
+/// Puts a delivery with `body` in `tunnel`'s queue stream as a node would, without the
+/// "pushed" notice a node publishes after it: a lost wake-up.
+pub async fn queue_directly(client: &async_nats::Client, tunnel: &str, body: &[u8]) {
+    let head = serde_json::json!({
+        "id": format!("lost-wake-up-{}", std::process::id()),
+        "received_at_ms": 0,
+        "method": "POST",
+        "path": "/webhooks/illumichat",
+        "query": "",
+        "headers": [["content-type", "YXBwbGljYXRpb24vanNvbg=="]],
+    });
+    let head = serde_json::to_vec(&head).expect("a JSON head");
+    let mut payload = (head.len() as u32).to_be_bytes().to_vec();
+    payload.extend_from_slice(&head);
+    payload.extend_from_slice(body);
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish(format!("illumitunnel.queue.{tunnel}"), payload.into())
+        .await
+        .expect("publish to the queue stream")
+        .await
+        .expect("JetStream stored the delivery");
+}
+
+/// Every message the queue stream *stores* (a publish it drops as a duplicate is not one),
+/// seen through the stream's republish setting, which a test may set as an operator would.
+pub struct QueueAudit {
+    stored: async_nats::Subscriber,
+}
+
+impl QueueAudit {
+    /// Sets `ILLUMITUNNEL_QUEUE` to republish what it stores on `audit.queue.>` and listens.
+    pub async fn start(url: &str) -> QueueAudit {
+        let client = async_nats::connect(url).await.expect("connect to NATS");
+        let stored = client
+            .subscribe("audit.queue.>")
+            .await
+            .expect("subscribe to the audit subject");
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = js
+            .get_stream("ILLUMITUNNEL_QUEUE")
+            .await
+            .expect("the nodes created the queue stream");
+        let mut config = stream.cached_info().config.clone();
+        config.republish = Some(async_nats::jetstream::stream::Republish {
+            source: "illumitunnel.queue.>".into(),
+            destination: "audit.queue.>".into(),
+            headers_only: false,
+        });
+        js.update_stream(config).await.expect("set republish");
+        client.flush().await.expect("flush");
+        QueueAudit { stored }
+    }
+
+    /// Delivery id → how many times the stream stored it, for everything stored so far.
+    pub async fn copies(mut self) -> std::collections::HashMap<String, usize> {
+        let mut copies = std::collections::HashMap::new();
+        // Bounded: stops once nothing arrives for 500 ms (or after a million messages).
+        for _ in 0..1_000_000 {
+            let next = tokio::time::timeout(Duration::from_millis(500), self.stored.next());
+            let Ok(Some(message)) = next.await else {
+                break;
+            };
+            let id = queued_id(&message.payload).unwrap_or_else(|| "unreadable".into());
+            *copies.entry(id).or_insert(0) += 1;
+        }
+        copies
+    }
+}
+
+/// What the large-body object store still holds: the names of objects not deleted, and the
+/// number of chunk messages.
+pub async fn stored_objects(client: &async_nats::Client) -> (Vec<String>, usize) {
+    let js = async_nats::jetstream::new(client.clone());
+    let Ok(stream) = js.get_stream("OBJ_illumitunnel-bodies").await else {
+        return (Vec::new(), 0);
+    };
+    let count = |filter: &'static str| {
+        let stream = stream.clone();
+        async move {
+            let mut subjects = Vec::new();
+            let mut chunks = 0;
+            if let Ok(mut info) = stream.info_with_subjects(filter).await {
+                while let Some(Ok((subject, n))) = info.next().await {
+                    subjects.push(subject);
+                    chunks += n;
+                }
+            }
+            (subjects, chunks)
+        }
+    };
+    let (metas, _) = count("$O.illumitunnel-bodies.M.>").await;
+    let mut live = Vec::new();
+    for subject in metas {
+        if let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&message.payload).unwrap_or_default();
+            if meta["deleted"].as_bool() != Some(true) {
+                live.push(meta["name"].as_str().unwrap_or("?").to_owned());
+            }
+        }
+    }
+    let (_, chunks) = count("$O.illumitunnel-bodies.C.>").await;
+    (live, chunks)
+}
+
+/// Messages the stream `name` holds now (0 when it does not exist).
+pub async fn stream_messages(client: &async_nats::Client, name: &str) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    match js.get_stream(name).await {
+        Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.messages),
+        Err(_) => 0,
+    }
 }

@@ -8,7 +8,10 @@
 //!   node, so this node decides for it (it queues, unless it holds a session itself).
 //! - The authority dies while the delivery is out (its heartbeat stops): the client may have
 //!   it already, so it is queued as a redelivery, which the client answers from its store.
-//! - Bodies larger than a NATS message go through the object store, both ways.
+//! - Bodies larger than a NATS message go through the object store, both ways. The ingress
+//!   node deletes a request body whatever the outcome (the authority deletes it on reading);
+//!   the authority deletes an answer body after [`ANSWER_BODY_GRACE`] if the ingress node has
+//!   not (it gave up on the answer).
 //! - The authority sends fan-out copies to the other nodes holding sessions of the tunnel on
 //!   `illumitunnel.node.{node}.copy.{tunnel}`.
 
@@ -37,6 +40,9 @@ use crate::session::handle::OutgoingDelivery;
 /// Beyond the response timeout, how long the ingress node waits for the authority (which
 /// answers 504 itself at the response timeout).
 const REMOTE_GRACE: Duration = Duration::from_secs(5);
+/// How long a large answer's body stays in the object store for the ingress node, which reads
+/// it as soon as the answer arrives; then the authority deletes it.
+const ANSWER_BODY_GRACE: Duration = Duration::from_secs(10);
 
 fn deliver_subject(node: &str, tunnel: &str) -> String {
     format!("illumitunnel.node.{node}.deliver.{tunnel}")
@@ -86,7 +92,11 @@ async fn to_node(
         }
         Some(name)
     };
-    let message = codec::encode_delivery(&delivery, body_ref.clone());
+    // Whatever happens next (an answer, no responders, the authority dying or timing out, the
+    // sender hanging up), the body stored for the authority goes with this function; the
+    // authority deletes it once read, and deleting twice is harmless.
+    let _stored = body_ref.clone().map(|name| cluster.body_guard(name));
+    let message = codec::encode_delivery(&delivery, body_ref);
     let request = async_nats::Request::new()
         .payload(message)
         .timeout(Some(ctx.response_timeout + REMOTE_GRACE));
@@ -118,9 +128,6 @@ async fn to_node(
         Err(err) if err.kind() == RequestErrorKind::NoResponders => {
             // Nobody listens there: the delivery never left; this node decides.
             view.suspect(node);
-            if let Some(name) = body_ref {
-                cluster.drop_body(&name).await;
-            }
             ingress::decide(ctx, tunnel, delivery).await
         }
         Err(err) if err.kind() == RequestErrorKind::TimedOut => {
@@ -194,6 +201,7 @@ pub(crate) fn spawn(
     shutdown: &CancellationToken,
 ) {
     let span = tracing::info_span!("cluster", node = %cluster.node());
+    super::wake::spawn(cluster, &ctx.tunnels, tracker, shutdown);
     tracker.spawn(serve(cluster.clone(), ctx, tracker.clone(), shutdown.clone()).instrument(span));
 }
 
@@ -228,8 +236,8 @@ async fn serve(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(message) = delivers.next() => {
-                let (cluster, ctx) = (cluster.clone(), ctx.clone());
-                tracker.spawn(async move { handle_delivery(&cluster, &ctx, message).await }.in_current_span());
+                let (cluster, ctx, shutdown) = (cluster.clone(), ctx.clone(), shutdown.clone());
+                tracker.spawn(async move { handle_delivery(&cluster, &ctx, message, shutdown).await }.in_current_span());
             }
             Some(message) = copies.next() => {
                 let ctx = ctx.clone();
@@ -254,7 +262,12 @@ fn last_token(message: &Message) -> Option<&str> {
 }
 
 /// A delivery another node handed over: decide for it here and answer.
-async fn handle_delivery(cluster: &Cluster, ctx: &IngressContext, message: Message) {
+async fn handle_delivery(
+    cluster: &Cluster,
+    ctx: &IngressContext,
+    message: Message,
+    shutdown: CancellationToken,
+) {
     let Some(reply) = message.reply.clone() else {
         return;
     };
@@ -314,7 +327,10 @@ async fn handle_delivery(cluster: &Cluster, ctx: &IngressContext, message: Messa
             warn!(%err, "could not return a large answer to the ingress node");
             return;
         }
-        head.body_ref = Some(name);
+        head.body_ref = Some(name.clone());
+        // The ingress node reads and deletes it on arrival; if it has given up (its sender
+        // hung up, it timed out or died), nobody would: delete it after a grace either way.
+        cluster.drop_body_later(name, ANSWER_BODY_GRACE, shutdown);
         codec::encode_answer(&head, &[])
     };
     if let Err(err) = cluster.client().publish(reply, payload).await {

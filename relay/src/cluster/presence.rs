@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use super::ready::{replay_over, Catalog};
 use super::Cluster;
 use crate::auth::Owner;
 use crate::tunnel::Tunnels;
@@ -240,8 +241,19 @@ pub fn spawn(
     );
 }
 
+/// The catalog a node must have read before it answers, for the buckets it watches.
+fn catalog_of(bucket: &str) -> Option<Catalog> {
+    match bucket {
+        super::OWNERS_BUCKET => Some(Catalog::Owners),
+        super::PRESENCE_BUCKET => Some(Catalog::Presence),
+        super::NODES_BUCKET => Some(Catalog::Nodes),
+        _ => None,
+    }
+}
+
 /// Watches every key of `store` (its current values first, then changes), again and again
-/// if the watch ends while NATS comes and goes.
+/// if the watch ends while NATS comes and goes; notes the bucket read once its first replay is
+/// over (see [`super::ready`]).
 async fn watch_bucket(
     cluster: Arc<Cluster>,
     store: kv::Store,
@@ -249,6 +261,12 @@ async fn watch_bucket(
     mut apply: impl FnMut(kv::Entry) + Send,
 ) {
     let presence = store.name == super::PRESENCE_BUCKET;
+    let catalog = catalog_of(&store.name);
+    let read = |over: bool| {
+        if let (true, Some(catalog)) = (over, catalog) {
+            cluster.readiness().read(catalog);
+        }
+    };
     loop {
         match store.watch_with_history(">").await {
             Ok(mut entries) => {
@@ -256,6 +274,12 @@ async fn watch_bucket(
                     // The replay brings back what is true now; what it omits was deleted.
                     cluster.view.clear_held();
                 }
+                // Asked after the watch began: a bucket empty now has nothing to replay.
+                let empty = match store.stream.get_info().await {
+                    Ok(info) => info.state.messages == 0,
+                    Err(_) => false,
+                };
+                read(replay_over(empty, None));
                 loop {
                     // Both branches are cancel-safe: a token wait and `StreamExt::next`.
                     let entry = tokio::select! {
@@ -263,7 +287,11 @@ async fn watch_bucket(
                         entry = entries.next() => entry,
                     };
                     match entry {
-                        Some(Ok(entry)) => apply(entry),
+                        Some(Ok(entry)) => {
+                            let over = replay_over(false, Some(entry.delta));
+                            apply(entry);
+                            read(over);
+                        }
                         Some(Err(err)) => {
                             debug!(%err, bucket = %store.name, "watch interrupted");
                             break;

@@ -9,18 +9,25 @@
 //! - Failed attempts are counted in `illumitunnel-attempts` under `{tunnel}.{seq}`; the third
 //!   moves the message to `illumitunnel.dead.{tunnel}` in [`DEAD_STREAM`].
 //! - Limits: `--queue-max-count` is the stream's per-subject limit, `--queue-max-age` its age
-//!   limit. `--queue-max-total-bytes` is shared fairly before a message is published (see
-//!   `over_fair_share`); the stream's byte limit, twice it, is the hard ceiling.
+//!   limit. `--queue-max-total-bytes` counts the stream and the large-body object store and is
+//!   shared fairly before a message is published (see [`over_fair_share`]); the stream's and
+//!   the object store's byte limits, twice it each, are the hard ceilings.
+//! - A delivery is published with its id as `Nats-Msg-Id`: the stream keeps one copy of it
+//!   within [`DEDUPE_WINDOW`], so a node that wakes from a pause and queues what another node
+//!   already queued for it adds nothing.
+//! - Only a delivery that failed at least once leaves a purge marker in the attempts bucket.
 //!
 //! [`QUEUE_STREAM`]: super::QUEUE_STREAM
 //! [`DEAD_STREAM`]: super::DEAD_STREAM
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use illumitunnel::DeliveryId;
 use tracing::debug;
 
 use super::codec::{decode_delivery, encode_delivery};
@@ -40,6 +47,10 @@ pub const PUSHED_SUBJECT: &str = "illumitunnel.pushed";
 const REASON_HEADER: &str = "Illumitunnel-Reason";
 /// Most times a claim retries after losing a race for the same name.
 const CLAIM_RACES: usize = 3;
+/// How long the queue stream remembers a delivery id, so a second copy of a delivery (a node
+/// that wakes from a pause and queues what another node already queued for it) is dropped.
+/// JetStream's own default; NATS drops a paused node's buffered messages long before.
+pub const DEDUPE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn queue_subject(tunnel: &str) -> String {
     format!("{QUEUE_SUBJECT}.{tunnel}")
@@ -113,10 +124,7 @@ impl Cluster {
             return Err(unavailable("not connected"));
         }
         let size = delivery.body.len() as u64;
-        if self
-            .over_fair_share(tunnel, size, limits.max_total_bytes)
-            .await?
-        {
+        if self.over_cap(tunnel, size, limits.max_total_bytes).await? {
             return Err(QueueError::Full {
                 tunnel: tunnel.to_owned(),
                 limit: Limit::TotalBytes(limits.max_total_bytes),
@@ -125,7 +133,7 @@ impl Cluster {
         let body_ref = if self.fits(delivery.body.len()) {
             None
         } else {
-            let name = format!("queued-{}", delivery.id);
+            let name = queued_body_name(&delivery.id, &DeliveryId::generate());
             self.put_body(&name, &delivery.body)
                 .await
                 .map_err(QueueError::Storage)?;
@@ -133,7 +141,10 @@ impl Cluster {
         };
         let message = encode_delivery(&delivery, body_ref.clone());
         let jetstream = self.jetstream();
-        let acked = match jetstream.publish(queue_subject(tunnel), message).await {
+        let publish = PublishMessage::build()
+            .payload(message)
+            .message_id(dedupe_id(&delivery.id));
+        let acked = match jetstream.send_publish(queue_subject(tunnel), publish).await {
             Ok(ack) => ack.await,
             Err(err) => {
                 // Never sent: its body must not outlive the refusal.
@@ -141,31 +152,39 @@ impl Cluster {
                 return Err(unavailable(err));
             }
         };
-        if let Err(err) = acked {
-            let text = err.to_string();
-            let full =
-                text.contains("maximum messages per subject") || text.contains("maximum bytes");
-            if full {
+        let err = match acked {
+            Ok(ack) if ack.duplicate => {
+                // A second copy (a node woke from a pause and queued what another node had
+                // queued for it already): JetStream kept the first; this body is nobody's.
+                debug!(delivery = %delivery.id, "second copy of a queued delivery dropped");
+                self.forget_body(body_ref.as_deref()).await;
+                return Ok(());
+            }
+            Ok(_) => None,
+            Err(err) => Some(err),
+        };
+        if let Some(err) = err {
+            let refusal = Refusal::of(&err.to_string(), err.kind() == PublishErrorKind::TimedOut);
+            if refusal.never_stored() {
                 // Refused by the stream's limits: nothing refers to the stored body.
                 self.forget_body(body_ref.as_deref()).await;
             }
             // A timeout may still have been stored, so its body stays for the redelivery.
-            return Err(if text.contains("maximum messages per subject") {
-                QueueError::Full {
+            return Err(match refusal {
+                Refusal::FullCount => QueueError::Full {
                     tunnel: tunnel.to_owned(),
                     limit: Limit::Count(limits.max_count),
-                }
-            } else if text.contains("maximum bytes") {
-                QueueError::Full {
+                },
+                Refusal::FullBytes => QueueError::Full {
                     tunnel: tunnel.to_owned(),
                     limit: Limit::TotalBytes(limits.max_total_bytes),
-                }
-            } else if err.kind() == PublishErrorKind::TimedOut {
-                unavailable("JetStream did not confirm in time")
-            } else {
-                unavailable(err)
+                },
+                Refusal::TimedOut => unavailable("JetStream did not confirm in time"),
+                Refusal::Other => unavailable(err),
             });
         }
+        // Fire and forget: a lost notice is made good by the authority's periodic look at
+        // the queue (`super::wake`).
         let _ = self
             .client()
             .publish(format!("{PUSHED_SUBJECT}.{tunnel}"), Default::default())
@@ -174,19 +193,23 @@ impl Cluster {
     }
 
     /// Whether `size` more bytes for `tunnel` must be refused at `cap`
-    /// (`--queue-max-total-bytes`): under the cap nothing is; at the cap a tunnel over its fair
-    /// share (the cap ÷ tunnels with a queue, itself included) is. JetStream tells bytes per
-    /// stream and messages per subject, so a tunnel's bytes are its messages times the stream's
-    /// average message size. The stream's own byte limit, twice the cap, is the hard ceiling.
-    async fn over_fair_share(&self, tunnel: &str, size: u64, cap: u64) -> Result<bool, QueueError> {
-        let state = self.queue.get_info().await.map_err(unavailable)?.state;
-        if state.bytes.saturating_add(size) <= cap {
+    /// (`--queue-max-total-bytes`), counting the queue stream and the large-body object store;
+    /// see [`over_fair_share`].
+    async fn over_cap(&self, tunnel: &str, size: u64, cap: u64) -> Result<bool, QueueError> {
+        let (info, stored) = tokio::join!(self.queue.get_info(), self.stored_bytes());
+        let state = info.map_err(unavailable)?.state;
+        let stored = stored.map_err(unavailable)?;
+        let mut usage = Usage {
+            bytes: state.bytes.saturating_add(stored),
+            messages: state.messages,
+            queues: state.subjects_count,
+            mine: 0,
+        };
+        if !usage.at_cap(size, cap) {
             return Ok(false);
         }
-        let mine = count(&self.queue, &queue_subject(tunnel)).await?;
-        let queues = state.subjects_count + u64::from(mine == 0);
-        let average = state.bytes / state.messages.max(1);
-        Ok(mine.saturating_mul(average).saturating_add(size) > cap / queues.max(1))
+        usage.mine = count(&self.queue, &queue_subject(tunnel)).await?;
+        Ok(over_fair_share(&usage, size, cap))
     }
 
     /// What a connecting session hears: how many wait, and how many were set aside.
@@ -254,6 +277,9 @@ impl Cluster {
             Ok(None) => 0,
             Err(err) => return Err(unavailable(err)),
         };
+        if attempts > 0 {
+            self.note_attempted(seq);
+        }
         Ok(Some(Row {
             seq: i64::try_from(seq).unwrap_or(i64::MAX),
             attempts,
@@ -266,7 +292,7 @@ impl Cluster {
         let seq = seq.max(0) as u64;
         let body_ref = self.stored_bodies().remove(&seq);
         let removed = self.queue.delete_message(seq).await.map_err(unavailable)?;
-        let _ = self.attempts.purge(attempts_key(tunnel, seq)).await;
+        self.forget_attempts(tunnel, seq).await;
         if let Some(name) = body_ref {
             self.drop_body(&name).await;
         }
@@ -288,7 +314,17 @@ impl Cluster {
             .put(&key, after.to_string().into())
             .await
             .map_err(unavailable)?;
+        self.note_attempted(seq.max(0) as u64);
         Ok(after)
+    }
+
+    /// Purges the attempt count of the delivery at `seq` if it had one: a purge leaves a
+    /// marker until the bucket's age limit, so only deliveries that failed at least once
+    /// (at most three times each, then dead-lettered) leave one; a clean drain leaves none.
+    async fn forget_attempts(&self, tunnel: &str, seq: u64) {
+        if self.take_attempted(seq) {
+            let _ = self.attempts.purge(attempts_key(tunnel, seq)).await;
+        }
     }
 
     /// Deletes a large body a refused delivery had stored, if it had one.
@@ -321,7 +357,7 @@ impl Cluster {
             .map_err(unavailable)?;
         // The stored body, if any, stays with the dead letter until the bucket's age limit.
         let removed = self.queue.delete_message(seq).await.map_err(unavailable)?;
-        let _ = self.attempts.purge(attempts_key(tunnel, seq)).await;
+        self.forget_attempts(tunnel, seq).await;
         self.stored_bodies().remove(&seq);
         Ok(removed)
     }
@@ -333,6 +369,95 @@ impl Cluster {
 
 fn attempts_key(tunnel: &str, seq: u64) -> String {
     format!("{tunnel}.{seq}")
+}
+
+/// The `Nats-Msg-Id` a queued delivery is published with: its delivery id, so the stream
+/// stores one copy of it within [`DEDUPE_WINDOW`].
+pub fn dedupe_id(id: &DeliveryId) -> String {
+    id.as_str().to_owned()
+}
+
+/// The queue stream's duplicate window: [`DEDUPE_WINDOW`], or the queue's age limit
+/// when that is shorter (JetStream refuses a window longer than the age limit).
+pub fn dedupe_window(max_age: std::time::Duration) -> std::time::Duration {
+    if max_age.is_zero() {
+        DEDUPE_WINDOW
+    } else {
+        DEDUPE_WINDOW.min(max_age)
+    }
+}
+
+/// The object name of a queued delivery's large body: unique per publish, so a second copy
+/// dropped as a duplicate can delete its own body without touching the first copy's.
+pub fn queued_body_name(id: &DeliveryId, nonce: &DeliveryId) -> String {
+    format!("queued-{id}-{nonce}")
+}
+
+/// Why JetStream did not store a queued delivery, as the sender and the stored body see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The tunnel's queue is at `--queue-max-count` (the stream's per-subject limit).
+    FullCount,
+    /// The stream is at its byte limit.
+    FullBytes,
+    /// No acknowledgement in time: the message may have been stored all the same.
+    TimedOut,
+    /// Anything else (NATS away, a permission refused).
+    Other,
+}
+
+impl Refusal {
+    /// Reads a failed publish: its error `text`, and whether it timed out.
+    pub fn of(text: &str, timed_out: bool) -> Refusal {
+        if text.contains("maximum messages per subject") {
+            Refusal::FullCount
+        } else if text.contains("maximum bytes") {
+            Refusal::FullBytes
+        } else if timed_out {
+            Refusal::TimedOut
+        } else {
+            Refusal::Other
+        }
+    }
+
+    /// Whether the message was certainly not stored, so its large body is nobody's.
+    pub fn never_stored(self) -> bool {
+        matches!(self, Refusal::FullCount | Refusal::FullBytes)
+    }
+}
+
+/// What JetStream says about the queue when a delivery is about to be queued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes in the queue stream plus the large-body object store.
+    pub bytes: u64,
+    /// Messages in the queue stream.
+    pub messages: u64,
+    /// Tunnels with a queue.
+    pub queues: u64,
+    /// Messages in this tunnel's queue (read only when [`at_cap`](Self::at_cap)).
+    pub mine: u64,
+}
+
+impl Usage {
+    /// Whether `size` more bytes would pass `cap`: only then is the fair share asked.
+    pub fn at_cap(&self, size: u64, cap: u64) -> bool {
+        self.bytes.saturating_add(size) > cap
+    }
+}
+
+/// Whether `size` more bytes for a tunnel must be refused at `cap` (`--queue-max-total-bytes`):
+/// under the cap nothing is; at the cap a tunnel over its fair share (the cap ÷ tunnels with a
+/// queue, itself included) is. JetStream tells bytes per stream and messages per subject, so a
+/// tunnel's bytes are its messages times the average message size (large bodies included).
+/// The stream's own byte limit, twice the cap, is the hard ceiling.
+pub fn over_fair_share(usage: &Usage, size: u64, cap: u64) -> bool {
+    if !usage.at_cap(size, cap) {
+        return false;
+    }
+    let queues = usage.queues + u64::from(usage.mine == 0);
+    let average = usage.bytes / usage.messages.max(1);
+    usage.mine.saturating_mul(average).saturating_add(size) > cap / queues.max(1)
 }
 
 /// Messages on `subject` in `stream`.
@@ -412,3 +537,6 @@ impl Queue for NatsQueue {
     // The catch-up removes what was recorded; a stray ack means a redelivery.
     async fn ack(&self, _tunnel: &str, _id: illumitunnel::DeliveryId) {}
 }
+
+#[cfg(test)]
+mod tests;

@@ -126,6 +126,9 @@ pub(super) async fn route_request(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Bytes::from(dispatch.metrics.encode()),
         ),
+        Route::Connect if dispatch.placement.health() == Health::Starting => {
+            IngressError::Starting.into_response()
+        }
         Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body), origin.sender),
         Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
     }
@@ -144,7 +147,7 @@ fn healthz(placement: &dyn Placement) -> Response<Full<Bytes>> {
         Health::Ready => (StatusCode::OK, format!("ok\nnode {node}: nats reachable\n")),
         Health::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("starting\nnode {node}: reading the cluster's tunnels and presence; deliveries get 503 until then\n"),
+            format!("starting\nnode {node}: reading the cluster's tunnels, presence and heartbeats; deliveries get 503\n"),
         ),
         Health::Unreachable => (
             StatusCode::SERVICE_UNAVAILABLE,
