@@ -1,4 +1,4 @@
-//! Catch-up of a queued backlog on one relay: `--drain-window 32` beside `--drain-window 1` in
+//! Catch-up of a queued backlog on one relay: `--catch-up-window 32` beside `--catch-up-window 1` in
 //! the same run. For each window and repeat: a release relay on loopback, a tunnel claimed by a
 //! `listen` that is then killed, N deliveries queued (each answered 202, one after another, so
 //! the queue's order is the order sent), then a fresh `listen` started; the time from its start
@@ -42,7 +42,7 @@ fn main() -> Result<()> {
     let (target, seen) = handler(&rt)?;
     println!("catch-up of {n} queued deliveries, {repeats} repeats per window");
     println!(
-        "| `--drain-window` | deliveries/s (min–max) | seconds (min–max) | in order, once each |"
+        "| `--catch-up-window` | deliveries/s (min–max) | seconds (min–max) | in order, once each |"
     );
     println!("|---|---|---|---|");
     for window in [32u32, 1] {
@@ -95,7 +95,7 @@ fn catch_up(
         Ingress::Http,
         &format!("{name}-relay"),
         dir,
-        &["--drain-window", &window_arg],
+        &["--catch-up-window", &window_arg],
     )?;
     // Claim the tunnel, then leave it with no client.
     let (mut first, endpoint) = start_client(bins, &relay, Ingress::Http, name, target, dir, rt)?;

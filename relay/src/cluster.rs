@@ -18,7 +18,7 @@
 
 pub mod codec;
 pub mod connect;
-pub mod forward;
+pub mod handover;
 pub mod presence;
 pub mod queue;
 pub mod ready;

@@ -139,7 +139,7 @@ pub struct Config {
     /// Largest request body accepted.
     pub max_body: usize,
     /// Queued deliveries in flight to a client at once while its tunnel's backlog drains.
-    pub drain_window: usize,
+    pub catch_up_window: usize,
     /// How long a sender waits for the local server's answer.
     pub response_timeout: Duration,
     /// Offline behaviour.
@@ -197,7 +197,7 @@ impl Config {
             process_token: None,
             data_dir,
             max_body: DEFAULT_MAX_BODY,
-            drain_window: DEFAULT_WINDOW,
+            catch_up_window: DEFAULT_WINDOW,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             offline: OfflinePolicy::Queue,
             keepalive: DEFAULT_KEEPALIVE,
@@ -260,7 +260,7 @@ impl TryFrom<Args> for Config {
                 .data_dir
                 .unwrap_or_else(illumitunnel::paths::default_relay_data_dir),
             max_body: args.max_body,
-            drain_window: args.drain_window,
+            catch_up_window: args.catch_up_window,
             response_timeout: Duration::from_secs(args.response_timeout),
             offline: args.offline,
             keepalive,
@@ -332,7 +332,7 @@ fn check_limits(args: &Args) -> Result<(), ConfigError> {
         (args.max_connections_per_ip as u64, "max-connections-per-ip"),
         (args.idle_timeout, "idle-timeout"),
         (args.queue_max_total_bytes, "queue-max-total-bytes"),
-        (args.drain_window as u64, "drain-window"),
+        (args.catch_up_window as u64, "catch-up-window"),
     ] {
         if value == 0 {
             return Err(ConfigError::ZeroLimit(flag));

@@ -178,7 +178,7 @@ async fn open_cluster(settings: &ClusterConfig, config: &Config) -> Result<Backe
     let start: Start = Box::new(move |tunnels, ingress, tracker, closing, shutdown| {
         // Presence lasts as long as sessions do; other nodes' deliveries stop coming at once.
         cluster::presence::spawn(&started, tunnels, tracker, closing);
-        cluster::forward::spawn(&started, ingress, tracker, shutdown);
+        cluster::handover::spawn(&started, ingress, tracker, shutdown);
     });
     Ok(Backend {
         queue,

@@ -32,13 +32,13 @@ use crate::ingress::IngressContext;
 use crate::metrics::Metrics;
 use crate::proxy;
 use crate::session::SessionContext;
-use crate::tunnel::{DrainPolicy, Tunnels};
+use crate::tunnel::{CatchUpPolicy, Tunnels};
 use crate::{node, tls, RelayError};
 
-mod dispatch;
 mod housekeeping;
+mod routing;
 
-use dispatch::{route_request, text, Dispatch, Link};
+use routing::{route_request, text, Handlers, Link};
 
 /// Longest a sender may take to send its request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,10 +124,10 @@ pub(crate) async fn run(
     let tunnels = Tunnels::new(
         backend.queue.clone(),
         metrics.clone(),
-        DrainPolicy {
+        CatchUpPolicy {
             ack_timeout: config.response_timeout + BACKLOG_ACK_GRACE,
-            window: config.drain_window,
-            ..DrainPolicy::default()
+            window: config.catch_up_window,
+            ..CatchUpPolicy::default()
         },
         tracker.clone(),
         closing.clone(),
@@ -149,15 +149,15 @@ pub(crate) async fn run(
         closing,
         shutdown: shutdown.clone(),
     };
-    let dispatch = Arc::new(dispatch_for(&config, local, &backend, roles));
-    let (tunnels, ingress) = (&dispatch.ingress.tunnels, dispatch.ingress.clone());
-    let (tracker, closing) = (&dispatch.tracker, &dispatch.sessions.closing);
+    let handlers = Arc::new(handlers_for(&config, local, &backend, roles));
+    let (tunnels, ingress) = (&handlers.ingress.tunnels, handlers.ingress.clone());
+    let (tracker, closing) = (&handlers.tracker, &handlers.sessions.closing);
     backend.start(tunnels, ingress, tracker, closing, &shutdown);
-    info!(%local, public_url = %dispatch.sessions.public_base, "relay serving");
-    let mut tasks = side_tasks(&config, &dispatch, &backend, &shutdown).await?;
+    info!(%local, public_url = %handlers.sessions.public_base, "relay serving");
+    let mut tasks = side_tasks(&config, &handlers, &backend, &shutdown).await?;
     tasks.extend([token_poll, reloader].into_iter().flatten());
-    let graceful = accept(&config, listener, &dispatch, served.acceptor, &shutdown).await;
-    close(&config, graceful, &dispatch).await;
+    let graceful = accept(&config, listener, &handlers, served.acceptor, &shutdown).await;
+    close(&config, graceful, &handlers).await;
     for task in tasks {
         let _ = task.await;
     }
@@ -173,13 +173,13 @@ pub(crate) async fn run(
 /// `shutdown`.
 async fn side_tasks(
     config: &Config,
-    dispatch: &Dispatch,
+    handlers: &Handlers,
     backend: &node::Backend,
     shutdown: &CancellationToken,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, RelayError> {
     let mut tasks = vec![tokio::spawn(housekeeping::expire_periodically(
         backend.queue.clone(),
-        dispatch.ingress.tunnels.clone(),
+        handlers.ingress.tunnels.clone(),
         config.queue.max_age,
         config.limits.tunnel_ttl,
         shutdown.clone(),
@@ -187,7 +187,7 @@ async fn side_tasks(
     if let Some(addr) = config.metrics_listen {
         let metrics = serve_metrics(
             bind(addr).await?,
-            dispatch.metrics.clone(),
+            handlers.metrics.clone(),
             shutdown.clone(),
         );
         tasks.push(tokio::spawn(metrics.in_current_span()));
@@ -217,7 +217,7 @@ async fn start_access(
     .await
 }
 
-/// What the HTTP layer's roles share, built before [`dispatch_for`].
+/// What the HTTP layer's roles share, built before [`handlers_for`].
 struct Roles {
     tunnels: Arc<Tunnels>,
     auth: Arc<Access>,
@@ -229,13 +229,13 @@ struct Roles {
 }
 
 /// Each role's narrow view of the node.
-fn dispatch_for(config: &Config, local: SocketAddr, backend: &node::Backend, r: Roles) -> Dispatch {
+fn handlers_for(config: &Config, local: SocketAddr, backend: &node::Backend, r: Roles) -> Handlers {
     let plain_proto = if r.public_base.starts_with("https://") {
         "https"
     } else {
         "http"
     };
-    Dispatch {
+    Handlers {
         ingress: Arc::new(IngressContext {
             tunnels: r.tunnels.clone(),
             metrics: r.metrics.clone(),
@@ -283,7 +283,7 @@ fn dispatch_for(config: &Config, local: SocketAddr, backend: &node::Backend, r: 
 async fn accept(
     config: &Config,
     listener: TcpListener,
-    dispatch: &Arc<Dispatch>,
+    handlers: &Arc<Handlers>,
     acceptor: Option<TlsAcceptor>,
     shutdown: &CancellationToken,
 ) -> GracefulShutdown {
@@ -305,20 +305,20 @@ async fn accept(
                 }
             },
         };
-        let (connections, proxies) = (&dispatch.connections, &dispatch.proxies);
+        let (connections, proxies) = (&handlers.connections, &handlers.proxies);
         let Some(slot) = proxy::admit(connections, proxies, proxy_protocol, peer) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (dispatch, builder) = (dispatch.clone(), builder.clone());
+        let (handlers, builder) = (handlers.clone(), builder.clone());
         let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
         let span = tracing::debug_span!("connection", %peer, sender = tracing::field::Empty);
-        let tracker = dispatch.tracker.clone();
+        let tracker = handlers.tracker.clone();
         tracker.spawn(
             async move {
                 let (mut stream, mut peer, mut sender) = (stream, peer, None);
                 if proxy_protocol {
-                    let (limits, within) = (&dispatch.connections, dispatch.first_request_timeout);
+                    let (limits, within) = (&handlers.connections, handlers.first_request_timeout);
                     let read = proxy::read_sender(&mut stream, peer, limits, within);
                     let Some((source, slot)) = read.await else {
                         return;
@@ -326,7 +326,7 @@ async fn accept(
                     tracing::Span::current().record("sender", tracing::field::display(source));
                     (peer, sender) = (source, slot);
                 }
-                serve_connection(dispatch, builder, acceptor, stream, peer, watcher).await;
+                serve_connection(handlers, builder, acceptor, stream, peer, watcher).await;
                 drop((slot, sender));
             }
             .instrument(span),
@@ -337,7 +337,7 @@ async fn accept(
 }
 
 /// Shuts down in order: requests in flight first (up to the response timeout), then sessions.
-async fn close(config: &Config, graceful: GracefulShutdown, dispatch: &Dispatch) {
+async fn close(config: &Config, graceful: GracefulShutdown, handlers: &Handlers) {
     info!("shutting down: draining requests in flight");
     let drain = config.response_timeout + DRAIN_GRACE;
     if tokio::time::timeout(drain, graceful.shutdown())
@@ -346,9 +346,9 @@ async fn close(config: &Config, graceful: GracefulShutdown, dispatch: &Dispatch)
     {
         warn!("requests still in flight after {drain:?}; closing anyway");
     }
-    dispatch.sessions.closing.cancel();
-    dispatch.tracker.close();
-    if tokio::time::timeout(SESSION_CLOSE_GRACE, dispatch.tracker.wait())
+    handlers.sessions.closing.cancel();
+    handlers.tracker.close();
+    if tokio::time::timeout(SESSION_CLOSE_GRACE, handlers.tracker.wait())
         .await
         .is_err()
     {
@@ -476,7 +476,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// One accepted connection: TLS (if any), then HTTP until the sender leaves, its idle time
 /// runs out, or the relay shuts down.
 async fn serve_connection(
-    dispatch: Arc<Dispatch>,
+    handlers: Arc<Handlers>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     acceptor: Option<TlsAcceptor>,
     stream: TcpStream,
@@ -484,13 +484,13 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let activity = Activity::new();
-    let max_body = dispatch.ingress.max_body;
+    let max_body = handlers.ingress.max_body;
     let Some(acceptor) = acceptor else {
         let io = LingerIo::new(stream, activity.clone(), max_body);
-        return serve_http(dispatch, &builder, io, peer, false, activity, watcher).await;
+        return serve_http(handlers, &builder, io, peer, false, activity, watcher).await;
     };
     // The TLS handshake counts against the first-request time, like every other silence.
-    let handshake = dispatch.first_request_timeout;
+    let handshake = handlers.first_request_timeout;
     match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
         Ok(Ok(mut stream)) if tls::is_acme_validation(stream.get_ref().1) => {
             debug!("answered an ACME TLS-ALPN-01 validation");
@@ -498,7 +498,7 @@ async fn serve_connection(
         }
         Ok(Ok(stream)) => {
             let io = LingerIo::new(stream, activity.clone(), max_body);
-            serve_http(dispatch, &builder, io, peer, true, activity, watcher).await
+            serve_http(handlers, &builder, io, peer, true, activity, watcher).await
         }
         Ok(Err(err)) => debug!(%err, "TLS handshake failed"),
         Err(_) => debug!("TLS handshake timed out"),
@@ -506,7 +506,7 @@ async fn serve_connection(
 }
 
 async fn serve_http<I>(
-    dispatch: Arc<Dispatch>,
+    handlers: Arc<Handlers>,
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     peer: SocketAddr,
@@ -516,11 +516,11 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (first, idle) = (dispatch.first_request_timeout, dispatch.idle_timeout);
+    let (first, idle) = (handlers.first_request_timeout, handlers.idle_timeout);
     let watched = activity.clone();
-    let connection = dispatch.next_connection.fetch_add(1, Ordering::Relaxed);
+    let connection = handlers.next_connection.fetch_add(1, Ordering::Relaxed);
     let service = service_fn(move |req| {
-        let (dispatch, activity) = (dispatch.clone(), activity.clone());
+        let (handlers, activity) = (handlers.clone(), activity.clone());
         async move {
             let _busy = activity.begin();
             let link = Link {
@@ -528,7 +528,7 @@ async fn serve_http<I>(
                 connection,
                 is_tls,
             };
-            let response = route_request(dispatch, req, link)
+            let response = route_request(handlers, req, link)
                 .await
                 .map(|body| body.watched(|| activity.answering()));
             let status = response.status();

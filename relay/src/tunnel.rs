@@ -5,32 +5,32 @@
 //!
 //! ```text
 //!            first session joins                 queue sent, no push in flight
-//!   Idle ─────────────────────────▶ Draining ─────────────────────────────────▶ Live
-//!    ▲   (a drain task starts)         │  ▲                                        │
+//!   Idle ─────────────────────────▶ CatchingUp ─────────────────────────────────▶ Live
+//!    ▲   (a catch-up task starts)         │  ▲                                        │
 //!    └──── last session leaves ────────┘  └──── a delivery had to be queued ───────┘
 //! ```
 //! - **Idle**: no session. Deliveries are queued (202).
-//! - **Draining**: the tunnel's drain task sends the offline queue to a session, a window of
+//! - **CatchingUp**: the tunnel's catch-up task sends the offline queue to a session, a window of
 //!   deliveries in flight, each row leaving on the client's `Recorded`; new deliveries are
 //!   queued behind the backlog, so the local server sees them in arrival order.
 //! - **Live**: everything queued was sent; deliveries go straight to the sessions (the first
 //!   answers, the others get copies). The client forwards a live delivery that arrives behind
-//!   queued ones after them, and concurrently once none is waiting. The drain keeps running
-//!   until the client recorded what it sent, and queues again (Draining) if it must send it
+//!   queued ones after them, and concurrently once none is waiting. The catch-up keeps running
+//!   until the client recorded what it sent, and queues again (CatchingUp) if it must send it
 //!   again.
 //!
-//! A delivery that must be queued takes a [`QueueTicket`] first; the drain goes live only when
+//! A delivery that must be queued takes a [`QueueTicket`] first; the catch-up goes live only when
 //! no ticket is out and no push completed since it last looked at the queue, so a delivery can
 //! never be stranded behind a tunnel that went live.
 //!
 //! Lookups hand out an `Arc<[SessionHandle]>` snapshot: the lock is held for a hash lookup and
 //! never across an `.await`.
 
-mod drain;
-mod drain_host;
+mod catchup;
+mod catchup_host;
 pub mod release;
 
-pub use drain::{DrainPolicy, DEFAULT_WINDOW};
+pub use catchup::{CatchUpPolicy, DEFAULT_WINDOW};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +58,7 @@ pub enum Phase {
     /// No session: deliveries are queued.
     Idle,
     /// The backlog is being sent; new deliveries queue behind it.
-    Draining,
+    CatchingUp,
     /// No backlog: deliveries go straight to the sessions.
     Live,
 }
@@ -84,13 +84,13 @@ struct Tunnel {
     /// sessions are oldest is the tunnel's authority.
     since_ms: u64,
     phase: Phase,
-    /// Whether a drain task runs for this tunnel (at most one does).
-    draining: bool,
+    /// Whether a catch-up task runs for this tunnel (at most one does).
+    catching_up: bool,
     /// Queue tickets out: deliveries on their way into the queue.
     pushing: u32,
-    /// Deliveries pushed so far; the drain compares it to see whether it missed one.
+    /// Deliveries pushed so far; the catch-up compares it to see whether it missed one.
     pushed: u64,
-    /// Wakes the drain when a push completes or the sessions change.
+    /// Wakes the catch-up when a push completes or the sessions change.
     wake: Arc<Notify>,
     /// `tunnel release` freed the name while a client was connected: forgotten once idle,
     /// unless a client claims it again first.
@@ -104,7 +104,7 @@ impl Tunnel {
             sessions: Arc::from(Vec::new()),
             since_ms: 0,
             phase: Phase::Idle,
-            draining: false,
+            catching_up: false,
             pushing: 0,
             pushed: 0,
             wake: Arc::new(Notify::new()),
@@ -113,7 +113,7 @@ impl Tunnel {
     }
 
     fn is_idle(&self) -> bool {
-        self.sessions.is_empty() && !self.draining && self.pushing == 0
+        self.sessions.is_empty() && !self.catching_up && self.pushing == 0
     }
 }
 
@@ -122,23 +122,23 @@ pub struct Tunnels {
     map: Mutex<HashMap<String, Tunnel>>,
     queue: QueueHandle,
     metrics: Arc<Metrics>,
-    policy: DrainPolicy,
+    policy: CatchUpPolicy,
     next_session: AtomicU64,
     tracker: TaskTracker,
-    /// Cancelled when sessions close; ends every drain.
+    /// Cancelled when sessions close; ends every catch-up.
     closing: CancellationToken,
-    /// Who decides which tunnel: a drain runs only where the tunnel is decided.
+    /// Who decides which tunnel: a catch-up runs only where the tunnel is decided.
     placement: Arc<dyn Placement>,
     /// Wakes the cluster's presence when a tunnel gains its first session or loses its last.
     held_changed: Arc<Notify>,
 }
 
 impl Tunnels {
-    /// No tunnels yet; drains run on `tracker` until `closing` is cancelled.
+    /// No tunnels yet; catch-ups run on `tracker` until `closing` is cancelled.
     pub fn new(
         queue: QueueHandle,
         metrics: Arc<Metrics>,
-        policy: DrainPolicy,
+        policy: CatchUpPolicy,
         tracker: TaskTracker,
         closing: CancellationToken,
         placement: Arc<dyn Placement>,
@@ -202,7 +202,7 @@ impl Tunnels {
             .map_or_else(|| Arc::from(Vec::new()), |t| t.sessions.clone())
     }
 
-    /// Another cluster node queued a delivery for `tunnel`: a live tunnel drains again, as
+    /// Another cluster node queued a delivery for `tunnel`: a live tunnel catches up again, as
     /// after a push of its own.
     pub fn pushed_elsewhere(self: &Arc<Self>, tunnel: &str) {
         let mut map = self.lock();
@@ -211,10 +211,10 @@ impl Tunnels {
         };
         t.pushed += 1;
         if t.phase == Phase::Live {
-            t.phase = Phase::Draining;
+            t.phase = Phase::CatchingUp;
         }
-        if t.phase == Phase::Draining {
-            self.ensure_drain(tunnel, t);
+        if t.phase == Phase::CatchingUp {
+            self.ensure_catch_up(tunnel, t);
         }
     }
 
@@ -234,7 +234,7 @@ impl Tunnels {
         self.lock().get(tunnel).map_or(0, |t| t.pushed)
     }
 
-    /// Forgets those of `names` that are idle (no session, no drain, no push in flight), so
+    /// Forgets those of `names` that are idle (no session, no catch-up, no push in flight), so
     /// they answer 404 from now on; returns the names forgotten, for the queue to release.
     pub fn release(&self, names: &[String]) -> Vec<String> {
         let mut map = self.lock();
@@ -326,7 +326,7 @@ impl Tunnels {
 
     /// A ticket to queue a delivery that was already sent to a session that vanished (or
     /// that the relay stops before it is answered), whatever the phase; a live tunnel then
-    /// drains again once the push completes.
+    /// catches up again once the push completes.
     pub fn requeue(self: &Arc<Self>, tunnel: &str) -> QueueTicket {
         if let Some(t) = self.lock().get_mut(tunnel) {
             t.pushing += 1;
@@ -336,7 +336,7 @@ impl Tunnels {
 
     /// Adds `session` to `tunnel`, claiming the name for `owner` (which the database already
     /// granted it) when it is new. The first
-    /// session of an idle tunnel starts its drain, unless the queue was seen empty after
+    /// session of an idle tunnel starts its catch-up, unless the queue was seen empty after
     /// `empty_after` pushes and none happened since (then the tunnel goes live at once). The
     /// caller has already queued its `Welcome`, so it precedes every delivery.
     pub fn join(
@@ -369,11 +369,11 @@ impl Tunnels {
         t.sessions = sessions.into();
         self.metrics.sessions.inc();
         if t.phase == Phase::Idle {
-            if t.pushing == 0 && empty_after == Some(t.pushed) && !t.draining {
+            if t.pushing == 0 && empty_after == Some(t.pushed) && !t.catching_up {
                 t.phase = Phase::Live;
             } else {
-                t.phase = Phase::Draining;
-                self.ensure_drain(tunnel.as_str(), t);
+                t.phase = Phase::CatchingUp;
+                self.ensure_catch_up(tunnel.as_str(), t);
             }
         }
         Ok(())
@@ -401,77 +401,77 @@ impl Tunnels {
             t.phase = Phase::Idle;
             self.held_changed.notify_one();
         }
-        // A drain sending to this session moves on to the next one, or stops.
+        // A catch-up sending to this session moves on to the next one, or stops.
         t.wake.notify_one();
     }
 
-    /// Starts the tunnel's drain unless one runs (then wakes it).
-    fn ensure_drain(self: &Arc<Self>, name: &str, t: &mut Tunnel) {
-        if t.draining {
+    /// Starts the tunnel's catch-up unless one runs (then wakes it).
+    fn ensure_catch_up(self: &Arc<Self>, name: &str, t: &mut Tunnel) {
+        if t.catching_up {
             t.wake.notify_one();
             return;
         }
-        t.draining = true;
-        let span = tracing::info_span!("drain", tunnel = %name);
-        let scope = drain::Scope {
+        t.catching_up = true;
+        let span = tracing::info_span!("catch_up", tunnel = %name);
+        let scope = catchup::Scope {
             tunnels: self.clone(),
             tunnel: name.to_owned(),
             wake: t.wake.clone(),
         };
-        self.tracker.spawn(drain::run(scope).instrument(span));
+        self.tracker.spawn(catchup::run(scope).instrument(span));
     }
 
-    /// The session the drain sends the backlog to (the first not in `skip`, or the first when
-    /// every one is); `None` stops the drain (no session left, or the relay is closing).
-    fn drain_target(&self, tunnel: &str, skip: &[u64]) -> Option<SessionHandle> {
+    /// The session the catch-up sends the backlog to (the first not in `skip`, or the first when
+    /// every one is); `None` stops the catch-up (no session left, or the relay is closing).
+    fn catch_up_target(&self, tunnel: &str, skip: &[u64]) -> Option<SessionHandle> {
         let mut map = self.lock();
         let t = map.get_mut(tunnel)?;
         let next = t.sessions.iter().find(|s| !skip.contains(&s.id()));
         match next.or(t.sessions.first()) {
-            Some(session) if t.phase == Phase::Draining && !self.closing.is_cancelled() => {
+            Some(session) if t.phase == Phase::CatchingUp && !self.closing.is_cancelled() => {
                 Some(session.clone())
             }
             _ => {
-                t.draining = false;
+                t.catching_up = false;
                 None
             }
         }
     }
 
-    /// The drain has sent everything queued: goes live unless a push is in flight or
-    /// completed since `seen` (then the drain looks again). The drain keeps running until the
-    /// client has recorded what it sent ([`retire_drain`](Self::retire_drain)).
-    fn finish_drain(&self, tunnel: &str, seen: u64) -> bool {
+    /// The catch-up has sent everything queued: goes live unless a push is in flight or
+    /// completed since `seen` (then the catch-up looks again). The catch-up keeps running until the
+    /// client has recorded what it sent ([`retire_catch_up`](Self::retire_catch_up)).
+    fn finish_catch_up(&self, tunnel: &str, seen: u64) -> bool {
         let mut map = self.lock();
         let Some(t) = map.get_mut(tunnel) else {
             return true;
         };
-        if t.phase != Phase::Draining || t.pushing > 0 || t.pushed != seen {
+        if t.phase != Phase::CatchingUp || t.pushing > 0 || t.pushed != seen {
             return false;
         }
         t.phase = Phase::Live;
         true
     }
 
-    /// The drain has nothing out any more: it ends unless the tunnel is draining again.
-    fn retire_drain(&self, tunnel: &str) -> bool {
+    /// The catch-up has nothing out any more: it ends unless the tunnel is catching up again.
+    fn retire_catch_up(&self, tunnel: &str) -> bool {
         let mut map = self.lock();
         let Some(t) = map.get_mut(tunnel) else {
             return true;
         };
-        if t.phase == Phase::Draining {
+        if t.phase == Phase::CatchingUp {
             return false;
         }
-        t.draining = false;
+        t.catching_up = false;
         true
     }
 
-    /// The drain must send what it had out again: a live tunnel queues new deliveries again,
+    /// The catch-up must send what it had out again: a live tunnel queues new deliveries again,
     /// behind it.
-    fn reopen_drain(&self, tunnel: &str) {
+    fn reopen_catch_up(&self, tunnel: &str) {
         if let Some(t) = self.lock().get_mut(tunnel) {
             if t.phase == Phase::Live {
-                t.phase = Phase::Draining;
+                t.phase = Phase::CatchingUp;
             }
         }
     }
@@ -486,11 +486,11 @@ impl Tunnels {
         if pushed {
             t.pushed += 1;
             if t.phase == Phase::Live {
-                t.phase = Phase::Draining;
+                t.phase = Phase::CatchingUp;
             }
         }
-        if t.phase == Phase::Draining {
-            self.ensure_drain(tunnel, t);
+        if t.phase == Phase::CatchingUp {
+            self.ensure_catch_up(tunnel, t);
         }
     }
 
@@ -530,7 +530,7 @@ impl QueueTicket {
         &self.tunnels.queue
     }
 
-    /// The delivery is committed to the queue: the drain will send it.
+    /// The delivery is committed to the queue: the catch-up will send it.
     pub fn pushed(mut self) {
         self.done = true;
         self.tunnels.ticket_done(&self.tunnel, true);

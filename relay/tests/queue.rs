@@ -61,10 +61,10 @@ async fn claim_and_leave(relay: &Relay, tunnel: &str) {
 
 #[tokio::test]
 async fn offline_deliveries_go_one_at_a_time_in_order_and_leave_once_recorded() {
-    // `--drain-window 1`: each queued delivery waits for the client's word on the previous.
+    // `--catch-up-window 1`: each queued delivery waits for the client's word on the previous.
     let relay = Relay::start(false, |c| {
         c.keepalive = Duration::from_millis(50);
-        c.drain_window = 1;
+        c.catch_up_window = 1;
     })
     .await;
     claim_and_leave(&relay, "my-app").await;
@@ -252,7 +252,7 @@ async fn wait_for_offline(relay: &Relay, tunnel: &str) {
 
 #[tokio::test]
 async fn a_client_gets_a_window_of_queued_deliveries_before_it_records_any() {
-    let relay = Relay::start(false, |c| c.drain_window = 3).await;
+    let relay = Relay::start(false, |c| c.catch_up_window = 3).await;
     claim_and_leave(&relay, "windowed").await;
     for i in 0..5 {
         queued_id(&relay.post("/t/windowed/hook", format!("body {i}")).await);
@@ -276,7 +276,7 @@ async fn a_client_gets_a_window_of_queued_deliveries_before_it_records_any() {
 async fn rejected_deliveries_become_dead_letters_and_not_recorded_ones_are_sent_again() {
     // One at a time, so each word is on the delivery it names (the window's breaks are the
     // drain's unit tests).
-    let relay = Relay::start(false, |c| c.drain_window = 1).await;
+    let relay = Relay::start(false, |c| c.catch_up_window = 1).await;
     claim_and_leave(&relay, "picky").await;
     let refused = queued_id(&relay.post("/t/picky/x", "refused").await);
     queued_id(&relay.post("/t/picky/y", "unrecorded").await);

@@ -92,7 +92,7 @@ pub struct Args {
     /// Queued deliveries sent to a reconnected client before it has recorded the first of them
     /// (it forwards them one at a time, in order); 1 waits for each.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW)]
-    pub drain_window: usize,
+    pub catch_up_window: usize,
     /// Seconds a sender waits for the local server's answer.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RESPONSE_TIMEOUT.as_secs())]
     pub response_timeout: u64,

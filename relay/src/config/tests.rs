@@ -497,17 +497,17 @@ mod cluster;
 // The drain window.
 
 #[test]
-fn the_drain_window_defaults_to_32_and_must_be_at_least_1() {
+fn the_catch_up_window_defaults_to_32_and_must_be_at_least_1() {
     let base = ["--http", "--allow-anonymous", "--listen", "127.0.0.1:0"];
     let config = Config::try_from(args(&base)).unwrap();
-    assert_eq!(config.drain_window, 32);
-    let one = Config::try_from(args(&[&base[..], &["--drain-window", "1"]].concat())).unwrap();
-    assert_eq!(one.drain_window, 1);
-    let zero = Config::try_from(args(&[&base[..], &["--drain-window", "0"]].concat()));
+    assert_eq!(config.catch_up_window, 32);
+    let one = Config::try_from(args(&[&base[..], &["--catch-up-window", "1"]].concat())).unwrap();
+    assert_eq!(one.catch_up_window, 1);
+    let zero = Config::try_from(args(&[&base[..], &["--catch-up-window", "0"]].concat()));
     let err = zero.unwrap_err();
     assert!(
-        matches!(err, ConfigError::ZeroLimit("drain-window")),
+        matches!(err, ConfigError::ZeroLimit("catch-up-window")),
         "{err}"
     );
-    assert_eq!(err.to_string(), "--drain-window must be at least 1");
+    assert_eq!(err.to_string(), "--catch-up-window must be at least 1");
 }

@@ -81,7 +81,7 @@ fn tunnels(queue: Arc<MemoryQueue>) -> Arc<Tunnels> {
     Tunnels::new(
         queue,
         Arc::new(Metrics::new()),
-        DrainPolicy::default(),
+        CatchUpPolicy::default(),
         TaskTracker::new(),
         CancellationToken::new(),
         Arc::new(Single::new()),
@@ -157,7 +157,7 @@ async fn a_push_the_session_did_not_see_makes_it_catch_up_first_then_live() {
     ticket.pushed();
     let (handle, _rx) = session(&tunnels);
     tunnels.join(&name("shop"), OWNER, handle, Some(0)).unwrap();
-    assert_eq!(tunnels.phase("shop"), Some(Phase::Draining));
+    assert_eq!(tunnels.phase("shop"), Some(Phase::CatchingUp));
     assert!(
         matches!(tunnels.route("shop"), Route::Queue(_)),
         "while catching up, new deliveries queue behind the backlog"
@@ -181,7 +181,7 @@ async fn a_tunnel_does_not_go_live_while_a_queue_ticket_is_out() {
     }
     assert_eq!(
         tunnels.phase("shop"),
-        Some(Phase::Draining),
+        Some(Phase::CatchingUp),
         "a push in flight keeps the tunnel catching up"
     );
     queue.push("shop", delivery(1)).await.unwrap();
@@ -202,7 +202,7 @@ async fn a_live_tunnel_that_had_to_queue_catches_up_again() {
     assert_eq!(tunnels.phase("shop"), Some(Phase::Live));
     // A delivery whose session vanished is queued again, whatever the phase.
     tunnels.requeue("shop").pushed();
-    assert_eq!(tunnels.phase("shop"), Some(Phase::Draining));
+    assert_eq!(tunnels.phase("shop"), Some(Phase::CatchingUp));
     until_phase(&tunnels, "shop", Phase::Live).await;
 }
 

@@ -1,10 +1,10 @@
-//! A tunnel's drain: while the tunnel is [`Draining`](super::Phase::Draining), it sends the
+//! A tunnel's catch-up: while the tunnel is [`CatchingUp`](super::Phase::CatchingUp), it sends the
 //! offline queue to one of the tunnel's sessions, oldest first, keeping up to a window of
-//! deliveries in flight (`--drain-window`, default 32; 1 waits for each before the next). The
+//! deliveries in flight (`--catch-up-window`, default 32; 1 waits for each before the next). The
 //! client forwards them to its local server one at a time in that order and says `Recorded` for
 //! each after its capture store committed it; the row leaves the queue as that word arrives.
 //!
-//! The drain waits for the client's word on the oldest delivery still out (the *front*):
+//! The catch-up waits for the client's word on the oldest delivery still out (the *front*):
 //! - `Recorded`: the row leaves the queue and the next one becomes the front.
 //! - `NotRecorded` (the client's capture store fails): the window is given up and sent again
 //!   from the front after a pause that doubles up to 30 s; it does not count against the
@@ -15,7 +15,7 @@
 //!   kept in the database, then the window is sent again from the front. The third in a row
 //!   sets the delivery aside as a dead letter, tells the client, and the rows behind it keep
 //!   flowing.
-//! - The session stays silent past the ack timeout: the drain moves on to the tunnel's next
+//! - The session stays silent past the ack timeout: the catch-up moves on to the tunnel's next
 //!   session (back to the first once every one was tried). The silence counts one failed
 //!   attempt for the front, at most once per session, so a wedged client cannot dead-letter
 //!   the backlog.
@@ -24,7 +24,7 @@
 //! it already recorded and answers those from its store, so its local server sees each queued
 //! delivery once, in queue order.
 //!
-//! The drain talks to its tunnel through [`Host`] and to a session through [`Link`], so its
+//! The catch-up talks to its tunnel through [`Host`] and to a session through [`Link`], so its
 //! unit tests run it against fakes with paused time.
 
 use std::collections::{HashSet, VecDeque};
@@ -44,26 +44,26 @@ use crate::session::handle::{Ack, SessionGone};
 
 /// Failed attempts in a row after which a queued delivery becomes a dead letter.
 pub const MAX_ATTEMPTS: u32 = 3;
-/// Default `--drain-window`: queued deliveries in flight to the client at once.
+/// Default `--catch-up-window`: queued deliveries in flight to the client at once.
 pub const DEFAULT_WINDOW: usize = 32;
 /// Longest pause before re-sending a delivery the client could not record.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// How a tunnel's drain treats its queued deliveries.
+/// How a tunnel's catch-up treats its queued deliveries.
 #[derive(Debug, Clone, Copy)]
-pub struct DrainPolicy {
-    /// Longest the drain waits for the client to record the oldest delivery it has out.
+pub struct CatchUpPolicy {
+    /// Longest the catch-up waits for the client to record the oldest delivery it has out.
     pub ack_timeout: Duration,
     /// First pause before sending again a delivery the client could not record (doubles up to
     /// 30 s), and after a queue error.
     pub retry: Duration,
-    /// Queued deliveries in flight to the client at once (`--drain-window`; 0 counts as 1).
+    /// Queued deliveries in flight to the client at once (`--catch-up-window`; 0 counts as 1).
     pub window: usize,
 }
 
-impl Default for DrainPolicy {
+impl Default for CatchUpPolicy {
     fn default() -> Self {
-        DrainPolicy {
+        CatchUpPolicy {
             ack_timeout: Duration::from_secs(60),
             retry: Duration::from_secs(1),
             window: DEFAULT_WINDOW,
@@ -71,7 +71,7 @@ impl Default for DrainPolicy {
     }
 }
 
-/// One tunnel's drain: the tunnels it belongs to, its name, and what wakes it.
+/// One tunnel's catch-up: the tunnels it belongs to, its name, and what wakes it.
 pub struct Scope<T> {
     /// Whatever the [`Host`] implementation needs (the relay's tunnels).
     pub tunnels: T,
@@ -81,26 +81,26 @@ pub struct Scope<T> {
     pub wake: Arc<Notify>,
 }
 
-/// What the drain needs from its tunnel and the queue.
+/// What the catch-up needs from its tunnel and the queue.
 pub trait Host: Send + Sync {
     /// A session of the tunnel.
     type Link: Link;
-    /// The drain's settings.
-    fn policy(&self) -> DrainPolicy;
-    /// Cancelled when the relay closes: the drain stops.
+    /// The catch-up's settings.
+    fn policy(&self) -> CatchUpPolicy;
+    /// Cancelled when the relay closes: the catch-up stops.
     fn closing(&self) -> &CancellationToken;
     /// The session to send to, in connect order, skipping those in `skip` unless every one is
-    /// in it; waits while another node drains the tunnel. `None` stops the drain (no session
-    /// left, the tunnel is not draining, or the relay is closing).
+    /// in it; waits while another node catch-ups the tunnel. `None` stops the catch-up (no session
+    /// left, the tunnel is not catching up, or the relay is closing).
     fn target(&self, skip: &[u64]) -> impl Future<Output = Option<Self::Link>> + Send;
     /// Deliveries pushed to the tunnel's queue so far; read before looking at the queue.
     fn pushes(&self) -> u64;
     /// Everything queued after `seen` pushes is sent: the tunnel goes live (new deliveries go
-    /// straight to the sessions, behind what the drain sent) unless a push is in flight or
+    /// straight to the sessions, behind what the catch-up sent) unless a push is in flight or
     /// landed since (then `false`).
     fn go_live(&self, seen: u64) -> bool;
-    /// Nothing is out any more: the drain ends (`true`) unless the tunnel went back to
-    /// draining meanwhile.
+    /// Nothing is out any more: the catch-up ends (`true`) unless the tunnel went back to
+    /// catching up meanwhile.
     fn retire(&self) -> bool;
     /// What was sent is to be sent again: a live tunnel queues new deliveries again.
     fn reopen(&self);
@@ -126,7 +126,7 @@ pub trait Host: Send + Sync {
     fn sent_one(&self);
 }
 
-/// What the drain needs from a session.
+/// What the catch-up needs from a session.
 pub trait Link: Clone + Send + Sync {
     /// The wait for the client's word on one delivery; dropping it stops waiting.
     type Pending: Send;
@@ -152,7 +152,7 @@ enum Pass {
     Closing,
 }
 
-/// What the drain carries from one pass to the next.
+/// What the catch-up carries from one pass to the next.
 struct State {
     retry: Duration,
     sent: u64,
@@ -162,7 +162,7 @@ struct State {
     counted: HashSet<(u64, i64)>,
 }
 
-/// Runs the drain until the tunnel is live with nothing out, loses its last session, or the
+/// Runs the catch-up until the tunnel is live with nothing out, loses its last session, or the
 /// relay closes.
 pub async fn run<H: Host>(host: H) {
     let mut state = State {
@@ -173,7 +173,7 @@ pub async fn run<H: Host>(host: H) {
     };
     loop {
         let Some(link) = host.target(&state.skip).await else {
-            debug!(sent = state.sent, "drain stopped: no session");
+            debug!(sent = state.sent, "catch-up stopped: no session");
             return;
         };
         let end = pass(&host, &link, &mut state).await;
@@ -205,7 +205,7 @@ type Out<H> = (Row, <<H as Host>::Link as Link>::Pending);
 
 /// Sends the queue to `link` from its oldest row, keeping up to the window in flight. Once
 /// everything queued is sent (not yet recorded), the tunnel goes live: deliveries that arrive
-/// from then on go straight to the session, behind what the drain sent, and the client keeps
+/// from then on go straight to the session, behind what the catch-up sent, and the client keeps
 /// them in that order. The pass ends when nothing is out any more, or the session stops
 /// taking the queue; it returns once every removal it started is done, so the next pass reads
 /// the queue as it is.
@@ -241,7 +241,7 @@ async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
                 }
                 Ok(rows) => {
                     caught_up = rows.len() < room;
-                    // A live tunnel that had to queue again drains again.
+                    // A live tunnel that had to queue again catches up again.
                     live = false;
                     if let Some(end) = send_rows(host, link, rows, &mut out, &mut cursor).await {
                         break end;
@@ -327,7 +327,7 @@ async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
                     "the client did not record it within {} s",
                     ack_timeout.as_secs()
                 );
-                // Counted once per session: a wedged client moves the drain on, and does not
+                // Counted once per session: a wedged client moves the catch-up on, and does not
                 // turn the backlog into dead letters.
                 if state.counted.insert((link.id(), seq)) {
                     attempt_failed(host, link, front, why).await;

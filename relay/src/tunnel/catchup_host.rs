@@ -1,5 +1,5 @@
-//! The relay's side of a tunnel's drain: [`Host`] over the relay's tunnels and queue, and
-//! [`Link`] over a session, so the drain itself knows neither.
+//! The relay's side of a tunnel's catch-up: [`Host`] over the relay's tunnels and queue, and
+//! [`Link`] over a session, so the catch-up itself knows neither.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use illumitunnel::protocol::RelayMessage;
 use illumitunnel::DeliveryId;
 use tokio_util::sync::CancellationToken;
 
-use super::drain::{DrainPolicy, Host, Link, Scope};
+use super::catchup::{CatchUpPolicy, Host, Link, Scope};
 use super::Tunnels;
 use crate::metrics::Outcome;
 use crate::queue::{QueueError, Row};
@@ -16,7 +16,7 @@ use crate::session::handle::{Ack, OutgoingDelivery, PendingAck, SessionGone, Ses
 impl Host for Scope<Arc<Tunnels>> {
     type Link = SessionHandle;
 
-    fn policy(&self) -> DrainPolicy {
+    fn policy(&self) -> CatchUpPolicy {
         self.tunnels.policy
     }
 
@@ -27,8 +27,8 @@ impl Host for Scope<Arc<Tunnels>> {
     async fn target(&self, skip: &[u64]) -> Option<SessionHandle> {
         let tunnels = &self.tunnels;
         loop {
-            let target = tunnels.drain_target(&self.tunnel, skip)?;
-            // On a cluster only the tunnel's authority drains; this node waits until it is
+            let target = tunnels.catch_up_target(&self.tunnel, skip)?;
+            // On a cluster only the tunnel's authority catch-ups; this node waits until it is
             // one (the older session elsewhere leaves, or its node dies).
             if tunnels.placement.is_authority(&self.tunnel) {
                 return Some(target);
@@ -48,15 +48,15 @@ impl Host for Scope<Arc<Tunnels>> {
     }
 
     fn go_live(&self, seen: u64) -> bool {
-        self.tunnels.finish_drain(&self.tunnel, seen)
+        self.tunnels.finish_catch_up(&self.tunnel, seen)
     }
 
     fn retire(&self) -> bool {
-        self.tunnels.retire_drain(&self.tunnel)
+        self.tunnels.retire_catch_up(&self.tunnel)
     }
 
     fn reopen(&self) {
-        self.tunnels.reopen_drain(&self.tunnel);
+        self.tunnels.reopen_catch_up(&self.tunnel);
     }
 
     async fn woken(&self) {

@@ -1,4 +1,4 @@
-//! What the HTTP layer does with one request: [`Dispatch`] holds each role's narrow view
+//! What the HTTP layer does with one request: [`Handlers`] holds each role's narrow view
 //! (ingress, sessions, access, metrics), and [`route_request`] sends the request to the one it
 //! is for — a webhook to ingress, `/connect` to a websocket session, `/healthz`, `/metrics`.
 
@@ -33,7 +33,7 @@ use crate::session::{self, SessionContext};
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the HTTP layer dispatches to: each role gets its own narrow view.
-pub(super) struct Dispatch {
+pub(super) struct Handlers {
     pub(super) ingress: Arc<IngressContext>,
     pub(super) sessions: Arc<SessionContext>,
     pub(super) auth: Arc<Access>,
@@ -66,7 +66,7 @@ pub(super) struct Link {
 }
 
 pub(super) async fn route_request(
-    dispatch: Arc<Dispatch>,
+    handlers: Arc<Handlers>,
     req: Request<Incoming>,
     from: Link,
 ) -> Response<AnswerBody> {
@@ -79,7 +79,7 @@ pub(super) async fn route_request(
         let err = IngressError::MethodNotAllowed(req.method().to_string());
         return err.into_response().map(AnswerBody::from);
     }
-    let limit = dispatch.max_header_bytes;
+    let limit = handlers.max_header_bytes;
     if head_size(&req) > limit {
         return IngressError::HeadTooLarge { limit }
             .into_response()
@@ -90,10 +90,10 @@ pub(super) async fn route_request(
             .into_response()
             .map(AnswerBody::from);
     }
-    let origin = Origin::of(req.headers(), peer.ip(), &dispatch.proxies);
+    let origin = Origin::of(req.headers(), peer.ip(), &handlers.proxies);
     // Behind a trusted proxy the sender is known only now: count it while its request lasts.
     let _sender = match origin.via_trusted_proxy {
-        true => match dispatch.connections.admit_sender(origin.sender) {
+        true => match handlers.connections.admit_sender(origin.sender) {
             Some(slot) => Some(slot),
             None => return proxy::too_many_from(origin.sender).map(AnswerBody::from),
         },
@@ -105,7 +105,7 @@ pub(super) async fn route_request(
             let proto = if is_tls {
                 "https"
             } else {
-                dispatch.plain_proto
+                handlers.plain_proto
             };
             let request = WebhookRequest {
                 parts: &parts,
@@ -116,20 +116,20 @@ pub(super) async fn route_request(
                 proto,
             };
             let span = tracing::debug_span!("request", sender = %origin.sender);
-            return ingress::handle(&dispatch.ingress, request, body)
+            return ingress::handle(&handlers.ingress, request, body)
                 .instrument(span)
                 .await;
         }
-        Route::Healthz => healthz(dispatch.placement.as_ref()),
-        Route::Metrics if dispatch.serve_metrics => text(
+        Route::Healthz => healthz(handlers.placement.as_ref()),
+        Route::Metrics if handlers.serve_metrics => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Bytes::from(dispatch.metrics.encode()),
+            Bytes::from(handlers.metrics.encode()),
         ),
-        Route::Connect if dispatch.placement.health() == Health::Starting => {
+        Route::Connect if handlers.placement.health() == Health::Starting => {
             IngressError::Starting.into_response()
         }
-        Route::Connect => upgrade(&dispatch, Request::from_parts(parts, body), origin.sender),
+        Route::Connect => upgrade(&handlers, Request::from_parts(parts, body), origin.sender),
         Route::Metrics | Route::NotFound => IngressError::NotFound.into_response(),
     }
     .map(AnswerBody::from)
@@ -212,7 +212,7 @@ async fn open_websocket(
 /// Answers a client's websocket upgrade with 101 and runs the session on a tracked task.
 /// Failed token checks count against `sender`: behind a trusted proxy the real client, so one
 /// guesser cannot keep out everyone who comes through the same proxy.
-fn upgrade(dispatch: &Dispatch, req: Request<Incoming>, sender: IpAddr) -> Response<Full<Bytes>> {
+fn upgrade(handlers: &Handlers, req: Request<Incoming>, sender: IpAddr) -> Response<Full<Bytes>> {
     let headers = req.headers();
     let has = |name: header::HeaderName, want: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -237,7 +237,7 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>, sender: IpAddr) -> Respo
     };
     // The token is checked before anything is upgraded: a wrong one never sees a 101.
     let authorization = headers.get(header::AUTHORIZATION);
-    let auth = match dispatch
+    let auth = match handlers
         .auth
         .check_from(sender, authorization.map(HeaderValue::as_bytes))
     {
@@ -249,9 +249,9 @@ fn upgrade(dispatch: &Dispatch, req: Request<Incoming>, sender: IpAddr) -> Respo
         }
     };
     let on_upgrade = hyper::upgrade::on(req);
-    let sessions = dispatch.sessions.clone();
-    let access = dispatch.auth.clone();
-    dispatch.tracker.spawn(async move {
+    let sessions = handlers.sessions.clone();
+    let access = handlers.auth.clone();
+    handlers.tracker.spawn(async move {
         // Boxed, so the upgrade's states do not stay reserved in the session's task.
         let Some(ws) = Box::pin(open_websocket(on_upgrade)).await else {
             return;

@@ -1,4 +1,4 @@
-//! The drain against a fake queue and fake sessions, with paused time: the test plays the
+//! The catch-up against a fake queue and fake sessions, with paused time: the test plays the
 //! client, answering each delivery it receives.
 
 use std::collections::BTreeMap;
@@ -65,7 +65,7 @@ struct Fake {
     closing: CancellationToken,
     wake: Notify,
     window: usize,
-    /// Whether the tunnel is live, and how often the drain made it queue again.
+    /// Whether the tunnel is live, and how often the catch-up made it queue again.
     live: AtomicBool,
     reopened: std::sync::atomic::AtomicUsize,
 }
@@ -73,8 +73,8 @@ struct Fake {
 impl Host for Arc<Fake> {
     type Link = FakeLink;
 
-    fn policy(&self) -> DrainPolicy {
-        DrainPolicy {
+    fn policy(&self) -> CatchUpPolicy {
+        CatchUpPolicy {
             ack_timeout: Duration::from_secs(10),
             retry: Duration::from_secs(1),
             window: self.window,
@@ -160,7 +160,7 @@ fn row(seq: i64) -> Row {
     }
 }
 
-/// A fake tunnel with rows 1..=n queued and a drain of `window`.
+/// A fake tunnel with rows 1..=n queued and a catch-up of `window`.
 fn fake(n: i64, window: usize) -> Arc<Fake> {
     let fake = Fake {
         window,
@@ -190,7 +190,7 @@ fn start(fake: &Arc<Fake>) -> JoinHandle<()> {
     tokio::spawn(run(fake.clone()))
 }
 
-/// Everything the session received until the drain went quiet (paused time moves on only
+/// Everything the session received until the catch-up went quiet (paused time moves on only
 /// when every task waits, so 2 s of silence, longer than the retry pause and shorter than the
 /// ack timeout, means nothing more is coming yet).
 async fn settle(rx: &mut mpsc::UnboundedReceiver<Got>) -> Vec<Got> {
@@ -241,7 +241,7 @@ async fn the_window_fills_and_rows_leave_in_order_as_they_are_recorded() {
     );
     tokio::time::timeout(Duration::from_secs(1), drain)
         .await
-        .expect("the drain ends once the queue is empty")
+        .expect("the catch-up ends once the queue is empty")
         .unwrap();
 }
 
@@ -426,7 +426,7 @@ async fn the_tunnel_goes_live_once_everything_is_sent_and_the_drain_ends_once_it
         fake.live.load(Ordering::SeqCst),
         "live before anything is recorded"
     );
-    assert!(!drain.is_finished(), "the drain waits for what it sent");
+    assert!(!drain.is_finished(), "the catch-up waits for what it sent");
     for g in got {
         g.ack.send(Ack::Recorded).unwrap();
     }
