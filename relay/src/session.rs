@@ -158,28 +158,7 @@ where
 
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let handle = SessionHandle::new(ctx.tunnels.next_session_id(), tx);
-    let pushes = ctx.tunnels.pushes(name.as_str());
-    let (backlog, empty_after) = match ctx.queue.connect(name.as_str()).await {
-        Ok(backlog) => (backlog, (backlog.queued == 0).then_some(pushes)),
-        Err(err) => {
-            // The drain finds out what is queued when the queue works again.
-            warn!(%err, tunnel = %name, "could not read the offline queue");
-            (Default::default(), None)
-        }
-    };
-    // Only a session that finds its tunnel idle gets the backlog.
-    let idle = matches!(ctx.tunnels.phase(name.as_str()), None | Some(Phase::Idle));
-    let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-    // Queue the welcome before joining, so it precedes every delivery.
-    let welcome = RelayMessage::Welcome {
-        tunnel: name.to_string(),
-        public_url: format!("{}/t/{name}", ctx.public_base),
-        queued: if idle { count(backlog.queued) } else { 0 },
-        expired: count(backlog.expired),
-        dead_letters: count(backlog.dead_letters),
-        claim_key,
-    };
-    let _ = handle.tx.try_send(welcome.encode());
+    let empty_after = welcome(&ctx, &name, &handle, claim_key).await;
     if ctx
         .tunnels
         .join(&name, owner, handle.clone(), empty_after)
@@ -200,6 +179,38 @@ where
         handle,
         name,
     })
+}
+
+/// Queues the `Welcome` (before the session joins, so it precedes every delivery) with what
+/// waits in the queue; returns the push count when the queue was seen empty.
+async fn welcome(
+    ctx: &SessionContext,
+    name: &TunnelName,
+    handle: &SessionHandle,
+    claim_key: String,
+) -> Option<u64> {
+    let pushes = ctx.tunnels.pushes(name.as_str());
+    let (backlog, empty_after) = match ctx.queue.connect(name.as_str()).await {
+        Ok(backlog) => (backlog, (backlog.queued == 0).then_some(pushes)),
+        Err(err) => {
+            // The catch-up finds out what is queued when the queue works again.
+            warn!(%err, tunnel = %name, "could not read the offline queue");
+            (Default::default(), None)
+        }
+    };
+    // Only a session that finds its tunnel idle gets the backlog.
+    let idle = matches!(ctx.tunnels.phase(name.as_str()), None | Some(Phase::Idle));
+    let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let welcome = RelayMessage::Welcome {
+        tunnel: name.to_string(),
+        public_url: format!("{}/t/{name}", ctx.public_base),
+        queued: if idle { count(backlog.queued) } else { 0 },
+        expired: count(backlog.expired),
+        dead_letters: count(backlog.dead_letters),
+        claim_key,
+    };
+    let _ = handle.tx.try_send(welcome.encode());
+    empty_after
 }
 
 async fn serve<S>(ctx: Arc<SessionContext>, joined: Joined<S>)
@@ -533,74 +544,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use tokio::sync::oneshot;
-
-    fn id(n: u8) -> DeliveryId {
-        DeliveryId::parse(&format!("id{n}")).unwrap()
-    }
-
-    #[test]
-    fn chunked_answers_are_assembled_and_bounded() {
-        let pending = Pending::open();
-        let mut partial = crate::session::Partials::new(10, 4);
-        let (tx, mut rx) = oneshot::channel();
-        pending.insert(id(1), tx).unwrap();
-        let head = ClientMessage::Response {
-            id: id(1),
-            status: 201,
-            headers: vec![("x-a".into(), vec![0xff])],
-            body: Bytes::from_static(b"ab"),
-            end: false,
-        };
-        on_message(head, &pending, &mut partial);
-        assert!(rx.try_recv().is_err());
-        let chunk = |data: &'static [u8], end| ClientMessage::ResponseChunk {
-            id: id(1),
-            data: Bytes::from_static(data),
-            end,
-        };
-        on_message(chunk(b"cd", false), &pending, &mut partial);
-        on_message(chunk(b"ef", true), &pending, &mut partial);
-        match rx.try_recv().unwrap() {
-            Reply::Answered {
-                status,
-                headers,
-                body,
-            } => {
-                assert_eq!(
-                    (status, headers[0].1.as_slice(), body.as_ref()),
-                    (201, &[0xff][..], &b"abcdef"[..])
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(partial.is_empty());
-
-        let (tx, mut rx) = oneshot::channel();
-        pending.insert(id(2), tx).unwrap();
-        let head = ClientMessage::Response {
-            id: id(2),
-            status: 200,
-            headers: vec![],
-            body: Bytes::from_static(b"12345678"),
-            end: false,
-        };
-        on_message(head, &pending, &mut partial);
-        on_message(
-            ClientMessage::ResponseChunk {
-                id: id(2),
-                data: Bytes::from_static(b"9ab"),
-                end: true,
-            },
-            &pending,
-            &mut partial,
-        );
-        assert!(
-            matches!(rx.try_recv().unwrap(), Reply::Failed(m) if m.contains("larger than the relay's limit of 10 bytes"))
-        );
-        assert!(partial.is_empty());
-    }
-}
+mod tests;
