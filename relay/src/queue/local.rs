@@ -395,6 +395,15 @@ fn execute(
                 tracing::warn!(%err, delivery = %id, "could not drop a recorded delivery from the queue");
             }
         }
+        Command::Close { reply } => return Some(reply),
+        housekeeping => run_housekeeping(store, now, housekeeping, done),
+    }
+    None
+}
+
+/// Runs one of the housekeeping commands (expiry, `--tunnel-ttl`, `tunnel release`).
+fn run_housekeeping(store: &mut QueueStore, now: i64, command: Command, done: &mut Vec<Done>) {
+    match command {
         Command::Expire { reply } => {
             let expired = store
                 .expire(None, now)
@@ -421,7 +430,7 @@ fn execute(
             };
             done.push(Done::ReleasedSince(reply, read));
         }
-        Command::Close { reply } => return Some(reply),
+        // `execute` runs the others.
+        _ => {}
     }
-    None
 }
