@@ -29,6 +29,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,7 +91,7 @@ pub trait Host: Send + Sync {
     /// Cancelled when the relay closes: the catch-up stops.
     fn closing(&self) -> &CancellationToken;
     /// The session to send to, in connect order, skipping those in `skip` unless every one is
-    /// in it; waits while another node catch-ups the tunnel. `None` stops the catch-up (no session
+    /// in it; waits while another node catches up on the tunnel. `None` stops the catch-up (no session
     /// left, the tunnel is not catching up, or the relay is closing).
     fn target(&self, skip: &[u64]) -> impl Future<Output = Option<Self::Link>> + Send;
     /// Deliveries pushed to the tunnel's queue so far; read before looking at the queue.
@@ -210,140 +211,225 @@ type Out<H> = (Row, <<H as Host>::Link as Link>::Pending);
 /// taking the queue; it returns once every removal it started is done, so the next pass reads
 /// the queue as it is.
 async fn pass<H: Host>(host: &H, link: &H::Link, state: &mut State) -> Pass {
-    let window = host.policy().window.max(1);
-    let ack_timeout = host.policy().ack_timeout;
-    let mut removing = FuturesUnordered::new();
-    let mut out: VecDeque<Out<H>> = VecDeque::new();
-    // Rows up to this one were sent (or set aside) in this pass.
-    let mut cursor = 0i64;
-    let mut deadline = Instant::now() + ack_timeout;
-    let mut live = false;
-    // Whether the last read found the end of the queue.
-    let mut caught_up = false;
+    let mut window = Window::new(host, link);
     let end = loop {
-        let room = window - out.len();
-        // Refill once half the window is free, so reads come in pages rather than one a row;
-        // at the end of the queue, look again at once, to go live as soon as all is sent.
-        if room > 0 && (out.is_empty() || room * 2 >= window || (caught_up && !live)) {
-            let was_empty = out.is_empty();
-            let seen = host.pushes();
-            let read = tokio::select! {
-                _ = host.closing().cancelled() => break Pass::Closing,
-                read = host.rows_after(cursor, room) => read,
-            };
-            match read {
-                Ok(rows) if rows.is_empty() => {
-                    caught_up = true;
-                    // Everything queued is sent: unless a push is on its way, go live.
-                    if !live && host.go_live(seen) {
-                        live = true;
-                    }
-                }
-                Ok(rows) => {
-                    caught_up = rows.len() < room;
-                    // A live tunnel that had to queue again catches up again.
-                    live = false;
-                    if let Some(end) = send_rows(host, link, rows, &mut out, &mut cursor).await {
-                        break end;
-                    }
-                    if was_empty {
-                        deadline = Instant::now() + ack_timeout;
-                    }
-                    if caught_up {
-                        continue;
-                    }
-                }
-                Err(err) if out.is_empty() => {
-                    warn!(%err, "could not read the offline queue; trying again");
-                    break Pass::Again(Some(host.policy().retry));
-                }
-                // What is out is still waited for; the next refill reads again.
-                Err(err) => warn!(%err, "could not read the offline queue"),
-            }
-            if was_empty {
-                // The first row out: its wait starts now.
-                deadline = Instant::now() + ack_timeout;
-            }
+        let step = match window.refill().await {
+            Step::Go if window.out.is_empty() => window.nothing_out().await,
+            Step::Go => window.next_word(state).await,
+            other => other,
+        };
+        if let Step::End(end) = step {
+            break end;
         }
-        let Some((front, pending)) = out.front_mut() else {
-            if live {
-                while let Some(removed) = removing.next().await {
-                    log_removal(removed);
+    };
+    // What is still out is sent again on the next pass; recorded rows must be gone by then.
+    window.out.clear();
+    window.removals_done().await;
+    end
+}
+
+/// The removal of a recorded row, with its delivery's id for the log.
+type Removal<'a> =
+    Pin<Box<dyn Future<Output = (DeliveryId, Result<bool, QueueError>)> + Send + 'a>>;
+
+/// What one step of a pass leads to.
+enum Step {
+    /// Wait for the client's word on the oldest row out (or for a push, when none is out).
+    Go,
+    /// Look at the queue again first.
+    Again,
+    /// The pass is over.
+    End(Pass),
+}
+
+/// One pass's rows out, in order, and how far it has read the queue.
+struct Window<'a, H: Host> {
+    host: &'a H,
+    link: &'a H::Link,
+    size: usize,
+    ack_timeout: Duration,
+    out: VecDeque<Out<H>>,
+    removing: FuturesUnordered<Removal<'a>>,
+    /// Rows up to this one were sent (or set aside) in this pass.
+    cursor: i64,
+    /// When the client's word on the oldest row out is overdue.
+    deadline: Instant,
+    live: bool,
+    /// Whether the last read found the end of the queue.
+    caught_up: bool,
+}
+
+impl<'a, H: Host> Window<'a, H> {
+    fn new(host: &'a H, link: &'a H::Link) -> Self {
+        let ack_timeout = host.policy().ack_timeout;
+        Window {
+            host,
+            link,
+            size: host.policy().window.max(1),
+            ack_timeout,
+            out: VecDeque::new(),
+            removing: FuturesUnordered::new(),
+            cursor: 0,
+            deadline: Instant::now() + ack_timeout,
+            live: false,
+            caught_up: false,
+        }
+    }
+
+    /// Reads and sends more rows once half the window is free (so reads come in pages rather
+    /// than one a row); at the end of the queue it looks again at once, to go live as soon as
+    /// all is sent.
+    async fn refill(&mut self) -> Step {
+        let room = self.size - self.out.len();
+        let due = self.out.is_empty() || room * 2 >= self.size || (self.caught_up && !self.live);
+        if room == 0 || !due {
+            return Step::Go;
+        }
+        let was_empty = self.out.is_empty();
+        let seen = self.host.pushes();
+        let read = tokio::select! {
+            _ = self.host.closing().cancelled() => return Step::End(Pass::Closing),
+            read = self.host.rows_after(self.cursor, room) => read,
+        };
+        match read {
+            Ok(rows) if rows.is_empty() => {
+                self.caught_up = true;
+                // Everything queued is sent: unless a push is on its way, go live.
+                if !self.live && self.host.go_live(seen) {
+                    self.live = true;
                 }
-                if host.retire() {
-                    break Pass::Done;
+            }
+            Ok(rows) => {
+                self.caught_up = rows.len() < room;
+                // A live tunnel that had to queue again catches up again.
+                self.live = false;
+                let (host, link) = (self.host, self.link);
+                if let Some(end) =
+                    send_rows(host, link, rows, &mut self.out, &mut self.cursor).await
+                {
+                    return Step::End(end);
                 }
-                // The tunnel queued again since it went live: read again.
-                live = false;
-                continue;
+                if was_empty {
+                    self.deadline = Instant::now() + self.ack_timeout;
+                }
+                if self.caught_up {
+                    return Step::Again;
+                }
             }
-            // A push is on its way: its wake-up brings us back.
-            tokio::select! {
-                _ = host.closing().cancelled() => break Pass::Closing,
-                _ = host.woken() => continue,
+            Err(err) if self.out.is_empty() => {
+                warn!(%err, "could not read the offline queue; trying again");
+                return Step::End(Pass::Again(Some(self.host.policy().retry)));
             }
+            // What is out is still waited for; the next refill reads again.
+            Err(err) => warn!(%err, "could not read the offline queue"),
+        }
+        if was_empty {
+            // The first row out: its wait starts now.
+            self.deadline = Instant::now() + self.ack_timeout;
+        }
+        Step::Go
+    }
+
+    /// Nothing is out: a live tunnel ends the pass once its removals are done; otherwise a
+    /// push is on its way and its wake-up brings the pass back.
+    async fn nothing_out(&mut self) -> Step {
+        if self.live {
+            self.removals_done().await;
+            if self.host.retire() {
+                return Step::End(Pass::Done);
+            }
+            // The tunnel queued again since it went live: read again.
+            self.live = false;
+            return Step::Again;
+        }
+        tokio::select! {
+            _ = self.host.closing().cancelled() => Step::End(Pass::Closing),
+            _ = self.host.woken() => Step::Again,
+        }
+    }
+
+    /// Waits for the client's word on the oldest row out, and acts on it.
+    async fn next_word(&mut self, state: &mut State) -> Step {
+        let Some((_, pending)) = self.out.front_mut() else {
+            return Step::Again;
         };
         // All three are cancel-safe: a token wait, `FuturesUnordered::next`, and the ack wait
         // (`Link::ack`), whose timeout is a fixed deadline.
         let ack = tokio::select! {
-            _ = host.closing().cancelled() => break Pass::Closing,
-            Some(removed) = removing.next(), if !removing.is_empty() => {
+            _ = self.host.closing().cancelled() => return Step::End(Pass::Closing),
+            Some(removed) = self.removing.next(), if !self.removing.is_empty() => {
                 log_removal(removed);
-                continue;
+                return Step::Again;
             }
-            ack = tokio::time::timeout_at(deadline, H::Link::ack(pending)) => ack,
+            ack = tokio::time::timeout_at(self.deadline, H::Link::ack(pending)) => ack,
+        };
+        let (host, link) = (self.host, self.link);
+        let Some((front, _)) = self.out.front() else {
+            return Step::End(Pass::Again(None));
         };
         let seq = front.seq;
         match ack {
             Ok(Ok(Ack::Recorded)) => {
-                let Some((row, _)) = out.pop_front() else {
-                    break Pass::Again(None);
+                let Some((row, _)) = self.out.pop_front() else {
+                    return Step::End(Pass::Again(None));
                 };
                 state.sent += 1;
                 state.retry = host.policy().retry;
                 state.skip.clear();
                 let id = row.delivery.id;
-                removing.push(async move { (id, host.remove(seq).await) });
-                deadline = Instant::now() + ack_timeout;
+                self.removing
+                    .push(Box::pin(async move { (id, host.remove(seq).await) }));
+                self.deadline = Instant::now() + self.ack_timeout;
+                Step::Again
             }
             Ok(Ok(Ack::NotRecorded(why))) => {
                 let delay = state.retry;
                 warn!(delivery = %front.delivery.id, %why, ?delay, "the client could not record a queued delivery; sending it again later");
                 state.retry = (state.retry * 2).min(MAX_RETRY);
-                break Pass::Again(Some(delay));
+                Step::End(Pass::Again(Some(delay)))
             }
             Ok(Ok(Ack::Rejected(why))) => {
                 let why = format!("the client rejected it: {why}");
                 attempt_failed(host, link, front, why).await;
-                break Pass::Again(None);
+                Step::End(Pass::Again(None))
             }
             Ok(Ok(Ack::Left)) => {
                 debug!(delivery = %front.delivery.id, "the client left before recording a queued delivery");
-                break Pass::Again(None);
+                Step::End(Pass::Again(None))
             }
-            Ok(Err(SessionGone)) => break gone(host, link, front).await,
-            Err(_) => {
-                let why = format!(
-                    "the client did not record it within {} s",
-                    ack_timeout.as_secs()
-                );
-                // Counted once per session: a wedged client moves the catch-up on, and does not
-                // turn the backlog into dead letters.
-                if state.counted.insert((link.id(), seq)) {
-                    attempt_failed(host, link, front, why).await;
-                } else {
-                    warn!(delivery = %front.delivery.id, %why, "a queued delivery is still not recorded; trying the next session");
-                }
-                break Pass::Skip(link.id());
-            }
+            Ok(Err(SessionGone)) => Step::End(gone(host, link, front).await),
+            Err(_) => Step::End(silent(host, link, front, state, self.ack_timeout).await),
         }
-    };
-    // What is still out is sent again on the next pass; recorded rows must be gone by then.
-    drop(out);
-    while let Some(removed) = removing.next().await {
-        log_removal(removed);
     }
-    end
+
+    /// Waits for every removal started.
+    async fn removals_done(&mut self) {
+        while let Some(removed) = self.removing.next().await {
+            log_removal(removed);
+        }
+    }
+}
+
+/// The client said nothing about `front` within the ack timeout: counted once per session
+/// (a wedged client moves the catch-up on, and does not turn the backlog into dead letters),
+/// and the next session is tried.
+async fn silent<H: Host>(
+    host: &H,
+    link: &H::Link,
+    front: &Row,
+    state: &mut State,
+    ack_timeout: Duration,
+) -> Pass {
+    let why = format!(
+        "the client did not record it within {} s",
+        ack_timeout.as_secs()
+    );
+    if state.counted.insert((link.id(), front.seq)) {
+        attempt_failed(host, link, front, why).await;
+    } else {
+        warn!(delivery = %front.delivery.id, %why, "a queued delivery is still not recorded; trying the next session");
+    }
+    Pass::Skip(link.id())
 }
 
 /// Sends `rows` to `link` in order, setting aside those that failed too often; `Some` ends the
