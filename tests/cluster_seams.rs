@@ -102,6 +102,9 @@ fn load(
                     let url = urls[k % urls.len()].clone();
                     tokio::spawn(async move {
                         let sent = Request::post(&url).body(body(k)).try_send().await;
+                        if let Some(r) = sent.as_ref().ok().filter(|r| r.status == 404) {
+                            eprintln!("404 from {url} for delivery {k}: {}", r.text());
+                        }
                         (k, sent.ok().map(|r| r.status))
                     })
                 })
