@@ -165,7 +165,7 @@ async fn open_local(config: &Config, metrics: &Metrics) -> Result<Backend, Relay
 
 #[cfg(feature = "cluster")]
 async fn open_cluster(settings: &ClusterConfig, config: &Config) -> Result<Backend, RelayError> {
-    use crate::cluster::{self, queue::NatsQueue, tokens::NatsTokens, Cluster};
+    use crate::cluster::{self, node::Cluster, queue::NatsQueue, tokens::NatsTokens};
     let cluster = Cluster::connect(settings, config.queue)
         .await
         .map_err(|e| RelayError::Cluster(e.to_string()))?;

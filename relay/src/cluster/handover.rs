@@ -29,8 +29,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
 use super::codec::{self, AnswerHead};
-use super::queue::PUSHED_SUBJECT;
-use super::Cluster;
+use super::node::Cluster;
+use super::PUSHED_SUBJECT;
 use crate::error::IngressError;
 use crate::ingress::{self, Answered, IngressContext, Peers};
 use crate::metrics::Outcome;

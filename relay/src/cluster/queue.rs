@@ -31,26 +31,17 @@ use illumitunnel::DeliveryId;
 use tracing::debug;
 
 use super::codec::{decode_delivery, encode_delivery};
-use super::Cluster;
+use super::node::Cluster;
+use super::{DEAD_SUBJECT, PUSHED_SUBJECT, QUEUE_SUBJECT};
 use crate::auth::{decide, Claim, Owner};
 use crate::queue::{
     Backlog, Limit, Queue, QueueError, QueueLimits, QueuedDelivery, Row, PAGE_BYTES,
 };
 
-/// Subject prefix of queued deliveries.
-pub const QUEUE_SUBJECT: &str = "illumitunnel.queue";
-/// Subject prefix of dead letters.
-pub const DEAD_SUBJECT: &str = "illumitunnel.dead";
-/// Subject prefix a node publishes on after queueing, to wake the tunnel's authority.
-pub const PUSHED_SUBJECT: &str = "illumitunnel.pushed";
 /// Header of a dead letter: why it was set aside.
 const REASON_HEADER: &str = "Illumitunnel-Reason";
 /// Most times a claim retries after losing a race for the same name.
 const CLAIM_RACES: usize = 3;
-/// How long the queue stream remembers a delivery id, so a second copy of a delivery (a node
-/// that wakes from a pause and queues what another node already queued for it) is dropped.
-/// JetStream's own default; NATS drops a paused node's buffered messages long before.
-pub const DEDUPE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn queue_subject(tunnel: &str) -> String {
     format!("{QUEUE_SUBJECT}.{tunnel}")
@@ -375,16 +366,6 @@ fn attempts_key(tunnel: &str, seq: u64) -> String {
 /// stores one copy of it within [`DEDUPE_WINDOW`].
 pub fn dedupe_id(id: &DeliveryId) -> String {
     id.as_str().to_owned()
-}
-
-/// The queue stream's duplicate window: [`DEDUPE_WINDOW`], or the queue's age limit
-/// when that is shorter (JetStream refuses a window longer than the age limit).
-pub fn dedupe_window(max_age: std::time::Duration) -> std::time::Duration {
-    if max_age.is_zero() {
-        DEDUPE_WINDOW
-    } else {
-        DEDUPE_WINDOW.min(max_age)
-    }
 }
 
 /// The object name of a queued delivery's large body: unique per publish, so a second copy

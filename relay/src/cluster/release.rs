@@ -1,7 +1,7 @@
 //! `illumitunnel-relay tunnel release NAME --cluster …`: frees a name in the owners bucket and
 //! purges its queue and dead letters.
 
-use super::queue::{DEAD_SUBJECT, QUEUE_SUBJECT};
+use super::{DEAD_SUBJECT, QUEUE_SUBJECT};
 use crate::config::NatsLink;
 use crate::tunnel::release::{Names, ReleaseError};
 

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
-use super::queue::QUEUE_SUBJECT;
-use super::Cluster;
+use super::node::Cluster;
+use super::QUEUE_SUBJECT;
 use crate::tunnel::Tunnels;
 
 /// How often a node looks for deliveries queued for the tunnels it is the authority of.

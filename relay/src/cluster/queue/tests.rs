@@ -71,14 +71,17 @@ fn copies_are_recognised_by_the_delivery_id_within_the_window() {
     let id = DeliveryId::parse("1a2526d6e09e163d001c00cb").expect("an id");
     assert_eq!(dedupe_id(&id), "1a2526d6e09e163d001c00cb");
     assert_eq!(dedupe_id(&id), dedupe_id(&id.clone()));
-    assert_eq!(dedupe_window(Duration::ZERO), super::DEDUPE_WINDOW);
     assert_eq!(
-        dedupe_window(Duration::from_secs(72 * 3600)),
-        super::DEDUPE_WINDOW
+        crate::cluster::dedupe_window(Duration::ZERO),
+        crate::cluster::DEDUPE_WINDOW
+    );
+    assert_eq!(
+        crate::cluster::dedupe_window(Duration::from_secs(72 * 3600)),
+        crate::cluster::DEDUPE_WINDOW
     );
     // JetStream refuses a window longer than the age limit.
     assert_eq!(
-        dedupe_window(Duration::from_secs(30)),
+        crate::cluster::dedupe_window(Duration::from_secs(30)),
         Duration::from_secs(30)
     );
 }
