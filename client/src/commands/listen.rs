@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, UsageError};
+use super::Ctx;
 use crate::cli::ListenArgs;
 use crate::forward::{Forwarder, Target};
 use crate::output::{self, Banner, Format};
@@ -35,6 +35,7 @@ use crate::replay;
 use crate::session::tls::{self, Trust};
 use crate::session::{self, RelayUrl, Session, SessionConfig};
 use crate::status::ListenEvent;
+use crate::usage::UsageError;
 
 use announce::{announce, on_welcome};
 pub(crate) use announce::{remembered_claim_key, remembered_tunnel};

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use illumitunnel::{Token, TunnelName};
 
 use super::listen::{remembered_claim_key, remembered_tunnel, DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY};
-use super::UsageError;
 use crate::cli::LoginArgs;
 use crate::session::tls::{self, Trust};
 use crate::session::{self, RelayUrl, SessionConfig};
 use crate::settings::{layer, Settings};
+use crate::usage::UsageError;
 
 /// Longest token line read from standard input.
 const MAX_TOKEN_LINE: u64 = 4096;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use illumitunnel::{Token, TunnelName};
 
-use super::super::{parse_event_type, UsageError};
+use super::super::parse_event_type;
 use crate::cli::ListenArgs;
 use crate::forward::{Rules, Target};
 use crate::illumichat::Api;
@@ -15,6 +15,7 @@ use crate::output::Format;
 use crate::recorder::Retention;
 use crate::session::RelayUrl;
 use crate::settings::{layer, Settings};
+use crate::usage::UsageError;
 
 /// Websocket ping interval unless `--keepalive-ms` says otherwise.
 pub const DEFAULT_KEEPALIVE: Duration = illumitunnel_relay::config::DEFAULT_KEEPALIVE;
