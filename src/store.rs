@@ -2,15 +2,19 @@
 //! (WAL, created 0600). Writers batch many deliveries into one transaction; readers page by
 //! `seq` so a view never holds more than its window.
 
+mod files;
+mod rows;
 mod schema;
 
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
-use crate::delivery::{Delivery, DeliveryId, RequestRecord, ResponseRecord, Source};
-use crate::headers::{decode_blob, encode_blob};
+use self::files::{create_private, sidecar};
+use self::rows::{read_row, write_large, BodyParam, COLUMNS, REQUEST_PART, RESPONSE_PART};
+use crate::delivery::{Delivery, DeliveryId, Source};
+use crate::headers::encode_blob;
 
 /// Capture store failures.
 #[derive(Debug, thiserror::Error)]
@@ -128,9 +132,6 @@ pub struct CaptureStore {
     conn: Connection,
     path: PathBuf,
 }
-
-const COLUMNS: &str = "seq, id, received_at_ms, tunnel, source, replay_of, queued, event, resource_id, dedup_key, \
-     duplicate, skipped, target, method, path, query, req_headers, req_body, status, resp_headers, resp_body, error, duration_us";
 
 impl CaptureStore {
     /// Opens (creating with mode 0600 if needed) and migrates the store at `path`.
@@ -550,71 +551,6 @@ impl CaptureStore {
     }
 }
 
-/// Bodies above this go in through incremental blob I/O.
-const LARGE_BODY: usize = 256 * 1024;
-
-/// A body as an insert parameter. Binding a large body would make SQLite copy it twice (its own
-/// copy of the parameter, then the whole row as one record); a large body is instead left empty
-/// in the row and written in slices into `large_bodies`, so recording a 10 MiB delivery does not
-/// cost 20 MiB more memory.
-#[derive(Clone, Copy)]
-enum BodyParam<'a> {
-    Small(&'a [u8]),
-    Large(&'a [u8]),
-}
-
-impl<'a> BodyParam<'a> {
-    fn new(body: &'a [u8]) -> Self {
-        if body.len() > LARGE_BODY {
-            BodyParam::Large(body)
-        } else {
-            BodyParam::Small(body)
-        }
-    }
-}
-
-impl rusqlite::ToSql for BodyParam<'_> {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        match self {
-            BodyParam::Small(body) => body.to_sql(),
-            BodyParam::Large(_) => Ok(rusqlite::types::ToSqlOutput::from(&[][..])),
-        }
-    }
-}
-
-/// `large_bodies.part` of a request body.
-const REQUEST_PART: i64 = 0;
-/// `large_bodies.part` of a response body.
-const RESPONSE_PART: i64 = 1;
-
-fn write_large(
-    tx: &rusqlite::Transaction<'_>,
-    seq: i64,
-    part: i64,
-    body: &[u8],
-) -> Result<(), StoreError> {
-    let len = i64::try_from(body.len()).unwrap_or(i64::MAX);
-    // A zero-filled blob as the row's last column stays unexpanded until written in place.
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO large_bodies (seq, part, data) VALUES (?1, ?2, zeroblob(?3))",
-    )?
-    .execute(params![seq, part, len])?;
-    let rowid = tx.last_insert_rowid();
-    let mut blob = tx.blob_open(
-        rusqlite::DatabaseName::Main,
-        "large_bodies",
-        "data",
-        rowid,
-        false,
-    )?;
-    for slice in body.chunks(64 * 1024) {
-        std::io::Write::write_all(&mut blob, slice).map_err(|e| {
-            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-        })?;
-    }
-    Ok(())
-}
-
 fn where_clause(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value;
     let mut conds = Vec::new();
@@ -656,88 +592,6 @@ fn where_clause(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
         format!("WHERE {}", conds.join(" AND "))
     };
     (clause, args)
-}
-
-fn read_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
-    let headers = |i: usize| -> rusqlite::Result<Vec<crate::headers::Header>> {
-        let blob: Vec<u8> = r.get(i)?;
-        Ok(decode_blob(&blob).unwrap_or_default())
-    };
-    let status: Option<u16> = r.get(18)?;
-    let response = match status {
-        Some(status) => Some(ResponseRecord {
-            status,
-            headers: headers(19)?,
-            body: Bytes::from(r.get::<_, Vec<u8>>(20)?),
-        }),
-        None => None,
-    };
-    let id: String = r.get(1)?;
-    let replay_of: Option<String> = r.get(5)?;
-    Ok(Delivery {
-        seq: r.get(0)?,
-        id: DeliveryId::parse(&id).unwrap_or_else(DeliveryId::generate),
-        received_at_ms: r.get(2)?,
-        tunnel: r.get(3)?,
-        source: Source::parse(&r.get::<_, String>(4)?),
-        replay_of: replay_of.as_deref().and_then(DeliveryId::parse),
-        queued: r.get(6)?,
-        event: r.get(7)?,
-        resource_id: r.get(8)?,
-        dedup_key: r.get(9)?,
-        duplicate: r.get(10)?,
-        skipped: r.get(11)?,
-        target: r.get(12)?,
-        request: RequestRecord {
-            method: r.get(13)?,
-            path: r.get(14)?,
-            query: r.get(15)?,
-            headers: headers(16)?,
-            body: Bytes::from(r.get::<_, Vec<u8>>(17)?),
-        },
-        response,
-        error: r.get(21)?,
-        duration_us: r.get(22)?,
-    })
-}
-
-/// `captures.db-wal` for `captures.db` and `-wal`.
-fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    name.into()
-}
-
-#[cfg(unix)]
-fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Opening for write checks that an existing store is writable, so the error is
-            // the clear "not writable" one instead of SQLite's "readonly database" later.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map(|_| ())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(not(unix))]
-fn create_private(path: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map(|_| ())
 }
 
 #[cfg(test)]

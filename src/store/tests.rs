@@ -1,7 +1,9 @@
 //! The capture store against real SQLite files: round trips, filters, retention, the write-ahead
 //! log's bounds, durable commits, migrations and file modes.
 
+use super::rows::LARGE_BODY;
 use super::*;
+use crate::delivery::{RequestRecord, ResponseRecord};
 
 fn delivery(id: &str, body: &str) -> Delivery {
     let request = RequestRecord {
