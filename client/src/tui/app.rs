@@ -375,17 +375,7 @@ impl App {
             Action::First => self.first(),
             Action::Last => self.last(),
             Action::ToggleDetails => self.set_details(!self.details_open),
-            Action::NextTab | Action::PrevTab | Action::Tab(_) => {
-                let tab = match action {
-                    Action::NextTab if self.details_open => self.tab.step(1),
-                    Action::PrevTab if self.details_open => self.tab.step(Tab::ALL.len() - 1),
-                    Action::Tab(n) => Tab::ALL[n.min(Tab::ALL.len() - 1)],
-                    _ => self.tab,
-                };
-                self.tab = tab;
-                self.details_scroll = 0;
-                self.set_details(true)
-            }
+            Action::NextTab | Action::PrevTab | Action::Tab(_) => self.switch_tab(action),
             Action::DetailsDown => {
                 self.details_scroll = self.details_scroll.saturating_add(1);
                 None
@@ -394,26 +384,9 @@ impl App {
                 self.details_scroll = self.details_scroll.saturating_sub(1);
                 None
             }
-            Action::Replay => {
-                let id = self.selected_delivery()?.id.clone();
-                self.say(format!("replaying {}…", id));
-                Some(Effect::Replay {
-                    original: id,
-                    body: None,
-                })
-            }
+            Action::Replay => self.replay_selected(),
             Action::Test => self.start_test(),
-            Action::Edit => {
-                let d = self.selected_delivery()?;
-                if std::str::from_utf8(&d.request.body).is_err() {
-                    self.say_error("this body is binary; only text bodies can be edited".into());
-                    return None;
-                }
-                Some(Effect::Edit {
-                    original: d.id.clone(),
-                    body: d.request.body.clone(),
-                })
-            }
+            Action::Edit => self.edit_selected(),
             Action::Copy => {
                 let d = self.selected_delivery()?;
                 Some(Effect::Copy {
@@ -426,30 +399,72 @@ impl App {
                 self.mode = Mode::Filter(current);
                 None
             }
-            Action::TogglePause => {
-                self.paused = !self.paused;
-                if self.paused {
-                    self.say("following paused; p follows the newest again".into());
-                    None
-                } else {
-                    self.say("following the newest delivery".into());
-                    self.last()
-                }
-            }
+            Action::TogglePause => self.toggle_pause(),
             Action::Help => {
                 self.mode = Mode::Help;
                 None
             }
-            Action::Back => {
-                if self.details_open {
-                    self.set_details(false)
-                } else if self.filter_label().is_some() {
-                    self.apply_filter("")
-                } else {
-                    None
-                }
-            }
+            Action::Back => self.back(),
             Action::Quit => Some(Effect::Quit),
+        }
+    }
+
+    /// `Tab`, `Shift-Tab`, `1`–`4`: another details tab, opening the details.
+    fn switch_tab(&mut self, action: Action) -> Option<Effect> {
+        let tab = match action {
+            Action::NextTab if self.details_open => self.tab.step(1),
+            Action::PrevTab if self.details_open => self.tab.step(Tab::ALL.len() - 1),
+            Action::Tab(n) => Tab::ALL[n.min(Tab::ALL.len() - 1)],
+            _ => self.tab,
+        };
+        self.tab = tab;
+        self.details_scroll = 0;
+        self.set_details(true)
+    }
+
+    /// `r`: the selected delivery replayed as it was.
+    fn replay_selected(&mut self) -> Option<Effect> {
+        let id = self.selected_delivery()?.id.clone();
+        self.say(format!("replaying {}…", id));
+        Some(Effect::Replay {
+            original: id,
+            body: None,
+        })
+    }
+
+    /// `e`: the selected delivery's body in the editor, then replayed; text bodies only.
+    fn edit_selected(&mut self) -> Option<Effect> {
+        let d = self.selected_delivery()?;
+        if std::str::from_utf8(&d.request.body).is_err() {
+            self.say_error("this body is binary; only text bodies can be edited".into());
+            return None;
+        }
+        Some(Effect::Edit {
+            original: d.id.clone(),
+            body: d.request.body.clone(),
+        })
+    }
+
+    /// `p`: pause following the newest delivery, or follow it again.
+    fn toggle_pause(&mut self) -> Option<Effect> {
+        self.paused = !self.paused;
+        if self.paused {
+            self.say("following paused; p follows the newest again".into());
+            None
+        } else {
+            self.say("following the newest delivery".into());
+            self.last()
+        }
+    }
+
+    /// `Esc`: close the details, else clear the filter.
+    fn back(&mut self) -> Option<Effect> {
+        if self.details_open {
+            self.set_details(false)
+        } else if self.filter_label().is_some() {
+            self.apply_filter("")
+        } else {
+            None
         }
     }
 
