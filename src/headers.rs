@@ -192,9 +192,13 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
-/// Encodes a header list as a compact blob (the capture store's column format):
-/// `u16 count, then per header u16 name length, name, u32 value length, value`, big-endian.
+/// Encodes a header list as a compact blob (the column format of the capture store and the
+/// relay's queue): `u16 count, then per header u16 name length, name, u32 value length, value`,
+/// big-endian. It is on disk, so it has its own codec here and does not follow the wire
+/// protocol's changes.
 pub fn encode_blob(headers: &[Header]) -> Vec<u8> {
+    let count = headers.len().min(u16::MAX as usize);
+    let headers = &headers[..count];
     let mut out = Vec::with_capacity(
         headers
             .iter()
@@ -202,16 +206,50 @@ pub fn encode_blob(headers: &[Header]) -> Vec<u8> {
             .sum::<usize>()
             + 2,
     );
-    crate::protocol::put_headers(&mut out, headers);
+    out.extend_from_slice(&(count as u16).to_be_bytes());
+    for (name, value) in headers {
+        // Names are bounded by the head limit long before u16::MAX; truncate rather than corrupt.
+        let len = name.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+        out.extend_from_slice(&name.as_bytes()[..len]);
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
+    }
     out
 }
 
-/// Decodes a blob written by [`encode_blob`]; `None` when it is damaged.
+/// Decodes a blob written by [`encode_blob`]; `None` when it is damaged (cut short, a name
+/// that is not UTF-8, or bytes left over).
 pub fn decode_blob(blob: &[u8]) -> Option<Vec<Header>> {
-    let mut reader = crate::protocol::Reader::new(blob);
-    let headers = reader.headers().ok()?;
-    reader.finish().ok()?;
-    Some(headers)
+    let mut rest = blob;
+    let count = u16::from_be_bytes(take(&mut rest)?) as usize;
+    // Each header takes at least 6 bytes: refuse counts the blob cannot hold before allocating.
+    if count.saturating_mul(6) > rest.len() {
+        return None;
+    }
+    let mut headers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = u16::from_be_bytes(take(&mut rest)?) as usize;
+        let name = std::str::from_utf8(take_slice(&mut rest, len)?).ok()?;
+        let len = u32::from_be_bytes(take(&mut rest)?) as usize;
+        headers.push((name.to_owned(), take_slice(&mut rest, len)?.to_vec()));
+    }
+    rest.is_empty().then_some(headers)
+}
+
+/// The next `n` bytes of `rest`, which moves past them.
+fn take_slice<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if rest.len() < n {
+        return None;
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Some(head)
+}
+
+/// The next `N` bytes of `rest` as an array, for a big-endian length.
+fn take<const N: usize>(rest: &mut &[u8]) -> Option<[u8; N]> {
+    take_slice(rest, N)?.try_into().ok()
 }
 
 #[cfg(test)]
@@ -332,5 +370,17 @@ mod tests {
         ];
         assert_eq!(decode_blob(&encode_blob(&headers)).unwrap(), headers);
         assert!(decode_blob(&[0, 5, 1]).is_none());
+        // The on-disk layout, byte for byte: count, name length, name, value length, value.
+        let blob = encode_blob(&[h("ab", "xyz")]);
+        assert_eq!(blob, [0, 1, 0, 2, b'a', b'b', 0, 0, 0, 3, b'x', b'y', b'z']);
+        assert!(decode_blob(&blob[..blob.len() - 1]).is_none(), "cut short");
+        assert!(
+            decode_blob(&[blob.as_slice(), &[0]].concat()).is_none(),
+            "bytes left over"
+        );
+        assert!(
+            decode_blob(&[0, 1, 0, 1, 0xff, 0, 0, 0, 0]).is_none(),
+            "a name that is not UTF-8"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod webhooks;
 use std::path::PathBuf;
 
 use crate::output::LocalClock;
+use crate::usage::UsageError;
 
 /// What every command gets besides its own arguments.
 pub struct Ctx {
@@ -23,11 +24,6 @@ pub struct Ctx {
     /// Local time for printed deliveries.
     pub clock: LocalClock,
 }
-
-/// A mistake in how the command was called: printed as `error: …`, exit 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// An outcome the command has already reported on stdout (deliveries that differ, attempts that
 /// all failed): exit 1 with nothing more printed.

@@ -14,8 +14,8 @@ use illumitunnel::Token;
 use serde_json::{json, Value};
 
 use crate::cli::ApiArgs;
-use crate::commands::UsageError;
 use crate::forward::{Forwarder, Target};
+use crate::usage::UsageError;
 
 /// How long one API call may take.
 const API_TIMEOUT: Duration = Duration::from_secs(15);

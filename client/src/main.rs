@@ -35,6 +35,7 @@ mod session;
 mod settings;
 mod status;
 mod tui;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -48,8 +49,9 @@ use clap::Parser;
 use illumitunnel_relay::logging;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{Ctx, UsageError};
+use crate::commands::Ctx;
 use crate::output::LocalClock;
+use crate::usage::UsageError;
 
 /// Environment variable with a `tracing` filter for the client's logs (stderr).
 const LOG_ENV: &str = "ILLUMITUNNEL_LOG";

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
-use illumitunnel::store::CaptureStore;
+use illumitunnel::store::{CaptureStore, StoreError};
 use illumitunnel::{Delivery, DeliveryId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -144,6 +144,13 @@ enum Waiter {
     Session(oneshot::Sender<Committed>),
     /// A replay, answered with the stored delivery.
     Replay(oneshot::Sender<Result<Delivery, String>>),
+}
+
+/// Whether a batch's commit must be on disk before its waiters hear of it: when the session
+/// waits, to tell the relay `Recorded`, after which the relay drops its copy. Live deliveries
+/// and replays have no other copy to lose, so their commits skip the fsync.
+fn needs_durable_commit(waiters: &[Waiter]) -> bool {
+    waiters.iter().any(|w| matches!(w, Waiter::Session(_)))
 }
 
 /// A delivery waiting for the next commit.
@@ -373,10 +380,12 @@ impl Writer {
                         committed: false,
                     }),
                     // `contains` first: `get` would also accept another id with this prefix.
+                    // Committed, perhaps at `synchronous = NORMAL` (live): the relay may drop
+                    // its copy only once that commit is on disk.
                     None if self.store.contains(&id).unwrap_or(false) => {
                         self.store.get(id.as_str()).ok().flatten().map(|d| Known {
                             answer: recorded_answer(&d),
-                            committed: true,
+                            committed: self.store.sync().is_ok(),
                         })
                     }
                     None => None,
@@ -403,7 +412,7 @@ impl Writer {
         }
         let (mut deliveries, waiters): (Vec<Delivery>, Vec<Waiter>) =
             pending.into_iter().map(|p| (p.delivery, p.waiter)).unzip();
-        let outcomes = self.insert(&mut deliveries);
+        let outcomes = self.insert(&mut deliveries, needs_durable_commit(&waiters));
         let mut failure = None;
         // Shown after the StoreChanged nudge, which covers them when it gets through.
         let covered = self.nudge_screen();
@@ -452,8 +461,9 @@ impl Writer {
 
     /// Commits in one transaction; when that fails, each delivery alone, so one that cannot be
     /// stored does not hold back the others. Per delivery: new or already stored, or the sentence.
-    fn insert(&mut self, deliveries: &mut [Delivery]) -> Vec<Result<bool, String>> {
-        match self.store.insert_batch(deliveries) {
+    /// `durable`: the commit is on disk before this returns (see [`needs_durable_commit`]).
+    fn insert(&mut self, deliveries: &mut [Delivery], durable: bool) -> Vec<Result<bool, String>> {
+        match self.insert_batch(deliveries, durable) {
             Ok(inserted) => inserted.into_iter().map(Ok).collect(),
             Err(err) if deliveries.len() == 1 => {
                 deliveries[0].seq = 0;
@@ -463,8 +473,7 @@ impl Writer {
                 .iter_mut()
                 .map(|d| {
                     d.seq = 0;
-                    self.store
-                        .insert_batch(std::slice::from_mut(d))
+                    self.insert_batch(std::slice::from_mut(d), durable)
                         .map(|inserted| inserted.first().copied().unwrap_or(false))
                         .map_err(|err| {
                             d.seq = 0;
@@ -472,6 +481,18 @@ impl Writer {
                         })
                 })
                 .collect(),
+        }
+    }
+
+    fn insert_batch(
+        &mut self,
+        deliveries: &mut [Delivery],
+        durable: bool,
+    ) -> Result<Vec<bool>, StoreError> {
+        if durable {
+            self.store.durably(|store| store.insert_batch(deliveries))
+        } else {
+            self.store.insert_batch(deliveries)
         }
     }
 

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use illumitunnel::paths;
 use serde::{Deserialize, Serialize};
 
-use crate::commands::UsageError;
+use crate::usage::UsageError;
 
 /// The settings file's name in the config dir.
 pub const FILE_NAME: &str = "config.toml";

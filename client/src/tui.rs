@@ -19,6 +19,7 @@
 mod app;
 mod curl;
 mod keys;
+mod layout;
 mod terminal;
 mod text;
 mod view;

@@ -3,9 +3,10 @@
 use illumitunnel::event::EventType;
 use illumitunnel::store::{CaptureStore, Filter};
 
-use super::{ignore_broken_pipe, Ctx, UsageError};
+use super::{ignore_broken_pipe, Ctx};
 use crate::cli::EventsArgs;
 use crate::output::{self, Format};
+use crate::usage::UsageError;
 
 /// Lists deliveries from the capture store.
 pub fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<()> {

@@ -21,12 +21,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use illumitunnel::store::CaptureStore;
+use illumitunnel_relay::server::cancel_on_signal;
 use illumitunnel_relay::RelayError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, UsageError};
+use super::Ctx;
 use crate::cli::ListenArgs;
 use crate::forward::{Forwarder, Target};
 use crate::output::{self, Banner, Format};
@@ -34,7 +35,8 @@ use crate::recorder::{self, ScreenSink};
 use crate::replay;
 use crate::session::tls::{self, Trust};
 use crate::session::{self, RelayUrl, Session, SessionConfig};
-use crate::status::ListenEvent;
+use crate::status::{ListenEvent, ReplayRequest};
+use crate::usage::UsageError;
 
 use announce::{announce, on_welcome};
 pub(crate) use announce::{remembered_claim_key, remembered_tunnel};
@@ -81,65 +83,22 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         eprintln!("{warning}");
     }
     let store = CaptureStore::open(&ctx.store)?;
-    let tunnel = match config.tunnel.clone() {
-        Some(t) => t,
-        None => remembered_tunnel(),
-    };
-    // One `listen` per tunnel per machine, checked before the embedded relay takes its port so
-    // a second `listen` learns which one runs; `--fan-out` observes and holds nothing.
-    let claim = if config.fan_out {
-        None
-    } else {
-        Some(record::claim(
-            &tunnel,
-            &config.target.to_string(),
-            ctx.store.clone(),
-        )?)
-    };
-    let record = claim.as_ref().map(|c| c.record.clone());
-    // An observer says so wherever the target is shown.
-    let shown_target = if config.fan_out {
-        "nowhere (--fan-out: record and show only)".to_string()
-    } else {
-        config.target.to_string()
-    };
+    let tunnel = config.tunnel.clone().unwrap_or_else(remembered_tunnel);
+    let claim = claim_tunnel(&config, &tunnel, ctx)?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(illumitunnel_relay::server::cancel_on_signal(
-        shutdown.clone(),
-    ));
-
-    let (relay, trust, embedded) = relay_and_trust(&config, &shutdown).await?;
-    // The embedded relay accepts only its own per-process token.
-    let token = match &embedded {
-        Some(embedded) => Some(embedded.token.clone()),
-        None => config.token.clone(),
-    };
-    let ca_pem = embedded.as_ref().map(|e| e.cert_pem.clone());
-    let tls = tls::client_config(trust).map_err(anyhow::Error::msg)?;
-
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let mut link = connect_to(&config, &shutdown).await?;
     let screen_choice = choose_screen(&config);
     let inspector = matches!(screen_choice, Screen::Inspector);
     let (screen_tx, screen_rx) = mpsc::channel(SCREEN_QUEUE);
     let (public_url_tx, public_url_rx) = watch::channel(None);
-    let (recorder, recorder_thread) = recorder::spawn(
-        store,
-        ScreenSink {
-            events: screen_tx.clone(),
-            // The inspector re-reads the store when it falls behind; lines must not be lost.
-            lossless: matches!(screen_choice, Screen::Lines(_)),
-        },
-        config.retention,
-    )
-    .context("could not start the capture store writer")?;
-    let banner = Banner {
-        forward_to: shown_target.clone(),
-        store: ctx.store.clone(),
-        embedded_relay: embedded
-            .as_ref()
-            .map(|e| format!("https://127.0.0.1:{}", e.port)),
+    let sink = ScreenSink {
+        events: screen_tx.clone(),
+        // The inspector re-reads the store when it falls behind; lines must not be lost.
+        lossless: matches!(screen_choice, Screen::Lines(_)),
     };
-    let clock = ctx.clock;
-    let announced = public_url_rx.clone();
+    let (recorder, recorder_thread) = recorder::spawn(store, sink, config.retention)
+        .context("could not start the capture store writer")?;
     // Replays asked for by the inspector: its `TuiContext::replays` is this sender.
     let (replays, replay_server) = replay::spawn_server(
         ctx.store.clone(),
@@ -147,103 +106,278 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         recorder.clone(),
         shutdown.clone(),
     );
-
-    let screen = match screen_choice {
-        Screen::Lines(format) => tokio::task::spawn_blocking(move || {
-            output::run_lines(screen_rx, public_url_rx, banner, format, clock)
-        }),
-        Screen::Inspector => tokio::spawn(run_inspector(
-            InspectorStart {
-                forward_to: shown_target,
-                store_path: ctx.store.clone(),
-                replays: replays.clone(),
-                utc_offset: clock.offset(),
-            },
-            screen_rx,
-            public_url_rx,
-            shutdown.clone(),
-        )),
+    let shown = ShownAs {
+        forward_to: shown_target(&config),
+        embedded_relay: link.embedded_url(),
+        replays: replays.clone(),
     };
-    let announce = tokio::spawn(announce(
-        announced,
-        config.register.clone(),
-        config.allow_private_url,
-        config.rules.only.clone(),
-        shutdown.clone(),
-    ));
+    let screen = spawn_screen(
+        screen_choice,
+        shown,
+        screen_rx,
+        public_url_rx.clone(),
+        ctx,
+        &shutdown,
+    );
+    let announce = spawn_announce(public_url_rx, &config, &shutdown);
     let claim_key = remembered_claim_key(&tunnel);
-    let on_welcome = on_welcome(tunnel.clone(), claim_key.clone(), record, ca_pem);
+    let record = claim.as_ref().map(|c| c.record.clone());
+    let on_welcome = on_welcome(
+        tunnel.clone(),
+        claim_key.clone(),
+        record,
+        link.ca_pem.take(),
+    );
     let session = Session {
-        config: Arc::new(SessionConfig {
-            relay,
-            token,
-            tunnel,
-            tls,
-            keepalive: config.keepalive,
-            max_body: config.max_body,
-            claim_key,
-        }),
-        forwarder: {
-            let forwarder = forwarder
-                .with_rules(&config.rules)
-                .with_max_body(config.max_body);
-            if config.fan_out {
-                forwarder.observer()
-            } else {
-                forwarder
-            }
-        },
+        config: Arc::new(link.session_config(&config, tunnel, claim_key)),
+        forwarder: session_forwarder(forwarder, &config),
         recorder,
         screen: screen_tx,
         public_url: public_url_tx,
         on_welcome,
     };
-    let mut relay_task = embedded.map(|e| e.task);
+    let result = run_session(session, &mut link.relay_task, &shutdown).await;
+    let stopping = Stopping {
+        replays,
+        replay_server,
+        announce,
+        recorder_thread,
+        screen,
+        relay_task: link.relay_task,
+    };
+    let result = stopping.stop(result, inspector).await;
+    // The record goes only now, after the last thing this `listen` did.
+    drop(claim);
+    result
+}
+
+/// The relay a session connects to and how: the embedded one (started here) or `--relay`.
+struct Link {
+    relay: RelayUrl,
+    token: Option<illumitunnel::Token>,
+    tls: Arc<rustls::ClientConfig>,
+    /// The embedded relay's certificate, for `trigger`.
+    ca_pem: Option<String>,
+    embedded_port: Option<u16>,
+    /// The embedded relay, until it stops.
+    relay_task: Option<JoinHandle<Result<(), RelayError>>>,
+}
+
+impl Link {
+    /// The session's settings: this relay, its token and trust, and the tunnel to claim.
+    fn session_config(
+        &self,
+        config: &ListenConfig,
+        tunnel: illumitunnel::TunnelName,
+        claim_key: String,
+    ) -> SessionConfig {
+        SessionConfig {
+            relay: self.relay.clone(),
+            token: self.token.clone(),
+            tunnel,
+            tls: self.tls.clone(),
+            keepalive: config.keepalive,
+            max_body: config.max_body,
+            claim_key,
+        }
+    }
+
+    /// The embedded relay's URL, for the banner.
+    fn embedded_url(&self) -> Option<String> {
+        self.embedded_port
+            .map(|port| format!("https://127.0.0.1:{port}"))
+    }
+}
+
+/// Starts the embedded relay without `--relay`, and says how to reach and trust the relay.
+async fn connect_to(config: &ListenConfig, shutdown: &CancellationToken) -> anyhow::Result<Link> {
+    let (relay, trust, embedded) = relay_and_trust(config, shutdown).await?;
+    let tls = tls::client_config(trust).map_err(anyhow::Error::msg)?;
+    Ok(match embedded {
+        // The embedded relay accepts only its own per-process token.
+        Some(embedded) => Link {
+            relay,
+            token: Some(embedded.token),
+            tls,
+            ca_pem: Some(embedded.cert_pem),
+            embedded_port: Some(embedded.port),
+            relay_task: Some(embedded.task),
+        },
+        None => Link {
+            relay,
+            token: config.token.clone(),
+            tls,
+            ca_pem: None,
+            embedded_port: None,
+            relay_task: None,
+        },
+    })
+}
+
+/// One `listen` per tunnel per machine, checked before the embedded relay takes its port so a
+/// second `listen` learns which one runs; `--fan-out` observes and holds nothing.
+fn claim_tunnel(
+    config: &ListenConfig,
+    tunnel: &illumitunnel::TunnelName,
+    ctx: &Ctx,
+) -> anyhow::Result<Option<record::Claim>> {
+    if config.fan_out {
+        return Ok(None);
+    }
+    Ok(Some(record::claim(
+        tunnel,
+        &config.target.to_string(),
+        ctx.store.clone(),
+    )?))
+}
+
+/// Keeps the `--register` webhook pointed at the public URL once the relay announces it.
+fn spawn_announce(
+    public_url: watch::Receiver<Option<String>>,
+    config: &ListenConfig,
+    shutdown: &CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(announce(
+        public_url,
+        config.register.clone(),
+        config.allow_private_url,
+        config.rules.only.clone(),
+        shutdown.clone(),
+    ))
+}
+
+/// Where deliveries go, as the banner and the inspector show it: an observer says so wherever
+/// the target is shown.
+fn shown_target(config: &ListenConfig) -> String {
+    if config.fan_out {
+        "nowhere (--fan-out: record and show only)".to_string()
+    } else {
+        config.target.to_string()
+    }
+}
+
+/// The session's forwarder: `--events`, `--route` and `--max-body` applied, and with
+/// `--fan-out` an observer that answers without sending.
+fn session_forwarder(forwarder: Forwarder, config: &ListenConfig) -> Forwarder {
+    let forwarder = forwarder
+        .with_rules(&config.rules)
+        .with_max_body(config.max_body);
+    if config.fan_out {
+        forwarder.observer()
+    } else {
+        forwarder
+    }
+}
+
+/// What the screen shows besides the deliveries.
+struct ShownAs {
+    forward_to: String,
+    embedded_relay: Option<String>,
+    replays: mpsc::Sender<ReplayRequest>,
+}
+
+/// Starts the line output or the inspector on the screen events.
+fn spawn_screen(
+    choice: Screen,
+    shown: ShownAs,
+    events: mpsc::Receiver<ListenEvent>,
+    public_url: watch::Receiver<Option<String>>,
+    ctx: &Ctx,
+    shutdown: &CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    let clock = ctx.clock;
+    match choice {
+        Screen::Lines(format) => {
+            let banner = Banner {
+                forward_to: shown.forward_to,
+                store: ctx.store.clone(),
+                embedded_relay: shown.embedded_relay,
+            };
+            tokio::task::spawn_blocking(move || {
+                output::run_lines(events, public_url, banner, format, clock)
+            })
+        }
+        Screen::Inspector => tokio::spawn(run_inspector(
+            InspectorStart {
+                forward_to: shown.forward_to,
+                store_path: ctx.store.clone(),
+                replays: shown.replays,
+                utc_offset: clock.offset(),
+            },
+            events,
+            public_url,
+            shutdown.clone(),
+        )),
+    }
+}
+
+/// Runs the session until it ends or the embedded relay stops.
+async fn run_session(
+    session: Session,
+    relay_task: &mut Option<JoinHandle<Result<(), RelayError>>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let session_run = session::run(session, shutdown.clone());
     tokio::pin!(session_run);
     let result = tokio::select! {
         result = &mut session_run => result,
         // On Ctrl-C / SIGTERM the embedded relay may stop first: that is no failure, and the
         // session still drains what it is forwarding.
-        stopped = wait_relay(&mut relay_task) => if shutdown.is_cancelled() {
+        stopped = wait_relay(relay_task) => if shutdown.is_cancelled() {
             session_run.await
         } else {
             Err(stopped)
         },
     };
     shutdown.cancel();
-    drop(replays);
-    let _ = tokio::time::timeout(STOP_TIMEOUT, replay_server).await;
-    let result = match tokio::time::timeout(ANNOUNCE_STOP_TIMEOUT, announce).await {
-        Ok(Ok(Err(e))) if result.is_ok() => Err(e),
-        Ok(Ok(Err(e))) => {
-            eprintln!("error: {}", illumitunnel::escape::escape(&format!("{e:#}")));
-            result
-        }
-        _ => result,
-    };
+    result
+}
 
-    // Every recorder handle is gone with the session: the writer commits what is left and ends,
-    // which ends the screen once it has shown the last delivery.
-    let joined = tokio::time::timeout(
-        STOP_TIMEOUT,
-        tokio::task::spawn_blocking(move || recorder_thread.join()),
-    )
-    .await;
-    if joined.is_err() {
-        tracing::warn!("the capture store writer did not stop in time");
+/// What is still running once the session has ended, stopped in order by [`Stopping::stop`].
+struct Stopping {
+    replays: mpsc::Sender<ReplayRequest>,
+    replay_server: JoinHandle<()>,
+    announce: JoinHandle<anyhow::Result<()>>,
+    recorder_thread: std::thread::JoinHandle<()>,
+    screen: JoinHandle<std::io::Result<()>>,
+    relay_task: Option<JoinHandle<Result<(), RelayError>>>,
+}
+
+impl Stopping {
+    /// Stops replays, `--register`, the capture store writer, the screen and the embedded
+    /// relay, each within its timeout; the first failure wins over the session's success.
+    async fn stop(self, result: anyhow::Result<()>, inspector: bool) -> anyhow::Result<()> {
+        drop(self.replays);
+        let _ = tokio::time::timeout(STOP_TIMEOUT, self.replay_server).await;
+        let result = match tokio::time::timeout(ANNOUNCE_STOP_TIMEOUT, self.announce).await {
+            Ok(Ok(Err(e))) if result.is_ok() => Err(e),
+            Ok(Ok(Err(e))) => {
+                eprintln!("error: {}", illumitunnel::escape::escape(&format!("{e:#}")));
+                result
+            }
+            _ => result,
+        };
+        // Every recorder handle is gone with the session: the writer commits what is left and
+        // ends, which ends the screen once it has shown the last delivery.
+        let recorder_thread = self.recorder_thread;
+        let joined = tokio::time::timeout(
+            STOP_TIMEOUT,
+            tokio::task::spawn_blocking(move || recorder_thread.join()),
+        )
+        .await;
+        if joined.is_err() {
+            tracing::warn!("the capture store writer did not stop in time");
+        }
+        let screen_result = tokio::time::timeout(STOP_TIMEOUT, self.screen).await;
+        if let Some(task) = self.relay_task {
+            let _ = tokio::time::timeout(STOP_TIMEOUT, task).await;
+        }
+        let screen_result = match screen_result {
+            Ok(joined) => joined.map_err(std::io::Error::other).and_then(|r| r),
+            Err(_) => Ok(()),
+        };
+        result.and(screen_outcome(inspector, screen_result))
     }
-    let screen_result = tokio::time::timeout(STOP_TIMEOUT, screen).await;
-    if let Some(task) = relay_task {
-        let _ = tokio::time::timeout(STOP_TIMEOUT, task).await;
-    }
-    let screen_result = match screen_result {
-        Ok(joined) => joined.map_err(std::io::Error::other).and_then(|r| r),
-        Err(_) => Ok(()),
-    };
-    // The record goes only now, after the last thing this `listen` did.
-    drop(claim);
-    result.and(screen_outcome(inspector, screen_result))
 }
 
 /// The relay to connect to and how its certificate is trusted: `--relay` with `--ca` or

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use illumitunnel::{Token, TunnelName};
 
 use super::listen::{remembered_claim_key, remembered_tunnel, DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY};
-use super::UsageError;
 use crate::cli::LoginArgs;
 use crate::session::tls::{self, Trust};
 use crate::session::{self, RelayUrl, SessionConfig};
 use crate::settings::{layer, Settings};
+use crate::usage::UsageError;
 
 /// Longest token line read from standard input.
 const MAX_TOKEN_LINE: u64 = 4096;
@@ -45,30 +45,8 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         None if same_relay => settings.ca.clone(),
         None => None,
     };
-    let token = match args
-        .token
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        Some(token) => token.to_string(),
-        // A token piped in replaces the saved one: that is how a token is rotated. On a
-        // terminal, the saved token of this relay is checked again without a prompt.
-        None => match settings.token.clone().filter(|_| same_relay) {
-            Some(remembered) if std::io::stdin().is_terminal() => remembered,
-            Some(remembered) => read_piped_token()?.unwrap_or(remembered),
-            None => read_token()?,
-        },
-    };
-    let tunnel = match settings.tunnel.as_deref().map(TunnelName::parse) {
-        Some(Ok(name)) => name,
-        Some(Err(e)) => {
-            return Err(
-                UsageError(format!("{e}; fix tunnel in {}", Settings::path().display())).into(),
-            )
-        }
-        None => remembered_tunnel(),
-    };
+    let token = token_to_check(&args, &settings, same_relay)?;
+    let tunnel = remembered_or_default_tunnel(&settings)?;
     // `--ca` replaces a remembered `insecure`; without either flag, this relay's is kept.
     let insecure = args.insecure || (args.ca.is_none() && same_relay && settings.insecure);
     let trust = match &ca {
@@ -105,6 +83,40 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// `--token`, else (for the relay remembered) the saved token, else one read from stdin.
+fn token_to_check(
+    args: &LoginArgs,
+    settings: &Settings,
+    same_relay: bool,
+) -> anyhow::Result<String> {
+    match args
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Some(token) => Ok(token.to_string()),
+        // A token piped in replaces the saved one: that is how a token is rotated. On a
+        // terminal, the saved token of this relay is checked again without a prompt.
+        None => match settings.token.clone().filter(|_| same_relay) {
+            Some(remembered) if std::io::stdin().is_terminal() => Ok(remembered),
+            Some(remembered) => Ok(read_piped_token()?.unwrap_or(remembered)),
+            None => read_token(),
+        },
+    }
+}
+
+/// The tunnel named in config.toml, else this machine's remembered one.
+fn remembered_or_default_tunnel(settings: &Settings) -> anyhow::Result<TunnelName> {
+    match settings.tunnel.as_deref().map(TunnelName::parse) {
+        Some(Ok(name)) => Ok(name),
+        Some(Err(e)) => {
+            Err(UsageError(format!("{e}; fix tunnel in {}", Settings::path().display())).into())
+        }
+        None => Ok(remembered_tunnel()),
+    }
 }
 
 /// Which token was saved, without showing it: its first 6 characters and its length.

@@ -10,12 +10,13 @@ use illumitunnel::delivery::Source;
 use illumitunnel::store::{CaptureStore, Filter};
 use illumitunnel::Delivery;
 
-use super::{delivery_by_id, ignore_broken_pipe, parse_event_type, since_ms, Ctx, UsageError};
+use super::{delivery_by_id, ignore_broken_pipe, parse_event_type, since_ms, Ctx};
 use crate::cli::ReplayArgs;
 use crate::commands::listen::{forwarder_trusting, TrustChoice};
 use crate::forward::Target;
 use crate::output::{self, Format};
 use crate::replay;
+use crate::usage::UsageError;
 
 /// Most deliveries one `replay --event` sends.
 const MAX_REPLAYS: usize = 1000;

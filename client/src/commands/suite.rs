@@ -8,8 +8,9 @@ use illumitunnel::store::{CaptureStore, Filter};
 use illumitunnel::suite::Case;
 use illumitunnel::Delivery;
 
-use super::{parse_event_type, since_ms, write_private, written_summary, Ctx, UsageError};
+use super::{parse_event_type, since_ms, write_private, written_summary, Ctx};
 use crate::cli::{SuiteAction, SuiteArgs};
+use crate::usage::UsageError;
 
 /// Most deliveries one selection holds.
 const MAX_CASES: usize = 10_000;

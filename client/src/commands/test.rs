@@ -15,12 +15,13 @@ use illumitunnel::Delivery;
 use serde_json::{json, Value};
 
 use super::suite::{select, Selection};
-use super::{ignore_broken_pipe, write_private, Ctx, Reported, UsageError};
+use super::{ignore_broken_pipe, write_private, Ctx, Reported};
 use crate::cli::TestArgs;
 use crate::commands::listen::{forwarder_trusting, TrustChoice};
 use crate::forward::{Forwarder, Target};
 use crate::regression::{self, junit, BodyDiff, Outcome, Pointer, Report};
 use crate::replay;
+use crate::usage::UsageError;
 
 /// Where results are written besides stdout.
 struct Sinks {

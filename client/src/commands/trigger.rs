@@ -16,11 +16,12 @@ use illumitunnel::{now_ms, Delivery, DeliveryId};
 use serde_json::Value;
 
 use super::listen::Running;
-use super::{ignore_broken_pipe, parse_event_type, Ctx, UsageError};
+use super::{ignore_broken_pipe, parse_event_type, Ctx};
 use crate::cli::TriggerArgs;
 use crate::forward::{Forwarder, Target, TRIGGER_HEADER};
 use crate::output::{self, Format};
 use crate::session::tls::{self, Trust};
+use crate::usage::UsageError;
 
 /// Most deliveries one `trigger` sends.
 const MAX_COUNT: u32 = 1000;

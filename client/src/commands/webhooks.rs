@@ -5,9 +5,10 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 
-use super::{ignore_broken_pipe, parse_event_type, UsageError};
+use super::{ignore_broken_pipe, parse_event_type};
 use crate::cli::{WebhooksAction, WebhooksArgs};
 use crate::illumichat::{check_id, Api, Webhook};
+use crate::usage::UsageError;
 
 /// Runs one webhooks action.
 pub fn run(args: WebhooksArgs) -> anyhow::Result<()> {

@@ -265,3 +265,18 @@ async fn a_flood_stays_within_the_size_cap_and_keeps_the_newest() {
     let newest: Vec<&str> = left.iter().take(3).map(|d| d.id.as_str()).collect();
     assert_eq!(newest, ["flood39", "flood38", "flood37"]);
 }
+
+#[test]
+fn only_a_batch_the_session_waits_on_is_committed_durably() {
+    let (session, _rx) = oneshot::channel();
+    let (replay, _replay_rx) = oneshot::channel();
+    assert!(needs_durable_commit(&[
+        Waiter::Nobody,
+        Waiter::Session(session)
+    ]));
+    assert!(!needs_durable_commit(&[
+        Waiter::Nobody,
+        Waiter::Replay(replay)
+    ]));
+    assert!(!needs_durable_commit(&[]));
+}

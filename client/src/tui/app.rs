@@ -8,6 +8,7 @@
 //! end asks the loop for the next page.
 
 mod effect;
+pub mod state;
 mod tested;
 mod window;
 
@@ -20,9 +21,10 @@ use ratatui::layout::{Position, Rect};
 use time::UtcOffset;
 
 pub use self::effect::{AppEvent, Effect, Page, Query, Rows};
-pub use self::tested::TestView;
+pub use self::state::App;
+use self::state::{Message, Mode, QueueProgress, Tab};
 use super::keys::{self, Action, ConfirmAction, PromptAction};
-use super::{curl, text, view};
+use super::{curl, layout, text};
 use crate::status::{ConnectionState, ListenEvent, StoreHealth};
 
 /// How long a footer message stays up, in ms.
@@ -34,135 +36,6 @@ const MIN_WINDOW: usize = 64;
 const SYNC_MS: i64 = 500;
 /// Lines one mouse-wheel notch scrolls the details.
 const WHEEL_LINES: u16 = 3;
-
-/// A details tab.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tab {
-    /// The request body.
-    Payload,
-    /// Request line, headers and delivery facts.
-    RequestHeaders,
-    /// The local server's status, headers and body.
-    Response,
-    /// The request as it arrived on the wire.
-    Raw,
-}
-
-impl Tab {
-    /// Every tab, in display order.
-    pub const ALL: [Tab; 4] = [Tab::Payload, Tab::RequestHeaders, Tab::Response, Tab::Raw];
-
-    /// The tab's title.
-    pub fn title(self) -> &'static str {
-        match self {
-            Tab::Payload => "Payload",
-            Tab::RequestHeaders => "Request headers",
-            Tab::Response => "Response",
-            Tab::Raw => "Raw",
-        }
-    }
-
-    fn index(self) -> usize {
-        Tab::ALL.iter().position(|t| *t == self).unwrap_or(0)
-    }
-
-    fn step(self, by: usize) -> Tab {
-        Tab::ALL[(self.index() + by) % Tab::ALL.len()]
-    }
-}
-
-/// Who has the keyboard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// The list and details.
-    Normal,
-    /// The filter prompt, with what has been typed.
-    Filter(String),
-    /// "Body unchanged; replay as is?" for this delivery.
-    Confirm(DeliveryId),
-    /// The key help.
-    Help,
-}
-
-/// A footer message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// What to say.
-    pub text: String,
-    /// Whether it reports a failure.
-    pub is_error: bool,
-    until_ms: i64,
-}
-
-/// Deliveries from the relay's offline queue since the last connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueProgress {
-    /// Announced by the relay.
-    pub expected: u32,
-    /// Arrived so far.
-    pub arrived: u32,
-    /// Expired before they could be delivered.
-    pub expired: u32,
-}
-
-/// The inspector's whole state.
-pub struct App {
-    /// The public webhook URL.
-    pub public_url: String,
-    /// Where deliveries are forwarded.
-    pub forward_to: String,
-    /// The relay connection.
-    pub connection: ConnectionState,
-    /// Why the capture store fails, while it does.
-    pub store_failing: Option<String>,
-    /// Queued deliveries the relay has set aside as dead letters.
-    pub dead_letters: u32,
-    reconnect_at_ms: i64,
-    /// All deliveries by outcome.
-    pub counts: Counts,
-    /// The offline queue catching up, after a connect that announced some.
-    pub queue: Option<QueueProgress>,
-    /// The clock, Unix ms.
-    pub now_ms: i64,
-    /// Offset the list's times are shown in.
-    pub utc_offset: UtcOffset,
-    /// Terminal size.
-    pub size: (u16, u16),
-    rows: Vec<Delivery>,
-    offset: u64,
-    /// Deliveries matching the filter.
-    pub total: u64,
-    /// Index of the selected delivery among the matching ones, oldest first.
-    pub selected: u64,
-    /// Index of the first visible row.
-    pub top: u64,
-    /// Whether following is paused with `p`.
-    pub paused: bool,
-    follow: bool,
-    /// Whether the details are open.
-    pub details_open: bool,
-    /// The details tab.
-    pub tab: Tab,
-    /// Lines the details are scrolled down.
-    pub details_scroll: u16,
-    /// The applied filter.
-    pub filter: Filter,
-    /// Who has the keyboard.
-    pub mode: Mode,
-    /// The footer message, if fresh.
-    pub message: Option<Message>,
-    /// The last `t` test's result, shown in the details of the delivery tested.
-    pub test: Option<TestView>,
-    testing: Option<tested::Pending>,
-    select_seq: Option<i64>,
-    max_seq_seen: i64,
-    counted_through: i64,
-    totaled_through: i64,
-    recent: std::collections::BTreeSet<i64>,
-    sync_pending: bool,
-    last_sync_ms: i64,
-    dirty: bool,
-}
 
 impl App {
     /// A fresh app; call [`App::start`] and run its effect to fill the list.
@@ -502,17 +375,7 @@ impl App {
             Action::First => self.first(),
             Action::Last => self.last(),
             Action::ToggleDetails => self.set_details(!self.details_open),
-            Action::NextTab | Action::PrevTab | Action::Tab(_) => {
-                let tab = match action {
-                    Action::NextTab if self.details_open => self.tab.step(1),
-                    Action::PrevTab if self.details_open => self.tab.step(Tab::ALL.len() - 1),
-                    Action::Tab(n) => Tab::ALL[n.min(Tab::ALL.len() - 1)],
-                    _ => self.tab,
-                };
-                self.tab = tab;
-                self.details_scroll = 0;
-                self.set_details(true)
-            }
+            Action::NextTab | Action::PrevTab | Action::Tab(_) => self.switch_tab(action),
             Action::DetailsDown => {
                 self.details_scroll = self.details_scroll.saturating_add(1);
                 None
@@ -521,26 +384,9 @@ impl App {
                 self.details_scroll = self.details_scroll.saturating_sub(1);
                 None
             }
-            Action::Replay => {
-                let id = self.selected_delivery()?.id.clone();
-                self.say(format!("replaying {}…", id));
-                Some(Effect::Replay {
-                    original: id,
-                    body: None,
-                })
-            }
+            Action::Replay => self.replay_selected(),
             Action::Test => self.start_test(),
-            Action::Edit => {
-                let d = self.selected_delivery()?;
-                if std::str::from_utf8(&d.request.body).is_err() {
-                    self.say_error("this body is binary; only text bodies can be edited".into());
-                    return None;
-                }
-                Some(Effect::Edit {
-                    original: d.id.clone(),
-                    body: d.request.body.clone(),
-                })
-            }
+            Action::Edit => self.edit_selected(),
             Action::Copy => {
                 let d = self.selected_delivery()?;
                 Some(Effect::Copy {
@@ -553,30 +399,72 @@ impl App {
                 self.mode = Mode::Filter(current);
                 None
             }
-            Action::TogglePause => {
-                self.paused = !self.paused;
-                if self.paused {
-                    self.say("following paused; p follows the newest again".into());
-                    None
-                } else {
-                    self.say("following the newest delivery".into());
-                    self.last()
-                }
-            }
+            Action::TogglePause => self.toggle_pause(),
             Action::Help => {
                 self.mode = Mode::Help;
                 None
             }
-            Action::Back => {
-                if self.details_open {
-                    self.set_details(false)
-                } else if self.filter_label().is_some() {
-                    self.apply_filter("")
-                } else {
-                    None
-                }
-            }
+            Action::Back => self.back(),
             Action::Quit => Some(Effect::Quit),
+        }
+    }
+
+    /// `Tab`, `Shift-Tab`, `1`–`4`: another details tab, opening the details.
+    fn switch_tab(&mut self, action: Action) -> Option<Effect> {
+        let tab = match action {
+            Action::NextTab if self.details_open => self.tab.step(1),
+            Action::PrevTab if self.details_open => self.tab.step(Tab::ALL.len() - 1),
+            Action::Tab(n) => Tab::ALL[n.min(Tab::ALL.len() - 1)],
+            _ => self.tab,
+        };
+        self.tab = tab;
+        self.details_scroll = 0;
+        self.set_details(true)
+    }
+
+    /// `r`: the selected delivery replayed as it was.
+    fn replay_selected(&mut self) -> Option<Effect> {
+        let id = self.selected_delivery()?.id.clone();
+        self.say(format!("replaying {}…", id));
+        Some(Effect::Replay {
+            original: id,
+            body: None,
+        })
+    }
+
+    /// `e`: the selected delivery's body in the editor, then replayed; text bodies only.
+    fn edit_selected(&mut self) -> Option<Effect> {
+        let d = self.selected_delivery()?;
+        if std::str::from_utf8(&d.request.body).is_err() {
+            self.say_error("this body is binary; only text bodies can be edited".into());
+            return None;
+        }
+        Some(Effect::Edit {
+            original: d.id.clone(),
+            body: d.request.body.clone(),
+        })
+    }
+
+    /// `p`: pause following the newest delivery, or follow it again.
+    fn toggle_pause(&mut self) -> Option<Effect> {
+        self.paused = !self.paused;
+        if self.paused {
+            self.say("following paused; p follows the newest again".into());
+            None
+        } else {
+            self.say("following the newest delivery".into());
+            self.last()
+        }
+    }
+
+    /// `Esc`: close the details, else clear the filter.
+    fn back(&mut self) -> Option<Effect> {
+        if self.details_open {
+            self.set_details(false)
+        } else if self.filter_label().is_some() {
+            self.apply_filter("")
+        } else {
+            None
         }
     }
 
@@ -584,7 +472,7 @@ impl App {
         if self.mode != Mode::Normal {
             return None;
         }
-        let areas = view::areas(Rect::new(0, 0, self.size.0, self.size.1), self.details_open);
+        let areas = layout::areas(Rect::new(0, 0, self.size.0, self.size.1), self.details_open);
         let at = Position::new(mouse.column, mouse.row);
         let in_details = areas.details.is_some_and(|r| r.contains(at));
         match mouse.kind {
@@ -605,7 +493,7 @@ impl App {
                         return self.select(index);
                     }
                 } else if let Some(tabs) = areas.details.filter(|r| r.y == mouse.row) {
-                    if let Some(tab) = view::tab_at(mouse.column.saturating_sub(tabs.x)) {
+                    if let Some(tab) = layout::tab_at(mouse.column.saturating_sub(tabs.x)) {
                         self.tab = tab;
                         self.details_scroll = 0;
                     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use illumitunnel::{Token, TunnelName};
 
-use super::super::{parse_event_type, UsageError};
+use super::super::parse_event_type;
 use crate::cli::ListenArgs;
 use crate::forward::{Rules, Target};
 use crate::illumichat::Api;
@@ -15,6 +15,7 @@ use crate::output::Format;
 use crate::recorder::Retention;
 use crate::session::RelayUrl;
 use crate::settings::{layer, Settings};
+use crate::usage::UsageError;
 
 /// Websocket ping interval unless `--keepalive-ms` says otherwise.
 pub const DEFAULT_KEEPALIVE: Duration = illumitunnel_relay::config::DEFAULT_KEEPALIVE;
@@ -166,58 +167,14 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
 
     /// Flags (and the environment variables clap reads for them) win over config.toml.
     fn try_from((args, settings): (&ListenArgs, &Settings)) -> Result<Self, UsageError> {
-        let usage = |e: &dyn std::fmt::Display| UsageError(e.to_string());
         let target = forward_target(args, settings)?;
-        let relay_text =
-            layer(args.relay.as_ref(), settings.relay.as_ref()).filter(|s| !s.trim().is_empty());
-        let relay = relay_text
-            .as_deref()
-            .map(RelayUrl::parse)
-            .transpose()
-            .map_err(|e| usage(&e))?;
-        // `allow_http` in config.toml was said for the relay remembered with it, no other.
-        let remembered = |text: &str| settings.relay.as_deref().map(str::trim) == Some(text.trim());
-        let allow_http = args.allow_http
-            || (settings.allow_http && relay_text.as_deref().is_some_and(remembered));
-        let cleartext_warning = match &relay {
-            Some(relay) => relay.check_cleartext(allow_http).map_err(UsageError)?,
-            None => None,
-        };
+        let relay = RelayChoice::new(args, settings)?;
         let tunnel = layer(args.tunnel.as_ref(), settings.tunnel.as_ref())
             .as_deref()
             .map(TunnelName::parse)
             .transpose()
             .map_err(|e| UsageError(format!("{e}; pass another with --tunnel NAME")))?;
-        let trust = match (&args.ca, args.insecure) {
-            (Some(_), true) => {
-                return Err(UsageError(
-                    "--ca and --insecure contradict each other; pass one of them".into(),
-                ))
-            }
-            (Some(path), false) => TrustChoice::Ca(path.clone()),
-            (None, true) => TrustChoice::Insecure,
-            // The remembered CA belongs to the remembered relay: without one it means nothing.
-            (None, false) => match (&settings.ca, &relay) {
-                // `login --insecure` was said for the relay remembered with it, no other.
-                (_, Some(_))
-                    if settings.insecure && relay_text.as_deref().is_some_and(remembered) =>
-                {
-                    TrustChoice::Insecure
-                }
-                (Some(path), Some(_)) => TrustChoice::Ca(path.clone()),
-                _ => TrustChoice::Default,
-            },
-        };
-        if relay.is_none() && trust != TrustChoice::Default {
-            return Err(UsageError(
-                "--ca and --insecure only apply with --relay; the embedded relay is trusted already".into(),
-            ));
-        }
-        if args.fan_out && relay.is_none() {
-            return Err(UsageError(
-                "--fan-out joins a tunnel on a shared relay, and the embedded relay admits only the listen that started it; pass --relay URL".into(),
-            ));
-        }
+        let trust = relay.trust(args, settings)?;
         let relay_port = match args.relay_port {
             None => DEFAULT_RELAY_PORT,
             Some(0) => return Err(UsageError("--relay-port must be 1-65535".into())),
@@ -229,7 +186,7 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
                 "--forward-ca and --forward-insecure only apply to an https:// local server, and {target} is http; drop the flag or forward to https://"
             )));
         }
-        if args.register && relay.is_none() && !args.api.allow_private_url {
+        if args.register && relay.url.is_none() && !args.api.allow_private_url {
             // The embedded relay's URL is on 127.0.0.1: unreachable, known before it starts.
             return Err(UsageError(
                 "refusing to --register the embedded relay's URL: IllumiChat cannot reach 127.0.0.1; pass --relay with a public relay, or --allow-private-url to register it anyway for testing".into(),
@@ -240,21 +197,7 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
             Some(0) => return Err(UsageError("--max-body must be at least 1".into())),
             Some(n) => n,
         };
-        let max_bytes = match args.store_max_bytes {
-            None => DEFAULT_STORE_MAX_BYTES,
-            Some(0) => return Err(UsageError("--store-max-bytes must be at least 1".into())),
-            Some(n) => n,
-        };
-        let max_age = match args.store_max_age.as_deref() {
-            None => DEFAULT_STORE_MAX_AGE,
-            Some(text) => illumitunnel::parse_duration(text)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    UsageError(format!(
-                        "--store-max-age {text:?} is not a duration; write it like 12h or 30d"
-                    ))
-                })?,
-        };
+        let retention = retention(args)?;
         let keepalive = match args.keepalive_ms {
             None => DEFAULT_KEEPALIVE,
             Some(0) => return Err(UsageError("--keepalive-ms must be at least 1".into())),
@@ -262,13 +205,13 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
         };
         Ok(ListenConfig {
             target,
-            relay,
+            relay: relay.url,
             token: layer(args.token.as_ref(), settings.token.as_ref())
                 .as_deref()
                 .filter(|t| !t.is_empty())
                 .map(Token::new),
             tunnel,
-            cleartext_warning,
+            cleartext_warning: relay.cleartext_warning,
             trust,
             forward_trust,
             allow_private_url: args.api.allow_private_url,
@@ -286,297 +229,100 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
                 None
             },
             max_body,
-            retention: Retention { max_bytes, max_age },
+            retention,
             fan_out: args.fan_out,
             relay_port,
         })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
+/// `--relay` (or the remembered relay), checked.
+struct RelayChoice {
+    /// None: the embedded relay.
+    url: Option<RelayUrl>,
+    /// Whether it is the relay config.toml remembers, whose `allow_http` and `insecure` were
+    /// said for it and no other.
+    remembered: bool,
+    /// What `--allow-http` to a non-loopback relay prints.
+    cleartext_warning: Option<String>,
+}
 
-    fn parse(args: &[&str]) -> Result<ListenConfig, UsageError> {
-        parse_with(args, &Settings::default())
-    }
-
-    fn parse_with(args: &[&str], settings: &Settings) -> Result<ListenConfig, UsageError> {
-        let mut argv = vec!["illumitunnel", "listen"];
-        argv.extend_from_slice(args);
-        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
-        match cli.command {
-            crate::cli::Command::Listen(a) => ListenConfig::try_from((&a, settings)),
-            _ => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn target_takes_a_port_host_port_path_or_url() {
-        for (given, want) in [
-            ("3000", "http://localhost:3000/"),
-            ("localhost:3000/path", "http://localhost:3000/path"),
-            ("127.0.0.1:8080", "http://127.0.0.1:8080/"),
-            (
-                "https://localhost:3443/hooks",
-                "https://localhost:3443/hooks",
-            ),
-        ] {
-            assert_eq!(parse(&[given]).unwrap().target.to_string(), want, "{given}");
-            let flag = parse(&["--forward-to", given]).unwrap();
-            assert_eq!(flag.target.to_string(), want, "--forward-to {given}");
-        }
-        let both = parse(&["3000", "--forward-to", "http://localhost:4000"]).unwrap_err();
-        assert!(both.to_string().contains("pass one of them"), "{both}");
-        for bad in ["0", "70000", "ftp://x"] {
-            assert!(parse(&[bad]).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn flags_win_over_config_toml_which_fills_the_gaps() {
-        let file = Settings {
-            relay: Some("https://file-relay.example.com".into()),
-            token: Some("file-token".into()),
-            forward_to: Some("4000".into()),
-            tunnel: Some("file-tunnel".into()),
-            ca: Some("file-ca.pem".into()),
-            allow_http: false,
-            insecure: false,
+impl RelayChoice {
+    fn new(args: &ListenArgs, settings: &Settings) -> Result<Self, UsageError> {
+        let text =
+            layer(args.relay.as_ref(), settings.relay.as_ref()).filter(|s| !s.trim().is_empty());
+        let url = text
+            .as_deref()
+            .map(RelayUrl::parse)
+            .transpose()
+            .map_err(|e| UsageError(e.to_string()))?;
+        let remembered = text
+            .as_deref()
+            .is_some_and(|text| settings.relay.as_deref().map(str::trim) == Some(text.trim()));
+        let allow_http = args.allow_http || (settings.allow_http && remembered);
+        let cleartext_warning = match &url {
+            Some(relay) => relay.check_cleartext(allow_http).map_err(UsageError)?,
+            None => None,
         };
-        let from_file = parse_with(&[], &file).unwrap();
-        assert_eq!(from_file.target.to_string(), "http://localhost:4000/");
-        assert_eq!(
-            from_file.relay.unwrap().to_string(),
-            "wss://file-relay.example.com:443"
-        );
-        assert_eq!(from_file.token.unwrap().expose(), "file-token");
-        assert_eq!(from_file.tunnel.unwrap().as_str(), "file-tunnel");
-        assert_eq!(from_file.trust, TrustChoice::Ca("file-ca.pem".into()));
+        Ok(RelayChoice {
+            url,
+            remembered,
+            cleartext_warning,
+        })
+    }
 
-        let flags = parse_with(
-            &[
-                "3000",
-                "--relay",
-                "https://flag-relay.example.com",
-                "--token",
-                "flag-token",
-                "--tunnel",
-                "flag-tunnel",
-                "--insecure",
-            ],
-            &file,
-        )
-        .unwrap();
-        assert_eq!(flags.target.to_string(), "http://localhost:3000/");
-        assert_eq!(
-            flags.relay.unwrap().to_string(),
-            "wss://flag-relay.example.com:443"
-        );
-        assert_eq!(flags.token.unwrap().expose(), "flag-token");
-        assert_eq!(flags.tunnel.unwrap().as_str(), "flag-tunnel");
-        assert_eq!(flags.trust, TrustChoice::Insecure);
-
-        // A remembered CA without a remembered relay has nothing to apply to.
-        let ca_only = Settings {
-            ca: Some("file-ca.pem".into()),
-            ..Settings::default()
+    /// How the relay's certificate is trusted: `--ca`, `--insecure`, or what config.toml
+    /// remembers with this relay. Refuses trust flags without `--relay`, and `--fan-out` too.
+    fn trust(&self, args: &ListenArgs, settings: &Settings) -> Result<TrustChoice, UsageError> {
+        let trust = match (&args.ca, args.insecure) {
+            (Some(_), true) => {
+                return Err(UsageError(
+                    "--ca and --insecure contradict each other; pass one of them".into(),
+                ))
+            }
+            (Some(path), false) => TrustChoice::Ca(path.clone()),
+            (None, true) => TrustChoice::Insecure,
+            // The remembered CA belongs to the remembered relay: without one it means nothing.
+            (None, false) => match (&settings.ca, &self.url) {
+                // `login --insecure` was said for the relay remembered with it, no other.
+                (_, Some(_)) if settings.insecure && self.remembered => TrustChoice::Insecure,
+                (Some(path), Some(_)) => TrustChoice::Ca(path.clone()),
+                _ => TrustChoice::Default,
+            },
         };
-        assert_eq!(
-            parse_with(&["3000"], &ca_only).unwrap().trust,
-            TrustChoice::Default
-        );
-    }
-
-    #[test]
-    fn forward_trust_applies_to_https_targets_only() {
-        let ca = parse(&["https://localhost:3443", "--forward-ca", "root.pem"]).unwrap();
-        assert_eq!(ca.forward_trust, TrustChoice::Ca("root.pem".into()));
-        let any = parse(&["https://localhost:3443", "--forward-insecure"]).unwrap();
-        assert_eq!(any.forward_trust, TrustChoice::Insecure);
-        let http = parse(&["3000", "--forward-insecure"]).unwrap_err();
-        assert!(
-            http.to_string().contains("only apply to an https://"),
-            "{http}"
-        );
-    }
-
-    #[test]
-    fn register_with_the_embedded_relay_is_refused_unless_allowed() {
-        let err = parse(&["3000", "--register", "--api-token", "t"]).unwrap_err();
-        assert!(err.to_string().contains("--allow-private-url"), "{err}");
-        assert!(parse(&[
-            "3000",
-            "--register",
-            "--api-token",
-            "t",
-            "--allow-private-url"
-        ])
-        .is_ok());
-    }
-
-    #[test]
-    fn validates_arguments() {
-        let ok = parse(&[
-            "--forward-to",
-            "http://localhost:3000/hooks",
-            "--tunnel",
-            "my-app",
-        ])
-        .unwrap();
-        assert_eq!(ok.target.to_string(), "http://localhost:3000/hooks");
-        assert_eq!(ok.tunnel.unwrap().as_str(), "my-app");
-        assert!(ok.relay.is_none());
-        assert_eq!(ok.keepalive, DEFAULT_KEEPALIVE);
-
-        let ok = parse(&[
-            "--forward-to",
-            "https://localhost:3000",
-            "--relay",
-            "https://relay.example.com",
-            "--insecure",
-            "--keepalive-ms",
-            "250",
-        ])
-        .unwrap();
-        assert_eq!(ok.trust, TrustChoice::Insecure);
-        assert_eq!(ok.keepalive, Duration::from_millis(250));
-        assert_eq!(ok.relay.unwrap().to_string(), "wss://relay.example.com:443");
-
-        for (args, needle) in [
-            (&[][..], "missing --forward-to URL"),
-            (&["--forward-to", ""][..], "missing --forward-to URL"),
-            (
-                &["--forward-to", "ftp://x"][..],
-                "only http:// and https://",
-            ),
-            (
-                &["--forward-to", "http://x", "--tunnel", "No_Way"][..],
-                "invalid tunnel name",
-            ),
-            (
-                &["--forward-to", "http://x", "--relay", "relay.example.com"][..],
-                "invalid --relay",
-            ),
-            (
-                &["--forward-to", "http://x", "--insecure"][..],
-                "only apply with --relay",
-            ),
-            (
-                &["--forward-to", "http://x", "--keepalive-ms", "0"][..],
-                "at least 1",
-            ),
-        ] {
-            let err = parse(args).unwrap_err().to_string();
-            assert!(err.contains(needle), "{args:?}: {err}");
-            assert!(!err.contains('\n'), "{err}");
+        if self.url.is_none() && trust != TrustChoice::Default {
+            return Err(UsageError(
+                "--ca and --insecure only apply with --relay; the embedded relay is trusted already".into(),
+            ));
         }
-    }
-
-    #[test]
-    fn limits_and_retention_have_defaults_and_are_checked() {
-        let c = parse(&["--forward-to", "http://x"]).unwrap();
-        assert_eq!(c.max_body, 10 * 1024 * 1024);
-        assert_eq!(c.retention.max_bytes, 2 * 1024 * 1024 * 1024);
-        assert_eq!(c.retention.max_age, Duration::from_secs(30 * 86_400));
-        let c = parse(&[
-            "--forward-to",
-            "http://x",
-            "--max-body",
-            "4096",
-            "--store-max-bytes",
-            "1000000",
-            "--store-max-age",
-            "12h",
-        ])
-        .unwrap();
-        assert_eq!(c.max_body, 4096);
-        assert_eq!(c.retention.max_bytes, 1_000_000);
-        assert_eq!(c.retention.max_age, Duration::from_secs(12 * 3600));
-        for (args, needle) in [
-            (&["--max-body", "0"][..], "--max-body must be at least 1"),
-            (
-                &["--store-max-bytes", "0"][..],
-                "--store-max-bytes must be at least 1",
-            ),
-            (&["--store-max-age", "soon"][..], "write it like 12h or 30d"),
-            (&["--store-max-age", "0d"][..], "write it like 12h or 30d"),
-        ] {
-            let mut argv = vec!["--forward-to", "http://x"];
-            argv.extend_from_slice(args);
-            let err = parse(&argv).unwrap_err().to_string();
-            assert!(err.contains(needle), "{args:?}: {err}");
+        if args.fan_out && self.url.is_none() {
+            return Err(UsageError(
+                "--fan-out joins a tunnel on a shared relay, and the embedded relay admits only the listen that started it; pass --relay URL".into(),
+            ));
         }
-    }
-
-    #[test]
-    fn an_http_relay_off_this_machine_needs_allow_http_from_flag_or_its_own_login() {
-        let remote = "http://relay.example.com:8080";
-        let refused = parse(&["3000", "--relay", remote]).unwrap_err().to_string();
-        assert!(refused.contains("pass --allow-http"), "{refused}");
-        let allowed = parse(&["3000", "--relay", remote, "--allow-http"]).unwrap();
-        let warning = allowed.cleartext_warning.unwrap();
-        assert!(
-            warning.starts_with("warning: relay http://relay.example.com:8080 "),
-            "{warning}"
-        );
-        for fine in ["http://127.0.0.1:8080", "https://relay.example.com"] {
-            let c = parse(&["3000", "--relay", fine]).unwrap();
-            assert_eq!(c.cleartext_warning, None, "{fine}");
-        }
-        assert_eq!(parse(&["3000"]).unwrap().cleartext_warning, None);
-
-        let logged_in = Settings {
-            relay: Some(remote.into()),
-            allow_http: true,
-            ..Settings::default()
-        };
-        let from_file = parse_with(&["3000"], &logged_in).unwrap();
-        assert!(from_file.cleartext_warning.is_some());
-        let same_by_flag = parse_with(&["3000", "--relay", remote], &logged_in).unwrap();
-        assert!(same_by_flag.cleartext_warning.is_some());
-        // What login allowed for one relay says nothing about another.
-        let other = parse_with(&["3000", "--relay", "http://other.example.com"], &logged_in)
-            .unwrap_err()
-            .to_string();
-        assert!(other.contains("pass --allow-http"), "{other}");
-    }
-
-    #[test]
-    fn empty_token_means_none() {
-        let c = parse(&["--forward-to", "http://x", "--token", ""]).unwrap();
-        assert!(c.token.is_none());
-    }
-
-    #[test]
-    fn a_remembered_insecure_applies_to_its_relay_only() {
-        let file = Settings {
-            relay: Some("https://self-signed.example.com".into()),
-            insecure: true,
-            ..Settings::default()
-        };
-        let remembered = parse_with(&["3000"], &file).unwrap();
-        assert_eq!(remembered.trust, TrustChoice::Insecure);
-        let other = parse_with(&["3000", "--relay", "https://other.example.com"], &file).unwrap();
-        assert_eq!(other.trust, TrustChoice::Default);
-    }
-
-    #[test]
-    fn relay_port_defaults_to_8443_and_fan_out_needs_a_shared_relay() {
-        let c = parse(&["3000"]).unwrap();
-        assert_eq!((c.relay_port, c.fan_out), (DEFAULT_RELAY_PORT, false));
-        assert_eq!(
-            parse(&["3000", "--relay-port", "9443"]).unwrap().relay_port,
-            9443
-        );
-        let zero = parse(&["3000", "--relay-port", "0"])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(zero, "--relay-port must be 1-65535");
-        let alone = parse(&["3000", "--fan-out"]).unwrap_err().to_string();
-        assert!(alone.ends_with("; pass --relay URL"), "{alone}");
-        let shared = parse(&["3000", "--fan-out", "--relay", "https://relay.example.com"]).unwrap();
-        assert!(shared.fan_out);
+        Ok(trust)
     }
 }
+
+/// `--store-max-bytes` and `--store-max-age`, with the defaults.
+fn retention(args: &ListenArgs) -> Result<Retention, UsageError> {
+    let max_bytes = match args.store_max_bytes {
+        None => DEFAULT_STORE_MAX_BYTES,
+        Some(0) => return Err(UsageError("--store-max-bytes must be at least 1".into())),
+        Some(n) => n,
+    };
+    let max_age = match args.store_max_age.as_deref() {
+        None => DEFAULT_STORE_MAX_AGE,
+        Some(text) => illumitunnel::parse_duration(text)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "--store-max-age {text:?} is not a duration; write it like 12h or 30d"
+                ))
+            })?,
+    };
+    Ok(Retention { max_bytes, max_age })
+}
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@ use illumitunnel::{paths, Token};
 use illumitunnel_relay::tls::SelfSigned;
 use illumitunnel_relay::{Config, RelayError, TlsConfig};
 
-use crate::commands::UsageError;
+use crate::usage::UsageError;
 use rand::RngCore;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use illumitunnel::{paths, TunnelName};
 
-use crate::commands::UsageError;
+use crate::usage::UsageError;
 
 /// What `{data dir}/listen/{tunnel}.json` says about the `listen` running a tunnel on this
 /// machine, so `trigger` can send through it without being told the URL.

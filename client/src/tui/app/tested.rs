@@ -1,30 +1,11 @@
 //! The inspector's `t`: the selected delivery replayed as a test, and its answer compared with
 //! the recorded one (`crate::regression`), for the details pane to show above the tab.
 
-use bytes::Bytes;
 use illumitunnel::{Delivery, DeliveryId};
 
-use super::{App, Effect};
-use crate::regression::{self, Outcome, Report};
-
-/// A finished test, shown while its delivery is selected.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TestView {
-    /// The delivery tested.
-    pub original: DeliveryId,
-    /// The replay that carried the test.
-    pub replay: DeliveryId,
-    /// How the answers compare.
-    pub report: Report,
-}
-
-/// A test on its way: what the answer must match.
-#[derive(Debug, Clone)]
-pub(super) struct Pending {
-    original: DeliveryId,
-    status: u16,
-    body: Bytes,
-}
+use super::effect::Effect;
+use super::state::{App, Pending, TestView};
+use crate::regression::{self, Outcome};
 
 impl App {
     /// `t`: test the selected delivery, which needs a recorded answer to compare with.

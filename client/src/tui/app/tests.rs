@@ -407,7 +407,9 @@ fn mouse_wheel_scrolls_and_click_selects() {
     );
     // In the details the wheel scrolls them, and a click on a tab title opens it.
     drive(&mut app, &store, key(KeyCode::Enter));
-    let details = view::areas(Rect::new(0, 0, 80, 24), true).details.unwrap();
+    let details = layout::areas(Rect::new(0, 0, 80, 24), true)
+        .details
+        .unwrap();
     drive(
         &mut app,
         &store,

@@ -5,11 +5,13 @@ use illumitunnel::store::{Counts, Filter};
 use illumitunnel::Delivery;
 use ratatui::layout::Rect;
 
-use super::{App, Effect, Page, Query, Rows, MIN_WINDOW};
+use super::effect::{Effect, Page, Query, Rows};
+use super::state::App;
+use super::MIN_WINDOW;
 
 /// How many delivery events are remembered to drop one told twice.
 const RECENT: usize = 4096;
-use crate::tui::view;
+use crate::tui::layout;
 
 impl App {
     pub(super) fn row(&self, index: u64) -> Option<&Delivery> {
@@ -19,7 +21,10 @@ impl App {
 
     pub(super) fn list_height(&self) -> u16 {
         let area = Rect::new(0, 0, self.size.0, self.size.1);
-        view::areas(area, self.details_open).list_rows.height.max(1)
+        layout::areas(area, self.details_open)
+            .list_rows
+            .height
+            .max(1)
     }
 
     pub(super) fn window_cap(&self) -> usize {

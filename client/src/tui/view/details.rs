@@ -12,16 +12,12 @@ use ratatui::Frame;
 
 use super::list::{latency, status_cell};
 use crate::regression;
-use crate::tui::app::{App, Tab, TestView};
+use crate::tui::app::state::{App, Tab, TestView};
+use crate::tui::layout::tab_label;
 use crate::tui::text::{self, escape, escape_bytes, DISPLAY_LIMIT};
 
 const DIM: Style = Style::new().fg(Color::DarkGray);
 const NAME: Style = Style::new().fg(Color::Cyan);
-
-/// A tab's label on the tab line.
-pub fn tab_label(index: usize, tab: Tab) -> String {
-    format!(" {} {} ", index + 1, tab.title())
-}
 
 /// Draws the tab line and the selected tab's content into `area`.
 pub fn render(app: &App, frame: &mut Frame, area: Rect) {

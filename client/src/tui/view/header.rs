@@ -7,7 +7,7 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
 use crate::status::ConnectionState;
-use crate::tui::app::App;
+use crate::tui::app::state::App;
 use crate::tui::text::escape;
 
 /// Draws the header into `area` (two lines).

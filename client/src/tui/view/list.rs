@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 use ratatui::Frame;
 
-use crate::tui::app::App;
+use crate::tui::app::state::App;
 use crate::tui::text::escape;
 
 /// Terminals at least this wide get milliseconds, longer ids and full markers.
