@@ -198,7 +198,8 @@ pub async fn run<H: Host>(host: H) {
                     return;
                 }
             }
-            Pass::Skip(session) => state.skip.push(session),
+            Pass::Skip(session) if !state.skip.contains(&session) => state.skip.push(session),
+            Pass::Skip(_) => {}
             Pass::Closing => return,
         }
     }
