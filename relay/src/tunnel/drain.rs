@@ -198,8 +198,9 @@ pub async fn run<H: Host>(host: H) {
                     return;
                 }
             }
-            Pass::Skip(session) if !state.skip.contains(&session) => state.skip.push(session),
-            Pass::Skip(_) => {}
+            // Every session was tried: the rotation starts again after this one.
+            Pass::Skip(session) if state.skip.contains(&session) => state.skip = vec![session],
+            Pass::Skip(session) => state.skip.push(session),
             Pass::Closing => return,
         }
     }
