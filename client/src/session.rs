@@ -6,7 +6,8 @@
 //! - `relay_url` — the validated `--relay` URL.
 //! - `connect` — one connection attempt, each step bounded, failures as sentences.
 //! - `link` — a connection's reader and writer halves; chunked bodies reassembled, bounded.
-//! - `delivery` — forward, answer, record: live deliveries concurrently, redeliveries in order.
+//! - `delivery` — forward, answer, record: live deliveries concurrently, redeliveries (and live
+//!   deliveries behind them) in order; the messages queued for the relay.
 //! - `tls` — which relay certificates are trusted.
 
 mod connect;

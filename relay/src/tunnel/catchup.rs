@@ -3,6 +3,10 @@
 //! deliveries in flight (`--catch-up-window`, default 32; 1 waits for each before the next). The
 //! client forwards them to its local server one at a time in that order and says `Recorded` for
 //! each after its capture store committed it; the row leaves the queue as that word arrives.
+//! Once everything queued is sent (and no push is on its way), the tunnel goes live: new
+//! deliveries go straight to the session, behind what the catch-up sent, and the client forwards
+//! them after it. The catch-up ends once the client recorded everything it sent; if it must send
+//! something again first, the tunnel queues new deliveries again (behind it) meanwhile.
 //!
 //! The catch-up waits for the client's word on the oldest delivery still out (the *front*):
 //! - `Recorded`: the row leaves the queue and the next one becomes the front.
@@ -195,6 +199,8 @@ pub async fn run<H: Host>(host: H) {
                     return;
                 }
             }
+            // Every session was tried: the rotation starts again after this one.
+            Pass::Skip(session) if state.skip.contains(&session) => state.skip = vec![session],
             Pass::Skip(session) => state.skip.push(session),
             Pass::Closing => return,
         }

@@ -456,3 +456,31 @@ async fn a_break_after_going_live_queues_again_and_sends_from_the_front() {
     assert!(fake.rows.lock().unwrap().is_empty());
     drop(got);
 }
+
+#[tokio::test(start_paused = true)]
+async fn silent_sessions_are_tried_in_turn_and_each_counts_once() {
+    let fake = fake(1, 4);
+    let (mut a, _) = connect(&fake, 1);
+    let (mut b, _) = connect(&fake, 2);
+    let drain = start(&fake);
+    let mut order = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        // Whichever session gets row 1 next, within one ack timeout (10 s).
+        let got = tokio::time::timeout(Duration::from_secs(11), async {
+            tokio::select! {
+                Some(g) = a.recv() => g,
+                Some(g) = b.recv() => g,
+            }
+        })
+        .await
+        .expect("row 1 sent again within the ack timeout");
+        order.push(got.session);
+        held.push(got);
+    }
+    assert_eq!(order, [1, 2, 1, 2]);
+    assert_eq!(attempts(&fake, 1), 2, "once per session");
+    assert!(fake.dead.lock().unwrap().is_empty());
+    fake.closing.cancel();
+    drain.await.unwrap();
+}
