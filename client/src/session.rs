@@ -10,18 +10,16 @@
 //!   deliveries behind them) in order; the messages queued for the relay.
 //! - `tls` — which relay certificates are trusted.
 
+mod config;
 mod connect;
 mod delivery;
 mod link;
 mod relay_url;
-#[cfg(test)]
-mod tests;
 pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use illumitunnel::{Token, TunnelName};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,32 +29,10 @@ use crate::forward::Forwarder;
 use crate::recorder::RecorderHandle;
 use crate::status::{ConnectionState, ListenEvent};
 
+pub use config::{SessionConfig, HANDSHAKE_TIMEOUT, OUTBOUND_QUEUE};
 use connect::{connect, ConnectError};
 use delivery::Deliveries;
 pub use relay_url::RelayUrl;
-
-/// Bound on TCP connect, TLS and websocket handshakes, and the wait for `Welcome`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages waiting for the writer.
-pub const OUTBOUND_QUEUE: usize = 1024;
-
-/// What a session needs to know about the relay and the tunnel.
-pub struct SessionConfig {
-    /// Relay to connect to.
-    pub relay: RelayUrl,
-    /// Client token, if the relay needs one.
-    pub token: Option<Token>,
-    /// Tunnel to claim.
-    pub tunnel: TunnelName,
-    /// Which relay certificates to trust.
-    pub tls: Arc<rustls::ClientConfig>,
-    /// Ping interval; the relay is gone after two silent intervals.
-    pub keepalive: Duration,
-    /// Largest request body the client takes from the relay (`--max-body`).
-    pub max_body: usize,
-    /// The claim key remembered for this tunnel, if any (anonymous relays).
-    pub claim_key: String,
-}
 
 /// What a `Welcome` tells whoever keeps state across runs.
 pub struct Welcomed<'a> {
@@ -203,3 +179,6 @@ async fn wait_to_reconnect(
 async fn show(screen: &mpsc::Sender<ListenEvent>, state: ConnectionState) {
     let _ = screen.send(ListenEvent::Connection(state)).await;
 }
+
+#[cfg(test)]
+mod tests;

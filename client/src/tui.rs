@@ -24,9 +24,6 @@ mod terminal;
 mod text;
 mod view;
 
-#[cfg(test)]
-mod tests;
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -474,3 +471,6 @@ pub(crate) fn loaded_app(store: &CaptureStore, size: (u16, u16), now: i64) -> an
     }
     Ok(app)
 }
+
+#[cfg(test)]
+mod tests;

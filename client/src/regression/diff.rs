@@ -11,7 +11,7 @@ use illumitunnel::escape;
 use serde_json::Value;
 use similar::{ChangeTag, TextDiff};
 
-use super::{BodyDiff, Report};
+use super::report::{BodyDiff, Report};
 
 /// Most diff lines shown for one delivery; the rest are counted.
 const MAX_DIFF_LINES: usize = 200;

@@ -11,7 +11,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::{tls, RelayUrl, SessionConfig, HANDSHAKE_TIMEOUT};
+use super::config::{SessionConfig, HANDSHAKE_TIMEOUT};
+use super::relay_url::RelayUrl;
+use super::tls;
 
 /// A failed connection attempt.
 #[derive(Debug)]
@@ -48,18 +50,37 @@ pub async fn connect(
     config: &SessionConfig,
     claim_key: &str,
 ) -> Result<(Ws, Welcome), ConnectError> {
-    let relay = &config.relay;
-    let retry =
-        |cause: String| ConnectError::Retry(format!("could not connect to relay {relay}: {cause}"));
-    let fatal =
-        |cause: String| ConnectError::Fatal(format!("could not connect to relay {relay}: {cause}"));
-    let timed_out = || {
-        retry(format!(
+    let io = dial(config).await?;
+    let ws = upgrade(config, io).await?;
+    greet(config, ws, claim_key).await
+}
+
+/// A relay that may answer another time: one sentence naming it.
+fn retry(relay: &RelayUrl, cause: String) -> ConnectError {
+    ConnectError::Retry(format!("could not connect to relay {relay}: {cause}"))
+}
+
+/// A relay this client will never reach as configured: one sentence naming it.
+fn fatal(relay: &RelayUrl, cause: String) -> ConnectError {
+    ConnectError::Fatal(format!("could not connect to relay {relay}: {cause}"))
+}
+
+fn timed_out(relay: &RelayUrl) -> ConnectError {
+    retry(
+        relay,
+        format!(
             "timed out after {} s; check --relay",
             HANDSHAKE_TIMEOUT.as_secs()
-        ))
-    };
+        ),
+    )
+}
 
+/// TCP (direct or through a proxy), then TLS for an https relay.
+async fn dial(config: &SessionConfig) -> Result<Box<dyn Io>, ConnectError> {
+    let relay = &config.relay;
+    let retry = |cause: String| retry(relay, cause);
+    let fatal = |cause: String| fatal(relay, cause);
+    let timed_out = || timed_out(relay);
     let tcp = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         // Direct, or through a CONNECT tunnel when HTTPS_PROXY/NO_PROXY say so.
@@ -92,6 +113,15 @@ pub async fn connect(
         Box::new(tcp)
     };
 
+    Ok(io)
+}
+
+/// The websocket upgrade, with the token.
+async fn upgrade(config: &SessionConfig, io: Box<dyn Io>) -> Result<Ws, ConnectError> {
+    let relay = &config.relay;
+    let retry = |cause: String| retry(relay, cause);
+    let fatal = |cause: String| fatal(relay, cause);
+    let timed_out = || timed_out(relay);
     let mut request = relay
         .connect_url()
         .into_client_request()
@@ -110,7 +140,7 @@ pub async fn connect(
         max_frame_size: Some(MAX_MESSAGE),
         ..Default::default()
     };
-    let (mut ws, _) = tokio::time::timeout(
+    let (ws, _) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         tokio_tungstenite::client_async_with_config(request, io, Some(ws_config)),
     )
@@ -132,6 +162,18 @@ pub async fn connect(
         other => retry(format!("websocket handshake failed: {other}")),
     })?;
 
+    Ok(ws)
+}
+
+/// `Hello`, then the relay's first word: a `Welcome` (checked) or a refusal.
+async fn greet(
+    config: &SessionConfig,
+    mut ws: Ws,
+    claim_key: &str,
+) -> Result<(Ws, Welcome), ConnectError> {
+    let relay = &config.relay;
+    let retry = |cause: String| retry(relay, cause);
+    let fatal = |cause: String| fatal(relay, cause);
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         tunnel: config.tunnel.to_string(),

@@ -336,7 +336,7 @@ impl Connection {
     /// Hands a complete delivery on: redeliveries, and live ones behind redeliveries not yet
     /// forwarded, to the in-order worker; other live ones to a task of their own. Waiting here
     /// slows reading, which is the backpressure the relay should see.
-    pub async fn dispatch(&self, arrived: Arrived) {
+    pub async fn arrive(&self, arrived: Arrived) {
         let deliveries = &self.deliveries;
         if arrived.redelivery || deliveries.in_order.load(Ordering::SeqCst) > 0 {
             let known = match arrived.redelivery {

@@ -87,59 +87,15 @@ async fn read_half(
             }
         };
         match decoded {
-            RelayMessage::Request {
-                id,
-                received_at_ms,
-                answer,
-                redelivery,
-                method,
-                path,
-                query,
-                headers,
-                body,
-                end,
-            } => {
-                let declared = illumitunnel::headers::get(&headers, "content-length")
-                    .and_then(declared_length);
-                let head = Arrived {
-                    id: id.clone(),
-                    received_at_ms: i64::try_from(received_at_ms).unwrap_or(i64::MAX),
-                    answer,
-                    redelivery,
-                    request: RequestRecord {
-                        method,
-                        path,
-                        query,
-                        headers,
-                        body: Bytes::new(),
-                    },
-                };
-                let started = if end {
-                    partial.check_whole(&body).map(|()| {
-                        let mut arrived = head;
-                        arrived.request.body = body;
-                        Some(arrived)
-                    })
-                } else {
-                    partial
-                        .begin(id.clone(), head, &body, declared)
-                        .map(|()| None)
-                };
-                match started {
-                    Ok(Some(arrived)) => connection.dispatch(arrived).await,
-                    Ok(None) => {}
-                    Err(ReassemblyError::Duplicate) => {
-                        return format!(
-                            "the relay sent delivery {id} twice at once, which it must not; reconnecting"
-                        )
-                    }
-                    Err(err) => reject(connection, id, &err, max_body).await,
+            request @ RelayMessage::Request { .. } => {
+                if let Some(end) = on_request(request, &mut partial, connection, max_body).await {
+                    return end;
                 }
             }
             RelayMessage::RequestChunk { id, data, end } => match partial.push(&id, &data, end) {
                 Ok(Some((mut head, body))) => {
                     head.request.body = body;
-                    connection.dispatch(head).await;
+                    connection.arrive(head).await;
                 }
                 Ok(None) => {}
                 Err(err) => reject(connection, id, &err, max_body).await,
@@ -155,6 +111,67 @@ async fn read_half(
             }
         }
     }
+}
+
+/// A delivery's head (and maybe its whole body) arrived: whole ones go to the connection,
+/// others wait for their chunks. `Some` ends the connection with that sentence.
+async fn on_request(
+    request: RelayMessage,
+    partial: &mut Reassembler<DeliveryId, Arrived>,
+    connection: &Connection,
+    max_body: usize,
+) -> Option<String> {
+    let RelayMessage::Request {
+        id,
+        received_at_ms,
+        answer,
+        redelivery,
+        method,
+        path,
+        query,
+        headers,
+        body,
+        end,
+    } = request
+    else {
+        return None;
+    };
+    let declared = illumitunnel::headers::get(&headers, "content-length").and_then(declared_length);
+    let head = Arrived {
+        id: id.clone(),
+        received_at_ms: i64::try_from(received_at_ms).unwrap_or(i64::MAX),
+        answer,
+        redelivery,
+        request: RequestRecord {
+            method,
+            path,
+            query,
+            headers,
+            body: Bytes::new(),
+        },
+    };
+    let started = if end {
+        partial.check_whole(&body).map(|()| {
+            let mut arrived = head;
+            arrived.request.body = body;
+            Some(arrived)
+        })
+    } else {
+        partial
+            .begin(id.clone(), head, &body, declared)
+            .map(|()| None)
+    };
+    match started {
+        Ok(Some(arrived)) => connection.arrive(arrived).await,
+        Ok(None) => {}
+        Err(ReassemblyError::Duplicate) => {
+            return Some(format!(
+                "the relay sent delivery {id} twice at once, which it must not; reconnecting"
+            ))
+        }
+        Err(err) => reject(connection, id, &err, max_body).await,
+    }
+    None
 }
 
 /// Tells the relay this client cannot take a delivery, and why.

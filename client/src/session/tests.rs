@@ -497,7 +497,7 @@ async fn a_redelivery_sent_again_on_a_new_connection_mid_forward_reaches_the_ser
     let (addr, seen) = local_server().await;
     let (deliveries, mut outbound, _dir) = deliveries_to(addr);
     let first = deliveries.connection(1);
-    first.dispatch(redelivery("x1", "slow-x1")).await;
+    first.arrive(redelivery("x1", "slow-x1")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.now.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -509,8 +509,8 @@ async fn a_redelivery_sent_again_on_a_new_connection_mid_forward_reaches_the_ser
     // The link breaks while x1 is at the local server; the relay sends it again, then y1.
     first.ended().cancel();
     let second = deliveries.connection(2);
-    second.dispatch(redelivery("x1", "slow-x1")).await;
-    second.dispatch(redelivery("y1", "y1")).await;
+    second.arrive(redelivery("x1", "slow-x1")).await;
+    second.arrive(redelivery("y1", "y1")).await;
     let mut acks = Vec::new();
     while acks.last() != Some(&ClientMessage::Recorded { id: id("y1") }) {
         let out = tokio::time::timeout(Duration::from_secs(10), outbound.recv())
@@ -535,7 +535,7 @@ async fn redeliveries_are_forwarded_without_waiting_for_each_commit_and_acknowle
     let connection = deliveries.connection(1);
     let ids: Vec<String> = (0..10).map(|i| format!("p{i:03}")).collect();
     for id_ in &ids {
-        connection.dispatch(redelivery(id_, id_)).await;
+        connection.arrive(redelivery(id_, id_)).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
     while seen.bodies.lock().unwrap().len() < ids.len() {
@@ -577,10 +577,10 @@ async fn a_live_delivery_behind_waiting_redeliveries_is_forwarded_after_them() {
     let (addr, seen) = local_server().await;
     let (deliveries, _outbound, _dir) = deliveries_to(addr);
     let connection = deliveries.connection(1);
-    connection.dispatch(redelivery("q1", "slow-q1")).await;
+    connection.arrive(redelivery("q1", "slow-q1")).await;
     let mut live = redelivery("l1", "l1");
     live.redelivery = false;
-    connection.dispatch(live).await;
+    connection.arrive(live).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.bodies.lock().unwrap().len() < 2 {
         assert!(tokio::time::Instant::now() < deadline, "not forwarded");
