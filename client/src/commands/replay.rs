@@ -1,5 +1,6 @@
 //! `illumitunnel replay`: stored deliveries sent to the local server again (see `crate::replay`
-//! for where they go), each recorded with `replay_of` and printed. `--edit` opens each body in
+//! for where they go: the current `listen` target unless `--to-recorded`, and a line on stderr
+//! names it when it differs from the recorded one), each recorded with `replay_of` and printed. `--edit` opens each body in
 //! `$VISUAL`/`$EDITOR` first.
 
 use std::io::Write;
@@ -50,8 +51,18 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
         } else {
             None
         };
+        let current = replay::current_target(original);
+        let (route, note) = replay::route(
+            original,
+            forward_to.as_ref(),
+            args.to_recorded,
+            current.as_ref(),
+        );
+        if let Some(note) = note {
+            eprintln!("{}", illumitunnel::escape::escape(&note));
+        }
         let (target, request) =
-            replay::prepare(original, forward_to.as_ref(), body).map_err(anyhow::Error::msg)?;
+            replay::prepare(original, route, body).map_err(anyhow::Error::msg)?;
         let forwarder = forwarder_trusting(target, &trust)?;
         let mut replayed = runtime.block_on(replay::send(original, &forwarder, request));
         if !replayed.status().is_some_and(|s| (200..300).contains(&s)) {
