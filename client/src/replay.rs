@@ -3,7 +3,7 @@
 //! inspector asks `listen` for over its [`ReplayRequest`] channel.
 //!
 //! Where it goes ([`Route`]): the origin the `listen` running for the delivery's tunnel forwards
-//! to now (its live record, `{data dir}/listen/{tunnel}.json`), else the origin of the stored
+//! to now (its live record, `{data dir}/listen/{tunnel}.json`, read by the commands), else the origin of the stored
 //! delivery's `target` (`--to-recorded` asks for that one always), with the path and query the
 //! local server saw then; or, with an override (`replay --forward-to URL`), exactly that URL
 //! plus the stored query. Method, headers and body are the stored ones, less hop-by-hop
@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::listen::Running;
 use crate::forward::{Forwarder, Target};
 use crate::recorder::RecorderHandle;
 use crate::status::ReplayRequest;
@@ -38,15 +37,6 @@ pub enum Route<'a> {
     Origin(&'a Target),
     /// Exactly this URL (`--forward-to`), plus the stored query.
     Exactly(&'a Target),
-}
-
-/// The target of the `listen` running on this machine for the tunnel `original` came through,
-/// and that listen's PID; `None` when none runs (or the delivery came through no tunnel).
-pub fn current_target(original: &Delivery) -> Option<(Target, u32)> {
-    let tunnel = original.tunnel.as_deref()?;
-    let running = Running::live(tunnel)?;
-    let target = Target::parse(&running.target).ok()?;
-    Some((target, running.pid))
 }
 
 /// The route for `original`: `forward_to` when given; else, unless `to_recorded`, the current

@@ -13,7 +13,7 @@ use illumitunnel::Delivery;
 
 use super::{delivery_by_id, ignore_broken_pipe, parse_event_type, since_ms, Ctx};
 use crate::cli::ReplayArgs;
-use crate::commands::listen::{forwarder_trusting, TrustChoice};
+use crate::commands::listen::{forwarder_trusting, Running, TrustChoice};
 use crate::forward::Target;
 use crate::output::{self, Format};
 use crate::replay;
@@ -51,7 +51,7 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
         } else {
             None
         };
-        let current = replay::current_target(original);
+        let current = current_target(original);
         let (route, note) = replay::route(
             original,
             forward_to.as_ref(),
@@ -83,6 +83,15 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The target of the `listen` running on this machine for the tunnel `original` came through,
+/// and that listen's PID; `None` when none runs (or the delivery came through no tunnel).
+pub fn current_target(original: &Delivery) -> Option<(Target, u32)> {
+    let tunnel = original.tunnel.as_deref()?;
+    let running = Running::live(tunnel)?;
+    let target = Target::parse(&running.target).ok()?;
+    Some((target, running.pid))
 }
 
 /// The deliveries to replay, in the order they are sent.

@@ -141,7 +141,7 @@ async fn run_all(
     let mut pool: Option<Forwarder> = None;
     let mut cases = Vec::with_capacity(originals.len());
     for original in originals {
-        let current = replay::current_target(original);
+        let current = super::replay::current_target(original);
         let (target, request) =
             destination(original, forward_to, to_recorded, current.as_ref()).map_err(UsageError)?;
         let forwarder = match &pool {
