@@ -287,7 +287,8 @@ pub struct TriggerArgs {
     #[arg(long)]
     pub duplicate: bool,
 
-    /// Also trust the certificates in this PEM file for the tunnel URL.
+    /// Also trust the certificates in this PEM file for the tunnel URL (default: the ca, or
+    /// insecure, that login saved for the relay the tunnel is on).
     #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
     pub ca: Option<PathBuf>,
 
