@@ -94,6 +94,12 @@ fn trigger_through_a_self_signed_relay_uses_the_ca_login_saved() {
 
     let out = login(home.path(), &["--relay", &url, "--ca", &ca]);
     assert_eq!(out.code(), 0, "{out:?}");
+    let mut cmd = command("illumitunnel", home.path());
+    cmd.args(["status", "--json"]);
+    let status = ChildGuard::run(cmd);
+    let status: serde_json::Value =
+        serde_json::from_str(status.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {status:?}"));
+    assert_eq!(status["ca"], ca.as_str(), "{status}");
     let _listen = listen_from_config(home.path(), &handler.url("/hooks"), "trusted-relay", &[]);
 
     // No --ca, no --url: the tunnel of the running listen, trusted by the CA login saved.

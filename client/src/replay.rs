@@ -304,10 +304,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let (addr, mut received) = echo_server().await;
-        let mut original = stored(&format!("http://{addr}/hooks/sub?a=1"));
+        let original = stored(&format!("http://{addr}/hooks/sub?a=1"));
+        // Recorded while listen forwarded to another port: replays follow listen's target now.
+        let mut moved = stored("http://127.0.0.1:9/hooks/sub?a=1");
+        moved.id = DeliveryId::parse("def456").unwrap();
         CaptureStore::open(&path)
             .unwrap()
-            .insert_batch(std::slice::from_mut(&mut original))
+            .insert_batch(&mut [original.clone(), moved.clone()])
             .unwrap();
         let (screen_tx, mut screen_rx) = mpsc::channel(16);
         let (recorder, thread) = crate::recorder::spawn(
@@ -342,6 +345,23 @@ mod tests {
         let (reply, answer) = tokio::sync::oneshot::channel();
         replays
             .send(ReplayRequest {
+                original: moved.id.clone(),
+                body: None,
+                reply,
+            })
+            .await
+            .unwrap();
+        let replayed_moved = answer.await.unwrap().unwrap();
+        assert_eq!(replayed_moved.status(), Some(200), "{replayed_moved:?}");
+        assert_eq!(
+            replayed_moved.target,
+            format!("http://{addr}/hooks/sub?a=1")
+        );
+        assert_eq!(received.recv().await.unwrap(), b"{}");
+
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        replays
+            .send(ReplayRequest {
                 original: DeliveryId::parse("zzz").unwrap(),
                 body: None,
                 reply,
@@ -363,6 +383,37 @@ mod tests {
             panic!("the replay was not shown")
         };
         assert_eq!(shown.id, replayed.id);
+    }
+
+    #[test]
+    fn the_current_listen_target_wins_unless_to_recorded_or_forward_to() {
+        let d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
+        let moved = (Target::parse("http://127.0.0.1:4000/hooks").unwrap(), 42);
+        let uri = |route: Route<'_>| {
+            let (target, request) = prepare(&d, route, None).unwrap();
+            target.uri_for(&request.path, &request.query).to_string()
+        };
+        let (r, note) = route(&d, None, false, Some(&moved));
+        assert_eq!(uri(r), "http://127.0.0.1:4000/hooks/sub?a=1");
+        let note = note.unwrap();
+        assert!(
+            note.contains("http://127.0.0.1:4000/, the current target of listen PID 42")
+                && note.contains("recorded at http://127.0.0.1:3000/")
+                && note.contains("--to-recorded"),
+            "{note}"
+        );
+        let (r, note) = route(&d, None, true, Some(&moved));
+        assert_eq!(uri(r), "http://127.0.0.1:3000/hooks/sub?a=1");
+        assert_eq!(note, None);
+        let to = Target::parse("http://127.0.0.1:5000/v2").unwrap();
+        let (r, note) = route(&d, Some(&to), false, Some(&moved));
+        assert_eq!(uri(r), "http://127.0.0.1:5000/v2?a=1");
+        assert_eq!(note, None);
+        // The same origin as recorded: nothing to say.
+        let same = (Target::parse("http://127.0.0.1:3000/other").unwrap(), 42);
+        assert_eq!(route(&d, None, false, Some(&same)).1, None);
+        let (r, _) = route(&d, None, false, None);
+        assert_eq!(uri(r), "http://127.0.0.1:3000/hooks/sub?a=1");
     }
 
     #[test]
