@@ -299,6 +299,24 @@ mod tests {
         (addr, rx)
     }
 
+    /// Asks the replay server for a replay of `original`, as the inspector does.
+    async fn ask(
+        replays: &mpsc::Sender<ReplayRequest>,
+        original: DeliveryId,
+        body: Option<Bytes>,
+    ) -> Result<Delivery, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        replays
+            .send(ReplayRequest {
+                original,
+                body,
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap()
+    }
+
     #[tokio::test]
     async fn listen_serves_inspector_replays_through_the_recorder() {
         let dir = tempfile::tempdir().unwrap();
@@ -326,32 +344,20 @@ mod tests {
         let fallback = Forwarder::new(Target::parse(&format!("http://{addr}/hooks")).unwrap());
         let (replays, task) = spawn_server(path.clone(), fallback, recorder, shutdown.clone());
 
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        replays
-            .send(ReplayRequest {
-                original: original.id.clone(),
-                body: Some(Bytes::from_static(b"{\"edited\":true}")),
-                reply,
-            })
-            .await
-            .unwrap();
-        let replayed = answer.await.unwrap().unwrap();
+        let replayed = ask(
+            &replays,
+            original.id.clone(),
+            Some(Bytes::from_static(b"{\"edited\":true}")),
+        )
+        .await
+        .unwrap();
         assert!(replayed.seq > 0, "committed");
         assert_eq!(replayed.replay_of, Some(original.id.clone()));
         assert_eq!(replayed.status(), Some(200));
         assert_eq!(replayed.target, format!("http://{addr}/hooks/sub?a=1"));
         assert_eq!(received.recv().await.unwrap(), b"{\"edited\":true}");
 
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        replays
-            .send(ReplayRequest {
-                original: moved.id.clone(),
-                body: None,
-                reply,
-            })
-            .await
-            .unwrap();
-        let replayed_moved = answer.await.unwrap().unwrap();
+        let replayed_moved = ask(&replays, moved.id.clone(), None).await.unwrap();
         assert_eq!(replayed_moved.status(), Some(200), "{replayed_moved:?}");
         assert_eq!(
             replayed_moved.target,
@@ -359,20 +365,8 @@ mod tests {
         );
         assert_eq!(received.recv().await.unwrap(), b"{}");
 
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        replays
-            .send(ReplayRequest {
-                original: DeliveryId::parse("zzz").unwrap(),
-                body: None,
-                reply,
-            })
-            .await
-            .unwrap();
-        assert!(answer
-            .await
-            .unwrap()
-            .unwrap_err()
-            .contains("no delivery with id zzz"));
+        let unknown = ask(&replays, DeliveryId::parse("zzz").unwrap(), None).await;
+        assert!(unknown.unwrap_err().contains("no delivery with id zzz"));
 
         shutdown.cancel();
         task.await.unwrap();
