@@ -40,7 +40,8 @@ pub enum Route<'a> {
 }
 
 /// The route for `original`: `forward_to` when given; else, unless `to_recorded`, the current
-/// target of the `listen` running for its tunnel; else where it went when recorded. The second
+/// target of the `listen` running for its tunnel (for a delivery that was forwarded then); else
+/// where it went when recorded. The second
 /// value names a current target that differs from the recorded one, for the line that says so.
 pub fn route<'a>(
     original: &Delivery,
@@ -51,7 +52,8 @@ pub fn route<'a>(
     if let Some(to) = forward_to {
         return (Route::Exactly(to), None);
     }
-    match current.filter(|_| !to_recorded) {
+    // A delivery never forwarded (`--events` skipped it) is replayed only where the user says.
+    match current.filter(|_| !to_recorded && !original.target.is_empty()) {
         Some((target, pid)) => {
             let recorded = Target::parse(&original.target).ok().map(|t| t.origin());
             let note = (recorded.as_ref() != Some(&target.origin())).then(|| {
@@ -414,6 +416,12 @@ mod tests {
     fn skipped_deliveries_need_a_target() {
         let mut d = stored("");
         d.skipped = true;
+        // Not even a running listen's: the user names where with --forward-to.
+        let running = (Target::parse("http://127.0.0.1:4000/hooks").unwrap(), 42);
+        assert!(matches!(
+            route(&d, None, false, Some(&running)),
+            (Route::Recorded, None)
+        ));
         let err = prepare(&d, Route::Recorded, None).err().unwrap();
         assert!(err.contains("pass --forward-to URL"), "{err}");
     }
