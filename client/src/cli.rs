@@ -52,6 +52,9 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove the token from config.toml.
     Logout,
+    /// Show the relay, token (its first characters, never the value), tunnel, CA, target and
+    /// whether a listen runs on this machine.
+    Status(StatusArgs),
     /// Print a shell completion script, e.g. illumitunnel completions bash > ~/.local/share/bash-completion/completions/illumitunnel.
     Completions {
         /// The shell to complete for.
@@ -92,6 +95,20 @@ pub struct LoginArgs {
     /// (kept in config.toml as allow_http for that relay).
     #[arg(long)]
     pub allow_http: bool,
+
+    /// Print what was saved as one JSON object (relay, token_prefix, token_length, tunnel, ca,
+    /// public_url, config); never the token.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `illumitunnel status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object (configured, config, relay, token_prefix, token_length, tunnel, ca,
+    /// forward_to, last_target, listen).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How to trust an https local server: `listen`, `test` and `replay`.
@@ -270,7 +287,8 @@ pub struct TriggerArgs {
     #[arg(long)]
     pub duplicate: bool,
 
-    /// Also trust the certificates in this PEM file for the tunnel URL.
+    /// Also trust the certificates in this PEM file for the tunnel URL (default: the ca, or
+    /// insecure, that login saved for the relay the tunnel is on).
     #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
     pub ca: Option<PathBuf>,
 
@@ -320,10 +338,15 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["ids", "event"])]
     pub suite: Option<PathBuf>,
 
-    /// Send to this handler, each delivery's path under it (default: where each delivery went;
-    /// required with --suite).
-    #[arg(long, value_name = "URL")]
+    /// Send to this handler, each delivery's path under it (default: the current target of the
+    /// listen running for the delivery's tunnel, else where it went; required with --suite).
+    #[arg(long, value_name = "URL", conflicts_with = "to_recorded")]
     pub forward_to: Option<String>,
+
+    /// Send to the origin each delivery went to when recorded, even when a listen running for
+    /// its tunnel now forwards elsewhere.
+    #[arg(long)]
+    pub to_recorded: bool,
 
     #[command(flatten)]
     pub forward_trust: ForwardTrustArgs,
@@ -409,8 +432,13 @@ pub struct ReplayArgs {
     pub since: Option<String>,
 
     /// Send to exactly this URL (plus the stored query) instead of where the delivery went.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "to_recorded")]
     pub forward_to: Option<String>,
+
+    /// Send to the origin each delivery went to when recorded, even when a listen running for
+    /// its tunnel now forwards elsewhere (default: that listen's current target).
+    #[arg(long)]
+    pub to_recorded: bool,
 
     #[command(flatten)]
     pub forward_trust: ForwardTrustArgs,

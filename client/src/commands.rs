@@ -7,6 +7,7 @@ pub mod listen;
 pub mod login;
 pub mod replay;
 pub mod show;
+pub mod status;
 pub mod suite;
 pub mod test;
 pub mod trigger;

@@ -112,6 +112,7 @@ fn main() -> ExitCode {
         Command::Webhooks(args) => commands::webhooks::run(args),
         Command::Login(args) => commands::login::run(args),
         Command::Logout => commands::login::logout(),
+        Command::Status(args) => commands::status::run(args, &ctx),
         Command::Completions { shell } => commands::docs::completions(shell),
         Command::Man => commands::docs::man(),
     };

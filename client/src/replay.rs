@@ -2,7 +2,9 @@
 //! delivery with `replay_of` set. One core for the `replay` command and for the replays the
 //! inspector asks `listen` for over its [`ReplayRequest`] channel.
 //!
-//! Where it goes: the origin of the stored delivery's `target`, with the path and query the
+//! Where it goes ([`Route`]): the origin the `listen` running for the delivery's tunnel forwards
+//! to now (its live record, `{data dir}/listen/{tunnel}.json`, read by the commands), else the origin of the stored
+//! delivery's `target` (`--to-recorded` asks for that one always), with the path and query the
 //! local server saw then; or, with an override (`replay --forward-to URL`), exactly that URL
 //! plus the stored query. Method, headers and body are the stored ones, less hop-by-hop
 //! headers, Host and Content-Length, which are recomputed for the request actually sent.
@@ -26,20 +28,66 @@ use crate::status::ReplayRequest;
 /// Replay requests waiting for `listen` to serve them.
 pub const REPLAY_QUEUE: usize = 16;
 
+/// Where a replay goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    /// The origin the delivery went to when recorded, with the path the local server saw.
+    Recorded,
+    /// This target's origin (the current `listen` target), with the path the local server saw.
+    Origin(&'a Target),
+    /// Exactly this URL (`--forward-to`), plus the stored query.
+    Exactly(&'a Target),
+}
+
+/// The route for `original`: `forward_to` when given; else, unless `to_recorded`, the current
+/// target of the `listen` running for its tunnel (for a delivery that was forwarded then); else
+/// where it went when recorded. The second
+/// value names a current target that differs from the recorded one, for the line that says so.
+pub fn route<'a>(
+    original: &Delivery,
+    forward_to: Option<&'a Target>,
+    to_recorded: bool,
+    current: Option<&'a (Target, u32)>,
+) -> (Route<'a>, Option<String>) {
+    if let Some(to) = forward_to {
+        return (Route::Exactly(to), None);
+    }
+    // A delivery never forwarded (`--events` skipped it) is replayed only where the user says.
+    match current.filter(|_| !to_recorded && !original.target.is_empty()) {
+        Some((target, pid)) => {
+            let recorded = Target::parse(&original.target).ok().map(|t| t.origin());
+            let note = (recorded.as_ref() != Some(&target.origin())).then(|| {
+                format!(
+                    "sending {} to {}, the current target of listen PID {pid} (it was recorded at {}); --to-recorded sends to the recorded one",
+                    original.id,
+                    target.origin(),
+                    recorded.map_or_else(|| "no target".to_string(), |t| t.to_string()),
+                )
+            });
+            (Route::Origin(target), note)
+        }
+        None => (Route::Recorded, None),
+    }
+}
+
 /// Where a replay of `original` goes and what it sends: the target and the request for it.
-/// `forward_to` overrides the stored target; `body` replaces the stored body.
+/// `route` says where; `body` replaces the stored body.
 pub fn prepare(
     original: &Delivery,
-    forward_to: Option<&Target>,
+    route: Route<'_>,
     body: Option<Bytes>,
 ) -> Result<(Target, RequestRecord), String> {
     let stored = &original.request;
     let headers = resend_headers(&stored.headers);
     let body = body.unwrap_or_else(|| stored.body.clone());
-    let (target, path) = match forward_to {
+    let (target, path) = match route {
         // `uri_for("")` is the target's own path; the stored query is appended to its own.
-        Some(target) => (target.clone(), String::new()),
-        None => {
+        Route::Exactly(target) => (target.clone(), String::new()),
+        // A delivery `--events` skipped has no recorded path below a target: it goes to the
+        // target itself, as `listen` would forward it now.
+        Route::Origin(target) if original.target.is_empty() => (target.clone(), String::new()),
+        Route::Origin(target) => (target.origin(), stored.path.clone()),
+        Route::Recorded => {
             let target = Target::parse(&original.target).map_err(|_| {
                 if original.skipped {
                     format!(
@@ -108,8 +156,8 @@ pub async fn send(original: &Delivery, forwarder: &Forwarder, request: RequestRe
 
 /// Serves the inspector's replay requests for `listen` until `shutdown` or until every sender
 /// is gone. Each replay goes through the recorder, so it is stored and shown like any delivery;
-/// `listen`'s forwarder (its target, and its trust in an https local server) sends them, and its
-/// target is used for deliveries that were never forwarded.
+/// `listen`'s forwarder (its target, and its trust in an https local server) sends them, to the
+/// origin of its current target (see [`Route::Origin`]).
 pub fn spawn_server(
     store_path: PathBuf,
     fallback: Forwarder,
@@ -150,8 +198,12 @@ async fn serve_one(
     .await
     .map_err(|e| format!("could not read the capture store: {e}"))??
     .ok_or_else(|| format!("no delivery with id {}", request.original))?;
-    let override_target = original.target.is_empty().then_some(fallback.target());
-    let (target, prepared) = prepare(&original, override_target, request.body.clone())?;
+    // `listen`'s own target is the current one: replays follow a restart on another port.
+    let (target, prepared) = prepare(
+        &original,
+        Route::Origin(fallback.target()),
+        request.body.clone(),
+    )?;
     let replayed = send(&original, &fallback.retarget(target), prepared).await;
     recorder.insert(replayed).await
 }
@@ -185,7 +237,7 @@ mod tests {
     #[test]
     fn replays_to_the_stored_origin_and_path() {
         let d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
-        let (target, request) = prepare(&d, None, None).unwrap();
+        let (target, request) = prepare(&d, Route::Recorded, None).unwrap();
         assert_eq!(
             target.uri_for(&request.path, &request.query).to_string(),
             "http://127.0.0.1:3000/hooks/sub?a=1"
@@ -198,7 +250,8 @@ mod tests {
     fn forward_to_is_exactly_that_url_plus_the_query() {
         let d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
         let to = Target::parse("http://127.0.0.1:4000/v2").unwrap();
-        let (target, request) = prepare(&d, Some(&to), Some(Bytes::from_static(b"[1]"))).unwrap();
+        let (target, request) =
+            prepare(&d, Route::Exactly(&to), Some(Bytes::from_static(b"[1]"))).unwrap();
         assert_eq!(
             target.uri_for(&request.path, &request.query).to_string(),
             "http://127.0.0.1:4000/v2?a=1"
@@ -248,15 +301,36 @@ mod tests {
         (addr, rx)
     }
 
+    /// Asks the replay server for a replay of `original`, as the inspector does.
+    async fn ask(
+        replays: &mpsc::Sender<ReplayRequest>,
+        original: DeliveryId,
+        body: Option<Bytes>,
+    ) -> Result<Delivery, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        replays
+            .send(ReplayRequest {
+                original,
+                body,
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap()
+    }
+
     #[tokio::test]
     async fn listen_serves_inspector_replays_through_the_recorder() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let (addr, mut received) = echo_server().await;
-        let mut original = stored(&format!("http://{addr}/hooks/sub?a=1"));
+        let original = stored(&format!("http://{addr}/hooks/sub?a=1"));
+        // Recorded while listen forwarded to another port: replays follow listen's target now.
+        let mut moved = stored("http://127.0.0.1:9/hooks/sub?a=1");
+        moved.id = DeliveryId::parse("def456").unwrap();
         CaptureStore::open(&path)
             .unwrap()
-            .insert_batch(std::slice::from_mut(&mut original))
+            .insert_batch(&mut [original.clone(), moved.clone()])
             .unwrap();
         let (screen_tx, mut screen_rx) = mpsc::channel(16);
         let (recorder, thread) = crate::recorder::spawn(
@@ -272,36 +346,29 @@ mod tests {
         let fallback = Forwarder::new(Target::parse(&format!("http://{addr}/hooks")).unwrap());
         let (replays, task) = spawn_server(path.clone(), fallback, recorder, shutdown.clone());
 
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        replays
-            .send(ReplayRequest {
-                original: original.id.clone(),
-                body: Some(Bytes::from_static(b"{\"edited\":true}")),
-                reply,
-            })
-            .await
-            .unwrap();
-        let replayed = answer.await.unwrap().unwrap();
+        let replayed = ask(
+            &replays,
+            original.id.clone(),
+            Some(Bytes::from_static(b"{\"edited\":true}")),
+        )
+        .await
+        .unwrap();
         assert!(replayed.seq > 0, "committed");
         assert_eq!(replayed.replay_of, Some(original.id.clone()));
         assert_eq!(replayed.status(), Some(200));
         assert_eq!(replayed.target, format!("http://{addr}/hooks/sub?a=1"));
         assert_eq!(received.recv().await.unwrap(), b"{\"edited\":true}");
 
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        replays
-            .send(ReplayRequest {
-                original: DeliveryId::parse("zzz").unwrap(),
-                body: None,
-                reply,
-            })
-            .await
-            .unwrap();
-        assert!(answer
-            .await
-            .unwrap()
-            .unwrap_err()
-            .contains("no delivery with id zzz"));
+        let replayed_moved = ask(&replays, moved.id.clone(), None).await.unwrap();
+        assert_eq!(replayed_moved.status(), Some(200), "{replayed_moved:?}");
+        assert_eq!(
+            replayed_moved.target,
+            format!("http://{addr}/hooks/sub?a=1")
+        );
+        assert_eq!(received.recv().await.unwrap(), b"{}");
+
+        let unknown = ask(&replays, DeliveryId::parse("zzz").unwrap(), None).await;
+        assert!(unknown.unwrap_err().contains("no delivery with id zzz"));
 
         shutdown.cancel();
         task.await.unwrap();
@@ -315,10 +382,47 @@ mod tests {
     }
 
     #[test]
+    fn the_current_listen_target_wins_unless_to_recorded_or_forward_to() {
+        let d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
+        let moved = (Target::parse("http://127.0.0.1:4000/hooks").unwrap(), 42);
+        let uri = |route: Route<'_>| {
+            let (target, request) = prepare(&d, route, None).unwrap();
+            target.uri_for(&request.path, &request.query).to_string()
+        };
+        let (r, note) = route(&d, None, false, Some(&moved));
+        assert_eq!(uri(r), "http://127.0.0.1:4000/hooks/sub?a=1");
+        let note = note.unwrap();
+        assert!(
+            note.contains("http://127.0.0.1:4000/, the current target of listen PID 42")
+                && note.contains("recorded at http://127.0.0.1:3000/")
+                && note.contains("--to-recorded"),
+            "{note}"
+        );
+        let (r, note) = route(&d, None, true, Some(&moved));
+        assert_eq!(uri(r), "http://127.0.0.1:3000/hooks/sub?a=1");
+        assert_eq!(note, None);
+        let to = Target::parse("http://127.0.0.1:5000/v2").unwrap();
+        let (r, note) = route(&d, Some(&to), false, Some(&moved));
+        assert_eq!(uri(r), "http://127.0.0.1:5000/v2?a=1");
+        assert_eq!(note, None);
+        // The same origin as recorded: nothing to say.
+        let same = (Target::parse("http://127.0.0.1:3000/other").unwrap(), 42);
+        assert_eq!(route(&d, None, false, Some(&same)).1, None);
+        let (r, _) = route(&d, None, false, None);
+        assert_eq!(uri(r), "http://127.0.0.1:3000/hooks/sub?a=1");
+    }
+
+    #[test]
     fn skipped_deliveries_need_a_target() {
         let mut d = stored("");
         d.skipped = true;
-        let err = prepare(&d, None, None).err().unwrap();
+        // Not even a running listen's: the user names where with --forward-to.
+        let running = (Target::parse("http://127.0.0.1:4000/hooks").unwrap(), 42);
+        assert!(matches!(
+            route(&d, None, false, Some(&running)),
+            (Route::Recorded, None)
+        ));
+        let err = prepare(&d, Route::Recorded, None).err().unwrap();
         assert!(err.contains("pass --forward-to URL"), "{err}");
     }
 }

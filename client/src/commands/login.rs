@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use illumitunnel::{Token, TunnelName};
 
 use super::listen::{remembered_claim_key, remembered_tunnel, DEFAULT_KEEPALIVE, DEFAULT_MAX_BODY};
+use super::status::{ca_text, TokenHint};
 use crate::cli::LoginArgs;
 use crate::session::tls::{self, Trust};
 use crate::session::{self, RelayUrl, SessionConfig};
@@ -76,12 +77,29 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
     settings.insecure = insecure;
     settings.allow_http = cleartext_warning.is_some();
     let path = settings.save()?;
+    let hint = TokenHint::of(settings.token.as_deref().unwrap_or_default());
     eprintln!(
         "logged in to {relay_text} as {} (tunnel {}); saved to {}",
-        token_hint(settings.token.as_deref().unwrap_or_default()),
+        hint.text(),
         illumitunnel::escape::escape(&public_url),
         path.display()
     );
+    if args.json {
+        let saved = serde_json::json!({
+            "relay": relay_text,
+            "token_prefix": hint.prefix,
+            "token_length": hint.length,
+            "tunnel": config.tunnel.as_str(),
+            "public_url": public_url,
+            "ca": ca_text(&settings),
+            "config": path.display().to_string(),
+        });
+        let mut line = illumitunnel::escape::json_string(&saved);
+        line.push('\n');
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        super::ignore_broken_pipe(out.write_all(line.as_bytes()).and_then(|()| out.flush()))?;
+    }
     Ok(())
 }
 
@@ -117,16 +135,6 @@ fn remembered_or_default_tunnel(settings: &Settings) -> anyhow::Result<TunnelNam
         }
         None => Ok(remembered_tunnel()),
     }
-}
-
-/// Which token was saved, without showing it: its first 6 characters and its length.
-fn token_hint(token: &str) -> String {
-    let prefix: String = token.chars().take(6).collect();
-    format!(
-        "{}… ({} characters)",
-        illumitunnel::escape::escape(&prefix),
-        token.chars().count()
-    )
 }
 
 /// A token piped in on standard input (one line), or `None` when nothing was piped.

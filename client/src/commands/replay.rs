@@ -1,5 +1,6 @@
 //! `illumitunnel replay`: stored deliveries sent to the local server again (see `crate::replay`
-//! for where they go), each recorded with `replay_of` and printed. `--edit` opens each body in
+//! for where they go: the current `listen` target unless `--to-recorded`, and a line on stderr
+//! names it when it differs from the recorded one), each recorded with `replay_of` and printed. `--edit` opens each body in
 //! `$VISUAL`/`$EDITOR` first.
 
 use std::io::Write;
@@ -12,7 +13,7 @@ use illumitunnel::Delivery;
 
 use super::{delivery_by_id, ignore_broken_pipe, parse_event_type, since_ms, Ctx};
 use crate::cli::ReplayArgs;
-use crate::commands::listen::{forwarder_trusting, TrustChoice};
+use crate::commands::listen::{forwarder_trusting, Running, TrustChoice};
 use crate::forward::Target;
 use crate::output::{self, Format};
 use crate::replay;
@@ -50,8 +51,18 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
         } else {
             None
         };
+        let current = current_target(original);
+        let (route, note) = replay::route(
+            original,
+            forward_to.as_ref(),
+            args.to_recorded,
+            current.as_ref(),
+        );
+        if let Some(note) = note {
+            eprintln!("{}", illumitunnel::escape::escape(&note));
+        }
         let (target, request) =
-            replay::prepare(original, forward_to.as_ref(), body).map_err(anyhow::Error::msg)?;
+            replay::prepare(original, route, body).map_err(anyhow::Error::msg)?;
         let forwarder = forwarder_trusting(target, &trust)?;
         let mut replayed = runtime.block_on(replay::send(original, &forwarder, request));
         if !replayed.status().is_some_and(|s| (200..300).contains(&s)) {
@@ -72,6 +83,15 @@ pub fn run(args: ReplayArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The target of the `listen` running on this machine for the tunnel `original` came through,
+/// and that listen's PID; `None` when none runs (or the delivery came through no tunnel).
+pub fn current_target(original: &Delivery) -> Option<(Target, u32)> {
+    let tunnel = original.tunnel.as_deref()?;
+    let running = Running::live(tunnel)?;
+    let target = Target::parse(&running.target).ok()?;
+    Some((target, running.pid))
 }
 
 /// The deliveries to replay, in the order they are sent.

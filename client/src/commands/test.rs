@@ -86,7 +86,7 @@ pub fn run(args: TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let cases = runtime.block_on(run_all(
         &originals,
-        (forward_to.as_ref(), &trust),
+        (forward_to.as_ref(), args.to_recorded, &trust),
         &ignore,
         &mut sinks,
     ))?;
@@ -134,14 +134,16 @@ fn existing_store(path: &Path) -> Option<CaptureStore> {
 
 async fn run_all(
     originals: &[Delivery],
-    (forward_to, trust): (Option<&Target>, &TrustChoice),
+    (forward_to, to_recorded, trust): (Option<&Target>, bool, &TrustChoice),
     ignore: &[Pointer],
     sinks: &mut Sinks,
 ) -> anyhow::Result<Vec<junit::Case>> {
     let mut pool: Option<Forwarder> = None;
     let mut cases = Vec::with_capacity(originals.len());
     for original in originals {
-        let (target, request) = destination(original, forward_to).map_err(UsageError)?;
+        let current = super::replay::current_target(original);
+        let (target, request) =
+            destination(original, forward_to, to_recorded, current.as_ref()).map_err(UsageError)?;
         let forwarder = match &pool {
             Some(f) => f.retarget(target),
             None => pool.insert(forwarder_trusting(target, trust)?).clone(),
@@ -172,15 +174,22 @@ async fn run_all(
 /// Where a delivery goes and what is sent: with `--forward-to`, its path under that URL (a path
 /// already under it is kept as is, so the URL `listen` forwarded to works too), by the rule
 /// `listen` forwards with (`Target::uri_for`): dot segments, encoded ones too, never climb above
-/// it; else the origin it went to when captured.
+/// it; else the current target of the `listen` running for its tunnel unless `--to-recorded`
+/// (see `replay::route`), else the origin it went to when captured.
 fn destination(
     original: &Delivery,
     forward_to: Option<&Target>,
+    to_recorded: bool,
+    current: Option<&(Target, u32)>,
 ) -> Result<(Target, RequestRecord), String> {
     let Some(to) = forward_to else {
-        return replay::prepare(original, None, None);
+        let (route, note) = replay::route(original, None, to_recorded, current);
+        if let Some(note) = note {
+            eprintln!("{}", illumitunnel::escape::escape(&note));
+        }
+        return replay::prepare(original, route, None);
     };
-    let (target, mut request) = replay::prepare(original, Some(to), None)?;
+    let (target, mut request) = replay::prepare(original, replay::Route::Exactly(to), None)?;
     request.path = path_below(to.path(), &original.request.path);
     Ok((target, request))
 }

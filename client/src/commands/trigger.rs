@@ -21,6 +21,7 @@ use crate::cli::TriggerArgs;
 use crate::forward::{Forwarder, Target, TRIGGER_HEADER};
 use crate::output::{self, Format};
 use crate::session::tls::{self, Trust};
+use crate::settings::Settings;
 use crate::usage::UsageError;
 
 /// Most deliveries one `trigger` sends.
@@ -95,6 +96,8 @@ fn destination(args: &TriggerArgs) -> anyhow::Result<Destination> {
         Trust::Insecure
     } else if let Some(ca) = &args.ca {
         Trust::System(tls::load_ca(ca).map_err(UsageError)?)
+    } else if let Some(trust) = remembered_trust(&target)? {
+        trust
     } else {
         // The embedded relay's certificate is self-signed; `listen` leaves it next to its
         // record so this command trusts the same relay `listen` runs.
@@ -106,6 +109,35 @@ fn destination(args: &TriggerArgs) -> anyhow::Result<Destination> {
         Trust::System(extra)
     };
     Ok(Destination::Tunnel(target, trust))
+}
+
+/// What `login` remembered for the relay whose tunnel `target` is on (its `--ca` or
+/// `--insecure`), so a tunnel URL on a self-signed relay works without flags; `None` for any
+/// other host.
+fn remembered_trust(target: &Target) -> anyhow::Result<Option<Trust>> {
+    let settings = Settings::load()?;
+    let Some(relay) = settings
+        .relay
+        .as_deref()
+        .filter(|relay| same_origin(relay, target))
+    else {
+        return Ok(None);
+    };
+    if settings.insecure {
+        return Ok(Some(Trust::Insecure));
+    }
+    match &settings.ca {
+        Some(path) => {
+            let certs = tls::load_ca(path).map_err(|e| {
+                UsageError(format!(
+                    "{e}; it is the ca in {} for {relay}: run illumitunnel login --relay {relay} --ca PEM again",
+                    Settings::path().display()
+                ))
+            })?;
+            Ok(Some(Trust::System(certs)))
+        }
+        None => Ok(None),
+    }
 }
 
 fn same_origin(url: &str, target: &Target) -> bool {

@@ -9,6 +9,11 @@
 //! reaches public relays, and `--ca` simply adds roots to the same store. (rustls-platform-
 //! verifier would hand verification to the OS, which cannot take our extra roots on every
 //! platform and behaves differently per OS; one store behaves the same everywhere.)
+//!
+//! A certificate given with `--ca`/`--forward-ca` that is byte for byte the one the server
+//! presents is accepted as it is, even when it is marked `CA:TRUE` (what `openssl req -x509`
+//! makes, which the web PKI rules refuse as a server certificate): the user named exactly that
+//! certificate. The handshake signature is still checked against it.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -45,17 +50,44 @@ pub fn client_config(trust: Trust) -> Result<Arc<ClientConfig>, String> {
             .with_no_client_auth(),
         Trust::System(extra) => {
             let mut roots = system_roots().clone();
-            add_all(&mut roots, extra)?;
-            builder.with_root_certificates(roots).with_no_client_auth()
+            add_all(&mut roots, extra.clone())?;
+            with_roots(builder, roots, extra, provider)?
         }
         Trust::Only(certs) => {
             let mut roots = RootCertStore::empty();
-            add_all(&mut roots, certs)?;
-            builder.with_root_certificates(roots).with_no_client_auth()
+            add_all(&mut roots, certs.clone())?;
+            with_roots(builder, roots, certs, provider)?
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A configuration that trusts `roots` by the web PKI rules, and `exact` certificates when the
+/// server presents one of them as they are.
+fn with_roots(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>,
+    roots: RootCertStore,
+    exact: Vec<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+) -> Result<ClientConfig, String> {
+    if exact.is_empty() {
+        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    }
+    let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("could not set up TLS: {e}"))?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExactOrChain {
+            exact,
+            chain,
+            provider,
+        }))
+        .with_no_client_auth())
 }
 
 /// The web PKI roots plus whatever the OS trust store holds, read once per process (reading
@@ -155,6 +187,67 @@ pub fn explain_handshake_error(err: &std::io::Error) -> (String, bool) {
             true,
         ),
         None => (format!("tls handshake failed: {err}"), true),
+    }
+}
+
+/// Accepts a server certificate that is byte for byte one the user gave (`--ca`,
+/// `--forward-ca`), else verifies the chain by the web PKI rules; the handshake signature is
+/// checked either way.
+#[derive(Debug)]
+struct ExactOrChain {
+    exact: Vec<CertificateDer<'static>>,
+    chain: Arc<rustls::client::WebPkiServerVerifier>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ExactOrChain {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.exact.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.chain
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -375,6 +468,34 @@ mod tests {
         handshake(config, &other, "127.0.0.1")
             .await
             .expect_err("any other certificate is refused");
+    }
+
+    #[tokio::test]
+    async fn a_ca_marked_certificate_given_exactly_is_accepted_as_the_server_certificate() {
+        // What `openssl req -x509` makes: self-signed, CA:TRUE, served as is.
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let server = RelayCert {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        };
+        let config = client_config(Trust::System(vec![cert.der().clone()])).unwrap();
+        handshake(config.clone(), &server, "127.0.0.1")
+            .await
+            .expect("the exact certificate given is trusted even with CA:TRUE");
+        // Another CA:TRUE certificate is still refused.
+        let other = TestCa::new("someone else's CA").sign_relay();
+        handshake(config, &other, "127.0.0.1")
+            .await
+            .expect_err("a certificate not given is refused");
+        // Without it, the web PKI rules refuse it.
+        let plain = client_config(Trust::System(Vec::new())).unwrap();
+        handshake(plain, &server, "127.0.0.1")
+            .await
+            .expect_err("not trusted without --ca");
     }
 
     #[test]

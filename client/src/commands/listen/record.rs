@@ -62,6 +62,11 @@ impl Running {
             .max_by_key(|r| r.started)
     }
 
+    /// The record of the `listen` running `tunnel` on this machine, if its process lives.
+    pub fn live(tunnel: &str) -> Option<Running> {
+        read(&Self::path(tunnel)).filter(|r| is_alive(r.pid))
+    }
+
     /// Writes the record (and the embedded relay's certificate), whole then renamed, so
     /// `trigger` never reads half a file.
     pub(super) fn write(&self, ca_pem: Option<&str>) -> std::io::Result<()> {
