@@ -54,6 +54,8 @@ impl App {
             dead_letters: 0,
             reconnect_at_ms: 0,
             counts: Counts::default(),
+            baseline: None,
+            stopping: None,
             queue: None,
             now_ms,
             utc_offset,
@@ -73,6 +75,7 @@ impl App {
             message: None,
             test: None,
             testing: None,
+            ignored: Vec::new(),
             select_seq: None,
             max_seq_seen: 0,
             counted_through: 0,
@@ -173,6 +176,20 @@ impl App {
     pub fn reconnect_in_secs(&self) -> u64 {
         let ms = (self.reconnect_at_ms - self.now_ms).max(0);
         (ms as u64).div_ceil(1000)
+    }
+
+    /// Deliveries recorded since the inspector opened, by outcome.
+    pub fn this_run(&self) -> Counts {
+        let base = self.baseline.unwrap_or_default();
+        let c = self.counts;
+        Counts {
+            total: c.total.saturating_sub(base.total),
+            ok: c.ok.saturating_sub(base.ok),
+            client_error: c.client_error.saturating_sub(base.client_error),
+            server_error: c.server_error.saturating_sub(base.server_error),
+            failed: c.failed.saturating_sub(base.failed),
+            skipped: c.skipped.saturating_sub(base.skipped),
+        }
     }
 
     /// The applied filter as the user typed it.
@@ -386,6 +403,7 @@ impl App {
             }
             Action::Replay => self.replay_selected(),
             Action::Test => self.start_test(),
+            Action::Ignore => self.ignore_changed(),
             Action::Edit => self.edit_selected(),
             Action::Copy => {
                 let d = self.selected_delivery()?;
@@ -394,9 +412,10 @@ impl App {
                     text: curl::command(d, &self.forward_to),
                 })
             }
+            // Like less and fzf, `/` starts a new filter text; the applied one stays until it is
+            // replaced by ⏎ or cleared by esc.
             Action::Filter => {
-                let current = self.filter_label().unwrap_or_default().to_string();
-                self.mode = Mode::Filter(current);
+                self.mode = Mode::Filter(String::new());
                 None
             }
             Action::TogglePause => self.toggle_pause(),
@@ -457,12 +476,12 @@ impl App {
         }
     }
 
-    /// `Esc`: close the details, else clear the filter.
+    /// `Esc`: clear the filter first (as less and fzf do), then close the details.
     fn back(&mut self) -> Option<Effect> {
-        if self.details_open {
-            self.set_details(false)
-        } else if self.filter_label().is_some() {
+        if self.filter_label().is_some() {
             self.apply_filter("")
+        } else if self.details_open {
+            self.set_details(false)
         } else {
             None
         }
@@ -541,5 +560,7 @@ impl App {
     }
 }
 
+#[cfg(test)]
+mod day_tests;
 #[cfg(test)]
 mod tests;

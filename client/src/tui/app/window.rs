@@ -72,6 +72,8 @@ impl App {
 
     pub(super) fn on_page(&mut self, page: Page) -> Option<Effect> {
         if let Some(counts) = page.counts {
+            // The first read is what the store held before this run.
+            self.baseline.get_or_insert(counts);
             self.counts = counts;
             self.counted_through = page.bound;
         }
