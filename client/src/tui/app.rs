@@ -22,7 +22,7 @@ use time::UtcOffset;
 
 pub use self::effect::{AppEvent, Effect, Page, Query, Rows};
 pub use self::state::App;
-use self::state::{Message, Mode, QueueProgress, Tab};
+use self::state::{Message, Mode, QueueProgress, Stopping, Tab};
 use super::keys::{self, Action, ConfirmAction, PromptAction};
 use super::{curl, layout, text};
 use crate::status::{ConnectionState, ListenEvent, StoreHealth};
@@ -56,6 +56,7 @@ impl App {
             counts: Counts::default(),
             baseline: None,
             stopping: None,
+            stop_asked: false,
             queue: None,
             now_ms,
             utc_offset,
@@ -172,6 +173,32 @@ impl App {
         self.follow && !self.paused
     }
 
+    /// Seconds `listen` still waits for deliveries being forwarded, rounded up.
+    pub fn stopping_in_secs(&self) -> u64 {
+        let until = self.stopping.map_or(self.now_ms, |s| s.until_ms);
+        ((until - self.now_ms).max(0) as u64).div_ceil(1000)
+    }
+
+    /// What the inspector says while `listen` stops, if it does.
+    pub fn stopping_line(&self) -> Option<String> {
+        if !self.stop_asked {
+            return None;
+        }
+        Some(match self.stopping {
+            Some(s) if s.deliveries > 0 => format!(
+                "waiting for {} {} (up to {} s); Ctrl-C again quits now",
+                s.deliveries,
+                if s.deliveries == 1 {
+                    "delivery"
+                } else {
+                    "deliveries"
+                },
+                self.stopping_in_secs()
+            ),
+            _ => "stopping listen…; Ctrl-C again quits now".to_string(),
+        })
+    }
+
     /// Seconds until the next connection attempt, rounded up.
     pub fn reconnect_in_secs(&self) -> u64 {
         let ms = (self.reconnect_at_ms - self.now_ms).max(0);
@@ -220,14 +247,15 @@ impl App {
     }
 
     fn on_tick(&mut self, now: i64) {
-        let before = self.reconnect_in_secs();
+        let before = (self.reconnect_in_secs(), self.stopping_in_secs());
         self.now_ms = now;
         if self.message.as_ref().is_some_and(|m| m.until_ms <= now) {
             self.message = None;
             self.dirty = true;
         }
-        if matches!(self.connection, ConnectionState::Reconnecting { .. })
-            && before != self.reconnect_in_secs()
+        if (self.stopping.is_some()
+            || matches!(self.connection, ConnectionState::Reconnecting { .. }))
+            && before != (self.reconnect_in_secs(), self.stopping_in_secs())
         {
             self.dirty = true;
         }
@@ -274,6 +302,21 @@ impl App {
                 None
             }
             ListenEvent::Delivery(d) => self.on_delivery(*d),
+            ListenEvent::Draining { deliveries, up_to } => {
+                self.stopping = Some(Stopping {
+                    deliveries,
+                    until_ms: self.now_ms + up_to.as_millis() as i64,
+                });
+                None
+            }
+            // Counted when it reaches the client, as the relay counts it sent, so the header
+            // clears when the relay goes live, even for one recorded before (never shown again).
+            ListenEvent::QueuedArrived => {
+                if let Some(q) = &mut self.queue {
+                    q.arrived = (q.arrived + 1).min(q.expected);
+                }
+                None
+            }
             // Re-read on the next tick: a burst of these costs one store read, not one each.
             ListenEvent::StoreChanged => {
                 self.sync_pending = true;
@@ -338,7 +381,7 @@ impl App {
         match self.mode.clone() {
             Mode::Normal => keys::action(key).and_then(|a| self.act(a)),
             Mode::Help => match keys::action(key) {
-                Some(Action::Quit) => Some(Effect::Quit),
+                Some(Action::Quit) => self.quit(),
                 _ => {
                     self.mode = Mode::Normal;
                     None
@@ -361,7 +404,7 @@ impl App {
                 }
                 PromptAction::Submit => self.apply_filter(&input),
                 PromptAction::Cancel => self.apply_filter(""),
-                PromptAction::Quit => Some(Effect::Quit),
+                PromptAction::Quit => self.quit(),
             },
             Mode::Confirm(original) => match keys::confirm(key)? {
                 ConfirmAction::Yes => {
@@ -377,7 +420,7 @@ impl App {
                     self.say("body unchanged; nothing sent".to_string());
                     None
                 }
-                ConfirmAction::Quit => Some(Effect::Quit),
+                ConfirmAction::Quit => self.quit(),
             },
         }
     }
@@ -424,8 +467,19 @@ impl App {
                 None
             }
             Action::Back => self.back(),
-            Action::Quit => Some(Effect::Quit),
+            Action::Quit => self.quit(),
         }
+    }
+
+    /// `q` or Ctrl-C: the first stops `listen` and waits for deliveries being forwarded (the
+    /// header says how many and for how long); the next quits at once.
+    fn quit(&mut self) -> Option<Effect> {
+        if self.stop_asked {
+            return Some(Effect::Quit);
+        }
+        self.stop_asked = true;
+        self.say("stopping listen…".into());
+        Some(Effect::Stop)
     }
 
     /// `Tab`, `Shift-Tab`, `1`–`4`: another details tab, opening the details.

@@ -385,11 +385,16 @@ async fn live_terminal() {
         }
     });
     let ctx = super::TuiContext {
-        public_url: "https://relay.example.com/t/brave-otter".into(),
+        public_url: tokio::sync::watch::channel(Some(
+            "https://relay.example.com/t/brave-otter".to_string(),
+        ))
+        .1,
         forward_to: "http://localhost:3000".into(),
         store_path,
         replays: replays_tx,
         utc_offset: time::UtcOffset::UTC,
+        stop: tokio_util::sync::CancellationToken::new(),
+        abandon: tokio_util::sync::CancellationToken::new(),
     };
     super::run(ctx, events_rx).await.expect("inspector");
 }

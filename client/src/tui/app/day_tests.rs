@@ -167,3 +167,52 @@ fn i_in_a_test_diff_ignores_the_changed_field_and_prints_the_flags() {
         assert!(crate::regression::Pointer::parse(p).is_ok());
     }
 }
+
+#[test]
+fn catching_up_clears_once_every_queued_delivery_arrived_even_one_recorded_before() {
+    let (_dir, store) = store_with(sample());
+    let mut app = loaded_app(&store, (80, 24), NOW).unwrap();
+    app.update(AppEvent::Listen(ListenEvent::Connection(
+        ConnectionState::Connected {
+            queued: 1,
+            expired: 0,
+            dead_letters: 0,
+        },
+    )));
+    let text = screen(&draw(&app, (80, 24)));
+    assert!(
+        text.contains("● connected · catching up 0/1 queued"),
+        "{text}"
+    );
+    // The queued delivery was recorded by the last run: it is acknowledged, never shown.
+    app.update(AppEvent::Listen(ListenEvent::QueuedArrived));
+    let text = screen(&draw(&app, (80, 24)));
+    assert!(!text.contains("catching up"), "{text}");
+    assert!(text.contains("● connected · 1 queued caught up"), "{text}");
+    // A failover's redelivery beyond the announced number does not count past it.
+    app.update(AppEvent::Listen(ListenEvent::QueuedArrived));
+    assert_eq!(app.queue.map(|q| q.arrived), Some(1));
+}
+
+#[test]
+fn the_first_ctrl_c_stops_and_says_what_it_waits_for_the_second_quits_now() {
+    use crossterm::event::{KeyEvent, KeyModifiers};
+    let (_dir, store) = store_with(sample());
+    let mut app = loaded_app(&store, (80, 24), NOW).unwrap();
+    let ctrl_c = || AppEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert!(matches!(app.update(ctrl_c()), Some(Effect::Stop)));
+    app.update(AppEvent::Listen(ListenEvent::Draining {
+        deliveries: 1,
+        up_to: std::time::Duration::from_secs(5),
+    }));
+    let text = screen(&draw(&app, (80, 24)));
+    assert!(
+        text.contains("waiting for 1 delivery (up to 5 s); Ctrl-C again quits now"),
+        "{text}"
+    );
+    assert!(text.contains("■ stopping"), "{text}");
+    app.update(AppEvent::Tick(NOW + 2_500));
+    let text = screen(&draw(&app, (80, 24)));
+    assert!(text.contains("(up to 3 s)"), "{text}");
+    assert!(matches!(app.update(ctrl_c()), Some(Effect::Quit)));
+}

@@ -108,6 +108,8 @@ pub struct App {
     pub baseline: Option<Counts>,
     /// Set once `listen` stops: deliveries still being forwarded, and until when it waits.
     pub stopping: Option<Stopping>,
+    /// Whether `q` or Ctrl-C asked `listen` to stop: the next one quits at once.
+    pub stop_asked: bool,
     /// The offline queue catching up, after a connect that announced some.
     pub queue: Option<QueueProgress>,
     /// The clock, Unix ms.

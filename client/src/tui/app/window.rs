@@ -46,11 +46,6 @@ impl App {
         // A store read that already counted this delivery must not count it twice.
         if d.seq > self.counted_through {
             count(&mut self.counts, &d);
-            if d.queued {
-                if let Some(q) = &mut self.queue {
-                    q.arrived += 1;
-                }
-            }
         }
         if !matches(&self.filter, &d) || d.seq <= self.totaled_through {
             return self.select_pending();

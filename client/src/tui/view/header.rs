@@ -127,6 +127,12 @@ fn connection_line(app: &App) -> Line<'static> {
         ConnectionState::Refused(why) => ("✖", format!("refused: {}", escape(why)), Color::Red),
     };
     let mut spans = vec![Span::raw(" ")];
+    if app.stop_asked {
+        spans.push(Span::styled(
+            "■ stopping · ",
+            Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        ));
+    }
     // Nothing is acknowledged while the store fails: this goes first, where it is seen.
     if let Some(why) = &app.store_failing {
         spans.push(Span::styled(

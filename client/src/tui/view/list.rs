@@ -111,6 +111,10 @@ fn empty_hint(app: &App) -> Paragraph<'static> {
             Line::raw(format!("no deliveries match “{}”", escape(label))),
             Line::styled("esc clears the filter", dim),
         ],
+        None if app.public_url.is_empty() => vec![
+            Line::raw(""),
+            Line::raw("no deliveries yet; the tunnel URL shows here once the relay answers"),
+        ],
         None => vec![
             Line::raw(""),
             Line::raw("no deliveries yet: send a webhook to"),
