@@ -983,3 +983,115 @@ fn listen_exits_1_with_a_sentence_when_the_inspector_fails() {
         "{stderr}"
     );
 }
+
+/// A port on 127.0.0.1 nothing listens on (bound, then let go).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("address").port()
+}
+
+#[test]
+fn the_inspector_opens_at_once_while_the_relay_is_unreachable_and_echoes_no_key() {
+    if !tmux_available("the_inspector_opens_at_once_while_the_relay_is_unreachable") {
+        return;
+    }
+    let relay = format!("http://127.0.0.1:{}", closed_port());
+    let mut ui = Inspector::start(
+        &relay,
+        "http://127.0.0.1:9/hooks",
+        "tmux-unreachable",
+        (80, 24),
+    );
+    let screen = ui.wait_for("the inspector, reconnecting", |s| {
+        s.contains("illumitunnel ") && s.contains("○ reconnecting in")
+    });
+    if !screen.contains("waiting for the relay…") {
+        ui.fail("the header does not say the tunnel URL is still to come");
+    }
+    assert_eq!(ui.display("#{alternate_on}"), "1", "the inspector is up");
+    ui.type_text("xyz");
+    // Keys go to the inspector, never echoed onto the screen, while reconnects repeat.
+    let screen = ui.wait_for("a second reconnect", |s| s.contains("○ reconnecting in"));
+    if screen.contains("xyz") || screen.contains("reconnecting in 5.0 s") {
+        ui.fail("keys or state lines were printed over the inspector");
+    }
+    ui.listen_pid();
+    ui.keys(&["q"]);
+    ui.assert_restored();
+}
+
+#[test]
+fn ctrl_c_during_a_slow_delivery_waits_visibly_and_twice_quits_now_leaving_it_to_the_relay() {
+    if !tmux_available("ctrl_c_during_a_slow_delivery_waits_visibly") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::start(&rt, |_| Reply::ok().delay(Duration::from_secs(15)));
+    let relay = Relay::http(&[]);
+    let url = relay.tunnel_url("tmux-slow");
+    let mut ui = Inspector::start(&relay.url, &target.url(FORWARD_PATH), "tmux-slow", (80, 24));
+    ui.wait_connected(&url);
+    ui.listen_pid();
+    let sent = rt.spawn(
+        Request::post(&url)
+            .header("content-type", "application/json")
+            .body(&b"{\"event\":\"ticket.created\",\"data\":{\"id\":\"tkt_slow\"}}"[..])
+            .send_async(),
+    );
+    target.wait_for_requests(1);
+    ui.keys(&["C-c"]);
+    ui.wait_for_text("waiting for 1 delivery (up to ");
+    if !ui.capture().contains("Ctrl-C again quits now") {
+        ui.fail("the wait does not say how to quit now");
+    }
+    let asked = Instant::now();
+    ui.keys(&["C-c"]);
+    let code = ui.wait_exit_code();
+    let took = asked.elapsed();
+    assert_eq!(code, 0, "the second Ctrl-C quits with 0");
+    assert!(
+        took < Duration::from_secs(3),
+        "the second Ctrl-C took {took:?}"
+    );
+    assert_eq!(
+        ui.display("#{alternate_on}"),
+        "0",
+        "the terminal is restored"
+    );
+    let home = std::mem::replace(&mut ui.home, temp_dir());
+    drop(ui);
+    // The next tmux server takes the same socket: wait until the last one has let it go.
+    let socket = home.path().join("tmux.sock");
+    let start = Instant::now();
+    while Command::new("tmux")
+        .arg("-S")
+        .arg(&socket)
+        .arg("list-sessions")
+        .env_remove("TMUX")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            start.elapsed() < SCREEN_DEADLINE,
+            "the first tmux server lingers"
+        );
+        std::thread::sleep(POLL);
+    }
+    let _ = std::fs::remove_file(&socket);
+    // Not recorded, so the relay sends it again to the next `listen`: nothing is lost.
+    let mut again = Inspector::start_with_home(
+        home,
+        &relay.url,
+        &target.url(FORWARD_PATH),
+        "tmux-slow",
+        (80, 24),
+    );
+    again.wait_connected(&url);
+    let requests = target.wait_for_requests(2);
+    assert_eq!(
+        requests[1].body, requests[0].body,
+        "the same delivery, again"
+    );
+    drop(again);
+    sent.abort();
+}
