@@ -9,6 +9,7 @@
 
 mod effect;
 pub mod state;
+mod stopping;
 mod tested;
 mod window;
 
@@ -173,50 +174,10 @@ impl App {
         self.follow && !self.paused
     }
 
-    /// Seconds `listen` still waits for deliveries being forwarded, rounded up.
-    pub fn stopping_in_secs(&self) -> u64 {
-        let until = self.stopping.map_or(self.now_ms, |s| s.until_ms);
-        ((until - self.now_ms).max(0) as u64).div_ceil(1000)
-    }
-
-    /// What the inspector says while `listen` stops, if it does.
-    pub fn stopping_line(&self) -> Option<String> {
-        if !self.stop_asked {
-            return None;
-        }
-        Some(match self.stopping {
-            Some(s) if s.deliveries > 0 => format!(
-                "waiting for {} {} (up to {} s); Ctrl-C again quits now",
-                s.deliveries,
-                if s.deliveries == 1 {
-                    "delivery"
-                } else {
-                    "deliveries"
-                },
-                self.stopping_in_secs()
-            ),
-            _ => "stopping listen…; Ctrl-C again quits now".to_string(),
-        })
-    }
-
     /// Seconds until the next connection attempt, rounded up.
     pub fn reconnect_in_secs(&self) -> u64 {
         let ms = (self.reconnect_at_ms - self.now_ms).max(0);
         (ms as u64).div_ceil(1000)
-    }
-
-    /// Deliveries recorded since the inspector opened, by outcome.
-    pub fn this_run(&self) -> Counts {
-        let base = self.baseline.unwrap_or_default();
-        let c = self.counts;
-        Counts {
-            total: c.total.saturating_sub(base.total),
-            ok: c.ok.saturating_sub(base.ok),
-            client_error: c.client_error.saturating_sub(base.client_error),
-            server_error: c.server_error.saturating_sub(base.server_error),
-            failed: c.failed.saturating_sub(base.failed),
-            skipped: c.skipped.saturating_sub(base.skipped),
-        }
     }
 
     /// The applied filter as the user typed it.
@@ -469,17 +430,6 @@ impl App {
             Action::Back => self.back(),
             Action::Quit => self.quit(),
         }
-    }
-
-    /// `q` or Ctrl-C: the first stops `listen` and waits for deliveries being forwarded (the
-    /// header says how many and for how long); the next quits at once.
-    fn quit(&mut self) -> Option<Effect> {
-        if self.stop_asked {
-            return Some(Effect::Quit);
-        }
-        self.stop_asked = true;
-        self.say("stopping listen…".into());
-        Some(Effect::Stop)
     }
 
     /// `Tab`, `Shift-Tab`, `1`–`4`: another details tab, opening the details.
