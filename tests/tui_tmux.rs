@@ -2,7 +2,9 @@
 //! session on a private tmux server, keys go in with `send-keys`, and the screen comes back with
 //! `capture-pane`. Covers a hostile payload drawn escaped, details, replay, filter, help, quitting
 //! with `q` and with SIGTERM (the terminal restored both times), and a terminal that starts too
-//! small and is then resized.
+//! small and is then resized; the header at 80×24 (ellipses, the local-only warning, counters for
+//! this run and the store), the filter like less and fzf, `i` in a test diff, the inspector opening
+//! while the relay is unreachable, and Ctrl-C twice during a slow delivery.
 //!
 //! Without tmux the tests say so and pass, except in CI (`CI` set), where `.ci/run` installs it
 //! and a missing tmux is a failure.
@@ -982,4 +984,227 @@ fn listen_exits_1_with_a_sentence_when_the_inspector_fails() {
         last.starts_with("error: the inspector stopped: ") && last.contains("; pass --no-tui"),
         "{stderr}"
     );
+}
+
+/// A port on 127.0.0.1 nothing listens on (bound, then let go).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("address").port()
+}
+
+#[test]
+fn the_inspector_opens_at_once_while_the_relay_is_unreachable_and_echoes_no_key() {
+    if !tmux_available("the_inspector_opens_at_once_while_the_relay_is_unreachable") {
+        return;
+    }
+    let relay = format!("http://127.0.0.1:{}", closed_port());
+    let mut ui = Inspector::start(
+        &relay,
+        "http://127.0.0.1:9/hooks",
+        "tmux-unreachable",
+        (80, 24),
+    );
+    let screen = ui.wait_for("the inspector, reconnecting", |s| {
+        s.contains("illumitunnel ") && s.contains("○ reconnecting in")
+    });
+    if !screen.contains("waiting for the relay…") {
+        ui.fail("the header does not say the tunnel URL is still to come");
+    }
+    assert_eq!(ui.display("#{alternate_on}"), "1", "the inspector is up");
+    ui.type_text("xyz");
+    // Keys go to the inspector, never echoed onto the screen, while reconnects repeat.
+    let screen = ui.wait_for("a second reconnect", |s| s.contains("○ reconnecting in"));
+    if screen.contains("xyz") || screen.contains("reconnecting in 5.0 s") {
+        ui.fail("keys or state lines were printed over the inspector");
+    }
+    ui.listen_pid();
+    ui.keys(&["q"]);
+    ui.assert_restored();
+}
+
+#[test]
+fn ctrl_c_during_a_slow_delivery_waits_visibly_and_twice_quits_now_leaving_it_to_the_relay() {
+    if !tmux_available("ctrl_c_during_a_slow_delivery_waits_visibly") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::start(&rt, |_| Reply::ok().delay(Duration::from_secs(15)));
+    let relay = Relay::http(&[]);
+    let url = relay.tunnel_url("tmux-slow");
+    let mut ui = Inspector::start(&relay.url, &target.url(FORWARD_PATH), "tmux-slow", (80, 24));
+    ui.wait_connected(&url);
+    ui.listen_pid();
+    let sent = rt.spawn(
+        Request::post(&url)
+            .header("content-type", "application/json")
+            .body(&b"{\"event\":\"ticket.created\",\"data\":{\"id\":\"tkt_slow\"}}"[..])
+            .send_async(),
+    );
+    target.wait_for_requests(1);
+    ui.keys(&["C-c"]);
+    ui.wait_for_text("waiting for 1 delivery (up to ");
+    if !ui.capture().contains("Ctrl-C again quits now") {
+        ui.fail("the wait does not say how to quit now");
+    }
+    let asked = Instant::now();
+    ui.keys(&["C-c"]);
+    let code = ui.wait_exit_code();
+    let took = asked.elapsed();
+    assert_eq!(code, 0, "the second Ctrl-C quits with 0");
+    assert!(
+        took < Duration::from_secs(3),
+        "the second Ctrl-C took {took:?}"
+    );
+    assert_eq!(
+        ui.display("#{alternate_on}"),
+        "0",
+        "the terminal is restored"
+    );
+    let home = std::mem::replace(&mut ui.home, temp_dir());
+    drop(ui);
+    // The next tmux server takes the same socket: wait until the last one has let it go.
+    let socket = home.path().join("tmux.sock");
+    let start = Instant::now();
+    while Command::new("tmux")
+        .arg("-S")
+        .arg(&socket)
+        .arg("list-sessions")
+        .env_remove("TMUX")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            start.elapsed() < SCREEN_DEADLINE,
+            "the first tmux server lingers"
+        );
+        std::thread::sleep(POLL);
+    }
+    let _ = std::fs::remove_file(&socket);
+    // Not recorded, so the relay sends it again to the next `listen`: nothing is lost.
+    let mut again = Inspector::start_with_home(
+        home,
+        &relay.url,
+        &target.url(FORWARD_PATH),
+        "tmux-slow",
+        (80, 24),
+    );
+    again.wait_connected(&url);
+    let requests = target.wait_for_requests(2);
+    assert_eq!(
+        requests[1].body, requests[0].body,
+        "the same delivery, again"
+    );
+    drop(again);
+    sent.abort();
+}
+
+#[test]
+fn at_80x24_cut_texts_end_in_an_ellipsis_counters_say_what_they_count_and_esc_clears_the_filter() {
+    if !tmux_available("at_80x24_cut_texts_end_in_an_ellipsis") {
+        return;
+    }
+    let rt = runtime();
+    let target = Target::ok(&rt);
+    let relay = Relay::http(&[]);
+    let tunnel = "tmux-narrow-terminal-with-a-long-name";
+    let url = relay.tunnel_url(tunnel);
+    let forward = target.url("/webhooks/illumichat/with/a/rather/long/path");
+    let mut ui = Inspector::start(&relay.url, &forward, tunnel, (80, 24));
+    ui.wait_for("the inspector, connected", |s| s.contains("● connected"));
+    ui.listen_pid();
+    for id in ["tkt_one", "lead_two"] {
+        let body = format!(r#"{{"event":"ticket.created","data":{{"id":"{id}"}}}}"#);
+        let response = Request::post(&url)
+            .header("content-type", "application/json")
+            .body(body.into_bytes())
+            .send(&rt);
+        assert_eq!(response.status, 200);
+    }
+    let screen = ui.wait_for("both rows", |s| events(s) == 2);
+    let lines: Vec<&str> = screen.lines().collect();
+    // The URL and target are cut with `…`; the warning stays.
+    if !(lines[0].contains('…') && lines[0].trim_end().ends_with("(local only)")) {
+        ui.fail("the header is cut without an ellipsis or lost the local-only warning");
+    }
+    if !lines[1].contains("this run: 2 ok · stored: 2") {
+        ui.fail("the counters do not say this run and stored");
+    }
+    // The request column is cut with `…` too.
+    if !screen
+        .lines()
+        .filter(|l| l.contains("ticket.created"))
+        .all(|r| r.contains("POST /webhooks…"))
+    {
+        ui.fail("a cut path has no ellipsis");
+    }
+    // `/` starts a fresh text; esc while typing clears it, with the details open.
+    ui.type_text("/");
+    ui.type_text("lead_");
+    ui.keys(&["Enter"]);
+    ui.wait_for("the filter applied", |s| events(s) == 1);
+    ui.keys(&["Enter"]);
+    ui.wait_for_text("1 Payload");
+    ui.type_text("/");
+    let screen = ui.wait_for_text("event type or text");
+    let prompt = screen.lines().last().unwrap_or_default().to_string();
+    if prompt.contains("lead_") {
+        ui.fail("/ re-opened the old filter text");
+    }
+    ui.type_text("zz");
+    ui.keys(&["Escape"]);
+    let screen = ui.wait_for("the filter cleared", |s| events(s) == 2);
+    if !screen.contains("1 Payload") {
+        ui.fail("esc in the prompt closed the details");
+    }
+    ui.keys(&["q"]);
+    ui.assert_restored();
+}
+
+/// Rows of `ticket.created` deliveries on screen.
+fn events(screen: &str) -> usize {
+    screen
+        .lines()
+        .filter(|l| l.contains("ticket.created "))
+        .count()
+}
+
+#[test]
+fn i_in_a_test_diff_ignores_the_changed_field_and_prints_the_ignore_flags() {
+    if !tmux_available("i_in_a_test_diff_ignores_the_changed_field") {
+        return;
+    }
+    let rt = runtime();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&answered);
+    let target = Target::start(&rt, move |_| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Reply::ok()
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"ok":true,"at":{n}}}"#))
+    });
+    let relay = Relay::http(&[]);
+    let url = relay.tunnel_url("tmux-ignore");
+    let mut ui = Inspector::start(
+        &relay.url,
+        &target.url(FORWARD_PATH),
+        "tmux-ignore",
+        (120, 40),
+    );
+    ui.wait_connected(&url);
+    ui.listen_pid();
+    let response = Request::post(&url)
+        .header("content-type", "application/json")
+        .body(&br#"{"event":"ticket.created","data":{"id":"tkt_i"}}"#[..])
+        .send(&rt);
+    assert_eq!(response.status, 200);
+    ui.wait_for("the row", |s| rows(s).len() == 1);
+    ui.type_text("t");
+    ui.wait_for_text("i ignores /at for this session");
+    ui.type_text("i");
+    let screen = ui.wait_for_text("test: the answer matches");
+    if !screen.contains("reuse with illumitunnel test --ignore /at") {
+        ui.fail("the --ignore flags to reuse are not shown");
+    }
+    ui.keys(&["q"]);
+    ui.assert_restored();
 }

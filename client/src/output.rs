@@ -370,7 +370,9 @@ pub fn run_lines(
                         let _ = writeln!(err, "{line}");
                     }
                 }
-                ListenEvent::StoreChanged => {}
+                ListenEvent::StoreChanged
+                | ListenEvent::QueuedArrived
+                | ListenEvent::Draining { .. } => {}
                 ListenEvent::DeadLettered { id, reason } => {
                     out.flush()?;
                     let _ = writeln!(io::stderr().lock(), "{}", dead_letter_line(&id, &reason));

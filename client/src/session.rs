@@ -60,6 +60,9 @@ pub struct Session {
     pub public_url: watch::Sender<Option<String>>,
     /// Runs on each `Welcome`, before the screen hears of it.
     pub on_welcome: OnWelcome,
+    /// Once shutdown has begun, stops waiting for deliveries still being forwarded: they are
+    /// left unrecorded to the relay, which sends them again.
+    pub abandon: CancellationToken,
 }
 
 /// Runs the session until `shutdown`, reconnecting after every drop. Returns an error only
@@ -138,7 +141,7 @@ pub async fn run(mut session: Session, shutdown: CancellationToken) -> anyhow::R
             break Ok(());
         }
     };
-    deliveries.drain().await;
+    deliveries.drain_until(&session.abandon).await;
     result
 }
 

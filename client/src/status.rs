@@ -43,6 +43,18 @@ pub enum ListenEvent {
     StoreChanged,
     /// The capture store started failing, or works again.
     Store(StoreHealth),
+    /// A delivery from the relay's offline queue reached this client (before it is forwarded,
+    /// and also when it was recorded already and is only acknowledged): the catch-up count the
+    /// relay announced in `Welcome.queued` moves on, as the relay's does when it sends it.
+    QueuedArrived,
+    /// `listen` is stopping and waits for deliveries still being forwarded; those not done in
+    /// time are left to the relay, which sends them again (nothing recorded, nothing lost).
+    Draining {
+        /// Deliveries still being forwarded.
+        deliveries: usize,
+        /// The longest it waits.
+        up_to: std::time::Duration,
+    },
     /// The relay set a queued delivery aside: it was rejected, or ended sessions, too often.
     DeadLettered {
         /// The delivery set aside.

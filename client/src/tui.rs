@@ -34,8 +34,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use illumitunnel::store::{CaptureStore, Filter, StoreError};
 use illumitunnel::{now_ms, DeliveryId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
 use self::app::{App, AppEvent, Effect, Page, Query, Rows};
 use self::terminal::{Input, TerminalGuard};
@@ -51,8 +52,8 @@ const TTY_CHECK: Duration = Duration::from_secs(1);
 
 /// What `listen` hands the inspector.
 pub struct TuiContext {
-    /// The public webhook URL.
-    pub public_url: String,
+    /// The public webhook URL, once the relay's first `Welcome` gave it.
+    pub public_url: watch::Receiver<Option<String>>,
     /// Where deliveries are forwarded.
     pub forward_to: String,
     /// The capture store; the inspector opens its own read connection.
@@ -62,6 +63,11 @@ pub struct TuiContext {
     /// Offset to show times in, read while the process was still single-threaded (the platform
     /// refuses to tell it later).
     pub utc_offset: time::UtcOffset,
+    /// Stops `listen` (the first `q` or Ctrl-C); the inspector stays up until it has stopped.
+    pub stop: CancellationToken,
+    /// Gives up on deliveries still being forwarded (the second `q` or Ctrl-C): the relay
+    /// sends them again.
+    pub abandon: CancellationToken,
 }
 
 /// Runs the inspector until `q`, Ctrl-C, SIGTERM or the end of `events`; the terminal is restored
@@ -72,8 +78,10 @@ pub async fn run(ctx: TuiContext, events: mpsc::Receiver<ListenEvent>) -> anyhow
     let (tx, rx) = mpsc::channel(APP_EVENTS);
     let mut guard = TerminalGuard::enter().context("could not open the terminal inspector")?;
     let size = guard.terminal().size()?;
+    let public_url = ctx.public_url;
+    let url = public_url.borrow().clone().unwrap_or_default();
     let app = App::new(
-        ctx.public_url,
+        url,
         ctx.forward_to,
         (size.width, size.height),
         utc_offset,
@@ -90,6 +98,9 @@ pub async fn run(ctx: TuiContext, events: mpsc::Receiver<ListenEvent>) -> anyhow
         events,
         events_open: true,
         replays: ctx.replays,
+        public_url,
+        stop: ctx.stop,
+        abandon: ctx.abandon,
     };
     let result = inspector.run().await;
     // Fields drop in order: the input thread stops before the guard restores the terminal.
@@ -113,6 +124,10 @@ struct Inspector {
     events: mpsc::Receiver<ListenEvent>,
     events_open: bool,
     replays: mpsc::Sender<ReplayRequest>,
+    /// The tunnel URL, set on each `Welcome` before the screen hears of the connection.
+    public_url: watch::Receiver<Option<String>>,
+    stop: CancellationToken,
+    abandon: CancellationToken,
 }
 
 impl Inspector {
@@ -162,6 +177,11 @@ impl Inspector {
                 }
                 _ = signals.recv() => return Ok(()),
             };
+            if let AppEvent::Listen(ListenEvent::Connection(_)) = &event {
+                if let Some(url) = self.public_url.borrow_and_update().clone() {
+                    self.app.public_url = url;
+                }
+            }
             let effect = self.app.update(event);
             if self.run_effects(effect).await? == Flow::Quit {
                 return Ok(());
@@ -184,7 +204,16 @@ impl Inspector {
     async fn run_effects(&mut self, mut next: Option<Effect>) -> anyhow::Result<Flow> {
         while let Some(effect) = next.take() {
             next = match effect {
-                Effect::Quit => return Ok(Flow::Quit),
+                Effect::Quit => {
+                    self.abandon.cancel();
+                    self.stop.cancel();
+                    return Ok(Flow::Quit);
+                }
+                // The loop runs on until `listen` has stopped and `events` ends.
+                Effect::Stop => {
+                    self.stop.cancel();
+                    None
+                }
                 Effect::Load(query) => {
                     let event = self.load(query).await;
                     self.app.update(event)

@@ -92,6 +92,8 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let inspector = matches!(screen_choice, Screen::Inspector);
     let (screen_tx, screen_rx) = mpsc::channel(SCREEN_QUEUE);
     let (public_url_tx, public_url_rx) = watch::channel(None);
+    // The inspector's second Ctrl-C: stop waiting for deliveries still being forwarded.
+    let abandon = CancellationToken::new();
     let sink = ScreenSink {
         events: screen_tx.clone(),
         // The inspector re-reads the store when it falls behind; lines must not be lost.
@@ -110,6 +112,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         forward_to: shown_target(&config),
         embedded_relay: link.embedded_url(),
         replays: replays.clone(),
+        abandon: abandon.clone(),
     };
     let screen = spawn_screen(
         screen_choice,
@@ -135,6 +138,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         screen: screen_tx,
         public_url: public_url_tx,
         on_welcome,
+        abandon,
     };
     let result = run_session(session, &mut link.relay_task, &shutdown).await;
     let stopping = Stopping {
@@ -274,6 +278,7 @@ struct ShownAs {
     forward_to: String,
     embedded_relay: Option<String>,
     replays: mpsc::Sender<ReplayRequest>,
+    abandon: CancellationToken,
 }
 
 /// Starts the line output or the inspector on the screen events.
@@ -303,6 +308,7 @@ fn spawn_screen(
                 store_path: ctx.store.clone(),
                 replays: shown.replays,
                 utc_offset: clock.offset(),
+                abandon: shown.abandon,
             },
             events,
             public_url,
@@ -445,60 +451,32 @@ struct InspectorStart {
     store_path: PathBuf,
     replays: mpsc::Sender<crate::status::ReplayRequest>,
     utc_offset: time::UtcOffset,
+    abandon: CancellationToken,
 }
 
-/// Shows connection states on stderr until the first `Welcome` gives the public URL, then runs
-/// the inspector; quitting it (`q`, Ctrl-C) stops `listen`.
+/// Runs the inspector at once, before the relay answers: the header shows the connection state
+/// (connecting, reconnecting in N s) and the public URL once the first `Welcome` gives it, and the
+/// terminal is in raw mode from the start, so keys typed while it waits are never echoed.
+/// Quitting it (`q`, Ctrl-C) stops `listen`.
 async fn run_inspector(
     start: InspectorStart,
-    mut events: mpsc::Receiver<ListenEvent>,
-    mut public_url: watch::Receiver<Option<String>>,
+    events: mpsc::Receiver<ListenEvent>,
+    public_url: watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut last_state = None;
-    let url = loop {
-        tokio::select! {
-            url = public_url.wait_for(Option::is_some) => match url {
-                Ok(url) => break url.clone().unwrap_or_default(),
-                Err(_) => return Ok(()),
-            },
-            event = events.recv() => match event {
-                Some(ListenEvent::Connection(state)) => {
-                    if let Some(line) = output::state_line(&state) {
-                        eprintln!("{line}");
-                    }
-                    last_state = Some(state);
-                }
-                Some(_) => {}
-                None => return Ok(()),
-            },
-            () = shutdown.cancelled() => return Ok(()),
-        }
-    };
-    // The state that came with the URL was read above: hand it to the inspector first.
-    let (tx, rx) = mpsc::channel(SCREEN_QUEUE);
-    if let Some(state) = last_state {
-        let _ = tx.try_send(ListenEvent::Connection(state));
-    }
-    let forward = tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            if tx.send(event).await.is_err() {
-                break;
-            }
-        }
-    });
     let ctx = crate::tui::TuiContext {
-        public_url: url,
+        public_url,
         forward_to: start.forward_to,
         store_path: start.store_path,
         replays: start.replays,
         utc_offset: start.utc_offset,
+        stop: shutdown.clone(),
+        abandon: start.abandon,
     };
     // However the inspector ends, `listen` stops with it: on `q`, a signal, an error, or a
     // panic that unwinds through here.
     let _stop = shutdown.drop_guard();
-    let result = crate::tui::run(ctx, rx).await;
-    forward.abort();
+    let result = crate::tui::run(ctx, events).await;
     result.map_err(|e| std::io::Error::other(format!("{e:#}")))
 }
 

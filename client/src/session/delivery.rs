@@ -42,6 +42,8 @@ const COMMIT_QUEUE: usize = 256;
 const RECENT: usize = 4096;
 /// How long shutdown waits for deliveries still being forwarded.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the tasks of abandoned deliveries get to end.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A message for the relay, tagged with the connection it belongs to.
 #[derive(Debug)]
@@ -96,6 +98,9 @@ pub struct Deliveries {
     recent: Mutex<Recent>,
     /// Stops the in-order worker after the redelivery it is on.
     stop: CancellationToken,
+    /// Drops whatever is still being forwarded, unrecorded: the relay has no `Recorded` for
+    /// it and sends it again.
+    abandon: CancellationToken,
 }
 
 /// A delivery waiting for the in-order worker: a redelivery, or a live one behind them.
@@ -166,6 +171,7 @@ impl Deliveries {
             uncommitted: Mutex::new(HashMap::new()),
             recent: Mutex::default(),
             stop: CancellationToken::new(),
+            abandon: CancellationToken::new(),
         });
         let (acks_tx, acks_rx) = mpsc::channel(COMMIT_QUEUE);
         let span = tracing::info_span!("redeliveries");
@@ -186,15 +192,41 @@ impl Deliveries {
     }
 
     /// Lets deliveries already being forwarded finish and reach the recorder, for a while.
+    #[cfg(test)]
     pub async fn drain(&self) {
-        self.stop.cancel();
-        self.tracker.close();
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait()).await;
+        self.drain_until(&CancellationToken::new()).await;
     }
 
-    /// Forwards a live delivery, answers the relay, then queues it for the capture store.
+    /// Like [`Deliveries::drain`], telling the screen how many it waits for and how long, and
+    /// giving up at once when `give_up` fires. What is still being forwarded then is dropped
+    /// unrecorded; the relay sends it again.
+    pub async fn drain_until(&self, give_up: &CancellationToken) {
+        self.stop.cancel();
+        self.tracker.close();
+        let live = MAX_IN_FLIGHT - self.slots.available_permits();
+        let waiting = live + self.in_order.load(Ordering::SeqCst).min(1);
+        if waiting > 0 {
+            let draining = ListenEvent::Draining {
+                deliveries: waiting,
+                up_to: DRAIN_TIMEOUT,
+            };
+            let _ = self.screen.try_send(draining);
+        }
+        tokio::select! {
+            _ = tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait()) => {}
+            () = give_up.cancelled() => {}
+        }
+        self.abandon.cancel();
+        let _ = tokio::time::timeout(ABANDON_TIMEOUT, self.tracker.wait()).await;
+    }
+
+    /// Forwards a live delivery, answers the relay, then queues it for the capture store;
+    /// abandoned (unrecorded, so the relay sends it again) when shutdown stops waiting.
     async fn handle(&self, arrived: Arrived, generation: u64) {
-        let capture = self.forward(arrived, generation).await;
+        let capture = tokio::select! {
+            capture = self.forward(arrived, generation) => capture,
+            () = self.abandon.cancelled() => return,
+        };
         self.recorder.record(capture).await;
     }
 
@@ -338,6 +370,11 @@ impl Connection {
     /// slows reading, which is the backpressure the relay should see.
     pub async fn arrive(&self, arrived: Arrived) {
         let deliveries = &self.deliveries;
+        if arrived.redelivery {
+            // Counted on arrival, as the relay counts it sent: one recorded already is never
+            // shown again, and the screen's catch-up must still reach the announced number.
+            let _ = deliveries.screen.send(ListenEvent::QueuedArrived).await;
+        }
         if arrived.redelivery || deliveries.in_order.load(Ordering::SeqCst) > 0 {
             let known = match arrived.redelivery {
                 true => Some(deliveries.recorder.answer_later(arrived.id.clone()).await),
@@ -391,7 +428,11 @@ async fn redeliver_in_order(
             None
         } else if queued.arrived.redelivery {
             let span = tracing::debug_span!("redelivery", id = %queued.arrived.id);
-            Some(deliveries.redeliver(queued).instrument(span).await)
+            tokio::select! {
+                ack = deliveries.redeliver(queued).instrument(span) => Some(ack),
+                // Left to the relay, which has no `Recorded` for it.
+                () = deliveries.abandon.cancelled() => None,
+            }
         } else {
             let span = tracing::debug_span!("delivery", id = %queued.arrived.id);
             let handled = deliveries.handle(queued.arrived, queued.generation);

@@ -349,6 +349,23 @@ async fn dead_letters_reach_the_screen() {
 }
 
 #[tokio::test]
+async fn every_queued_delivery_is_counted_on_arrival_even_one_recorded_before() {
+    use crate::status::ListenEvent;
+    let (addr, _seen) = local_server().await;
+    let mut link = link(addr, 1024).await;
+    link.send(request("q1", true, b"q1", true)).await;
+    assert_eq!(link.next().await, ClientMessage::Recorded { id: id("q1") });
+    // Sent again after a break: it is recorded already, so only acknowledged, never shown.
+    link.send(request("q1", true, b"q1", true)).await;
+    assert_eq!(link.next().await, ClientMessage::Recorded { id: id("q1") });
+    let mut arrived = 0;
+    while let Ok(event) = link.screen.try_recv() {
+        arrived += usize::from(matches!(event, ListenEvent::QueuedArrived));
+    }
+    assert_eq!(arrived, 2);
+}
+
+#[tokio::test]
 async fn hello_carries_the_kept_claim_key_and_welcome_gives_the_new_one() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

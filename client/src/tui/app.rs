@@ -9,6 +9,7 @@
 
 mod effect;
 pub mod state;
+mod stopping;
 mod tested;
 mod window;
 
@@ -22,7 +23,7 @@ use time::UtcOffset;
 
 pub use self::effect::{AppEvent, Effect, Page, Query, Rows};
 pub use self::state::App;
-use self::state::{Message, Mode, QueueProgress, Tab};
+use self::state::{Message, Mode, QueueProgress, Stopping, Tab};
 use super::keys::{self, Action, ConfirmAction, PromptAction};
 use super::{curl, layout, text};
 use crate::status::{ConnectionState, ListenEvent, StoreHealth};
@@ -54,6 +55,9 @@ impl App {
             dead_letters: 0,
             reconnect_at_ms: 0,
             counts: Counts::default(),
+            baseline: None,
+            stopping: None,
+            stop_asked: false,
             queue: None,
             now_ms,
             utc_offset,
@@ -73,6 +77,7 @@ impl App {
             message: None,
             test: None,
             testing: None,
+            ignored: Vec::new(),
             select_seq: None,
             max_seq_seen: 0,
             counted_through: 0,
@@ -203,14 +208,15 @@ impl App {
     }
 
     fn on_tick(&mut self, now: i64) {
-        let before = self.reconnect_in_secs();
+        let before = (self.reconnect_in_secs(), self.stopping_in_secs());
         self.now_ms = now;
         if self.message.as_ref().is_some_and(|m| m.until_ms <= now) {
             self.message = None;
             self.dirty = true;
         }
-        if matches!(self.connection, ConnectionState::Reconnecting { .. })
-            && before != self.reconnect_in_secs()
+        if (self.stopping.is_some()
+            || matches!(self.connection, ConnectionState::Reconnecting { .. }))
+            && before != (self.reconnect_in_secs(), self.stopping_in_secs())
         {
             self.dirty = true;
         }
@@ -257,6 +263,21 @@ impl App {
                 None
             }
             ListenEvent::Delivery(d) => self.on_delivery(*d),
+            ListenEvent::Draining { deliveries, up_to } => {
+                self.stopping = Some(Stopping {
+                    deliveries,
+                    until_ms: self.now_ms + up_to.as_millis() as i64,
+                });
+                None
+            }
+            // Counted when it reaches the client, as the relay counts it sent, so the header
+            // clears when the relay goes live, even for one recorded before (never shown again).
+            ListenEvent::QueuedArrived => {
+                if let Some(q) = &mut self.queue {
+                    q.arrived = (q.arrived + 1).min(q.expected);
+                }
+                None
+            }
             // Re-read on the next tick: a burst of these costs one store read, not one each.
             ListenEvent::StoreChanged => {
                 self.sync_pending = true;
@@ -321,7 +342,7 @@ impl App {
         match self.mode.clone() {
             Mode::Normal => keys::action(key).and_then(|a| self.act(a)),
             Mode::Help => match keys::action(key) {
-                Some(Action::Quit) => Some(Effect::Quit),
+                Some(Action::Quit) => self.quit(),
                 _ => {
                     self.mode = Mode::Normal;
                     None
@@ -344,7 +365,7 @@ impl App {
                 }
                 PromptAction::Submit => self.apply_filter(&input),
                 PromptAction::Cancel => self.apply_filter(""),
-                PromptAction::Quit => Some(Effect::Quit),
+                PromptAction::Quit => self.quit(),
             },
             Mode::Confirm(original) => match keys::confirm(key)? {
                 ConfirmAction::Yes => {
@@ -360,7 +381,7 @@ impl App {
                     self.say("body unchanged; nothing sent".to_string());
                     None
                 }
-                ConfirmAction::Quit => Some(Effect::Quit),
+                ConfirmAction::Quit => self.quit(),
             },
         }
     }
@@ -386,6 +407,7 @@ impl App {
             }
             Action::Replay => self.replay_selected(),
             Action::Test => self.start_test(),
+            Action::Ignore => self.ignore_changed(),
             Action::Edit => self.edit_selected(),
             Action::Copy => {
                 let d = self.selected_delivery()?;
@@ -394,9 +416,10 @@ impl App {
                     text: curl::command(d, &self.forward_to),
                 })
             }
+            // Like less and fzf, `/` starts a new filter text; the applied one stays until it is
+            // replaced by ⏎ or cleared by esc.
             Action::Filter => {
-                let current = self.filter_label().unwrap_or_default().to_string();
-                self.mode = Mode::Filter(current);
+                self.mode = Mode::Filter(String::new());
                 None
             }
             Action::TogglePause => self.toggle_pause(),
@@ -405,7 +428,7 @@ impl App {
                 None
             }
             Action::Back => self.back(),
-            Action::Quit => Some(Effect::Quit),
+            Action::Quit => self.quit(),
         }
     }
 
@@ -457,12 +480,12 @@ impl App {
         }
     }
 
-    /// `Esc`: close the details, else clear the filter.
+    /// `Esc`: clear the filter first (as less and fzf do), then close the details.
     fn back(&mut self) -> Option<Effect> {
-        if self.details_open {
-            self.set_details(false)
-        } else if self.filter_label().is_some() {
+        if self.filter_label().is_some() {
             self.apply_filter("")
+        } else if self.details_open {
+            self.set_details(false)
         } else {
             None
         }
@@ -541,5 +564,7 @@ impl App {
     }
 }
 
+#[cfg(test)]
+mod day_tests;
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,8 @@ pub enum Action {
     Replay,
     /// Replay the selected delivery as a test: compare the answer with the recorded one.
     Test,
+    /// Leave the first changed field of the shown test out of every test this session.
+    Ignore,
     /// Edit the selected body in `$VISUAL`/`$EDITOR`, then replay it.
     Edit,
     /// Copy the selected delivery as a curl command.
@@ -107,6 +109,7 @@ pub fn action(key: KeyEvent) -> Option<Action> {
         KeyCode::Char(c @ '1'..='4') => Action::Tab(c as usize - '1' as usize),
         KeyCode::Char('r') => Action::Replay,
         KeyCode::Char('t') => Action::Test,
+        KeyCode::Char('i') => Action::Ignore,
         KeyCode::Char('e') => Action::Edit,
         KeyCode::Char('c') => Action::Copy,
         KeyCode::Char('/') => Action::Filter,
@@ -194,6 +197,7 @@ mod tests {
             ),
             (key(KeyCode::Char('r')), Some(Action::Replay)),
             (key(KeyCode::Char('t')), Some(Action::Test)),
+            (key(KeyCode::Char('i')), Some(Action::Ignore)),
             (key(KeyCode::Char('e')), Some(Action::Edit)),
             (key(KeyCode::Char('c')), Some(Action::Copy)),
             (key(KeyCode::Char('/')), Some(Action::Filter)),

@@ -113,7 +113,7 @@ fn connected(app: &mut App) {
     )));
 }
 
-fn draw(app: &App, size: (u16, u16)) -> Terminal<TestBackend> {
+pub fn draw(app: &App, size: (u16, u16)) -> Terminal<TestBackend> {
     let mut terminal = Terminal::new(TestBackend::new(size.0, size.1)).expect("terminal");
     terminal
         .draw(|frame| view::render(app, frame))
@@ -121,7 +121,7 @@ fn draw(app: &App, size: (u16, u16)) -> Terminal<TestBackend> {
     terminal
 }
 
-fn screen(terminal: &Terminal<TestBackend>) -> String {
+pub fn screen(terminal: &Terminal<TestBackend>) -> String {
     let buffer = terminal.backend().buffer();
     let mut out = String::new();
     for y in 0..buffer.area.height {
@@ -385,11 +385,16 @@ async fn live_terminal() {
         }
     });
     let ctx = super::TuiContext {
-        public_url: "https://relay.example.com/t/brave-otter".into(),
+        public_url: tokio::sync::watch::channel(Some(
+            "https://relay.example.com/t/brave-otter".to_string(),
+        ))
+        .1,
         forward_to: "http://localhost:3000".into(),
         store_path,
         replays: replays_tx,
         utc_offset: time::UtcOffset::UTC,
+        stop: tokio_util::sync::CancellationToken::new(),
+        abandon: tokio_util::sync::CancellationToken::new(),
     };
     super::run(ctx, events_rx).await.expect("inspector");
 }

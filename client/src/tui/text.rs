@@ -46,6 +46,34 @@ pub fn body_lines(body: &[u8]) -> Vec<Line<'static>> {
     lines
 }
 
+/// `text` cut to `width` terminal columns, ending in `…` when it was cut.
+pub fn ellipsize(text: &str, width: usize) -> String {
+    if Span::raw(text).width() <= width {
+        return text.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut out = prefix(text, width - 1);
+    out.push('…');
+    out
+}
+
+/// The longest start of `text` that fits in `width` columns.
+pub fn prefix(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = Span::raw(c.to_string()).width();
+        if used + w > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out
+}
+
 /// Whether `body` is one complete JSON value.
 pub fn is_json(body: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
@@ -229,6 +257,17 @@ mod tests {
             ]
         );
         assert_eq!(lines[1].spans[1].style, KEY);
+    }
+
+    #[test]
+    fn a_cut_text_ends_in_an_ellipsis_within_its_width() {
+        assert_eq!(
+            ellipsize("http://localhost:3000", 30),
+            "http://localhost:3000"
+        );
+        assert_eq!(ellipsize("http://localhost:3000", 14), "http://localh…");
+        assert_eq!(ellipsize("ab", 0), "");
+        assert_eq!(Span::raw(ellipsize("→→→→", 3)).width(), 3);
     }
 
     #[test]

@@ -71,6 +71,14 @@ const KEY_HINTS: &[(&str, &str)] = &[
 
 fn render_footer(app: &App, frame: &mut Frame, area: Rect) {
     let key = Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD);
+    if let Some(stopping) = app.stopping_line() {
+        let line = Line::styled(
+            stopping,
+            Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        );
+        frame.render_widget(Paragraph::new(line), area);
+        return;
+    }
     let line = match (&app.mode, &app.message) {
         (Mode::Filter(input), _) => Line::from(vec![
             Span::styled("/", key),

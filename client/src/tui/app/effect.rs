@@ -97,7 +97,9 @@ pub enum Effect {
         /// The curl command.
         text: String,
     },
-    /// Leave the inspector.
+    /// Stop `listen`: the inspector stays up while deliveries being forwarded finish.
+    Stop,
+    /// Leave the inspector now; deliveries still being forwarded are left to the relay.
     Quit,
 }
 

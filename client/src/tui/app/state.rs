@@ -80,6 +80,15 @@ pub struct QueueProgress {
     pub expired: u32,
 }
 
+/// `listen` stopping while deliveries are still being forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopping {
+    /// Deliveries still being forwarded.
+    pub deliveries: usize,
+    /// When the wait ends, Unix ms.
+    pub until_ms: i64,
+}
+
 /// The inspector's whole state.
 pub struct App {
     /// The public webhook URL.
@@ -93,8 +102,14 @@ pub struct App {
     /// Queued deliveries the relay has set aside as dead letters.
     pub dead_letters: u32,
     pub(super) reconnect_at_ms: i64,
-    /// All deliveries by outcome.
+    /// All deliveries in the capture store by outcome.
     pub counts: Counts,
+    /// The store's counts when the inspector opened: `counts` less these is this run.
+    pub baseline: Option<Counts>,
+    /// Set once `listen` stops: deliveries still being forwarded, and until when it waits.
+    pub stopping: Option<Stopping>,
+    /// Whether `q` or Ctrl-C asked `listen` to stop: the next one quits at once.
+    pub stop_asked: bool,
     /// The offline queue catching up, after a connect that announced some.
     pub queue: Option<QueueProgress>,
     /// The clock, Unix ms.
@@ -129,6 +144,8 @@ pub struct App {
     /// The last `t` test's result, shown in the details of the delivery tested.
     pub test: Option<TestView>,
     pub(super) testing: Option<Pending>,
+    /// JSON pointers `i` left out of every test this session, in the order they were added.
+    pub ignored: Vec<String>,
     pub(super) select_seq: Option<i64>,
     pub(super) max_seq_seen: i64,
     pub(super) counted_through: i64,
@@ -146,8 +163,19 @@ pub struct TestView {
     pub original: DeliveryId,
     /// The replay that carried the test.
     pub replay: DeliveryId,
-    /// How the answers compare.
+    /// How the answers compare, with the session's ignored fields left out.
     pub report: Report,
+    /// The recorded answer and the new one, to compare again when a field is ignored.
+    pub(super) answers: Answers,
+}
+
+/// Both sides of a test, kept so `i` can compare them again without another replay.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Answers {
+    pub(super) expected_status: u16,
+    pub(super) expected_body: Bytes,
+    /// The new status and body, or why there was no answer.
+    pub(super) actual: Result<(u16, Bytes), String>,
 }
 
 /// A test on its way: what the answer must match.

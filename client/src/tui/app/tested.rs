@@ -4,8 +4,8 @@
 use illumitunnel::{Delivery, DeliveryId};
 
 use super::effect::Effect;
-use super::state::{App, Pending, TestView};
-use crate::regression::{self, Outcome};
+use super::state::{Answers, App, Pending, TestView};
+use crate::regression::{self, BodyDiff, Outcome, Pointer, Report};
 
 impl App {
     /// `t`: test the selected delivery, which needs a recorded answer to compare with.
@@ -43,14 +43,15 @@ impl App {
             // A later `t` replaced this one.
             (Ok(_), None) => return None,
         };
-        let outcome = match (&replay.response, &replay.error) {
-            (Some(r), _) => Outcome::Answered {
-                status: r.status,
-                body: &r.body,
+        let answers = Answers {
+            expected_status: pending.status,
+            expected_body: pending.body,
+            actual: match (&replay.response, &replay.error) {
+                (Some(r), _) => Ok((r.status, r.body.clone())),
+                (None, error) => Err(error.as_deref().unwrap_or("no answer").to_string()),
             },
-            (None, error) => Outcome::NoAnswer(error.as_deref().unwrap_or("no answer")),
         };
-        let report = regression::compare(pending.status, &pending.body, &outcome, &[]);
+        let report = self.compare(&answers);
         if report.passed() {
             self.say(format!("test of {original}: the answer matches"));
         } else {
@@ -62,7 +63,84 @@ impl App {
             original,
             replay: replay.id.clone(),
             report,
+            answers,
         });
         self.set_details(true)
+    }
+
+    /// `i`: the first changed field of the test shown is left out of this and every later
+    /// test this session; the diff is compared again at once.
+    pub(super) fn ignore_changed(&mut self) -> Option<Effect> {
+        let selected = self.selected_delivery().map(|d| d.id.clone());
+        let shown = self
+            .test
+            .as_ref()
+            .filter(|t| selected.is_some_and(|id| id == t.original || id == t.replay));
+        let Some(test) = shown else {
+            self.say_error("i ignores a changed field of a test: press t first".into());
+            return None;
+        };
+        let first = match &test.report.body {
+            Some(BodyDiff::Json { changed, .. }) => changed.first().cloned(),
+            _ => None,
+        };
+        let answers = test.answers.clone();
+        let Some(pointer) = first else {
+            self.say_error("no changed JSON field to ignore in this test".into());
+            return None;
+        };
+        self.ignored.push(pointer.clone());
+        let report = self.compare(&answers);
+        if let Some(test) = &mut self.test {
+            test.report = report;
+        }
+        self.say(format!(
+            "ignoring {} this session; for illumitunnel test: {}",
+            pointer,
+            self.ignore_flags()
+        ));
+        None
+    }
+
+    /// The session's ignored fields as `illumitunnel test` takes them: `--ignore /a --ignore /b`.
+    pub fn ignore_flags(&self) -> String {
+        self.ignored
+            .iter()
+            .map(|p| format!("--ignore {}", shell_word(p)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn compare(&self, answers: &Answers) -> Report {
+        let ignore: Vec<Pointer> = self
+            .ignored
+            .iter()
+            .filter_map(|p| Pointer::parse(p).ok())
+            .collect();
+        let outcome = match &answers.actual {
+            Ok((status, body)) => Outcome::Answered {
+                status: *status,
+                body,
+            },
+            Err(why) => Outcome::NoAnswer(why),
+        };
+        regression::compare(
+            answers.expected_status,
+            &answers.expected_body,
+            &outcome,
+            &ignore,
+        )
+    }
+}
+
+/// A pointer as one shell word: quoted when it holds anything a shell would read.
+fn shell_word(p: &str) -> String {
+    let plain = p
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/_-.~*".contains(c));
+    if plain && !p.contains('*') {
+        p.to_string()
+    } else {
+        format!("'{}'", p.replace('\'', "'\\''"))
     }
 }

@@ -99,8 +99,9 @@ fn details_tabs_and_back() {
     assert!(!app.details_open);
     assert!(matches!(
         drive(&mut app, &store, key(KeyCode::Char('q'))),
-        Some(Effect::Quit)
+        Some(Effect::Stop)
     ));
+    // The second quits at once, whatever `listen` still waits for.
     let ctrl_c = AppEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     assert!(matches!(app.update(ctrl_c), Some(Effect::Quit)));
 }
@@ -321,10 +322,7 @@ fn connection_states_and_the_clock() {
             dead_letters: 0,
         },
     )));
-    let mut queued = delivery(1, "ticket.created", "tkt_1", Some(200));
-    queued.queued = true;
-    queued.seq = 1;
-    app.update(listen(queued));
+    app.update(AppEvent::Listen(ListenEvent::QueuedArrived));
     assert_eq!(
         app.queue,
         Some(QueueProgress {
@@ -435,7 +433,7 @@ fn help_opens_and_any_key_closes_it() {
     drive(&mut app, &store, key(KeyCode::Char('?')));
     assert!(matches!(
         app.update(key(KeyCode::Char('q'))),
-        Some(Effect::Quit)
+        Some(Effect::Stop)
     ));
 }
 

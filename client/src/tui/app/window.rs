@@ -46,11 +46,6 @@ impl App {
         // A store read that already counted this delivery must not count it twice.
         if d.seq > self.counted_through {
             count(&mut self.counts, &d);
-            if d.queued {
-                if let Some(q) = &mut self.queue {
-                    q.arrived += 1;
-                }
-            }
         }
         if !matches(&self.filter, &d) || d.seq <= self.totaled_through {
             return self.select_pending();
@@ -72,6 +67,8 @@ impl App {
 
     pub(super) fn on_page(&mut self, page: Page) -> Option<Effect> {
         if let Some(counts) = page.counts {
+            // The first read is what the store held before this run.
+            self.baseline.get_or_insert(counts);
             self.counts = counts;
             self.counted_through = page.bound;
         }

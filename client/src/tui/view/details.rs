@@ -70,7 +70,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
 /// The lines of the selected tab for `d`, under the result of a `t` test of it, if any.
 pub fn lines(app: &App, d: &Delivery) -> Vec<Line<'static>> {
     let mut lines = match &app.test {
-        Some(test) if test.original == d.id || test.replay == d.id => test_lines(test),
+        Some(test) if test.original == d.id || test.replay == d.id => test_lines(app, test),
         _ => Vec::new(),
     };
     lines.extend(match app.tab {
@@ -83,7 +83,7 @@ pub fn lines(app: &App, d: &Delivery) -> Vec<Line<'static>> {
 }
 
 /// `t`'s verdict and, when the answer differs, the diff (already escaped by the renderer).
-fn test_lines(test: &TestView) -> Vec<Line<'static>> {
+fn test_lines(app: &App, test: &TestView) -> Vec<Line<'static>> {
     let (verdict, style) = if test.report.passed() {
         ("matches", Style::new().fg(Color::Green))
     } else {
@@ -105,6 +105,23 @@ fn test_lines(test: &TestView) -> Vec<Line<'static>> {
             Style::new()
         };
         lines.push(Line::styled(line.to_string(), style));
+    }
+    if let Some(regression::BodyDiff::Json { changed, .. }) = &test.report.body {
+        if let Some(first) = changed.first() {
+            lines.push(Line::styled(
+                format!("i ignores {} for this session", escape(first)),
+                NAME,
+            ));
+        }
+    }
+    if !app.ignored.is_empty() {
+        lines.push(Line::styled(
+            format!(
+                "ignored this session; reuse with illumitunnel test {}",
+                escape(&app.ignore_flags())
+            ),
+            NAME,
+        ));
     }
     lines.push(Line::raw(""));
     lines

@@ -15,12 +15,13 @@ const KEYS: &[(&str, &str)] = &[
     ("J K  ⇧↑ ⇧↓", "scroll the details"),
     ("r", "replay the selected delivery"),
     ("t", "test it: replay, compare with the recorded answer"),
+    ("i", "in a test diff: ignore the first changed field"),
     ("e", "edit the body in $VISUAL/$EDITOR, then replay"),
     ("c", "copy as curl (OSC 52 clipboard)"),
-    ("/", "filter by event type or text; esc clears"),
+    ("/", "a new filter: event type or text; esc clears"),
     ("p", "pause / resume following the newest"),
     ("mouse", "wheel scrolls, click selects"),
-    ("q  ctrl-c", "quit"),
+    ("q  ctrl-c", "stop (waits for deliveries); twice: quit now"),
 ];
 
 const MARKS: &str = "marks: dup = same dedup key seen before · replay · trigger = sent by \

@@ -8,7 +8,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 use ratatui::Frame;
 
 use crate::tui::app::state::App;
-use crate::tui::text::escape;
+use crate::tui::text::{ellipsize, escape};
 
 /// Terminals at least this wide get milliseconds, longer ids and full markers.
 const WIDE: u16 = 120;
@@ -17,11 +17,12 @@ const WIDE: u16 = 120;
 pub fn render(app: &App, frame: &mut Frame, area: Rect, rows_area: Rect) {
     frame.render_widget(block(app), area);
     let wide = area.width >= WIDE;
+    let columns = Columns::new(area.width, wide);
     let widths = [
         Constraint::Length(1),
         Constraint::Length(if wide { 12 } else { 8 }),
-        Constraint::Length(20),
-        Constraint::Length(if wide { 18 } else { 10 }),
+        Constraint::Length(columns.event as u16),
+        Constraint::Length(columns.resource as u16),
         Constraint::Fill(1),
         Constraint::Length(3),
         Constraint::Length(7),
@@ -55,7 +56,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect, rows_area: Rect) {
     let rows = app.visible_rows().map(|(index, d)| {
         let selected = index == app.selected;
         let row = match d {
-            Some(d) => row(app, d, selected, wide),
+            Some(d) => row(app, d, selected, &columns),
             None => Row::new(["", "…"]).style(dim),
         };
         if selected {
@@ -110,6 +111,10 @@ fn empty_hint(app: &App) -> Paragraph<'static> {
             Line::raw(format!("no deliveries match “{}”", escape(label))),
             Line::styled("esc clears the filter", dim),
         ],
+        None if app.public_url.is_empty() => vec![
+            Line::raw(""),
+            Line::raw("no deliveries yet; the tunnel URL shows here once the relay answers"),
+        ],
         None => vec![
             Line::raw(""),
             Line::raw("no deliveries yet: send a webhook to"),
@@ -126,18 +131,44 @@ fn empty_hint(app: &App) -> Paragraph<'static> {
     Paragraph::new(lines).alignment(Alignment::Center)
 }
 
-fn row<'a>(app: &App, d: &'a Delivery, selected: bool, wide: bool) -> Row<'a> {
+/// The widths of the columns whose text is cut with `…` when longer.
+struct Columns {
+    wide: bool,
+    event: usize,
+    resource: usize,
+    request: usize,
+}
+
+impl Columns {
+    fn new(width: u16, wide: bool) -> Self {
+        let (event, resource) = (20, if wide { 18 } else { 10 });
+        // Marker, time, status, latency and marks, plus one space between the eight columns.
+        let fixed = 1 + if wide { 12 } else { 8 } + 3 + 7 + if wide { 14 } else { 9 } + 7;
+        Columns {
+            wide,
+            event,
+            resource,
+            request: usize::from(width).saturating_sub(fixed + event + resource),
+        }
+    }
+}
+
+fn row<'a>(app: &App, d: &'a Delivery, selected: bool, columns: &Columns) -> Row<'a> {
+    let wide = columns.wide;
     let dim = Style::new().fg(Color::DarkGray);
     let time = time_of_day(app, d.received_at_ms, wide);
     let event = d
         .event
         .as_deref()
-        .map_or_else(|| "-".to_string(), |e| escape(e).into_owned());
-    let resource = d
-        .resource_id
-        .as_deref()
-        .map_or_else(|| "-".to_string(), |r| escape(r).into_owned());
-    let request = format!("{} {}", escape(&d.request.method), escape(&d.request.path));
+        .map_or_else(|| "-".to_string(), |e| ellipsize(&escape(e), columns.event));
+    let resource = d.resource_id.as_deref().map_or_else(
+        || "-".to_string(),
+        |r| ellipsize(&escape(r), columns.resource),
+    );
+    let request = ellipsize(
+        &format!("{} {}", escape(&d.request.method), escape(&d.request.path)),
+        columns.request,
+    );
     let (status, status_style) = status_cell(d);
     let latency = if d.skipped || d.response.is_none() && d.duration_us == 0 {
         String::new()
