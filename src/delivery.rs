@@ -165,8 +165,13 @@ pub struct Delivery {
     pub resource_id: Option<String>,
     /// IllumiChat's dedup key `event:data.id:timestamp`.
     pub dedup_key: Option<String>,
-    /// Whether an earlier delivery had the same dedup key (set by the store on insert).
+    /// Whether an earlier delivery had the same dedup key and was delivered (answered 2xx
+    /// within IllumiChat's timeout, or skipped): a true duplicate. Set by the store on insert.
     pub duplicate: bool,
+    /// IllumiChat's retry number: every earlier delivery with the same dedup key failed (no
+    /// answer, a non-2xx, or slower than its timeout), so this is its Nth retry. Set by the
+    /// store on insert; `None` for first attempts, duplicates and rows stored before it existed.
+    pub retry: Option<u32>,
     /// Whether `--events` filtered it out (recorded, answered 200, not forwarded).
     pub skipped: bool,
     /// URL it was forwarded to (empty when skipped).
@@ -202,6 +207,7 @@ impl Delivery {
             resource_id: envelope.as_ref().and_then(|e| e.resource_id.clone()),
             dedup_key: envelope.as_ref().and_then(|e| e.dedup_key()),
             duplicate: false,
+            retry: None,
             skipped: false,
             target: String::new(),
             request,
@@ -253,6 +259,7 @@ impl Delivery {
             status: self.status(),
             duration_ms: self.duration_ms(),
             duplicate: self.duplicate,
+            retry: self.retry,
             skipped: self.skipped,
             queued: self.queued,
             source: self.source.as_str(),
@@ -298,6 +305,7 @@ struct Summary<'a> {
     status: Option<u16>,
     duration_ms: f64,
     duplicate: bool,
+    retry: Option<u32>,
     skipped: bool,
     queued: bool,
     source: &'static str,
