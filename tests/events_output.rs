@@ -144,7 +144,7 @@ fn events_lines_have_a_header_dates_marks_and_fixed_columns() {
     }
     assert!(ticket.contains("  312ms"), "{ticket}");
     assert!(
-        chat_first.contains("  chat.message.created  msg_012345678…  POST /webhooks/illumichat  "),
+        chat_first.contains("  chat.message.created  msg_0123456789a…  POST /webhooks/illumichat  "),
         "{chat_first}"
     );
     assert!(chat_first.contains("  15.0s"), "the inspector's format: {chat_first}");

@@ -79,7 +79,7 @@ pub enum Format {
 /// Width of the event column: the longest IllumiChat event type, `chat.message.created`.
 const EVENT_WIDTH: usize = 20;
 /// Width of the resource column in `events`.
-const RESOURCE_WIDTH: usize = 14;
+const RESOURCE_WIDTH: usize = 16;
 /// Width of the request column (`POST /webhooks/illumichat`) in `events`.
 const REQUEST_WIDTH: usize = 28;
 

@@ -361,9 +361,9 @@ fn events_listing_has_a_header_fixed_columns_dates_and_marks() {
     assert_eq!(
         rows,
         vec![
-            "ID                TIME                 EVENT                 RESOURCE        REQUEST                       STATUS  LATENCY  MARKS",
-            "0192a3b4c5d6e7f8  14:30:00             chat.message.created  msg_012345678…  POST /webhooks/illumichat     200       15.0s  trigger retry 2",
-            "0192a3b4c5d6e7f8  2025-06-14 23:59:59  ticket.created        tkt_xyz789      POST /webhooks/illumichat     200       312ms  dup",
+            "ID                TIME                 EVENT                 RESOURCE          REQUEST                       STATUS  LATENCY  MARKS",
+            "0192a3b4c5d6e7f8  14:30:00             chat.message.created  msg_0123456789a…  POST /webhooks/illumichat     200       15.0s  trigger retry 2",
+            "0192a3b4c5d6e7f8  2025-06-14 23:59:59  ticket.created        tkt_xyz789        POST /webhooks/illumichat     200       312ms  dup",
         ]
     );
     // Only today: the time column is the time alone.
