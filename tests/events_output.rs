@@ -73,8 +73,20 @@ fn events_lines_have_a_header_dates_marks_and_fixed_columns() {
         // Oldest first: yesterday's ticket, answered in 312 ms.
         delivery("ticket.created", "tkt_1", yesterday, 200, 312_000),
         // Today: a chat event answered after 15 s, so a failure IllumiChat retries.
-        delivery("chat.message.created", "msg_0123456789abcdef", now, 200, 15_004_000),
-        delivery("chat.message.created", "msg_0123456789abcdef", now, 200, 2_000),
+        delivery(
+            "chat.message.created",
+            "msg_0123456789abcdef",
+            now,
+            200,
+            15_004_000,
+        ),
+        delivery(
+            "chat.message.created",
+            "msg_0123456789abcdef",
+            now,
+            200,
+            2_000,
+        ),
         delivery("chat.session.created", "ses_1", now, 200, 1_500),
         delivery("chat.session.created", "ses_1", now, 200, 1_500),
     ];
@@ -106,7 +118,9 @@ fn events_lines_have_a_header_dates_marks_and_fixed_columns() {
     for line in &lines[1..] {
         let cells: Vec<char> = line.chars().collect();
         let at = |from: usize, to: usize| -> String {
-            cells[from.min(cells.len())..to.min(cells.len())].iter().collect()
+            cells[from.min(cells.len())..to.min(cells.len())]
+                .iter()
+                .collect()
         };
         for (n, &start) in starts.iter().enumerate().take(6) {
             assert!(
@@ -144,10 +158,14 @@ fn events_lines_have_a_header_dates_marks_and_fixed_columns() {
     }
     assert!(ticket.contains("  312ms"), "{ticket}");
     assert!(
-        chat_first.contains("  chat.message.created  msg_0123456789a…  POST /webhooks/illumichat  "),
+        chat_first
+            .contains("  chat.message.created  msg_0123456789a…  POST /webhooks/illumichat  "),
         "{chat_first}"
     );
-    assert!(chat_first.contains("  15.0s"), "the inspector's format: {chat_first}");
+    assert!(
+        chat_first.contains("  15.0s"),
+        "the inspector's format: {chat_first}"
+    );
     assert!(!chat_first.contains("15004ms"), "{chat_first}");
     assert!(chat_retry.ends_with("  retry 1"), "{chat_retry}");
     assert!(chat_trigger.ends_with("  trigger"), "{chat_trigger}");
@@ -232,7 +250,13 @@ fn retries_through_a_tunnel_read_retry_n_and_a_true_duplicate_stays_dup() {
     assert_eq!(out.code(), 0, "{out:?}");
     // The same delivery twice, both answered 200: the second is a true duplicate.
     let mut cmd = command("illumitunnel", listen.home());
-    cmd.args(["trigger", "lead.captured", "--url", &listen.url, "--duplicate"]);
+    cmd.args([
+        "trigger",
+        "lead.captured",
+        "--url",
+        &listen.url,
+        "--duplicate",
+    ]);
     let out = ChildGuard::run(cmd);
     assert_eq!(out.code(), 0, "{out:?}");
     let seen = listen.deliveries(5);

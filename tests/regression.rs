@@ -564,7 +564,12 @@ fn retries_follow_illumichat_schedule_with_the_same_body() {
     let retries: Vec<_> = rows.iter().map(|d| (d.retry, d.duplicate)).collect();
     assert_eq!(
         retries,
-        [(None, false), (Some(1), false), (Some(2), false), (Some(3), false)]
+        [
+            (None, false),
+            (Some(1), false),
+            (Some(2), false),
+            (Some(3), false)
+        ]
     );
     let listing = client(home.path(), &store, &["events"]);
     assert_eq!(

@@ -90,10 +90,7 @@ fn show_names_one_of_100000_deliveries_with_6_to_8_characters() {
     for &i in &[0, STORED / 2, STORED - 1] {
         let id = ids[i].as_str();
         let needed = shortest_unique(id, &ids).max(6);
-        assert!(
-            needed <= 8,
-            "{id} needs {needed} characters among {STORED}"
-        );
+        assert!(needed <= 8, "{id} needs {needed} characters among {STORED}");
         let prefix = &id[..needed];
         let out = run(home.path(), &["show", prefix, "--json", "--store", store]);
         assert_eq!(out.code(), 0, "show {prefix}: {out:?}");

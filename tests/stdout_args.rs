@@ -77,7 +77,10 @@ fn a_dash_writes_exports_and_suites_to_stdout() {
     let log: Value = serde_json::from_str(&har.stdout).expect("stdout is the HAR");
     assert_eq!(log["log"]["entries"].as_array().unwrap().len(), 3);
     assert!(!har.stdout.contains("s3cret"), "secrets stay redacted");
-    assert!(har.stderr.contains("exported 3 deliveries to stdout"), "{har:?}");
+    assert!(
+        har.stderr.contains("exported 3 deliveries to stdout"),
+        "{har:?}"
+    );
 
     let jsonl = run(dir.path(), &store, &["export", "--jsonl", "-"]);
     assert_eq!(jsonl.code(), 0, "{jsonl:?}");
@@ -88,12 +91,12 @@ fn a_dash_writes_exports_and_suites_to_stdout() {
     let suite = run(dir.path(), &store, &["suite", "save", "-", "--last", "2"]);
     assert_eq!(suite.code(), 0, "{suite:?}");
     assert_eq!(json_lines(&suite.stdout).len(), 2, "{suite:?}");
-    assert!(suite.stderr.contains("saved 2 deliveries to stdout"), "{suite:?}");
-
     assert!(
-        !dir.path().join("-").exists(),
-        "a file named - was written"
+        suite.stderr.contains("saved 2 deliveries to stdout"),
+        "{suite:?}"
     );
+
+    assert!(!dir.path().join("-").exists(), "a file named - was written");
 }
 
 #[test]

@@ -263,11 +263,7 @@ pub fn write_detail(out: &mut impl Write, d: &Delivery, json: bool) -> io::Resul
     }
     let outcome = match (&d.response, &d.error) {
         (Some(r), _) => format!("{} in {}", r.status, latency(d.duration_us)),
-        (None, Some(e)) => format!(
-            "failed after {}: {}",
-            latency(d.duration_us),
-            escape(e)
-        ),
+        (None, Some(e)) => format!("failed after {}: {}", latency(d.duration_us), escape(e)),
         (None, None) => "no answer".to_string(),
     };
     s += &field("outcome", &outcome);

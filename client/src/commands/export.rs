@@ -88,10 +88,7 @@ pub fn write_target(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    ignore_broken_pipe(
-        out.write_all(text.as_bytes())
-            .and_then(|()| out.flush()),
-    )
+    ignore_broken_pipe(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
 }
 
 /// What a command wrote, for `--json`.

@@ -123,7 +123,11 @@ fn line_and_detail_escape_what_the_inspector_escapes() {
     )
     .unwrap();
     let listing = String::from_utf8(listing).unwrap();
-    assert_eq!(listing.lines().count(), 2, "a header and one row: {listing}");
+    assert_eq!(
+        listing.lines().count(),
+        2,
+        "a header and one row: {listing}"
+    );
     assert!(
         listing
             .lines()
@@ -368,5 +372,8 @@ fn events_listing_has_a_header_fixed_columns_dates_and_marks() {
     );
     // Only today: the time column is the time alone.
     let rows = listing(&[chat], 1_749_997_800_000);
-    assert!(rows[1].starts_with("0192a3b4c5d6e7f8  14:30:00  chat.message.created  "), "{rows:?}");
+    assert!(
+        rows[1].starts_with("0192a3b4c5d6e7f8  14:30:00  chat.message.created  "),
+        "{rows:?}"
+    );
 }
