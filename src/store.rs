@@ -13,7 +13,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use self::files::{create_private, sidecar};
 use self::rows::{
-    read_row, repeat_of, write_large, Attempt, BodyParam, COLUMNS, REQUEST_PART, RESPONSE_PART,
+    read_row, repeat_of, write_large, BodyParam, COLUMNS, REQUEST_PART, RESPONSE_PART,
 };
 use crate::delivery::{Delivery, DeliveryId, Source};
 use crate::headers::encode_blob;
@@ -351,16 +351,7 @@ impl CaptureStore {
             for d in deliveries.iter_mut() {
                 if d.source != Source::Replay {
                     if let Some(key) = &d.dedup_key {
-                        let attempts: Vec<Attempt> = earlier
-                            .query_map([key], |r| {
-                                Ok(Attempt {
-                                    status: r.get(0)?,
-                                    skipped: r.get(1)?,
-                                    duration_us: r.get(2)?,
-                                })
-                            })?
-                            .collect::<Result<_, _>>()?;
-                        (d.duplicate, d.retry) = repeat_of(&attempts);
+                        (d.duplicate, d.retry) = repeat_of(&mut earlier, key)?;
                     }
                 }
                 let resp = d.response.as_ref();

@@ -122,7 +122,7 @@ pub(super) fn read_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
 }
 
 /// An earlier delivery with the same dedup key, as much of it as tells a retry from a duplicate.
-pub(super) struct Attempt {
+struct Attempt {
     /// The local answer's status, if any.
     pub status: Option<u16>,
     /// Whether `--events` skipped it (answered 200 without forwarding).
@@ -140,15 +140,27 @@ impl Attempt {
     }
 }
 
-/// `(duplicate, retry)` for a delivery whose dedup key `earlier` attempts share, oldest first:
-/// none, a first attempt; one delivered, a true duplicate; all failed, IllumiChat's retry number
-/// `earlier.len()`.
-pub(super) fn repeat_of(earlier: &[Attempt]) -> (bool, Option<u32>) {
-    if earlier.is_empty() {
+/// `(duplicate, retry)` for a delivery with dedup key `key`, from the earlier non-replay
+/// deliveries `earlier` (a statement taking the key) finds, oldest first: none, a first attempt;
+/// one delivered, a true duplicate; all failed, IllumiChat's retry number (how many there were).
+pub(super) fn repeat_of(
+    earlier: &mut rusqlite::CachedStatement<'_>,
+    key: &str,
+) -> rusqlite::Result<(bool, Option<u32>)> {
+    let attempts: Vec<Attempt> = earlier
+        .query_map([key], |r| {
+            Ok(Attempt {
+                status: r.get(0)?,
+                skipped: r.get(1)?,
+                duration_us: r.get(2)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(if attempts.is_empty() {
         (false, None)
-    } else if earlier.iter().any(Attempt::delivered) {
+    } else if attempts.iter().any(Attempt::delivered) {
         (true, None)
     } else {
-        (false, Some(earlier.len().min(u32::MAX as usize) as u32))
-    }
+        (false, Some(attempts.len().min(u32::MAX as usize) as u32))
+    })
 }
