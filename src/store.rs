@@ -12,7 +12,9 @@ use bytes::Bytes;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use self::files::{create_private, sidecar};
-use self::rows::{read_row, write_large, BodyParam, COLUMNS, REQUEST_PART, RESPONSE_PART};
+use self::rows::{
+    read_row, repeat_of, write_large, BodyParam, COLUMNS, REQUEST_PART, RESPONSE_PART,
+};
 use crate::delivery::{Delivery, DeliveryId, Source};
 use crate::headers::encode_blob;
 
@@ -338,17 +340,18 @@ impl CaptureStore {
         let tx = self.conn.transaction()?;
         let mut inserted = Vec::with_capacity(deliveries.len());
         {
-            let mut dup = tx.prepare_cached(
-                "SELECT 1 FROM deliveries WHERE dedup_key = ?1 AND source != 'replay' LIMIT 1",
+            let mut earlier = tx.prepare_cached(
+                "SELECT status, skipped, duration_us FROM deliveries \
+                 WHERE dedup_key = ?1 AND source != 'replay' ORDER BY seq",
             )?;
             let mut insert = tx.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO deliveries ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                "INSERT OR IGNORE INTO deliveries ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
                 COLUMNS
             ))?;
             for d in deliveries.iter_mut() {
                 if d.source != Source::Replay {
                     if let Some(key) = &d.dedup_key {
-                        d.duplicate = dup.exists([key])?;
+                        (d.duplicate, d.retry) = repeat_of(&mut earlier, key)?;
                     }
                 }
                 let resp = d.response.as_ref();
@@ -377,6 +380,7 @@ impl CaptureStore {
                     resp_body,
                     d.error,
                     d.duration_us,
+                    d.retry,
                 ])?;
                 if n == 1 {
                     d.seq = tx.last_insert_rowid();

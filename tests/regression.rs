@@ -559,9 +559,17 @@ fn retries_follow_illumichat_schedule_with_the_same_body() {
     assert_eq!(rows.len(), 4);
     let keys: Vec<_> = rows.iter().map(|d| d.dedup_key.clone().unwrap()).collect();
     assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
-    assert!(
-        rows[1..].iter().all(|d| d.duplicate),
-        "retries share the first's dedup key"
+    // Retries share the first's dedup key; every earlier attempt failed, so they are numbered
+    // retries, not duplicates.
+    let retries: Vec<_> = rows.iter().map(|d| (d.retry, d.duplicate)).collect();
+    assert_eq!(
+        retries,
+        [
+            (None, false),
+            (Some(1), false),
+            (Some(2), false),
+            (Some(3), false)
+        ]
     );
     let listing = client(home.path(), &store, &["events"]);
     assert_eq!(

@@ -384,7 +384,7 @@ pub enum SuiteAction {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "event", "last"])))]
 pub struct SuiteSaveArgs {
-    /// The suite file to write (replaced if it exists).
+    /// The suite file to write (replaced if it exists); `-` writes to stdout.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
 
@@ -409,6 +409,11 @@ pub struct SuiteSaveArgs {
     /// token, secret, signature or key (by default they read REDACTED).
     #[arg(long)]
     pub include_secrets: bool,
+
+    /// Say what was written as one JSON object (`path`, `count`, `redacted`) instead of a
+    /// sentence; on stderr when the suite itself goes to stdout (`-`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `illumitunnel replay`.
@@ -456,11 +461,11 @@ pub struct ReplayArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("format").required(true).args(["har", "jsonl"])))]
 pub struct ExportArgs {
-    /// Write a HAR 1.2 file (opens in browser devtools and HTTP tools).
+    /// Write a HAR 1.2 file (opens in browser devtools and HTTP tools); `-` writes to stdout.
     #[arg(long, value_name = "FILE")]
     pub har: Option<PathBuf>,
 
-    /// Write one delivery a line, as show --json prints it.
+    /// Write one delivery a line, as show --json prints it; `-` writes to stdout.
     #[arg(long, value_name = "FILE")]
     pub jsonl: Option<PathBuf>,
 
@@ -476,6 +481,11 @@ pub struct ExportArgs {
     /// token, secret, signature or key (by default they read REDACTED).
     #[arg(long)]
     pub include_secrets: bool,
+
+    /// Say what was written as one JSON object (`path`, `format`, `count`, `redacted`) instead
+    /// of a sentence; on stderr when the export itself goes to stdout (`-`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `illumitunnel webhooks`.

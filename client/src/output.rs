@@ -15,6 +15,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::status::{ConnectionState, ListenEvent, StoreHealth};
 
+pub mod format;
+
+use self::format::{fit, latency, marks};
+
 /// Converts delivery times to the user's local time. The offset is read once at start-up,
 /// while the process is still single-threaded (the only time the platform allows reading it).
 #[derive(Debug, Clone, Copy)]
@@ -41,11 +45,25 @@ impl LocalClock {
         LocalClock { offset }
     }
 
-    fn time_of_day(&self, ms: i64) -> String {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+    fn local(&self, ms: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-            .to_offset(self.offset);
+            .to_offset(self.offset)
+    }
+
+    fn time_of_day(&self, ms: i64) -> String {
+        let t = self.local(ms);
         format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
+    }
+
+    /// `14:30:00` when `ms` falls on the local day of `today_ms`, else `2026-12-06 14:30:00`.
+    fn when(&self, ms: i64, today_ms: i64) -> String {
+        let t = self.local(ms);
+        if t.date() == self.local(today_ms).date() {
+            self.time_of_day(ms)
+        } else {
+            format!("{} {}", t.date(), self.time_of_day(ms))
+        }
     }
 }
 
@@ -58,41 +76,57 @@ pub enum Format {
     Json,
 }
 
-/// One delivery as a line:
-/// `14:30:00  ticket.created      tkt_xyz789   POST /webhooks/illumichat  200  12ms`,
-/// then markers (`dup`, `replay of ID`, `skipped`, `queued`) and the error, if any.
-pub fn line(d: &Delivery, clock: &LocalClock) -> String {
-    let event = escape(d.event.as_deref().unwrap_or("-"));
-    let resource = escape(d.resource_id.as_deref().unwrap_or("-"));
-    let path = shown_path(d);
-    let path = escape(&path);
-    let status = match (d.status(), d.skipped) {
+/// Width of the event column: the longest IllumiChat event type, `chat.message.created`.
+const EVENT_WIDTH: usize = 20;
+/// Width of the resource column in `events`.
+const RESOURCE_WIDTH: usize = 16;
+/// Width of the request column (`POST /webhooks/illumichat`) in `events`.
+const REQUEST_WIDTH: usize = 28;
+
+/// The status cell: the local answer's status, `---` for a skipped delivery, `ERR` for none.
+fn status_text(d: &Delivery) -> String {
+    match (d.status(), d.skipped) {
         (Some(s), _) => s.to_string(),
         (None, true) => "---".to_string(),
         (None, false) => "ERR".to_string(),
-    };
-    let mut out = format!(
-        "{}  {event:<18}  {resource:<12} {} {path}  {status}  {}",
-        clock.time_of_day(d.received_at_ms),
-        escape(&d.request.method),
-        format_duration(d.duration_us),
-    );
-    if d.duplicate {
-        out.push_str("  dup");
     }
+}
+
+/// What follows the marks: the link of a replay or retry (`replay of ID`) and the error.
+fn tail(d: &Delivery) -> String {
+    let mut out = String::new();
     if let Some(original) = &d.replay_of {
         out.push_str(&format!("  {} {original}", replay_word(d)));
-    }
-    if d.skipped {
-        out.push_str("  skipped");
-    }
-    if d.queued {
-        out.push_str("  queued");
     }
     if let Some(err) = &d.error {
         out.push_str("  ");
         out.push_str(&escape(err));
     }
+    out
+}
+
+/// One delivery as a line:
+/// `14:30:00  ticket.created        tkt_xyz789   POST /webhooks/illumichat  200  12ms`,
+/// then the marks (`format::marks`), the link of a replay or retry and the error, if any. The
+/// event column is as wide as the longest event type; values are shown whole (a log keeps them).
+pub fn line(d: &Delivery, clock: &LocalClock) -> String {
+    let event = escape(d.event.as_deref().unwrap_or("-"));
+    let resource = escape(d.resource_id.as_deref().unwrap_or("-"));
+    let path = shown_path(d);
+    let path = escape(&path);
+    let mut out = format!(
+        "{}  {event:<EVENT_WIDTH$}  {resource:<12} {} {path}  {}  {}",
+        clock.time_of_day(d.received_at_ms),
+        escape(&d.request.method),
+        status_text(d),
+        latency(d.duration_us),
+    );
+    let marks = marks(d);
+    if !marks.is_empty() {
+        out.push_str("  ");
+        out.push_str(&marks.join(" "));
+    }
+    out.push_str(&tail(d));
     out
 }
 
@@ -103,16 +137,6 @@ pub fn replay_word(d: &Delivery) -> &'static str {
         "retry of"
     } else {
         "replay of"
-    }
-}
-
-/// `12ms`, or `0.4ms` below ten milliseconds.
-fn format_duration(us: i64) -> String {
-    let ms = us as f64 / 1000.0;
-    if ms < 10.0 {
-        format!("{ms:.1}ms")
-    } else {
-        format!("{}ms", ms.round() as i64)
     }
 }
 
@@ -142,21 +166,65 @@ pub fn write_delivery(
     }
 }
 
-/// The `events` listing: like [`line`], with the id in front so `show` can be called with it.
+/// The `events` listing. Lines: a header row, then one row a delivery in fixed columns (id,
+/// time, or date and time when not on the local day of `now_ms`, event, resource, request,
+/// status, latency, marks), values wider than their column cut with `…`, then the link of a
+/// replay or retry and the error. JSON: `Delivery::summary_json`, one object a line.
 pub fn write_listing(
     out: &mut impl Write,
     deliveries: &[Delivery],
     format: Format,
     clock: &LocalClock,
+    now_ms: i64,
 ) -> io::Result<()> {
-    for d in deliveries {
-        match format {
-            Format::Lines => writeln!(out, "{}  {}", d.id, line(d, clock))?,
-            Format::Json => {
-                d.write_summary_json(&mut *out)?;
-                writeln!(out)?
-            }
+    if format == Format::Json {
+        for d in deliveries {
+            d.write_summary_json(&mut *out)?;
+            writeln!(out)?;
         }
+        return out.flush();
+    }
+    let whens: Vec<String> = deliveries
+        .iter()
+        .map(|d| clock.when(d.received_at_ms, now_ms))
+        .collect();
+    let when_width = whens.iter().map(String::len).max().unwrap_or(0).max(4);
+    let id_width = deliveries
+        .iter()
+        .map(|d| d.id.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let row = |cells: [&str; 8]| {
+        format!(
+            "{}  {}  {}  {}  {}  {}  {:>7}  {}",
+            fit(cells[0], id_width),
+            fit(cells[1], when_width),
+            fit(cells[2], EVENT_WIDTH),
+            fit(cells[3], RESOURCE_WIDTH),
+            fit(cells[4], REQUEST_WIDTH),
+            fit(cells[5], 6),
+            cells[6],
+            cells[7]
+        )
+    };
+    let header = row([
+        "ID", "TIME", "EVENT", "RESOURCE", "REQUEST", "STATUS", "LATENCY", "MARKS",
+    ]);
+    writeln!(out, "{}", header.trim_end())?;
+    for (d, when) in deliveries.iter().zip(&whens) {
+        let request = format!("{} {}", d.request.method, shown_path(d));
+        let line = row([
+            d.id.as_str(),
+            when,
+            &escape(d.event.as_deref().unwrap_or("-")),
+            &escape(d.resource_id.as_deref().unwrap_or("-")),
+            &escape(&request),
+            &status_text(d),
+            &latency(d.duration_us),
+            &marks(d).join(" "),
+        ]);
+        writeln!(out, "{}{}", line.trim_end(), tail(d))?;
     }
     out.flush()
 }
@@ -174,6 +242,9 @@ pub fn write_detail(out: &mut impl Write, d: &Delivery, json: bool) -> io::Resul
     s += &field("event", &escape(d.event.as_deref().unwrap_or("-")));
     s += &field("resource", &escape(d.resource_id.as_deref().unwrap_or("-")));
     let mut flags = vec![d.source.as_str().to_string()];
+    if let Some(n) = d.retry {
+        flags.push(format!("retry {n}"));
+    }
     if d.duplicate {
         flags.push("duplicate".into());
     }
@@ -191,12 +262,8 @@ pub fn write_detail(out: &mut impl Write, d: &Delivery, json: bool) -> io::Resul
         s += &field("forwarded to", &escape(&d.target));
     }
     let outcome = match (&d.response, &d.error) {
-        (Some(r), _) => format!("{} in {}", r.status, format_duration(d.duration_us)),
-        (None, Some(e)) => format!(
-            "failed after {}: {}",
-            format_duration(d.duration_us),
-            escape(e)
-        ),
+        (Some(r), _) => format!("{} in {}", r.status, latency(d.duration_us)),
+        (None, Some(e)) => format!("failed after {}: {}", latency(d.duration_us), escape(e)),
         (None, None) => "no answer".to_string(),
     };
     s += &field("outcome", &outcome);

@@ -9,7 +9,7 @@ use crate::headers::decode_blob;
 
 /// The `deliveries` columns, in the order [`read_row`] reads them.
 pub(super) const COLUMNS: &str = "seq, id, received_at_ms, tunnel, source, replay_of, queued, event, resource_id, dedup_key, \
-     duplicate, skipped, target, method, path, query, req_headers, req_body, status, resp_headers, resp_body, error, duration_us";
+     duplicate, skipped, target, method, path, query, req_headers, req_body, status, resp_headers, resp_body, error, duration_us, retry";
 
 /// Bodies above this go in through incremental blob I/O.
 pub(super) const LARGE_BODY: usize = 256 * 1024;
@@ -117,5 +117,50 @@ pub(super) fn read_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
         response,
         error: r.get(21)?,
         duration_us: r.get(22)?,
+        retry: r.get(23)?,
+    })
+}
+
+/// An earlier delivery with the same dedup key, as much of it as tells a retry from a duplicate.
+struct Attempt {
+    /// The local answer's status, if any.
+    pub status: Option<u16>,
+    /// Whether `--events` skipped it (answered 200 without forwarding).
+    pub skipped: bool,
+    /// How long the answer took.
+    pub duration_us: i64,
+}
+
+impl Attempt {
+    /// Whether IllumiChat would count it delivered: skipped (answered 200 at once), or a 2xx
+    /// within its timeout. Anything else, IllumiChat retries.
+    fn delivered(&self) -> bool {
+        let in_time = self.duration_us <= crate::event::SENDER_TIMEOUT.as_micros() as i64;
+        self.skipped || (self.status.is_some_and(|s| (200..300).contains(&s)) && in_time)
+    }
+}
+
+/// `(duplicate, retry)` for a delivery with dedup key `key`, from the earlier non-replay
+/// deliveries `earlier` (a statement taking the key) finds, oldest first: none, a first attempt;
+/// one delivered, a true duplicate; all failed, IllumiChat's retry number (how many there were).
+pub(super) fn repeat_of(
+    earlier: &mut rusqlite::CachedStatement<'_>,
+    key: &str,
+) -> rusqlite::Result<(bool, Option<u32>)> {
+    let attempts: Vec<Attempt> = earlier
+        .query_map([key], |r| {
+            Ok(Attempt {
+                status: r.get(0)?,
+                skipped: r.get(1)?,
+                duration_us: r.get(2)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(if attempts.is_empty() {
+        (false, None)
+    } else if attempts.iter().any(Attempt::delivered) {
+        (true, None)
+    } else {
+        (false, Some(attempts.len().min(u32::MAX as usize) as u32))
     })
 }

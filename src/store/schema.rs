@@ -39,4 +39,7 @@ pub const MIGRATIONS: &[&str] = &[
         data BLOB NOT NULL,
         PRIMARY KEY (seq, part)
     );",
+    // 3: IllumiChat's retry number, so a retry (every earlier attempt failed) is told apart
+    // from a true duplicate (an earlier one was delivered). Older rows read NULL.
+    "ALTER TABLE deliveries ADD COLUMN retry INTEGER;",
 ];

@@ -325,3 +325,52 @@ fn a_durable_commit_runs_at_synchronous_full_and_the_others_at_normal() {
     assert_eq!(synchronous(&store), NORMAL);
     store.sync().unwrap();
 }
+
+#[test]
+fn retries_after_failures_are_numbered_and_a_repeat_of_a_delivered_one_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+    let failed = |id: &str, status: Option<u16>| {
+        let mut d = delivery(id, TICKET);
+        d.response = status.map(|status| ResponseRecord {
+            status,
+            headers: vec![],
+            body: Bytes::new(),
+        });
+        if status.is_none() {
+            d.error = Some("connection refused".into());
+        }
+        d
+    };
+    let mut slow = delivery("r4", TICKET);
+    slow.duration_us = 15_000_000;
+    let mut batch = vec![
+        failed("r1", Some(500)),
+        failed("r2", None),
+        delivery("r3", TICKET),
+    ];
+    batch[2].response.as_mut().unwrap().status = 503;
+    store.insert_batch(&mut batch).unwrap();
+    let mut later = vec![slow, delivery("r5", TICKET), delivery("r6", TICKET)];
+    store.insert_batch(&mut later).unwrap();
+    let marks: Vec<(bool, Option<u32>)> = batch
+        .iter()
+        .chain(&later)
+        .map(|d| (d.duplicate, d.retry))
+        .collect();
+    assert_eq!(
+        marks,
+        vec![
+            (false, None),
+            (false, Some(1)),
+            (false, Some(2)),
+            // Answered 200, but after IllumiChat's 10 s: still a failure it retries.
+            (false, Some(3)),
+            (false, Some(4)),
+            // r5 was delivered: what comes after is a true duplicate.
+            (true, None),
+        ]
+    );
+    assert_eq!(store.get("r3").unwrap().unwrap().retry, Some(2));
+    assert!(store.get("r6").unwrap().unwrap().duplicate);
+}

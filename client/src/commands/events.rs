@@ -45,5 +45,6 @@ pub fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &deliveries,
         format,
         &ctx.clock,
+        illumitunnel::now_ms(),
     ))
 }

@@ -8,7 +8,8 @@ use illumitunnel::store::{CaptureStore, Filter};
 use illumitunnel::suite::Case;
 use illumitunnel::Delivery;
 
-use super::{parse_event_type, since_ms, write_private, written_summary, Ctx};
+use super::export::{report_written, shown_path, write_target, Written};
+use super::{parse_event_type, since_ms, written_summary, Ctx};
 use crate::cli::{SuiteAction, SuiteArgs};
 use crate::usage::UsageError;
 
@@ -55,12 +56,29 @@ pub fn run(args: SuiteArgs, ctx: &Ctx) -> anyhow::Result<()> {
         text.push('\n');
     }
     let path = &args.file;
-    write_private(path, &text)?;
+    write_target(path, &text)?;
+    if args.json {
+        return report_written(&Written {
+            path,
+            format: None,
+            count: deliveries.len(),
+            redacted,
+        });
+    }
     let (summary, shown) = written_summary(deliveries.len(), redacted);
+    let run_with = if super::export::is_stdio(path) {
+        "save it to a file and run it".to_string()
+    } else {
+        "run them".to_string()
+    };
     eprintln!(
-        "saved {summary} to {}{shown}; run them with illumitunnel test --suite {} --forward-to URL",
-        path.display(),
-        path.display()
+        "saved {summary} to {}{shown}; {run_with} with illumitunnel test --suite {} --forward-to URL",
+        shown_path(path),
+        if super::export::is_stdio(path) {
+            "FILE".to_string()
+        } else {
+            path.display().to_string()
+        }
     );
     Ok(())
 }

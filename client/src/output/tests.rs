@@ -35,7 +35,7 @@ fn line_matches_the_spec_format() {
     let utc = LocalClock::fixed(UtcOffset::UTC);
     assert_eq!(
         line(&delivery(), &utc),
-        "14:30:00  ticket.created      tkt_xyz789   POST /webhooks/illumichat  200  12ms"
+        "14:30:00  ticket.created        tkt_xyz789   POST /webhooks/illumichat  200  12ms"
     );
     let plus2 = LocalClock::fixed(UtcOffset::from_hms(2, 0, 0).unwrap());
     assert!(line(&delivery(), &plus2).starts_with("16:30:00  "));
@@ -49,7 +49,10 @@ fn line_shows_markers_and_errors() {
     d.replay_of = DeliveryId::parse("abc");
     d.duration_us = 400;
     let l = line(&d, &LocalClock::fixed(UtcOffset::UTC));
-    assert!(l.ends_with("200  0.4ms  dup  replay of abc  queued"), "{l}");
+    assert!(
+        l.ends_with("200  0.4ms  replay dup queued  replay of abc"),
+        "{l}"
+    );
 
     let mut d = delivery();
     d.response = None;
@@ -76,7 +79,7 @@ fn line_without_envelope_and_with_control_characters() {
     d.duration_us = 1_000;
     let l = line(&d, &LocalClock::fixed(UtcOffset::UTC));
     assert!(
-        l.starts_with("00:00:00  -                   -            GET /x^[[2J  ERR"),
+        l.starts_with("00:00:00  -                     -            GET /x^[[2J  ERR"),
         "{l}"
     );
     assert!(!l.contains('\u{1b}'));
@@ -116,10 +119,21 @@ fn line_and_detail_escape_what_the_inspector_escapes() {
         std::slice::from_ref(&d),
         Format::Lines,
         &LocalClock::fixed(UtcOffset::UTC),
+        0,
     )
     .unwrap();
     let listing = String::from_utf8(listing).unwrap();
-    assert_eq!(listing.lines().count(), 1, "{listing}");
+    assert_eq!(
+        listing.lines().count(),
+        2,
+        "a header and one row: {listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .all(|l| !l.chars().any(illumitunnel::escape::is_unsafe)),
+        "{listing:?}"
+    );
 
     let mut detail = Vec::new();
     write_detail(&mut detail, &d, false).unwrap();
@@ -145,7 +159,14 @@ fn json_output_is_valid_exact_and_terminal_safe() {
     let mut summary = Vec::new();
     write_delivery(&mut summary, &d, Format::Json, &clock).unwrap();
     let mut listing = Vec::new();
-    write_listing(&mut listing, std::slice::from_ref(&d), Format::Json, &clock).unwrap();
+    write_listing(
+        &mut listing,
+        std::slice::from_ref(&d),
+        Format::Json,
+        &clock,
+        0,
+    )
+    .unwrap();
     let mut detail = Vec::new();
     write_detail(&mut detail, &d, true).unwrap();
     for (text, want) in [
@@ -306,5 +327,53 @@ fn store_health_lines_say_what_failed_and_when_it_recovers() {
     assert_eq!(
         store_line(&StoreHealth::Recovered),
         "capture store recovered: deliveries are recorded again"
+    );
+}
+
+/// Rows of `events` for `deliveries` listed at `now_ms`, UTC.
+fn listing(deliveries: &[Delivery], now_ms: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    write_listing(
+        &mut out,
+        deliveries,
+        Format::Lines,
+        &LocalClock::fixed(UtcOffset::UTC),
+        now_ms,
+    )
+    .unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn events_listing_has_a_header_fixed_columns_dates_and_marks() {
+    let mut chat = delivery();
+    chat.event = Some("chat.message.created".into());
+    chat.resource_id = Some("msg_0123456789abcdef".into());
+    chat.duration_us = 15_004_000;
+    chat.source = Source::Trigger;
+    chat.retry = Some(2);
+    let mut dup = delivery();
+    dup.duplicate = true;
+    dup.duration_us = 312_000;
+    // The day before, at 23:59:59 UTC.
+    dup.received_at_ms = 1_749_945_599_000;
+    let rows = listing(&[chat.clone(), dup], 1_749_997_800_000 + 60_000);
+    assert_eq!(
+        rows,
+        vec![
+            "ID                TIME                 EVENT                 RESOURCE          REQUEST                       STATUS  LATENCY  MARKS",
+            "0192a3b4c5d6e7f8  14:30:00             chat.message.created  msg_0123456789a…  POST /webhooks/illumichat     200       15.0s  trigger retry 2",
+            "0192a3b4c5d6e7f8  2025-06-14 23:59:59  ticket.created        tkt_xyz789        POST /webhooks/illumichat     200       312ms  dup",
+        ]
+    );
+    // Only today: the time column is the time alone.
+    let rows = listing(&[chat], 1_749_997_800_000);
+    assert!(
+        rows[1].starts_with("0192a3b4c5d6e7f8  14:30:00  chat.message.created  "),
+        "{rows:?}"
     );
 }

@@ -7,6 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 use ratatui::Frame;
 
+pub use crate::output::format::latency;
 use crate::tui::app::state::App;
 use crate::tui::text::{ellipsize, escape};
 
@@ -219,18 +220,6 @@ pub fn status_cell(d: &Delivery) -> (String, Style) {
             };
             (s.to_string(), Style::new().fg(color))
         }
-    }
-}
-
-/// A duration in µs as a short human figure.
-pub fn latency(us: i64) -> String {
-    let ms = us as f64 / 1000.0;
-    if ms < 10.0 {
-        format!("{ms:.1}ms")
-    } else if ms < 1000.0 {
-        format!("{ms:.0}ms")
-    } else {
-        format!("{:.1}s", ms / 1000.0)
     }
 }
 
