@@ -528,3 +528,19 @@ fn everything_a_relay_sends_is_escaped_in_the_inspector() {
     let text = screen(&draw(&app, (160, 40)));
     assert!(text.contains("no^[]0;owned^G"), "{text}");
 }
+
+#[test]
+fn a_retry_reads_retry_n_in_the_list_as_in_events() {
+    // Same event and resource: one dedup key. A failed answer, then a retry that is answered,
+    // then a repeat of a delivered one.
+    let failed = delivery(1, "ticket.created", "tkt_1", Some(500));
+    let mut retried = delivery(2, "ticket.created", "tkt_1", Some(200));
+    let mut repeated = delivery(3, "ticket.created", "tkt_1", Some(200));
+    retried.dedup_key = failed.dedup_key.clone();
+    repeated.dedup_key = failed.dedup_key.clone();
+    let (_dir, store) = store_with(vec![failed, retried, repeated]);
+    let app = loaded_app(&store, (160, 40), NOW).expect("app");
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(text.contains("retry 1"), "{text}");
+    assert!(text.contains("dup"), "{text}");
+}

@@ -24,8 +24,8 @@ const KEYS: &[(&str, &str)] = &[
     ("q  ctrl-c", "stop (waits for deliveries); twice: quit now"),
 ];
 
-const MARKS: &str = "marks: dup = same dedup key seen before · replay · trigger = sent by \
-    `illumitunnel trigger` · skipped by --events · queued while offline";
+const MARKS: &str = "marks: retry N = Nth try after failed answers · dup = already \
+    delivered · replay · trigger · skipped by --events · queued while offline";
 
 /// Draws the help box centred in `area`.
 pub fn render(frame: &mut Frame, area: Rect) {

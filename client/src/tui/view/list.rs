@@ -224,22 +224,8 @@ pub fn status_cell(d: &Delivery) -> (String, Style) {
 }
 
 fn markers(d: &Delivery, wide: bool) -> String {
-    let mut marks = Vec::new();
-    if d.replay_of.is_some() || d.source == illumitunnel::delivery::Source::Replay {
-        marks.push("replay");
-    }
-    if d.source == illumitunnel::delivery::Source::Trigger {
-        marks.push("trigger");
-    }
-    if d.duplicate {
-        marks.push("dup");
-    }
-    if d.skipped {
-        marks.push("skipped");
-    }
-    if d.queued {
-        marks.push("queued");
-    }
+    // The same marks, in the same order, as `events` prints.
+    let marks = crate::output::format::marks(d);
     if !wide && marks.len() > 1 {
         return format!("{}+{}", marks[0], marks.len() - 1);
     }
