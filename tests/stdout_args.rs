@@ -152,3 +152,58 @@ fn json_says_what_was_written() {
         "{out:?}"
     );
 }
+
+/// Runs the client with `input` on its stdin; returns exit code, stdout and stderr.
+fn run_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut cmd = command("illumitunnel", dir);
+    cmd.current_dir(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_dash_reads_a_suite_and_a_trigger_payload_from_stdin() {
+    let dir = temp_dir();
+    let store = dir.path().join("captures.db");
+    fill(&store);
+    let suite = run(dir.path(), &store, &["suite", "save", "-", "--last", "2"]);
+    assert_eq!(suite.code(), 0, "{suite:?}");
+
+    // Nobody listens on the handler's port: both cases are read from stdin and fail (exit 1).
+    let handler = format!("http://127.0.0.1:{}", support::closed_port());
+    let args = ["test", "--suite", "-", "--forward-to", &handler, "--json"];
+    let (code, stdout, stderr) = run_with_stdin(dir.path(), &args, suite.stdout.as_bytes());
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(
+        json_lines(&stdout).len(),
+        2,
+        "one result per case: {stdout}"
+    );
+    assert!(!dir.path().join("-").exists());
+
+    // A payload that is not JSON is named as coming from stdin (exit 2); a valid one is sent.
+    let url = format!("{handler}/hook");
+    let trigger = ["trigger", "ticket.created", "--file", "-", "--url", &url];
+    let (code, _, stderr) = run_with_stdin(dir.path(), &trigger, b"not json");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--file stdin is not valid JSON"),
+        "{stderr}"
+    );
+    let payload = br#"{"event":"ticket.created","data":{"id":"tkt_stdin"}}"#;
+    let (code, _, stderr) = run_with_stdin(dir.path(), &trigger, payload);
+    assert_eq!(code, 1, "read, sent, refused by the closed port: {stderr}");
+    assert!(!stderr.contains("--file"), "{stderr}");
+}

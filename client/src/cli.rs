@@ -275,7 +275,7 @@ pub struct TriggerArgs {
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
 
-    /// Send this JSON file instead of the sample (--set still applies).
+    /// Send this JSON file instead of the sample (--set still applies); `-` reads stdin.
     #[arg(long, value_name = "PAYLOAD.json")]
     pub file: Option<PathBuf>,
 
@@ -334,7 +334,7 @@ pub struct TestArgs {
     #[arg(long, value_name = "DURATION", requires = "event", conflicts_with_all = ["ids", "suite"])]
     pub since: Option<String>,
 
-    /// A suite file from `suite save`; needs no capture store and no relay.
+    /// A suite file from `suite save` (`-` reads stdin); needs no capture store and no relay.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["ids", "event"])]
     pub suite: Option<PathBuf>,
 

@@ -239,18 +239,27 @@ fn events_lists_newest_first_with_filter_limit_and_json() {
 
     let out = run(home.path(), &["events", "--store", store]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // A header row, then one fixed-width row per delivery, newest first.
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", out.stdout);
-    assert!(lines[0].starts_with("bbbb0003  "), "{}", lines[0]);
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(lines[0].starts_with("ID  "), "{}", lines[0]);
+    let rows = &lines[1..];
+    assert!(rows[0].starts_with("bbbb0003  "), "{}", rows[0]);
     assert!(
-        lines[1].contains("lead.captured") && lines[1].contains(" 500  12ms"),
+        rows[1].contains("lead.captured") && rows[1].contains(" 500 ") && rows[1].contains("12ms"),
         "{}",
-        lines[1]
+        rows[1]
     );
     assert!(
-        lines[2].contains("ticket.created      res_aaaa0001"),
+        rows[2].contains("ticket.created") && rows[2].contains("res_aaaa0001"),
         "{}",
-        lines[2]
+        rows[2]
+    );
+    let column = |row: &str, text: &str| row.find(text).expect(text);
+    assert_eq!(
+        column(rows[1], "lead.captured"),
+        column(rows[2], "ticket.created"),
+        "the event column does not drift"
     );
 
     let args = [

@@ -71,6 +71,38 @@ pub fn is_stdio(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
+/// Most bytes read from stdin for `-` (a payload or a suite; files are bounded by their size).
+const MAX_STDIN: u64 = 256 * 1024 * 1024;
+
+/// The bytes of the file at `path`, or of stdin for `-` (at most [`MAX_STDIN`]).
+pub fn read_source(path: &Path) -> std::io::Result<Vec<u8>> {
+    if !is_stdio(path) {
+        return std::fs::read(path);
+    }
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STDIN {
+        return Err(std::io::Error::other(format!(
+            "standard input is over {} MiB",
+            MAX_STDIN / 1024 / 1024
+        )));
+    }
+    Ok(bytes)
+}
+
+/// How a file is named in sentences: its path, or `stdin`/`stdout` for `-`.
+pub fn shown_source(path: &Path) -> String {
+    if is_stdio(path) {
+        "stdin".to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
 /// How a written file is named in sentences: its path, or `stdout` for `-`.
 pub fn shown_path(path: &Path) -> String {
     if is_stdio(path) {

@@ -103,16 +103,20 @@ pub fn run(args: TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 /// The suite's deliveries; an unreadable file or line is a usage error naming it.
 fn read_suite(path: &Path) -> anyhow::Result<Vec<Delivery>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let shown = super::export::shown_source(path);
+    let bytes = super::export::read_source(path).map_err(|e| {
         UsageError(format!(
-            "could not read suite {}: {e}; write one with illumitunnel suite save FILE",
-            path.display()
+            "could not read suite {shown}: {e}; write one with illumitunnel suite save FILE"
+        ))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        UsageError(format!(
+            "suite {shown} is not UTF-8 text; save the suite again with illumitunnel suite save FILE"
         ))
     })?;
     let cases = suite::parse(&text).map_err(|e| {
         UsageError(format!(
-            "suite {} {e}; fix or remove that line, or save the suite again",
-            path.display()
+            "suite {shown} {e}; fix or remove that line, or save the suite again"
         ))
     })?;
     if cases.is_empty() {

@@ -58,16 +58,15 @@ pub fn run(args: TriggerArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 /// The file's bytes, checked to be JSON.
 fn read_payload(path: &Path) -> anyhow::Result<(Bytes, Value)> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let shown = super::export::shown_source(path);
+    let bytes = super::export::read_source(path).map_err(|e| {
         UsageError(format!(
-            "could not read --file {}: {e}; check the path, or leave --file out to send a sample",
-            path.display()
+            "could not read --file {shown}: {e}; check the path, or leave --file out to send a sample"
         ))
     })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         UsageError(format!(
-            "--file {} is not valid JSON: {e}; fix the file or leave --file out to send a sample",
-            path.display()
+            "--file {shown} is not valid JSON: {e}; fix the file or leave --file out to send a sample"
         ))
     })?;
     Ok((Bytes::from(bytes), value))
