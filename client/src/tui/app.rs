@@ -128,7 +128,8 @@ impl App {
                         let status = d
                             .status()
                             .map_or_else(|| "no answer".to_string(), |s| s.to_string());
-                        self.say(format!("replayed {} as {}: {status}", original, d.id));
+                        let to = illumitunnel::escape::escape(&d.target);
+                        self.say(format!("replayed {original} to {to} as {}: {status}", d.id));
                         self.select_seq = Some(d.seq);
                         return self.select_pending();
                     }

@@ -212,6 +212,14 @@ fn replay_selects_the_new_row_when_it_arrives() {
         .unwrap()
         .text
         .contains("0000000000000009: 200"));
+    assert!(
+        app.message
+            .as_ref()
+            .unwrap()
+            .text
+            .contains(&format!(" to {} as ", replay.target)),
+        "the replay says where it went"
+    );
     assert_eq!(app.selected, 0, "not held yet");
     drive(&mut app, &store, listen(replay));
     assert_eq!(app.selected_delivery().map(|d| d.seq), Some(9));
