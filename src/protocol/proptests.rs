@@ -58,16 +58,18 @@ fn refusal() -> impl Strategy<Value = Refusal> {
 
 fn client_message() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
-        (any::<u16>(), text(), text(), any::<bool>()).prop_map(|(v, tunnel, claim_key, observer)| {
-            // Mostly the current version, whose fields all travel.
-            let version = if v % 4 == 0 { v } else { PROTOCOL_VERSION };
-            ClientMessage::Hello {
-                version,
-                tunnel,
-                claim_key,
-                observer,
+        (any::<u16>(), text(), text(), any::<bool>()).prop_map(
+            |(v, tunnel, claim_key, observer)| {
+                // Mostly the current version, whose fields all travel.
+                let version = if v % 4 == 0 { v } else { PROTOCOL_VERSION };
+                ClientMessage::Hello {
+                    version,
+                    tunnel,
+                    claim_key,
+                    observer,
+                }
             }
-        }),
+        ),
         (id(), any::<u16>(), headers(), body(), any::<bool>()).prop_map(
             |(id, status, headers, body, end)| ClientMessage::Response {
                 id,

@@ -137,7 +137,9 @@ async fn a_session_joining_an_empty_queue_goes_live_at_once_and_leaving_makes_it
     let tunnels = tunnels(Arc::default());
     let (handle, _rx) = session(&tunnels);
     let id = handle.id();
-    tunnels.join(&name("shop"), OWNER, handle, false, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, handle, false, Some(0))
+        .unwrap();
     assert_eq!(tunnels.phase("shop"), Some(Phase::Live));
     assert!(matches!(tunnels.route("shop"), Route::Live(s) if s.len() == 1));
     tunnels.leave("shop", id);
@@ -156,7 +158,9 @@ async fn a_push_the_session_did_not_see_makes_it_catch_up_first_then_live() {
     };
     ticket.pushed();
     let (handle, _rx) = session(&tunnels);
-    tunnels.join(&name("shop"), OWNER, handle, false, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, handle, false, Some(0))
+        .unwrap();
     assert_eq!(tunnels.phase("shop"), Some(Phase::CatchingUp));
     assert!(
         matches!(tunnels.route("shop"), Route::Queue(_)),
@@ -175,7 +179,9 @@ async fn a_tunnel_does_not_go_live_while_a_queue_ticket_is_out() {
         panic!("idle tunnels queue");
     };
     let (handle, mut rx) = session(&tunnels);
-    tunnels.join(&name("shop"), OWNER, handle, false, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, handle, false, Some(0))
+        .unwrap();
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
@@ -198,7 +204,9 @@ async fn a_tunnel_does_not_go_live_while_a_queue_ticket_is_out() {
 async fn a_live_tunnel_that_had_to_queue_catches_up_again() {
     let tunnels = tunnels(Arc::default());
     let (handle, _rx) = session(&tunnels);
-    tunnels.join(&name("shop"), OWNER, handle, false, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, handle, false, Some(0))
+        .unwrap();
     assert_eq!(tunnels.phase("shop"), Some(Phase::Live));
     // A delivery whose session vanished is queued again, whatever the phase.
     tunnels.requeue("shop").pushed();
@@ -211,7 +219,9 @@ async fn another_owner_cannot_join_a_held_tunnel_and_released_idle_names_are_for
     let tunnels = tunnels(Arc::default());
     let (first, _rx1) = session(&tunnels);
     let first_id = first.id();
-    tunnels.join(&name("shop"), OWNER, first, false, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, first, false, Some(0))
+        .unwrap();
     let (second, _rx2) = session(&tunnels);
     let stranger = Owner::Token([9; 32]);
     assert_eq!(
@@ -246,12 +256,23 @@ async fn forwarding_sessions_come_first_so_pushes_never_go_to_an_observer() {
         forward_b.id(),
     ];
     let shop = name("shop");
-    tunnels.join(&shop, OWNER, observer_old, true, Some(0)).unwrap();
-    tunnels.join(&shop, OWNER, forward_a, false, Some(0)).unwrap();
-    tunnels.join(&shop, OWNER, observer_new, true, Some(0)).unwrap();
-    tunnels.join(&shop, OWNER, forward_b, false, Some(0)).unwrap();
+    tunnels
+        .join(&shop, OWNER, observer_old, true, Some(0))
+        .unwrap();
+    tunnels
+        .join(&shop, OWNER, forward_a, false, Some(0))
+        .unwrap();
+    tunnels
+        .join(&shop, OWNER, observer_new, true, Some(0))
+        .unwrap();
+    tunnels
+        .join(&shop, OWNER, forward_b, false, Some(0))
+        .unwrap();
     // Forwarding first, connect order within each group.
-    assert_eq!(order(&tunnels, "shop"), vec![ids[1], ids[3], ids[0], ids[2]]);
+    assert_eq!(
+        order(&tunnels, "shop"),
+        vec![ids[1], ids[3], ids[0], ids[2]]
+    );
     let Route::Live(sessions) = tunnels.route("shop") else {
         panic!("a forwarding session on an empty queue is live");
     };
