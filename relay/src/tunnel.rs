@@ -70,8 +70,9 @@ pub enum Phase {
 pub enum Route {
     /// No client ever claimed the tunnel.
     Unknown,
-    /// Straight to these sessions, in connect order (never empty).
-    Live(Arc<[SessionHandle]>),
+    /// Straight to these sessions, forwarding ones first, and how many of them forward (at
+    /// least one): only those take the push, the rest get copies.
+    Live(Arc<[SessionHandle]>, usize),
     /// Into the offline queue, behind the backlog.
     Queue(QueueTicket),
 }
@@ -325,7 +326,7 @@ impl Tunnels {
             return Route::Unknown;
         };
         if t.phase == Phase::Live {
-            return Route::Live(t.sessions.clone());
+            return Route::Live(t.sessions.clone(), t.forwarders);
         }
         t.pushing += 1;
         Route::Queue(QueueTicket::new(self.clone(), tunnel))

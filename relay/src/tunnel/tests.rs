@@ -141,7 +141,7 @@ async fn a_session_joining_an_empty_queue_goes_live_at_once_and_leaving_makes_it
         .join(&name("shop"), OWNER, handle, false, Some(0))
         .unwrap();
     assert_eq!(tunnels.phase("shop"), Some(Phase::Live));
-    assert!(matches!(tunnels.route("shop"), Route::Live(s) if s.len() == 1));
+    assert!(matches!(tunnels.route("shop"), Route::Live(s, 1) if s.len() == 1));
     tunnels.leave("shop", id);
     assert_eq!(tunnels.phase("shop"), Some(Phase::Idle));
     assert!(tunnels.is_known("shop"), "the name stays known");
@@ -273,7 +273,7 @@ async fn forwarding_sessions_come_first_so_pushes_never_go_to_an_observer() {
         order(&tunnels, "shop"),
         vec![ids[1], ids[3], ids[0], ids[2]]
     );
-    let Route::Live(sessions) = tunnels.route("shop") else {
+    let Route::Live(sessions, 2) = tunnels.route("shop") else {
         panic!("a forwarding session on an empty queue is live");
     };
     assert_eq!(sessions[0].id(), ids[1], "the oldest forwarder answers");
