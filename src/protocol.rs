@@ -20,7 +20,7 @@ pub(crate) use wire::{put_headers, Reader};
 pub use wire::{DecodeError, MAX_CHUNK, MAX_HEAD, MAX_MESSAGE};
 
 /// Version the client sends in [`ClientMessage::Hello`]; the relay refuses any other.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Path the relay serves the client websocket on.
 pub const CONNECT_PATH: &str = "/_illumitunnel/connect";
@@ -36,6 +36,9 @@ pub enum ClientMessage {
         tunnel: String,
         /// The claim key an anonymous relay gave this client for `tunnel` (empty: none).
         claim_key: String,
+        /// Whether this session only observes (`listen --fan-out`): it gets copies of
+        /// deliveries, never the push whose answer goes to the sender.
+        observer: bool,
     },
     /// The local server's status and headers, with the first body slice.
     Response {
@@ -215,11 +218,13 @@ impl ClientMessage {
                 version,
                 tunnel,
                 claim_key,
+                observer,
             } => {
                 out.push(C_HELLO);
                 out.extend_from_slice(&version.to_be_bytes());
                 put_str(&mut out, tunnel);
                 put_str(&mut out, claim_key);
+                out.push(u8::from(*observer));
             }
             ClientMessage::Response {
                 id,
@@ -278,12 +283,14 @@ impl ClientMessage {
                         version,
                         tunnel: String::new(),
                         claim_key: String::new(),
+                        observer: false,
                     });
                 }
                 ClientMessage::Hello {
                     version,
                     tunnel: r.str("tunnel")?,
                     claim_key: r.str("claim_key")?,
+                    observer: r.bool()?,
                 }
             }
             C_RESPONSE => ClientMessage::Response {

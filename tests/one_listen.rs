@@ -1,13 +1,14 @@
 //! End to end for one `listen` per tunnel per machine: a second `listen` of a tunnel in the
 //! same home exits 2 naming the first, `--fan-out` records without forwarding, the record
-//! `trigger` reads belongs to the forwarding `listen`, and the embedded relay's port is
+//! `trigger` reads belongs to the forwarding `listen`, a `--fan-out` observer never answers a
+//! sender (even when it is the tunnel's oldest session), and the embedded relay's port is
 //! `--relay-port` / `ILLUMITUNNEL_PORT`, a taken one exiting 2.
 
 mod support;
 
 use support::sender::Request;
-use support::target::Target;
-use support::{command, runtime, ChildGuard, Listen, Relay, Stream};
+use support::target::{Reply, Target};
+use support::{command, runtime, wait_for_metric, ChildGuard, Listen, Relay, Stream};
 
 const FORWARD_PATH: &str = "/hooks";
 
@@ -130,6 +131,89 @@ fn a_fan_out_listen_records_every_delivery_and_the_handler_gets_each_once() {
     let out = first.client(&["trigger", "ticket.created"]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(target.wait_for_requests(5).len(), 5);
+}
+
+/// A handler whose answer no observer could give: 201 and its own body.
+fn handler_a(rt: &tokio::runtime::Runtime) -> Target {
+    Target::start(rt, |_| Reply::status(201).body("handler A"))
+}
+
+/// Starts a `--fan-out` observer of `tunnel` beside `first` and waits until it is connected.
+fn observer(first: &Listen, relay: &str, forward_to: &str, tunnel: &str) -> ChildGuard {
+    let observer = ChildGuard::spawn(second_listen(
+        first,
+        relay,
+        forward_to,
+        tunnel,
+        &["--fan-out"],
+    ));
+    observer.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+    observer
+}
+
+#[test]
+fn a_fan_out_observer_older_than_the_forwarding_listen_never_answers_the_sender() {
+    let rt = runtime();
+    let target = handler_a(&rt);
+    let relay = Relay::http(&[]);
+    let forward_to = target.url(FORWARD_PATH);
+    let mut first = Listen::start(Some(&relay.url), &forward_to, "observed", &[]);
+    let observer = observer(&first, &relay.url, &forward_to, "observed");
+    // The forwarding listen restarts: the observer is now the tunnel's oldest session.
+    first.respawn(Some(&relay.url), &forward_to, "observed", &["--json"]);
+    first.wait_connected();
+    wait_for_metric(&rt, &relay, "illumitunnel_sessions 2");
+
+    let answer = Request::post(&first.url)
+        .header("content-type", "application/json")
+        .body(r#"{"event":"ticket.created","data":{"id":"tkt_older"}}"#)
+        .send(&rt);
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (201, "handler A"),
+        "the sender gets the forwarding listen's handler, not the observer"
+    );
+    let got = target.wait_for_requests(1);
+    assert_eq!(got.len(), 1, "the handler got it once");
+    assert!(String::from_utf8_lossy(&got[0].body).contains("tkt_older"));
+    assert_eq!(first.deliveries(1).len(), 1);
+    // The observer shows it too.
+    let seen = observer.wait_for_line(Stream::Stdout, |l| l.contains("tkt_older"));
+    assert!(seen.starts_with('{'), "{seen}");
+    assert_eq!(target.requests().len(), 1, "the observer forwarded too");
+}
+
+#[test]
+fn with_only_an_observer_connected_deliveries_queue_for_the_forwarding_listen() {
+    let rt = runtime();
+    let target = handler_a(&rt);
+    let relay = Relay::http(&[]);
+    let forward_to = target.url(FORWARD_PATH);
+    let mut first = Listen::start(Some(&relay.url), &forward_to, "observed-only", &[]);
+    let observer = observer(&first, &relay.url, &forward_to, "observed-only");
+    first.guard.kill_now();
+    wait_for_metric(&rt, &relay, "illumitunnel_sessions 1");
+
+    assert_eq!(
+        post(&rt, &relay.tunnel_url("observed-only"), 7),
+        202,
+        "an observer alone does not answer: the delivery is queued"
+    );
+    assert!(target.requests().is_empty());
+    assert!(
+        !observer.stdout().contains("tkt_7"),
+        "{}",
+        observer.stdout()
+    );
+
+    // The forwarding listen comes back: the queued delivery reaches the handler, once.
+    first.respawn(Some(&relay.url), &forward_to, "observed-only", &["--json"]);
+    first.wait_connected();
+    let got = target.wait_for_requests(1);
+    assert!(String::from_utf8_lossy(&got[0].body).contains("tkt_7"));
+    assert_eq!(first.deliveries(1).len(), 1);
+    wait_for_metric(&rt, &relay, "illumitunnel_sessions 2");
+    assert_eq!(target.requests().len(), 1, "the handler got it once");
 }
 
 #[test]

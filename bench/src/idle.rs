@@ -123,6 +123,7 @@ async fn handshake(relay: SocketAddr, from: SocketAddr, tunnel: &str) -> Result<
         version: PROTOCOL_VERSION,
         tunnel: tunnel.to_string(),
         claim_key: String::new(),
+        observer: false,
     };
     ws.send(Message::Binary(hello.encode())).await?;
     loop {

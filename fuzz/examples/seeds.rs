@@ -33,11 +33,13 @@ fn main() -> std::io::Result<()> {
             version: PROTOCOL_VERSION,
             tunnel: "my-app".into(),
             claim_key: String::new(),
+            observer: false,
         },
         ClientMessage::Hello {
             version: PROTOCOL_VERSION,
             tunnel: "quiet-comet-k3v9x2m4p7qa".into(),
             claim_key: "ck_7f3a9e".into(),
+            observer: false,
         },
         ClientMessage::Response {
             id: id.clone(),

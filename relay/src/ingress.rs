@@ -238,10 +238,10 @@ pub(crate) async fn decide(
     delivery: QueuedDelivery,
 ) -> Result<Answered, IngressError> {
     // Decided once the body is in: a client may have connected (or a backlog formed) meanwhile.
-    let mut sessions = match ctx.tunnels.route(tunnel) {
+    let (mut sessions, mut forwarders) = match ctx.tunnels.route(tunnel) {
         Route::Unknown => return Err(IngressError::UnknownTunnel),
         Route::Queue(ticket) => return offline(ctx, ticket, delivery).await,
-        Route::Live(sessions) => sessions,
+        Route::Live(sessions, forwarders) => (sessions, forwarders),
     };
     if let Some(peers) = &ctx.peers {
         peers.copy_to_others(tunnel, &delivery).await;
@@ -255,7 +255,8 @@ pub(crate) async fn decide(
     let reply = loop {
         attempts += 1;
         let exchanged =
-            tokio::time::timeout_at(deadline, exchange(&sessions, &outgoing, copies)).await;
+            tokio::time::timeout_at(deadline, exchange(&sessions, forwarders, &outgoing, copies))
+                .await;
         match exchanged {
             Err(_) if ctx.shutdown.is_cancelled() => {
                 // The relay is stopping and the answer did not come: keep the delivery.
@@ -276,8 +277,8 @@ pub(crate) async fn decide(
                 // The session vanished before answering; the client may have it already, so
                 // the next one gets it marked as a redelivery (answered from its store).
                 debug!(delivery = %outgoing.id(), "session gone before answering; sending elsewhere");
-                sessions = match ctx.tunnels.route(tunnel) {
-                    Route::Live(s) => s,
+                (sessions, forwarders) = match ctx.tunnels.route(tunnel) {
+                    Route::Live(s, f) => (s, f),
                     Route::Queue(ticket) => return queue_sent(ctx, ticket, &outgoing).await,
                     Route::Unknown => return Err(IngressError::ClientGone(tunnel.to_owned())),
                 };
@@ -359,16 +360,21 @@ enum Exchange {
     Replied(Reply),
 }
 
-/// Sends the delivery to the first session that takes it and, with `copies`, a copy to every
-/// later one, then waits for the answer. Dropping this future (timeout, sender gone) cancels
+/// Sends the delivery to the first of the first `forwarders` sessions that takes it and, with
+/// `copies`, a copy to every later one, then waits for the answer. Dropping this future (timeout, sender gone) cancels
 /// the delivery.
 async fn exchange(
     sessions: &[SessionHandle],
+    forwarders: usize,
     outgoing: &Arc<OutgoingDelivery>,
     copies: bool,
 ) -> Exchange {
     let mut rest = sessions.iter();
     let mut pending = loop {
+        // Only a forwarding session takes the push: an observer never answers the sender.
+        if sessions.len() - rest.len() >= forwarders {
+            return Exchange::NoSession;
+        }
         let Some(session) = rest.next() else {
             return Exchange::NoSession;
         };

@@ -158,10 +158,10 @@ where
 
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let handle = SessionHandle::new(ctx.tunnels.next_session_id(), tx);
-    let empty_after = welcome(&ctx, &name, &handle, claim_key).await;
+    let empty_after = welcome(&ctx, &name, &handle, claim_key, hello.observer).await;
     if ctx
         .tunnels
-        .join(&name, owner, handle.clone(), empty_after)
+        .join(&name, owner, handle.clone(), hello.observer, empty_after)
         .is_err()
     {
         refuse(ws, Refusal::TunnelTaken, taken(&name, client)).await;
@@ -182,12 +182,14 @@ where
 }
 
 /// Queues the `Welcome` (before the session joins, so it precedes every delivery) with what
-/// waits in the queue; returns the push count when the queue was seen empty.
+/// waits in the queue; returns the push count when the queue was seen empty. An observer is
+/// never sent the backlog, so its welcome counts none queued.
 async fn welcome(
     ctx: &SessionContext,
     name: &TunnelName,
     handle: &SessionHandle,
     claim_key: String,
+    observer: bool,
 ) -> Option<u64> {
     let pushes = ctx.tunnels.pushes(name.as_str());
     let (backlog, empty_after) = match ctx.queue.connect(name.as_str()).await {
@@ -199,7 +201,7 @@ async fn welcome(
         }
     };
     // Only a session that finds its tunnel idle gets the backlog.
-    let idle = matches!(ctx.tunnels.phase(name.as_str()), None | Some(Phase::Idle));
+    let idle = !observer && matches!(ctx.tunnels.phase(name.as_str()), None | Some(Phase::Idle));
     let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
     let welcome = RelayMessage::Welcome {
         tunnel: name.to_string(),
@@ -290,6 +292,8 @@ struct Hello {
     version: u16,
     tunnel: String,
     claim_key: String,
+    /// `listen --fan-out`: copies only, never the push or the catch-up.
+    observer: bool,
 }
 
 async fn read_hello<S>(ws: &mut WebSocketStream<S>) -> Option<Hello>
@@ -310,10 +314,12 @@ where
                         version,
                         tunnel,
                         claim_key,
+                        observer,
                     }) => Some(Hello {
                         version,
                         tunnel,
                         claim_key,
+                        observer,
                     }),
                     Ok(_) | Err(_) => {
                         debug!("first message is not a hello");

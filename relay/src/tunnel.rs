@@ -9,12 +9,15 @@
 //!    ▲   (a catch-up task starts)         │  ▲                                        │
 //!    └──── last session leaves ────────┘  └──── a delivery had to be queued ───────┘
 //! ```
-//! - **Idle**: no session. Deliveries are queued (202).
+//! - **Idle**: no forwarding session. Deliveries are queued (202); observers (`listen
+//!   --fan-out`) connected meanwhile see nothing until a forwarding session joins.
 //! - **CatchingUp**: the tunnel's catch-up task sends the offline queue to a session, a window of
-//!   deliveries in flight, each row leaving on the client's `Recorded`; new deliveries are
+//!   deliveries in flight (to a forwarding session, never an observer), each row leaving on the
+//!   client's `Recorded`; new deliveries are
 //!   queued behind the backlog, so the local server sees them in arrival order.
 //! - **Live**: everything queued was sent; deliveries go straight to the sessions (the first
-//!   answers, the others get copies). The client forwards a live delivery that arrives behind
+//!   answers, the others get copies). Sessions are kept forwarding-first (connect order within
+//!   forwarders and within observers), so the first is always a forwarding session. The client forwards a live delivery that arrives behind
 //!   queued ones after them, and concurrently once none is waiting. The catch-up keeps running
 //!   until the client recorded what it sent, and queues again (CatchingUp) if it must send it
 //!   again.
@@ -67,8 +70,9 @@ pub enum Phase {
 pub enum Route {
     /// No client ever claimed the tunnel.
     Unknown,
-    /// Straight to these sessions, in connect order (never empty).
-    Live(Arc<[SessionHandle]>),
+    /// Straight to these sessions, forwarding ones first, and how many of them forward (at
+    /// least one): only those take the push, the rest get copies.
+    Live(Arc<[SessionHandle]>, usize),
     /// Into the offline queue, behind the backlog.
     Queue(QueueTicket),
 }
@@ -79,9 +83,12 @@ pub struct Taken;
 
 struct Tunnel {
     owner: Owner,
+    /// Forwarding sessions first, then observers, each group in connect order.
     sessions: Arc<[SessionHandle]>,
-    /// When the sessions last went from none to one (Unix ms): on a cluster, the node whose
-    /// sessions are oldest is the tunnel's authority.
+    /// How many of `sessions` (the first ones) forward; the rest only observe.
+    forwarders: usize,
+    /// When the forwarding sessions last went from none to one (Unix ms): on a cluster, the
+    /// node whose forwarding sessions are oldest is the tunnel's authority.
     since_ms: u64,
     phase: Phase,
     /// Whether a catch-up task runs for this tunnel (at most one does).
@@ -102,6 +109,7 @@ impl Tunnel {
         Tunnel {
             owner,
             sessions: Arc::from(Vec::new()),
+            forwarders: 0,
             since_ms: 0,
             phase: Phase::Idle,
             catching_up: false,
@@ -181,21 +189,21 @@ impl Tunnels {
         }
     }
 
-    /// Tunnels with a session on this relay, and since when (Unix ms).
+    /// Tunnels with a forwarding session on this relay, and since when (Unix ms).
     pub fn held(&self) -> Vec<(String, u64)> {
         self.lock()
             .iter()
-            .filter(|(_, t)| !t.sessions.is_empty())
+            .filter(|(_, t)| t.forwarders > 0)
             .map(|(name, t)| (name.clone(), t.since_ms))
             .collect()
     }
 
-    /// Notified when a tunnel gains its first session or loses its last.
+    /// Notified when a tunnel gains its first forwarding session or loses its last.
     pub fn held_changed(&self) -> Arc<Notify> {
         self.held_changed.clone()
     }
 
-    /// This relay's sessions of `tunnel`, in connect order.
+    /// This relay's sessions of `tunnel`: forwarding ones first, each group in connect order.
     pub fn sessions(&self, tunnel: &str) -> Arc<[SessionHandle]> {
         self.lock()
             .get(tunnel)
@@ -318,7 +326,7 @@ impl Tunnels {
             return Route::Unknown;
         };
         if t.phase == Phase::Live {
-            return Route::Live(t.sessions.clone());
+            return Route::Live(t.sessions.clone(), t.forwarders);
         }
         t.pushing += 1;
         Route::Queue(QueueTicket::new(self.clone(), tunnel))
@@ -335,15 +343,18 @@ impl Tunnels {
     }
 
     /// Adds `session` to `tunnel`, claiming the name for `owner` (which the database already
-    /// granted it) when it is new. The first
-    /// session of an idle tunnel starts its catch-up, unless the queue was seen empty after
-    /// `empty_after` pushes and none happened since (then the tunnel goes live at once). The
-    /// caller has already queued its `Welcome`, so it precedes every delivery.
+    /// granted it) when it is new. A forwarding session goes after the other forwarding ones
+    /// and before every `observer`, so pushes and the catch-up never go to an observer. The
+    /// first forwarding session of an idle tunnel starts its catch-up, unless the queue was
+    /// seen empty after `empty_after` pushes and none happened since (then the tunnel goes live
+    /// at once); an observer alone leaves the tunnel idle. The caller has already queued its
+    /// `Welcome`, so it precedes every delivery.
     pub fn join(
         self: &Arc<Self>,
         tunnel: &TunnelName,
         owner: Owner,
         session: SessionHandle,
+        observer: bool,
         empty_after: Option<u64>,
     ) -> Result<(), Taken> {
         let mut map = self.lock();
@@ -361,14 +372,21 @@ impl Tunnels {
         t.released = false;
         if t.sessions.is_empty() {
             self.metrics.tunnels_connected.inc();
+        }
+        if !observer && t.forwarders == 0 {
             t.since_ms = illumitunnel::now_ms().max(0) as u64;
             self.held_changed.notify_one();
         }
         let mut sessions = t.sessions.to_vec();
-        sessions.push(session);
+        if observer {
+            sessions.push(session);
+        } else {
+            sessions.insert(t.forwarders, session);
+            t.forwarders += 1;
+        }
         t.sessions = sessions.into();
         self.metrics.sessions.inc();
-        if t.phase == Phase::Idle {
+        if t.phase == Phase::Idle && t.forwarders > 0 {
             if t.pushing == 0 && empty_after == Some(t.pushed) && !t.catching_up {
                 t.phase = Phase::Live;
             } else {
@@ -379,14 +397,22 @@ impl Tunnels {
         Ok(())
     }
 
-    /// Removes a session; the tunnel stays known. The last session leaving makes it idle.
+    /// Removes a session; the tunnel stays known. The last forwarding session leaving makes it
+    /// idle (observers left behind see nothing until a forwarding session joins).
     pub fn leave(&self, tunnel: &str, session_id: u64) {
         let mut map = self.lock();
         let Some(t) = map.get_mut(tunnel) else {
             return;
         };
-        if !t.sessions.iter().any(|s| s.id() == session_id) {
+        let Some(index) = t.sessions.iter().position(|s| s.id() == session_id) else {
             return;
+        };
+        if index < t.forwarders {
+            t.forwarders -= 1;
+            if t.forwarders == 0 {
+                t.phase = Phase::Idle;
+                self.held_changed.notify_one();
+            }
         }
         let sessions: Vec<SessionHandle> = t
             .sessions
@@ -398,8 +424,6 @@ impl Tunnels {
         self.metrics.sessions.dec();
         if t.sessions.is_empty() {
             self.metrics.tunnels_connected.dec();
-            t.phase = Phase::Idle;
-            self.held_changed.notify_one();
         }
         // A catch-up sending to this session moves on to the next one, or stops.
         t.wake.notify_one();
@@ -421,13 +445,15 @@ impl Tunnels {
         self.tracker.spawn(catchup::run(scope).instrument(span));
     }
 
-    /// The session the catch-up sends the backlog to (the first not in `skip`, or the first when
-    /// every one is); `None` stops the catch-up (no session left, or the relay is closing).
+    /// The forwarding session the catch-up sends the backlog to (the first not in `skip`, or
+    /// the first when every one is); never an observer. `None` stops the catch-up (no
+    /// forwarding session left, or the relay is closing).
     fn catch_up_target(&self, tunnel: &str, skip: &[u64]) -> Option<SessionHandle> {
         let mut map = self.lock();
         let t = map.get_mut(tunnel)?;
-        let next = t.sessions.iter().find(|s| !skip.contains(&s.id()));
-        match next.or(t.sessions.first()) {
+        let forwarding = &t.sessions[..t.forwarders.min(t.sessions.len())];
+        let next = forwarding.iter().find(|s| !skip.contains(&s.id()));
+        match next.or(forwarding.first()) {
             Some(session) if t.phase == Phase::CatchingUp && !self.closing.is_cancelled() => {
                 Some(session.clone())
             }

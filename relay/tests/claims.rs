@@ -240,6 +240,7 @@ async fn is_unauthorized(relay: &Relay, token: Option<&str>) -> bool {
         version: PROTOCOL_VERSION,
         tunnel: "anything".into(),
         claim_key: String::new(),
+        observer: false,
     };
     ws.send(Message::Binary(hello.encode())).await.unwrap();
     matches!(

@@ -58,15 +58,18 @@ fn refusal() -> impl Strategy<Value = Refusal> {
 
 fn client_message() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
-        (any::<u16>(), text(), text()).prop_map(|(v, tunnel, claim_key)| {
-            // Mostly the current version, whose fields all travel.
-            let version = if v % 4 == 0 { v } else { PROTOCOL_VERSION };
-            ClientMessage::Hello {
-                version,
-                tunnel,
-                claim_key,
+        (any::<u16>(), text(), text(), any::<bool>()).prop_map(
+            |(v, tunnel, claim_key, observer)| {
+                // Mostly the current version, whose fields all travel.
+                let version = if v % 4 == 0 { v } else { PROTOCOL_VERSION };
+                ClientMessage::Hello {
+                    version,
+                    tunnel,
+                    claim_key,
+                    observer,
+                }
             }
-        }),
+        ),
         (id(), any::<u16>(), headers(), body(), any::<bool>()).prop_map(
             |(id, status, headers, body, end)| ClientMessage::Response {
                 id,
@@ -165,7 +168,7 @@ proptest! {
         let want = match &msg {
             // Another version is decoded only as far as refusing it needs.
             ClientMessage::Hello { version, .. } if *version != PROTOCOL_VERSION => {
-                ClientMessage::Hello { version: *version, tunnel: String::new(), claim_key: String::new() }
+                ClientMessage::Hello { version: *version, tunnel: String::new(), claim_key: String::new(), observer: false }
             }
             _ => msg.clone(),
         };

@@ -63,6 +63,7 @@ fn client_messages_round_trip() {
             version: PROTOCOL_VERSION,
             tunnel: "my-app".into(),
             claim_key: String::new(),
+            observer: true,
         },
         ClientMessage::Response {
             id: id(),
@@ -127,6 +128,7 @@ fn unknown_type_and_wrong_direction_are_rejected() {
         version: PROTOCOL_VERSION,
         tunnel: "abc".into(),
         claim_key: String::new(),
+        observer: false,
     }
     .encode();
     assert_eq!(
@@ -169,6 +171,7 @@ fn wrong_version_decodes_so_the_relay_can_refuse_it() {
             version: 1,
             tunnel: String::new(),
             claim_key: String::new(),
+            observer: false,
         })
     );
     // A future version's hello with fields this side cannot know still names its version.
@@ -178,6 +181,35 @@ fn wrong_version_decodes_so_the_relay_can_refuse_it() {
         ClientMessage::decode(&future),
         Ok(ClientMessage::Hello { version: 99, .. })
     ));
+    // Version 2's hello (no observer flag) is refused by version, not as a truncated message.
+    let mut v2 = vec![C_HELLO, 0, 2];
+    put_str(&mut v2, "my-app");
+    put_str(&mut v2, "");
+    assert!(matches!(
+        ClientMessage::decode(&v2),
+        Ok(ClientMessage::Hello {
+            version: 2,
+            observer: false,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn hello_carries_the_observer_flag_and_nothing_after_it() {
+    let mut hello = ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        tunnel: "my-app".into(),
+        claim_key: String::new(),
+        observer: true,
+    }
+    .encode();
+    assert_eq!(hello.last(), Some(&1));
+    hello.push(0);
+    assert_eq!(
+        ClientMessage::decode(&hello),
+        Err(DecodeError::TrailingBytes)
+    );
 }
 
 #[test]
@@ -202,6 +234,7 @@ fn trailing_bytes_and_bad_values_are_rejected() {
         version: PROTOCOL_VERSION,
         tunnel: "ab".into(),
         claim_key: String::new(),
+        observer: false,
     }
     .encode();
     hello[5] = 0xff;

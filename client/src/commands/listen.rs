@@ -183,6 +183,7 @@ impl Link {
             keepalive: config.keepalive,
             max_body: config.max_body,
             claim_key,
+            observer: config.fan_out,
         }
     }
 

@@ -63,6 +63,8 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
         tls: tls::client_config(trust).map_err(anyhow::Error::msg)?,
         keepalive: DEFAULT_KEEPALIVE,
         max_body: DEFAULT_MAX_BODY,
+        // Only checks the handshake: never the session a sender's delivery is pushed to.
+        observer: true,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -29,4 +29,7 @@ pub struct SessionConfig {
     pub max_body: usize,
     /// The claim key remembered for this tunnel, if any (anonymous relays).
     pub claim_key: String,
+    /// `listen --fan-out`: the relay sends this session copies only, never the push whose
+    /// answer goes to the sender, nor the catch-up.
+    pub observer: bool,
 }

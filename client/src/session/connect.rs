@@ -178,6 +178,7 @@ async fn greet(
         version: PROTOCOL_VERSION,
         tunnel: config.tunnel.to_string(),
         claim_key: claim_key.to_string(),
+        observer: config.observer,
     };
     ws.send(Message::Binary(hello.encode()))
         .await
@@ -347,6 +348,7 @@ mod tests {
             keepalive: std::time::Duration::from_secs(30),
             max_body: 1024,
             claim_key: String::new(),
+            observer: false,
         };
         let (tokenless, with_token) = (config(None), config(Some("alpha")));
         assert_eq!(

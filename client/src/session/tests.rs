@@ -395,6 +395,7 @@ async fn hello_carries_the_kept_claim_key_and_welcome_gives_the_new_one() {
         keepalive: Duration::from_secs(30),
         max_body: 1024,
         claim_key: String::new(),
+        observer: true,
     };
     let Ok((_ws, welcome)) = super::connect::connect(&config, "key-1").await else {
         panic!("not welcomed")
@@ -405,7 +406,7 @@ async fn hello_carries_the_kept_claim_key_and_welcome_gives_the_new_one() {
     );
     let hello = relay.await.unwrap();
     assert!(
-        matches!(&hello, ClientMessage::Hello { claim_key, .. } if claim_key == "key-1"),
+        matches!(&hello, ClientMessage::Hello { claim_key, observer: true, .. } if claim_key == "key-1"),
         "{hello:?}"
     );
 }

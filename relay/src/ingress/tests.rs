@@ -120,3 +120,32 @@ fn answers_drop_hop_by_hop_and_length_and_keep_the_rest() {
     assert!(answer("t", 101, vec![], Bytes::new()).is_err());
     assert!(answer("t", 1000, vec![], Bytes::new()).is_err());
 }
+
+#[tokio::test]
+async fn a_push_never_falls_through_to_an_observer() {
+    let (gone_tx, gone_rx) = tokio::sync::mpsc::channel(8);
+    drop(gone_rx);
+    let forwarder = SessionHandle::new(1, gone_tx);
+    let (observer_tx, mut observer_rx) = tokio::sync::mpsc::channel(8);
+    let observer = SessionHandle::new(2, observer_tx);
+    let outgoing = Arc::new(OutgoingDelivery::new(
+        QueuedDelivery {
+            id: DeliveryId::generate(),
+            received_at_ms: 0,
+            method: "POST".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![],
+            body: Bytes::from_static(b"{}"),
+        },
+        false,
+    ));
+    // The only forwarding session vanished: the delivery is queued, the observer gets nothing.
+    let exchanged = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        exchange(&[forwarder, observer], 1, &outgoing, true),
+    )
+    .await;
+    assert!(matches!(exchanged, Ok(Exchange::NoSession)));
+    assert!(observer_rx.try_recv().is_err());
+}

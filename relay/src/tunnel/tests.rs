@@ -137,9 +137,11 @@ async fn a_session_joining_an_empty_queue_goes_live_at_once_and_leaving_makes_it
     let tunnels = tunnels(Arc::default());
     let (handle, _rx) = session(&tunnels);
     let id = handle.id();
-    tunnels.join(&name("shop"), OWNER, handle, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, handle, false, Some(0))
+        .unwrap();
     assert_eq!(tunnels.phase("shop"), Some(Phase::Live));
-    assert!(matches!(tunnels.route("shop"), Route::Live(s) if s.len() == 1));
+    assert!(matches!(tunnels.route("shop"), Route::Live(s, 1) if s.len() == 1));
     tunnels.leave("shop", id);
     assert_eq!(tunnels.phase("shop"), Some(Phase::Idle));
     assert!(tunnels.is_known("shop"), "the name stays known");
@@ -156,7 +158,9 @@ async fn a_push_the_session_did_not_see_makes_it_catch_up_first_then_live() {
     };
     ticket.pushed();
     let (handle, _rx) = session(&tunnels);
-    tunnels.join(&name("shop"), OWNER, handle, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, handle, false, Some(0))
+        .unwrap();
     assert_eq!(tunnels.phase("shop"), Some(Phase::CatchingUp));
     assert!(
         matches!(tunnels.route("shop"), Route::Queue(_)),
@@ -175,7 +179,9 @@ async fn a_tunnel_does_not_go_live_while_a_queue_ticket_is_out() {
         panic!("idle tunnels queue");
     };
     let (handle, mut rx) = session(&tunnels);
-    tunnels.join(&name("shop"), OWNER, handle, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, handle, false, Some(0))
+        .unwrap();
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
@@ -198,7 +204,9 @@ async fn a_tunnel_does_not_go_live_while_a_queue_ticket_is_out() {
 async fn a_live_tunnel_that_had_to_queue_catches_up_again() {
     let tunnels = tunnels(Arc::default());
     let (handle, _rx) = session(&tunnels);
-    tunnels.join(&name("shop"), OWNER, handle, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, handle, false, Some(0))
+        .unwrap();
     assert_eq!(tunnels.phase("shop"), Some(Phase::Live));
     // A delivery whose session vanished is queued again, whatever the phase.
     tunnels.requeue("shop").pushed();
@@ -211,11 +219,13 @@ async fn another_owner_cannot_join_a_held_tunnel_and_released_idle_names_are_for
     let tunnels = tunnels(Arc::default());
     let (first, _rx1) = session(&tunnels);
     let first_id = first.id();
-    tunnels.join(&name("shop"), OWNER, first, Some(0)).unwrap();
+    tunnels
+        .join(&name("shop"), OWNER, first, false, Some(0))
+        .unwrap();
     let (second, _rx2) = session(&tunnels);
     let stranger = Owner::Token([9; 32]);
     assert_eq!(
-        tunnels.join(&name("shop"), stranger, second, Some(0)),
+        tunnels.join(&name("shop"), stranger, second, false, Some(0)),
         Err(Taken)
     );
     assert!(
@@ -225,4 +235,100 @@ async fn another_owner_cannot_join_a_held_tunnel_and_released_idle_names_are_for
     tunnels.leave("shop", first_id);
     assert_eq!(tunnels.release(&["shop".into()]), vec!["shop".to_string()]);
     assert!(matches!(tunnels.route("shop"), Route::Unknown));
+}
+
+/// The ids of `tunnel`'s sessions in the order pushes and the catch-up see them.
+fn order(tunnels: &Tunnels, tunnel: &str) -> Vec<u64> {
+    tunnels.sessions(tunnel).iter().map(|s| s.id()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn forwarding_sessions_come_first_so_pushes_never_go_to_an_observer() {
+    let tunnels = tunnels(Arc::default());
+    let (observer_old, _o1) = session(&tunnels);
+    let (forward_a, _f1) = session(&tunnels);
+    let (observer_new, _o2) = session(&tunnels);
+    let (forward_b, _f2) = session(&tunnels);
+    let ids = [
+        observer_old.id(),
+        forward_a.id(),
+        observer_new.id(),
+        forward_b.id(),
+    ];
+    let shop = name("shop");
+    tunnels
+        .join(&shop, OWNER, observer_old, true, Some(0))
+        .unwrap();
+    tunnels
+        .join(&shop, OWNER, forward_a, false, Some(0))
+        .unwrap();
+    tunnels
+        .join(&shop, OWNER, observer_new, true, Some(0))
+        .unwrap();
+    tunnels
+        .join(&shop, OWNER, forward_b, false, Some(0))
+        .unwrap();
+    // Forwarding first, connect order within each group.
+    assert_eq!(
+        order(&tunnels, "shop"),
+        vec![ids[1], ids[3], ids[0], ids[2]]
+    );
+    let Route::Live(sessions, 2) = tunnels.route("shop") else {
+        panic!("a forwarding session on an empty queue is live");
+    };
+    assert_eq!(sessions[0].id(), ids[1], "the oldest forwarder answers");
+    assert_eq!(
+        tunnels.catch_up_target("shop", &[]).map(|s| s.id()),
+        None,
+        "a live tunnel has no catch-up"
+    );
+    // The oldest forwarder restarts: the other forwarder answers, observers stay behind.
+    tunnels.leave("shop", ids[1]);
+    assert_eq!(order(&tunnels, "shop"), vec![ids[3], ids[0], ids[2]]);
+    assert_eq!(tunnels.held().len(), 1);
+    tunnels.leave("shop", ids[3]);
+    assert_eq!(order(&tunnels, "shop"), vec![ids[0], ids[2]]);
+    assert_eq!(
+        tunnels.phase("shop"),
+        Some(Phase::Idle),
+        "observers alone: idle"
+    );
+    assert!(tunnels.held().is_empty(), "observers do not hold a tunnel");
+    assert!(matches!(tunnels.route("shop"), Route::Queue(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_only_observers_deliveries_queue_and_the_next_forwarder_gets_them() {
+    let queue = Arc::new(MemoryQueue::default());
+    let tunnels = tunnels(queue.clone());
+    let (observer, mut observer_rx) = session(&tunnels);
+    let observer_id = observer.id();
+    let shop = name("shop");
+    tunnels.join(&shop, OWNER, observer, true, Some(0)).unwrap();
+    assert_eq!(tunnels.phase("shop"), Some(Phase::Idle));
+    let Route::Queue(ticket) = tunnels.route("shop") else {
+        panic!("an observer alone does not make the tunnel live");
+    };
+    queue.push("shop", delivery(1)).await.unwrap();
+    ticket.pushed();
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(tunnels.phase("shop"), Some(Phase::Idle));
+    assert!(
+        tunnels.catch_up_target("shop", &[observer_id]).is_none(),
+        "the catch-up never targets an observer"
+    );
+    assert!(observer_rx.try_recv().is_err(), "the observer saw nothing");
+    // A forwarding session joins after the observer: it gets the backlog, the observer does not.
+    let (forward, mut forward_rx) = session(&tunnels);
+    let forward_id = forward.id();
+    tunnels.join(&shop, OWNER, forward, false, None).unwrap();
+    assert_eq!(order(&tunnels, "shop"), vec![forward_id, observer_id]);
+    until_phase(&tunnels, "shop", Phase::Live).await;
+    assert!(
+        forward_rx.try_recv().is_ok(),
+        "the queued delivery went to the forwarder"
+    );
+    assert!(observer_rx.try_recv().is_err(), "the observer got no push");
 }

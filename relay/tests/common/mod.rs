@@ -291,6 +291,7 @@ pub async fn hello_with_key(
         version,
         tunnel: tunnel.into(),
         claim_key: claim_key.into(),
+        observer: false,
     };
     ws.send(Message::Binary(hello.encode())).await.unwrap();
     let reply = next_message(&mut ws).await.expect("an answer to hello");
