@@ -328,7 +328,7 @@ async fn a_session_that_breaks_costs_the_front_one_attempt_and_the_next_session_
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_silent_session_moves_the_drain_to_the_next_one_and_counts_once() {
+async fn a_silent_session_moves_the_catch_up_to_the_next_one_and_counts_once() {
     let fake = fake(3, 4);
     let (mut wedged, _) = connect(&fake, 1);
     let (mut other, _) = connect(&fake, 2);
