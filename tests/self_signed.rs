@@ -122,3 +122,29 @@ fn the_public_url_is_the_hostname_the_certificate_was_made_for() {
     );
     stop(started);
 }
+
+#[test]
+fn a_data_dir_that_cannot_hold_the_certificate_is_one_sentence_and_exit_1() {
+    let (home, dir) = (temp_dir(), temp_dir());
+    // A file where the data dir should be: nothing can be written under it.
+    let data = dir.path().join("not-a-dir");
+    std::fs::write(&data, b"x").unwrap();
+    let mut cmd = command("illumitunnel-relay", home.path());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--self-signed",
+        "--allow-anonymous",
+    ])
+    .arg("--data-dir")
+    .arg(&data);
+    let out = ChildGuard::run(cmd);
+    assert_eq!(out.code(), 1, "{out:?}");
+    let line = out.stderr.trim();
+    assert!(
+        line.starts_with("error: could not keep the self-signed certificate in ")
+            && line.contains("check --data-dir and its permissions")
+            && line.lines().count() == 1,
+        "{line}"
+    );
+}

@@ -4,9 +4,7 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 
 use serde_json::Value;
 use support::target::Target;
@@ -28,34 +26,7 @@ fn json(out: &Finished) -> Value {
 fn login(home: &Path, args: &[&str]) -> Finished {
     let mut cmd = command("illumitunnel", home);
     cmd.arg("login").args(args);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start illumitunnel login");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(format!("{TOKEN}\n").as_bytes())
-        .expect("write the token");
-    let deadline = std::time::Instant::now() + support::DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for login") {
-            let output = child.wait_with_output().expect("login output");
-            return Finished {
-                status,
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            };
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("login did not finish within {:?}", support::DEADLINE);
-        }
-        std::thread::sleep(support::POLL);
-    }
+    support::run_with_stdin(cmd, format!("{TOKEN}\n").as_bytes())
 }
 
 #[test]

@@ -155,22 +155,10 @@ fn json_says_what_was_written() {
 
 /// Runs the client with `input` on its stdin; returns exit code, stdout and stderr.
 fn run_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> (i32, String, String) {
-    use std::io::Write as _;
-    use std::process::Stdio;
     let mut cmd = command("illumitunnel", dir);
-    cmd.current_dir(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cmd.current_dir(dir).args(args);
+    let out = support::run_with_stdin(cmd, input);
+    (out.code(), out.stdout, out.stderr)
 }
 
 #[test]

@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
 use support::sender::Request;
@@ -26,40 +24,7 @@ fn tokens_file(dir: &Path) -> String {
 fn login(home: &Path, args: &[&str]) -> Finished {
     let mut cmd = command("illumitunnel", home);
     cmd.arg("login").args(args);
-    let mut guard = {
-        cmd.stdin(Stdio::piped());
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start illumitunnel login");
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(format!("{TOKEN}\n").as_bytes())
-            .expect("write the token");
-        child
-    };
-    let deadline = std::time::Instant::now() + support::DEADLINE;
-    loop {
-        if let Some(status) = guard.try_wait().expect("wait for login") {
-            let output = guard.wait_with_output().expect("login output");
-            return Finished {
-                status,
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            };
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = guard.kill();
-            panic!(
-                "illumitunnel login did not finish within {:?}",
-                support::DEADLINE
-            );
-        }
-        std::thread::sleep(support::POLL);
-    }
+    support::run_with_stdin(cmd, format!("{TOKEN}\n").as_bytes())
 }
 
 /// `listen --no-tui` with the relay, token and CA from config.toml.

@@ -144,6 +144,59 @@ pub struct Finished {
     pub stderr: String,
 }
 
+/// Runs `cmd` with `input` on its stdin and waits (up to [`DEADLINE`], then kills it) for it to
+/// exit; stdout and stderr are read as it runs, so a full pipe cannot stall it.
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Finished {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that exits before reading all of it is the command's answer, not an error.
+        let _ = stdin.write_all(input);
+    }
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    Finished {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
 impl Finished {
     /// The exit code, or -1 when killed by a signal.
     pub fn code(&self) -> i32 {
