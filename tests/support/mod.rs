@@ -52,6 +52,10 @@ pub fn command(name: &str, home: &Path) -> Command {
         .env_remove("ILLUMITUNNEL_RELAY_TOKENS")
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LOG");
+    // To read a failing test's processes at another log level: ILLUMITUNNEL_TEST_LOG=debug.
+    if let Ok(filter) = std::env::var("ILLUMITUNNEL_TEST_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
     // Tests talk to 127.0.0.1 directly; a proxy from the caller's shell must not step in.
     for proxy in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"] {
         cmd.env_remove(proxy).env_remove(proxy.to_lowercase());

@@ -5,7 +5,9 @@
 //! - Every node puts `{tunnel}.{node}` in `illumitunnel-presence` (value: when its first
 //!   session of that tunnel joined) and deletes it when its last one leaves; a reconciler
 //!   compares what it published with the tunnels it holds on every heartbeat, so a write lost
-//!   while NATS was away is made good by itself.
+//!   while NATS was away is made good by itself; a put that failed may have been stored after
+//!   all, so it is withdrawn once the tunnel is no longer held here (else the others would take
+//!   this node for the tunnel's authority and wait for it to catch the tunnel up).
 //! - Every node watches both buckets (and the owners bucket, so it knows every tunnel) and keeps
 //!   a [`View`]; a tunnel's authority is the live node with its oldest session.
 
@@ -30,6 +32,8 @@ use crate::tunnel::Tunnels;
 const SWEEP_EVERY: u64 = 30;
 /// Pause before watching a bucket again after its watch ended (NATS went away).
 const REWATCH: Duration = Duration::from_secs(1);
+/// A watch quiet this long is checked against its bucket (see [`stalled`]).
+const STALL_CHECK: Duration = Duration::from_secs(3);
 
 /// Starts the heartbeat and the watchers on `tracker`; they run until `shutdown`, and the
 /// heartbeat task withdraws this node's presence on the way out.
@@ -128,14 +132,23 @@ async fn watch_bucket(
                     Err(_) => false,
                 };
                 read(replay_over(empty, None));
+                let mut seen = 0;
                 loop {
-                    // Both branches are cancel-safe: a token wait and `StreamExt::next`.
+                    // All three are cancel-safe: a token wait, `StreamExt::next`, a sleep.
                     let entry = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         entry = entries.next() => entry,
+                        _ = tokio::time::sleep(STALL_CHECK) => {
+                            if stalled(&store, seen).await {
+                                debug!(bucket = %store.name, "watch stalled; watching again");
+                                break;
+                            }
+                            continue;
+                        }
                     };
                     match entry {
                         Some(Ok(entry)) => {
+                            seen = seen.max(entry.revision);
                             let over = replay_over(false, Some(entry.delta));
                             apply(entry);
                             read(over);
@@ -157,12 +170,23 @@ async fn watch_bucket(
     }
 }
 
+/// Whether a watch that has been quiet for [`STALL_CHECK`] missed what the bucket holds: the
+/// client library re-creates a watch's consumer by itself after NATS comes back, and that
+/// attempt can go unanswered for as long as the stream has no leader — then the watch would
+/// stay silent for good while the bucket moves on. (An unanswered check proves nothing.)
+async fn stalled(store: &kv::Store, seen: u64) -> bool {
+    match store.stream.get_info().await {
+        Ok(info) => info.state.last_sequence > seen,
+        Err(_) => false,
+    }
+}
+
 /// Puts this node's heartbeat and reconciles its presence every [`HEARTBEAT`] (sooner when
 /// a tunnel gains its first session or loses its last); withdraws both at shutdown.
 async fn heartbeat(cluster: Arc<Cluster>, tunnels: Arc<Tunnels>, shutdown: CancellationToken) {
     let node = cluster.node().to_owned();
     withdraw_stale(&cluster).await;
-    let mut published: HashMap<String, u64> = HashMap::new();
+    let mut told: HashMap<String, Told> = HashMap::new();
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let held_changed = tunnels.held_changed();
@@ -181,7 +205,7 @@ async fn heartbeat(cluster: Arc<Cluster>, tunnels: Arc<Tunnels>, shutdown: Cance
                         reachable = true;
                         // Other nodes may have swept this node's presence while it was away:
                         // publish every session held here again on this heartbeat.
-                        published.clear();
+                        told.clear();
                     }
                     Ok(_) => {}
                     Err(err) if reachable => {
@@ -198,45 +222,90 @@ async fn heartbeat(cluster: Arc<Cluster>, tunnels: Arc<Tunnels>, shutdown: Cance
             }
             _ = held_changed.notified() => {}
         }
-        reconcile(&cluster, &tunnels, &mut published).await;
+        reconcile(&cluster, &tunnels, &mut told).await;
     }
     // Tell the others at once instead of letting the heartbeat expire.
-    for tunnel in published.keys() {
+    for tunnel in told.keys() {
         let _ = cluster.presence.delete(format!("{tunnel}.{node}")).await;
     }
     let _ = cluster.nodes.delete(&node).await;
 }
 
-/// Publishes the difference between what this node holds and what it last published.
-async fn reconcile(cluster: &Cluster, tunnels: &Tunnels, published: &mut HashMap<String, u64>) {
-    let node = cluster.node();
-    let held: HashMap<String, u64> = tunnels.held().into_iter().collect();
-    for (tunnel, since) in &held {
-        if published.get(tunnel) == Some(since) {
-            continue;
-        }
-        let key = format!("{tunnel}.{node}");
-        match cluster.presence.put(&key, since.to_string().into()).await {
-            Ok(_) => {
-                published.insert(tunnel.clone(), *since);
-            }
-            Err(err) => debug!(%err, tunnel, "could not publish presence; retrying"),
+/// What this node last told the presence bucket about one of its tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    /// It holds sessions since this time (Unix ms).
+    Since(u64),
+    /// A put failed: NATS may have stored it all the same (a timeout after the write), so
+    /// the entry is withdrawn once the tunnel is no longer held here, or put again while it is.
+    Unsure,
+}
+
+/// What [`reconcile`] must write: entries to put, and tunnels whose entry to delete.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    put: Vec<(String, u64)>,
+    delete: Vec<String>,
+}
+
+/// Compares what this node holds with what it told the bucket.
+fn plan(held: &HashMap<String, u64>, told: &HashMap<String, Told>) -> Plan {
+    let mut plan = Plan::default();
+    for (tunnel, since) in held {
+        if told.get(tunnel) != Some(&Told::Since(*since)) {
+            plan.put.push((tunnel.clone(), *since));
         }
     }
-    let gone: Vec<String> = published
+    plan.delete = told
         .keys()
         .filter(|t| !held.contains_key(*t))
         .cloned()
         .collect();
-    for tunnel in gone {
+    plan.put.sort();
+    plan.delete.sort();
+    plan
+}
+
+/// Publishes the difference between what this node holds and what it last told the bucket.
+async fn reconcile(cluster: &Cluster, tunnels: &Tunnels, told: &mut HashMap<String, Told>) {
+    let node = cluster.node();
+    let held: HashMap<String, u64> = tunnels.held().into_iter().collect();
+    // An entry of this node's the bucket shows and nothing here accounts for (however it got
+    // there) is withdrawn like an unsure put.
+    for tunnel in cluster.view.held_here() {
+        told.entry(tunnel).or_insert(Told::Unsure);
+    }
+    let Plan { put, delete } = plan(&held, told);
+    for (tunnel, since) in put {
+        let key = format!("{tunnel}.{node}");
+        let outcome = match cluster.presence.put(&key, since.to_string().into()).await {
+            Ok(_) => {
+                // Known here at once, whether or not the watch brings it back.
+                cluster.view.set_held(&tunnel, node, Some(since));
+                Told::Since(since)
+            }
+            Err(err) => {
+                debug!(%err, tunnel, "could not publish presence; retrying");
+                Told::Unsure
+            }
+        };
+        told.insert(tunnel, outcome);
+    }
+    for tunnel in delete {
         match cluster.presence.delete(format!("{tunnel}.{node}")).await {
             Ok(()) => {
-                published.remove(&tunnel);
+                cluster.view.set_held(&tunnel, node, None);
+                told.remove(&tunnel);
             }
             Err(err) => debug!(%err, tunnel, "could not withdraw presence; retrying"),
         }
     }
-    cluster.set_published(published.keys().cloned().collect());
+    let published = told
+        .iter()
+        .filter(|(_, told)| matches!(told, Told::Since(_)))
+        .map(|(tunnel, _)| tunnel.clone())
+        .collect();
+    cluster.set_published(published);
 }
 
 /// Deletes the presence of nodes gone for [`FORGET_AFTER`], so the bucket does not keep every
@@ -263,5 +332,51 @@ async fn withdraw_stale(cluster: &Cluster) {
         if seen.insert(key.clone()) {
             let _ = cluster.presence.delete(&key).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map<V: Copy>(entries: &[(&str, V)]) -> HashMap<String, V> {
+        entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn a_tunnel_held_and_not_told_is_put() {
+        let plan = plan(&map(&[("a", 5), ("b", 7)]), &map(&[("a", Told::Since(5))]));
+        assert_eq!(plan.put, vec![("b".to_string(), 7)]);
+        assert!(plan.delete.is_empty());
+    }
+
+    #[test]
+    fn a_tunnel_told_with_another_since_is_put_again() {
+        let plan = plan(&map(&[("a", 9)]), &map(&[("a", Told::Since(5))]));
+        assert_eq!(plan.put, vec![("a".to_string(), 9)]);
+    }
+
+    #[test]
+    fn an_unsure_put_is_put_again_while_held() {
+        let plan = plan(&map(&[("a", 5)]), &map(&[("a", Told::Unsure)]));
+        assert_eq!(plan.put, vec![("a".to_string(), 5)]);
+        assert!(plan.delete.is_empty());
+    }
+
+    #[test]
+    fn an_unsure_put_is_withdrawn_once_the_tunnel_is_not_held() {
+        // The put timed out but NATS stored it: left there, the other nodes would wait
+        // forever for this node to catch the tunnel up.
+        let plan = plan(&HashMap::new(), &map(&[("a", Told::Unsure)]));
+        assert!(plan.put.is_empty());
+        assert_eq!(plan.delete, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn nothing_changed_writes_nothing() {
+        assert_eq!(
+            plan(&map(&[("a", 5)]), &map(&[("a", Told::Since(5))])),
+            Plan::default()
+        );
     }
 }

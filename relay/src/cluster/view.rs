@@ -102,6 +102,17 @@ impl View {
             .collect()
     }
 
+    /// The tunnels the presence bucket says this node holds.
+    pub(super) fn held_here(&self) -> Vec<String> {
+        let state = self.lock();
+        state
+            .held
+            .iter()
+            .filter(|(_, nodes)| nodes.contains_key(&self.node))
+            .map(|(tunnel, _)| tunnel.clone())
+            .collect()
+    }
+
     /// A request found nobody listening at `node`: it is gone until its next heartbeat.
     pub fn suspect(&self, node: &str) {
         self.lock().suspects.insert(node.to_owned(), Instant::now());
