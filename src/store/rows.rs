@@ -140,27 +140,34 @@ impl Attempt {
     }
 }
 
+/// Earlier attempts of one event read at most: IllumiChat retries three times, and a sender
+/// that repeats one event id without end must not make every insert read all of them.
+pub(super) const MAX_ATTEMPTS_READ: usize = 64;
+
 /// `(duplicate, retry)` for a delivery with dedup key `key`, from the earlier non-replay
 /// deliveries `earlier` (a statement taking the key) finds, oldest first: none, a first attempt;
-/// one delivered, a true duplicate; all failed, IllumiChat's retry number (how many there were).
+/// one delivered, a true duplicate; all failed, IllumiChat's retry number (how many there were,
+/// counted up to [`MAX_ATTEMPTS_READ`]). Reading stops at the first delivered one, so an event
+/// delivered once and repeated many times costs one row, not all of them.
 pub(super) fn repeat_of(
     earlier: &mut rusqlite::CachedStatement<'_>,
     key: &str,
 ) -> rusqlite::Result<(bool, Option<u32>)> {
-    let attempts: Vec<Attempt> = earlier
-        .query_map([key], |r| {
-            Ok(Attempt {
-                status: r.get(0)?,
-                skipped: r.get(1)?,
-                duration_us: r.get(2)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(if attempts.is_empty() {
-        (false, None)
-    } else if attempts.iter().any(Attempt::delivered) {
-        (true, None)
-    } else {
-        (false, Some(attempts.len().min(u32::MAX as usize) as u32))
-    })
+    let mut rows = earlier.query([key])?;
+    let mut failed = 0u32;
+    while let Some(row) = rows.next()? {
+        let attempt = Attempt {
+            status: row.get(0)?,
+            skipped: row.get(1)?,
+            duration_us: row.get(2)?,
+        };
+        if attempt.delivered() {
+            return Ok((true, None));
+        }
+        failed += 1;
+        if failed as usize >= MAX_ATTEMPTS_READ {
+            break;
+        }
+    }
+    Ok((false, (failed > 0).then_some(failed)))
 }

@@ -374,3 +374,33 @@ fn retries_after_failures_are_numbered_and_a_repeat_of_a_delivered_one_is_a_dupl
     assert_eq!(store.get("r3").unwrap().unwrap().retry, Some(2));
     assert!(store.get("r6").unwrap().unwrap().duplicate);
 }
+
+#[test]
+fn the_retry_count_stops_at_its_cap_and_a_delivered_event_repeated_stays_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+    let failing = |n: usize| {
+        let mut d = delivery(&format!("f{n}"), TICKET);
+        d.response.as_mut().unwrap().status = 500;
+        d
+    };
+    let mut failures: Vec<Delivery> = (0..super::rows::MAX_ATTEMPTS_READ + 5)
+        .map(failing)
+        .collect();
+    store.insert_batch(&mut failures).unwrap();
+    let cap = super::rows::MAX_ATTEMPTS_READ as u32;
+    assert_eq!(failures[3].retry, Some(3));
+    assert_eq!(failures.last().unwrap().retry, Some(cap));
+
+    // Another event, delivered once and then sent again and again: every repeat is a duplicate.
+    let other =
+        r#"{"event":"lead.captured","timestamp":"2025-06-15T14:31:00Z","data":{"id":"lead_1"}}"#;
+    let mut repeats: Vec<Delivery> = (0..200)
+        .map(|n| delivery(&format!("d{n}"), other))
+        .collect();
+    store.insert_batch(&mut repeats).unwrap();
+    assert_eq!((repeats[0].duplicate, repeats[0].retry), (false, None));
+    assert!(repeats[1..]
+        .iter()
+        .all(|d| d.duplicate && d.retry.is_none()));
+}
