@@ -14,9 +14,10 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use self::files::{create_private, sidecar};
 use self::filter::where_clause;
-pub use self::filter::Filter;
+pub use self::filter::{Filter, StatusFilter};
 use self::rows::{
     read_row, repeat_of, write_large, BodyParam, COLUMNS, REQUEST_PART, RESPONSE_PART,
+    SUMMARY_COLUMNS,
 };
 use crate::delivery::{Delivery, DeliveryId, Source};
 use crate::headers::encode_blob;
@@ -462,6 +463,26 @@ impl CaptureStore {
     /// Deliveries matching `filter`, oldest first, at most `limit`.
     pub fn list_oldest(&self, filter: &Filter, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         self.query(filter, "ORDER BY seq ASC", limit)
+    }
+
+    /// Deliveries matching `filter`, newest first, at most `limit`, without their bodies (both
+    /// read as empty): a listing that reads a page of rows, never a body kept apart.
+    pub fn list_newest_summaries(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let (clause, mut args) = where_clause(filter);
+        args.push(rusqlite::types::Value::Integer(
+            limit.min(i64::MAX as usize) as i64,
+        ));
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM deliveries {clause} ORDER BY seq DESC LIMIT ?{}",
+            args.len()
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args.iter()), read_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// How many deliveries match `filter`.

@@ -267,6 +267,7 @@ impl Inspector {
             let request = ReplayRequest {
                 original: original.clone(),
                 body,
+                edits: crate::status::ReplayEdits::default(),
                 reply,
             };
             let result = match replays.send(request).await {
