@@ -15,6 +15,8 @@ const HEX_BYTES = 64 * 1024;
 const HOUR_MS = 3600 * 1000;
 /** Header names whose values stay hidden until revealed (as headers::is_secret decides). */
 const SECRET_WORDS = ["token", "secret", "signature", "key"];
+/** What the API shows for a secret value not yet revealed; sent back, it keeps the stored one. */
+const HIDDEN = "REDACTED";
 
 const state = {
   items: [], // loaded summaries, newest first
@@ -455,7 +457,7 @@ function headersTable(headers, id) {
     const tr = el("tr");
     tr.appendChild(el("th", null, name));
     const td = el("td");
-    if (isSecretName(name) && !state.revealed) {
+    if ((isSecretName(name) || value === HIDDEN) && !state.revealed) {
       td.appendChild(button("hidden — click to reveal", () => openDetail(id, true), "secret"));
     } else {
       appendText(td, value);
@@ -760,7 +762,7 @@ function showEdit(d) {
   const path = field("path", el("input"));
   path.id = "edit-path";
   path.value = (req.path || "/") + (req.query ? "?" + req.query : "");
-  const headers = field("headers, one “name: value” a line (hidden values are sent as recorded)", el("textarea"));
+  const headers = field("headers, one “name: value” a line (" + HIDDEN + " keeps a hidden value)", el("textarea"));
   headers.id = "edit-headers";
   headers.rows = 6;
   headers.value = (req.headers || []).map(([n, v]) =>
@@ -779,31 +781,40 @@ function showEdit(d) {
   row.appendChild(send);
   row.appendChild(button("Cancel", () => extra.replaceChildren()));
   form.appendChild(row);
-  form.addEventListener("submit", async (e) => {
+  form.addEventListener("submit", (e) => {
     e.preventDefault();
-    const changes = { method: method.value.trim(), path: path.value.trim(), headers: {} };
-    let secrets = null;
-    for (const line of headers.value.split("\n")) {
-      const at = line.indexOf(":");
-      if (at <= 0) continue;
-      const name = line.slice(0, at).trim();
-      let value = line.slice(at + 1).trim();
-      if (value === HIDDEN) {
-        secrets = secrets || (await api("/api/deliveries/" + encodeURIComponent(d.id) + "?include_secrets=true"));
-        value = headerValue(secrets.request.headers, name.toLowerCase()) || "";
-      }
-      changes.headers[name] = value;
-    }
-    if (!binary) changes.body = body.value;
     extra.replaceChildren();
-    replay(d.id, changes);
+    replay(d.id, edits(req, method.value, path.value, headers.value, binary ? null : body.value));
   });
   extra.appendChild(form);
   method.focus();
 }
 
-/** What the edit form shows for a secret value not yet revealed. */
-const HIDDEN = "(hidden)";
+/** The replay body for what the edit form holds: only what changed. Each header line sets
+ * that header (every header of the name); a header whose line was removed is sent as null. */
+function edits(req, method, path, headerText, body) {
+  const out = {};
+  const wasPath = (req.path || "/") + (req.query ? "?" + req.query : "");
+  if (method.trim() && method.trim() !== req.method) out.method = method.trim();
+  if (path.trim() && path.trim() !== wasPath) out.path = path.trim();
+  const headers = {};
+  const kept = new Set();
+  const before = new Map((req.headers || []).map(([n, v]) => [n.toLowerCase(), v]));
+  for (const line of headerText.split("\n")) {
+    const at = line.indexOf(":");
+    if (at <= 0) continue;
+    const name = line.slice(0, at).trim();
+    const value = line.slice(at + 1).trim();
+    kept.add(name.toLowerCase());
+    if (before.get(name.toLowerCase()) !== value) headers[name] = value;
+  }
+  for (const [name] of req.headers || []) {
+    if (!kept.has(name.toLowerCase())) headers[name] = null;
+  }
+  if (Object.keys(headers).length) out.headers = headers;
+  if (body !== null && body !== (req.body || "")) out.body = body;
+  return out;
+}
 
 /** Single-quotes `s` for a POSIX shell. */
 function quote(s) {
