@@ -13,6 +13,7 @@ pub mod secrets;
 pub mod sender;
 pub mod sink;
 pub mod target;
+pub mod webdriver;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -401,11 +401,16 @@ function renderDetail(d) {
   pane.appendChild(title);
 
   const actions = el("div", "actions");
-  actions.appendChild(button("Replay (r)", () => replay(d.id), "primary"));
-  actions.appendChild(button("Edit and replay (e)", () => showEdit(d)));
-  actions.appendChild(button("Copy as curl", () => copyCurl(d)));
-  actions.appendChild(button("Test", () => runTest([d.id])));
-  if (!state.revealed) actions.appendChild(button("Reveal secrets", () => openDetail(d.id, true)));
+  const action = (id, label, onClick, cls) => {
+    const b = button(label, onClick, cls);
+    b.id = id;
+    actions.appendChild(b);
+  };
+  action("btn-replay", "Replay (r)", () => replay(d.id), "primary");
+  action("btn-edit", "Edit and replay (e)", () => showEdit(d));
+  action("btn-curl", "Copy as curl", () => copyCurl(d));
+  action("btn-test", "Test", () => runTest([d.id]));
+  if (!state.revealed) action("btn-reveal", "Reveal secrets", () => openDetail(d.id, true));
   pane.appendChild(actions);
 
   const facts = el("dl", "facts");
