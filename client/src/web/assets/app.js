@@ -31,7 +31,10 @@ const state = {
   revealed: false,
   filters: { event: "", status: "", q: "" },
   events: new Set(),
-  timeline: [], // {t, ms} of the last hour
+  timeline: new Map(), // id → {t, ms} of the last hour
+  firstPage: false,
+  pending: [], // stream events that came before the first page
+  stream: null,
   timelineCapped: false,
   total: null,
 };
@@ -127,12 +130,18 @@ async function api(path, method = "GET", body) {
   return data;
 }
 
-function listQuery(cursor) {
+/** The filters as query parameters; the list, the stream and the timeline all take them. */
+function filterParams() {
   const p = new URLSearchParams();
   const f = state.filters;
   if (f.event) p.set("event", f.event);
   if (f.status) p.set("status", f.status);
   if (f.q) p.set("q", f.q);
+  return p;
+}
+
+function listQuery(cursor) {
+  const p = filterParams();
   p.set("limit", String(PAGE));
   if (cursor) p.set("cursor", cursor);
   return "/api/deliveries?" + p.toString();
@@ -195,35 +204,14 @@ function rowFor(d) {
   return row;
 }
 
-function matchesFilters(d) {
-  const f = state.filters;
-  if (f.event) {
-    const ev = d.event || "";
-    if (f.event.endsWith("*") ? !ev.startsWith(f.event.slice(0, -1)) : ev !== f.event) return false;
-  }
-  if (f.status) {
-    if (f.status === "err") {
-      if (d.status != null) return false;
-    } else if (/^[1-5]xx$/.test(f.status)) {
-      if (d.status == null || Math.floor(d.status / 100) !== Number(f.status[0])) return false;
-    } else if (String(d.status) !== f.status) {
-      return false;
-    }
-  }
-  if (f.q) {
-    const hay = [d.id, d.event, d.resource_id, d.method, d.path, d.status, d.error]
-      .filter((x) => x !== null && x !== undefined).join(" ").toLowerCase();
-    if (!hay.includes(f.q.toLowerCase())) return false;
-  }
-  return true;
-}
-
+/** Adds an event type to the filter's choices (IllumiChat's six are there from the start). */
 function noteEvent(d) {
   if (!d.event || state.events.has(d.event)) return;
   state.events.add(d.event);
   const opt = document.createElement("option");
   opt.value = d.event;
-  $("event-types").appendChild(opt);
+  opt.textContent = visible(d.event);
+  $("f-event").appendChild(opt);
 }
 
 function updateFoot() {
@@ -265,7 +253,8 @@ async function loadMore() {
   }
 }
 
-/** Starts the list over (filters changed). */
+/** Starts the list over for the current filters: the filtered stream first, so that nothing
+ * committed between the first page and the stream is missed, then the first page. */
 function reload() {
   state.generation++;
   state.items = [];
@@ -273,21 +262,41 @@ function reload() {
   state.cursor = null;
   state.more = true;
   state.loading = false;
+  state.firstPage = false;
+  state.pending = [];
+  state.timeline = new Map();
   $("list").replaceChildren();
-  loadMore();
+  updateFoot();
+  connectStream(state.generation);
 }
 
-/** A delivery committed after the page loaded: at the top of the list if it matches. */
+/** A delivery committed after the stream opened: at the top of the list. Until the first
+ * page is in, they wait, so the list stays newest first. */
 function onNew(d) {
+  if (!state.firstPage) {
+    state.pending.push(d);
+    return;
+  }
   noteEvent(d);
-  state.timeline.push({ t: Date.parse(d.received_at) || Date.now(), ms: d.duration_ms || 0 });
+  state.timeline.set(d.id, { t: Date.parse(d.received_at) || Date.now(), ms: d.duration_ms || 0 });
   drawSoon();
-  if (state.byId.has(d.id) || !matchesFilters(d)) return;
+  if (state.byId.has(d.id)) return;
   state.byId.set(d.id, d);
   state.items.unshift(d);
   const list = $("list");
   list.insertBefore(rowFor(d), list.firstChild);
   updateFoot();
+}
+
+/** The first page of a generation: then what the stream sent meanwhile, then the timeline. */
+async function loadFirst(generation) {
+  await loadMore();
+  if (generation !== state.generation) return;
+  state.firstPage = true;
+  const waiting = state.pending;
+  state.pending = [];
+  waiting.forEach(onNew);
+  loadTimeline(generation);
 }
 
 function rowOf(id) {
@@ -321,22 +330,33 @@ function onScroll() {
 
 // ---- the live stream -----------------------------------------------------------------------
 
-function connectStream() {
+/** Follows `/api/stream` with the current filters. The browser reconnects by itself and sends
+ * the last event's id, from which the server goes on, so a dropped stream loses nothing. */
+function connectStream(generation) {
+  if (state.stream) state.stream.close();
   const live = $("live");
-  const stream = new EventSource("/api/stream");
-  let dropped = false;
+  const query = filterParams().toString();
+  const stream = new EventSource("/api/stream" + (query ? "?" + query : ""));
+  state.stream = stream;
+  let started = false;
+  const start = () => {
+    if (started || generation !== state.generation) return;
+    started = true;
+    loadFirst(generation);
+  };
   stream.addEventListener("open", () => {
     live.textContent = "live";
     live.className = "live on";
-    if (dropped) catchUp();
-    dropped = false;
+    start();
   });
   stream.addEventListener("error", () => {
-    live.textContent = "reconnecting";
+    live.textContent = stream.readyState === EventSource.CLOSED ? "stopped" : "reconnecting";
     live.className = "live off";
-    dropped = true;
+    // A stream the server refused: the list says why.
+    if (stream.readyState === EventSource.CLOSED) start();
   });
   stream.addEventListener("delivery", (e) => {
+    if (generation !== state.generation) return;
     let d;
     try {
       d = JSON.parse(e.data);
@@ -345,16 +365,6 @@ function connectStream() {
     }
     onNew(d);
   });
-}
-
-/** After the stream dropped: the newest page, for what was committed meanwhile. */
-async function catchUp() {
-  try {
-    const page = await api(listQuery(null));
-    for (const d of (page.deliveries || []).slice().reverse()) onNew(d);
-  } catch (e) {
-    toast(e.message);
-  }
 }
 
 // ---- details -------------------------------------------------------------------------------
@@ -413,6 +423,7 @@ function renderDetail(d) {
   if (!state.revealed) action("btn-reveal", "Reveal secrets", () => openDetail(d.id, true));
   pane.appendChild(actions);
 
+  const req = d.request || {};
   const facts = el("dl", "facts");
   const fact = (k, v) => {
     if (v === null || v === undefined || v === "") return;
@@ -423,7 +434,7 @@ function renderDetail(d) {
   fact("received", d.received_at);
   fact("event", d.event);
   fact("resource id", d.resource_id);
-  fact("sender", d.sender_addr || d.remote_addr || d.sender);
+  fact("sender", senderOf(req));
   fact("marks", marks(d).map(([m]) => m).join(", "));
   fact("replay of", d.replay_of);
   fact("latency", Number(d.duration_ms || 0).toFixed(2) + " ms");
@@ -435,7 +446,6 @@ function renderDetail(d) {
   extra.id = "extra";
   pane.appendChild(extra);
 
-  const req = d.request || {};
   const reqSec = section("Request");
   reqSec.appendChild(headersTable(req.headers, d.id));
   reqSec.appendChild(bodyView(req));
@@ -454,6 +464,12 @@ function renderDetail(d) {
   const rawSec = section("Raw request, as it went to the handler");
   rawSec.appendChild(appendText(el("pre", "raw"), rawRequest(req), "\n\t"));
   pane.appendChild(rawSec);
+}
+
+/** The sender's address: the first of the relay's `X-Forwarded-For`. */
+function senderOf(req) {
+  const forwarded = headerValue(req.headers, "x-forwarded-for");
+  return forwarded ? forwarded.split(",")[0].trim() : null;
 }
 
 function headersTable(headers, id) {
@@ -902,10 +918,13 @@ async function runTest(ids) {
 
 // ---- timeline ------------------------------------------------------------------------------
 
-async function loadTimeline() {
+/** The last hour's deliveries for the current filters, at most 5,000 (then the note says "≥"). */
+async function loadTimeline(generation) {
   let cursor = null;
   for (let page = 0; page < 10; page++) {
-    const p = new URLSearchParams({ since: "1h", limit: "500" });
+    const p = filterParams();
+    p.set("since", "1h");
+    p.set("limit", "500");
     if (cursor) p.set("cursor", cursor);
     let res;
     try {
@@ -913,8 +932,9 @@ async function loadTimeline() {
     } catch (_) {
       return;
     }
+    if (generation !== state.generation) return;
     for (const d of res.deliveries || []) {
-      state.timeline.push({ t: Date.parse(d.received_at) || 0, ms: d.duration_ms || 0 });
+      state.timeline.set(d.id, { t: Date.parse(d.received_at) || 0, ms: d.duration_ms || 0 });
     }
     cursor = res.next_cursor;
     if (!cursor) break;
@@ -936,9 +956,10 @@ function drawSoon() {
 function drawTimeline() {
   const canvas = $("timeline");
   const now = Date.now();
-  state.timeline = state.timeline.filter((p) => p.t > now - HOUR_MS);
+  for (const [id, p] of state.timeline) if (p.t <= now - HOUR_MS) state.timeline.delete(id);
+  const points = [...state.timeline.values()];
   const buckets = Array.from({ length: 60 }, () => []);
-  for (const p of state.timeline) {
+  for (const p of points) {
     const b = 59 - Math.floor((now - p.t) / 60000);
     if (b >= 0 && b < 60) buckets[b].push(p.ms);
   }
@@ -973,7 +994,7 @@ function drawTimeline() {
     started = true;
   });
   g.stroke();
-  const all = state.timeline.map((p) => p.ms).sort((x, y) => x - y);
+  const all = points.map((p) => p.ms).sort((x, y) => x - y);
   const p50 = all.length ? all[Math.floor(all.length / 2)] : 0;
   $("timeline-note").textContent = "last hour: " + (state.timelineCapped ? "≥" : "") + all.length +
     " deliveries (bars, per minute) · median latency " + p50.toFixed(1) + " ms (line, peak " +
@@ -1002,7 +1023,7 @@ function onKey(e) {
 
 function readFilters() {
   state.filters = {
-    event: $("f-event").value.trim(),
+    event: $("f-event").value,
     status: $("f-status").value,
     q: $("f-q").value.trim(),
   };
@@ -1010,12 +1031,13 @@ function readFilters() {
 }
 
 function start() {
+  for (const option of $("f-event").options) if (option.value) state.events.add(option.value);
   let timer = null;
   const later = () => {
     clearTimeout(timer);
     timer = setTimeout(readFilters, 200);
   };
-  $("f-event").addEventListener("input", later);
+  $("f-event").addEventListener("change", readFilters);
   $("f-q").addEventListener("input", later);
   $("f-status").addEventListener("change", readFilters);
   $("filters").addEventListener("submit", (e) => {
@@ -1026,9 +1048,7 @@ function start() {
   document.addEventListener("keydown", onKey);
   window.addEventListener("resize", drawSoon);
   setInterval(drawSoon, 15000);
-  connectStream();
-  loadMore();
-  loadTimeline();
+  reload();
 }
 
 start();
