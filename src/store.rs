@@ -472,12 +472,30 @@ impl CaptureStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
+        self.summaries(filter, "ORDER BY seq DESC", limit)
+    }
+
+    /// Deliveries matching `filter`, oldest first, at most `limit`, without their bodies.
+    pub fn list_oldest_summaries(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.summaries(filter, "ORDER BY seq ASC", limit)
+    }
+
+    fn summaries(
+        &self,
+        filter: &Filter,
+        order: &str,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let (clause, mut args) = where_clause(filter);
         args.push(rusqlite::types::Value::Integer(
             limit.min(i64::MAX as usize) as i64,
         ));
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM deliveries {clause} ORDER BY seq DESC LIMIT ?{}",
+            "SELECT {SUMMARY_COLUMNS} FROM deliveries {clause} {order} LIMIT ?{}",
             args.len()
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;

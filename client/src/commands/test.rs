@@ -211,7 +211,8 @@ fn path_below(base: &str, recorded: &str) -> String {
     }
 }
 
-fn report(original: &Delivery, replayed: &Delivery, ignore: &[Pointer]) -> Report {
+/// How a replay's answer compares with the recorded one (also the web inspector's `POST /api/test`).
+pub(crate) fn report(original: &Delivery, replayed: &Delivery, ignore: &[Pointer]) -> Report {
     let (status, body) = original
         .response
         .as_ref()
@@ -269,7 +270,13 @@ fn name_of(d: &Delivery) -> String {
     illumitunnel::escape::escape(d.event.as_deref().unwrap_or("-")).into_owned()
 }
 
-fn case_json(original: &Delivery, replayed: &Delivery, report: &Report, recorded: bool) -> Value {
+/// One `test --json` line (also the web inspector's `POST /api/test`).
+pub(crate) fn case_json(
+    original: &Delivery,
+    replayed: &Delivery,
+    report: &Report,
+    recorded: bool,
+) -> Value {
     // The first pointers and a count: a reshaped array can change thousands of them.
     let (changed, changed_count) = match &report.body {
         Some(BodyDiff::Json { changed, .. }) => (

@@ -390,6 +390,7 @@ async fn live_terminal() {
         ))
         .1,
         forward_to: "http://localhost:3000".into(),
+        web_inspector: None,
         store_path,
         replays: replays_tx,
         utc_offset: time::UtcOffset::UTC,
