@@ -976,6 +976,9 @@ function drawTimeline() {
   const medians = buckets.map((b) => (b.length ? b.slice().sort((x, y) => x - y)[Math.floor(b.length / 2)] : null));
   const maxMs = Math.max(1, ...medians.filter((m) => m !== null));
   const w = width / 60;
+  // A faint line every ten minutes; "now" is the right edge.
+  g.fillStyle = css.getPropertyValue("--border").trim() || "#ddd";
+  for (let m = 0; m <= 60; m += 10) g.fillRect(Math.min(m * w, width - 1), 0, 1, height);
   g.fillStyle = css.getPropertyValue("--bar").trim() || "#4a7";
   buckets.forEach((b, i) => {
     const h = (b.length / maxCount) * (height - 4);
@@ -997,7 +1000,7 @@ function drawTimeline() {
   const all = points.map((p) => p.ms).sort((x, y) => x - y);
   const p50 = all.length ? all[Math.floor(all.length / 2)] : 0;
   $("timeline-note").textContent = "last hour: " + (state.timelineCapped ? "≥" : "") + all.length +
-    " deliveries (bars, per minute) · median latency " + p50.toFixed(1) + " ms (line, peak " +
+    " deliveries (bars: per minute, now at the right) · median latency " + p50.toFixed(1) + " ms (line, peak " +
     maxMs.toFixed(1) + " ms)";
 }
 
