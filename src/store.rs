@@ -142,6 +142,16 @@ impl CaptureStore {
             crate::paths::tighten_file(&file).map_err(|e| open_err(e.to_string()))?;
         }
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        // SQLite opens a file it cannot write read-only: the clear "not writable" error now,
+        // instead of "readonly database" at the first write.
+        if conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(false)
+        {
+            return Err(open_err(
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied).to_string(),
+            ));
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Both only take effect on a file with no tables yet, page size first (setting
         // auto_vacuum fixes it); older stores switch to incremental vacuum in `migrate` and
