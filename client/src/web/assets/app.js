@@ -449,6 +449,7 @@ function renderDetail(d) {
   const reqSec = section("Request");
   reqSec.appendChild(headersTable(req.headers, d.id));
   reqSec.appendChild(bodyView(req));
+  reqSec.appendChild(rawLink(d.id, "request"));
   pane.appendChild(reqSec);
 
   const resSec = section("Response");
@@ -456,6 +457,7 @@ function renderDetail(d) {
     resSec.appendChild(el("p", "status " + statusClass(d.response.status), "status " + d.response.status));
     resSec.appendChild(headersTable(d.response.headers, d.id));
     resSec.appendChild(bodyView(d.response));
+    resSec.appendChild(rawLink(d.id, "response"));
   } else {
     resSec.appendChild(el("p", "st-err", "no answer: " + (d.error || "none recorded")));
   }
@@ -506,6 +508,14 @@ function base64Bytes(b64) {
   const bytes = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
   return bytes;
+}
+
+/** A link that downloads the body's exact bytes (`GET /api/deliveries/{id}/body`). */
+function rawLink(id, part) {
+  const a = el("a", "raw-link", "download the " + part + " body as recorded");
+  a.href = "/api/deliveries/" + encodeURIComponent(id) + "/body?part=" + part;
+  a.download = id + "-" + part + ".bin";
+  return a;
 }
 
 function bodyView(part) {
