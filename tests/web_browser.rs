@@ -327,6 +327,116 @@ fn replay_and_edit_and_replay_reach_the_handler_and_secrets_stay_hidden() {
 }
 
 #[test]
+fn broken_json_binary_and_hostile_text_are_shown_safely_and_curl_is_copied() {
+    let ins = Inspector::start("web-hostile", |_| Reply::ok());
+    let b = &ins.browser;
+    let send = |content_type: &str, body: Vec<u8>| {
+        let sent = Request::post(&ins.listen.url)
+            .header("content-type", content_type)
+            .body(body)
+            .send(&ins.rt);
+        assert_eq!(sent.status, 200, "{}", sent.text());
+    };
+    send("application/json", b"{\"a\": 1,\n \"b\": }".to_vec());
+    send(
+        "application/octet-stream",
+        vec![0xff, 0xfe, 0x00, 0x01, b'A'],
+    );
+    send(
+        "text/plain",
+        "red \x1b[31m <img src=x id=injected> \u{202e}desrever\x07 end\n"
+            .as_bytes()
+            .to_vec(),
+    );
+    send(
+        "application/json",
+        b"{\"note\":\"\\u001b[2J cleared?\"}".to_vec(),
+    );
+    let ids: Vec<String> = (1..=4).map(|n| ins.recorded(n)).collect();
+    let open = |n: usize| {
+        b.click(&Inspector::row(&ids[n]));
+        ins.wait_details(&ids[n]);
+    };
+
+    // The JSON syntax error: where it is, and the character marked.
+    open(0);
+    let error = b.wait_js(
+        "the marked syntax error",
+        "const m = document.querySelector('#details mark.json-error'); \
+         return m && [m.textContent, m.closest('.body').querySelector('p').textContent];",
+        vec![],
+    );
+    assert_eq!(
+        error,
+        json!([
+            "}",
+            "not valid JSON: unexpected character at line 2, column 7"
+        ])
+    );
+
+    // Binary as hex.
+    open(1);
+    let hex = b.wait_js(
+        "the hex dump",
+        "const h = document.querySelector('#details pre.hex'); return h && h.textContent;",
+        vec![],
+    );
+    assert!(
+        hex.as_str()
+            .is_some_and(|h| h.contains("00000000  ff fe 00 01 41") && h.contains("..A")),
+        "{hex}"
+    );
+
+    // Control and bidi characters visible as the terminal shows them; markup stays text.
+    open(2);
+    let shown = b.wait_js(
+        "the escaped text body",
+        "const pre = document.querySelector('#details .body pre.text'); \
+         return pre && [[...pre.querySelectorAll('.ctl')].map(c => c.textContent), pre.textContent];",
+        vec![],
+    );
+    assert_eq!(shown[0], json!(["^[", "\\u{202e}", "^G"]), "{shown}");
+    assert!(
+        shown[1]
+            .as_str()
+            .is_some_and(|t| t.contains("<img src=x id=injected>")),
+        "{shown}"
+    );
+    assert_eq!(
+        b.js(
+            "return document.getElementById('injected') === null;",
+            vec![]
+        ),
+        json!(true)
+    );
+    open(3);
+    let in_tree = b.wait_js(
+        "the escaped JSON string",
+        "const s = document.querySelector('#details .tree .j-str'); \
+         return s && [s.textContent, s.querySelector('.ctl') && s.querySelector('.ctl').textContent];",
+        vec![],
+    );
+    assert_eq!(in_tree, json!(["\"^[[2J cleared?\"", "^["]));
+
+    // Copy as curl: the command is shown (and put on the clipboard when the browser lets it).
+    b.click("#btn-curl");
+    let curl = b.wait_js(
+        "the curl command",
+        "const c = document.getElementById('curl'); return c && c.textContent;",
+        vec![],
+    );
+    let want = format!(
+        "curl -X 'POST' '{}' -H 'content-type: application/json'",
+        ins.target.url("/hooks")
+    );
+    assert!(
+        curl.as_str().is_some_and(|c| c.starts_with(&want)
+            && c.ends_with("--data-binary '{\"note\":\"\\u001b[2J cleared?\"}'")),
+        "{curl}"
+    );
+}
+
+#[test]
 fn without_chromium_the_browser_tests_fail_naming_the_packages() {
     let empty = support::temp_dir();
     let why = tools_on(empty.path().as_os_str()).expect_err("nothing is installed there");
