@@ -8,6 +8,9 @@
 
 mod support;
 
+#[path = "web_browser/figures.rs"]
+mod figures;
+
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
