@@ -31,12 +31,14 @@ struct Inspector {
 }
 
 impl Inspector {
-    /// Everything started; the page open with its live stream connected.
+    /// Everything started; the page open (in a dark system theme when `dark`) with its live
+    /// stream connected.
     fn start(
+        dark: bool,
         tunnel: &str,
         handler: impl Fn(&support::target::Recorded) -> Reply + Send + Sync + 'static,
     ) -> Inspector {
-        let browser = Browser::start();
+        let browser = Browser::start(dark);
         let rt = runtime();
         let target = Target::start(&rt, handler);
         let relay = Relay::http(&[]);
@@ -112,6 +114,14 @@ impl Inspector {
         );
     }
 
+    /// The page's background and text colours as the browser computed them.
+    fn colours(&self) -> serde_json::Value {
+        self.browser.js(
+            "const s = getComputedStyle(document.body); return [s.backgroundColor, s.color];",
+            vec![],
+        )
+    }
+
     /// The row of `id` as a CSS selector.
     fn row(id: &str) -> String {
         format!("#list .row[data-id=\"{id}\"]")
@@ -120,8 +130,13 @@ impl Inspector {
 
 #[test]
 fn a_triggered_event_appears_live_its_tree_expands_and_keys_and_filters_work() {
-    let ins = Inspector::start("web-live", |_| Reply::ok());
+    let ins = Inspector::start(false, "web-live", |_| Reply::ok());
     let b = &ins.browser;
+    assert_eq!(
+        ins.colours(),
+        json!(["rgb(255, 255, 255)", "rgb(29, 35, 42)"]),
+        "light by default"
+    );
     b.js("window.sameDocument = true;", vec![]);
 
     let created = ins.trigger("ticket.created", 1);
@@ -228,7 +243,7 @@ fn replay_and_edit_and_replay_reach_the_handler_and_secrets_stay_hidden() {
     let answered = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&answered);
     // Each answer differs from the last, so a test run shows a JSON diff.
-    let ins = Inspector::start("web-replay", move |_| {
+    let ins = Inspector::start(false, "web-replay", move |_| {
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
         Reply::status(200)
             .header("content-type", "application/json")
@@ -330,9 +345,14 @@ fn replay_and_edit_and_replay_reach_the_handler_and_secrets_stay_hidden() {
 }
 
 #[test]
-fn broken_json_binary_and_hostile_text_are_shown_safely_and_curl_is_copied() {
-    let ins = Inspector::start("web-hostile", |_| Reply::ok());
+fn broken_json_binary_and_hostile_text_are_shown_safely_in_the_dark_and_curl_is_copied() {
+    let ins = Inspector::start(true, "web-hostile", |_| Reply::ok());
     let b = &ins.browser;
+    assert_eq!(
+        ins.colours(),
+        json!(["rgb(20, 24, 28)", "rgb(221, 227, 234)"]),
+        "dark when the system prefers it"
+    );
     let send = |content_type: &str, body: Vec<u8>| {
         let sent = Request::post(&ins.listen.url)
             .header("content-type", content_type)

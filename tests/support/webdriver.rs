@@ -54,9 +54,10 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free port and a headless Chromium session of 1400×900; fails
-    /// naming the packages when either is not installed.
-    pub fn start() -> Browser {
+    /// Starts chromedriver on a free port and a headless Chromium session of 1400×900 (the
+    /// system's colour scheme dark when `dark`); fails naming the packages when either is not
+    /// installed.
+    pub fn start(dark: bool) -> Browser {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let (chromium, chromedriver) = tools_on(&path).unwrap_or_else(|e| panic!("{e}"));
         let port = closed_port();
@@ -71,19 +72,23 @@ impl Browser {
             .build()
             .expect("a runtime for the WebDriver client");
         let profile = temp_dir();
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--no-first-run".into(),
+            "--no-default-browser-check".into(),
+            "--window-size=1400,900".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        if dark {
+            args.push("--force-dark-mode".into());
+        }
         let caps = json!({
             "goog:chromeOptions": {
                 "binary": chromium,
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                    "--no-default-browser-check",
-                    "--window-size=1400,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
+                "args": args,
             }
         });
         let Value::Object(caps) = caps else {

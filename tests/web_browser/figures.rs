@@ -105,7 +105,7 @@ fn figures() {
     );
     let page = format!("http://{addr}/");
     let (idle_rss, _) = memory_kib(listen.guard.pid());
-    let browser = Browser::start();
+    let browser = Browser::start(false);
     browser.goto(&page);
     browser.find("#live.on");
     // Each row's arrival time, by the path it shows.
