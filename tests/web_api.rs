@@ -3,6 +3,9 @@
 //! token checks, the security headers, paging with the cursor, the live stream, and the
 //! `--inspect` / `--no-inspect` flags.
 
+// Helpers here are test code too; `allow-unwrap-in-tests` only covers `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Instant;

@@ -12,6 +12,7 @@
 //! # Layout
 //! - `addr` — `--inspect ADDR` / `--no-inspect` and binding the port.
 //! - `respond` — response building: JSON, errors, the security headers.
+//! - `state` — what every request shares.
 //! - `reads` — capture store reads off the async threads, and the list cursor.
 //! - `api` — the `/api/` endpoints.
 //! - `stream` — `GET /api/stream`, newly committed deliveries as server-sent events.
@@ -20,6 +21,7 @@ mod addr;
 mod api;
 mod reads;
 mod respond;
+mod state;
 mod stream;
 
 use std::net::SocketAddr;
@@ -40,6 +42,7 @@ use crate::status::ReplayRequest;
 
 pub use addr::{bind, Inspect};
 use respond::{error, Reply};
+use state::State;
 
 /// The header a state-changing call carries the per-process token in.
 pub const TOKEN_HEADER: &str = "x-illumitunnel-token";
@@ -76,18 +79,6 @@ impl Started {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
-}
-
-/// Shared by every request.
-struct State {
-    addr: SocketAddr,
-    token: String,
-    /// The page with the token in it.
-    index: String,
-    reads: reads::Reads,
-    committed: watch::Receiver<i64>,
-    replays: mpsc::Sender<ReplayRequest>,
-    shutdown: CancellationToken,
 }
 
 /// Serves the inspector on `listener` until `shutdown`.

@@ -139,7 +139,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_taken_port_moves_to_the_next_and_all_taken_is_an_error() {
+    async fn a_taken_port_moves_to_the_next_and_off_binds_nothing() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let choice = Inspect::At(taken.local_addr().unwrap());

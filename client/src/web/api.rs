@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::reads::cursor_after;
 use super::respond::{error, Reply};
-use super::State;
+use super::state::State;
 use crate::regression::Pointer;
 use crate::status::{ReplayEdits, ReplayRequest};
 
@@ -260,9 +260,9 @@ pub async fn test(state: &State, body: &Bytes) -> Reply {
                 Ok(replayed) => replayed,
                 Err(sentence) => return error(StatusCode::SERVICE_UNAVAILABLE, &sentence),
             };
-        let report = crate::commands::test::report(original, &replayed, &ignore);
+        let report = crate::regression::replay_report(original, &replayed, &ignore);
         passed += usize::from(report.passed());
-        results.push(crate::commands::test::case_json(
+        results.push(crate::regression::case_json(
             original, &replayed, &report, true,
         ));
     }

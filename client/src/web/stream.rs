@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::{filter_from, Query, MAX_LIMIT};
 use super::reads::Reads;
 use super::respond::{error, Reply};
-use super::State;
+use super::state::State;
 
 /// How often an idle stream sends a comment.
 const KEEPALIVE: Duration = Duration::from_secs(15);
