@@ -277,10 +277,11 @@ fn replay_and_edit_and_replay_reach_the_handler_and_secrets_stay_hidden() {
     assert_eq!(replayed["replay_of"], json!(original));
     let first_replay = replayed["id"].as_str().expect("id").to_string();
     b.find(&format!("{} .mark-replay", Inspector::row(&first_replay)));
+    ins.wait_details(&first_replay);
 
     // Edit and replay: another path, a new header, another body; the hidden secret goes as
-    // recorded.
-    b.click(&Inspector::row(&original));
+    // recorded. The replay's "replay of" leads back to the original.
+    b.click("#details .facts button.link");
     ins.wait_details(&original);
     b.click("#btn-edit");
     b.type_into("#edit-path", "/hooks/edited?via=web", true);

@@ -36,7 +36,6 @@ const state = {
   pending: [], // stream events that came before the first page
   stream: null,
   timelineCapped: false,
-  total: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -436,7 +435,15 @@ function renderDetail(d) {
   fact("resource id", d.resource_id);
   fact("sender", senderOf(req));
   fact("marks", marks(d).map(([m]) => m).join(", "));
-  fact("replay of", d.replay_of);
+  if (d.replay_of) {
+    facts.appendChild(el("dt", null, "replay of"));
+    const dd = el("dd");
+    dd.appendChild(button(d.replay_of, () => {
+      select(d.replay_of);
+      openDetail(d.replay_of);
+    }, "link"));
+    facts.appendChild(dd);
+  }
   fact("latency", Number(d.duration_ms || 0).toFixed(2) + " ms");
   fact("forwarded to", d.target);
   fact("error", d.error);
@@ -495,7 +502,7 @@ function headersTable(headers, id) {
 function rawRequest(req) {
   const lines = [(req.method || "") + " " + (req.path || "") + (req.query ? "?" + req.query : "") + " HTTP/1.1"];
   for (const [name, value] of req.headers || []) {
-    lines.push(name + ": " + (isSecretName(name) && !state.revealed ? "(hidden)" : value));
+    lines.push(name + ": " + (isSecretName(name) && !state.revealed ? HIDDEN : value));
   }
   const body = req.body_base64 !== undefined ? "(" + base64Bytes(req.body_base64).length + " bytes of binary, shown as hex above)" : (req.body || "");
   return lines.join("\n") + "\n\n" + body;
