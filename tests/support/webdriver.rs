@@ -94,18 +94,15 @@ impl Browser {
         let Value::Object(caps) = caps else {
             unreachable!("a JSON object literal")
         };
-        let client = rt
-            .block_on(async {
-                tokio::time::timeout(
-                    DEADLINE,
-                    ClientBuilder::new(HttpConnector::new())
-                        .capabilities(caps)
-                        .connect(&format!("http://127.0.0.1:{port}")),
-                )
-                .await
-            })
-            .unwrap_or_else(|_| panic!("no Chromium session within {DEADLINE:?}"))
-            .unwrap_or_else(|e| panic!("could not start a Chromium session: {e}"));
+        let mut builder = ClientBuilder::new(HttpConnector::new());
+        builder.capabilities(caps);
+        let url = format!("http://127.0.0.1:{port}");
+        let connecting = builder.connect(&url);
+        let client = match rt.block_on(tokio::time::timeout(DEADLINE, connecting)) {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => panic!("could not start a Chromium session: {e}"),
+            Err(_) => panic!("no Chromium session within {DEADLINE:?}"),
+        };
         Browser {
             rt,
             client: Some(client),
