@@ -98,7 +98,7 @@ impl Browser {
         builder.capabilities(caps);
         let url = format!("http://127.0.0.1:{port}");
         let connecting = builder.connect(&url);
-        let client = match rt.block_on(tokio::time::timeout(DEADLINE, connecting)) {
+        let client = match rt.block_on(async { tokio::time::timeout(DEADLINE, connecting).await }) {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => panic!("could not start a Chromium session: {e}"),
             Err(_) => panic!("no Chromium session within {DEADLINE:?}"),
