@@ -676,3 +676,170 @@ fn an_inspect_address_off_this_machine_is_refused_with_the_usage_exit_code() {
     ]);
     assert_eq!(ChildGuard::run(cmd).code(), 2);
 }
+
+/// A private tmux server running `listen` with the terminal inspector, for the test that runs
+/// both inspectors at once; killed (with `listen`) when dropped.
+struct Terminal {
+    socket: std::path::PathBuf,
+}
+
+impl Terminal {
+    /// Whether tmux runs here; without it the test says so and passes, except in CI.
+    fn available() -> bool {
+        let found = std::process::Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let in_ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+        assert!(found || !in_ci, "tmux is not installed but CI is set");
+        if !found {
+            eprintln!("skipping: tmux is not installed");
+        }
+        found
+    }
+
+    /// Starts `listen ARGS` in a 160×40 terminal with `home` as its home.
+    fn start(home: &std::path::Path, args: &[String]) -> Terminal {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let listen = std::iter::once(support::bin("illumitunnel").display().to_string())
+            .chain(args.iter().cloned())
+            .map(|a| quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let script = format!(
+            "unset ILLUMITUNNEL_RELAY ILLUMITUNNEL_TOKEN ILLUMITUNNEL_RELAY_TOKENS RUST_BACKTRACE RUST_LOG\n\
+             export ILLUMITUNNEL_HOME={} NO_COLOR=1\n{listen}\nexec sleep 60\n",
+            quote(&home.display().to_string())
+        );
+        let script_path = home.join("run.sh");
+        std::fs::write(&script_path, script).unwrap();
+        let terminal = Terminal {
+            socket: home.join("tmux.sock"),
+        };
+        let command = format!("sh {}", quote(&script_path.display().to_string()));
+        let out = terminal.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "web",
+            "-x",
+            "160",
+            "-y",
+            "40",
+            &command,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        terminal
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .unwrap()
+    }
+
+    /// Polls the screen until it holds `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        self.wait_until(needle, |screen| screen.contains(needle))
+    }
+
+    /// Polls the screen until `ready` holds.
+    fn wait_until(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.tmux(&["capture-pane", "-p", "-t", "web"]);
+            let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+            if ready(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{what} not on screen:\n{screen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+#[test]
+fn the_web_inspector_runs_beside_the_terminal_inspector_on_the_same_store() {
+    if !Terminal::available() {
+        return;
+    }
+    let rt = runtime();
+    let target = handler(&rt);
+    let relay = Relay::http(&[]);
+    let tunnel = "web-beside-tui";
+    let home = support::temp_dir();
+    let args: Vec<String> = [
+        "listen",
+        "--relay",
+        &relay.url,
+        "--forward-to",
+        &target.url(""),
+        "--tunnel",
+        tunnel,
+        "--store",
+        &home.path().join("captures.db").display().to_string(),
+        "--inspect",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let terminal = Terminal::start(home.path(), &args);
+    terminal.wait_for("● connected");
+    let record_path = home.path().join(format!("data/listen/{tunnel}.json"));
+    let record: Value = support::poll_until("the inspector in the listen record", DEADLINE, || {
+        std::fs::read(&record_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .filter(|r| r["inspect"].is_string())
+            .ok_or_else(|| format!("{}", record_path.display()))
+    });
+    let url = record["inspect"].as_str().unwrap();
+    terminal.wait_for(&format!("· web {url}"));
+    let inspector = Inspector {
+        addr: url.trim_start_matches("http://").to_string(),
+        token: record["inspect_token"].as_str().unwrap().to_string(),
+    };
+
+    let response = Request::post(&format!("{}/t/{tunnel}/hooks", relay.url))
+        .header("content-type", "application/json")
+        .body(r#"{"event":"ticket.created","timestamp":"2026-01-01T00:00:00Z","data":{"id":"tkt_both"}}"#)
+        .send(&rt);
+    assert_eq!(response.status, 200);
+    terminal.wait_for("tkt_both");
+    let list = inspector.get(&rt, "/api/deliveries").json();
+    let id = list["deliveries"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["deliveries"][0]["resource_id"], "tkt_both");
+
+    // A replay from the web shows up in the terminal inspector, marked replay.
+    let replayed = inspector.post(&rt, &format!("/api/deliveries/{id}/replay"), "");
+    assert_eq!(replayed.status, 201);
+    assert_eq!(target.wait_for_requests(2).len(), 2);
+    let screen = terminal.wait_until("two tkt_both rows", |s| s.matches("tkt_both").count() == 2);
+    let replay_row = screen
+        .lines()
+        .filter(|l| l.contains("tkt_both"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(replay_row.contains("replay"), "{screen}");
+    assert_eq!(
+        inspector.get(&rt, "/api/deliveries").json()["deliveries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
