@@ -119,6 +119,9 @@ fn every_endpoint_answers_with_the_documented_shapes_statuses_and_headers() {
     let newest_first: Vec<Value> = printed.iter().rev().cloned().collect();
     assert_eq!(items, &newest_first);
     assert_eq!(list["next_cursor"], Value::Null);
+    // Other processes reading the store (`events`, `show`) while `listen` serves the inspector:
+    // the replays below are still recorded (an open in `listen` used to drop its SQLite locks, and
+    // then its writer failed with "no column named retry").
     let events = listen.client(&["events", "--json"]);
     let events: Vec<Value> = events
         .stdout
