@@ -18,7 +18,7 @@ use tokio::runtime::Runtime;
 use client::{request, EventStream, Inspector};
 use support::sender::Request;
 use support::target::{Recorded, Reply, Target};
-use support::{runtime, ChildGuard, Listen, Relay, DEADLINE};
+use support::{runtime, ChildGuard, Listen, Relay, Stream, DEADLINE};
 use terminal::Terminal;
 
 /// A webhook through the relay's tunnel URL.
@@ -430,21 +430,54 @@ fn inspect_moves_past_a_taken_port_and_no_inspect_serves_nothing() {
 
     // The default: 4040, or the next free port up to 4049 (other programs on this machine may
     // hold some), or a line saying all ten are taken.
-    let default = Listen::start(Some(&relay.url), &target.url(""), "web-api-default", &[]);
-    match banner_inspector(&default) {
+    let home = support::temp_dir();
+    let mut cmd = support::command("illumitunnel", home.path());
+    cmd.env_remove("ILLUMITUNNEL_INSPECT")
+        .args([
+            "listen",
+            "--relay",
+            &relay.url,
+            "--forward-to",
+            &target.url(""),
+        ])
+        .args(["--tunnel", "web-api-default", "--no-tui", "--store"])
+        .arg(home.path().join("captures.db"));
+    let default = ChildGuard::spawn(cmd);
+    default.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+    match default
+        .stderr()
+        .lines()
+        .find(|l| l.starts_with("web inspector"))
+    {
         Some(line) => {
-            let addr = support::after(&line, "http://");
+            let addr = support::after(line, "http://").to_string();
             let port: u16 = addr.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
             assert!((4040..=4049).contains(&port), "{line}");
-            let answer = rt.block_on(request(addr, "GET", "/", &[("host", addr)], ""));
+            let answer = rt.block_on(request(&addr, "GET", "/", &[("host", &addr)], ""));
             assert_eq!(answer.status, 200);
         }
         None => assert!(
-            default.guard.stderr().contains("web inspector not started"),
+            default.stderr().contains("web inspector not started"),
             "{}",
-            default.guard.stderr()
+            default.stderr()
         ),
     }
+    // ILLUMITUNNEL_INSPECT=off is --no-inspect.
+    let home = support::temp_dir();
+    let mut cmd = support::command("illumitunnel", home.path());
+    cmd.env("ILLUMITUNNEL_INSPECT", "off")
+        .args([
+            "listen",
+            "--relay",
+            &relay.url,
+            "--forward-to",
+            &target.url(""),
+        ])
+        .args(["--tunnel", "web-api-env-off", "--no-tui", "--store"])
+        .arg(home.path().join("captures.db"));
+    let off = ChildGuard::spawn(cmd);
+    off.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+    assert!(!off.stderr().contains("web inspector"), "{}", off.stderr());
 }
 
 #[test]

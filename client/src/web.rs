@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::status::ReplayRequest;
 
-pub use addr::{bind, Inspect};
+pub use addr::{bind, Inspect, INSPECT_ENV};
 use respond::{error, Reply};
 use state::State;
 
