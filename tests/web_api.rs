@@ -427,6 +427,12 @@ fn inspect_moves_past_a_taken_port_and_no_inspect_serves_nothing() {
     )
     .unwrap();
     assert!(record.get("inspect").is_none() && record.get("inspect_token").is_none());
+    // With `--relay`, `listen` listens on nothing but its inspector: none at all here.
+    #[cfg(target_os = "linux")]
+    {
+        assert_eq!(listening_ports(off.guard.pid()), Vec::<u16>::new());
+        assert_eq!(listening_ports(moved.guard.pid()), vec![got]);
+    }
 
     // The default: 4040, or the next free port up to 4049 (other programs on this machine may
     // hold some), or a line saying all ten are taken.
@@ -478,6 +484,34 @@ fn inspect_moves_past_a_taken_port_and_no_inspect_serves_nothing() {
     let off = ChildGuard::spawn(cmd);
     off.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
     assert!(!off.stderr().contains("web inspector"), "{}", off.stderr());
+}
+
+/// The TCP ports process `pid` listens on, from `/proc`.
+#[cfg(target_os = "linux")]
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            link.strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .map(str::to_string)
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is `IP:PORT` in hex, st `0A` is LISTEN, inode the 10th field.
+            if fields.len() > 9 && fields[3] == "0A" && inodes.iter().any(|i| i == fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap_or_default();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
 }
 
 #[test]
