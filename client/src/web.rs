@@ -120,7 +120,9 @@ async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationT
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(err) => {
-                tracing::debug!(%err, "the web inspector could not accept a connection");
+                // Out of file descriptors, say: wait a moment rather than spin.
+                tracing::warn!(%err, "the web inspector could not accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -217,6 +219,9 @@ fn known_path(segments: &[&str]) -> bool {
             | ["api", "deliveries", _, "body" | "replay"]
     )
 }
+
+/// How long accepting waits after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Largest request body the API reads (a replay's body can be as large as a delivery's).
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
