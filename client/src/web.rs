@@ -174,6 +174,12 @@ async fn route(state: &State, req: Request<Incoming>) -> Reply {
         (&Method::GET, ["assets", "style.css"]) => {
             Reply::text(STYLE_CSS, "text/css; charset=utf-8")
         }
+        // Browsers ask for it on their own; there is none, and a 404 would be noise.
+        (&Method::GET, ["favicon.ico"]) => Reply::bytes(
+            StatusCode::NO_CONTENT,
+            Bytes::new(),
+            http::HeaderValue::from_static("image/x-icon"),
+        ),
         (&Method::GET, ["api", "deliveries"]) => api::list(state, req.uri().query()).await,
         (&Method::GET, ["api", "deliveries", id]) => api::one(state, id, req.uri().query()).await,
         (&Method::GET, ["api", "deliveries", id, "body"]) => {
