@@ -82,6 +82,8 @@ fn every_endpoint_answers_with_the_documented_shapes_statuses_and_headers() {
         assert_eq!(asset.header("content-type"), Some(content_type));
     }
     assert_eq!(inspector.get(&rt, "/favicon.ico").status, 204);
+    let head = inspector.call(&rt, "HEAD", "/assets/app.js", &[], "");
+    assert_eq!((head.status, head.body.len()), (200, 0));
     for answer in [&page, &inspector.get(&rt, "/api/deliveries/nope")] {
         let csp = answer.header("content-security-policy").expect("CSP");
         assert!(csp.contains("script-src 'self'"), "{csp}");

@@ -158,7 +158,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> http::Response<respond
 
 async fn route(state: &State, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
-    let method = req.method().clone();
+    // HEAD is answered as GET; hyper leaves the body out.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if method == Method::POST && !token_matches(&state.token, &req) {
         return error(
