@@ -513,6 +513,15 @@ impl CaptureStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The `seq` of the newest delivery stored, 0 when there is none.
+    pub fn newest_seq(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM deliveries", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     /// How many deliveries match `filter`.
     pub fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
         let (clause, args) = where_clause(filter);

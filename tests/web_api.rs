@@ -6,229 +6,20 @@
 // Helpers here are test code too; `allow-unwrap-in-tests` only covers `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+#[path = "web_api/client.rs"]
+mod client;
 mod support;
+#[path = "web_api/terminal.rs"]
+mod terminal;
 
-use std::time::Instant;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
+use client::{request, EventStream, Inspector};
 use support::sender::Request;
 use support::target::{Recorded, Reply, Target};
 use support::{runtime, ChildGuard, Listen, Relay, Stream, DEADLINE};
-
-/// An answer from the inspector.
-struct Answer {
-    status: u16,
-    headers: http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Asserts a JSON error with `status` and returns its sentence.
-    fn error(&self, status: u16) -> String {
-        assert_eq!(
-            self.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.body)
-        );
-        assert_eq!(self.header("content-type"), Some("application/json"));
-        let body = self.json();
-        body["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error sentence in {body}"))
-            .to_string()
-    }
-}
-
-/// The inspector of a running `listen`: its address and token.
-struct Inspector {
-    addr: String,
-    token: String,
-}
-
-impl Inspector {
-    /// The inspector `listen` printed in its banner, and its token from the running-listen record.
-    fn of(listen: &Listen, tunnel: &str) -> Inspector {
-        let line = listen.guard.wait_for_text(Stream::Stderr, "web inspector");
-        let addr = support::after(&line, "http://").to_string();
-        let record_path = listen
-            .home()
-            .join("data")
-            .join("listen")
-            .join(format!("{tunnel}.json"));
-        let record: Value =
-            serde_json::from_slice(&std::fs::read(&record_path).expect("listen record")).unwrap();
-        assert_eq!(record["inspect"], json!(format!("http://{addr}")));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(&record_path)
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o077, 0, "the record holds the token: owner only");
-        }
-        let token = record["inspect_token"].as_str().expect("token").to_string();
-        Inspector { addr, token }
-    }
-
-    /// `method path` with `Host` set to the inspector's address and `headers`.
-    fn call(
-        &self,
-        rt: &Runtime,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Answer {
-        let host = self.addr.clone();
-        let mut all = vec![("host", host.as_str())];
-        all.extend_from_slice(headers);
-        rt.block_on(request(&self.addr, method, path, &all, body))
-    }
-
-    fn get(&self, rt: &Runtime, path: &str) -> Answer {
-        self.call(rt, "GET", path, &[], "")
-    }
-
-    /// A `POST` with the token.
-    fn post(&self, rt: &Runtime, path: &str, body: &str) -> Answer {
-        let token = self.token.clone();
-        self.call(
-            rt,
-            "POST",
-            path,
-            &[("x-illumitunnel-token", token.as_str())],
-            body,
-        )
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection, headers exactly as given (Host included).
-async fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect to the inspector at {addr}: {e}"));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut builder = http::Request::builder().method(method).uri(path);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let req = builder
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = tokio::time::timeout(DEADLINE, sender.send_request(req))
-        .await
-        .expect("the inspector answers in time")
-        .expect("an answer");
-    let (parts, body) = response.into_parts();
-    let body = tokio::time::timeout(DEADLINE, body.collect())
-        .await
-        .expect("the whole body in time")
-        .expect("body")
-        .to_bytes()
-        .to_vec();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
-}
-
-/// An open `GET /api/stream`.
-struct EventStream {
-    body: hyper::body::Incoming,
-    buffered: String,
-}
-
-impl EventStream {
-    async fn open(inspector: &Inspector) -> EventStream {
-        let tcp = tokio::net::TcpStream::connect(&inspector.addr)
-            .await
-            .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .uri("/api/stream")
-            .header("host", &inspector.addr)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = sender.send_request(req).await.unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.headers()["content-type"],
-            "text/event-stream; charset=utf-8"
-        );
-        let mut stream = EventStream {
-            body: response.into_body(),
-            buffered: String::new(),
-        };
-        // The first frame (`retry:`) says the stream is following the store.
-        stream.more(Instant::now() + DEADLINE).await;
-        stream
-    }
-
-    async fn more(&mut self, deadline: Instant) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = tokio::time::timeout(left, self.body.frame())
-            .await
-            .expect("a stream frame before the deadline")
-            .expect("the stream is open")
-            .expect("a frame");
-        if let Ok(data) = frame.into_data() {
-            self.buffered.push_str(&String::from_utf8_lossy(&data));
-        }
-    }
-
-    /// The next `delivery` event's data.
-    async fn next_delivery(&mut self) -> Value {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            while let Some(end) = self.buffered.find("\n\n") {
-                let event: String = self.buffered.drain(..end + 2).collect();
-                if !event.lines().any(|l| l == "event: delivery") {
-                    continue;
-                }
-                let data = event
-                    .lines()
-                    .find_map(|l| l.strip_prefix("data: "))
-                    .expect("a data line");
-                return serde_json::from_str(data).expect("JSON data");
-            }
-            self.more(deadline).await;
-        }
-    }
-}
+use terminal::Terminal;
 
 /// A webhook through the relay's tunnel URL.
 fn send_webhook(rt: &Runtime, listen: &Listen, n: usize) {
@@ -290,6 +81,9 @@ fn every_endpoint_answers_with_the_documented_shapes_statuses_and_headers() {
         assert_eq!(asset.status, 200, "{path}");
         assert_eq!(asset.header("content-type"), Some(content_type));
     }
+    assert_eq!(inspector.get(&rt, "/favicon.ico").status, 204);
+    let head = inspector.call(&rt, "HEAD", "/assets/app.js", &[], "");
+    assert_eq!((head.status, head.body.len()), (200, 0));
     for answer in [&page, &inspector.get(&rt, "/api/deliveries/nope")] {
         let csp = answer.header("content-security-policy").expect("CSP");
         assert!(csp.contains("script-src 'self'"), "{csp}");
@@ -328,6 +122,9 @@ fn every_endpoint_answers_with_the_documented_shapes_statuses_and_headers() {
     let newest_first: Vec<Value> = printed.iter().rev().cloned().collect();
     assert_eq!(items, &newest_first);
     assert_eq!(list["next_cursor"], Value::Null);
+    // Other processes reading the store (`events`, `show`) while `listen` serves the inspector:
+    // the replays below are still recorded (an open in `listen` used to drop its SQLite locks, and
+    // then its writer failed with "no column named retry").
     let events = listen.client(&["events", "--json"]);
     let events: Vec<Value> = events
         .stdout
@@ -633,24 +430,91 @@ fn inspect_moves_past_a_taken_port_and_no_inspect_serves_nothing() {
     )
     .unwrap();
     assert!(record.get("inspect").is_none() && record.get("inspect_token").is_none());
+    // With `--relay`, `listen` listens on nothing but its inspector: none at all here.
+    #[cfg(target_os = "linux")]
+    {
+        assert_eq!(listening_ports(off.guard.pid()), Vec::<u16>::new());
+        assert_eq!(listening_ports(moved.guard.pid()), vec![got]);
+    }
 
     // The default: 4040, or the next free port up to 4049 (other programs on this machine may
     // hold some), or a line saying all ten are taken.
-    let default = Listen::start(Some(&relay.url), &target.url(""), "web-api-default", &[]);
-    match banner_inspector(&default) {
+    let home = support::temp_dir();
+    let mut cmd = support::command("illumitunnel", home.path());
+    cmd.env_remove("ILLUMITUNNEL_INSPECT")
+        .args([
+            "listen",
+            "--relay",
+            &relay.url,
+            "--forward-to",
+            &target.url(""),
+        ])
+        .args(["--tunnel", "web-api-default", "--no-tui", "--store"])
+        .arg(home.path().join("captures.db"));
+    let default = ChildGuard::spawn(cmd);
+    default.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+    match default
+        .stderr()
+        .lines()
+        .find(|l| l.starts_with("web inspector"))
+    {
         Some(line) => {
-            let addr = support::after(&line, "http://");
+            let addr = support::after(line, "http://").to_string();
             let port: u16 = addr.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
             assert!((4040..=4049).contains(&port), "{line}");
-            let answer = rt.block_on(request(addr, "GET", "/", &[("host", addr)], ""));
+            let answer = rt.block_on(request(&addr, "GET", "/", &[("host", &addr)], ""));
             assert_eq!(answer.status, 200);
         }
         None => assert!(
-            default.guard.stderr().contains("web inspector not started"),
+            default.stderr().contains("web inspector not started"),
             "{}",
-            default.guard.stderr()
+            default.stderr()
         ),
     }
+    // ILLUMITUNNEL_INSPECT=off is --no-inspect.
+    let home = support::temp_dir();
+    let mut cmd = support::command("illumitunnel", home.path());
+    cmd.env("ILLUMITUNNEL_INSPECT", "off")
+        .args([
+            "listen",
+            "--relay",
+            &relay.url,
+            "--forward-to",
+            &target.url(""),
+        ])
+        .args(["--tunnel", "web-api-env-off", "--no-tui", "--store"])
+        .arg(home.path().join("captures.db"));
+    let off = ChildGuard::spawn(cmd);
+    off.wait_for_line(Stream::Stderr, |l| l.trim_start().starts_with("connected"));
+    assert!(!off.stderr().contains("web inspector"), "{}", off.stderr());
+}
+
+/// The TCP ports process `pid` listens on, from `/proc`.
+#[cfg(target_os = "linux")]
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            link.strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .map(str::to_string)
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is `IP:PORT` in hex, st `0A` is LISTEN, inode the 10th field.
+            if fields.len() > 9 && fields[3] == "0A" && inodes.iter().any(|i| i == fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap_or_default();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
 }
 
 #[test]
@@ -675,4 +539,77 @@ fn an_inspect_address_off_this_machine_is_refused_with_the_usage_exit_code() {
         "--no-inspect",
     ]);
     assert_eq!(ChildGuard::run(cmd).code(), 2);
+}
+
+#[test]
+fn the_web_inspector_runs_beside_the_terminal_inspector_on_the_same_store() {
+    if !Terminal::available() {
+        return;
+    }
+    let rt = runtime();
+    let target = handler(&rt);
+    let relay = Relay::http(&[]);
+    let tunnel = "web-beside-tui";
+    let home = support::temp_dir();
+    let args: Vec<String> = [
+        "listen",
+        "--relay",
+        &relay.url,
+        "--forward-to",
+        &target.url(""),
+        "--tunnel",
+        tunnel,
+        "--store",
+        &home.path().join("captures.db").display().to_string(),
+        "--inspect",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let terminal = Terminal::start(home.path(), &args);
+    terminal.wait_for("● connected");
+    let record_path = home.path().join(format!("data/listen/{tunnel}.json"));
+    let record: Value = support::poll_until("the inspector in the listen record", DEADLINE, || {
+        std::fs::read(&record_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .filter(|r| r["inspect"].is_string())
+            .ok_or_else(|| format!("{}", record_path.display()))
+    });
+    let url = record["inspect"].as_str().unwrap();
+    terminal.wait_for(&format!("· web {url}"));
+    let inspector = Inspector {
+        addr: url.trim_start_matches("http://").to_string(),
+        token: record["inspect_token"].as_str().unwrap().to_string(),
+    };
+
+    let response = Request::post(&format!("{}/t/{tunnel}/hooks", relay.url))
+        .header("content-type", "application/json")
+        .body(r#"{"event":"ticket.created","timestamp":"2026-01-01T00:00:00Z","data":{"id":"tkt_both"}}"#)
+        .send(&rt);
+    assert_eq!(response.status, 200);
+    terminal.wait_for("tkt_both");
+    let list = inspector.get(&rt, "/api/deliveries").json();
+    let id = list["deliveries"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["deliveries"][0]["resource_id"], "tkt_both");
+
+    // A replay from the web shows up in the terminal inspector, marked replay.
+    let replayed = inspector.post(&rt, &format!("/api/deliveries/{id}/replay"), "");
+    assert_eq!(replayed.status, 201);
+    assert_eq!(target.wait_for_requests(2).len(), 2);
+    let screen = terminal.wait_until("two tkt_both rows", |s| s.matches("tkt_both").count() == 2);
+    let replay_row = screen
+        .lines()
+        .filter(|l| l.contains("tkt_both"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(replay_row.contains("replay"), "{screen}");
+    assert_eq!(
+        inspector.get(&rt, "/api/deliveries").json()["deliveries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -176,8 +176,9 @@ pub struct RecorderHandle {
 }
 
 impl RecorderHandle {
-    /// The `seq` of the newest delivery committed so far (0 before the first commit), changed
-    /// as soon as each commit is done: the web inspector's live stream waits on it.
+    /// The `seq` of the newest delivery committed so far (at first, the newest in the store; 0
+    /// for an empty one), changed as soon as each commit is done: the web inspector's live
+    /// stream waits on it.
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
     }
@@ -251,7 +252,9 @@ pub fn spawn(
     retention: Retention,
 ) -> std::io::Result<(RecorderHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let (committed_tx, committed) = watch::channel(0);
+    // Deliveries stored by earlier runs count as committed: a stream opened now starts after them.
+    let newest = store.newest_seq().unwrap_or(0);
+    let (committed_tx, committed) = watch::channel(newest);
     let thread = std::thread::Builder::new()
         .name("capture-store".into())
         .spawn(move || {

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::status::ReplayRequest;
 
-pub use addr::{bind, Inspect};
+pub use addr::{bind, Inspect, INSPECT_ENV};
 use respond::{error, Reply};
 use state::State;
 
@@ -120,7 +120,9 @@ async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationT
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(err) => {
-                tracing::debug!(%err, "the web inspector could not accept a connection");
+                // Out of file descriptors, say: wait a moment rather than spin.
+                tracing::warn!(%err, "the web inspector could not accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -156,7 +158,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> http::Response<respond
 
 async fn route(state: &State, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
-    let method = req.method().clone();
+    // HEAD is answered as GET; hyper leaves the body out.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if method == Method::POST && !token_matches(&state.token, &req) {
         return error(
@@ -172,6 +178,12 @@ async fn route(state: &State, req: Request<Incoming>) -> Reply {
         (&Method::GET, ["assets", "style.css"]) => {
             Reply::text(STYLE_CSS, "text/css; charset=utf-8")
         }
+        // Browsers ask for it on their own; there is none, and a 404 would be noise.
+        (&Method::GET, ["favicon.ico"]) => Reply::bytes(
+            StatusCode::NO_CONTENT,
+            Bytes::new(),
+            http::HeaderValue::from_static("image/x-icon"),
+        ),
         (&Method::GET, ["api", "deliveries"]) => api::list(state, req.uri().query()).await,
         (&Method::GET, ["api", "deliveries", id]) => api::one(state, id, req.uri().query()).await,
         (&Method::GET, ["api", "deliveries", id, "body"]) => {
@@ -217,6 +229,9 @@ fn known_path(segments: &[&str]) -> bool {
             | ["api", "deliveries", _, "body" | "replay"]
     )
 }
+
+/// How long accepting waits after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Largest request body the API reads (a replay's body can be as large as a delivery's).
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;

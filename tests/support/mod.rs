@@ -52,7 +52,10 @@ pub fn command(name: &str, home: &Path) -> Command {
         .env_remove("ILLUMITUNNEL_TOKEN")
         .env_remove("ILLUMITUNNEL_RELAY_TOKENS")
         .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        // Many `listen`s run at once: each serves its web inspector on a port of its own rather
+        // than racing for 4040-4049 (tests/web_api.rs covers the default).
+        .env("ILLUMITUNNEL_INSPECT", "127.0.0.1:0");
     // Tests talk to 127.0.0.1 directly; a proxy from the caller's shell must not step in.
     for proxy in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"] {
         cmd.env_remove(proxy).env_remove(proxy.to_lowercase());

@@ -26,13 +26,27 @@ pub enum Inspect {
     At(SocketAddr),
 }
 
+/// The variable that stands for `--inspect` when the flag is not given (`off` for
+/// `--no-inspect`), e.g. for a test suite that runs many `listen`s at once.
+pub const INSPECT_ENV: &str = "ILLUMITUNNEL_INSPECT";
+
 impl Inspect {
-    /// What `--inspect` / `--no-inspect` ask for; an address off this machine is a usage error.
-    pub fn from_args(inspect: Option<&str>, no_inspect: bool) -> Result<Self, UsageError> {
-        match (inspect, no_inspect) {
-            (_, true) => Ok(Inspect::Off),
-            (None, false) => Ok(Inspect::Default),
-            (Some(text), false) => parse(text).map(Inspect::At),
+    /// What `--inspect` / `--no-inspect` ask for, else `ILLUMITUNNEL_INSPECT` (`env`); an
+    /// address off this machine is a usage error.
+    pub fn from_args(
+        inspect: Option<&str>,
+        no_inspect: bool,
+        env: Option<&str>,
+    ) -> Result<Self, UsageError> {
+        let env = env.map(str::trim).filter(|v| !v.is_empty());
+        match (inspect, no_inspect, env) {
+            (_, true, _) => Ok(Inspect::Off),
+            (Some(text), false, _) => parse(text).map(Inspect::At),
+            (None, false, Some("off")) => Ok(Inspect::Off),
+            (None, false, Some(text)) => parse(text)
+                .map(Inspect::At)
+                .map_err(|e| UsageError(e.0.replacen("--inspect", INSPECT_ENV, 1))),
+            (None, false, None) => Ok(Inspect::Default),
         }
     }
 }
@@ -114,7 +128,7 @@ mod tests {
 
     #[test]
     fn loopback_forms_are_taken_and_others_refused() {
-        let at = |t: &str| Inspect::from_args(Some(t), false).map_err(|e| e.0);
+        let at = |t: &str| Inspect::from_args(Some(t), false, None).map_err(|e| e.0);
         assert_eq!(
             at("127.0.0.1:4041"),
             Ok(Inspect::At("127.0.0.1:4041".parse().unwrap()))
@@ -134,8 +148,30 @@ mod tests {
         );
         assert!(at("192.168.1.2:4040").is_err());
         assert!(at("nonsense").unwrap_err().starts_with("invalid --inspect"));
-        assert_eq!(Inspect::from_args(None, false).unwrap(), Inspect::Default);
-        assert_eq!(Inspect::from_args(None, true).unwrap(), Inspect::Off);
+        assert_eq!(
+            Inspect::from_args(None, false, None).unwrap(),
+            Inspect::Default
+        );
+        assert_eq!(Inspect::from_args(None, true, None).unwrap(), Inspect::Off);
+    }
+
+    #[test]
+    fn the_variable_stands_for_the_flag_when_it_is_not_given() {
+        let with =
+            |flag: Option<&str>, no: bool, env: &str| Inspect::from_args(flag, no, Some(env));
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(with(None, false, "127.0.0.1:0").unwrap(), Inspect::At(any));
+        assert_eq!(with(None, false, "off").unwrap(), Inspect::Off);
+        assert_eq!(with(None, false, " ").unwrap(), Inspect::Default);
+        assert_eq!(with(None, true, "127.0.0.1:0").unwrap(), Inspect::Off);
+        assert_eq!(
+            with(Some("4041"), false, "off").unwrap(),
+            Inspect::At("127.0.0.1:4041".parse().unwrap())
+        );
+        assert!(with(None, false, "0.0.0.0:1")
+            .unwrap_err()
+            .0
+            .starts_with("ILLUMITUNNEL_INSPECT 0.0.0.0:1 is not a loopback address"));
     }
 
     #[tokio::test]

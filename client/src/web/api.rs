@@ -321,3 +321,39 @@ fn store_failed(sentence: &str) -> Reply {
         &format!("could not read the capture store: {sentence}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_changes_are_read_from_json_and_bad_ones_refused() {
+        let (edits, body) = replay_edits(&Bytes::from_static(b"  \n")).unwrap();
+        assert_eq!((edits, body), (ReplayEdits::default(), None));
+        let (edits, body) = replay_edits(&Bytes::from_static(
+            br#"{"method":"PATCH","path":"/x?y=1","headers":{"X-A":"1","X-B":null},"body_base64":"AAEC"}"#,
+        ))
+        .unwrap();
+        assert_eq!(edits.method.as_deref(), Some("PATCH"));
+        assert_eq!(edits.path.as_deref(), Some("/x?y=1"));
+        assert_eq!(
+            edits.headers,
+            vec![
+                ("X-A".to_string(), Some(b"1".to_vec())),
+                ("X-B".to_string(), None)
+            ]
+        );
+        assert_eq!(body, Some(Bytes::from_static(&[0, 1, 2])));
+        for bad in [
+            r#"{"body":"a","body_base64":"YQ=="}"#,
+            r#"{"body_base64":"not base64!"}"#,
+            r#"{"method":""}"#,
+            r#"{"path":"no-slash"}"#,
+            r#"{"headers":{"Connection":"close"}}"#,
+            r#"{"unknown":1}"#,
+            r#"["not", "an", "object"]"#,
+        ] {
+            assert!(replay_edits(&Bytes::from(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -56,7 +56,19 @@ async fn a_commit_reaches_the_stream_within_100_ms() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
-    let store = CaptureStore::open(&path).unwrap();
+    let mut store = CaptureStore::open(&path).unwrap();
+    // Stored by an earlier run: never streamed.
+    let mut earlier: Vec<illumitunnel::Delivery> = (0..3)
+        .map(|n| {
+            illumitunnel::Delivery::new(
+                illumitunnel::DeliveryId::parse(&format!("earlier{n}")).unwrap(),
+                1,
+                Source::Tunnel,
+                RequestRecord::default(),
+            )
+        })
+        .collect();
+    store.insert_batch(&mut earlier).unwrap();
     let (screen, _screen_rx) = mpsc::channel(1024);
     let sink = crate::recorder::ScreenSink {
         events: screen,

@@ -234,7 +234,11 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
             retention,
             fan_out: args.fan_out,
             relay_port,
-            inspect: crate::web::Inspect::from_args(args.inspect.as_deref(), args.no_inspect)?,
+            inspect: crate::web::Inspect::from_args(
+                args.inspect.as_deref(),
+                args.no_inspect,
+                std::env::var(crate::web::INSPECT_ENV).ok().as_deref(),
+            )?,
         })
     }
 }
