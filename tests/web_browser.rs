@@ -216,6 +216,12 @@ fn a_triggered_event_appears_live_its_tree_expands_and_keys_and_filters_work() {
 
     // Filtered by text, a new delivery that does not match stays out of the list: the one
     // after it (which matches) arrives, it does not.
+    b.type_into("#list", "/", false);
+    assert_eq!(
+        b.js("return document.activeElement.id;", vec![]),
+        json!("f-q"),
+        "/ goes to the text filter"
+    );
     b.type_into("#f-q", "ticket.updated", false);
     ins.wait_rows("only the text match", &[&updated]);
     let third = ins.trigger("ticket.created", 3);
@@ -230,6 +236,22 @@ fn a_triggered_event_appears_live_its_tree_expands_and_keys_and_filters_work() {
         "all four once the text is cleared",
         &[&fourth, &third, &updated, &created],
     );
+
+    // The timeline counts the last hour's deliveries and draws them.
+    b.wait_js(
+        "the timeline's count",
+        "return document.getElementById('timeline-note').textContent.startsWith('last hour: 4 deliveries');",
+        vec![],
+    );
+    // A bar at the bottom of the middle column of the last minute (or the one before, when the
+    // deliveries straddled a minute).
+    let bar = b.js(
+        "const c = document.getElementById('timeline'); const g = c.getContext('2d'); \
+         const w = c.width / 60; \
+         return [58.5, 59.5].some(i => g.getImageData(Math.floor(i * w), c.height - 1, 1, 1).data[3] > 0);",
+        vec![],
+    );
+    assert_eq!(bar, json!(true), "the last minute has a bar");
 
     // "expand all" opens every level of the tree.
     b.click(&Inspector::row(&created));
@@ -283,7 +305,7 @@ fn replay_and_edit_and_replay_reach_the_handler_and_secrets_stay_hidden() {
     // recorded. The replay's "replay of" leads back to the original.
     b.click("#details .facts button.link");
     ins.wait_details(&original);
-    b.click("#btn-edit");
+    b.type_into("#list", "e", false);
     b.type_into("#edit-path", "/hooks/edited?via=web", true);
     b.type_into("#edit-headers", "\nx-edited: yes", false);
     b.type_into("#edit-body", "{\"n\":2}", true);
