@@ -253,9 +253,10 @@ fn a_triggered_event_appears_live_its_tree_expands_and_keys_and_filters_work() {
     );
     assert_eq!(bar, json!(true), "the last minute has a bar");
 
-    // "expand all" opens every level of the tree.
-    b.click(&Inspector::row(&created));
-    ins.wait_details(&created);
+    // "expand all" opens every level of the tree (of another delivery, so that the pane is
+    // drawn anew before the click).
+    b.click(&Inspector::row(&updated));
+    ins.wait_details(&updated);
     b.click("#details .tree-tools button");
     b.find("#details .tree details.j-node[open] details.j-node[open]");
 }
@@ -329,6 +330,9 @@ fn replay_and_edit_and_replay_reach_the_handler_and_secrets_stay_hidden() {
     let got = ins.target.wait_for_requests(4);
     assert_eq!(got[3].path, "/hooks/edited");
     assert_eq!(got[3].body, b"{\"n\":2}");
+    let again = ins.listen.deliveries(4).remove(3);
+    assert_eq!(again["replay_of"], json!(edited_id));
+    ins.wait_details(again["id"].as_str().expect("id"));
 
     // A test run of the original: the answer changed, so it fails with a JSON-aware diff.
     b.click(&Inspector::row(&original));

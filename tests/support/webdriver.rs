@@ -150,12 +150,17 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no {css} within {DEADLINE:?}: {e}\n{}", self.page_text()))
     }
 
-    /// Clicks the first element matching `css`.
+    /// Clicks the first element matching `css`; when the page redraws it between the finding
+    /// and the click (a stale element), finds it again, up to [`DEADLINE`].
     pub fn click(&self, css: &str) {
-        let element = self.find(css);
-        self.rt
-            .block_on(element.click())
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        poll_until(&format!("a click on {css}"), DEADLINE, || {
+            let element = self.find(css);
+            match self.rt.block_on(element.click()) {
+                Ok(()) => Ok(()),
+                Err(e) if e.to_string().contains("stale element") => Err(e.to_string()),
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        });
     }
 
     /// Types `keys` into the first element matching `css` (after clearing it when `clear`).
