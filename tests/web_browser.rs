@@ -356,6 +356,11 @@ fn replay_and_edit_and_replay_reach_the_handler_and_secrets_stay_hidden() {
     );
 
     // For people to look at: replays marked in the list, the failed test run's diff.
+    b.js(
+        "document.getElementById('details').scrollTop = 0; \
+         document.getElementById('toast').classList.add('hidden');",
+        vec![],
+    );
     let shot = target_dir().join("web-inspector.png");
     let size = b.screenshot(&shot);
     let png = std::fs::read(&shot).expect("the screenshot");
@@ -467,6 +472,10 @@ fn broken_json_binary_and_hostile_text_are_shown_safely_in_the_dark_and_curl_is_
         vec![],
     );
     assert_eq!(in_tree, json!(["\"^[[2J cleared?\"", "^["]));
+
+    // The dark page, for people to look at.
+    let shot = target_dir().join("web-inspector-dark.png");
+    assert!(b.screenshot(&shot) > 10_000);
 
     // Copy as curl: the command is shown (and put on the clipboard when the browser lets it).
     b.click("#btn-curl");

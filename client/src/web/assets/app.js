@@ -919,7 +919,7 @@ async function runTest(ids) {
     block.appendChild(head);
     if (c.diff) {
       const pre = el("pre", "diff");
-      for (const line of c.diff.split("\n")) {
+      for (const line of c.diff.replace(/\n$/, "").split("\n")) {
         const t = line.trimStart();
         const cls = t.startsWith("+") ? "add" : t.startsWith("-") ? "del" : t.startsWith("changed:") ? "note" : null;
         pre.appendChild(appendText(el("span", cls ? "d-" + cls : "d-same"), line || " ", "\t"));
