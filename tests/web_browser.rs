@@ -1,10 +1,13 @@
 //! The web inspector of `listen` in a real headless Chromium driven through WebDriver: a
-//! triggered event appears in the list without a reload, its JSON tree expands, j/k/Enter move
-//! and open, the filters narrow the list, Replay and Edit-and-replay reach the local handler
-//! (changed as edited) and are recorded marked replay, secret header values stay hidden until
-//! revealed, and a test run shows the JSON-aware diff. A screenshot of the page is written to
-//! `target/web-inspector.png`. Without Chromium and chromedriver these tests fail, naming the
-//! Debian packages to install.
+//! triggered event appears in the list without a reload, its JSON tree expands, j/k/Enter, r, e
+//! and / work, the filters narrow the list (and the live stream), Replay and Edit-and-replay reach
+//! the local handler (changed as edited) and are recorded marked replay, secret header values stay
+//! hidden until revealed, a test run shows the JSON-aware diff, bodies are shown safely (a JSON
+//! syntax error marked, binary as hex, control and bidi characters visible, markup as text),
+//! duplicates are marked, the page is light or dark as the system prefers, and copy as curl gives
+//! the command. Screenshots go to `target/web-inspector.png` (copied to `docs/` for the README)
+//! and `target/web-inspector-dark.png`. Without Chromium and chromedriver these tests fail, naming
+//! the Debian packages to install. `figures` (ignored) measures for `docs/benchmarks.md`.
 
 mod support;
 
@@ -377,7 +380,7 @@ fn replay_and_edit_and_replay_reach_the_handler_and_secrets_stay_hidden() {
 }
 
 #[test]
-fn broken_json_binary_and_hostile_text_are_shown_safely_in_the_dark_and_curl_is_copied() {
+fn bodies_are_shown_safely_in_the_dark_duplicates_marked_and_curl_copied() {
     let ins = Inspector::start(true, "web-hostile", |_| Reply::ok());
     let b = &ins.browser;
     assert_eq!(
@@ -476,6 +479,21 @@ fn broken_json_binary_and_hostile_text_are_shown_safely_in_the_dark_and_curl_is_
     // The dark page, for people to look at.
     let shot = target_dir().join("web-inspector-dark.png");
     assert!(b.screenshot(&shot) > 10_000);
+
+    // The same IllumiChat event twice: the second is marked a duplicate.
+    let event = b"{\"event\":\"ticket.created\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"data\":{\"id\":\"tkt_dup\"}}";
+    send("application/json", event.to_vec());
+    send("application/json", event.to_vec());
+    let (first, second) = (ins.recorded(5), ins.recorded(6));
+    b.find(&format!("{} .mark-dup", Inspector::row(&second)));
+    assert_eq!(
+        b.js(
+            "return document.querySelector(arguments[0]).querySelector('.mark') === null;",
+            vec![json!(Inspector::row(&first))]
+        ),
+        json!(true),
+        "the first delivery has no mark"
+    );
 
     // Copy as curl: the command is shown (and put on the clipboard when the browser lets it).
     b.click("#btn-curl");
