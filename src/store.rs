@@ -14,9 +14,10 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use self::files::{create_private, sidecar};
 use self::filter::where_clause;
-pub use self::filter::Filter;
+pub use self::filter::{Filter, StatusFilter};
 use self::rows::{
     read_row, repeat_of, write_large, BodyParam, COLUMNS, REQUEST_PART, RESPONSE_PART,
+    SUMMARY_COLUMNS,
 };
 use crate::delivery::{Delivery, DeliveryId, Source};
 use crate::headers::encode_blob;
@@ -141,6 +142,16 @@ impl CaptureStore {
             crate::paths::tighten_file(&file).map_err(|e| open_err(e.to_string()))?;
         }
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        // SQLite opens a file it cannot write read-only: the clear "not writable" error now,
+        // instead of "readonly database" at the first write.
+        if conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(false)
+        {
+            return Err(open_err(
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied).to_string(),
+            ));
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Both only take effect on a file with no tables yet, page size first (setting
         // auto_vacuum fixes it); older stores switch to incremental vacuum in `migrate` and
@@ -462,6 +473,53 @@ impl CaptureStore {
     /// Deliveries matching `filter`, oldest first, at most `limit`.
     pub fn list_oldest(&self, filter: &Filter, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         self.query(filter, "ORDER BY seq ASC", limit)
+    }
+
+    /// Deliveries matching `filter`, newest first, at most `limit`, without their bodies (both
+    /// read as empty): a listing that reads a page of rows, never a body kept apart.
+    pub fn list_newest_summaries(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.summaries(filter, "ORDER BY seq DESC", limit)
+    }
+
+    /// Deliveries matching `filter`, oldest first, at most `limit`, without their bodies.
+    pub fn list_oldest_summaries(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.summaries(filter, "ORDER BY seq ASC", limit)
+    }
+
+    fn summaries(
+        &self,
+        filter: &Filter,
+        order: &str,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let (clause, mut args) = where_clause(filter);
+        args.push(rusqlite::types::Value::Integer(
+            limit.min(i64::MAX as usize) as i64,
+        ));
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM deliveries {clause} {order} LIMIT ?{}",
+            args.len()
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args.iter()), read_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The `seq` of the newest delivery stored, 0 when there is none.
+    pub fn newest_seq(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM deliveries", [], |r| {
+                r.get(0)
+            })?)
     }
 
     /// How many deliveries match `filter`.

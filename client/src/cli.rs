@@ -191,6 +191,16 @@ pub struct ListenArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Serve the web inspector and local API on this loopback address (default 127.0.0.1:4040,
+    /// then the next free port up to 4049; ILLUMITUNNEL_INSPECT stands for it, off for
+    /// --no-inspect); port 0 takes any free port.
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_inspect")]
+    pub inspect: Option<String>,
+
+    /// Serve no web inspector and no local API.
+    #[arg(long)]
+    pub no_inspect: bool,
+
     /// Websocket ping interval in milliseconds.
     #[arg(long, value_name = "MS", hide = true)]
     pub keepalive_ms: Option<u64>,

@@ -36,6 +36,7 @@ mod settings;
 mod status;
 mod tui;
 mod usage;
+mod web;
 
 use std::process::ExitCode;
 

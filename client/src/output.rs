@@ -334,6 +334,8 @@ pub struct Banner {
     pub store: PathBuf,
     /// Base URL of the embedded relay, when `listen` runs one.
     pub embedded_relay: Option<String>,
+    /// The web inspector's URL, when `listen` serves one.
+    pub web_inspector: Option<String>,
 }
 
 /// The state line for a connection change, or `None` for states not shown as lines.
@@ -398,6 +400,9 @@ fn banner_lines(banner: &Banner, public_url: &str) -> String {
     }
     s += &row("forwarding to", &banner.forward_to);
     s += &row("capture store", &banner.store.display().to_string());
+    if let Some(url) = &banner.web_inspector {
+        s += &row("web inspector", url);
+    }
     if let Some(url) = &banner.embedded_relay {
         s += &row(
             "relay",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
 use illumitunnel::store::{CaptureStore, StoreError};
 use illumitunnel::{Delivery, DeliveryId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::status::{ListenEvent, StoreHealth};
 
@@ -172,9 +172,17 @@ pub struct ScreenSink {
 #[derive(Clone)]
 pub struct RecorderHandle {
     tx: mpsc::Sender<Command>,
+    committed: watch::Receiver<i64>,
 }
 
 impl RecorderHandle {
+    /// The `seq` of the newest delivery committed so far (at first, the newest in the store; 0
+    /// for an empty one), changed as soon as each commit is done: the web inspector's live
+    /// stream waits on it.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
+    }
+
     /// Queues a live delivery for the next commit; waits only when the writer is far behind.
     pub async fn record(&self, capture: Capture) {
         if self
@@ -244,6 +252,9 @@ pub fn spawn(
     retention: Retention,
 ) -> std::io::Result<(RecorderHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(QUEUE);
+    // Deliveries stored by earlier runs count as committed: a stream opened now starts after them.
+    let newest = store.newest_seq().unwrap_or(0);
+    let (committed_tx, committed) = watch::channel(newest);
     let thread = std::thread::Builder::new()
         .name("capture-store".into())
         .spawn(move || {
@@ -256,6 +267,7 @@ pub fn spawn(
             Writer {
                 store,
                 screen,
+                committed: committed_tx,
                 retention,
                 screen_behind: false,
                 retained: VecDeque::new(),
@@ -264,7 +276,7 @@ pub fn spawn(
             }
             .run(rx)
         })?;
-    Ok((RecorderHandle { tx }, thread))
+    Ok((RecorderHandle { tx, committed }, thread))
 }
 
 /// Lowers this thread's scheduling priority so that the forwarding threads get a shared core
@@ -282,6 +294,8 @@ fn yield_cores_to_forwarding() {
 struct Writer {
     store: CaptureStore,
     screen: ScreenSink,
+    /// The newest committed `seq`, for [`RecorderHandle::committed`].
+    committed: watch::Sender<i64>,
     retention: Retention,
     screen_behind: bool,
     /// Live deliveries whose commit failed, oldest first, retried with every commit.
@@ -413,6 +427,19 @@ impl Writer {
         let (mut deliveries, waiters): (Vec<Delivery>, Vec<Waiter>) =
             pending.into_iter().map(|p| (p.delivery, p.waiter)).unzip();
         let outcomes = self.insert(&mut deliveries, needs_durable_commit(&waiters));
+        let newest = deliveries
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| matches!(outcome, Ok(true)))
+            .map(|(d, _)| d.seq)
+            .max();
+        if let Some(newest) = newest {
+            self.committed.send_if_modified(|seq| {
+                let newer = newest > *seq;
+                *seq = (*seq).max(newest);
+                newer
+            });
+        }
         let mut failure = None;
         // Shown after the StoreChanged nudge, which covers them when it gets through.
         let covered = self.nudge_screen();

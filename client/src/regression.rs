@@ -9,7 +9,8 @@ mod diff;
 pub mod junit;
 mod report;
 
-use serde_json::Value;
+use illumitunnel::Delivery;
+use serde_json::{json, Value};
 
 pub use diff::{changed_list, render, SHOWN_CHANGES};
 pub use report::{BodyDiff, Report};
@@ -194,6 +195,57 @@ fn changes(e: &Value, a: &Value, at: &mut String, out: &mut Vec<String>) {
         }),
         _ => {}
     }
+}
+
+/// How a replay's answer compares with the recorded one (`test`, and the web inspector's
+/// `POST /api/test`).
+pub fn replay_report(original: &Delivery, replayed: &Delivery, ignore: &[Pointer]) -> Report {
+    let (status, body) = original
+        .response
+        .as_ref()
+        .map(|r| (r.status, &r.body[..]))
+        .unwrap_or((0, &[]));
+    let outcome = match (&replayed.response, &replayed.error) {
+        (Some(r), _) => Outcome::Answered {
+            status: r.status,
+            body: &r.body,
+        },
+        (None, error) => Outcome::NoAnswer(error.as_deref().unwrap_or("no answer")),
+    };
+    compare(status, body, &outcome, ignore)
+}
+
+/// One `test --json` line (also an item of the web inspector's `POST /api/test`).
+pub fn case_json(
+    original: &Delivery,
+    replayed: &Delivery,
+    report: &Report,
+    recorded: bool,
+) -> Value {
+    // The first pointers and a count: a reshaped array can change thousands of them.
+    let (changed, changed_count) = match &report.body {
+        Some(BodyDiff::Json { changed, .. }) => (
+            json!(changed[..changed.len().min(SHOWN_CHANGES)]),
+            changed.len(),
+        ),
+        _ => (json!([]), 0),
+    };
+    json!({
+        "id": original.id,
+        "event": original.event,
+        "resource_id": original.resource_id,
+        "method": original.request.method,
+        "path": replayed.request.path,
+        "passed": report.passed(),
+        "expected_status": report.expected_status,
+        "status": report.actual_status,
+        "duration_ms": replayed.duration_ms(),
+        "error": report.no_answer,
+        "changed": changed,
+        "changed_count": changed_count,
+        "diff": (!report.passed()).then(|| render(report, "", false)),
+        "replay_id": recorded.then(|| replayed.id.clone()),
+    })
 }
 
 #[cfg(test)]

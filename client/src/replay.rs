@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forward::{Forwarder, Target};
 use crate::recorder::RecorderHandle;
-use crate::status::ReplayRequest;
+use crate::status::{ReplayEdits, ReplayRequest};
 
 /// Replay requests waiting for `listen` to serve them.
 pub const REPLAY_QUEUE: usize = 16;
@@ -128,6 +128,47 @@ pub fn resend_headers(headers: &[Header]) -> Vec<Header> {
         .collect()
 }
 
+/// A prepared replay with the web inspector's edits: its method; its path, sent to the target's
+/// origin (`?query` in it replaces the stored query, which is kept otherwise); and its headers,
+/// each set one replacing every header of that name. A secret header sent back as `REDACTED`
+/// (what the inspector shows for it) keeps its stored value.
+pub fn apply_edits(
+    target: Target,
+    mut request: RequestRecord,
+    edits: &ReplayEdits,
+) -> (Target, RequestRecord) {
+    if let Some(method) = &edits.method {
+        request.method = method.clone();
+    }
+    let target = match &edits.path {
+        Some(path) => {
+            match path.split_once('?') {
+                Some((path, query)) => {
+                    request.path = path.to_string();
+                    request.query = query.to_string();
+                }
+                None => request.path = path.clone(),
+            }
+            target.origin()
+        }
+        None => target,
+    };
+    for (name, value) in &edits.headers {
+        let unchanged_secret = illumitunnel::headers::is_secret(name)
+            && value.as_deref() == Some(illumitunnel::headers::REDACTED.as_bytes());
+        if unchanged_secret {
+            continue;
+        }
+        request
+            .headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if let Some(value) = value {
+            request.headers.push((name.clone(), value.clone()));
+        }
+    }
+    (target, request)
+}
+
 /// Sends a prepared replay and builds the new delivery (not yet stored).
 pub async fn send(original: &Delivery, forwarder: &Forwarder, request: RequestRecord) -> Delivery {
     let received_at_ms = now_ms();
@@ -204,6 +245,7 @@ async fn serve_one(
         Route::Origin(fallback.target()),
         request.body.clone(),
     )?;
+    let (target, prepared) = apply_edits(target, prepared, &request.edits);
     let replayed = send(&original, &fallback.retarget(target), prepared).await;
     recorder.insert(replayed).await
 }
@@ -259,6 +301,49 @@ mod tests {
         assert_eq!(request.body, Bytes::from_static(b"[1]"));
     }
 
+    #[test]
+    fn edits_change_method_path_and_headers_and_keep_a_hidden_secret() {
+        let mut d = stored("http://127.0.0.1:3000/hooks/sub?a=1");
+        d.request
+            .headers
+            .push(("Authorization".into(), b"Bearer real".to_vec()));
+        let (target, request) = prepare(&d, Route::Recorded, None).unwrap();
+        let edits = ReplayEdits {
+            method: Some("PUT".into()),
+            path: Some("/other".into()),
+            headers: vec![
+                ("X-SIG".into(), Some(b"changed".to_vec())),
+                ("authorization".into(), Some(b"REDACTED".to_vec())),
+                ("x-new".into(), Some(b"1".to_vec())),
+            ],
+        };
+        let (target, request) = apply_edits(target, request, &edits);
+        assert_eq!(request.method, "PUT");
+        assert_eq!(
+            target.uri_for(&request.path, &request.query).to_string(),
+            "http://127.0.0.1:3000/other?a=1"
+        );
+        assert_eq!(
+            request.headers,
+            vec![
+                ("Authorization".to_string(), b"Bearer real".to_vec()),
+                ("X-SIG".to_string(), b"changed".to_vec()),
+                ("x-new".to_string(), b"1".to_vec()),
+            ]
+        );
+        let removing = ReplayEdits {
+            path: Some("/q?b=2".into()),
+            headers: vec![("authorization".into(), None)],
+            ..ReplayEdits::default()
+        };
+        let (target, request) = apply_edits(target, request, &removing);
+        assert_eq!(
+            target.uri_for(&request.path, &request.query).to_string(),
+            "http://127.0.0.1:3000/q?b=2"
+        );
+        assert!(!request.headers.iter().any(|(n, _)| n == "Authorization"));
+    }
+
     /// A local server that answers every request 200 with its body, on 127.0.0.1:0.
     async fn echo_server() -> (std::net::SocketAddr, mpsc::Receiver<Vec<u8>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -312,6 +397,7 @@ mod tests {
             .send(ReplayRequest {
                 original,
                 body,
+                edits: ReplayEdits::default(),
                 reply,
             })
             .await

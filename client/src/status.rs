@@ -80,6 +80,20 @@ pub struct ReplayRequest {
     pub original: DeliveryId,
     /// Replacement body (from `$EDITOR`), or `None` to resend the stored one.
     pub body: Option<Bytes>,
+    /// Other changes (the web inspector's "edit and replay"); none from the terminal.
+    pub edits: ReplayEdits,
     /// The committed replay delivery, or a one-sentence error.
     pub reply: oneshot::Sender<Result<Delivery, String>>,
+}
+
+/// Changes to a replayed request besides its body: a method, a path (with an optional `?query`),
+/// and headers to set (`Some`) or remove (`None`), matched by name in any case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayEdits {
+    /// Replacement method.
+    pub method: Option<String>,
+    /// Replacement path, optionally with `?query`, sent to the forward target's origin.
+    pub path: Option<String>,
+    /// Headers to set (replacing every header of that name) or, with `None`, remove.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }

@@ -56,6 +56,8 @@ pub struct TuiContext {
     pub public_url: watch::Receiver<Option<String>>,
     /// Where deliveries are forwarded.
     pub forward_to: String,
+    /// The web inspector's URL, when `listen` serves one.
+    pub web_inspector: Option<String>,
     /// The capture store; the inspector opens its own read connection.
     pub store_path: PathBuf,
     /// Where replays are asked for.
@@ -80,13 +82,14 @@ pub async fn run(ctx: TuiContext, events: mpsc::Receiver<ListenEvent>) -> anyhow
     let size = guard.terminal().size()?;
     let public_url = ctx.public_url;
     let url = public_url.borrow().clone().unwrap_or_default();
-    let app = App::new(
+    let mut app = App::new(
         url,
         ctx.forward_to,
         (size.width, size.height),
         utc_offset,
         now_ms(),
     );
+    app.web_inspector = ctx.web_inspector;
     let input = Input::spawn(tx.clone())?;
     let mut inspector = Inspector {
         app,
@@ -267,6 +270,7 @@ impl Inspector {
             let request = ReplayRequest {
                 original: original.clone(),
                 body,
+                edits: crate::status::ReplayEdits::default(),
                 reply,
             };
             let result = match replays.send(request).await {

@@ -10,7 +10,12 @@ pub(super) fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
     name.into()
 }
 
-/// Creates the store file with mode 0600, or checks that an existing one is writable.
+/// Creates the store file with mode 0600 when it does not exist yet. An existing one is left
+/// alone: opening and closing a descriptor of a database this process already has open would
+/// drop every POSIX lock SQLite holds on it in this process (closing any descriptor of a file
+/// releases them all), and another process would then take its shared memory for unused and
+/// reset it, leaving this process's connections with a stale schema. `CaptureStore::open`
+/// checks writability through SQLite instead.
 #[cfg(unix)]
 pub(super) fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -21,14 +26,7 @@ pub(super) fn create_private(path: &Path) -> std::io::Result<()> {
         .open(path)
     {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Opening for write checks that an existing store is writable, so the error is
-            // the clear "not writable" one instead of SQLite's "readonly database" later.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map(|_| ())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
 }

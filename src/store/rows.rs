@@ -11,6 +11,10 @@ use crate::headers::decode_blob;
 pub(super) const COLUMNS: &str = "seq, id, received_at_ms, tunnel, source, replay_of, queued, event, resource_id, dedup_key, \
      duplicate, skipped, target, method, path, query, req_headers, req_body, status, resp_headers, resp_body, error, duration_us, retry";
 
+/// [`COLUMNS`] with both bodies read as empty, for listings that show no body.
+pub(super) const SUMMARY_COLUMNS: &str = "seq, id, received_at_ms, tunnel, source, replay_of, queued, event, resource_id, dedup_key, \
+     duplicate, skipped, target, method, path, query, req_headers, X'' AS req_body, status, resp_headers, X'' AS resp_body, error, duration_us, retry";
+
 /// Bodies above this go in through incremental blob I/O.
 pub(super) const LARGE_BODY: usize = 256 * 1024;
 

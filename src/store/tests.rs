@@ -404,3 +404,42 @@ fn the_retry_count_stops_at_its_cap_and_a_delivered_event_repeated_stays_a_dupli
         .iter()
         .all(|d| d.duplicate && d.retry.is_none()));
 }
+
+// Web inspector: status filters and body-less listings.
+
+#[test]
+fn status_filters_and_summaries_without_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+    let mut not_found = delivery("bbb2", "x");
+    not_found.response.as_mut().unwrap().status = 404;
+    let mut failed = delivery("ccc3", "y");
+    failed.response = None;
+    failed.error = Some("connection refused".into());
+    let mut large = delivery("ddd4", &"z".repeat(LARGE_BODY + 1));
+    large.response.as_mut().unwrap().status = 201;
+    let mut batch = vec![delivery("aaa1", TICKET), not_found, failed, large];
+    store.insert_batch(&mut batch).unwrap();
+    let ids =
+        |status: Option<StatusFilter>| {
+            let filter = Filter {
+                status,
+                ..Filter::default()
+            };
+            let found = store.list_newest_summaries(&filter, 10).unwrap();
+            assert!(found.iter().all(|d| d.request.body.is_empty()
+                && d.response.as_ref().is_none_or(|r| r.body.is_empty())));
+            found
+                .iter()
+                .map(|d| d.id.as_str().to_string())
+                .collect::<Vec<_>>()
+        };
+    assert_eq!(ids(StatusFilter::parse("2XX")), ["ddd4", "aaa1"]);
+    assert_eq!(ids(StatusFilter::parse("4xx")), ["bbb2"]);
+    assert_eq!(ids(StatusFilter::parse("404")), ["bbb2"]);
+    assert_eq!(ids(StatusFilter::parse("err")), ["ccc3"]);
+    assert_eq!(ids(None), ["ddd4", "ccc3", "bbb2", "aaa1"]);
+    for bad in ["6xx", "0xx", "22xx", "99", "600", "abc", ""] {
+        assert_eq!(StatusFilter::parse(bad), None, "{bad}");
+    }
+}

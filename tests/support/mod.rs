@@ -13,6 +13,7 @@ pub mod secrets;
 pub mod sender;
 pub mod sink;
 pub mod target;
+pub mod webdriver;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,10 @@ pub fn command(name: &str, home: &Path) -> Command {
         .env_remove("ILLUMITUNNEL_TOKEN")
         .env_remove("ILLUMITUNNEL_RELAY_TOKENS")
         .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        // Many `listen`s run at once: each serves its web inspector on a port of its own rather
+        // than racing for 4040-4049 (tests/web_api.rs covers the default).
+        .env("ILLUMITUNNEL_INSPECT", "127.0.0.1:0");
     // To read a failing test's processes at another log level: ILLUMITUNNEL_TEST_LOG=debug.
     if let Ok(filter) = std::env::var("ILLUMITUNNEL_TEST_LOG") {
         cmd.env("RUST_LOG", filter);

@@ -84,7 +84,9 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let store = CaptureStore::open(&ctx.store)?;
     let tunnel = config.tunnel.clone().unwrap_or_else(remembered_tunnel);
-    let claim = claim_tunnel(&config, &tunnel, ctx)?;
+    let mut claim = claim_tunnel(&config, &tunnel, ctx)?;
+    // Bound before connecting, so a taken `--inspect` port stops `listen` before anything else.
+    let web_listener = crate::web::bind(config.inspect).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let mut link = connect_to(&config, &shutdown).await?;
@@ -108,9 +110,26 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         recorder.clone(),
         shutdown.clone(),
     );
+    let web = web_listener.map(|listener| {
+        let sources = crate::web::Sources {
+            store: ctx.store.clone(),
+            committed: recorder.committed(),
+            replays: replays.clone(),
+        };
+        crate::web::start(listener, sources, shutdown.clone())
+    });
+    if let (Some(web), Some(claim)) = (&web, claim.as_mut()) {
+        // Scripts find the API and its token in the record (readable by its owner only).
+        claim.record.inspect = Some(web.url());
+        claim.record.inspect_token = Some(web.token.clone());
+        if let Err(err) = claim.record.write(None) {
+            tracing::warn!(%err, "could not write the web inspector's address to the listen record");
+        }
+    }
     let shown = ShownAs {
         forward_to: shown_target(&config),
         embedded_relay: link.embedded_url(),
+        web_inspector: web.as_ref().map(crate::web::Started::url),
         replays: replays.clone(),
         abandon: abandon.clone(),
     };
@@ -142,6 +161,7 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let result = run_session(session, &mut link.relay_task, &shutdown).await;
     let stopping = Stopping {
+        web: web.map(|w| w.task),
         replays,
         replay_server,
         announce,
@@ -278,6 +298,7 @@ fn session_forwarder(forwarder: Forwarder, config: &ListenConfig) -> Forwarder {
 struct ShownAs {
     forward_to: String,
     embedded_relay: Option<String>,
+    web_inspector: Option<String>,
     replays: mpsc::Sender<ReplayRequest>,
     abandon: CancellationToken,
 }
@@ -298,6 +319,7 @@ fn spawn_screen(
                 forward_to: shown.forward_to,
                 store: ctx.store.clone(),
                 embedded_relay: shown.embedded_relay,
+                web_inspector: shown.web_inspector,
             };
             tokio::task::spawn_blocking(move || {
                 output::run_lines(events, public_url, banner, format, clock)
@@ -306,6 +328,7 @@ fn spawn_screen(
         Screen::Inspector => tokio::spawn(run_inspector(
             InspectorStart {
                 forward_to: shown.forward_to,
+                web_inspector: shown.web_inspector,
                 store_path: ctx.store.clone(),
                 replays: shown.replays,
                 utc_offset: clock.offset(),
@@ -342,6 +365,8 @@ async fn run_session(
 
 /// What is still running once the session has ended, stopped in order by [`Stopping::stop`].
 struct Stopping {
+    /// The web inspector, which ends on shutdown with every connection it has open.
+    web: Option<JoinHandle<()>>,
     replays: mpsc::Sender<ReplayRequest>,
     replay_server: JoinHandle<()>,
     announce: JoinHandle<anyhow::Result<()>>,
@@ -354,6 +379,9 @@ impl Stopping {
     /// Stops replays, `--register`, the capture store writer, the screen and the embedded
     /// relay, each within its timeout; the first failure wins over the session's success.
     async fn stop(self, result: anyhow::Result<()>, inspector: bool) -> anyhow::Result<()> {
+        if let Some(web) = self.web {
+            let _ = tokio::time::timeout(STOP_TIMEOUT, web).await;
+        }
         drop(self.replays);
         let _ = tokio::time::timeout(STOP_TIMEOUT, self.replay_server).await;
         let result = match tokio::time::timeout(ANNOUNCE_STOP_TIMEOUT, self.announce).await {
@@ -449,6 +477,7 @@ fn screen_outcome(inspector: bool, ended: std::io::Result<()>) -> anyhow::Result
 /// What the inspector needs besides the public URL, which arrives with the first `Welcome`.
 struct InspectorStart {
     forward_to: String,
+    web_inspector: Option<String>,
     store_path: PathBuf,
     replays: mpsc::Sender<crate::status::ReplayRequest>,
     utc_offset: time::UtcOffset,
@@ -468,6 +497,7 @@ async fn run_inspector(
     let ctx = crate::tui::TuiContext {
         public_url,
         forward_to: start.forward_to,
+        web_inspector: start.web_inspector,
         store_path: start.store_path,
         replays: start.replays,
         utc_offset: start.utc_offset,

@@ -12,14 +12,15 @@ use illumitunnel::delivery::RequestRecord;
 use illumitunnel::store::CaptureStore;
 use illumitunnel::suite;
 use illumitunnel::Delivery;
-use serde_json::{json, Value};
 
 use super::suite::{select, Selection};
 use super::{ignore_broken_pipe, write_private, Ctx, Reported};
 use crate::cli::TestArgs;
 use crate::commands::listen::{forwarder_trusting, TrustChoice};
 use crate::forward::{Forwarder, Target};
-use crate::regression::{self, junit, BodyDiff, Outcome, Pointer, Report};
+use crate::regression::{
+    self, case_json, junit, replay_report as report, BodyDiff, Pointer, Report,
+};
 use crate::replay;
 use crate::usage::UsageError;
 
@@ -211,22 +212,6 @@ fn path_below(base: &str, recorded: &str) -> String {
     }
 }
 
-fn report(original: &Delivery, replayed: &Delivery, ignore: &[Pointer]) -> Report {
-    let (status, body) = original
-        .response
-        .as_ref()
-        .map(|r| (r.status, &r.body[..]))
-        .unwrap_or((0, &[]));
-    let outcome = match (&replayed.response, &replayed.error) {
-        (Some(r), _) => Outcome::Answered {
-            status: r.status,
-            body: &r.body,
-        },
-        (None, error) => Outcome::NoAnswer(error.as_deref().unwrap_or("no answer")),
-    };
-    regression::compare(status, body, &outcome, ignore)
-}
-
 fn print_case(
     original: &Delivery,
     replayed: &Delivery,
@@ -267,33 +252,6 @@ fn print_case(
 
 fn name_of(d: &Delivery) -> String {
     illumitunnel::escape::escape(d.event.as_deref().unwrap_or("-")).into_owned()
-}
-
-fn case_json(original: &Delivery, replayed: &Delivery, report: &Report, recorded: bool) -> Value {
-    // The first pointers and a count: a reshaped array can change thousands of them.
-    let (changed, changed_count) = match &report.body {
-        Some(BodyDiff::Json { changed, .. }) => (
-            json!(changed[..changed.len().min(regression::SHOWN_CHANGES)]),
-            changed.len(),
-        ),
-        _ => (json!([]), 0),
-    };
-    json!({
-        "id": original.id,
-        "event": original.event,
-        "resource_id": original.resource_id,
-        "method": original.request.method,
-        "path": replayed.request.path,
-        "passed": report.passed(),
-        "expected_status": report.expected_status,
-        "status": report.actual_status,
-        "duration_ms": replayed.duration_ms(),
-        "error": report.no_answer,
-        "changed": changed,
-        "changed_count": changed_count,
-        "diff": (!report.passed()).then(|| regression::render(report, "", false)),
-        "replay_id": recorded.then(|| replayed.id.clone()),
-    })
 }
 
 fn junit_case(original: &Delivery, replayed: &Delivery, report: &Report) -> junit::Case {

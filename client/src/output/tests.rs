@@ -276,6 +276,7 @@ fn banner_rows_line_up() {
         forward_to: "http://localhost:3000/hooks".into(),
         store: PathBuf::from("/tmp/c.db"),
         embedded_relay: Some("https://127.0.0.1:8443".into()),
+        web_inspector: Some("http://127.0.0.1:4040".into()),
     };
     assert_eq!(
         banner_lines(&b, "https://127.0.0.1:8443/t/quiet-otter-1234"),
@@ -283,6 +284,7 @@ fn banner_rows_line_up() {
          \x20              local only — IllumiChat cannot reach this URL; use a public relay: illumitunnel login --relay https://…\n\
          forwarding to  http://localhost:3000/hooks\n\
          capture store  /tmp/c.db\n\
+         web inspector  http://127.0.0.1:4040\n\
          relay          embedded at https://127.0.0.1:8443 (self-signed, trusted by this client)\n"
     );
     let public = banner_lines(&b, "https://relay.example.com/t/quiet-otter-1234");
@@ -295,6 +297,7 @@ fn what_a_relay_sends_is_escaped_in_the_banner_and_state_lines() {
         forward_to: "http://localhost:3000/hooks".into(),
         store: PathBuf::from("/tmp/c.db"),
         embedded_relay: None,
+        web_inspector: None,
     };
     let banner = banner_lines(&b, "https://relay.example.com/t/x\x1b]0;owned\x07\u{202e}");
     assert!(

@@ -280,3 +280,35 @@ fn only_a_batch_the_session_waits_on_is_committed_durably() {
     ]));
     assert!(!needs_durable_commit(&[]));
 }
+
+// Web inspector: the newest committed seq, for its live stream.
+
+#[tokio::test]
+async fn the_newest_committed_seq_changes_with_each_commit_and_not_for_a_redelivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CaptureStore::open(&dir.path().join("c.db")).unwrap();
+    let (handle, thread, _screen_rx) = start(store, 16, false, Retention::UNLIMITED);
+    let mut committed = handle.committed();
+    assert_eq!(*committed.borrow_and_update(), 0);
+    assert_eq!(
+        handle.record_committed(capture("aaa1", false)).await,
+        Ok(())
+    );
+    assert!(committed.has_changed().unwrap());
+    let first = *committed.borrow_and_update();
+    assert!(first > 0);
+    assert_eq!(
+        handle.record_committed(capture("aaa1", false)).await,
+        Ok(())
+    );
+    assert!(
+        !committed.has_changed().unwrap(),
+        "a redelivery commits nothing new"
+    );
+    assert_eq!(
+        handle.record_committed(capture("aaa2", false)).await,
+        Ok(())
+    );
+    assert!(*committed.borrow_and_update() > first);
+    stop(handle, thread).await;
+}

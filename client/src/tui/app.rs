@@ -50,6 +50,7 @@ impl App {
         App {
             public_url,
             forward_to,
+            web_inspector: None,
             connection: ConnectionState::Connecting,
             store_failing: None,
             dead_letters: 0,

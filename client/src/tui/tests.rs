@@ -390,6 +390,7 @@ async fn live_terminal() {
         ))
         .1,
         forward_to: "http://localhost:3000".into(),
+        web_inspector: None,
         store_path,
         replays: replays_tx,
         utc_offset: time::UtcOffset::UTC,
@@ -543,4 +544,20 @@ fn a_retry_reads_retry_n_in_the_list_as_in_events() {
     let text = screen(&draw(&app, (160, 40)));
     assert!(text.contains("retry 1"), "{text}");
     assert!(text.contains("dup"), "{text}");
+}
+
+// Web inspector: its address in the header.
+
+#[test]
+fn the_web_inspector_address_is_in_the_header() {
+    let (_dir, _store, mut app) = sample_app((160, 40));
+    let text = screen(&draw(&app, (160, 40)));
+    assert!(!text.contains("· web "), "{text}");
+    app.web_inspector = Some("http://127.0.0.1:4041".into());
+    let text = screen(&draw(&app, (160, 40)));
+    let state_line = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        state_line.contains("connected") && state_line.contains("· web http://127.0.0.1:4041"),
+        "{text}"
+    );
 }

@@ -90,6 +90,8 @@ pub struct ListenConfig {
     pub fan_out: bool,
     /// `--relay-port` / `ILLUMITUNNEL_PORT`: the embedded relay's port.
     pub relay_port: u16,
+    /// `--inspect ADDR` / `--no-inspect`: where the web inspector listens, if anywhere.
+    pub inspect: crate::web::Inspect,
 }
 
 /// The embedded relay's port when neither `--relay-port` nor `ILLUMITUNNEL_PORT` names one.
@@ -232,6 +234,11 @@ impl TryFrom<(&ListenArgs, &Settings)> for ListenConfig {
             retention,
             fan_out: args.fan_out,
             relay_port,
+            inspect: crate::web::Inspect::from_args(
+                args.inspect.as_deref(),
+                args.no_inspect,
+                std::env::var(crate::web::INSPECT_ENV).ok().as_deref(),
+            )?,
         })
     }
 }

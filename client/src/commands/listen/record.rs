@@ -32,6 +32,13 @@ pub struct Running {
     /// When it started, in seconds since the Unix epoch.
     #[serde(default)]
     pub started: u64,
+    /// The web inspector's URL, e.g. `http://127.0.0.1:4040`, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspect: Option<String>,
+    /// The token the web inspector's state-changing calls need (`X-Illumitunnel-Token`); this
+    /// file is readable by its owner only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspect_token: Option<String>,
 }
 
 /// `{data dir}/listen`, where the per-tunnel records live.
@@ -142,6 +149,8 @@ pub fn claim(tunnel: &TunnelName, target: &str, store: PathBuf) -> anyhow::Resul
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        inspect: None,
+        inspect_token: None,
     };
     if let Err(err) = running.write(None) {
         tracing::warn!(%err, "could not write the listen record; trigger will need --url");

@@ -95,6 +95,8 @@ pub struct App {
     pub public_url: String,
     /// Where deliveries are forwarded.
     pub forward_to: String,
+    /// The web inspector's URL, when `listen` serves one (shown in the header).
+    pub web_inspector: Option<String>,
     /// The relay connection.
     pub connection: ConnectionState,
     /// Why the capture store fails, while it does.

@@ -164,6 +164,12 @@ fn connection_line(app: &App) -> Line<'static> {
             Style::new().fg(Color::Red),
         ));
     }
+    if let Some(url) = &app.web_inspector {
+        spans.push(Span::styled(
+            format!(" · web {}", escape(url)),
+            Style::new().fg(Color::DarkGray),
+        ));
+    }
     Line::from(spans)
 }
 
