@@ -118,7 +118,12 @@ async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationT
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                // A stream event is one small write: Nagle would hold it for the page's
+                // delayed ACK (up to 40 ms).
+                let _ = stream.set_nodelay(true);
+                stream
+            }
             Err(err) => {
                 // Out of file descriptors, say: wait a moment rather than spin.
                 tracing::warn!(%err, "the web inspector could not accept a connection");
