@@ -500,12 +500,23 @@ impl CaptureStore {
         order: &str,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
+        self.select(SUMMARY_COLUMNS, filter, order, limit)
+    }
+
+    /// `columns` of the deliveries matching `filter`, in `order`, at most `limit`.
+    fn select(
+        &self,
+        columns: &str,
+        filter: &Filter,
+        order: &str,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let (clause, mut args) = where_clause(filter);
         args.push(rusqlite::types::Value::Integer(
             limit.min(i64::MAX as usize) as i64,
         ));
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM deliveries {clause} {order} LIMIT ?{}",
+            "SELECT {columns} FROM deliveries {clause} {order} LIMIT ?{}",
             args.len()
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -559,17 +570,7 @@ impl CaptureStore {
         order: &str,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let (clause, mut args) = where_clause(filter);
-        args.push(rusqlite::types::Value::Integer(
-            limit.min(i64::MAX as usize) as i64,
-        ));
-        let sql = format!(
-            "SELECT {COLUMNS} FROM deliveries {clause} {order} LIMIT ?{}",
-            args.len()
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args.iter()), read_row)?;
-        let mut found: Vec<Delivery> = rows.collect::<Result<_, _>>()?;
+        let mut found = self.select(COLUMNS, filter, order, limit)?;
         for d in &mut found {
             self.fill_large(d)?;
         }
