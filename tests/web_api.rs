@@ -44,12 +44,10 @@ fn handler(rt: &Runtime) -> Target {
     })
 }
 
-#[test]
-fn every_endpoint_answers_with_the_documented_shapes_statuses_and_headers() {
-    let rt = runtime();
-    let target = handler(&rt);
+/// A handler, a relay and a `listen` of `tunnel` with its web inspector on a port of its own.
+fn inspected(rt: &Runtime, tunnel: &str) -> (Target, Relay, Listen, Inspector) {
+    let target = handler(rt);
     let relay = Relay::http(&[]);
-    let tunnel = "web-api-endpoints";
     let listen = Listen::start(
         Some(&relay.url),
         &target.url(""),
@@ -57,6 +55,14 @@ fn every_endpoint_answers_with_the_documented_shapes_statuses_and_headers() {
         &["--inspect", "127.0.0.1:0"],
     );
     let inspector = Inspector::of(&listen, tunnel);
+    (target, relay, listen, inspector)
+}
+
+#[test]
+fn every_endpoint_answers_with_the_documented_shapes_statuses_and_headers() {
+    let rt = runtime();
+    let tunnel = "web-api-endpoints";
+    let (target, _relay, listen, inspector) = inspected(&rt, tunnel);
 
     // The page and its assets, with the token in the page; the security headers everywhere.
     let page = inspector.get(&rt, "/");
@@ -317,16 +323,8 @@ fn every_endpoint_answers_with_the_documented_shapes_statuses_and_headers() {
 #[test]
 fn paging_with_the_cursor_returns_every_delivery_once_in_order() {
     let rt = runtime();
-    let target = handler(&rt);
-    let relay = Relay::http(&[]);
     let tunnel = "web-api-paging";
-    let listen = Listen::start(
-        Some(&relay.url),
-        &target.url(""),
-        tunnel,
-        &["--inspect", "127.0.0.1:0"],
-    );
-    let inspector = Inspector::of(&listen, tunnel);
+    let (_target, _relay, listen, inspector) = inspected(&rt, tunnel);
     let total = 23;
     for n in 0..total {
         send_webhook(&rt, &listen, n);
@@ -612,4 +610,48 @@ fn the_web_inspector_runs_beside_the_terminal_inspector_on_the_same_store() {
             .len(),
         2
     );
+}
+
+#[test]
+fn an_inspect_port_whose_ten_ports_are_all_taken_is_one_sentence_and_exit_1() {
+    // Ten consecutive ports held here: a few bases are tried, since another program may hold
+    // one of the nine after a free first.
+    let held: Vec<std::net::TcpListener> = (0..20)
+        .find_map(|_| {
+            let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let base = first.local_addr().ok()?.port();
+            let mut held = vec![first];
+            for port in base.checked_add(1)?..=base.checked_add(9)? {
+                held.push(std::net::TcpListener::bind(("127.0.0.1", port)).ok()?);
+            }
+            Some(held)
+        })
+        .expect("ten consecutive free ports on 127.0.0.1");
+    let base = held[0].local_addr().unwrap().port();
+    let home = support::temp_dir();
+    let mut cmd = support::command("illumitunnel", home.path());
+    cmd.args([
+        "listen",
+        "3000",
+        "--no-tui",
+        "--relay",
+        &format!("http://127.0.0.1:{}", support::closed_port()),
+        "--inspect",
+        &format!("127.0.0.1:{base}"),
+    ]);
+    let done = ChildGuard::run(cmd);
+    assert_eq!(done.code(), 1, "{done:?}");
+    let stderr = done.stderr.trim();
+    assert!(
+        stderr.starts_with(&format!(
+            "error: could not serve the web inspector on 127.0.0.1:{base}-{}: ",
+            base + 9
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("; pass --inspect with a free port, or --no-inspect"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
