@@ -36,7 +36,14 @@ where
     let read = async move {
         let mut body = Limited::new(body, limit);
         let mut buf = bytes::BytesMut::new();
+        let mut slice = 0usize;
         loop {
+            if slice >= SLICE {
+                // A large body from a fast sender is ready frame after frame: give the thread
+                // to other tunnels' deliveries between slices instead of copying it all at once.
+                slice = 0;
+                tokio::task::yield_now().await;
+            }
             let frame = match pace.deadline(buf.len()) {
                 Some(deadline) => tokio::time::timeout_at(deadline, body.frame())
                     .await
@@ -65,6 +72,7 @@ where
                     buf.reserve(want.saturating_sub(buf.len()).max(data.len()));
                 }
                 buf.extend_from_slice(&data);
+                slice += data.len();
             }
         }
         Ok(buf.freeze())
@@ -92,6 +100,8 @@ pub(crate) struct BodyRules {
 
 /// Bytes of a body buffered before its declared length is allocated.
 const FIRST_BUFFER: usize = 64 * 1024;
+/// Bytes of one body read before the reading task lets others run.
+const SLICE: usize = 256 * 1024;
 
 /// `--min-body-rate` as a deadline, the way Apache's mod_reqtimeout counts it: a body has the
 /// grace, plus one second for every `rate` bytes received, to send its next byte.

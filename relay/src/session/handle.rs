@@ -15,6 +15,9 @@ use tracing::debug;
 
 use crate::queue::QueuedDelivery;
 
+/// Body chunks encoded before the sending task lets others run (4 × 64 KiB).
+const CHUNKS_PER_SLICE: usize = 4;
+
 /// The client's answer to one delivery.
 #[derive(Debug)]
 pub enum Reply {
@@ -322,6 +325,10 @@ impl SessionHandle {
                 end: i + 1 == count,
             };
             self.enqueue(chunk.encode()).await?;
+            if (i + 1) % CHUNKS_PER_SLICE == 0 {
+                // Encoding copies each chunk: other tunnels' deliveries run between slices.
+                tokio::task::yield_now().await;
+            }
         }
         Ok(())
     }
@@ -414,6 +421,48 @@ mod tests {
         );
         let (tx, _rx) = oneshot::channel();
         assert_eq!(pending.insert(id(2), tx), Err(SessionGone));
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_encoded_in_slices_with_other_tasks_running_between() {
+        let (tx, mut rx) = mpsc::channel(crate::session::OUTBOUND_CAPACITY);
+        let handle = SessionHandle::new(1, tx);
+        let chunks = 4 * CHUNKS_PER_SLICE;
+        let body = Bytes::from(vec![7u8; protocol::MAX_CHUNK * (chunks + 1)]);
+        let delivery = QueuedDelivery {
+            id: id(1),
+            received_at_ms: 0,
+            method: "POST".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![],
+            body,
+        };
+        let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let other = tokio::spawn({
+            let turns = turns.clone();
+            async move {
+                loop {
+                    turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        handle
+            .copy(&OutgoingDelivery::new(delivery, false))
+            .await
+            .unwrap();
+        other.abort();
+        let mut sent = 0;
+        while rx.try_recv().is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, chunks + 1, "the head and every chunk");
+        let turns = turns.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            turns >= 3,
+            "the other task ran {turns} times while {chunks} chunks were encoded"
+        );
     }
 
     #[tokio::test]

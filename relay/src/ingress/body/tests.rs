@@ -112,3 +112,58 @@ async fn a_body_that_outgrows_the_budget_is_refused_as_it_arrives() {
     assert!(matches!(err, IngressError::Busy { limit: 1000 }), "{err}");
     assert_eq!(held.bytes(), 900);
 }
+
+/// A body whose every frame is ready at once: a fast sender on loopback.
+struct Ready {
+    left: usize,
+    piece: Bytes,
+}
+
+impl Body for Ready {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(self.piece.clone()))))
+    }
+}
+
+#[tokio::test]
+async fn a_large_body_that_is_ready_at_once_lets_other_tasks_run_between_slices() {
+    // 4 MiB in 16 KiB frames, all ready: without slices the read would hold this thread (the
+    // relay's only one) until the last byte; with them another task runs every 256 KiB.
+    let pieces = 256;
+    let body = Ready {
+        left: pieces,
+        piece: Bytes::from(vec![7u8; 16 * 1024]),
+    };
+    let budget = InflightBudget::new(256 * 1024 * 1024);
+    let mut reserved = reservation(&budget);
+    let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let other = tokio::spawn({
+        let turns = turns.clone();
+        async move {
+            loop {
+                turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let read = read(body, Some(4 << 20), rules(0), &mut reserved).await;
+    other.abort();
+    assert_eq!(read.unwrap().len(), 4 << 20);
+    let turns = turns.load(std::sync::atomic::Ordering::SeqCst);
+    // A slice is 256 KiB: the other task runs after each but the last.
+    let slices = (4 << 20) / (256 * 1024);
+    assert!(
+        turns + 1 >= slices,
+        "the other task ran {turns} times while {slices} slices were read"
+    );
+}
