@@ -10,7 +10,7 @@
 #   CLOSE=1      a new connection per webhook (wrk sends Connection: close)
 #   PERF='…'     a command run one second into the window, with $RELAY_PID and $CLIENT_PID set,
 #                e.g. PERF='perf record -F 999 -g -p $RELAY_PID -o relay.data -- sleep 2'
-#   OUT_DIR      where logs go (default: a new directory under /tmp)
+#   OUT_DIR      where each run's new directory (logs, store) goes (default: /tmp)
 #
 # Everything listens on 127.0.0.1; every process this script starts is stopped by its PID.
 set -euo pipefail
@@ -20,7 +20,7 @@ CLIENT=${2:?usage: bench/threads.sh RELAY CLIENT [CONC [SECS]]}
 CONC=${3:-32}
 SECS=${4:-4}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT=${OUT_DIR:-$(mktemp -d /tmp/illumitunnel-threads.XXXXXX)}
+OUT=$(mktemp -d "${OUT_DIR:-/tmp}/illumitunnel-threads.XXXXXX")
 mkdir -p "$OUT/nginx/tmp"
 
 PIDS=()

@@ -428,7 +428,11 @@ pub fn run_lines(
         let mut next = Some(first);
         while let Some(event) = next.take() {
             match event {
-                ListenEvent::Delivery(d) => write_delivery(&mut out, &d, format, &clock)?,
+                ListenEvent::Deliveries(deliveries) => {
+                    for d in &deliveries {
+                        write_delivery(&mut out, d, format, &clock)?;
+                    }
+                }
                 ListenEvent::Connection(state) => {
                     out.flush()?;
                     let mut err = io::stderr().lock();

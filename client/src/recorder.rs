@@ -153,6 +153,12 @@ fn needs_durable_commit(waiters: &[Waiter]) -> bool {
     waiters.iter().any(|w| matches!(w, Waiter::Session(_)))
 }
 
+/// A waiter of a committed delivery, told once the screen has the commit.
+enum Stored {
+    Session(oneshot::Sender<Committed>),
+    Replay(oneshot::Sender<Result<Delivery, String>>, Box<Delivery>),
+}
+
 /// A delivery waiting for the next commit.
 struct Pending {
     delivery: Delivery,
@@ -443,26 +449,29 @@ impl Writer {
         let mut failure = None;
         // Shown after the StoreChanged nudge, which covers them when it gets through.
         let covered = self.nudge_screen();
+        let mut shown = Vec::new();
+        // Whoever waits hears of a commit once the screen has the batch.
+        let mut stored = Vec::new();
         for ((d, outcome), waiter) in deliveries.into_iter().zip(outcomes).zip(waiters) {
             match outcome {
                 Ok(is_new) => {
-                    let shown = is_new && !covered;
+                    let show = is_new && !covered;
                     // Only a replay needs the delivery back; every other one moves to the screen
                     // instead of being copied (headers and strings are a dozen allocations).
                     match waiter {
                         Waiter::Replay(tx) => {
-                            if shown {
-                                self.show(ListenEvent::Delivery(Box::new(d.clone())));
+                            if show {
+                                shown.push(d.clone());
                             }
-                            let _ = tx.send(Ok(d));
+                            stored.push(Stored::Replay(tx, Box::new(d)));
                         }
                         Waiter::Session(tx) => {
-                            if shown {
-                                self.show(ListenEvent::Delivery(Box::new(d)));
+                            if show {
+                                shown.push(d);
                             }
-                            let _ = tx.send(Ok(()));
+                            stored.push(Stored::Session(tx));
                         }
-                        Waiter::Nobody if shown => self.show(ListenEvent::Delivery(Box::new(d))),
+                        Waiter::Nobody if show => shown.push(d),
                         Waiter::Nobody => {}
                     }
                 }
@@ -477,6 +486,17 @@ impl Writer {
                         }
                     }
                     failure.get_or_insert(sentence);
+                }
+            }
+        }
+        self.show(shown);
+        for waiter in stored {
+            match waiter {
+                Stored::Replay(tx, d) => {
+                    let _ = tx.send(Ok(*d));
+                }
+                Stored::Session(tx) => {
+                    let _ = tx.send(Ok(()));
                 }
             }
         }
@@ -605,7 +625,12 @@ impl Writer {
         false
     }
 
-    fn show(&mut self, event: ListenEvent) {
+    /// Hands a commit's deliveries to the screen as one event.
+    fn show(&mut self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let event = ListenEvent::Deliveries(deliveries);
         if self.screen.lossless {
             let _ = self.screen.events.blocking_send(event);
         } else if let Err(mpsc::error::TrySendError::Full(_)) = self.screen.events.try_send(event) {

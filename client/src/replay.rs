@@ -461,10 +461,11 @@ mod tests {
         tokio::task::spawn_blocking(move || thread.join().unwrap())
             .await
             .unwrap();
-        let Ok(crate::status::ListenEvent::Delivery(shown)) = screen_rx.try_recv() else {
+        let Ok(crate::status::ListenEvent::Deliveries(shown)) = screen_rx.try_recv() else {
             panic!("the replay was not shown")
         };
-        assert_eq!(shown.id, replayed.id);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0].id, replayed.id);
     }
 
     #[test]

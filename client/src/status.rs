@@ -36,8 +36,9 @@ pub enum ConnectionState {
 pub enum ListenEvent {
     /// The connection state changed.
     Connection(ConnectionState),
-    /// A delivery (or replay) was committed to the capture store.
-    Delivery(Box<Delivery>),
+    /// Deliveries (or replays) committed to the capture store, in the order stored: one event a
+    /// commit, so the screen's thread is woken once for many deliveries, not once for each.
+    Deliveries(Vec<Delivery>),
     /// Deliveries were committed (or pruned) but their events were dropped because the screen
     /// fell behind; the screen should re-read the capture store.
     StoreChanged,

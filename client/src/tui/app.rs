@@ -264,7 +264,10 @@ impl App {
                 self.connection = state;
                 None
             }
-            ListenEvent::Delivery(d) => self.on_delivery(*d),
+            // A pending selection is made by at most one of them.
+            ListenEvent::Deliveries(deliveries) => deliveries
+                .into_iter()
+                .fold(None, |effect, d| effect.or(self.on_delivery(d))),
             ListenEvent::Draining { deliveries, up_to } => {
                 self.stopping = Some(Stopping {
                     deliveries,

@@ -363,7 +363,7 @@ async fn live_terminal() {
         let mut fresh = vec![delivery(next_seq, "ticket.updated", "tkt_live", Some(200))];
         store.insert_batch(&mut fresh).expect("insert");
         for d in fresh {
-            let _ = events_tx.send(ListenEvent::Delivery(Box::new(d))).await;
+            let _ = events_tx.send(ListenEvent::Deliveries(vec![d])).await;
         }
         while let Some(request) = replays_rx.recv().await {
             next_seq += 1;
@@ -379,7 +379,7 @@ async fn live_terminal() {
             store.insert_batch(&mut batch).expect("insert");
             let replay = batch.remove(0);
             let _ = events_tx
-                .send(ListenEvent::Delivery(Box::new(replay.clone())))
+                .send(ListenEvent::Deliveries(vec![replay.clone()]))
                 .await;
             let _ = request.reply.send(Ok(replay));
         }

@@ -109,7 +109,7 @@ fn the_header_counts_this_run_apart_from_the_store() {
     ];
     store.insert_batch(&mut batch).unwrap();
     for d in batch {
-        app.update(AppEvent::Listen(ListenEvent::Delivery(Box::new(d))));
+        app.update(AppEvent::Listen(ListenEvent::Deliveries(vec![d])));
     }
     let run = app.this_run();
     assert_eq!(

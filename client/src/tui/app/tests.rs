@@ -6,7 +6,7 @@ use crate::tui::tests::{delivery, drive, key, sample, store_with, NOW};
 use crate::tui::{loaded_app, run_query};
 
 fn listen(d: Delivery) -> AppEvent {
-    AppEvent::Listen(ListenEvent::Delivery(Box::new(d)))
+    AppEvent::Listen(ListenEvent::Deliveries(vec![d]))
 }
 
 /// Commits `d` to the store (as `listen` does before telling the screen) and returns it.
