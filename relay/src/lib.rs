@@ -55,6 +55,8 @@ pub mod session;
 pub mod tls;
 pub mod tokens;
 pub mod tunnel;
+#[cfg(test)]
+mod turns;
 
 pub use config::{Config, ConfigError, OfflinePolicy, TlsConfig};
 

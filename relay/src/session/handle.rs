@@ -423,31 +423,26 @@ mod tests {
         assert_eq!(pending.insert(id(2), tx), Err(SessionGone));
     }
 
-    #[tokio::test]
-    async fn a_large_body_is_encoded_in_slices_with_other_tasks_running_between() {
-        let (tx, mut rx) = mpsc::channel(crate::session::OUTBOUND_CAPACITY);
-        let handle = SessionHandle::new(1, tx);
-        let chunks = 4 * CHUNKS_PER_SLICE;
-        let body = Bytes::from(vec![7u8; protocol::MAX_CHUNK * (chunks + 1)]);
-        let delivery = QueuedDelivery {
+    /// `POST /` with a body of `len` bytes.
+    fn post(len: usize) -> QueuedDelivery {
+        QueuedDelivery {
             id: id(1),
             received_at_ms: 0,
             method: "POST".into(),
             path: "/".into(),
             query: String::new(),
             headers: vec![],
-            body,
-        };
-        let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let other = tokio::spawn({
-            let turns = turns.clone();
-            async move {
-                loop {
-                    turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    tokio::task::yield_now().await;
-                }
-            }
-        });
+            body: Bytes::from(vec![7u8; len]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_encoded_in_slices_with_other_tasks_running_between() {
+        let (tx, mut rx) = mpsc::channel(crate::session::OUTBOUND_CAPACITY);
+        let handle = SessionHandle::new(1, tx);
+        let chunks = 4 * CHUNKS_PER_SLICE;
+        let delivery = post(protocol::MAX_CHUNK * (chunks + 1));
+        let (turns, other) = crate::turns::count_turns();
         handle
             .copy(&OutgoingDelivery::new(delivery, false))
             .await
@@ -469,16 +464,7 @@ mod tests {
     async fn large_bodies_are_enqueued_chunk_by_chunk_and_cancel_on_drop() {
         let (tx, mut rx) = mpsc::channel(crate::session::OUTBOUND_CAPACITY);
         let handle = SessionHandle::new(1, tx);
-        let body = Bytes::from(vec![7u8; protocol::MAX_CHUNK * 3 + 1]);
-        let delivery = QueuedDelivery {
-            id: id(1),
-            received_at_ms: 0,
-            method: "POST".into(),
-            path: "/".into(),
-            query: String::new(),
-            headers: vec![],
-            body,
-        };
+        let delivery = post(protocol::MAX_CHUNK * 3 + 1);
         let outbound = OutgoingDelivery::new(delivery.clone(), false);
         assert_eq!(outbound.to_queued(), Some(delivery));
         assert!(matches!(

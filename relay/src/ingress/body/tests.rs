@@ -146,16 +146,7 @@ async fn a_large_body_that_is_ready_at_once_lets_other_tasks_run_between_slices(
     };
     let budget = InflightBudget::new(256 * 1024 * 1024);
     let mut reserved = reservation(&budget);
-    let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let other = tokio::spawn({
-        let turns = turns.clone();
-        async move {
-            loop {
-                turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::task::yield_now().await;
-            }
-        }
-    });
+    let (turns, other) = crate::turns::count_turns();
     let read = read(body, Some(4 << 20), rules(0), &mut reserved).await;
     other.abort();
     assert_eq!(read.unwrap().len(), 4 << 20);
