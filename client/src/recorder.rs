@@ -12,12 +12,16 @@ use std::collections::VecDeque;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
+use illumitunnel::delivery::ResponseRecord;
 use illumitunnel::store::{CaptureStore, StoreError};
 use illumitunnel::{Delivery, DeliveryId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::status::{ListenEvent, StoreHealth};
+
+mod capture;
+
+pub use self::capture::Capture;
 
 /// Deliveries waiting for the writer before forwarders wait for it.
 const QUEUE: usize = 4096;
@@ -39,53 +43,6 @@ const AGE_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// tenth of a core beside a normal-priority job (a build) that wants all of it; 19 left ~1.5 %.
 #[cfg(target_os = "linux")]
 const WRITER_NICE: i32 = 10;
-
-/// A forwarded delivery on its way to the capture store.
-#[derive(Debug)]
-pub struct Capture {
-    /// Delivery id from the relay.
-    pub id: DeliveryId,
-    /// When the relay received it, Unix ms.
-    pub received_at_ms: i64,
-    /// Tunnel it came through.
-    pub tunnel: String,
-    /// Whether the relay sent it again (from its offline queue, or after a failover).
-    pub queued: bool,
-    /// Full URL it was forwarded to.
-    pub target: String,
-    /// The request as it arrived.
-    pub request: RequestRecord,
-    /// The local answer, or why there was none.
-    pub result: Result<ResponseRecord, String>,
-    /// Forwarding time, microseconds.
-    pub duration_us: i64,
-    /// Tunnel, or Trigger when `trigger` sent it through the tunnel.
-    pub source: Source,
-    /// Whether `--events` left it out (answered 200, not forwarded).
-    pub skipped: bool,
-}
-
-impl Capture {
-    fn into_delivery(self) -> Delivery {
-        // Parsing the envelope happens here, on the writer thread, off the forwarding path.
-        let mut d = Delivery::new(self.id, self.received_at_ms, self.source, self.request);
-        d.tunnel = Some(self.tunnel);
-        d.queued = self.queued;
-        d.skipped = self.skipped;
-        // A skipped delivery went nowhere.
-        d.target = if self.skipped {
-            String::new()
-        } else {
-            self.target
-        };
-        d.duration_us = self.duration_us;
-        match self.result {
-            Ok(response) => d.response = Some(response),
-            Err(error) => d.error = Some(error),
-        }
-        d
-    }
-}
 
 /// Whether a delivery is stored: `Err` carries the sentence the store failed with.
 pub type Committed = Result<(), String>;
