@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use illumitunnel::delivery::ResponseRecord;
 use illumitunnel::store::{CaptureStore, StoreError};
 use illumitunnel::{Delivery, DeliveryId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,8 +19,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::status::{ListenEvent, StoreHealth};
 
 mod capture;
+mod known;
 
 pub use self::capture::Capture;
+use self::known::recorded_answer;
+pub use self::known::Known;
 
 /// Deliveries waiting for the writer before forwarders wait for it.
 const QUEUE: usize = 4096;
@@ -72,27 +74,6 @@ enum Command {
     Answer(DeliveryId, oneshot::Sender<Option<Known>>),
 }
 
-/// The local server's answer to a delivery already recorded, or why there was none.
-pub type Recorded = Result<ResponseRecord, String>;
-
-/// A delivery the recorder already has.
-#[derive(Debug)]
-pub struct Known {
-    /// Its recorded answer.
-    pub answer: Recorded,
-    /// Whether it is committed to the store (not just waiting for a commit, or kept in memory
-    /// while the store fails): only then may the relay hear `Recorded`.
-    pub committed: bool,
-}
-
-fn recorded_answer(d: &Delivery) -> Recorded {
-    match (&d.response, &d.error) {
-        (Some(response), _) => Ok(response.clone()),
-        (None, Some(error)) => Err(error.clone()),
-        (None, None) => Err("the local server's answer was not recorded".into()),
-    }
-}
-
 /// Who hears about a delivery's commit.
 enum Waiter {
     /// Nobody: a live delivery, kept and retried when its commit fails.
@@ -114,6 +95,19 @@ fn needs_durable_commit(waiters: &[Waiter]) -> bool {
 enum Stored {
     Session(oneshot::Sender<Committed>),
     Replay(oneshot::Sender<Result<Delivery, String>>, Box<Delivery>),
+}
+
+impl Stored {
+    fn tell(self) {
+        match self {
+            Stored::Session(tx) => {
+                let _ = tx.send(Ok(()));
+            }
+            Stored::Replay(tx, d) => {
+                let _ = tx.send(Ok(*d));
+            }
+        }
+    }
 }
 
 /// A delivery waiting for the next commit.
@@ -390,19 +384,7 @@ impl Writer {
         let (mut deliveries, waiters): (Vec<Delivery>, Vec<Waiter>) =
             pending.into_iter().map(|p| (p.delivery, p.waiter)).unzip();
         let outcomes = self.insert(&mut deliveries, needs_durable_commit(&waiters));
-        let newest = deliveries
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| matches!(outcome, Ok(true)))
-            .map(|(d, _)| d.seq)
-            .max();
-        if let Some(newest) = newest {
-            self.committed.send_if_modified(|seq| {
-                let newer = newest > *seq;
-                *seq = (*seq).max(newest);
-                newer
-            });
-        }
+        self.note_committed(&deliveries, &outcomes);
         let mut failure = None;
         // Shown after the StoreChanged nudge, which covers them when it gets through.
         let covered = self.nudge_screen();
@@ -447,19 +429,27 @@ impl Writer {
             }
         }
         self.show(shown);
-        for waiter in stored {
-            match waiter {
-                Stored::Replay(tx, d) => {
-                    let _ = tx.send(Ok(*d));
-                }
-                Stored::Session(tx) => {
-                    let _ = tx.send(Ok(()));
-                }
-            }
-        }
+        stored.into_iter().for_each(Stored::tell);
         self.set_health(failure);
         if self.failing.is_none() {
             self.prune();
+        }
+    }
+
+    /// Moves [`RecorderHandle::committed`] to the newest delivery this commit stored.
+    fn note_committed(&self, deliveries: &[Delivery], outcomes: &[Result<bool, String>]) {
+        let newest = deliveries
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| matches!(outcome, Ok(true)))
+            .map(|(d, _)| d.seq)
+            .max();
+        if let Some(newest) = newest {
+            self.committed.send_if_modified(|seq| {
+                let newer = newest > *seq;
+                *seq = (*seq).max(newest);
+                newer
+            });
         }
     }
 

@@ -76,15 +76,7 @@ fn choose_screen(config: &ListenConfig) -> Screen {
 
 /// Runs `listen` until Ctrl-C / SIGTERM (exit 0) or a refusal (exit 1).
 pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let settings = crate::settings::Settings::load()?;
-    let config = ListenConfig::try_from((&args, &settings))?;
-    let forwarder = local_forwarder(&config)?;
-    if let Some(warning) = &config.cleartext_warning {
-        eprintln!("{warning}");
-    }
-    let store = CaptureStore::open(&ctx.store)?;
-    let tunnel = config.tunnel.clone().unwrap_or_else(remembered_tunnel);
-    let mut claim = claim_tunnel(&config, &tunnel, ctx)?;
+    let (config, forwarder, store, tunnel, mut claim) = prepare(&args, ctx)?;
     // Bound before connecting, so a taken `--inspect` port stops `listen` before anything else.
     let web_listener = crate::web::bind(config.inspect).await?;
     let shutdown = CancellationToken::new();
@@ -96,13 +88,8 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let (public_url_tx, public_url_rx) = watch::channel(None);
     // The inspector's second Ctrl-C: stop waiting for deliveries still being forwarded.
     let abandon = CancellationToken::new();
-    let sink = ScreenSink {
-        events: screen_tx.clone(),
-        // The inspector re-reads the store when it falls behind; lines must not be lost.
-        lossless: matches!(screen_choice, Screen::Lines(_)),
-    };
-    let (recorder, recorder_thread) = recorder::spawn(store, sink, config.retention)
-        .context("could not start the capture store writer")?;
+    let (recorder, recorder_thread) =
+        spawn_recorder(store, &screen_choice, screen_tx.clone(), &config)?;
     // Replays asked for by the inspector: its `TuiContext::replays` is this sender.
     let (replays, replay_server) = replay::spawn_server(
         ctx.store.clone(),
@@ -110,22 +97,13 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
         recorder.clone(),
         shutdown.clone(),
     );
-    let web = web_listener.map(|listener| {
-        let sources = crate::web::Sources {
-            store: ctx.store.clone(),
-            committed: recorder.committed(),
-            replays: replays.clone(),
-        };
-        crate::web::start(listener, sources, shutdown.clone())
-    });
-    if let (Some(web), Some(claim)) = (&web, claim.as_mut()) {
-        // Scripts find the API and its token in the record (readable by its owner only).
-        claim.record.inspect = Some(web.url());
-        claim.record.inspect_token = Some(web.token.clone());
-        if let Err(err) = claim.record.write(None) {
-            tracing::warn!(%err, "could not write the web inspector's address to the listen record");
-        }
-    }
+    let sources = |replays: &mpsc::Sender<ReplayRequest>| crate::web::Sources {
+        store: ctx.store.clone(),
+        committed: recorder.committed(),
+        replays: replays.clone(),
+    };
+    let web = web_listener
+        .map(|listener| start_web(listener, sources(&replays), claim.as_mut(), &shutdown));
     let shown = ShownAs {
         forward_to: shown_target(&config),
         embedded_relay: link.embedded_url(),
@@ -173,6 +151,65 @@ pub async fn run(args: ListenArgs, ctx: &Ctx) -> anyhow::Result<()> {
     // The record goes only now, after the last thing this `listen` did.
     drop(claim);
     result
+}
+
+/// What `listen` settles before it connects: its configuration, the local forwarder, the
+/// capture store, the tunnel and this machine's claim on it (none for `--fan-out`).
+type Prepared = (
+    ListenConfig,
+    Forwarder,
+    CaptureStore,
+    illumitunnel::TunnelName,
+    Option<record::Claim>,
+);
+
+/// Reads the settings and flags, opens the capture store and claims the tunnel on this machine.
+fn prepare(args: &ListenArgs, ctx: &Ctx) -> anyhow::Result<Prepared> {
+    let settings = crate::settings::Settings::load()?;
+    let config = ListenConfig::try_from((args, &settings))?;
+    let forwarder = local_forwarder(&config)?;
+    if let Some(warning) = &config.cleartext_warning {
+        eprintln!("{warning}");
+    }
+    let store = CaptureStore::open(&ctx.store)?;
+    let tunnel = config.tunnel.clone().unwrap_or_else(remembered_tunnel);
+    let claim = claim_tunnel(&config, &tunnel, ctx)?;
+    Ok((config, forwarder, store, tunnel, claim))
+}
+
+/// Starts the capture store's writer, showing what it commits on the chosen screen.
+fn spawn_recorder(
+    store: CaptureStore,
+    screen: &Screen,
+    events: mpsc::Sender<ListenEvent>,
+    config: &ListenConfig,
+) -> anyhow::Result<(recorder::RecorderHandle, std::thread::JoinHandle<()>)> {
+    let sink = ScreenSink {
+        events,
+        // The inspector re-reads the store when it falls behind; lines must not be lost.
+        lossless: matches!(screen, Screen::Lines(_)),
+    };
+    recorder::spawn(store, sink, config.retention)
+        .context("could not start the capture store writer")
+}
+
+/// Starts the web inspector on its bound port and names its address and token in this
+/// `listen`'s record, where scripts find them (the record is readable by its owner only).
+fn start_web(
+    listener: tokio::net::TcpListener,
+    sources: crate::web::Sources,
+    claim: Option<&mut record::Claim>,
+    shutdown: &CancellationToken,
+) -> crate::web::Started {
+    let web = crate::web::start(listener, sources, shutdown.clone());
+    if let Some(claim) = claim {
+        claim.record.inspect = Some(web.url());
+        claim.record.inspect_token = Some(web.token.clone());
+        if let Err(err) = claim.record.write(None) {
+            tracing::warn!(%err, "could not write the web inspector's address to the listen record");
+        }
+    }
+    web
 }
 
 /// The relay a session connects to and how: the embedded one (started here) or `--relay`.

@@ -96,12 +96,18 @@ pub fn run(args: LoginArgs) -> anyhow::Result<()> {
             "ca": ca_text(&settings),
             "config": path.display().to_string(),
         });
-        let mut line = illumitunnel::escape::json_string(&saved);
-        line.push('\n');
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        super::ignore_broken_pipe(out.write_all(line.as_bytes()).and_then(|()| out.flush()))?;
+        print_json_line(&saved)?;
     }
+    Ok(())
+}
+
+/// `login --json`'s one line on stdout; a closed pipe is not an error.
+fn print_json_line(saved: &serde_json::Value) -> anyhow::Result<()> {
+    let mut line = illumitunnel::escape::json_string(saved);
+    line.push('\n');
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    super::ignore_broken_pipe(out.write_all(line.as_bytes()).and_then(|()| out.flush()))?;
     Ok(())
 }
 

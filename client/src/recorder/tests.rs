@@ -4,7 +4,7 @@
 
 use super::*;
 use bytes::Bytes;
-use illumitunnel::delivery::{RequestRecord, Source};
+use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
 
 fn capture(id: &str, queued: bool) -> Capture {
     Capture {
