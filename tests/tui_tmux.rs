@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use support::secrets;
 use support::sender::Request;
+use support::store::fill_store;
 use support::target::{Reply, Target};
 use support::{bin, illumichat_samples, runtime, temp_dir, Relay};
 use tempfile::TempDir;
@@ -686,47 +687,6 @@ fn summary(mut times: Vec<Duration>) -> String {
     )
 }
 
-/// Fills `path` with `count` forwarded deliveries (200s), oldest first.
-fn fill_store(path: &Path, count: usize) {
-    use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
-    use illumitunnel::store::CaptureStore;
-    use illumitunnel::{Delivery, DeliveryId};
-
-    let mut store = CaptureStore::open(path).expect("open the store");
-    let samples = illumichat_samples();
-    let now = illumitunnel::now_ms();
-    let mut made = 0;
-    while made < count {
-        let mut batch: Vec<Delivery> = (made..(made + 1_000).min(count))
-            .map(|i| {
-                let (_, id, body) = &samples[i % samples.len()];
-                let body = body.replace(id, &format!("{id}_{i}"));
-                let request = RequestRecord {
-                    method: "POST".into(),
-                    path: FORWARD_PATH.into(),
-                    query: String::new(),
-                    headers: vec![("content-type".into(), b"application/json".to_vec())],
-                    body: body.into(),
-                };
-                let received = now - (count - i) as i64 * 10;
-                // Generated ids are random past the millisecond: a hundred a millisecond collide.
-                let id = DeliveryId::parse(&format!("{received:011x}{i:05x}")).expect("an id");
-                let mut d = Delivery::new(id, received, Source::Tunnel, request);
-                d.target = format!("http://127.0.0.1:3000{FORWARD_PATH}");
-                d.duration_us = 1_500;
-                d.response = Some(ResponseRecord {
-                    status: 200,
-                    headers: vec![("content-type".into(), b"application/json".to_vec())],
-                    body: bytes::Bytes::from_static(br#"{"received":true}"#),
-                });
-                d
-            })
-            .collect();
-        made += batch.len();
-        store.insert_batch(&mut batch).expect("insert a batch");
-    }
-}
-
 /// Figures for the benchmark notes, printed and never asserted: the real client's memory with
 /// 100,000 stored deliveries while the inspector is up, keypress-to-screen latency through tmux
 /// idle and during a burst of 1,000 deliveries in one second, and the client's CPU and memory for
@@ -751,7 +711,12 @@ fn figures_with_100000_stored_and_a_burst_of_1000_in_a_second() {
     let url = relay.tunnel_url("tmux-figures");
     let home = temp_dir();
     let filling = Instant::now();
-    fill_store(&home.path().join("captures.db"), STORED as usize);
+    fill_store(
+        &home.path().join("captures.db"),
+        STORED as usize,
+        FORWARD_PATH,
+        0,
+    );
     eprintln!(
         "filled the store with {STORED} deliveries in {:.1?}",
         filling.elapsed()

@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod secrets;
 pub mod sender;
 pub mod sink;
+pub mod store;
 pub mod target;
 pub mod webdriver;
 

@@ -5,16 +5,16 @@
 //! `cargo test -p illumitunnel --test web_browser figures -- --ignored --nocapture`.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use super::support::sender::Request;
+use super::support::store::fill_store;
 use super::support::target::{Reply, Target};
 use super::support::webdriver::Browser;
-use super::support::{closed_port, illumichat_samples, poll_until, runtime, Listen, Relay};
+use super::support::{closed_port, poll_until, runtime, Listen, Relay};
 
 const DELIVERIES: usize = 200;
 const STORED: usize = 100_000;
@@ -189,7 +189,8 @@ fn figures() {
     // 100,000 stored: the same listen restarted on a full capture store.
     listen.guard.kill_now();
     let filling = Instant::now();
-    fill_store(&listen.store, STORED);
+    // Older than everything live, in the order filled.
+    fill_store(&listen.store, STORED, "/hooks", 3_600_000);
     eprintln!(
         "filled the store with {STORED} more in {:.1?}",
         filling.elapsed()
@@ -280,46 +281,5 @@ async fn follow_stream(addr: String, seen: Arc<Mutex<HashMap<String, f64>>>) {
                 }
             }
         }
-    }
-}
-
-/// Adds `count` forwarded deliveries (200s) to the store at `path`, oldest first.
-fn fill_store(path: &Path, count: usize) {
-    use illumitunnel::delivery::{RequestRecord, ResponseRecord, Source};
-    use illumitunnel::store::CaptureStore;
-    use illumitunnel::{Delivery, DeliveryId};
-
-    let mut store = CaptureStore::open(path).expect("open the store");
-    let samples = illumichat_samples();
-    let now = illumitunnel::now_ms();
-    let mut made = 0;
-    while made < count {
-        let mut batch: Vec<Delivery> = (made..(made + 1_000).min(count))
-            .map(|i| {
-                let (_, id, body) = &samples[i % samples.len()];
-                let body = body.replace(id, &format!("{id}_{i}"));
-                let request = RequestRecord {
-                    method: "POST".into(),
-                    path: "/hooks".into(),
-                    query: String::new(),
-                    headers: vec![("content-type".into(), b"application/json".to_vec())],
-                    body: body.into(),
-                };
-                // Older than everything live, in the order filled.
-                let received = now - 3_600_000 - (count - i) as i64 * 10;
-                let id = DeliveryId::parse(&format!("{received:011x}{i:05x}")).expect("an id");
-                let mut d = Delivery::new(id, received, Source::Tunnel, request);
-                d.target = "http://127.0.0.1:3000/hooks".into();
-                d.duration_us = 1_500;
-                d.response = Some(ResponseRecord {
-                    status: 200,
-                    headers: vec![("content-type".into(), b"application/json".to_vec())],
-                    body: bytes::Bytes::from_static(br#"{"received":true}"#),
-                });
-                d
-            })
-            .collect();
-        made += batch.len();
-        store.insert_batch(&mut batch).expect("insert a batch");
     }
 }
