@@ -116,10 +116,12 @@ mod tests {
 
     #[test]
     fn since_takes_combined_units_and_refuses_bare_numbers() {
-        let now = illumitunnel::now_ms();
+        // The clock may tick between the reads: the cut-off lies between the two.
+        let before = illumitunnel::now_ms();
         let since = since_ms(Some("1h30m")).unwrap().unwrap();
-        let ago = now - since;
-        assert!((5_400_000..5_460_000).contains(&ago), "{ago}");
+        let after = illumitunnel::now_ms();
+        let window = before - 5_400_000..=after - 5_400_000;
+        assert!(window.contains(&since), "{since} not in {window:?}");
         assert_eq!(since_ms(None).unwrap(), None);
         let err = since_ms(Some("90")).unwrap_err().to_string();
         assert!(err.contains("1h30m"), "{err}");
